@@ -1,0 +1,317 @@
+//! Operation requests: what the guest puts in the request buffer.
+
+use super::{
+    BlockListType, ByteRange, Conditions, DecodeError, MAX_BLOCKS, MAX_LIST_RESULTS, MAX_MARKER, Metadata,
+    OP_HEADER_SIZE, OP_VERSION, OpCode, REQUEST_MAGIC,
+};
+use crate::names::{self, BLOB_NAME_MAX, BLOCK_ID_MAX, BlobName, BlockId, ContainerName};
+use crate::wire::{Reader, Writer};
+
+/// Longest ListBlobs delimiter.
+pub const MAX_DELIMITER: usize = 16;
+
+/// A container and a blob in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlobRef {
+    pub container: ContainerName,
+    pub blob: BlobName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListContainers {
+    pub prefix: String,
+    /// Continuation marker from the previous page; empty for the first.
+    pub marker: String,
+    /// 1..=5000; 0 means 5000.
+    pub max_results: u32,
+    pub include_metadata: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutBlob {
+    pub target: BlobRef,
+    pub content_type: String,
+    pub metadata: Metadata,
+    pub conditions: Conditions,
+    /// If given, the VSP checks the data against it and stores it.
+    pub content_md5: Option<[u8; 16]>,
+    /// If given, the VSP checks the data's CRC-64/NVME against it.
+    pub content_crc64: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetBlob {
+    pub target: BlobRef,
+    /// `None`: from offset 0. The VSP returns at most the data buffer's length.
+    pub range: Option<ByteRange>,
+    pub conditions: Conditions,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListBlobs {
+    pub container: ContainerName,
+    pub prefix: String,
+    /// Empty: flat listing. Otherwise names are rolled up to the first
+    /// delimiter after the prefix and returned once as a prefix entry.
+    pub delimiter: String,
+    pub marker: String,
+    pub max_results: u32,
+    pub include_metadata: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutBlock {
+    pub target: BlobRef,
+    pub block_id: BlockId,
+    pub content_crc64: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutBlockList {
+    pub target: BlobRef,
+    /// The blob's content, in order. An id may repeat.
+    pub blocks: Vec<BlockId>,
+    pub content_type: String,
+    pub metadata: Metadata,
+    pub conditions: Conditions,
+}
+
+/// One blob operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpRequest {
+    GetDeviceConfig,
+    CreateContainer { container: ContainerName, metadata: Metadata },
+    DeleteContainer { container: ContainerName },
+    ListContainers(ListContainers),
+    GetContainerProperties { container: ContainerName },
+    PutBlob(PutBlob),
+    GetBlob(GetBlob),
+    GetBlobProperties { target: BlobRef, conditions: Conditions },
+    DeleteBlob { target: BlobRef, conditions: Conditions },
+    ListBlobs(ListBlobs),
+    PutBlock(PutBlock),
+    PutBlockList(PutBlockList),
+    GetBlockList { target: BlobRef, list_type: BlockListType },
+}
+
+impl OpRequest {
+    pub fn op(&self) -> OpCode {
+        match self {
+            OpRequest::GetDeviceConfig => OpCode::GetDeviceConfig,
+            OpRequest::CreateContainer { .. } => OpCode::CreateContainer,
+            OpRequest::DeleteContainer { .. } => OpCode::DeleteContainer,
+            OpRequest::ListContainers(_) => OpCode::ListContainers,
+            OpRequest::GetContainerProperties { .. } => OpCode::GetContainerProperties,
+            OpRequest::PutBlob(_) => OpCode::PutBlob,
+            OpRequest::GetBlob(_) => OpCode::GetBlob,
+            OpRequest::GetBlobProperties { .. } => OpCode::GetBlobProperties,
+            OpRequest::DeleteBlob { .. } => OpCode::DeleteBlob,
+            OpRequest::ListBlobs(_) => OpCode::ListBlobs,
+            OpRequest::PutBlock(_) => OpCode::PutBlock,
+            OpRequest::PutBlockList(_) => OpCode::PutBlockList,
+            OpRequest::GetBlockList { .. } => OpCode::GetBlockList,
+        }
+    }
+
+    /// The whole request buffer: header then body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Writer::default();
+        self.encode_body(&mut body);
+        let mut w = Writer::default();
+        w.u32(REQUEST_MAGIC);
+        w.u16(OP_VERSION);
+        w.u16(self.op() as u16);
+        w.u32(0);
+        w.u32(body.buf.len() as u32);
+        w.raw(&body.buf);
+        w.buf
+    }
+
+    fn encode_body(&self, w: &mut Writer) {
+        match self {
+            OpRequest::GetDeviceConfig => {}
+            OpRequest::CreateContainer { container, metadata } => {
+                w.str16(container.as_str());
+                metadata.encode(w);
+            }
+            OpRequest::DeleteContainer { container } | OpRequest::GetContainerProperties { container } => {
+                w.str16(container.as_str())
+            }
+            OpRequest::ListContainers(l) => {
+                w.str16(&l.prefix);
+                w.str16(&l.marker);
+                w.u32(l.max_results);
+                w.bool(l.include_metadata);
+            }
+            OpRequest::PutBlob(p) => {
+                encode_ref(w, &p.target);
+                w.str16(&p.content_type);
+                p.metadata.encode(w);
+                p.conditions.encode(w);
+                w.option(p.content_md5, |w, m| w.raw(&m));
+                w.option(p.content_crc64, Writer::u64);
+            }
+            OpRequest::GetBlob(g) => {
+                encode_ref(w, &g.target);
+                w.option(g.range, |w, r| {
+                    w.u64(r.offset);
+                    w.u64(r.length);
+                });
+                g.conditions.encode(w);
+            }
+            OpRequest::GetBlobProperties { target, conditions } | OpRequest::DeleteBlob { target, conditions } => {
+                encode_ref(w, target);
+                conditions.encode(w);
+            }
+            OpRequest::ListBlobs(l) => {
+                w.str16(l.container.as_str());
+                w.str16(&l.prefix);
+                w.str16(&l.delimiter);
+                w.str16(&l.marker);
+                w.u32(l.max_results);
+                w.bool(l.include_metadata);
+            }
+            OpRequest::PutBlock(p) => {
+                encode_ref(w, &p.target);
+                w.bytes8(p.block_id.as_bytes());
+                w.option(p.content_crc64, Writer::u64);
+            }
+            OpRequest::PutBlockList(p) => {
+                encode_ref(w, &p.target);
+                w.u32(p.blocks.len() as u32);
+                for b in &p.blocks {
+                    w.bytes8(b.as_bytes());
+                }
+                w.str16(&p.content_type);
+                p.metadata.encode(w);
+                p.conditions.encode(w);
+            }
+            OpRequest::GetBlockList { target, list_type } => {
+                encode_ref(w, target);
+                w.u8(*list_type as u8);
+            }
+        }
+    }
+
+    /// Decode a whole request buffer. Total: any input gives a value or an error.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let magic = r.u32()?;
+        if magic != REQUEST_MAGIC {
+            return Err(DecodeError::BadMagic(magic));
+        }
+        let version = r.u16()?;
+        if version != OP_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let code = r.u16()?;
+        let op = OpCode::from_u16(code).ok_or(DecodeError::UnknownOp(code))?;
+        let flags = r.u32()?;
+        if flags != 0 {
+            return Err(DecodeError::ReservedFlags(flags));
+        }
+        let body_len = r.u32()?;
+        if body_len as usize != buf.len() - OP_HEADER_SIZE {
+            return Err(DecodeError::BodyLength { body: body_len, buffer: buf.len() });
+        }
+        let req = Self::decode_body(op, &mut r)?;
+        r.finish()?;
+        Ok(req)
+    }
+
+    fn decode_body(op: OpCode, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match op {
+            OpCode::GetDeviceConfig => OpRequest::GetDeviceConfig,
+            OpCode::CreateContainer => {
+                OpRequest::CreateContainer { container: container(r)?, metadata: Metadata::decode(r)? }
+            }
+            OpCode::DeleteContainer => OpRequest::DeleteContainer { container: container(r)? },
+            OpCode::GetContainerProperties => OpRequest::GetContainerProperties { container: container(r)? },
+            OpCode::ListContainers => OpRequest::ListContainers(ListContainers {
+                prefix: text(r, names::CONTAINER_NAME_MAX)?,
+                marker: text(r, MAX_MARKER)?,
+                max_results: max_results(r)?,
+                include_metadata: r.bool()?,
+            }),
+            OpCode::PutBlob => OpRequest::PutBlob(PutBlob {
+                target: blob_ref(r)?,
+                content_type: text(r, names::CONTENT_TYPE_MAX)?,
+                metadata: Metadata::decode(r)?,
+                conditions: Conditions::decode(r)?,
+                content_md5: r.option(|r| r.md5())?,
+                content_crc64: r.option(Reader::u64)?,
+            }),
+            OpCode::GetBlob => OpRequest::GetBlob(GetBlob {
+                target: blob_ref(r)?,
+                range: r.option(|r| {
+                    let (offset, length) = (r.u64()?, r.u64()?);
+                    offset.checked_add(length).ok_or(DecodeError::InvalidValue)?;
+                    Ok(ByteRange { offset, length })
+                })?,
+                conditions: Conditions::decode(r)?,
+            }),
+            OpCode::GetBlobProperties => {
+                OpRequest::GetBlobProperties { target: blob_ref(r)?, conditions: Conditions::decode(r)? }
+            }
+            OpCode::DeleteBlob => OpRequest::DeleteBlob { target: blob_ref(r)?, conditions: Conditions::decode(r)? },
+            OpCode::ListBlobs => OpRequest::ListBlobs(ListBlobs {
+                container: container(r)?,
+                prefix: text(r, BLOB_NAME_MAX)?,
+                delimiter: text(r, MAX_DELIMITER)?,
+                marker: text(r, MAX_MARKER)?,
+                max_results: max_results(r)?,
+                include_metadata: r.bool()?,
+            }),
+            OpCode::PutBlock => OpRequest::PutBlock(PutBlock {
+                target: blob_ref(r)?,
+                block_id: BlockId::new(r.bytes8(BLOCK_ID_MAX)?)?,
+                content_crc64: r.option(Reader::u64)?,
+            }),
+            OpCode::PutBlockList => {
+                let target = blob_ref(r)?;
+                let n = r.count(MAX_BLOCKS, 2)?;
+                let mut blocks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    blocks.push(BlockId::new(r.bytes8(BLOCK_ID_MAX)?)?);
+                }
+                OpRequest::PutBlockList(PutBlockList {
+                    target,
+                    blocks,
+                    content_type: text(r, names::CONTENT_TYPE_MAX)?,
+                    metadata: Metadata::decode(r)?,
+                    conditions: Conditions::decode(r)?,
+                })
+            }
+            OpCode::GetBlockList => {
+                OpRequest::GetBlockList { target: blob_ref(r)?, list_type: BlockListType::from_u8(r.u8()?)? }
+            }
+        })
+    }
+}
+
+fn encode_ref(w: &mut Writer, t: &BlobRef) {
+    w.str16(t.container.as_str());
+    w.str16(t.blob.as_str());
+}
+
+fn container(r: &mut Reader<'_>) -> Result<ContainerName, DecodeError> {
+    ContainerName::new(r.str16(names::CONTAINER_NAME_MAX)?)
+}
+
+fn blob_ref(r: &mut Reader<'_>) -> Result<BlobRef, DecodeError> {
+    Ok(BlobRef { container: container(r)?, blob: BlobName::new(r.str16(BLOB_NAME_MAX)?)? })
+}
+
+fn text(r: &mut Reader<'_>, max: usize) -> Result<String, DecodeError> {
+    let s = r.str16(max)?;
+    names::validate_text(s)?;
+    Ok(s.to_owned())
+}
+
+fn max_results(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
+    match r.u32()? {
+        0 => Ok(MAX_LIST_RESULTS),
+        n if n <= MAX_LIST_RESULTS => Ok(n),
+        n => Err(DecodeError::TooMany { count: n as usize, max: MAX_LIST_RESULTS as usize }),
+    }
+}
