@@ -3,3 +3,35 @@
 #![forbid(unsafe_code)]
 
 pub mod store;
+pub mod engine;
+pub mod vhost;
+pub mod args;
+
+use std::sync::Arc;
+
+pub use args::{Args, StoreSpec, VspConfig};
+pub use vhost::Shutdown;
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum VspError {
+    #[error("cannot open store: {0}")]
+    Store(std::io::Error),
+    #[error(transparent)]
+    Daemon(#[from] vhost::DaemonError),
+}
+
+/// Open the configured store.
+pub fn open_store(spec: &StoreSpec) -> Result<Arc<dyn store::BlobStore>, VspError> {
+    match spec {
+        StoreSpec::Dir(dir) => Ok(Arc::new(store::fs::FsStore::open(dir).map_err(VspError::Store)?)),
+    }
+}
+
+/// Run the daemon until `shutdown` is requested (or `max_connections` served).
+pub fn run(config: &VspConfig, shutdown: &Shutdown) -> Result<(), VspError> {
+    let store = open_store(&config.store)?;
+    let engine = Arc::new(engine::Engine::new(store, config.limits.clone(), config.queues as u16));
+    vhost::serve(&config.socket_path, engine, config.queues, config.queue_size, shutdown, config.max_connections)?;
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! The guest's table of submitted requests, shared by every transport.
+//!
+//! It encodes what the seed driver's review taught:
+//! - a submission publishes itself as pending *before* it checks whether the
+//!   device is going away, so nothing is sent after a rescind began;
+//! - a rescind fails every waiting caller at once and never waits for the
+//!   callers themselves;
+//! - a request's buffers stay owned by the table until the device completed
+//!   it (or is known to be gone), whatever happens to the caller;
+//! - the table lives as long as the client: nothing is re-initialised under
+//!   a holder when the device comes back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::ClientError;
+
+/// A caller's handle on one submitted request.
+pub struct Waiter<T> {
+    done: Mutex<Option<Result<T, ClientError>>>,
+    cv: Condvar,
+}
+
+impl<T> Waiter<T> {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { done: Mutex::new(None), cv: Condvar::new() })
+    }
+
+    fn set(&self, r: Result<T, ClientError>) {
+        let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(r);
+            self.cv.notify_all();
+        }
+    }
+
+    /// Block until the request completes or fails.
+    pub fn wait(&self) -> Result<T, ClientError> {
+        let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = g.take() {
+                return r;
+            }
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The result if there is one already (for polling callers).
+    pub fn try_take(&self) -> Option<Result<T, ClientError>> {
+        self.done.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Wait at most `timeout`; `None` if still pending.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<T, ClientError>> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = g.take() {
+                return Some(r);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = self.cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+struct Slot<B, T> {
+    buffers: B,
+    waiter: Arc<Waiter<T>>,
+}
+
+struct Inner<B, T> {
+    next_id: u64,
+    pending: HashMap<u64, Slot<B, T>>,
+    /// Buffers of requests failed at rescind whose completion may still come.
+    quarantine: HashMap<u64, B>,
+    removing: bool,
+}
+
+/// Requests keyed by a never-reused id (starting at 1: VMBus forbids 0).
+/// `B` is what the device may still touch (the DMA buffers); `T` what a
+/// completion hands the caller.
+pub struct RequestTable<B, T> {
+    inner: Mutex<Inner<B, T>>,
+}
+
+impl<B, T> Default for RequestTable<B, T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B, T> RequestTable<B, T> {
+    pub fn new() -> Self {
+        Self {
+            inner: Mutex::new(Inner { next_id: 1, pending: HashMap::new(), quarantine: HashMap::new(), removing: false }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<B, T>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publish a request as pending unless a rescind has begun. The check
+    /// and the insert happen under the lock that `rescind` takes to set
+    /// `removing` and drain: a request is either drained by the rescind or
+    /// refused here, never sent after it (the seed's v5 race).
+    pub fn register(&self, buffers: B) -> Result<(u64, Arc<Waiter<T>>), (ClientError, B)> {
+        let mut g = self.lock();
+        if g.removing {
+            return Err((ClientError::Rescinded, buffers));
+        }
+        let id = g.next_id;
+        g.next_id += 1;
+        let waiter = Waiter::new();
+        g.pending.insert(id, Slot { buffers, waiter: waiter.clone() });
+        Ok((id, waiter))
+    }
+
+    /// Withdraw a request that was never handed to the device.
+    pub fn withdraw(&self, id: u64) -> Option<B> {
+        self.lock().pending.remove(&id).map(|s| s.buffers)
+    }
+
+    /// The device completed `id`: `finish` turns its buffers into the
+    /// caller's result. `false` for an unknown id (a late completion of a
+    /// quarantined request releases its buffers and reports nothing).
+    pub fn complete(&self, id: u64, finish: impl FnOnce(B) -> Result<T, ClientError>) -> bool {
+        let slot = {
+            let mut g = self.lock();
+            match g.pending.remove(&id) {
+                Some(s) => s,
+                None => {
+                    g.quarantine.remove(&id);
+                    return false;
+                }
+            }
+        };
+        slot.waiter.set(finish(slot.buffers));
+        true
+    }
+
+    /// Rescind: from now on submissions fail, and every pending caller gets
+    /// `Rescinded` at once. Buffers are quarantined, not freed: the device may
+    /// still complete them. Returns the ids that were pending.
+    pub fn rescind(&self) -> Vec<u64> {
+        let slots: Vec<(u64, Slot<B, T>)> = {
+            let mut g = self.lock();
+            g.removing = true;
+            g.pending.drain().collect()
+        };
+        let mut ids = Vec::with_capacity(slots.len());
+        let mut quarantined = Vec::with_capacity(slots.len());
+        for (id, slot) in slots {
+            slot.waiter.set(Err(ClientError::Rescinded));
+            ids.push(id);
+            quarantined.push((id, slot.buffers));
+        }
+        self.lock().quarantine.extend(quarantined);
+        ids
+    }
+
+    /// The device is back and the old one is known to be gone: release the
+    /// quarantine and accept submissions again.
+    pub fn reopen(&self) -> usize {
+        let mut g = self.lock();
+        let n = g.quarantine.len();
+        g.quarantine.clear();
+        g.removing = false;
+        n
+    }
+
+    pub fn is_removing(&self) -> bool {
+        self.lock().removing
+    }
+
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    pub fn quarantined(&self) -> usize {
+        self.lock().quarantine.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn ids_are_never_zero_or_reused() {
+        let t: RequestTable<(), u32> = RequestTable::new();
+        let a = t.register(()).ok().unwrap().0;
+        let b = t.register(()).ok().unwrap().0;
+        assert!(a >= 1 && b > a);
+        assert!(t.complete(a, |_| Ok(1)));
+        assert!(!t.complete(a, |_| Ok(2)), "second completion is ignored");
+        let c = t.register(()).ok().unwrap().0;
+        assert!(c > b);
+    }
+
+    #[test]
+    fn rescind_fails_waiters_at_once_and_blocks_new_submissions() {
+        let t: Arc<RequestTable<Vec<u8>, u32>> = Arc::new(RequestTable::new());
+        let waiters: Vec<_> = (0..8).map(|_| t.register(vec![0; 16]).ok().unwrap()).collect();
+        let handles: Vec<_> = waiters
+            .iter()
+            .map(|(_, w)| {
+                let w = w.clone();
+                std::thread::spawn(move || w.wait())
+            })
+            .collect();
+        assert_eq!(t.rescind().len(), 8);
+        for h in handles {
+            assert!(matches!(h.join().unwrap(), Err(ClientError::Rescinded)));
+        }
+        assert_eq!(t.quarantined(), 8, "buffers kept until the device is gone");
+        let (err, buf) = t.register(vec![1]).err().unwrap();
+        assert!(matches!(err, ClientError::Rescinded));
+        assert_eq!(buf, vec![1], "buffers handed back to the caller");
+        // A late completion releases its quarantined buffers only.
+        assert!(!t.complete(waiters[0].0, |_| Ok(5)));
+        assert_eq!(t.quarantined(), 7);
+        assert_eq!(t.reopen(), 7);
+        assert!(t.register(vec![]).is_ok());
+    }
+
+    #[test]
+    fn racing_completion_and_rescind_deliver_exactly_once() {
+        for _ in 0..200 {
+            let t: Arc<RequestTable<(), u32>> = Arc::new(RequestTable::new());
+            let regs: Vec<_> = (0..16).map(|_| t.register(()).ok().unwrap()).collect();
+            let delivered = Arc::new(AtomicUsize::new(0));
+            let t2 = t.clone();
+            let ids: Vec<u64> = regs.iter().map(|r| r.0).collect();
+            let completer = std::thread::spawn(move || {
+                for id in ids {
+                    t2.complete(id, |_| Ok(7));
+                }
+            });
+            t.rescind();
+            completer.join().unwrap();
+            for (_, w) in &regs {
+                assert!(w.try_take().is_some(), "every waiter got one result");
+                assert!(w.try_take().is_none());
+                delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            assert_eq!(delivered.load(Ordering::Relaxed), 16);
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Command-line arguments of `vmblob-vsp`, validated into a [`VspConfig`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::engine::Limits;
+
+/// vmblob host service: serves blob requests from a guest over vhost-user.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "vmblob-vsp", version, about)]
+pub struct Args {
+    /// vhost-user socket the VMM connects to.
+    #[arg(short, long)]
+    pub socket_path: PathBuf,
+    /// Where blobs live: a directory (or file://DIR) for the embedded store.
+    #[arg(long)]
+    pub store: String,
+    /// Number of request queues (one worker thread each).
+    #[arg(long, default_value_t = 2)]
+    pub queues: usize,
+    /// Largest queue size the VMM may set (power of two).
+    #[arg(long, default_value_t = 256)]
+    pub queue_size: u16,
+    /// Most requests in flight per queue.
+    #[arg(long, default_value_t = 256)]
+    pub max_inflight: usize,
+    /// Most descriptors in one request chain.
+    #[arg(long, default_value_t = 1024)]
+    pub max_descriptors: usize,
+    /// Longest op request buffer, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_request_len: u32,
+    /// How long a rescind waits for in-flight requests, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub drain_timeout_ms: u64,
+    /// Completed writes remembered to answer replays.
+    #[arg(long, default_value_t = 4096)]
+    pub dedup_capacity: usize,
+    /// Largest blob, in bytes.
+    #[arg(long, default_value_t = 1 << 40)]
+    pub max_blob_size: u64,
+    /// Serve this many VMM connections, then exit (default: forever).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    pub log_level: log::LevelFilter,
+}
+
+/// Where the blobs are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        if let Some(dir) = s.strip_prefix("file://") {
+            return Ok(StoreSpec::Dir(dir.into()));
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            return Err(ConfigError::UnknownStore(scheme.to_owned()));
+        }
+        if s.is_empty() {
+            return Err(ConfigError::UnknownStore(String::new()));
+        }
+        Ok(StoreSpec::Dir(s.into()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--queues must be 1..=64, got {0}")]
+    Queues(usize),
+    #[error("--queue-size must be a power of two in 2..=32768, got {0}")]
+    QueueSize(u16),
+    #[error("--{0} must not be zero")]
+    Zero(&'static str),
+    #[error("unsupported store scheme {0:?} (use a directory or file://DIR)")]
+    UnknownStore(String),
+}
+
+/// A validated daemon configuration.
+#[derive(Debug, Clone)]
+pub struct VspConfig {
+    pub socket_path: PathBuf,
+    pub store: StoreSpec,
+    pub queues: usize,
+    pub queue_size: u16,
+    pub limits: Limits,
+    pub max_connections: Option<usize>,
+}
+
+impl TryFrom<Args> for VspConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: Args) -> Result<Self, ConfigError> {
+        if !(1..=64).contains(&a.queues) {
+            return Err(ConfigError::Queues(a.queues));
+        }
+        if a.queue_size < 2 || !a.queue_size.is_power_of_two() {
+            return Err(ConfigError::QueueSize(a.queue_size));
+        }
+        for (name, v) in [
+            ("max-inflight", a.max_inflight as u64),
+            ("max-descriptors", a.max_descriptors as u64),
+            ("max-request-len", u64::from(a.max_request_len)),
+            ("max-blob-size", a.max_blob_size),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(Self {
+            socket_path: a.socket_path,
+            store: a.store.parse()?,
+            queues: a.queues,
+            queue_size: a.queue_size,
+            limits: Limits {
+                max_request_len: a.max_request_len,
+                max_descriptors: a.max_descriptors,
+                max_inflight: a.max_inflight,
+                drain_timeout: Duration::from_millis(a.drain_timeout_ms),
+                dedup_capacity: a.dedup_capacity,
+                max_blob_size: a.max_blob_size,
+                ..Limits::default()
+            },
+            max_connections: a.max_connections,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<VspConfig, ConfigError> {
+        let mut argv = vec!["vmblob-vsp", "--socket-path", "/tmp/s.sock", "--store", "/tmp/store"];
+        argv.extend_from_slice(extra);
+        VspConfig::try_from(Args::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn defaults_and_validation() {
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.queues, c.queue_size), (2, 256));
+        assert_eq!(c.store, StoreSpec::Dir("/tmp/store".into()));
+        assert_eq!(parse(&["--queues", "0"]).unwrap_err(), ConfigError::Queues(0));
+        assert_eq!(parse(&["--queue-size", "100"]).unwrap_err(), ConfigError::QueueSize(100));
+        assert_eq!(parse(&["--max-inflight", "0"]).unwrap_err(), ConfigError::Zero("max-inflight"));
+        assert_eq!("file:///x".parse::<StoreSpec>(), Ok(StoreSpec::Dir("/x".into())));
+        assert_eq!("gs://b".parse::<StoreSpec>(), Err(ConfigError::UnknownStore("gs".into())));
+    }
+}

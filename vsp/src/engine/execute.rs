@@ -1,0 +1,169 @@
+//! Running one decoded operation on the store.
+
+use vm_memory::GuestMemoryMmap;
+use vmblob_protocol::framing::BufferLayout;
+use vmblob_protocol::ops::{BlobListItem, ContainerEntry, OP_HEADER_SIZE, OpRequest, OpResponse};
+use vmblob_protocol::sg::sub_range;
+use vmblob_protocol::{BlobError, Segment};
+
+use super::Engine;
+use super::cancel::{CancelReason, CancelToken};
+use super::guest_io::{GuestSink, GuestSource};
+use crate::store::{StoreError, TxnId};
+
+/// An operation's failure as returned to the guest.
+pub type OpFailure = (BlobError, String);
+
+fn fail(e: BlobError, msg: impl Into<String>) -> OpFailure {
+    (e, msg.into())
+}
+
+impl Engine {
+    pub(super) fn store_failure(&self, e: StoreError, cancel: &CancelToken) -> OpFailure {
+        let status = match (&e, cancel.reason()) {
+            (StoreError::Cancelled, Some(CancelReason::TimedOut)) => BlobError::Timeout,
+            (StoreError::Cancelled, _) => BlobError::Rescinded,
+            _ => e.status(),
+        };
+        if let StoreError::Io(io) = &e {
+            log::warn!("store I/O error: {io}");
+        }
+        (status, e.to_string())
+    }
+
+    /// Run `op`; `resp_cap` is the response buffer's size (listings are cut
+    /// to fit it).
+    pub(super) fn execute(
+        &self,
+        mem: &GuestMemoryMmap,
+        op: &OpRequest,
+        layout: &BufferLayout,
+        txn: &TxnId,
+        cancel: &CancelToken,
+        resp_cap: usize,
+    ) -> Result<OpResponse, OpFailure> {
+        let store = &*self.store;
+        let se = |e| self.store_failure(e, cancel);
+        Ok(match op {
+            OpRequest::GetDeviceConfig => OpResponse::DeviceConfig(self.device_config()),
+            OpRequest::CreateContainer { container, metadata } => {
+                OpResponse::ContainerCreated(store.create_container(container, metadata, txn).map_err(se)?)
+            }
+            OpRequest::DeleteContainer { container } => {
+                store.delete_container(container).map_err(se)?;
+                OpResponse::Deleted
+            }
+            OpRequest::GetContainerProperties { container } => {
+                OpResponse::ContainerProperties(store.container_properties(container).map_err(se)?)
+            }
+            OpRequest::ListContainers(l) => {
+                let page = store.list_containers(l).map_err(se)?;
+                let (containers, next_marker) =
+                    fit_list(page.items, page.next_marker, resp_cap, ContainerEntry::encoded_len, |c| &c.name)?;
+                OpResponse::ContainerList { containers, next_marker }
+            }
+            OpRequest::PutBlob(p) => {
+                let segs = self.data_out(layout)?;
+                let mut src = GuestSource::new(mem, &segs, cancel);
+                OpResponse::BlobWritten(store.put_blob(p, &mut src, txn).map_err(se)?)
+            }
+            OpRequest::GetBlob(g) => {
+                let segs = layout.data.writable().unwrap_or(&[]);
+                let mut sink = GuestSink::new(mem, segs, cancel);
+                let (properties, offset, length) = store.get_blob(g, &mut sink).map_err(se)?;
+                OpResponse::BlobData { properties, offset, length }
+            }
+            OpRequest::GetBlobProperties { target, conditions } => {
+                OpResponse::BlobProperties(store.blob_properties(target, conditions).map_err(se)?)
+            }
+            OpRequest::DeleteBlob { target, conditions } => {
+                store.delete_blob(target, conditions).map_err(se)?;
+                OpResponse::Deleted
+            }
+            OpRequest::ListBlobs(l) => {
+                let page = store.list_blobs(l).map_err(se)?;
+                let (items, next_marker) =
+                    fit_list(page.items, page.next_marker, resp_cap, BlobListItem::encoded_len, |i| match i {
+                        BlobListItem::Blob { name, .. } | BlobListItem::Prefix(name) => name,
+                    })?;
+                OpResponse::BlobList { items, next_marker }
+            }
+            OpRequest::PutBlock(p) => {
+                let segs = self.data_out(layout)?;
+                let mut src = GuestSource::new(mem, &segs, cancel);
+                let content_crc64 = store.put_block(&p.target, &p.block_id, &mut src, p.content_crc64).map_err(se)?;
+                OpResponse::BlockStaged { content_crc64 }
+            }
+            OpRequest::PutBlockList(p) => OpResponse::BlobWritten(store.put_block_list(p, txn).map_err(se)?),
+            OpRequest::GetBlockList { target, list_type } => {
+                OpResponse::BlockList { blocks: store.get_block_list(target, *list_type).map_err(se)? }
+            }
+        })
+    }
+
+    /// The valid bytes of a PUT's data buffer.
+    fn data_out(&self, layout: &BufferLayout) -> Result<Vec<Segment>, OpFailure> {
+        let valid = u64::from(layout.data_valid);
+        match layout.data.readable() {
+            Some(segs) => {
+                sub_range(segs, 0, valid).map_err(|_| fail(BlobError::InvalidRequest, "data_valid past buffer"))
+            }
+            None if valid == 0 => Ok(Vec::new()),
+            None => Err(fail(BlobError::InvalidRequest, "data buffer is not device-readable")),
+        }
+    }
+}
+
+/// Keep as many entries as fit in `cap` response bytes; when cut, the marker
+/// becomes the last kept entry's name (markers are exclusive).
+fn fit_list<T>(
+    mut items: Vec<T>,
+    next_marker: String,
+    cap: usize,
+    len: impl Fn(&T) -> usize,
+    name: impl Fn(&T) -> &String,
+) -> Result<(Vec<T>, String), OpFailure> {
+    let fixed = OP_HEADER_SIZE + 4 + 2;
+    let mut used = 0usize;
+    let mut kept = 0usize;
+    for (i, item) in items.iter().enumerate() {
+        let marker_len = if i + 1 == items.len() { next_marker.len() } else { name(item).len() };
+        let l = len(item);
+        if fixed + used + l + marker_len > cap {
+            break;
+        }
+        used += l;
+        kept += 1;
+    }
+    if kept == items.len() {
+        if fixed + next_marker.len() > cap {
+            return Err(fail(BlobError::BufferTooSmall, "response buffer too small for a listing"));
+        }
+        return Ok((items, next_marker));
+    }
+    if kept == 0 {
+        return Err(fail(BlobError::BufferTooSmall, "response buffer too small for one entry"));
+    }
+    items.truncate(kept);
+    let marker = items.last().map(|i| name(i).clone()).unwrap_or_default();
+    Ok((items, marker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_list_cuts_and_sets_marker() {
+        let items: Vec<String> = (0..10).map(|i| format!("name-{i:02}")).collect();
+        let len = |s: &String| s.len() + 3;
+        // Room for exactly three 10-byte entries plus the marker.
+        let cap = OP_HEADER_SIZE + 6 + 30 + 7;
+        let (kept, marker) = fit_list(items.clone(), String::new(), cap, len, |s| s).unwrap();
+        assert_eq!(kept.len(), 3);
+        assert_eq!(marker, "name-02");
+        let (kept, marker) = fit_list(items.clone(), "m".into(), 10_000, len, |s| s).unwrap();
+        assert_eq!((kept.len(), marker.as_str()), (10, "m"));
+        assert_eq!(fit_list(items, String::new(), 20, len, |s| s).unwrap_err().0, BlobError::BufferTooSmall);
+    }
+}

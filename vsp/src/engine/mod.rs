@@ -1,0 +1,240 @@
+//! The transport-agnostic engine: one accepted request in, one completion out.
+//!
+//! A transport hands over a [`Frame`] (the header it copied once and where the
+//! buffers lie in guest memory). [`Engine::serve`] validates it, decodes the
+//! operation, runs it on the store reading and writing guest memory directly,
+//! writes the op response, and returns the 12-byte transport response for the
+//! transport to post. Every path returns exactly one response; none panics on
+//! guest input.
+
+mod cancel;
+mod dedup;
+mod execute;
+mod frame;
+pub mod guest_io;
+mod inflight;
+
+pub use cancel::{CancelReason, CancelToken};
+pub use dedup::{DedupCache, Outcome};
+pub use frame::{Frame, VirtioRequest};
+pub use inflight::{AdmitError, InflightTable};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vm_memory::GuestMemoryMmap;
+use vmblob_protocol::config::{DeviceConfig, caps};
+use vmblob_protocol::ops::{self, OP_VERSION, OpCode, OpRequest};
+use vmblob_protocol::transport::{MAX_BUFFER_LEN, OperationType, PAGE_SIZE, TransportError};
+use vmblob_protocol::{BlobError, Segment, VspResponse};
+
+use crate::store::BlobStore;
+
+/// Limits against a hostile or runaway guest; each has a daemon flag.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest op request buffer read into host memory.
+    pub max_request_len: u32,
+    /// Most descriptors in one virtio chain.
+    pub max_descriptors: usize,
+    /// Most accepted requests per queue.
+    pub max_inflight: usize,
+    /// How long a rescind waits for in-flight work to finish.
+    pub drain_timeout: Duration,
+    /// Completed writes remembered for replay detection.
+    pub dedup_capacity: usize,
+    pub max_blob_size: u64,
+    /// Block size the guest should use for PutBlock.
+    pub block_size_hint: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_len: 4 << 20,
+            max_descriptors: 1024,
+            max_inflight: 256,
+            drain_timeout: Duration::from_secs(5),
+            dedup_capacity: 4096,
+            max_blob_size: 1 << 40,
+            block_size_hint: 8 << 20,
+        }
+    }
+}
+
+pub struct Engine {
+    store: Arc<dyn BlobStore>,
+    limits: Limits,
+    dedup: DedupCache,
+    num_queues: u16,
+}
+
+/// The status for a transport header the seed's rules refuse.
+fn transport_status(e: &TransportError) -> BlobError {
+    match e {
+        TransportError::UnsupportedVersion(_) | TransportError::UnknownOperation(_) => BlobError::Unsupported,
+        TransportError::BufferTooLong { .. } | TransportError::TotalTooLong(_) => BlobError::TooLarge,
+        _ => BlobError::InvalidRequest,
+    }
+}
+
+/// Writes that must not run twice when a request is replayed.
+fn is_write(op: &OpRequest) -> bool {
+    matches!(
+        op.op(),
+        OpCode::CreateContainer
+            | OpCode::DeleteContainer
+            | OpCode::PutBlob
+            | OpCode::DeleteBlob
+            | OpCode::PutBlock
+            | OpCode::PutBlockList
+    )
+}
+
+fn status_only(e: BlobError) -> VspResponse {
+    VspResponse::new(e.code(), 0)
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn BlobStore>, limits: Limits, num_queues: u16) -> Self {
+        let dedup = DedupCache::new(limits.dedup_capacity);
+        Self { store, limits, dedup, num_queues }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.store
+    }
+
+    /// What this VSP advertises (virtio config space, GetDeviceConfig).
+    pub fn device_config(&self) -> DeviceConfig {
+        DeviceConfig {
+            min_op_version: OP_VERSION,
+            max_op_version: OP_VERSION,
+            max_buffer_len: MAX_BUFFER_LEN,
+            // Room for one request page and one response page beside the data.
+            max_data_len: MAX_BUFFER_LEN - 2 * PAGE_SIZE,
+            max_request_len: self.limits.max_request_len,
+            max_segments: self.limits.max_descriptors as u32,
+            max_inflight: self.limits.max_inflight as u32,
+            num_queues: self.num_queues,
+            capabilities: caps::ALL,
+            max_blob_size: self.limits.max_blob_size,
+            block_size_hint: self.limits.block_size_hint,
+        }
+    }
+
+    /// The completion of a request that cannot be served at all (cancelled
+    /// before it ran, or refused at admission).
+    pub fn refused(reason: BlobError) -> VspResponse {
+        status_only(reason)
+    }
+
+    /// Serve one accepted request. Always returns its single response.
+    pub fn serve(&self, mem: &GuestMemoryMmap, frame: &dyn Frame, cancel: &CancelToken) -> VspResponse {
+        if let Some(r) = cancel.reason() {
+            return status_only(match r {
+                CancelReason::Rescinded => BlobError::Rescinded,
+                CancelReason::TimedOut => BlobError::Timeout,
+            });
+        }
+        let hdr = *frame.header();
+        match hdr.validate() {
+            Err(e) => {
+                log::debug!("refused header: {e}");
+                return status_only(transport_status(&e));
+            }
+            Ok(OperationType::UserRequest) => {}
+            Ok(_) => return status_only(BlobError::Unsupported),
+        }
+        if hdr.request_buffer_length.get() > self.limits.max_request_len {
+            return status_only(BlobError::TooLarge);
+        }
+        let Ok(req_segs) = frame.request() else { return status_only(BlobError::InvalidRequest) };
+        let Ok(req_bytes) = guest_io::read_all(mem, &req_segs) else {
+            return status_only(BlobError::InvalidRequest);
+        };
+        let op = match OpRequest::decode(&req_bytes) {
+            Ok(op) => op,
+            Err(e) => {
+                log::debug!("undecodable op: {e}");
+                // Answer in the response buffer when the op code is known.
+                let code = req_bytes.get(6..8).map(|b| u16::from_le_bytes([b[0], b[1]]));
+                let layout = frame.layout(vmblob_protocol::DataDirection::None).ok();
+                return match (code.and_then(OpCode::from_u16), layout) {
+                    (Some(op), Some(l)) => self.reply(mem, &l.response, op, Err((e.status(), e.to_string()))),
+                    _ => status_only(e.status()),
+                };
+            }
+        };
+        let layout = match frame.layout(op.op().data_direction()) {
+            Ok(l) => l,
+            Err(e) => {
+                log::debug!("bad buffer layout: {e}");
+                return status_only(BlobError::InvalidRequest);
+            }
+        };
+        let txn = hdr.transaction_id;
+        if is_write(&op)
+            && let Some(prev) = self.dedup.get(&txn)
+        {
+            log::debug!("replayed transaction answered from its first run");
+            return match guest_io::write_all(mem, &layout.response, &prev.response) {
+                Ok(()) => VspResponse::new(prev.status, prev.response.len() as u32),
+                Err(_) => status_only(BlobError::BufferTooSmall),
+            };
+        }
+        let resp_cap = hdr.response_buffer_length.get() as usize;
+        let result = self.execute(mem, &op, &layout, &txn, cancel, resp_cap);
+        let (resp, written) = self.reply_bytes(mem, &layout.response, op.op(), result);
+        if is_write(&op) && resp.error.get() == 0 {
+            self.dedup.insert(txn, Outcome { status: 0, response: written });
+        }
+        resp
+    }
+
+    /// Encode and write the op response; its status becomes the transport
+    /// status. A success too big for the buffer becomes BufferTooSmall.
+    fn reply(
+        &self,
+        mem: &GuestMemoryMmap,
+        response: &[Segment],
+        op: OpCode,
+        result: Result<ops::OpResponse, execute::OpFailure>,
+    ) -> VspResponse {
+        self.reply_bytes(mem, response, op, result).0
+    }
+
+    /// [`Engine::reply`], also returning the bytes written.
+    fn reply_bytes(
+        &self,
+        mem: &GuestMemoryMmap,
+        response: &[Segment],
+        op: OpCode,
+        result: Result<ops::OpResponse, execute::OpFailure>,
+    ) -> (VspResponse, Vec<u8>) {
+        let cap = vmblob_protocol::sg::total_len(response) as usize;
+        let (status, bytes) = match result {
+            Ok(r) => {
+                let bytes = ops::encode_success(op, &r);
+                if bytes.len() <= cap {
+                    (0, bytes)
+                } else {
+                    let e = BlobError::BufferTooSmall;
+                    (e.code(), ops::encode_error(op, e, "response buffer too small", cap))
+                }
+            }
+            Err((e, msg)) => (e.code(), ops::encode_error(op, e, &msg, cap)),
+        };
+        if bytes.len() > cap || guest_io::write_all(mem, response, &bytes).is_err() {
+            // Not even the header fits, or the buffer is not in guest memory.
+            return (VspResponse::new(status, 0), Vec::new());
+        }
+        (VspResponse::new(status, bytes.len() as u32), bytes)
+    }
+}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! The daemon loop: one VMM connection at a time on one listening socket, a
+//! fresh backend per connection, completion of in-flight requests before the
+//! guest memory is released, and a clean exit on SIGTERM/SIGINT.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::backend::BlobBackend;
+use crate::engine::Engine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {path}: {source}")]
+    Listen { path: String, source: vhost::vhost_user::Error },
+    #[error("cannot create the vhost-user daemon: {0}")]
+    CreateDaemon(vhost_user_backend::Error),
+    #[error("cannot accept a connection: {0}")]
+    Accept(vhost_user_backend::Error),
+    #[error("event loop: {0}")]
+    Poll(#[from] std::io::Error),
+}
+
+/// Asks the daemon to stop: wakes the accept wait and breaks the current
+/// connection. Clone it into a signal handler thread.
+#[derive(Clone)]
+pub struct Shutdown {
+    inner: Arc<ShutdownInner>,
+}
+
+struct ShutdownInner {
+    requested: AtomicBool,
+    wake: EventFd,
+    current: Mutex<Option<ShutdownHandle>>,
+}
+
+impl Shutdown {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(ShutdownInner {
+                requested: AtomicBool::new(false),
+                wake: EventFd::new(EFD_NONBLOCK)?,
+                current: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn request(&self) {
+        self.inner.requested.store(true, Ordering::SeqCst);
+        let _ = self.inner.wake.write(1);
+        if let Some(h) = self.inner.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            h.shutdown();
+        }
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.inner.requested.load(Ordering::SeqCst)
+    }
+
+    fn set_current(&self, h: Option<ShutdownHandle>) {
+        *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = h;
+        // A request that raced with connecting still breaks this connection.
+        if self.is_requested() {
+            self.request();
+        }
+    }
+}
+
+/// Wait until the listener has a pending connection (`true`) or shutdown was
+/// requested (`false`).
+fn wait_for_connection(listener: &Listener, shutdown: &Shutdown) -> std::io::Result<bool> {
+    let epoll = Epoll::new()?;
+    epoll.ctl(ControlOperation::Add, listener.as_raw_fd(), EpollEvent::new(EventSet::IN, 1))?;
+    epoll.ctl(ControlOperation::Add, shutdown.inner.wake.as_raw_fd(), EpollEvent::new(EventSet::IN, 2))?;
+    let mut events = [EpollEvent::default(); 2];
+    loop {
+        if shutdown.is_requested() {
+            return Ok(false);
+        }
+        match epoll.wait(-1, &mut events) {
+            Ok(n) => {
+                if events[..n].iter().any(|e| e.data() == 1) && !shutdown.is_requested() {
+                    return Ok(true);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Serve VMM connections on `socket` until shutdown. `max_connections` bounds
+/// how many are served (None: forever).
+pub fn serve(
+    socket: &Path,
+    engine: Arc<Engine>,
+    num_queues: usize,
+    queue_size: u16,
+    shutdown: &Shutdown,
+    max_connections: Option<usize>,
+) -> Result<(), DaemonError> {
+    let mut listener = Listener::new(socket, true)
+        .map_err(|source| DaemonError::Listen { path: socket.display().to_string(), source })?;
+    let mut served = 0usize;
+    while max_connections.is_none_or(|m| served < m) && wait_for_connection(&listener, shutdown)? {
+        served += 1;
+        let backend = Arc::new(BlobBackend::new(engine.clone(), num_queues, queue_size));
+        let mut daemon =
+            VhostUserDaemon::new("vmblob-vsp".into(), backend.clone(), GuestMemoryAtomic::new(GuestMemoryMmap::new()))
+                .map_err(DaemonError::CreateDaemon)?;
+        daemon.start(&mut listener).map_err(DaemonError::Accept)?;
+        log::info!("VMM connected (connection {served})");
+        shutdown.set_current(daemon.shutdown_handle());
+        let result = daemon.wait();
+        shutdown.set_current(None);
+        match result {
+            Ok(()) => log::info!("VMM disconnected"),
+            Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => log::info!("VMM disconnected"),
+            Err(e) => log::warn!("connection ended: {e}"),
+        }
+        // The frontend is gone but the guest memory is still mapped: finish
+        // every accepted request (rescinded unless committed) first.
+        let n = backend.rescind_all();
+        if n > 0 {
+            log::info!("completed {n} in-flight requests after disconnect");
+        }
+        // Dropping the daemon signals the workers' exit events and joins them.
+        drop(daemon);
+    }
+    Ok(())
+}
