@@ -1,1 +1,4 @@
 #![forbid(unsafe_code)]
+
+pub mod dma;
+pub mod virtio;
