@@ -93,10 +93,10 @@ impl DmaPool {
     /// Manage `[base, base + len)` of `mem`; `base` and `len` must be 4 KiB
     /// multiples and the range must lie inside guest memory.
     pub fn new(mem: GuestMemoryMmap, base: GuestAddress, len: u64) -> Result<Self, DmaError> {
-        if base.0 % PAGE_SIZE != 0 {
+        if !base.0.is_multiple_of(PAGE_SIZE) {
             return Err(DmaError::Misaligned(base));
         }
-        if len == 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(DmaError::BadLength(len));
         }
         let in_memory =
@@ -144,14 +144,19 @@ impl DmaPool {
     /// Requests that can never fit return None at once.
     pub fn alloc_wait(&self, len: usize, timeout: Duration) -> Option<DmaBuf> {
         let pages = self.pages_for(len)?;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout); // None: wait forever
         let mut free = self.inner.lock();
         loop {
             if let Some(start) = free.take(pages) {
                 return Some(self.lease(start, pages, len));
             }
-            let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
-            free = self.inner.freed.wait_timeout(free, left).unwrap_or_else(|e| e.into_inner()).0;
+            free = match deadline {
+                Some(deadline) => {
+                    let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
+                    self.inner.freed.wait_timeout(free, left).unwrap_or_else(|e| e.into_inner()).0
+                }
+                None => self.inner.freed.wait(free).unwrap_or_else(|e| e.into_inner()),
+            };
         }
     }
 }
@@ -267,5 +272,202 @@ impl DmaBuf {
     pub fn copy_to_volatile<F: WriteVolatile>(&self, offset: usize, dst: &mut F, len: usize) -> io::Result<()> {
         let addr = self.range(offset, len).map_err(io::Error::other)?;
         self.pool.mem.write_all_volatile_to(addr, dst, len).map_err(io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::{Cursor, Seek, SeekFrom};
+    use std::sync::{Arc, Mutex};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    use super::{DmaError, DmaPool, PAGE_SIZE};
+
+    const BASE: GuestAddress = GuestAddress(0x20_0000);
+
+    fn pool(pages: u64) -> DmaPool {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        DmaPool::new(mem, BASE, pages * PAGE_SIZE).unwrap()
+    }
+
+    fn page_of(buf: &super::DmaBuf) -> u64 {
+        (buf.gpa().0 - BASE.0) / PAGE_SIZE
+    }
+
+    #[test]
+    fn new_validates_the_range() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        assert!(matches!(DmaPool::new(mem.clone(), GuestAddress(0x1800), 0x1000), Err(DmaError::Misaligned(_))));
+        assert!(matches!(DmaPool::new(mem.clone(), BASE, 0), Err(DmaError::BadLength(0))));
+        assert!(matches!(DmaPool::new(mem.clone(), BASE, 0x1800), Err(DmaError::BadLength(_))));
+        let past_end = DmaPool::new(mem.clone(), GuestAddress((16 << 20) - 0x1000), 0x2000);
+        assert!(matches!(past_end, Err(DmaError::OutsideMemory { .. })));
+        let wraps = DmaPool::new(mem, GuestAddress(u64::MAX - 0xfff), 0x2000);
+        assert!(matches!(wraps, Err(DmaError::OutsideMemory { .. })));
+    }
+
+    #[test]
+    fn first_fit_alloc_free_and_coalesce() {
+        let pool = pool(16);
+        assert_eq!((pool.capacity(), pool.free_bytes()), (16 * PAGE_SIZE, 16 * PAGE_SIZE));
+        let a = pool.alloc(1).unwrap();
+        let b = pool.alloc(5000).unwrap(); // two pages
+        let c = pool.alloc(4096).unwrap();
+        assert_eq!((page_of(&a), page_of(&b), page_of(&c)), (0, 1, 3));
+        assert_eq!((a.len(), b.len(), b.segment()), (1, 5000, (BASE.0 + PAGE_SIZE, 5000)));
+        assert_eq!(pool.free_bytes(), 12 * PAGE_SIZE);
+
+        drop(b);
+        assert_eq!(pool.free_bytes(), 14 * PAGE_SIZE);
+        let small = pool.alloc(100).unwrap();
+        assert_eq!(page_of(&small), 1, "first fit takes the lowest hole");
+        let big = pool.alloc(3 * 4096).unwrap();
+        assert_eq!(page_of(&big), 4, "a 3-page request skips the 1-page hole");
+
+        // Free out of order; neighbours must merge back into one 16-page extent.
+        drop(a);
+        drop(c);
+        drop(small);
+        drop(big);
+        assert_eq!(pool.free_bytes(), 16 * PAGE_SIZE);
+        let whole = pool.alloc(16 * 4096).expect("coalesced back into one extent");
+        assert_eq!(page_of(&whole), 0);
+        assert!(pool.alloc(1).is_none());
+    }
+
+    #[test]
+    fn exhaustion_and_impossible_requests() {
+        let pool = pool(4);
+        let bufs: Vec<_> = (0..4).map(|_| pool.alloc(4096).unwrap()).collect();
+        assert!(pool.alloc(1).is_none());
+        assert_eq!(pool.free_bytes(), 0);
+        let start = Instant::now();
+        assert!(pool.alloc_wait(5 * 4096, Duration::from_secs(10)).is_none(), "larger than the pool");
+        assert!(pool.alloc_wait(0, Duration::from_secs(10)).is_none(), "zero length");
+        assert!(pool.alloc(usize::MAX).is_none());
+        assert!(start.elapsed() < Duration::from_secs(1), "impossible requests do not wait");
+        let start = Instant::now();
+        assert!(pool.alloc_wait(1, Duration::from_millis(100)).is_none(), "times out while full");
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        drop(bufs);
+        assert_eq!(pool.free_bytes(), 4 * PAGE_SIZE);
+        assert!(pool.alloc_wait(1, Duration::MAX).is_some(), "an unbounded timeout does not overflow");
+    }
+
+    #[test]
+    fn alloc_wait_unblocks_when_a_buffer_is_freed() {
+        let pool = pool(4);
+        let first = pool.alloc(2 * 4096).unwrap();
+        let second = pool.alloc(2 * 4096).unwrap();
+        let waiter = {
+            let pool = pool.clone();
+            thread::spawn(move || pool.alloc_wait(3 * 4096, Duration::from_secs(10)).map(|b| page_of(&b)))
+        };
+        thread::sleep(Duration::from_millis(50));
+        drop(first); // two free pages: not enough, the waiter must keep waiting
+        thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "woken, but 3 pages are not free yet");
+        let start = Instant::now();
+        drop(second);
+        assert_eq!(waiter.join().unwrap(), Some(0));
+        assert!(start.elapsed() < Duration::from_secs(5), "woken by the free, not by the timeout");
+        assert_eq!(pool.free_bytes(), 4 * PAGE_SIZE);
+    }
+
+    #[test]
+    fn concurrent_allocations_never_overlap() {
+        let pool = pool(256);
+        let live: Arc<Mutex<BTreeMap<u64, u64>>> = Arc::default(); // start gpa -> end gpa
+        let workers: Vec<_> = (0..4u8)
+            .map(|t| {
+                let (pool, live) = (pool.clone(), Arc::clone(&live));
+                thread::spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..2000usize {
+                        let len = 1 + (i * 7919 + usize::from(t) * 104_729) % (5 * 4096);
+                        let mut buf = pool.alloc_wait(len, Duration::from_secs(10)).expect("pool drains");
+                        let (start, end) = (buf.gpa().0, buf.gpa().0 + len as u64);
+                        {
+                            let mut live = live.lock().unwrap();
+                            let before = live.range(..end).next_back();
+                            assert!(before.is_none_or(|(_, &e)| e <= start), "overlap at {start:#x}");
+                            live.insert(start, end);
+                        }
+                        let pattern = vec![t.wrapping_mul(31).wrapping_add(i as u8); len];
+                        buf.write_at(0, &pattern).unwrap();
+                        held.push((buf, pattern));
+                        if held.len() > 8 || i % 3 == 0 {
+                            let (buf, pattern) = held.swap_remove(i % held.len());
+                            let mut back = vec![0u8; buf.len()];
+                            buf.read_at(0, &mut back).unwrap();
+                            assert_eq!(back, pattern, "another thread wrote into this buffer");
+                            live.lock().unwrap().remove(&buf.gpa().0);
+                        }
+                    }
+                    for (buf, pattern) in held {
+                        let mut back = vec![0u8; buf.len()];
+                        buf.read_at(0, &mut back).unwrap();
+                        assert_eq!(back, pattern);
+                        live.lock().unwrap().remove(&buf.gpa().0);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(pool.free_bytes(), pool.capacity());
+        assert!(pool.alloc(256 * 4096).is_some(), "fully coalesced after the storm");
+    }
+
+    #[test]
+    fn reads_and_writes_are_bounds_checked() {
+        let pool = pool(4);
+        let mut buf = pool.alloc(5000).unwrap();
+        buf.write_at(4990, b"0123456789").unwrap();
+        let mut out = [0u8; 10];
+        buf.read_at(4990, &mut out).unwrap();
+        assert_eq!(&out, b"0123456789");
+        assert!(matches!(
+            buf.write_at(4991, b"0123456789"),
+            Err(DmaError::OutOfBounds { offset: 4991, len: 10, buf_len: 5000 })
+        ));
+        assert!(matches!(buf.read_at(5000, &mut [0u8; 1]), Err(DmaError::OutOfBounds { .. })));
+        assert!(matches!(buf.read_at(usize::MAX, &mut [0u8; 2]), Err(DmaError::OutOfBounds { .. })), "offset overflow");
+        buf.read_at(5000, &mut []).unwrap();
+        assert!(buf.write_at(0, &vec![1u8; 5001]).is_err(), "page slack past len is not addressable");
+    }
+
+    #[test]
+    fn streaming_helpers_copy_through_guest_memory() {
+        let pool = pool(128);
+        let data: Vec<u8> = (0..150_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut buf = pool.alloc(200_000).unwrap();
+
+        // std::io::Read: copies until `len`, or fewer at end of input.
+        let n = buf.fill_from_reader(10, &mut Cursor::new(&data), 100_000).unwrap();
+        assert_eq!(n, 100_000);
+        let n = buf.fill_from_reader(10, &mut Cursor::new(&data), 199_990).unwrap();
+        assert_eq!(n, data.len(), "stops at end of input");
+        let mut out = Vec::new();
+        buf.copy_to_writer(10, &mut out, data.len()).unwrap();
+        assert_eq!(out, data);
+        assert!(buf.fill_from_reader(10, &mut Cursor::new(&data), 199_991).is_err(), "past the end");
+        assert!(buf.copy_to_writer(0, &mut Vec::new(), 200_001).is_err());
+
+        // Volatile variants with a real file (no bounce buffer).
+        let mut file = tempfile::tempfile().unwrap();
+        buf.copy_to_volatile(10, &mut file, data.len()).unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        let mut other = pool.alloc(200_000).unwrap();
+        assert_eq!(other.fill_from_volatile(0, &mut file, 200_000).unwrap(), data.len());
+        let mut back = vec![0u8; data.len()];
+        other.read_at(0, &mut back).unwrap();
+        assert_eq!(back, data);
+        assert!(other.fill_from_volatile(1, &mut file, 200_000).is_err(), "past the end");
     }
 }

@@ -38,7 +38,7 @@ pub fn vring_need_event(event_idx: u16, new_idx: u16, old_idx: u16) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("queue size {0} is not a power of two in 1..={MAX_QUEUE_SIZE}")]
-    InvalidSize(u32),
+    InvalidSize(u16),
     #[error("ring base {:#x} is not 16-byte aligned", .0.0)]
     Misaligned(GuestAddress),
     #[error("ring [{:#x}, +{len:#x}) is not inside guest memory", base.0)]

@@ -75,9 +75,9 @@ impl SplitQueue {
     /// `event_idx` says whether VIRTIO_RING_F_EVENT_IDX was negotiated.
     pub fn new(mem: GuestMemoryMmap, base: GuestAddress, size: u16, event_idx: bool) -> Result<Self, QueueError> {
         if size == 0 || size > MAX_QUEUE_SIZE || !size.is_power_of_two() {
-            return Err(QueueError::InvalidSize(u32::from(size)));
+            return Err(QueueError::InvalidSize(size));
         }
-        if base.0 % 16 != 0 {
+        if !base.0.is_multiple_of(16) {
             return Err(QueueError::Misaligned(base));
         }
         let (avail_off, used_off, total) = layout(size);
@@ -506,7 +506,7 @@ pub(crate) mod tests {
 
         for size in [0, 3, 48, 65535] {
             assert!(
-                matches!(SplitQueue::new(mem.clone(), RING, size, false), Err(QueueError::InvalidSize(s)) if s == u32::from(size))
+                matches!(SplitQueue::new(mem.clone(), RING, size, false), Err(QueueError::InvalidSize(s)) if s == size)
             );
         }
         assert!(matches!(
