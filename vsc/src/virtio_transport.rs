@@ -77,7 +77,6 @@ struct Queue {
     space: Condvar,
     kick: Arc<EventFd>,
     call: Arc<EventFd>,
-    base: GuestAddress,
 }
 
 struct Inner {
@@ -85,7 +84,6 @@ struct Inner {
     pool: DmaPool,
     device: Mutex<VhostUserDevice>,
     queues: Vec<Queue>,
-    queue_size: u16,
     table: RequestTable<OpBuffers, Completion>,
     hangup: DisconnectHandle,
     config: DeviceConfig,
@@ -137,7 +135,6 @@ impl VirtioTransport {
                 space: Condvar::new(),
                 kick,
                 call,
-                base,
             });
         }
         device.activate(&configs).map_err(transport_err)?;
@@ -149,7 +146,6 @@ impl VirtioTransport {
             pool,
             device: Mutex::new(device),
             queues,
-            queue_size: opts.queue_size,
             table: RequestTable::new(),
             config,
             next_queue: AtomicUsize::new(0),
@@ -348,6 +344,11 @@ impl Inner {
             let result = lock(&self.device).reconnect(&configs);
             match result {
                 Ok(()) => {
+                    // Late completions of the old backend first: the reset
+                    // below rewinds used.idx to the last popped entry.
+                    for q in &self.queues {
+                        self.reap_queue(q);
+                    }
                     for q in &self.queues {
                         let mut st = lock(&q.state);
                         st.ring.reset_after_disconnect();
@@ -473,6 +474,5 @@ impl Drop for VirtioTransport {
         if let Some(r) = self.reaper.take() {
             let _ = r.join();
         }
-        let _ = (self.inner.queue_size, self.inner.queues.first().map(|q| q.base));
     }
 }

@@ -24,13 +24,22 @@ pub struct BlobBackend {
     event_idx: AtomicBool,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     queues: Vec<QueueWorker>,
+    /// Set when the daemon is going away: workers stop taking requests.
+    closing: AtomicBool,
 }
 
 impl BlobBackend {
     pub fn new(engine: Arc<Engine>, num_queues: usize, queue_size: u16) -> Self {
         let max = engine.limits().max_inflight;
         let queues = (0..num_queues).map(|_| QueueWorker::new(Arc::new(InflightTable::new(max)))).collect();
-        Self { engine, queue_size, event_idx: AtomicBool::new(false), mem: RwLock::new(None), queues }
+        Self {
+            engine,
+            queue_size,
+            event_idx: AtomicBool::new(false),
+            mem: RwLock::new(None),
+            queues,
+            closing: AtomicBool::new(false),
+        }
     }
 
     /// Cancel every accepted request as rescinded and wait (bounded) until
@@ -47,6 +56,14 @@ impl BlobBackend {
             }
         }
         n
+    }
+
+    /// Stop taking requests and complete the accepted ones, while the
+    /// connection is still up: the guest sees every completion before it
+    /// sees the hang-up, so it never frees a buffer the VSP still writes.
+    pub fn close(&self) -> usize {
+        self.closing.store(true, Ordering::SeqCst);
+        self.rescind_all()
     }
 
     /// Requests in flight on all queues.
@@ -142,7 +159,10 @@ impl VhostUserBackend for BlobBackend {
         let (Some(worker), Some(vring)) = (self.queues.get(idx), vrings.get(idx)) else {
             return Err(io::Error::other(format!("unexpected device event {device_event}")));
         };
+        if self.closing.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let Some(mem) = self.memory() else { return Ok(()) };
-        worker.process(&self.engine, &mem.memory(), vring, self.event_idx.load(Ordering::Acquire))
+        worker.process(&self.engine, &mem.memory(), vring, self.event_idx.load(Ordering::Acquire), &self.closing)
     }
 }

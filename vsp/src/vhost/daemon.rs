@@ -38,7 +38,7 @@ pub struct Shutdown {
 struct ShutdownInner {
     requested: AtomicBool,
     wake: EventFd,
-    current: Mutex<Option<ShutdownHandle>>,
+    current: Mutex<Option<(ShutdownHandle, Arc<BlobBackend>)>>,
 }
 
 impl Shutdown {
@@ -55,8 +55,14 @@ impl Shutdown {
     pub fn request(&self) {
         self.inner.requested.store(true, Ordering::SeqCst);
         let _ = self.inner.wake.write(1);
-        if let Some(h) = self.inner.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            h.shutdown();
+        let current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((handle, backend)) = current {
+            // Complete accepted requests before the guest sees the hang-up.
+            let n = backend.close();
+            if n > 0 {
+                log::info!("shutdown: completed {n} in-flight requests");
+            }
+            handle.shutdown();
         }
     }
 
@@ -64,7 +70,7 @@ impl Shutdown {
         self.inner.requested.load(Ordering::SeqCst)
     }
 
-    fn set_current(&self, h: Option<ShutdownHandle>) {
+    fn set_current(&self, h: Option<(ShutdownHandle, Arc<BlobBackend>)>) {
         *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = h;
         // A request that raced with connecting still breaks this connection.
         if self.is_requested() {
@@ -117,7 +123,7 @@ pub fn serve(
                 .map_err(DaemonError::CreateDaemon)?;
         daemon.start(&mut listener).map_err(DaemonError::Accept)?;
         log::info!("VMM connected (connection {served})");
-        shutdown.set_current(daemon.shutdown_handle());
+        shutdown.set_current(daemon.shutdown_handle().map(|h| (h, backend.clone())));
         let result = daemon.wait();
         shutdown.set_current(None);
         match result {
@@ -129,7 +135,7 @@ pub fn serve(
         }
         // The frontend is gone but the guest memory is still mapped: finish
         // every accepted request (rescinded unless committed) first.
-        let n = backend.rescind_all();
+        let n = backend.close();
         if n > 0 {
             log::info!("completed {n} in-flight requests after disconnect");
         }

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::QueueT;
@@ -42,12 +43,15 @@ impl QueueWorker {
         mem: &GuestMemoryMmap,
         vring: &VringRwLock,
         event_idx: bool,
+        closing: &AtomicBool,
     ) -> io::Result<()> {
         loop {
             if event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
-            while let Some(popped) = self.pop(engine, mem, vring) {
+            while !closing.load(Ordering::SeqCst)
+                && let Some(popped) = self.pop(engine, mem, vring)
+            {
                 self.complete(engine, mem, vring, popped, event_idx)?;
             }
             if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
