@@ -394,7 +394,7 @@ impl Inner {
         if let (Some((gpa, len)), DataDirection::ToGuest) = (data, b.dir) {
             chain.push((gpa, len, true));
         }
-        chain.push((resp.unchecked_add(u64::from(resp_len)), RESPONSE_SIZE as u32, true));
+        chain.push((GuestAddress(resp.0 + u64::from(resp_len)), RESPONSE_SIZE as u32, true));
 
         let (id, waiter) = self.table.register(b).map_err(|(e, _)| e)?;
         let qi = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
