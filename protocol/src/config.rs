@@ -7,6 +7,13 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::ops::{DecodeError, OP_VERSION};
 
+/// Default virtio device ID of the blob device. Virtio 1.3 assigns IDs
+/// below 64; 2832 (0xB10) is far from that range and from any reserved
+/// block, and 0x1040 + 2832 still fits a modern virtio-pci device ID. VMMs
+/// take it as a parameter (`device_type=` in Cloud Hypervisor, `virtio-id=`
+/// in QEMU), so a clash with a future assignment is a flag away.
+pub const VIRTIO_DEVICE_ID: u16 = 2832;
+
 /// `"VBCF"` as a little-endian u32.
 pub const CONFIG_MAGIC: u32 = u32::from_le_bytes(*b"VBCF");
 
