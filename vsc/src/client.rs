@@ -55,7 +55,13 @@ pub enum Data<'a> {
 pub struct PendingOp {
     ticket: Ticket,
     op: OpCode,
+    /// The VSP completes a request by its `timeout_ms`; past this backstop
+    /// the caller stops waiting (the buffers stay owned by the table).
+    backstop: Option<Duration>,
 }
+
+/// Grace beyond a request's own timeout before the caller gives up.
+const BACKSTOP_GRACE: Duration = Duration::from_secs(10);
 
 /// A finished operation: the decoded answer and, for GetBlob, the data buffer.
 pub struct OpResult {
@@ -65,7 +71,13 @@ pub struct OpResult {
 
 impl PendingOp {
     pub fn wait(self) -> Result<OpResult, ClientError> {
-        decode(self.ticket.wait()?, self.op)
+        let completion = match self.backstop {
+            None => self.ticket.wait()?,
+            Some(limit) => self.ticket.wait_timeout(limit).ok_or_else(|| {
+                ClientError::Transport(format!("no completion within {limit:?}; the device is not responding"))
+            })??,
+        };
+        decode(completion, self.op)
     }
 }
 
@@ -190,7 +202,9 @@ impl BlobClient {
         };
         let dir = code.data_direction();
         let ticket = self.transport.submit(OpBuffers { header, request, response, data, dir })?;
-        Ok(PendingOp { ticket, op: code })
+        let backstop = (self.options.timeout_ms != 0)
+            .then(|| Duration::from_millis(u64::from(self.options.timeout_ms)) + BACKSTOP_GRACE);
+        Ok(PendingOp { ticket, op: code, backstop })
     }
 
     /// Run one operation and wait for it.
