@@ -18,10 +18,6 @@ use vmblob_protocol::ops::{
 use vmblob_protocol::status::BlobError;
 use vmblob_protocol::transport::{MAX_BUFFER_LEN, OperationType, TransportError, VspRequest, VspResponse};
 
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-}
-
 /// A decoded request must re-encode to the bytes it came from (up to the one
 /// documented alias, `max_results` 0 for 5000).
 fn check_canonical_request(bytes: &[u8], req: &OpRequest) -> Result<(), TestCaseError> {
@@ -374,7 +370,15 @@ proptest! {
     }
 
     #[test]
-    fn blob_names_match_model(s in prop_oneof![".{0,40}", "[a./\\\\]{0,12}", "(?s:.{0,8})", "[a-z/]{1000,1030}"]) {
+    fn blob_names_match_model(s in prop_oneof![
+        ".{0,40}",
+        "[a./\\\\]{0,12}",
+        "(?s:.{0,8})",
+        "[a-z/]{1000,1030}",
+        // Around the 254-segment and 1024-byte limits.
+        vec("[a-z]{1,3}", 250..258).prop_map(|v| v.join("/")),
+        (1020usize..=1028).prop_map(|n| format!("a/{}", "b".repeat(n - 2))),
+    ]) {
         let segments: Vec<&str> = s.split('/').collect();
         let model = !s.is_empty()
             && s.len() <= 1024
@@ -467,4 +471,71 @@ fn block_list_ids_follow_the_block_id_rules() {
     assert!(decode(&list(&[&[]])).is_err());
     assert_eq!(decode(&list(&[&[], &[0xff; 64]])), Err(DecodeError::InvalidName));
     assert_eq!(decode(&list(&[&[0xff; 64], &[]])), Err(DecodeError::InvalidName));
+}
+
+#[test]
+fn field_rules_are_enforced_on_decode() {
+    use vmblob_protocol::ops::{BlobRef, ByteRange, Conditions, ETag, GetBlob, Metadata, PutBlob};
+    let target = BlobRef { container: ContainerName::new("box").unwrap(), blob: BlobName::new("b").unwrap() };
+    let put = |content_type: &str, if_match: Option<ETag>| {
+        OpRequest::PutBlob(PutBlob {
+            target: target.clone(),
+            content_type: content_type.to_owned(),
+            metadata: Metadata::default(),
+            conditions: Conditions { if_match, if_none_match: None },
+            content_md5: None,
+            content_crc64: None,
+        })
+    };
+    let ok = put("text/plain; charset=utf-8", Some(ETag::any()));
+    assert_eq!(OpRequest::decode(&ok.encode()), Ok(ok));
+    // Control characters in header-like text are refused (encoders do not check).
+    assert_eq!(OpRequest::decode(&put("text/plain\r\nX: y", None).encode()), Err(DecodeError::InvalidName));
+    assert_eq!(DecodeError::InvalidName.status(), BlobError::InvalidName);
+    // ETags are 1..=256 bytes without control characters.
+    assert_eq!(ETag::new(""), Err(DecodeError::InvalidValue));
+    assert_eq!(ETag::new(&"e".repeat(257)), Err(DecodeError::InvalidValue));
+    assert_eq!(ETag::new("a\u{7f}"), Err(DecodeError::InvalidName));
+    assert!(ETag::new(&"e".repeat(256)).is_ok());
+    // A range whose end overflows a u64 is refused.
+    let get = |offset: u64, length: u64| {
+        OpRequest::GetBlob(GetBlob {
+            target: target.clone(),
+            range: Some(ByteRange { offset, length }),
+            conditions: Conditions::none(),
+        })
+    };
+    assert!(OpRequest::decode(&get(u64::MAX, 0).encode()).is_ok());
+    assert_eq!(OpRequest::decode(&get(u64::MAX, 1).encode()), Err(DecodeError::InvalidValue));
+    // Decode errors map to the statuses PROTOCOL.md §5.2 lists.
+    assert_eq!(DecodeError::UnknownOp(99).status(), BlobError::Unsupported);
+    assert_eq!(DecodeError::TooMany { count: 1, max: 0 }.status(), BlobError::TooLarge);
+    assert_eq!(DecodeError::FieldTooLong { len: 64, max: 63 }.status(), BlobError::InvalidRequest);
+}
+
+#[test]
+fn conditions_follow_the_table() {
+    use vmblob_protocol::ops::{Conditions, ETag};
+    let (a, b, any) = (ETag::new("a").unwrap(), ETag::new("b").unwrap(), ETag::any());
+    let c = |m: Option<&ETag>, n: Option<&ETag>| Conditions { if_match: m.cloned(), if_none_match: n.cloned() };
+    // (conditions, current etag or absent, holds)
+    let cases = [
+        (c(None, None), None, true),
+        (c(None, None), Some(&a), true),
+        (c(Some(&a), None), Some(&a), true),
+        (c(Some(&a), None), Some(&b), false),
+        (c(Some(&a), None), None, false),
+        (c(Some(&any), None), Some(&b), true),
+        (c(Some(&any), None), None, false),
+        (c(None, Some(&a)), Some(&a), false),
+        (c(None, Some(&a)), Some(&b), true),
+        (c(None, Some(&a)), None, true),
+        (c(None, Some(&any)), Some(&b), false),
+        (c(None, Some(&any)), None, true),
+        (c(Some(&a), Some(&b)), Some(&a), true),
+        (c(Some(&a), Some(&a)), Some(&a), false),
+    ];
+    for (cond, current, holds) in cases {
+        assert_eq!(cond.check(current), holds, "{cond:?} on {current:?}");
+    }
 }

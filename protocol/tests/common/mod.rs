@@ -14,6 +14,12 @@ use vmblob_protocol::ops::{
 };
 use vmblob_protocol::status::BlobError;
 
+/// `cases` per property, or `PROPTEST_CASES` when set (for long soak runs).
+pub fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+}
+
 // ---------------------------------------------------------------- names
 
 /// 3–63 of `[a-z0-9-]`, letter or digit at both ends, no `--`.
