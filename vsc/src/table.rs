@@ -97,7 +97,12 @@ impl<B, T> Default for RequestTable<B, T> {
 impl<B, T> RequestTable<B, T> {
     pub fn new() -> Self {
         Self {
-            inner: Mutex::new(Inner { next_id: 1, pending: HashMap::new(), quarantine: HashMap::new(), removing: false }),
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                pending: HashMap::new(),
+                quarantine: HashMap::new(),
+                removing: false,
+            }),
         }
     }
 

@@ -126,7 +126,8 @@ impl VirtioTransport {
         let mut configs = Vec::with_capacity(opts.queues);
         for i in 0..opts.queues {
             let base = GuestAddress(ring_bytes * i as u64);
-            let ring = SplitQueue::new(ram.memory().clone(), base, opts.queue_size, event_idx).map_err(transport_err)?;
+            let ring =
+                SplitQueue::new(ram.memory().clone(), base, opts.queue_size, event_idx).map_err(transport_err)?;
             configs.push(queue_config(i, &ring, 0));
             let kick = device.kick_fd(i).ok_or_else(|| transport_err("no kick fd"))?;
             let call = device.call_fd(i).ok_or_else(|| transport_err("no call fd"))?;
@@ -138,8 +139,8 @@ impl VirtioTransport {
             });
         }
         device.activate(&configs).map_err(transport_err)?;
-        let pool =
-            DmaPool::new(ram.memory().clone(), GuestAddress(rings_total), opts.ram_size - rings_total).map_err(transport_err)?;
+        let pool = DmaPool::new(ram.memory().clone(), GuestAddress(rings_total), opts.ram_size - rings_total)
+            .map_err(transport_err)?;
         let inner = Arc::new(Inner {
             hangup: device.disconnect_handle(),
             ram,

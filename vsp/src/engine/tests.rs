@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmblob_protocol::framing::virtio::{ChainDescriptor, VirtioFrame, canonical_offsets};
 use vmblob_protocol::ops::{
-    BlobListItem, BlockListType, ByteRange, Conditions, ETag, GetBlob, ListBlobs, ListContainers, Metadata,
-    OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList, ResponseMessage,
+    BlobListItem, BlockListType, ByteRange, Conditions, ETag, GetBlob, ListBlobs, ListContainers, Metadata, OpRequest,
+    OpResponse, PutBlob, PutBlock, PutBlockList, ResponseMessage,
 };
 use vmblob_protocol::transport::OperationType;
 use vmblob_protocol::{BlobError, BlobName, BlockId, ContainerName, DataDirection, VspRequest, VspResponse};
@@ -180,7 +180,8 @@ fn every_operation_round_trips() {
     assert_eq!(h.get("photos", "2024/cat.jpg", Some(range), 4096).unwrap(), &data[1000..1500]);
     // A data buffer smaller than the blob gets a positioned read of what fits.
     assert_eq!(h.get("photos", "2024/cat.jpg", None, 4096).unwrap(), &data[..4096]);
-    let props = OpRequest::GetBlobProperties { target: blob_ref("photos", "2024/cat.jpg"), conditions: Conditions::none() };
+    let props =
+        OpRequest::GetBlobProperties { target: blob_ref("photos", "2024/cat.jpg"), conditions: Conditions::none() };
     match h.ok(&props, &[]) {
         OpResponse::BlobProperties(p) => {
             assert_eq!(p.content_length, data.len() as u64);
@@ -305,7 +306,12 @@ fn bad_headers_get_clean_statuses() {
 #[test]
 fn request_over_the_limit_is_refused() {
     let mut h = Harness::with_limits(Limits { max_request_len: 64, ..Limits::default() });
-    let s = h.prepare(&put_op("box", "a-rather-long-blob-name-to-pass-64-bytes/with/segments", Conditions::none()), b"x", 0, 4096);
+    let s = h.prepare(
+        &put_op("box", "a-rather-long-blob-name-to-pass-64-bytes/with/segments", Conditions::none()),
+        b"x",
+        0,
+        4096,
+    );
     let resp = h.engine.serve(&h.mem, &s.request, &CancelToken::new(None));
     assert_eq!(BlobError::from_code(resp.error.get()), Some(BlobError::TooLarge));
 }
@@ -423,7 +429,8 @@ fn rescind_with_requests_in_flight_completes_each_once() {
     let table = Arc::new(InflightTable::new(64));
     let n = 24u16;
     let payload = vec![0x5au8; 4 << 20];
-    let sent: Vec<Sent> = (0..n).map(|i| h.prepare(&put_op("box", &format!("b{i}"), Conditions::none()), &payload, 0, 4096)).collect();
+    let sent: Vec<Sent> =
+        (0..n).map(|i| h.prepare(&put_op("box", &format!("b{i}"), Conditions::none()), &payload, 0, 4096)).collect();
     let mem = h.mem.clone();
     let engine = h.engine.clone();
     let mut workers = Vec::new();

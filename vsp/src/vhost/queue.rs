@@ -23,9 +23,17 @@ pub struct QueueWorker {
 
 /// A popped chain, admitted or refused.
 enum Popped {
-    Admitted { head: u16, request: VirtioRequest, cancel: CancelToken },
+    Admitted {
+        head: u16,
+        request: VirtioRequest,
+        cancel: CancelToken,
+    },
     /// Shape or header is bad: answer with this status if there is room.
-    Malformed { head: u16, writable: Vec<Segment>, status: BlobError },
+    Malformed {
+        head: u16,
+        writable: Vec<Segment>,
+        status: BlobError,
+    },
 }
 
 impl QueueWorker {
