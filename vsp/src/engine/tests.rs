@@ -281,7 +281,8 @@ fn serve_with(h: &mut Harness, tamper: impl FnOnce(&mut VspRequest)) -> VspRespo
 fn bad_headers_get_clean_statuses() {
     let mut h = Harness::new();
     h.mkcontainer("box");
-    let cases: Vec<(Box<dyn FnOnce(&mut VspRequest)>, BlobError)> = vec![
+    type Tamper = Box<dyn FnOnce(&mut VspRequest)>;
+    let cases: Vec<(Tamper, BlobError)> = vec![
         (Box::new(|r| r.version = 1.into()), BlobError::Unsupported),
         (Box::new(|r| r.operation_type = 0x101.into()), BlobError::Unsupported),
         (Box::new(|r| r.operation_type = 0x7.into()), BlobError::Unsupported),
@@ -329,15 +330,13 @@ fn garbage_ops_never_panic() {
                 seed ^= seed << 17;
                 *b = seed as u8;
             }
-            if len >= 8 && seed % 2 == 0 {
+            if len >= 8 && seed.is_multiple_of(2) {
                 body[..4].copy_from_slice(b"VBRQ");
                 body[4..6].copy_from_slice(&1u16.to_le_bytes());
             }
             let mut s = h.prepare(&OpRequest::GetDeviceConfig, &[], 0, 4096);
-            let at = GuestAddress(s.request.frame.request(&s.request.header).unwrap()[0].addr);
             let gpa = h.alloc(56 + len as u64);
             h.mem.write_slice(&body, GuestAddress(gpa + 56)).unwrap();
-            let _ = at;
             let descs = vec![
                 ChainDescriptor { addr: gpa, len: 56 + len as u32, writable: false },
                 ChainDescriptor { addr: s.resp_gpa, len: 4096 + 12, writable: true },
