@@ -46,6 +46,10 @@ pub struct VirtioOptions {
     pub frontend: FrontendOptions,
     /// Reconnect after the backend goes away.
     pub reconnect: bool,
+    /// Busy-poll the used rings this long after the last completion before
+    /// sleeping on the call eventfds (zero: interrupts only). Polling stops
+    /// when idle, so an idle client burns no CPU.
+    pub poll: Duration,
 }
 
 impl VirtioOptions {
@@ -61,6 +65,7 @@ impl VirtioOptions {
                 ..FrontendOptions::default()
             },
             reconnect: true,
+            poll: Duration::ZERO,
         }
     }
 }
@@ -92,6 +97,7 @@ struct Inner {
     stop_evt: EventFd,
     reconnect: bool,
     reconnecting: AtomicBool,
+    poll: Duration,
 }
 
 /// A connected virtio blob device.
@@ -154,6 +160,7 @@ impl VirtioTransport {
             stop_evt: EventFd::new(EFD_NONBLOCK)?,
             reconnect: opts.reconnect,
             reconnecting: AtomicBool::new(false),
+            poll: opts.poll,
         });
         let reaper_inner = inner.clone();
         let reaper = std::thread::Builder::new()
@@ -213,8 +220,9 @@ impl Inner {
             .collect()
     }
 
-    /// Pop every used entry of `q` and complete those requests.
-    fn reap_queue(&self, q: &Queue) {
+    /// Pop every used entry of `q` and complete those requests; returns how
+    /// many completed.
+    fn reap_queue(&self, q: &Queue) -> usize {
         let mut done = Vec::new();
         {
             let mut st = lock(&q.state);
@@ -242,8 +250,27 @@ impl Inner {
         if !done.is_empty() {
             q.space.notify_all();
         }
+        let n = done.len();
         for (id, len) in done {
             self.table.complete(id, |b| finish(b, len));
+        }
+        n
+    }
+
+    /// Spin on the used rings while completions keep coming, for at most
+    /// `poll` after the last one.
+    fn busy_poll(&self) {
+        if self.poll.is_zero() {
+            return;
+        }
+        let mut deadline = std::time::Instant::now() + self.poll;
+        while std::time::Instant::now() < deadline && !self.stopping.load(Ordering::Relaxed) {
+            let n: usize = self.queues.iter().map(|q| self.reap_queue(q)).sum();
+            if n > 0 {
+                deadline = std::time::Instant::now() + self.poll;
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 
@@ -285,6 +312,9 @@ impl Inner {
                 self.spawn_reconnect();
             } else if !down && handled_hangup && !self.table.is_removing() {
                 handled_hangup = false;
+            }
+            if !down {
+                self.busy_poll();
             }
             match epoll.wait(100, &mut events) {
                 Ok(n) => {
