@@ -130,10 +130,13 @@ impl QueueWorker {
         // malformed chain, the last 12 writable bytes if there are that many.
         let status_segs = if admitted { writable } else { tail(&writable, RESPONSE_SIZE as u64) };
         let used_len = post_status(mem, &status_segs, &resp);
-        vring.add_used(head, used_len).map_err(io::Error::other)?;
+        let posted = vring.add_used(head, used_len).map_err(io::Error::other);
+        // Retire the entry even if the guest broke its used ring, so a stop
+        // never waits for a completion that was already attempted.
         if admitted && !self.inflight.complete(head) {
             log::error!("completion for head {head} not in flight");
         }
+        posted?;
         if !event_idx || vring.needs_notification().map_err(io::Error::other)? {
             // A vanished frontend closes the call fd; the completion is in the
             // used ring regardless.
