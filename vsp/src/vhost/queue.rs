@@ -62,7 +62,12 @@ impl QueueWorker {
             {
                 self.complete(engine, mem, vring, popped, event_idx)?;
             }
-            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            // Closing: leave queued requests unpopped (never accepted, so the
+            // guest fails them itself) instead of re-arming forever.
+            if closing.load(Ordering::SeqCst)
+                || !event_idx
+                || !vring.enable_notification().map_err(io::Error::other)?
+            {
                 return Ok(());
             }
         }
