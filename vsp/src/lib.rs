@@ -22,15 +22,18 @@ pub enum VspError {
 }
 
 /// Open the configured store.
-pub fn open_store(spec: &StoreSpec) -> Result<Arc<dyn store::BlobStore>, VspError> {
+pub fn open_store(spec: &StoreSpec, limits: &engine::Limits) -> Result<Arc<dyn store::BlobStore>, VspError> {
     match spec {
-        StoreSpec::Dir(dir) => Ok(Arc::new(store::fs::FsStore::open(dir).map_err(VspError::Store)?)),
+        StoreSpec::Dir(dir) => {
+            let options = store::fs::FsOptions { max_blob_size: limits.max_blob_size, ..Default::default() };
+            Ok(Arc::new(store::fs::FsStore::open_with(dir, options).map_err(VspError::Store)?))
+        }
     }
 }
 
 /// Run the daemon until `shutdown` is requested (or `max_connections` served).
 pub fn run(config: &VspConfig, shutdown: &Shutdown) -> Result<(), VspError> {
-    let store = open_store(&config.store)?;
+    let store = open_store(&config.store, &config.limits)?;
     let engine = Arc::new(engine::Engine::new(store, config.limits.clone(), config.queues as u16));
     vhost::serve(&config.socket_path, engine, config.queues, config.queue_size, shutdown, config.max_connections)?;
     Ok(())

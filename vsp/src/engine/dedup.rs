@@ -7,9 +7,12 @@ use std::sync::Mutex;
 
 use crate::store::TxnId;
 
-/// A completed request's status and op-response bytes.
+/// A completed request's status and op-response bytes, and a digest of the
+/// request it answered: only the same request under the same transaction id
+/// is a replay (a guest reusing an id for another op gets that op run).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
+    pub request_digest: u64,
     pub status: u32,
     pub response: Vec<u8>,
 }
@@ -54,7 +57,7 @@ mod tests {
     #[test]
     fn bounded_and_replays() {
         let c = DedupCache::new(2);
-        let o = |s| Outcome { status: s, response: vec![s as u8] };
+        let o = |s| Outcome { request_digest: 0, status: s, response: vec![s as u8] };
         c.insert([1; 16], o(1));
         c.insert([2; 16], o(2));
         assert_eq!(c.get(&[1; 16]), Some(o(1)));

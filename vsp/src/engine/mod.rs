@@ -178,8 +178,9 @@ impl Engine {
             }
         };
         let txn = hdr.transaction_id;
+        let digest = crate::store::crc64(&req_bytes) ^ (req_bytes.len() as u64).rotate_left(32);
         if is_write(&op)
-            && let Some(prev) = self.dedup.get(&txn)
+            && let Some(prev) = self.dedup.get(&txn).filter(|p| p.request_digest == digest)
         {
             log::debug!("replayed transaction answered from its first run");
             return match guest_io::write_all(mem, &layout.response, &prev.response) {
@@ -191,7 +192,7 @@ impl Engine {
         let result = self.execute(mem, &op, &layout, &txn, cancel, resp_cap);
         let (resp, written) = self.reply_bytes(mem, &layout.response, op.op(), result);
         if is_write(&op) && resp.error.get() == 0 {
-            self.dedup.insert(txn, Outcome { status: 0, response: written });
+            self.dedup.insert(txn, Outcome { request_digest: digest, status: 0, response: written });
         }
         resp
     }

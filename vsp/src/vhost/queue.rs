@@ -64,7 +64,11 @@ impl QueueWorker {
             }
             // Closing: leave queued requests unpopped (never accepted, so the
             // guest fails them itself) instead of re-arming forever.
+            // A stopped ring (GET_VRING_BASE) likewise: its entries wait for
+            // the next start.
+            let stopped = !vring.get_ref().get_queue().ready();
             if closing.load(Ordering::SeqCst)
+                || stopped
                 || !event_idx
                 || !vring.enable_notification().map_err(io::Error::other)?
             {
