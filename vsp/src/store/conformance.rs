@@ -207,6 +207,7 @@ pub fn list_all(s: &dyn BlobStore, c: &str, prefix: &str, delimiter: &str, page:
         }
         assert_eq!(p.items.len(), page as usize, "a page with a next marker is full");
         assert_eq!(p.next_marker, item_key(p.items.last().unwrap()));
+        assert!(p.next_marker > marker, "marker must advance (else paging never ends)");
         marker = p.next_marker.clone();
         out.extend(p.items);
     }

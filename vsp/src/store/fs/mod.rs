@@ -19,7 +19,7 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
@@ -192,26 +192,37 @@ impl FsStore {
     }
 
     /// Renames a finished temp file over `target` (caller holds the name
-    /// lock) and makes the rename durable. `on_renamed` updates the in-memory
-    /// view as soon as the disk holds the new file.
-    fn commit(
+    /// lock) and makes the rename durable; `make_parent` first creates the
+    /// target's directory if missing. `on_renamed` updates the in-memory view
+    /// as soon as the disk holds the new file. Returns the container's
+    /// liveness guard: the caller finishes (discards staged blocks) before a
+    /// delete can move the directory away and a namesake take its place.
+    fn commit<'c>(
         &self,
-        c: &Container,
+        c: &'c Container,
         tmp: &mut TempFile,
         target: &Path,
+        make_parent: bool,
         on_renamed: impl FnOnce(),
-    ) -> Result<(), StoreError> {
+    ) -> Result<RwLockReadGuard<'c, bool>, StoreError> {
         let alive = read(&c.alive);
         if !*alive {
             return Err(StoreError::ContainerNotFound);
         }
+        let parent = target.parent().ok_or_else(|| io::Error::other("target without a directory"))?;
+        if make_parent {
+            match fs::create_dir(parent) {
+                Ok(()) => layout::sync_dir(parent.parent().unwrap_or(parent))?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         tmp.rename_to(target)?;
         on_renamed();
         self.checkpoint(FaultPoint::Renamed, None)?;
-        if let Some(parent) = target.parent() {
-            layout::sync_dir(parent)?;
-        }
-        self.checkpoint(FaultPoint::DirSynced, None)
+        layout::sync_dir(parent)?;
+        self.checkpoint(FaultPoint::DirSynced, None)?;
+        Ok(alive)
     }
 
     /// Builds a new container directory in `tmp/`: one rename then publishes it whole.
@@ -325,7 +336,9 @@ impl BlobStore for FsStore {
             return Ok(w);
         }
         let entry = IndexEntry { props: props.clone(), txn: *txn };
-        self.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), || c.set_entry(name, Some(entry)))?;
+        let _alive = self.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), false, || {
+            c.set_entry(name, Some(entry));
+        })?;
         // A whole-blob write discards uncommitted blocks, as in Azure.
         c.discard_staged(name);
         Ok(written(&props))
@@ -372,8 +385,8 @@ impl BlobStore for FsStore {
             if let Some(parent) = path.parent() {
                 layout::sync_dir(parent)?;
             }
+            c.discard_staged(name);
         }
-        c.discard_staged(name);
         Ok(())
     }
 

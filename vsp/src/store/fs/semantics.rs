@@ -499,6 +499,8 @@ pub(crate) fn check_stage_room(staged: usize, replaces: bool) -> Result<(), Stor
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy as _;
+
     use super::*;
 
     #[test]
@@ -535,6 +537,73 @@ mod tests {
             clip_range(Some(ByteRange { offset: 11, length: 0 }), 10, 100),
             Err(StoreError::InvalidRange)
         ));
+    }
+
+    /// The listing as a naive model sees it: names in order, each rolled-up
+    /// prefix once, where its first name sorts.
+    fn model(names: &BTreeMap<String, ()>, prefix: &str, delim: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for n in names.keys().filter(|n| n.starts_with(prefix)) {
+            let rest = &n[prefix.len()..];
+            match rest.find(delim).filter(|_| !delim.is_empty()) {
+                Some(i) => {
+                    let p = format!("P:{}", &n[..prefix.len() + i + delim.len()]);
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+                None => out.push(n.clone()),
+            }
+        }
+        out
+    }
+
+    fn paged(names: &BTreeMap<String, ()>, prefix: &str, delim: &str, page: u32) -> Vec<String> {
+        let mut req = ListBlobs {
+            container: vmblob_protocol::ContainerName::new("box").unwrap(),
+            prefix: prefix.into(),
+            delimiter: delim.into(),
+            marker: String::new(),
+            max_results: page,
+            include_metadata: false,
+        };
+        let mut out = Vec::new();
+        loop {
+            let p = list_blobs_page(names, &req, |_| BlobProperties::default());
+            assert!(p.items.len() <= page as usize);
+            let more = !p.next_marker.is_empty();
+            if more {
+                assert_eq!(p.items.len(), page as usize);
+            }
+            out.extend(p.items.into_iter().map(|i| match i {
+                BlobListItem::Blob { name, .. } => name,
+                BlobListItem::Prefix(p) => format!("P:{p}"),
+            }));
+            if !more {
+                return out;
+            }
+            assert!(p.next_marker > req.marker, "marker must advance (else paging never ends)");
+            req.marker = p.next_marker;
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn listing_pages_match_the_model(
+            names in proptest::collection::btree_set(
+                proptest::collection::vec(proptest::sample::select(vec!['a', 'b', '/', 'é', char::MAX]), 1..7)
+                    .prop_map(String::from_iter),
+                0..60,
+            ),
+            prefix in proptest::sample::select(vec!["", "a", "a/", "é", "b/"]),
+            delim in proptest::sample::select(vec!["", "/", "b/", "é", "\u{10FFFF}"]),
+            page in 1u32..8,
+        ) {
+            let names: BTreeMap<String, ()> = names.into_iter().map(|n| (n, ())).collect();
+            let want = model(&names, prefix, delim);
+            proptest::prop_assert_eq!(paged(&names, prefix, delim, 5000), want.clone());
+            proptest::prop_assert_eq!(paged(&names, prefix, delim, page), want);
+        }
     }
 
     #[test]
