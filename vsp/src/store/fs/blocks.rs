@@ -160,11 +160,7 @@ pub(super) fn get_block_list(
     let uncommitted: Vec<BlockInfo> = c.with_staged(name, |s| {
         s.iter().map(|(id, info)| BlockInfo { id: id.clone(), size: info.size, committed: false }).collect()
     })?;
-    let old = match c.entry(name)? {
-        Some(_) => store.open_blob(&c, name)?,
-        None => None,
-    };
-    let Some((file, raw, _)) = old else {
+    if c.entry(name)?.is_none() {
         // A blob with only uncommitted blocks exists for this call, as in Azure.
         return if uncommitted.is_empty() {
             Err(StoreError::BlobNotFound)
@@ -173,9 +169,11 @@ pub(super) fn get_block_list(
         } else {
             Ok(uncommitted)
         };
-    };
+    }
     let mut out = Vec::new();
     if list_type != BlockListType::Uncommitted {
+        // The committed list lives in the blob's file, not in the index.
+        let (file, raw, _) = store.open_blob(&c, name)?.ok_or(StoreError::BlobNotFound)?;
         let committed = raw.read_blocks(&file)?;
         out.extend(committed.into_iter().map(|b| BlockInfo { id: b.id, size: b.size, committed: true }));
     }

@@ -10,6 +10,7 @@
 mod blocks;
 mod index;
 mod layout;
+pub(crate) mod listing;
 pub(crate) mod semantics;
 #[cfg(test)]
 mod tests;
@@ -308,7 +309,7 @@ impl BlobStore for FsStore {
     }
 
     fn list_containers(&self, req: &ListContainers) -> Result<Page<ContainerEntry>, StoreError> {
-        Ok(semantics::list_containers_page(&read(&self.containers), req, |c| c.props.clone()))
+        Ok(listing::list_containers_page(&read(&self.containers), req, |c| c.props.clone()))
     }
 
     fn put_blob(&self, req: &PutBlob, data: &mut dyn DataSource, txn: &TxnId) -> Result<BlobWritten, StoreError> {
@@ -392,7 +393,7 @@ impl BlobStore for FsStore {
 
     fn list_blobs(&self, req: &ListBlobs) -> Result<Page<BlobListItem>, StoreError> {
         let c = self.container(&req.container)?;
-        c.with_index(|map| semantics::list_blobs_page(map, req, |e| e.props.clone()))
+        c.with_index(|map| listing::list_blobs_page(map, req, |e| e.props.clone()))
     }
 
     fn put_block(
