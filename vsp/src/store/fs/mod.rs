@@ -20,7 +20,7 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
@@ -32,8 +32,8 @@ use vmblob_protocol::ops::{
 use self::index::{Container, IndexEntry};
 use self::layout::{BLOB_MAGIC, BlobHeader, ContainerMeta, Layout, Reservation, TempFile};
 use self::semantics::{
-    BufPool, Digests, check_conditions, check_size, check_write, clip_range, ingest, new_props, next_etag, now_ms,
-    read, verify, write, written,
+    BufPool, Digests, check_conditions, check_size, check_write, clip_range, ingest, lock, new_props, next_etag,
+    now_ms, read, verify, write, written,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
@@ -92,8 +92,10 @@ pub struct FsStore {
     layout: Layout,
     max_blob_size: u64,
     faults: Option<FaultHook>,
-    /// Containers by name. Only container create/delete write-lock it.
+    /// Containers by name; write-locked only briefly, never across I/O.
     containers: RwLock<BTreeMap<String, Arc<Container>>>,
+    /// Serialises container creates and deletes (their directory I/O).
+    container_ops: Mutex<()>,
     bufs: BufPool,
 }
 
@@ -113,6 +115,8 @@ impl FsStore {
         for dir in [root.to_path_buf(), layout.containers(), layout.tmp(), layout.trash()] {
             fs::create_dir_all(&dir)?;
         }
+        // Containers are renamed into these directories: their own entries must be durable too.
+        layout::sync_dir(root)?;
         // Whatever is here was being written or deleted when the last run stopped.
         let leftovers = layout::clear_dir(&layout.tmp())? + layout::clear_dir(&layout.trash())?;
         if leftovers > 0 {
@@ -137,6 +141,7 @@ impl FsStore {
             max_blob_size: options.max_blob_size,
             faults: options.faults,
             containers: RwLock::new(containers),
+            container_ops: Mutex::new(()),
             bufs: BufPool::new(),
         })
     }
@@ -263,8 +268,8 @@ impl BlobStore for FsStore {
         metadata: &Metadata,
         txn: &TxnId,
     ) -> Result<ContainerProperties, StoreError> {
-        let mut map = write(&self.containers);
-        if let Some(c) = map.get(name.as_str()) {
+        let _ops = lock(&self.container_ops);
+        if let Some(c) = read(&self.containers).get(name.as_str()) {
             return if c.txn == *txn { Ok(c.props.clone()) } else { Err(StoreError::AlreadyExists) };
         }
         let props = ContainerProperties { etag: next_etag(), last_modified_ms: now_ms(), metadata: metadata.clone() };
@@ -279,22 +284,29 @@ impl BlobStore for FsStore {
             let _ = fs::remove_dir_all(&staging);
             return Err(e.into());
         }
-        map.insert(name.as_str().to_owned(), Arc::new(Container::new(dir, props.clone(), *txn)));
+        let c = Arc::new(Container::new(dir, props.clone(), *txn));
+        write(&self.containers).insert(name.as_str().to_owned(), c);
         layout::sync_dir(&self.layout.containers())?;
         Ok(props)
     }
 
     fn delete_container(&self, name: &ContainerName) -> Result<(), StoreError> {
-        let mut map = write(&self.containers);
-        let c = map.get(name.as_str()).cloned().ok_or(StoreError::ContainerNotFound)?;
-        // Waits for commits in flight; later ones see the flag and fail.
-        let mut alive = write(&c.alive);
+        let _ops = lock(&self.container_ops);
+        // New requests stop finding it at once; requests already holding it
+        // may still commit until the rename below, and go with it.
+        let c = write(&self.containers).remove(name.as_str()).ok_or(StoreError::ContainerNotFound)?;
         let trash = self.layout.trash().join(layout::unique_name("container"));
-        fs::rename(&c.dir, &trash)?;
-        *alive = false;
-        map.remove(name.as_str());
-        drop(alive);
-        drop(map);
+        {
+            // Waits for commits in flight; later ones see the flag and fail.
+            let mut alive = write(&c.alive);
+            *alive = false;
+            if let Err(e) = fs::rename(&c.dir, &trash) {
+                // Still on disk: keep serving it rather than lose track of it.
+                *alive = true;
+                write(&self.containers).insert(name.as_str().to_owned(), c.clone());
+                return Err(e.into());
+            }
+        }
         layout::sync_dir(&self.layout.containers())?;
         self.checkpoint(FaultPoint::ContainerTrashed, None)?;
         // Gone for good already; a failure here only leaves trash for the next open.
