@@ -1,8 +1,8 @@
 //! Filesystem store, the embedded default.
 //!
-//! Each blob is one file (header + data, see [`layout`]) replaced by
+//! Each blob is one file (header + data, see `layout.rs`) replaced by
 //! write-temp, fsync, rename, fsync-directory: after a crash a blob is the old
-//! one or the new one. An in-memory index per container (see [`index`])
+//! one or the new one. An in-memory index per container (see `index.rs`)
 //! answers listings and property reads; file data is read from one opened
 //! file, so a concurrent replace never shows a reader a mix. One store owns
 //! its root: opening it clears what an earlier run left in `tmp/` and `trash/`.

@@ -385,10 +385,11 @@ mod tests {
         let parse = |s: &str| u64::from_str_radix(s.trim_matches('"').trim_start_matches("0x"), 16).unwrap();
         assert!(a.starts_with("\"0x") && a.ends_with('"'), "{a}");
         assert!(parse(&b) > parse(&a));
-        // A tick read back from disk from the future still keeps later ETags above it.
-        let future = format!("\"0x{:X}\"", parse(&b) + 1_000_000_000);
-        observe_etag(&future);
-        assert!(parse(&next_etag()) > parse(&future));
+        // A tick read back from disk ahead of the clock (10 ms here) keeps later ETags above it.
+        let ahead = format!("\"0x{:X}\"", parse(&b) + 100_000);
+        observe_etag(&ahead);
+        assert!(LAST_TICK.load(Ordering::SeqCst) >= parse(&ahead));
+        assert!(parse(&next_etag()) > parse(&ahead));
     }
 
     #[test]
