@@ -4,7 +4,7 @@
 //! blob (temp, fsync, rename). Committing a list copies the listed blocks, in
 //! order, into a new blob file that replaces the old one with one rename.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
@@ -45,14 +45,9 @@ pub(super) fn put_block(
 
     let _g = c.locks.lock(name);
     c.with_staged(name, room_check)??;
-    let dir = layout::staging_dir(&c.dir, name);
-    match fs::create_dir(&dir) {
-        Ok(()) => layout::sync_dir(&layout::staging_root(&c.dir))?,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e.into()),
-    }
+    let target = layout::block_path(&layout::staging_dir(&c.dir, name), id);
     let info = StagedInfo { size: len, crc64: digests.crc64 };
-    store.commit(&c, &mut tmp, &layout::block_path(&dir, id), || c.note_staged(name, id, info))?;
+    drop(store.commit(&c, &mut tmp, &target, true, || c.note_staged(name, id, info))?);
     Ok(digests.crc64)
 }
 
@@ -119,7 +114,9 @@ pub(super) fn put_block_list(store: &FsStore, req: &PutBlockList, txn: &TxnId) -
     let json = layout::to_json(&BlobHeader::new(name, &props, txn))?;
     store.finish_temp(&mut tmp, BLOB_MAGIC, &res, &json)?;
     let entry = IndexEntry { props: props.clone(), txn: *txn };
-    store.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), || c.set_entry(name, Some(entry)))?;
+    let _alive = store.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), false, || {
+        c.set_entry(name, Some(entry));
+    })?;
     // Uncommitted blocks left out of the list are discarded, as in Azure.
     c.discard_staged(name);
     Ok(written(&props))
@@ -163,11 +160,7 @@ pub(super) fn get_block_list(
     let uncommitted: Vec<BlockInfo> = c.with_staged(name, |s| {
         s.iter().map(|(id, info)| BlockInfo { id: id.clone(), size: info.size, committed: false }).collect()
     })?;
-    let old = match c.entry(name)? {
-        Some(_) => store.open_blob(&c, name)?,
-        None => None,
-    };
-    let Some((file, raw, _)) = old else {
+    if c.entry(name)?.is_none() {
         // A blob with only uncommitted blocks exists for this call, as in Azure.
         return if uncommitted.is_empty() {
             Err(StoreError::BlobNotFound)
@@ -176,9 +169,11 @@ pub(super) fn get_block_list(
         } else {
             Ok(uncommitted)
         };
-    };
+    }
     let mut out = Vec::new();
     if list_type != BlockListType::Uncommitted {
+        // The committed list lives in the blob's file, not in the index.
+        let (file, raw, _) = store.open_blob(&c, name)?.ok_or(StoreError::BlobNotFound)?;
         let committed = raw.read_blocks(&file)?;
         out.extend(committed.into_iter().map(|b| BlockInfo { id: b.id, size: b.size, committed: true }));
     }

@@ -45,6 +45,10 @@ const DATA_ALIGN: u64 = 4096;
 /// anything bigger is corruption.
 const MAX_HEADER_JSON: u32 = 1 << 20;
 const CONTAINER_META: &str = "container.json";
+/// Bounds on the block list, so a corrupt prefix can't make a reader allocate
+/// gigabytes: the committed-list limit, and an entry with the longest id.
+const MAX_BLOCKS_IN_FILE: u32 = super::semantics::MAX_COMMITTED_BLOCKS as u32;
+const MAX_BLOCK_ENTRY: u64 = 1 + vmblob_protocol::names::BLOCK_ID_MAX as u64 + 8;
 
 /// Paths under the store's root.
 #[derive(Debug, Clone)]
@@ -246,8 +250,10 @@ pub fn read_header(file: &File, magic: [u8; 8]) -> io::Result<RawHeader> {
     }
     let (json_len, block_count, blocks_offset, data_start) = (u32_at(8), u32_at(12), u64_at(16), u64_at(24));
     if json_len > MAX_HEADER_JSON
+        || block_count > MAX_BLOCKS_IN_FILE
         || blocks_offset < PREFIX_LEN + u64::from(json_len)
         || data_start < blocks_offset
+        || data_start - blocks_offset > u64::from(block_count) * MAX_BLOCK_ENTRY + DATA_ALIGN
         || data_start > file_len
     {
         return Err(invalid("inconsistent header"));
@@ -478,6 +484,23 @@ mod tests {
             fs::write(&p, junk).unwrap();
             assert!(read_header(&File::open(&p).unwrap(), BLOB_MAGIC).is_err());
         }
+    }
+
+    #[test]
+    fn corrupt_lengths_do_not_drive_allocations() {
+        // A sparse 1 TiB file whose prefix claims a 512 GiB block list.
+        let dir = tempfile::tempdir().unwrap();
+        let f = OpenOptions::new().read(true).write(true).create_new(true).open(dir.path().join("big")).unwrap();
+        f.set_len(1 << 40).unwrap();
+        let mut prefix = BLOB_MAGIC.to_vec();
+        prefix.extend_from_slice(&2u32.to_le_bytes());
+        prefix.extend_from_slice(&1u32.to_le_bytes());
+        prefix.extend_from_slice(&34u64.to_le_bytes());
+        prefix.extend_from_slice(&(1u64 << 39).to_le_bytes());
+        prefix.extend_from_slice(b"{}");
+        f.write_all_at(&prefix, 0).unwrap();
+        let e = read_header(&f, BLOB_MAGIC).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

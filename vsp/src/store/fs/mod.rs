@@ -1,8 +1,8 @@
 //! Filesystem store, the embedded default.
 //!
-//! Each blob is one file (header + data, see [`layout`]) replaced by
+//! Each blob is one file (header + data, see `layout.rs`) replaced by
 //! write-temp, fsync, rename, fsync-directory: after a crash a blob is the old
-//! one or the new one. An in-memory index per container (see [`index`])
+//! one or the new one. An in-memory index per container (see `index.rs`)
 //! answers listings and property reads; file data is read from one opened
 //! file, so a concurrent replace never shows a reader a mix. One store owns
 //! its root: opening it clears what an earlier run left in `tmp/` and `trash/`.
@@ -10,6 +10,7 @@
 mod blocks;
 mod index;
 mod layout;
+pub(crate) mod listing;
 pub(crate) mod semantics;
 #[cfg(test)]
 mod tests;
@@ -19,7 +20,7 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
@@ -31,8 +32,8 @@ use vmblob_protocol::ops::{
 use self::index::{Container, IndexEntry};
 use self::layout::{BLOB_MAGIC, BlobHeader, ContainerMeta, Layout, Reservation, TempFile};
 use self::semantics::{
-    BufPool, Digests, check_conditions, check_size, check_write, clip_range, ingest, new_props, next_etag, now_ms,
-    read, verify, write, written,
+    BufPool, Digests, check_conditions, check_size, check_write, clip_range, ingest, lock, new_props, next_etag,
+    now_ms, read, verify, write, written,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
@@ -91,8 +92,10 @@ pub struct FsStore {
     layout: Layout,
     max_blob_size: u64,
     faults: Option<FaultHook>,
-    /// Containers by name. Only container create/delete write-lock it.
+    /// Containers by name; write-locked only briefly, never across I/O.
     containers: RwLock<BTreeMap<String, Arc<Container>>>,
+    /// Serialises container creates and deletes (their directory I/O).
+    container_ops: Mutex<()>,
     bufs: BufPool,
 }
 
@@ -112,6 +115,8 @@ impl FsStore {
         for dir in [root.to_path_buf(), layout.containers(), layout.tmp(), layout.trash()] {
             fs::create_dir_all(&dir)?;
         }
+        // Containers are renamed into these directories: their own entries must be durable too.
+        layout::sync_dir(root)?;
         // Whatever is here was being written or deleted when the last run stopped.
         let leftovers = layout::clear_dir(&layout.tmp())? + layout::clear_dir(&layout.trash())?;
         if leftovers > 0 {
@@ -136,6 +141,7 @@ impl FsStore {
             max_blob_size: options.max_blob_size,
             faults: options.faults,
             containers: RwLock::new(containers),
+            container_ops: Mutex::new(()),
             bufs: BufPool::new(),
         })
     }
@@ -192,26 +198,37 @@ impl FsStore {
     }
 
     /// Renames a finished temp file over `target` (caller holds the name
-    /// lock) and makes the rename durable. `on_renamed` updates the in-memory
-    /// view as soon as the disk holds the new file.
-    fn commit(
+    /// lock) and makes the rename durable; `make_parent` first creates the
+    /// target's directory if missing. `on_renamed` updates the in-memory view
+    /// as soon as the disk holds the new file. Returns the container's
+    /// liveness guard: the caller finishes (discards staged blocks) before a
+    /// delete can move the directory away and a namesake take its place.
+    fn commit<'c>(
         &self,
-        c: &Container,
+        c: &'c Container,
         tmp: &mut TempFile,
         target: &Path,
+        make_parent: bool,
         on_renamed: impl FnOnce(),
-    ) -> Result<(), StoreError> {
+    ) -> Result<RwLockReadGuard<'c, bool>, StoreError> {
         let alive = read(&c.alive);
         if !*alive {
             return Err(StoreError::ContainerNotFound);
         }
+        let parent = target.parent().ok_or_else(|| io::Error::other("target without a directory"))?;
+        if make_parent {
+            match fs::create_dir(parent) {
+                Ok(()) => layout::sync_dir(parent.parent().unwrap_or(parent))?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         tmp.rename_to(target)?;
         on_renamed();
         self.checkpoint(FaultPoint::Renamed, None)?;
-        if let Some(parent) = target.parent() {
-            layout::sync_dir(parent)?;
-        }
-        self.checkpoint(FaultPoint::DirSynced, None)
+        layout::sync_dir(parent)?;
+        self.checkpoint(FaultPoint::DirSynced, None)?;
+        Ok(alive)
     }
 
     /// Builds a new container directory in `tmp/`: one rename then publishes it whole.
@@ -251,8 +268,8 @@ impl BlobStore for FsStore {
         metadata: &Metadata,
         txn: &TxnId,
     ) -> Result<ContainerProperties, StoreError> {
-        let mut map = write(&self.containers);
-        if let Some(c) = map.get(name.as_str()) {
+        let _ops = lock(&self.container_ops);
+        if let Some(c) = read(&self.containers).get(name.as_str()) {
             return if c.txn == *txn { Ok(c.props.clone()) } else { Err(StoreError::AlreadyExists) };
         }
         let props = ContainerProperties { etag: next_etag(), last_modified_ms: now_ms(), metadata: metadata.clone() };
@@ -267,22 +284,29 @@ impl BlobStore for FsStore {
             let _ = fs::remove_dir_all(&staging);
             return Err(e.into());
         }
-        map.insert(name.as_str().to_owned(), Arc::new(Container::new(dir, props.clone(), *txn)));
+        let c = Arc::new(Container::new(dir, props.clone(), *txn));
+        write(&self.containers).insert(name.as_str().to_owned(), c);
         layout::sync_dir(&self.layout.containers())?;
         Ok(props)
     }
 
     fn delete_container(&self, name: &ContainerName) -> Result<(), StoreError> {
-        let mut map = write(&self.containers);
-        let c = map.get(name.as_str()).cloned().ok_or(StoreError::ContainerNotFound)?;
-        // Waits for commits in flight; later ones see the flag and fail.
-        let mut alive = write(&c.alive);
+        let _ops = lock(&self.container_ops);
+        // New requests stop finding it at once; requests already holding it
+        // may still commit until the rename below, and go with it.
+        let c = write(&self.containers).remove(name.as_str()).ok_or(StoreError::ContainerNotFound)?;
         let trash = self.layout.trash().join(layout::unique_name("container"));
-        fs::rename(&c.dir, &trash)?;
-        *alive = false;
-        map.remove(name.as_str());
-        drop(alive);
-        drop(map);
+        {
+            // Waits for commits in flight; later ones see the flag and fail.
+            let mut alive = write(&c.alive);
+            *alive = false;
+            if let Err(e) = fs::rename(&c.dir, &trash) {
+                // Still on disk: keep serving it rather than lose track of it.
+                *alive = true;
+                write(&self.containers).insert(name.as_str().to_owned(), c.clone());
+                return Err(e.into());
+            }
+        }
         layout::sync_dir(&self.layout.containers())?;
         self.checkpoint(FaultPoint::ContainerTrashed, None)?;
         // Gone for good already; a failure here only leaves trash for the next open.
@@ -297,7 +321,7 @@ impl BlobStore for FsStore {
     }
 
     fn list_containers(&self, req: &ListContainers) -> Result<Page<ContainerEntry>, StoreError> {
-        Ok(semantics::list_containers_page(&read(&self.containers), req, |c| c.props.clone()))
+        Ok(listing::list_containers_page(&read(&self.containers), req, |c| c.props.clone()))
     }
 
     fn put_blob(&self, req: &PutBlob, data: &mut dyn DataSource, txn: &TxnId) -> Result<BlobWritten, StoreError> {
@@ -325,7 +349,9 @@ impl BlobStore for FsStore {
             return Ok(w);
         }
         let entry = IndexEntry { props: props.clone(), txn: *txn };
-        self.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), || c.set_entry(name, Some(entry)))?;
+        let _alive = self.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), false, || {
+            c.set_entry(name, Some(entry));
+        })?;
         // A whole-blob write discards uncommitted blocks, as in Azure.
         c.discard_staged(name);
         Ok(written(&props))
@@ -372,14 +398,14 @@ impl BlobStore for FsStore {
             if let Some(parent) = path.parent() {
                 layout::sync_dir(parent)?;
             }
+            c.discard_staged(name);
         }
-        c.discard_staged(name);
         Ok(())
     }
 
     fn list_blobs(&self, req: &ListBlobs) -> Result<Page<BlobListItem>, StoreError> {
         let c = self.container(&req.container)?;
-        c.with_index(|map| semantics::list_blobs_page(map, req, |e| e.props.clone()))
+        c.with_index(|map| listing::list_blobs_page(map, req, |e| e.props.clone()))
     }
 
     fn put_block(

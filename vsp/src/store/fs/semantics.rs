@@ -1,24 +1,21 @@
 //! Semantics both stores share: ETags and clocks, streaming a PUT's bytes
-//! through the checksums, replay and condition checks, listings, block-list
-//! resolution and per-name write locks.
+//! through the checksums, replay and condition checks, block-list resolution
+//! and per-name write locks (listings are in `listing`).
 //!
 //! It lives under `fs/` only because `store/mod.rs` is frozen; the memory
 //! store imports it from here so that both stores behave identically.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ops::{Bound, Deref, DerefMut};
+use std::collections::{HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use md5::Digest as _;
 use vmblob_protocol::BlockId;
-use vmblob_protocol::ops::{
-    BlobListItem, BlobProperties, BlobWritten, Conditions, ContainerEntry, ContainerProperties, ETag, ListBlobs,
-    ListContainers, MAX_BLOCKS, MAX_LIST_RESULTS, Metadata,
-};
+use vmblob_protocol::ops::{BlobProperties, BlobWritten, Conditions, ETag, MAX_BLOCKS, Metadata};
 
-use crate::store::{DataSource, Page, StoreError, TxnId};
+use crate::store::{DataSource, StoreError, TxnId};
 
 /// Largest blob unless the constructor says otherwise.
 pub const DEFAULT_MAX_BLOB_SIZE: u64 = 1 << 40;
@@ -307,127 +304,6 @@ pub(crate) fn clip_range(
     Ok((offset, want.min(avail).min(capacity)))
 }
 
-fn page_limit(max_results: u32) -> usize {
-    match max_results {
-        0 => MAX_LIST_RESULTS as usize,
-        n => n.min(MAX_LIST_RESULTS) as usize,
-    }
-}
-
-/// The smallest string above every name that starts with `prefix` except
-/// those continuing with U+10FFFF (skipped one by one by the caller).
-fn past_prefix(prefix: &str) -> String {
-    let mut s = String::with_capacity(prefix.len() + 4);
-    s.push_str(prefix);
-    s.push(char::MAX);
-    s
-}
-
-/// One page of a blob listing over names held in byte order.
-///
-/// Azure's delimiter semantics: a name whose remainder after `prefix` holds
-/// the delimiter is rolled up into one `Prefix` entry (up to and including the
-/// delimiter), emitted where its first name sorts. Items are compared with the
-/// marker by their emitted string, so a marker equal to a returned prefix
-/// skips every name under it.
-pub(crate) fn list_blobs_page<E>(
-    map: &BTreeMap<String, E>,
-    req: &ListBlobs,
-    props: impl Fn(&E) -> BlobProperties,
-) -> Page<BlobListItem> {
-    let limit = page_limit(req.max_results);
-    let (prefix, delim, marker) = (req.prefix.as_str(), req.delimiter.as_str(), req.marker.as_str());
-    let mut items = Vec::new();
-    let mut more = false;
-    let mut start = if !marker.is_empty() && marker >= prefix {
-        Bound::Excluded(marker.to_owned())
-    } else {
-        Bound::Included(prefix.to_owned())
-    };
-    // The last rolled-up prefix: names under it are skipped.
-    let mut skip: Option<String> = None;
-    'scan: loop {
-        let mut reseek = None;
-        for (name, entry) in map.range::<str, _>((start.as_ref().map(String::as_str), Bound::Unbounded)) {
-            if !name.starts_with(prefix) {
-                break 'scan;
-            }
-            if skip.as_deref().is_some_and(|s| name.starts_with(s)) {
-                continue;
-            }
-            let rest = &name[prefix.len()..];
-            let rolled = if delim.is_empty() { None } else { rest.find(delim) };
-            if let Some(at) = rolled {
-                let p = &name[..prefix.len() + at + delim.len()];
-                if marker.is_empty() || p > marker {
-                    if items.len() == limit {
-                        more = true;
-                        break 'scan;
-                    }
-                    items.push(BlobListItem::Prefix(p.to_owned()));
-                }
-                skip = Some(p.to_owned());
-                reseek = Some(past_prefix(p));
-                break;
-            }
-            if items.len() == limit {
-                more = true;
-                break 'scan;
-            }
-            let mut properties = props(entry);
-            if !req.include_metadata {
-                properties.metadata = Metadata::default();
-            }
-            items.push(BlobListItem::Blob { name: name.clone(), properties });
-        }
-        match reseek {
-            Some(next) => start = Bound::Included(next),
-            None => break,
-        }
-    }
-    let next_marker = match (more, items.last()) {
-        (true, Some(BlobListItem::Blob { name, .. })) => name.clone(),
-        (true, Some(BlobListItem::Prefix(p))) => p.clone(),
-        _ => String::new(),
-    };
-    Page { items, next_marker }
-}
-
-/// One page of a container listing.
-pub(crate) fn list_containers_page<E>(
-    map: &BTreeMap<String, E>,
-    req: &ListContainers,
-    props: impl Fn(&E) -> ContainerProperties,
-) -> Page<ContainerEntry> {
-    let limit = page_limit(req.max_results);
-    let start = if !req.marker.is_empty() && req.marker >= req.prefix {
-        Bound::Excluded(req.marker.as_str())
-    } else {
-        Bound::Included(req.prefix.as_str())
-    };
-    let mut items = Vec::new();
-    let mut more = false;
-    for (name, entry) in map.range::<str, _>((start, Bound::Unbounded)) {
-        if !name.starts_with(&req.prefix) {
-            break;
-        }
-        if items.len() == limit {
-            more = true;
-            break;
-        }
-        let mut properties = props(entry);
-        if !req.include_metadata {
-            properties.metadata = Metadata::default();
-        }
-        items.push(ContainerEntry { name: name.clone(), properties });
-    }
-    let next_marker = match (more, items.last()) {
-        (true, Some(e)) => e.name.clone(),
-        _ => String::new(),
-    };
-    Page { items, next_marker }
-}
-
 /// One entry of a committed block list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CommittedBlock {
@@ -509,10 +385,11 @@ mod tests {
         let parse = |s: &str| u64::from_str_radix(s.trim_matches('"').trim_start_matches("0x"), 16).unwrap();
         assert!(a.starts_with("\"0x") && a.ends_with('"'), "{a}");
         assert!(parse(&b) > parse(&a));
-        // A tick read back from disk from the future still keeps later ETags above it.
-        let future = format!("\"0x{:X}\"", parse(&b) + 1_000_000_000);
-        observe_etag(&future);
-        assert!(parse(&next_etag()) > parse(&future));
+        // A tick read back from disk ahead of the clock (10 ms here) keeps later ETags above it.
+        let ahead = format!("\"0x{:X}\"", parse(&b) + 100_000);
+        observe_etag(&ahead);
+        assert!(LAST_TICK.load(Ordering::SeqCst) >= parse(&ahead));
+        assert!(parse(&next_etag()) > parse(&ahead));
     }
 
     #[test]

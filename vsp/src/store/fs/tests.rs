@@ -332,3 +332,52 @@ fn writes_racing_a_container_delete_do_not_resurface() {
     let s = FsStore::open(dir.path()).unwrap();
     assert!(matches!(s.container_properties(&conformance::cname("box")), Err(StoreError::ContainerNotFound)));
 }
+
+/// Not a pass/fail test, a measurement:
+/// `cargo test -p vmblob-vsp --lib -- --ignored --nocapture fs::tests::throughput`
+#[test]
+#[ignore]
+fn throughput() {
+    use std::time::Instant;
+    let (s, _dir) = fresh();
+    new_container(&s, "box");
+    let big = pattern(256 << 20, 1);
+    let mib = big.len() as f64 / (1 << 20) as f64;
+    let t = Instant::now();
+    put(&s, "box", "big", &big);
+    println!("put_blob 256 MiB: {:.0} MiB/s", mib / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let (_, got) = get(&s, "box", "big").unwrap();
+    println!("get_blob 256 MiB: {:.0} MiB/s", mib / t.elapsed().as_secs_f64());
+    assert_eq!(got.len(), big.len());
+    for (i, chunk) in big.chunks(4 << 20).enumerate() {
+        stage(&s, "box", "blocks", &(i as u32).to_be_bytes(), chunk);
+    }
+    let ids: Vec<[u8; 4]> = (0..64u32).map(u32::to_be_bytes).collect();
+    let refs: Vec<&[u8]> = ids.iter().map(|i| &i[..]).collect();
+    let t = Instant::now();
+    s.put_block_list(&block_list_req("box", "blocks", &refs), &txn()).unwrap();
+    println!("put_block_list 64 x 4 MiB: {:.0} MiB/s", mib / t.elapsed().as_secs_f64());
+    let n = 2000;
+    let small = pattern(4096, 2);
+    let t = Instant::now();
+    for i in 0..n {
+        put(&s, "box", &format!("small/{i:05}"), &small);
+    }
+    println!("put_blob 4 KiB: {:.0} ops/s", f64::from(n) / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    for i in 0..n {
+        stage(&s, "box", "many", &(i as u32).to_be_bytes(), b"x");
+    }
+    println!("put_block 1 B: {:.0} ops/s", f64::from(n) / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    for i in 0..n {
+        get(&s, "box", &format!("small/{i:05}")).unwrap();
+    }
+    println!("get_blob 4 KiB: {:.0} ops/s", f64::from(n) / t.elapsed().as_secs_f64());
+    drop(s);
+    let s = FsStore::open(_dir.path()).unwrap();
+    let t = Instant::now();
+    assert_eq!(list_all(&s, "box", "small/", "", 5000).len(), n as usize);
+    println!("first listing after reopen ({} blobs scanned): {:?}", n + 2, t.elapsed());
+}
