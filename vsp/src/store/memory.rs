@@ -12,8 +12,8 @@ use vmblob_protocol::ops::{
     ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList,
 };
 
-use super::fs::listing;
-use super::fs::semantics::{
+use super::listing;
+use super::semantics::{
     self, BufPool, Checksums, CommittedBlock, DEFAULT_MAX_BLOB_SIZE, MAX_COMMITTED_BLOCKS, NameLocks, PartSource,
     check_conditions, check_size, check_stage_room, check_write, clip_range, ingest, lock, new_props, next_etag,
     now_ms, read, resolve_block_list, verify, write, written,
@@ -317,7 +317,7 @@ impl BlobStore for MemoryStore {
 mod tests {
     use super::MemoryStore;
     use crate::store::conformance::{VecSource, bid, bref, new_container, stage};
-    use crate::store::fs::semantics::MAX_STAGED_BLOCKS;
+    use crate::store::semantics::MAX_STAGED_BLOCKS;
     use crate::store::{BlobStore, StoreError};
 
     /// The staged-block limit (too slow to reach with fsyncs in the fs store,

@@ -4,7 +4,9 @@
 #[cfg(test)]
 pub mod conformance;
 pub mod fs;
+mod listing;
 pub mod memory;
+mod semantics;
 
 use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;

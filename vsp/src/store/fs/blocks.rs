@@ -13,11 +13,11 @@ use vmblob_protocol::ops::{BlobRef, BlobWritten, BlockInfo, BlockListType, PutBl
 
 use super::index::{IndexEntry, StagedInfo};
 use super::layout::{self, BLOB_MAGIC, BLOCK_MAGIC, BlobHeader, BlockHeader, TempFile};
-use super::semantics::{
+use super::{FaultPoint, FsStore};
+use crate::store::semantics::{
     Checksums, CommittedBlock, MAX_COMMITTED_BLOCKS, PartSource, check_size, check_stage_room, check_write, hex,
     new_props, resolve_block_list, verify, written,
 };
-use super::{FaultPoint, FsStore};
 use crate::store::{DataSource, StoreError, TxnId};
 
 pub(super) fn put_block(

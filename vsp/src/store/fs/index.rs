@@ -12,7 +12,7 @@ use vmblob_protocol::ContainerName;
 use vmblob_protocol::ops::{BlobProperties, ContainerProperties};
 
 use super::layout::{self, BLOB_MAGIC, BLOCK_MAGIC, BlobHeader, BlockHeader, ContainerMeta};
-use super::semantics::{NameLocks, hex, lock, observe_etag, read, unhex, write};
+use crate::store::semantics::{NameLocks, hex, lock, observe_etag, read, unhex, write};
 use crate::store::{StoreError, TxnId};
 
 /// What the index keeps per blob: enough to list and stat without disk I/O.

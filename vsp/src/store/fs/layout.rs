@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vmblob_protocol::ops::{BlobProperties, ContainerProperties, Metadata};
 
-use super::semantics::{CommittedBlock, hex, unhex};
 use crate::store::TxnId;
+use crate::store::semantics::{CommittedBlock, hex, unhex};
 
 pub const BLOB_MAGIC: [u8; 8] = *b"VMBLOB\0\x01";
 pub const BLOCK_MAGIC: [u8; 8] = *b"VMBLCK\0\x01";
@@ -47,7 +47,7 @@ const MAX_HEADER_JSON: u32 = 1 << 20;
 const CONTAINER_META: &str = "container.json";
 /// Bounds on the block list, so a corrupt prefix can't make a reader allocate
 /// gigabytes: the committed-list limit, and an entry with the longest id.
-const MAX_BLOCKS_IN_FILE: u32 = super::semantics::MAX_COMMITTED_BLOCKS as u32;
+const MAX_BLOCKS_IN_FILE: u32 = crate::store::semantics::MAX_COMMITTED_BLOCKS as u32;
 const MAX_BLOCK_ENTRY: u64 = 1 + vmblob_protocol::names::BLOCK_ID_MAX as u64 + 8;
 
 /// Paths under the store's root.

@@ -10,8 +10,6 @@
 mod blocks;
 mod index;
 mod layout;
-pub(crate) mod listing;
-pub(crate) mod semantics;
 #[cfg(test)]
 mod tests;
 
@@ -31,13 +29,14 @@ use vmblob_protocol::ops::{
 
 use self::index::{Container, IndexEntry};
 use self::layout::{BLOB_MAGIC, BlobHeader, ContainerMeta, Layout, Reservation, TempFile};
-use self::semantics::{
+use super::listing;
+use super::semantics::{
     BufPool, Digests, check_conditions, check_size, check_write, clip_range, ingest, lock, new_props, next_etag,
     now_ms, read, verify, write, written,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
-pub use self::semantics::DEFAULT_MAX_BLOB_SIZE;
+pub use super::semantics::DEFAULT_MAX_BLOB_SIZE;
 
 /// A step of a write at which a test can simulate a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
