@@ -17,7 +17,7 @@ use zerocopy::IntoBytes;
 use super::*;
 use crate::store::memory::MemoryStore;
 
-const MEM: u64 = 128 << 20;
+const MEM: u64 = 512 << 20;
 
 struct Harness {
     mem: GuestMemoryMmap,
@@ -250,28 +250,28 @@ fn every_operation_round_trips() {
 fn conditions_and_errors_map_to_statuses() {
     let mut h = Harness::new();
     assert_eq!(h.run(&put_op("nope", "x", Conditions::none()), b"1", 0).0, Err(BlobError::ContainerNotFound));
-    h.mkcontainer("c1");
-    let create = OpRequest::CreateContainer { container: name("c1"), metadata: Metadata::default() };
+    h.mkcontainer("box");
+    let create = OpRequest::CreateContainer { container: name("box"), metadata: Metadata::default() };
     assert_eq!(h.run(&create, &[], 0).0, Err(BlobError::AlreadyExists));
-    h.ok(&put_op("c1", "x", Conditions::none()), b"one");
+    h.ok(&put_op("box", "x", Conditions::none()), b"one");
     let if_none = Conditions { if_match: None, if_none_match: Some(ETag::any()) };
-    assert_eq!(h.run(&put_op("c1", "x", if_none), b"two", 0).0, Err(BlobError::PreconditionFailed));
+    assert_eq!(h.run(&put_op("box", "x", if_none), b"two", 0).0, Err(BlobError::PreconditionFailed));
     let wrong = Conditions { if_match: Some(ETag::new("\"nope\"").unwrap()), if_none_match: None };
-    assert_eq!(h.run(&put_op("c1", "x", wrong), b"two", 0).0, Err(BlobError::PreconditionFailed));
-    assert_eq!(h.get("c1", "x", None, 10).unwrap(), b"one");
+    assert_eq!(h.run(&put_op("box", "x", wrong), b"two", 0).0, Err(BlobError::PreconditionFailed));
+    assert_eq!(h.get("box", "x", None, 10).unwrap(), b"one");
     let past = ByteRange { offset: 4, length: 1 };
-    assert_eq!(h.get("c1", "x", Some(past), 10), Err(BlobError::InvalidRange));
-    let mut bad_crc = put_op("c1", "y", Conditions::none());
+    assert_eq!(h.get("box", "x", Some(past), 10), Err(BlobError::InvalidRange));
+    let mut bad_crc = put_op("box", "y", Conditions::none());
     if let OpRequest::PutBlob(p) = &mut bad_crc {
         p.content_crc64 = Some(12345);
     }
     assert_eq!(h.run(&bad_crc, b"data", 0).0, Err(BlobError::ChecksumMismatch));
-    assert_eq!(h.get("c1", "y", None, 10), Err(BlobError::BlobNotFound), "nothing stored on mismatch");
+    assert_eq!(h.get("box", "y", None, 10), Err(BlobError::BlobNotFound), "nothing stored on mismatch");
 }
 
 /// Serve a request whose header was tampered with after `prepare`.
 fn serve_with(h: &mut Harness, tamper: impl FnOnce(&mut VspRequest)) -> VspResponse {
-    let mut s = h.prepare(&put_op("c1", "x", Conditions::none()), b"abc", 0, 4096);
+    let mut s = h.prepare(&put_op("box", "x", Conditions::none()), b"abc", 0, 4096);
     tamper(&mut s.request.header);
     h.engine.serve(&h.mem, &s.request, &CancelToken::new(None))
 }
@@ -279,7 +279,7 @@ fn serve_with(h: &mut Harness, tamper: impl FnOnce(&mut VspRequest)) -> VspRespo
 #[test]
 fn bad_headers_get_clean_statuses() {
     let mut h = Harness::new();
-    h.mkcontainer("c1");
+    h.mkcontainer("box");
     let cases: Vec<(Box<dyn FnOnce(&mut VspRequest)>, BlobError)> = vec![
         (Box::new(|r| r.version = 1.into()), BlobError::Unsupported),
         (Box::new(|r| r.operation_type = 0x101.into()), BlobError::Unsupported),
@@ -299,13 +299,13 @@ fn bad_headers_get_clean_statuses() {
         assert_eq!(BlobError::from_code(resp.error.get()), Some(want), "case {i}");
         assert_eq!(resp.response_len.get(), 0, "case {i}");
     }
-    assert_eq!(h.get("c1", "x", None, 10), Err(BlobError::BlobNotFound), "no tampered request stored anything");
+    assert_eq!(h.get("box", "x", None, 10), Err(BlobError::BlobNotFound), "no tampered request stored anything");
 }
 
 #[test]
 fn request_over_the_limit_is_refused() {
     let mut h = Harness::with_limits(Limits { max_request_len: 64, ..Limits::default() });
-    let s = h.prepare(&put_op("c1", "a-rather-long-blob-name-to-pass-64-bytes/with/segments", Conditions::none()), b"x", 0, 4096);
+    let s = h.prepare(&put_op("box", "a-rather-long-blob-name-to-pass-64-bytes/with/segments", Conditions::none()), b"x", 0, 4096);
     let resp = h.engine.serve(&h.mem, &s.request, &CancelToken::new(None));
     assert_eq!(BlobError::from_code(resp.error.get()), Some(BlobError::TooLarge));
 }
@@ -408,22 +408,22 @@ fn listing_fits_the_response_buffer() {
 #[test]
 fn timed_out_requests_store_nothing() {
     let mut h = Harness::new();
-    h.mkcontainer("c1");
-    let s = h.prepare(&put_op("c1", "late", Conditions::none()), &vec![7u8; 1 << 20], 0, 4096);
+    h.mkcontainer("box");
+    let s = h.prepare(&put_op("box", "late", Conditions::none()), &vec![7u8; 1 << 20], 0, 4096);
     let expired = CancelToken::new(Some(Instant::now() - Duration::from_millis(1)));
     let resp = h.engine.serve(&h.mem, &s.request, &expired);
     assert_eq!(resp.error.get(), 0x8007_0102, "the seed's host timeout");
-    assert_eq!(h.get("c1", "late", None, 10), Err(BlobError::BlobNotFound));
+    assert_eq!(h.get("box", "late", None, 10), Err(BlobError::BlobNotFound));
 }
 
 #[test]
 fn rescind_with_requests_in_flight_completes_each_once() {
     let mut h = Harness::new();
-    h.mkcontainer("c1");
+    h.mkcontainer("box");
     let table = Arc::new(InflightTable::new(64));
     let n = 24u16;
     let payload = vec![0x5au8; 4 << 20];
-    let sent: Vec<Sent> = (0..n).map(|i| h.prepare(&put_op("c1", &format!("b{i}"), Conditions::none()), &payload, 0, 4096)).collect();
+    let sent: Vec<Sent> = (0..n).map(|i| h.prepare(&put_op("box", &format!("b{i}"), Conditions::none()), &payload, 0, 4096)).collect();
     let mem = h.mem.clone();
     let engine = h.engine.clone();
     let mut workers = Vec::new();
@@ -444,7 +444,7 @@ fn rescind_with_requests_in_flight_completes_each_once() {
     assert_eq!(results.len(), n as usize);
     let (mut ok, mut rescinded) = (0, 0);
     for (i, resp) in results {
-        let stored = h.get("c1", &format!("b{i}"), None, 8 << 20);
+        let stored = h.get("box", &format!("b{i}"), None, 4 << 20);
         match BlobError::from_code(resp.error.get()) {
             None => {
                 ok += 1;
@@ -463,9 +463,9 @@ fn rescind_with_requests_in_flight_completes_each_once() {
 #[test]
 fn replayed_write_is_answered_from_its_first_run() {
     let mut h = Harness::new();
-    h.mkcontainer("c1");
+    h.mkcontainer("box");
     let if_none = Conditions { if_match: None, if_none_match: Some(ETag::any()) };
-    let s = h.prepare(&put_op("c1", "once", if_none), b"payload", 0, 4096);
+    let s = h.prepare(&put_op("box", "once", if_none), b"payload", 0, 4096);
     let first = h.engine.serve(&h.mem, &s.request, &CancelToken::new(None));
     assert_eq!(first.error.get(), 0);
     let a = h.decode(&s, &first).unwrap();

@@ -1,1 +1,323 @@
-//! In-memory store (in progress).
+//! In-memory store for engine tests: the same observable behaviour as the
+//! filesystem store (both run the `conformance` suite), nothing persisted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use vmblob_protocol::BlockId;
+use vmblob_protocol::names::ContainerName;
+use vmblob_protocol::ops::{
+    BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, Conditions, ContainerEntry,
+    ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList,
+};
+
+use super::fs::semantics::{
+    self, BufPool, Checksums, CommittedBlock, DEFAULT_MAX_BLOB_SIZE, MAX_COMMITTED_BLOCKS, NameLocks, PartSource,
+    check_conditions, check_size, check_stage_room, check_write, clip_range, ingest, lock, new_props, next_etag,
+    now_ms, read, resolve_block_list, verify, write, written,
+};
+use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
+
+pub struct MemoryStore {
+    max_blob_size: u64,
+    containers: RwLock<BTreeMap<String, Arc<MemContainer>>>,
+    bufs: BufPool,
+}
+
+struct MemContainer {
+    props: ContainerProperties,
+    txn: TxnId,
+    /// Set (under the `blobs` write lock) when deleted, so a write racing the
+    /// delete fails instead of landing in a container nobody can see.
+    dead: AtomicBool,
+    /// Blobs are immutable once stored; a write swaps in a new `Arc`, so a
+    /// reader holding the old one never sees a mix.
+    blobs: RwLock<BTreeMap<String, Arc<MemBlob>>>,
+    staged: Mutex<HashMap<String, StagedBlocks>>,
+    /// Held by every write to a blob name, check through commit.
+    locks: NameLocks,
+}
+
+/// A blob's uncommitted blocks: id to bytes.
+type StagedBlocks = BTreeMap<Vec<u8>, Arc<Vec<u8>>>;
+
+struct MemBlob {
+    props: BlobProperties,
+    txn: TxnId,
+    data: Vec<u8>,
+    blocks: Vec<CommittedBlock>,
+}
+
+/// Largest up-front allocation for a PUT's bytes: the claimed length is
+/// the guest's word, so grow past this only as bytes actually arrive.
+const MAX_PREALLOC: u64 = 16 << 20;
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::with_max_blob_size(DEFAULT_MAX_BLOB_SIZE)
+    }
+
+    /// A store refusing blobs (and blocks) over `max_blob_size` bytes.
+    pub fn with_max_blob_size(max_blob_size: u64) -> Self {
+        Self { max_blob_size, containers: RwLock::new(BTreeMap::new()), bufs: BufPool::new() }
+    }
+
+    fn container(&self, name: &ContainerName) -> Result<Arc<MemContainer>, StoreError> {
+        read(&self.containers).get(name.as_str()).cloned().ok_or(StoreError::ContainerNotFound)
+    }
+
+    fn read_all(&self, data: &mut dyn DataSource, with_md5: bool) -> Result<(Vec<u8>, semantics::Digests), StoreError> {
+        let mut bytes = Vec::with_capacity(usize::try_from(data.len().min(MAX_PREALLOC)).unwrap_or(0));
+        let mut buf = self.bufs.take();
+        let digests = ingest(data, &mut buf, with_md5, |chunk| {
+            bytes.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok((bytes, digests))
+    }
+}
+
+impl MemContainer {
+    fn blob(&self, name: &str) -> Option<Arc<MemBlob>> {
+        read(&self.blobs).get(name).cloned()
+    }
+
+    /// Stores a blob unless the container was deleted meanwhile; the caller
+    /// holds the name lock and has checked conditions.
+    fn commit(&self, name: &str, blob: MemBlob) -> Result<(), StoreError> {
+        let mut blobs = write(&self.blobs);
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(StoreError::ContainerNotFound);
+        }
+        blobs.insert(name.to_owned(), Arc::new(blob));
+        drop(blobs);
+        lock(&self.staged).remove(name);
+        Ok(())
+    }
+}
+
+fn current(blob: &Option<Arc<MemBlob>>) -> Option<(&BlobProperties, &TxnId)> {
+    blob.as_ref().map(|b| (&b.props, &b.txn))
+}
+
+impl BlobStore for MemoryStore {
+    fn create_container(
+        &self,
+        name: &ContainerName,
+        metadata: &Metadata,
+        txn: &TxnId,
+    ) -> Result<ContainerProperties, StoreError> {
+        let mut map = write(&self.containers);
+        if let Some(c) = map.get(name.as_str()) {
+            return if c.txn == *txn { Ok(c.props.clone()) } else { Err(StoreError::AlreadyExists) };
+        }
+        let props = ContainerProperties { etag: next_etag(), last_modified_ms: now_ms(), metadata: metadata.clone() };
+        map.insert(
+            name.as_str().to_owned(),
+            Arc::new(MemContainer {
+                props: props.clone(),
+                txn: *txn,
+                dead: AtomicBool::new(false),
+                blobs: RwLock::new(BTreeMap::new()),
+                staged: Mutex::new(HashMap::new()),
+                locks: NameLocks::new(),
+            }),
+        );
+        Ok(props)
+    }
+
+    fn delete_container(&self, name: &ContainerName) -> Result<(), StoreError> {
+        let c = write(&self.containers).remove(name.as_str()).ok_or(StoreError::ContainerNotFound)?;
+        let mut blobs = write(&c.blobs);
+        c.dead.store(true, Ordering::SeqCst);
+        blobs.clear();
+        lock(&c.staged).clear();
+        Ok(())
+    }
+
+    fn container_properties(&self, name: &ContainerName) -> Result<ContainerProperties, StoreError> {
+        Ok(self.container(name)?.props.clone())
+    }
+
+    fn list_containers(&self, req: &ListContainers) -> Result<Page<ContainerEntry>, StoreError> {
+        Ok(semantics::list_containers_page(&read(&self.containers), req, |c| c.props.clone()))
+    }
+
+    fn put_blob(&self, req: &PutBlob, data: &mut dyn DataSource, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        let c = self.container(&req.target.container)?;
+        let name = req.target.blob.as_str();
+        let len = data.len();
+        check_size(len, self.max_blob_size)?;
+        // Early answer before reading data; checked again at commit.
+        if let Some(w) = check_write(current(&c.blob(name)), &req.conditions, txn)? {
+            return Ok(w);
+        }
+        let (bytes, digests) = self.read_all(data, req.content_md5.is_some())?;
+        verify(&digests, req.content_crc64, req.content_md5)?;
+        let props = new_props(&req.content_type, &req.metadata, len, &digests, 0);
+
+        let _g = c.locks.lock(name);
+        if let Some(w) = check_write(current(&c.blob(name)), &req.conditions, txn)? {
+            return Ok(w);
+        }
+        let out = written(&props);
+        c.commit(name, MemBlob { props, txn: *txn, data: bytes, blocks: Vec::new() })?;
+        Ok(out)
+    }
+
+    fn get_blob(&self, req: &GetBlob, sink: &mut dyn DataSink) -> Result<(BlobProperties, u64, u64), StoreError> {
+        let blob =
+            self.container(&req.target.container)?.blob(req.target.blob.as_str()).ok_or(StoreError::BlobNotFound)?;
+        check_conditions(&blob.props, &req.conditions)?;
+        let (offset, len) = clip_range(req.range, blob.props.content_length, sink.capacity())?;
+        let bytes = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(offset + len).ok())
+            .and_then(|(a, b)| blob.data.get(a..b))
+            .ok_or(StoreError::InvalidRange)?;
+        if len > 0 {
+            sink.write_bytes(bytes)?;
+        }
+        Ok((blob.props.clone(), offset, len))
+    }
+
+    fn blob_properties(&self, target: &BlobRef, conditions: &Conditions) -> Result<BlobProperties, StoreError> {
+        let blob = self.container(&target.container)?.blob(target.blob.as_str()).ok_or(StoreError::BlobNotFound)?;
+        check_conditions(&blob.props, conditions)?;
+        Ok(blob.props.clone())
+    }
+
+    fn delete_blob(&self, target: &BlobRef, conditions: &Conditions) -> Result<(), StoreError> {
+        let c = self.container(&target.container)?;
+        let name = target.blob.as_str();
+        let _g = c.locks.lock(name);
+        let blob = c.blob(name).ok_or(StoreError::BlobNotFound)?;
+        check_conditions(&blob.props, conditions)?;
+        write(&c.blobs).remove(name);
+        lock(&c.staged).remove(name);
+        Ok(())
+    }
+
+    fn list_blobs(&self, req: &ListBlobs) -> Result<Page<BlobListItem>, StoreError> {
+        let c = self.container(&req.container)?;
+        let blobs = read(&c.blobs);
+        Ok(semantics::list_blobs_page(&blobs, req, |b| b.props.clone()))
+    }
+
+    fn put_block(
+        &self,
+        target: &BlobRef,
+        id: &BlockId,
+        data: &mut dyn DataSource,
+        expected_crc64: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let c = self.container(&target.container)?;
+        let (name, id) = (target.blob.as_str(), id.as_bytes());
+        check_size(data.len(), self.max_blob_size)?;
+        let room = || {
+            let staged = lock(&c.staged);
+            let set = staged.get(name);
+            check_stage_room(set.map_or(0, BTreeMap::len), set.is_some_and(|s| s.contains_key(id)))
+        };
+        room()?;
+        let (bytes, digests) = self.read_all(data, false)?;
+        verify(&digests, expected_crc64, None)?;
+
+        let _g = c.locks.lock(name);
+        room()?;
+        if c.dead.load(Ordering::SeqCst) {
+            return Err(StoreError::ContainerNotFound);
+        }
+        lock(&c.staged).entry(name.to_owned()).or_default().insert(id.to_vec(), Arc::new(bytes));
+        Ok(digests.crc64)
+    }
+
+    fn put_block_list(&self, req: &PutBlockList, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        let c = self.container(&req.target.container)?;
+        let name = req.target.blob.as_str();
+        if req.blocks.len() > MAX_COMMITTED_BLOCKS {
+            return Err(StoreError::TooLarge(format!("{} blocks exceed {MAX_COMMITTED_BLOCKS}", req.blocks.len())));
+        }
+        let _g = c.locks.lock(name);
+        let old = c.blob(name);
+        if let Some(w) = check_write(current(&old), &req.conditions, txn)? {
+            return Ok(w);
+        }
+        let staged = lock(&c.staged).get(name).cloned().unwrap_or_default();
+        let committed = old.as_ref().map_or(&[][..], |b| &b.blocks[..]);
+        let (parts, total) = resolve_block_list(
+            &req.blocks,
+            |id| staged.get(id).map(|b| b.len() as u64),
+            committed,
+            self.max_blob_size,
+        )?;
+        let mut data = Vec::with_capacity(usize::try_from(total.min(MAX_PREALLOC)).unwrap_or(0));
+        let mut sums = Checksums::new(false);
+        for p in &parts {
+            let bytes = match p.source {
+                PartSource::Staged => staged.get(&p.id).map(|b| &b[..]),
+                PartSource::Committed { offset } => old.as_ref().and_then(|b| {
+                    let start = usize::try_from(offset).ok()?;
+                    b.data.get(start..start.checked_add(usize::try_from(p.size).ok()?)?)
+                }),
+            }
+            .ok_or_else(|| StoreError::InvalidBlockList("block data missing".into()))?;
+            sums.update(bytes);
+            data.extend_from_slice(bytes);
+        }
+        let blocks: Vec<CommittedBlock> =
+            parts.into_iter().map(|p| CommittedBlock { id: p.id, size: p.size }).collect();
+        let count = u32::try_from(blocks.len()).map_err(|_| StoreError::TooLarge("block count".into()))?;
+        let props = new_props(&req.content_type, &req.metadata, total, &sums.finish(), count);
+        let out = written(&props);
+        c.commit(name, MemBlob { props, txn: *txn, data, blocks })?;
+        Ok(out)
+    }
+
+    fn get_block_list(&self, target: &BlobRef, list_type: BlockListType) -> Result<Vec<BlockInfo>, StoreError> {
+        let c = self.container(&target.container)?;
+        let name = target.blob.as_str();
+        let _g = c.locks.lock(name);
+        let blob = c.blob(name);
+        let uncommitted: Vec<BlockInfo> = lock(&c.staged)
+            .get(name)
+            .map(|set| {
+                set.iter().map(|(id, b)| BlockInfo { id: id.clone(), size: b.len() as u64, committed: false }).collect()
+            })
+            .unwrap_or_default();
+        let Some(blob) = blob else {
+            return if uncommitted.is_empty() {
+                Err(StoreError::BlobNotFound)
+            } else if list_type == BlockListType::Committed {
+                Ok(Vec::new())
+            } else {
+                Ok(uncommitted)
+            };
+        };
+        let mut out = Vec::new();
+        if list_type != BlockListType::Uncommitted {
+            out.extend(blob.blocks.iter().map(|b| BlockInfo { id: b.id.clone(), size: b.size, committed: true }));
+        }
+        if list_type != BlockListType::Committed {
+            out.extend(uncommitted);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryStore;
+
+    crate::store::conformance::conformance_tests!(|| (MemoryStore::new(), ()), |max| (
+        MemoryStore::with_max_blob_size(max),
+        ()
+    ));
+}

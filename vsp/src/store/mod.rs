@@ -1,6 +1,8 @@
 //! Blob stores: what the engine runs operations on. The engine knows requests
 //! and guest memory; a store knows blobs.
 
+#[cfg(test)]
+pub mod conformance;
 pub mod fs;
 pub mod memory;
 

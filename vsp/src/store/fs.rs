@@ -1,1 +1,0 @@
-//! Filesystem store (in progress).

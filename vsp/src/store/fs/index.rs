@@ -1,0 +1,216 @@
+//! In-memory view of what is on disk: the containers, and per container an
+//! index of its blobs (loaded by scanning headers on first use) and of each
+//! blob's staged blocks (loaded per blob on first use).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+use vmblob_protocol::ContainerName;
+use vmblob_protocol::ops::{BlobProperties, ContainerProperties};
+
+use super::layout::{self, BLOB_MAGIC, BLOCK_MAGIC, BlobHeader, BlockHeader, ContainerMeta};
+use super::semantics::{NameLocks, hex, lock, observe_etag, read, unhex, write};
+use crate::store::{StoreError, TxnId};
+
+/// What the index keeps per blob: enough to list and stat without disk I/O.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    pub props: BlobProperties,
+    pub txn: TxnId,
+}
+
+/// A staged block, as the staging index keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct StagedInfo {
+    pub size: u64,
+    pub crc64: u64,
+}
+
+/// Staged blocks of one blob, by id.
+pub type StagedSet = BTreeMap<Vec<u8>, StagedInfo>;
+
+pub struct Container {
+    pub dir: PathBuf,
+    pub props: ContainerProperties,
+    pub txn: TxnId,
+    /// False once the container is deleted. Commits hold it shared, so a
+    /// delete waits for them and later commits see it and fail instead of
+    /// renaming into a directory that went to the trash.
+    pub alive: RwLock<bool>,
+    /// Blob index; `None` until first use.
+    index: RwLock<Option<BTreeMap<String, IndexEntry>>>,
+    /// Staged blocks of the blobs touched so far; a blob not in the map is
+    /// loaded from its staging directory on first use.
+    staged: Mutex<HashMap<String, StagedSet>>,
+    /// Held by every write to a blob name, check through commit.
+    pub locks: NameLocks,
+}
+
+impl Container {
+    pub fn new(dir: PathBuf, props: ContainerProperties, txn: TxnId) -> Self {
+        Self {
+            dir,
+            props,
+            txn,
+            alive: RwLock::new(true),
+            index: RwLock::new(None),
+            staged: Mutex::new(HashMap::new()),
+            locks: NameLocks::new(),
+        }
+    }
+
+    /// Reads a container directory written by `create_container`.
+    pub fn load(dir: PathBuf, name: &str) -> io::Result<Self> {
+        let (meta, props, txn) = ContainerMeta::read(&dir)?;
+        if meta.name != name || ContainerName::new(name).is_err() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "container.json names another container"));
+        }
+        observe_etag(&props.etag);
+        Ok(Self::new(dir, props, txn))
+    }
+
+    /// Runs `f` on the blob index, loading it first if needed.
+    pub fn with_index<R>(&self, f: impl FnOnce(&BTreeMap<String, IndexEntry>) -> R) -> Result<R, StoreError> {
+        if let Some(map) = read(&self.index).as_ref() {
+            return Ok(f(map));
+        }
+        let mut guard = write(&self.index);
+        if guard.is_none() {
+            *guard = Some(scan_blobs(&self.dir)?);
+        }
+        let map = guard.as_ref().ok_or_else(|| StoreError::Io(io::Error::other("index not loaded")))?;
+        Ok(f(map))
+    }
+
+    pub fn entry(&self, name: &str) -> Result<Option<IndexEntry>, StoreError> {
+        self.with_index(|m| m.get(name).cloned())
+    }
+
+    /// Records a committed write (or, with `None`, a delete). The caller holds
+    /// the name lock and has loaded the index.
+    pub fn set_entry(&self, name: &str, entry: Option<IndexEntry>) {
+        if let Some(map) = write(&self.index).as_mut() {
+            match entry {
+                Some(e) => map.insert(name.to_owned(), e),
+                None => map.remove(name),
+            };
+        }
+    }
+
+    /// Runs `f` on the staged blocks of `name`, loading them first if needed.
+    /// The caller holds the name lock, so nobody else loads or changes them.
+    pub fn with_staged<R>(&self, name: &str, f: impl FnOnce(&mut StagedSet) -> R) -> Result<R, StoreError> {
+        let loaded = lock(&self.staged).contains_key(name);
+        if !loaded {
+            // Scan outside the map's lock: it is disk I/O.
+            let set = scan_staged(&layout::staging_dir(&self.dir, name), name)?;
+            lock(&self.staged).insert(name.to_owned(), set);
+        }
+        let mut staged = lock(&self.staged);
+        let set = staged.entry(name.to_owned()).or_default();
+        let r = f(set);
+        if set.is_empty() {
+            // An empty set means the same as an unloaded one whose directory is empty.
+            staged.remove(name);
+        }
+        Ok(r)
+    }
+
+    /// Records a block staged on disk, if the blob's set is loaded (otherwise
+    /// loading it later finds the file). The caller holds the name lock.
+    pub fn note_staged(&self, name: &str, id: &[u8], info: StagedInfo) {
+        if let Some(set) = lock(&self.staged).get_mut(name) {
+            set.insert(id.to_vec(), info);
+        }
+    }
+
+    /// Forgets a blob's staged blocks and removes their files (after a commit
+    /// or delete). The caller holds the name lock. Failing to remove them is
+    /// logged, not returned: the write they belong to has already succeeded.
+    pub fn discard_staged(&self, name: &str) {
+        lock(&self.staged).remove(name);
+        let dir = layout::staging_dir(&self.dir, name);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                if let Err(e) = layout::sync_dir(&layout::staging_root(&self.dir)) {
+                    log::warn!("syncing {}: {e}", dir.display());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("discarding staged blocks in {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// Builds a container's blob index from the headers of its files. Files that
+/// don't parse are skipped (and logged): one bad file must not hide the rest.
+fn scan_blobs(dir: &Path) -> io::Result<BTreeMap<String, IndexEntry>> {
+    let mut map = BTreeMap::new();
+    for fan in fs::read_dir(layout::blobs_dir(dir))? {
+        let fan = fan?;
+        if !fan.file_type()?.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(fan.path())? {
+            let path = f?.path();
+            match read_index_entry(&path) {
+                Ok((name, entry)) => {
+                    observe_etag(&entry.props.etag);
+                    map.insert(name, entry);
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    log::warn!("skipping unreadable blob file {}: {e}", path.display());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(map)
+}
+
+fn read_index_entry(path: &Path) -> io::Result<(String, IndexEntry)> {
+    let file = File::open(path)?;
+    let raw = layout::read_header(&file, BLOB_MAGIC)?;
+    let (h, props, txn) = BlobHeader::parse(&raw)?;
+    // The file must be where its name hashes to (guards against misplaced copies).
+    let expect = layout::name_hash(&h.name);
+    let ok_place = path.file_name().is_some_and(|f| f == expect.as_str())
+        && path.parent().and_then(Path::file_name).is_some_and(|f| f == &expect[..2]);
+    if !ok_place {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "blob file is not at its name's hash"));
+    }
+    Ok((h.name, IndexEntry { props, txn }))
+}
+
+/// Reads the staged blocks of one blob from its staging directory.
+fn scan_staged(dir: &Path, blob: &str) -> io::Result<StagedSet> {
+    let mut set = StagedSet::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(set),
+        Err(e) => return Err(e),
+    };
+    for f in entries {
+        let path = f?.path();
+        let parsed = File::open(&path).and_then(|file| {
+            let raw = layout::read_header(&file, BLOCK_MAGIC)?;
+            BlockHeader::parse(&raw)
+        });
+        match parsed {
+            Ok(h) if h.blob == blob && path.file_name().is_some_and(|f| f == h.id.as_str()) => {
+                if let Some(id) = unhex(&h.id).filter(|id| hex(id) == h.id) {
+                    set.insert(id, StagedInfo { size: h.size, crc64: h.crc64 });
+                }
+            }
+            Ok(_) => log::warn!("skipping misplaced block file {}", path.display()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                log::warn!("skipping unreadable block file {}: {e}", path.display());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(set)
+}

@@ -1,0 +1,494 @@
+//! On-disk layout and file format.
+//!
+//! ```text
+//! root/containers/<container>/container.json
+//! root/containers/<container>/blobs/<h[0..2]>/<h>     h = hex SHA-256 of the blob name
+//! root/containers/<container>/staging/<h>/<hex id>    staged blocks of that blob
+//! root/tmp/      files and directories being written (cleared on open)
+//! root/trash/    deleted containers being removed (cleared on open)
+//! ```
+//!
+//! Guest names never become path components: container names are validated
+//! `[a-z0-9-]`, blob names are hashed, block ids are hex-encoded.
+//!
+//! A blob (or staged block) is one file: a fixed prefix, a JSON header padded
+//! to a reserved size, a binary committed-block list, then the data at a
+//! 4 KiB-aligned offset. Header and data therefore commit with one rename.
+//!
+//! ```text
+//! 0   magic (8)       "VMBLOB\0\x01" or "VMBLCK\0\x01"
+//! 8   u32 LE          header JSON length (the rest of its room is spaces)
+//! 12  u32 LE          committed block count
+//! 16  u64 LE          offset of the block list: per block u8 id length, id, u64 LE size
+//! 24  u64 LE          data offset
+//! 32  header JSON
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use vmblob_protocol::ops::{BlobProperties, ContainerProperties, Metadata};
+
+use super::semantics::{CommittedBlock, hex, unhex};
+use crate::store::TxnId;
+
+pub const BLOB_MAGIC: [u8; 8] = *b"VMBLOB\0\x01";
+pub const BLOCK_MAGIC: [u8; 8] = *b"VMBLCK\0\x01";
+const PREFIX_LEN: u64 = 32;
+const DATA_ALIGN: u64 = 4096;
+/// Headers are small (name ≤ 1 KiB, metadata ≤ 8 KiB, even if JSON-escaped);
+/// anything bigger is corruption.
+const MAX_HEADER_JSON: u32 = 1 << 20;
+const CONTAINER_META: &str = "container.json";
+
+/// Paths under the store's root.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: &Path) -> Self {
+        Self { root: root.to_path_buf() }
+    }
+    pub fn containers(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    pub fn trash(&self) -> PathBuf {
+        self.root.join("trash")
+    }
+    /// `name` must be a validated container name.
+    pub fn container(&self, name: &str) -> PathBuf {
+        self.containers().join(name)
+    }
+}
+
+/// Paths inside one container's directory.
+pub fn container_meta(dir: &Path) -> PathBuf {
+    dir.join(CONTAINER_META)
+}
+pub fn blobs_dir(dir: &Path) -> PathBuf {
+    dir.join("blobs")
+}
+pub fn staging_root(dir: &Path) -> PathBuf {
+    dir.join("staging")
+}
+
+/// Hex SHA-256 of a blob name: its file name on disk.
+pub fn name_hash(name: &str) -> String {
+    hex(&Sha256::digest(name.as_bytes()))
+}
+
+/// The blob's file (under a fan-out directory named by the hash's first byte).
+pub fn blob_path(dir: &Path, name: &str) -> PathBuf {
+    let h = name_hash(name);
+    blobs_dir(dir).join(&h[..2]).join(h)
+}
+pub fn staging_dir(dir: &Path, name: &str) -> PathBuf {
+    staging_root(dir).join(name_hash(name))
+}
+pub fn block_path(staging: &Path, id: &[u8]) -> PathBuf {
+    staging.join(hex(id))
+}
+
+/// Flushes a directory's entries (a rename or unlink in it) to disk.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates every fan-out directory a container's blobs go into.
+pub fn make_container_dirs(dir: &Path) -> io::Result<()> {
+    let blobs = blobs_dir(dir);
+    fs::create_dir(&blobs)?;
+    for b in 0..=255u8 {
+        fs::create_dir(blobs.join(hex(&[b])))?;
+    }
+    fs::create_dir(staging_root(dir))?;
+    sync_dir(&blobs)?;
+    sync_dir(dir)
+}
+
+/// Removes everything under `dir` (leftovers of an earlier run).
+pub fn clear_dir(dir: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            fs::remove_dir_all(e.path())?;
+        } else {
+            fs::remove_file(e.path())?;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A name in `tmp/` (or `trash/`) no other writer of this store uses.
+pub fn unique_name(kind: &str) -> String {
+    let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{kind}-{}-{seq}", std::process::id())
+}
+
+/// A file being written in `tmp/`; removed on drop unless renamed into place
+/// or deliberately left behind (a simulated crash).
+pub struct TempFile {
+    path: PathBuf,
+    pub file: File,
+    armed: bool,
+}
+
+impl TempFile {
+    pub fn create(tmp_dir: &Path, kind: &str) -> io::Result<Self> {
+        let path = tmp_dir.join(unique_name(kind));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        Ok(Self { path, file, armed: true })
+    }
+    /// Leave the file where it is (a crash would).
+    pub fn abandon(&mut self) {
+        self.armed = false;
+    }
+    /// Renames the file to `target`; on success it is no longer ours to remove.
+    pub fn rename_to(&mut self, target: &Path) -> io::Result<()> {
+        fs::rename(&self.path, target)?;
+        self.armed = false;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(e) = fs::remove_file(&self.path)
+        {
+            log::warn!("removing temp file {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Where the parts of a file go, fixed before its data is written.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    header_room: u64,
+    blocks_offset: u64,
+    block_count: u32,
+    block_bytes: Vec<u8>,
+    pub data_start: u64,
+}
+
+/// Plans a file whose header JSON will be at most `header_room` bytes (the
+/// length of the header serialised with the widest placeholder values).
+pub fn reserve(header_room: usize, blocks: &[CommittedBlock]) -> io::Result<Reservation> {
+    let mut block_bytes = Vec::with_capacity(blocks.len() * 24);
+    for b in blocks {
+        let len = u8::try_from(b.id.len()).map_err(|_| invalid("block id over 255 bytes"))?;
+        block_bytes.push(len);
+        block_bytes.extend_from_slice(&b.id);
+        block_bytes.extend_from_slice(&b.size.to_le_bytes());
+    }
+    let header_room = header_room as u64;
+    let blocks_offset = PREFIX_LEN + header_room;
+    let end = blocks_offset + block_bytes.len() as u64;
+    let data_start = end.div_ceil(DATA_ALIGN) * DATA_ALIGN;
+    let block_count = u32::try_from(blocks.len()).map_err(|_| invalid("too many blocks"))?;
+    Ok(Reservation { header_room, blocks_offset, block_count, block_bytes, data_start })
+}
+
+/// Writes the prefix, the header JSON (space-padded to its room) and the block list.
+pub fn write_header(file: &File, magic: [u8; 8], res: &Reservation, json: &[u8]) -> io::Result<()> {
+    if json.len() as u64 > res.header_room {
+        return Err(invalid("header outgrew its reservation"));
+    }
+    let json_len = u32::try_from(json.len()).map_err(|_| invalid("header too long"))?;
+    let mut head = Vec::with_capacity((res.blocks_offset as usize) + res.block_bytes.len());
+    head.extend_from_slice(&magic);
+    head.extend_from_slice(&json_len.to_le_bytes());
+    head.extend_from_slice(&res.block_count.to_le_bytes());
+    head.extend_from_slice(&res.blocks_offset.to_le_bytes());
+    head.extend_from_slice(&res.data_start.to_le_bytes());
+    head.extend_from_slice(json);
+    head.resize(res.blocks_offset as usize, b' ');
+    head.extend_from_slice(&res.block_bytes);
+    file.write_all_at(&head, 0)?;
+    // Without data nothing was written at `data_start`: make the file reach it.
+    if file.metadata()?.len() < res.data_start {
+        file.set_len(res.data_start)?;
+    }
+    Ok(())
+}
+
+/// A header read back from a file.
+pub struct RawHeader {
+    pub json: Vec<u8>,
+    block_count: u32,
+    blocks_offset: u64,
+    pub data_start: u64,
+    pub file_len: u64,
+}
+
+pub fn read_header(file: &File, magic: [u8; 8]) -> io::Result<RawHeader> {
+    let file_len = file.metadata()?.len();
+    let mut prefix = [0u8; PREFIX_LEN as usize];
+    file.read_exact_at(&mut prefix, 0).map_err(short)?;
+    let u32_at = |i: usize| u32::from_le_bytes([prefix[i], prefix[i + 1], prefix[i + 2], prefix[i + 3]]);
+    let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
+    if prefix[..8] != magic {
+        return Err(invalid("bad magic"));
+    }
+    let (json_len, block_count, blocks_offset, data_start) = (u32_at(8), u32_at(12), u64_at(16), u64_at(24));
+    if json_len > MAX_HEADER_JSON
+        || blocks_offset < PREFIX_LEN + u64::from(json_len)
+        || data_start < blocks_offset
+        || data_start > file_len
+    {
+        return Err(invalid("inconsistent header"));
+    }
+    let mut json = vec![0u8; json_len as usize];
+    file.read_exact_at(&mut json, PREFIX_LEN).map_err(short)?;
+    Ok(RawHeader { json, block_count, blocks_offset, data_start, file_len })
+}
+
+impl RawHeader {
+    /// Bytes of data the file holds past its header.
+    pub fn data_len(&self) -> u64 {
+        self.file_len - self.data_start
+    }
+    pub fn read_blocks(&self, file: &File) -> io::Result<Vec<CommittedBlock>> {
+        let len = usize::try_from(self.data_start - self.blocks_offset).map_err(|_| invalid("block list too long"))?;
+        let mut bytes = vec![0u8; len];
+        file.read_exact_at(&mut bytes, self.blocks_offset).map_err(short)?;
+        let mut blocks = Vec::with_capacity(self.block_count as usize);
+        let mut rest = bytes.as_slice();
+        for _ in 0..self.block_count {
+            let (&n, tail) = rest.split_first().ok_or_else(|| invalid("block list truncated"))?;
+            let n = usize::from(n);
+            let (id, tail) = tail.split_at_checked(n).ok_or_else(|| invalid("block list truncated"))?;
+            let (size, tail) = tail.split_at_checked(8).ok_or_else(|| invalid("block list truncated"))?;
+            let mut sz = [0u8; 8];
+            sz.copy_from_slice(size);
+            blocks.push(CommittedBlock { id: id.to_vec(), size: u64::from_le_bytes(sz) });
+            rest = tail;
+        }
+        Ok(blocks)
+    }
+}
+
+/// A file too short for what its header promises is corrupt, not an I/O failure.
+fn short(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof { invalid("file truncated") } else { e }
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(json: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(json).map_err(|e| invalid(&format!("header: {e}")))
+}
+
+pub fn to_json<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(io::Error::other)
+}
+
+fn txn_hex(txn: &TxnId) -> String {
+    hex(txn)
+}
+
+fn txn_from_hex(s: &str) -> io::Result<TxnId> {
+    unhex(s).and_then(|v| TxnId::try_from(v).ok()).ok_or_else(|| invalid("bad txn"))
+}
+
+/// Header of a blob file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobHeader {
+    pub name: String,
+    pub txn: String,
+    pub etag: String,
+    pub last_modified_ms: u64,
+    pub content_length: u64,
+    pub content_type: String,
+    pub content_md5: Option<String>,
+    pub content_crc64: u64,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// A placeholder ETag at least as long as any real one.
+const WIDEST_ETAG: &str = "\"0xFFFFFFFFFFFFFFFF\"";
+
+impl BlobHeader {
+    pub fn new(name: &str, props: &BlobProperties, txn: &TxnId) -> Self {
+        Self {
+            name: name.to_owned(),
+            txn: txn_hex(txn),
+            etag: props.etag.clone(),
+            last_modified_ms: props.last_modified_ms,
+            content_length: props.content_length,
+            content_type: props.content_type.clone(),
+            content_md5: props.content_md5.map(|m| hex(&m)),
+            content_crc64: props.content_crc64,
+            metadata: props.metadata.0.clone(),
+        }
+    }
+
+    /// The header's JSON length can't exceed this for a blob with these
+    /// known fields: the write-time fields get their widest values.
+    pub fn room(name: &str, content_type: &str, metadata: &Metadata, len: u64, md5: bool) -> io::Result<usize> {
+        let widest = BlobProperties {
+            etag: WIDEST_ETAG.to_owned(),
+            last_modified_ms: u64::MAX,
+            content_length: len,
+            content_type: content_type.to_owned(),
+            content_md5: md5.then_some([0xff; 16]),
+            content_crc64: u64::MAX,
+            committed_blocks: 0,
+            metadata: metadata.clone(),
+        };
+        Ok(to_json(&Self::new(name, &widest, &[0xff; 16]))?.len())
+    }
+
+    pub fn parse(raw: &RawHeader) -> io::Result<(Self, BlobProperties, TxnId)> {
+        let h: Self = parse(&raw.json)?;
+        let txn = txn_from_hex(&h.txn)?;
+        if vmblob_protocol::ops::ETag::new(&h.etag).is_err() {
+            return Err(invalid("bad etag"));
+        }
+        let content_md5 = match &h.content_md5 {
+            None => None,
+            Some(s) => Some(unhex(s).and_then(|v| <[u8; 16]>::try_from(v).ok()).ok_or_else(|| invalid("bad md5"))?),
+        };
+        if raw.data_len() < h.content_length {
+            return Err(invalid("data shorter than the header says"));
+        }
+        let props = BlobProperties {
+            etag: h.etag.clone(),
+            last_modified_ms: h.last_modified_ms,
+            content_length: h.content_length,
+            content_type: h.content_type.clone(),
+            content_md5,
+            content_crc64: h.content_crc64,
+            committed_blocks: raw.block_count,
+            metadata: Metadata(h.metadata.clone()),
+        };
+        Ok((h, props, txn))
+    }
+}
+
+/// Header of a staged block file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockHeader {
+    /// The blob the block is staged for.
+    pub blob: String,
+    pub id: String,
+    pub size: u64,
+    pub crc64: u64,
+}
+
+impl BlockHeader {
+    pub fn room(blob: &str, id: &[u8], size: u64) -> io::Result<usize> {
+        Ok(to_json(&Self { blob: blob.to_owned(), id: hex(id), size, crc64: u64::MAX })?.len())
+    }
+    pub fn parse(raw: &RawHeader) -> io::Result<Self> {
+        let h: Self = parse(&raw.json)?;
+        if raw.data_len() < h.size {
+            return Err(invalid("block data shorter than its header says"));
+        }
+        Ok(h)
+    }
+}
+
+/// `container.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerMeta {
+    pub name: String,
+    pub txn: String,
+    pub etag: String,
+    pub last_modified_ms: u64,
+    pub metadata: Vec<(String, String)>,
+}
+
+impl ContainerMeta {
+    pub fn new(name: &str, props: &ContainerProperties, txn: &TxnId) -> Self {
+        Self {
+            name: name.to_owned(),
+            txn: txn_hex(txn),
+            etag: props.etag.clone(),
+            last_modified_ms: props.last_modified_ms,
+            metadata: props.metadata.0.clone(),
+        }
+    }
+    pub fn read(dir: &Path) -> io::Result<(Self, ContainerProperties, TxnId)> {
+        let m: Self = parse(&fs::read(container_meta(dir))?)?;
+        let txn = txn_from_hex(&m.txn)?;
+        let props = ContainerProperties {
+            etag: m.etag.clone(),
+            last_modified_ms: m.last_modified_ms,
+            metadata: Metadata(m.metadata.clone()),
+        };
+        Ok((m, props, txn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_with_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = TempFile::create(dir.path(), "t").unwrap();
+        let md = Metadata(vec![("k".into(), "v\"é".into())]);
+        let room = BlobHeader::room("a/b", "text/plain", &md, 5, true).unwrap();
+        let blocks = vec![CommittedBlock { id: vec![1, 2], size: 2 }, CommittedBlock { id: vec![3; 64], size: 3 }];
+        let res = reserve(room, &blocks).unwrap();
+        assert_eq!(res.data_start % DATA_ALIGN, 0);
+        t.file.write_all_at(b"hello", res.data_start).unwrap();
+        let props = BlobProperties {
+            etag: "\"0x1\"".into(),
+            last_modified_ms: 7,
+            content_length: 5,
+            content_type: "text/plain".into(),
+            content_md5: Some([9; 16]),
+            content_crc64: 42,
+            committed_blocks: 2,
+            metadata: md.clone(),
+        };
+        let json = to_json(&BlobHeader::new("a/b", &props, &[5; 16])).unwrap();
+        write_header(&t.file, BLOB_MAGIC, &res, &json).unwrap();
+        let raw = read_header(&t.file, BLOB_MAGIC).unwrap();
+        let (h, p, txn) = BlobHeader::parse(&raw).unwrap();
+        assert_eq!((h.name.as_str(), p, txn), ("a/b", props, [5; 16]));
+        assert_eq!(raw.read_blocks(&t.file).unwrap(), blocks);
+        assert!(read_header(&t.file, BLOCK_MAGIC).is_err());
+    }
+
+    #[test]
+    fn truncated_or_garbage_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        for junk in [&b""[..], b"VMBLOB\0\x01", &[0xff; 64], b"VMBLOB\0\x01\xff\xff\xff\xff"] {
+            let p = dir.path().join("j");
+            fs::write(&p, junk).unwrap();
+            assert!(read_header(&File::open(&p).unwrap(), BLOB_MAGIC).is_err());
+        }
+    }
+
+    #[test]
+    fn paths_stay_inside_the_container() {
+        let dir = Path::new("/r/containers/c");
+        let p = blob_path(dir, "../../etc/passwd");
+        let rel = p.strip_prefix(dir).unwrap();
+        let parts: Vec<_> = rel.components().map(|c| c.as_os_str().to_str().unwrap().to_owned()).collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0], "blobs");
+        assert_eq!(parts[2].len(), 64);
+        assert!(parts[2].starts_with(&parts[1]));
+    }
+}

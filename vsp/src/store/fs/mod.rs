@@ -1,0 +1,402 @@
+//! Filesystem store, the embedded default.
+//!
+//! Each blob is one file (header + data, see [`layout`]) replaced by
+//! write-temp, fsync, rename, fsync-directory: after a crash a blob is the old
+//! one or the new one. An in-memory index per container (see [`index`])
+//! answers listings and property reads; file data is read from one opened
+//! file, so a concurrent replace never shows a reader a mix. One store owns
+//! its root: opening it clears what an earlier run left in `tmp/` and `trash/`.
+
+mod blocks;
+mod index;
+mod layout;
+pub(crate) mod semantics;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write as _};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use vmblob_protocol::BlockId;
+use vmblob_protocol::names::ContainerName;
+use vmblob_protocol::ops::{
+    BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, Conditions, ContainerEntry,
+    ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList,
+};
+
+use self::index::{Container, IndexEntry};
+use self::layout::{BLOB_MAGIC, BlobHeader, ContainerMeta, Layout, Reservation, TempFile};
+use self::semantics::{
+    BufPool, Digests, check_conditions, check_size, check_write, clip_range, ingest, new_props, next_etag, now_ms,
+    read, verify, write, written,
+};
+use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
+
+pub use self::semantics::DEFAULT_MAX_BLOB_SIZE;
+
+/// A step of a write at which a test can simulate a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultPoint {
+    /// The first chunk of data is in the temp file (not reached for 0 bytes).
+    DataPartlyWritten,
+    /// All data and the header are in the temp file; it is not yet fsynced.
+    TempWritten,
+    /// The temp file is fsynced; it is not yet renamed into place.
+    TempSynced,
+    /// The temp file has replaced the target; its directory is not yet fsynced.
+    Renamed,
+    /// The directory is fsynced; the write is durable but not yet answered.
+    DirSynced,
+    /// A new container's directory is complete in `tmp/`, not yet renamed into place.
+    ContainerPrepared,
+    /// A deleted container's directory is in `trash/`, not yet removed.
+    ContainerTrashed,
+}
+
+impl FaultPoint {
+    pub const ALL: [FaultPoint; 7] = [
+        FaultPoint::DataPartlyWritten,
+        FaultPoint::TempWritten,
+        FaultPoint::TempSynced,
+        FaultPoint::Renamed,
+        FaultPoint::DirSynced,
+        FaultPoint::ContainerPrepared,
+        FaultPoint::ContainerTrashed,
+    ];
+}
+
+/// Called at each [`FaultPoint`]; an error aborts the operation there, leaving
+/// the files exactly as they are (a crash).
+pub type FaultHook = Arc<dyn Fn(FaultPoint) -> io::Result<()> + Send + Sync>;
+
+/// Options for [`FsStore::open_with`].
+#[derive(Clone)]
+pub struct FsOptions {
+    /// Largest blob (and staged block) in bytes.
+    pub max_blob_size: u64,
+    pub faults: Option<FaultHook>,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        Self { max_blob_size: DEFAULT_MAX_BLOB_SIZE, faults: None }
+    }
+}
+
+pub struct FsStore {
+    layout: Layout,
+    max_blob_size: u64,
+    faults: Option<FaultHook>,
+    /// Containers by name. Only container create/delete write-lock it.
+    containers: RwLock<BTreeMap<String, Arc<Container>>>,
+    bufs: BufPool,
+}
+
+impl FsStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: &Path) -> io::Result<FsStore> {
+        Self::open_with(root, FsOptions::default())
+    }
+
+    /// Opens a store that calls `faults` at every [`FaultPoint`] (crash tests).
+    pub fn with_faults(root: &Path, faults: FaultHook) -> io::Result<FsStore> {
+        Self::open_with(root, FsOptions { faults: Some(faults), ..FsOptions::default() })
+    }
+
+    pub fn open_with(root: &Path, options: FsOptions) -> io::Result<FsStore> {
+        let layout = Layout::new(root);
+        for dir in [root.to_path_buf(), layout.containers(), layout.tmp(), layout.trash()] {
+            fs::create_dir_all(&dir)?;
+        }
+        // Whatever is here was being written or deleted when the last run stopped.
+        let leftovers = layout::clear_dir(&layout.tmp())? + layout::clear_dir(&layout.trash())?;
+        if leftovers > 0 {
+            log::info!("removed {leftovers} leftovers of an interrupted run under {}", root.display());
+        }
+        let mut containers = BTreeMap::new();
+        for e in fs::read_dir(layout.containers())? {
+            let e = e?;
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
+            match Container::load(e.path(), &name) {
+                Ok(c) => {
+                    containers.insert(name, Arc::new(c));
+                }
+                Err(err) if err.kind() == io::ErrorKind::InvalidData || err.kind() == io::ErrorKind::NotFound => {
+                    log::warn!("skipping unreadable container {}: {err}", e.path().display());
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(FsStore {
+            layout,
+            max_blob_size: options.max_blob_size,
+            faults: options.faults,
+            containers: RwLock::new(containers),
+            bufs: BufPool::new(),
+        })
+    }
+
+    fn container(&self, name: &ContainerName) -> Result<Arc<Container>, StoreError> {
+        read(&self.containers).get(name.as_str()).cloned().ok_or(StoreError::ContainerNotFound)
+    }
+
+    /// Gives the fault hook a chance to "crash" here; a crash leaves `tmp` on disk.
+    fn checkpoint(&self, point: FaultPoint, tmp: Option<&mut TempFile>) -> Result<(), StoreError> {
+        if let Some(hook) = &self.faults
+            && let Err(e) = hook(point)
+        {
+            if let Some(t) = tmp {
+                t.abandon();
+            }
+            return Err(StoreError::Io(e));
+        }
+        Ok(())
+    }
+
+    /// Streams `data` into a new temp file after room for its header.
+    fn write_temp(
+        &self,
+        kind: &str,
+        res: &Reservation,
+        data: &mut dyn DataSource,
+        with_md5: bool,
+    ) -> Result<(TempFile, Digests), StoreError> {
+        let mut tmp = TempFile::create(&self.layout.tmp(), kind)?;
+        let mut buf = self.bufs.take();
+        let mut at = res.data_start;
+        let digests = ingest(data, &mut buf, with_md5, |chunk| {
+            tmp.file.write_all_at(chunk, at)?;
+            let first = at == res.data_start;
+            at += chunk.len() as u64;
+            if first { self.checkpoint(FaultPoint::DataPartlyWritten, Some(&mut tmp)) } else { Ok(()) }
+        })?;
+        Ok((tmp, digests))
+    }
+
+    /// Writes the header and makes the temp file durable.
+    fn finish_temp(
+        &self,
+        tmp: &mut TempFile,
+        magic: [u8; 8],
+        res: &Reservation,
+        json: &[u8],
+    ) -> Result<(), StoreError> {
+        layout::write_header(&tmp.file, magic, res, json)?;
+        self.checkpoint(FaultPoint::TempWritten, Some(tmp))?;
+        tmp.file.sync_data()?;
+        self.checkpoint(FaultPoint::TempSynced, Some(tmp))
+    }
+
+    /// Renames a finished temp file over `target` (caller holds the name
+    /// lock) and makes the rename durable. `on_renamed` updates the in-memory
+    /// view as soon as the disk holds the new file.
+    fn commit(
+        &self,
+        c: &Container,
+        tmp: &mut TempFile,
+        target: &Path,
+        on_renamed: impl FnOnce(),
+    ) -> Result<(), StoreError> {
+        let alive = read(&c.alive);
+        if !*alive {
+            return Err(StoreError::ContainerNotFound);
+        }
+        tmp.rename_to(target)?;
+        on_renamed();
+        self.checkpoint(FaultPoint::Renamed, None)?;
+        if let Some(parent) = target.parent() {
+            layout::sync_dir(parent)?;
+        }
+        self.checkpoint(FaultPoint::DirSynced, None)
+    }
+
+    /// Builds a new container directory in `tmp/`: one rename then publishes it whole.
+    fn prepare_container(&self, dir: &Path, meta: &ContainerMeta) -> io::Result<()> {
+        fs::create_dir(dir)?;
+        let mut f = File::create_new(layout::container_meta(dir))?;
+        f.write_all(&layout::to_json(meta)?)?;
+        f.sync_data()?;
+        layout::make_container_dirs(dir)
+    }
+
+    /// Opens a blob's file for reading; `None` if it does not exist.
+    fn open_blob(
+        &self,
+        c: &Container,
+        name: &str,
+    ) -> Result<Option<(File, layout::RawHeader, BlobProperties)>, StoreError> {
+        let file = match File::open(layout::blob_path(&c.dir, name)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let raw = layout::read_header(&file, BLOB_MAGIC)?;
+        let (h, props, _) = BlobHeader::parse(&raw)?;
+        // Only a SHA-256 collision could put another name here.
+        if h.name != name {
+            return Ok(None);
+        }
+        Ok(Some((file, raw, props)))
+    }
+}
+
+impl BlobStore for FsStore {
+    fn create_container(
+        &self,
+        name: &ContainerName,
+        metadata: &Metadata,
+        txn: &TxnId,
+    ) -> Result<ContainerProperties, StoreError> {
+        let mut map = write(&self.containers);
+        if let Some(c) = map.get(name.as_str()) {
+            return if c.txn == *txn { Ok(c.props.clone()) } else { Err(StoreError::AlreadyExists) };
+        }
+        let props = ContainerProperties { etag: next_etag(), last_modified_ms: now_ms(), metadata: metadata.clone() };
+        let staging = self.layout.tmp().join(layout::unique_name("container"));
+        if let Err(e) = self.prepare_container(&staging, &ContainerMeta::new(name.as_str(), &props, txn)) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e.into());
+        }
+        self.checkpoint(FaultPoint::ContainerPrepared, None)?;
+        let dir = self.layout.container(name.as_str());
+        if let Err(e) = fs::rename(&staging, &dir) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e.into());
+        }
+        map.insert(name.as_str().to_owned(), Arc::new(Container::new(dir, props.clone(), *txn)));
+        layout::sync_dir(&self.layout.containers())?;
+        Ok(props)
+    }
+
+    fn delete_container(&self, name: &ContainerName) -> Result<(), StoreError> {
+        let mut map = write(&self.containers);
+        let c = map.get(name.as_str()).cloned().ok_or(StoreError::ContainerNotFound)?;
+        // Waits for commits in flight; later ones see the flag and fail.
+        let mut alive = write(&c.alive);
+        let trash = self.layout.trash().join(layout::unique_name("container"));
+        fs::rename(&c.dir, &trash)?;
+        *alive = false;
+        map.remove(name.as_str());
+        drop(alive);
+        drop(map);
+        layout::sync_dir(&self.layout.containers())?;
+        self.checkpoint(FaultPoint::ContainerTrashed, None)?;
+        // Gone for good already; a failure here only leaves trash for the next open.
+        if let Err(e) = fs::remove_dir_all(&trash) {
+            log::warn!("removing {}: {e}", trash.display());
+        }
+        Ok(())
+    }
+
+    fn container_properties(&self, name: &ContainerName) -> Result<ContainerProperties, StoreError> {
+        Ok(self.container(name)?.props.clone())
+    }
+
+    fn list_containers(&self, req: &ListContainers) -> Result<Page<ContainerEntry>, StoreError> {
+        Ok(semantics::list_containers_page(&read(&self.containers), req, |c| c.props.clone()))
+    }
+
+    fn put_blob(&self, req: &PutBlob, data: &mut dyn DataSource, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        let c = self.container(&req.target.container)?;
+        let name = req.target.blob.as_str();
+        let len = data.len();
+        check_size(len, self.max_blob_size)?;
+        // Answer replays and failed conditions before reading any data; both
+        // are checked again, under the name lock, at commit.
+        let current = c.entry(name)?;
+        if let Some(w) = check_write(current.as_ref().map(|e| (&e.props, &e.txn)), &req.conditions, txn)? {
+            return Ok(w);
+        }
+        let with_md5 = req.content_md5.is_some();
+        let res = layout::reserve(BlobHeader::room(name, &req.content_type, &req.metadata, len, with_md5)?, &[])?;
+        let (mut tmp, digests) = self.write_temp("blob", &res, data, with_md5)?;
+        verify(&digests, req.content_crc64, req.content_md5)?;
+        let props = new_props(&req.content_type, &req.metadata, len, &digests, 0);
+        let json = layout::to_json(&BlobHeader::new(name, &props, txn))?;
+        self.finish_temp(&mut tmp, BLOB_MAGIC, &res, &json)?;
+
+        let _g = c.locks.lock(name);
+        let current = c.entry(name)?;
+        if let Some(w) = check_write(current.as_ref().map(|e| (&e.props, &e.txn)), &req.conditions, txn)? {
+            return Ok(w);
+        }
+        let entry = IndexEntry { props: props.clone(), txn: *txn };
+        self.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), || c.set_entry(name, Some(entry)))?;
+        // A whole-blob write discards uncommitted blocks, as in Azure.
+        c.discard_staged(name);
+        Ok(written(&props))
+    }
+
+    fn get_blob(&self, req: &GetBlob, sink: &mut dyn DataSink) -> Result<(BlobProperties, u64, u64), StoreError> {
+        let c = self.container(&req.target.container)?;
+        let (file, raw, props) = self.open_blob(&c, req.target.blob.as_str())?.ok_or(StoreError::BlobNotFound)?;
+        check_conditions(&props, &req.conditions)?;
+        let (offset, len) = clip_range(req.range, props.content_length, sink.capacity())?;
+        if len > 0 {
+            // Header and data come from the same open file: a concurrent
+            // replace swaps the name, not this inode.
+            sink.fill_from_file(&file, raw.data_start + offset, len)?;
+        }
+        Ok((props, offset, len))
+    }
+
+    fn blob_properties(&self, target: &BlobRef, conditions: &Conditions) -> Result<BlobProperties, StoreError> {
+        let c = self.container(&target.container)?;
+        let entry = c.entry(target.blob.as_str())?.ok_or(StoreError::BlobNotFound)?;
+        check_conditions(&entry.props, conditions)?;
+        Ok(entry.props)
+    }
+
+    fn delete_blob(&self, target: &BlobRef, conditions: &Conditions) -> Result<(), StoreError> {
+        let c = self.container(&target.container)?;
+        let name = target.blob.as_str();
+        let _g = c.locks.lock(name);
+        let entry = c.entry(name)?.ok_or(StoreError::BlobNotFound)?;
+        check_conditions(&entry.props, conditions)?;
+        {
+            let alive = read(&c.alive);
+            if !*alive {
+                return Err(StoreError::ContainerNotFound);
+            }
+            let path = layout::blob_path(&c.dir, name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            c.set_entry(name, None);
+            if let Some(parent) = path.parent() {
+                layout::sync_dir(parent)?;
+            }
+        }
+        c.discard_staged(name);
+        Ok(())
+    }
+
+    fn list_blobs(&self, req: &ListBlobs) -> Result<Page<BlobListItem>, StoreError> {
+        let c = self.container(&req.container)?;
+        c.with_index(|map| semantics::list_blobs_page(map, req, |e| e.props.clone()))
+    }
+
+    fn put_block(
+        &self,
+        target: &BlobRef,
+        id: &BlockId,
+        data: &mut dyn DataSource,
+        expected_crc64: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        blocks::put_block(self, target, id, data, expected_crc64)
+    }
+
+    fn put_block_list(&self, req: &PutBlockList, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        blocks::put_block_list(self, req, txn)
+    }
+
+    fn get_block_list(&self, target: &BlobRef, list_type: BlockListType) -> Result<Vec<BlockInfo>, StoreError> {
+        blocks::get_block_list(self, target, list_type)
+    }
+}

@@ -1,0 +1,555 @@
+//! Semantics both stores share: ETags and clocks, streaming a PUT's bytes
+//! through the checksums, replay and condition checks, listings, block-list
+//! resolution and per-name write locks.
+//!
+//! It lives under `fs/` only because `store/mod.rs` is frozen; the memory
+//! store imports it from here so that both stores behave identically.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::{Bound, Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use md5::Digest as _;
+use vmblob_protocol::BlockId;
+use vmblob_protocol::ops::{
+    BlobListItem, BlobProperties, BlobWritten, Conditions, ContainerEntry, ContainerProperties, ETag, ListBlobs,
+    ListContainers, MAX_BLOCKS, MAX_LIST_RESULTS, Metadata,
+};
+
+use crate::store::{DataSource, Page, StoreError, TxnId};
+
+/// Largest blob unless the constructor says otherwise.
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 1 << 40;
+/// Most uncommitted blocks one blob may have (Azure's limit).
+pub const MAX_STAGED_BLOCKS: usize = 100_000;
+/// Most entries in a committed block list (Azure's limit, as the decoder enforces).
+pub const MAX_COMMITTED_BLOCKS: usize = MAX_BLOCKS;
+/// Size of the buffer a PUT's bytes pass through on their way to the store.
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+// Poisoning only says another thread panicked while holding the lock; every
+// critical section here leaves its data consistent, so carry on.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+pub(crate) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+pub(crate) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// 100 ns ticks between 1601-01-01 (Windows FILETIME, what Azure ETags count) and the Unix epoch.
+const FILETIME_UNIX_OFFSET: u64 = 116_444_736_000_000_000;
+/// The last tick handed out, so that ETags stay unique even if the clock stalls or steps back.
+static LAST_TICK: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh ETag: the current FILETIME tick in quoted hex, e.g. `"0x1DC5E2F3A4B5C6D"`,
+/// strictly greater than every ETag produced (or observed) before in this process.
+pub(crate) fn next_etag() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos() / 100).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+        .saturating_add(FILETIME_UNIX_OFFSET);
+    let next = |last: u64| now.max(last.saturating_add(1));
+    let prev = LAST_TICK.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(next(last))).unwrap_or(0);
+    format!("\"0x{:X}\"", next(prev))
+}
+
+/// Keeps later ETags above one read back from disk (a restart resets the counter).
+pub(crate) fn observe_etag(etag: &str) {
+    let hex = etag.trim_matches('"').trim_start_matches("0x");
+    if let Ok(tick) = u64::from_str_radix(hex, 16) {
+        LAST_TICK.fetch_max(tick, Ordering::SeqCst);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
+}
+
+/// Checksums of a PUT's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Digests {
+    pub crc64: u64,
+    pub md5: Option<[u8; 16]>,
+}
+
+/// Running CRC-64/NVME, plus MD5 when the request carried one to check.
+pub(crate) struct Checksums {
+    crc: crc64fast_nvme::Digest,
+    md5: Option<md5::Md5>,
+}
+
+impl Checksums {
+    pub fn new(with_md5: bool) -> Self {
+        Self { crc: crc64fast_nvme::Digest::new(), md5: with_md5.then(md5::Md5::new) }
+    }
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.crc.write(bytes);
+        if let Some(m) = &mut self.md5 {
+            m.update(bytes);
+        }
+    }
+    pub fn finish(self) -> Digests {
+        Digests { crc64: self.crc.sum64(), md5: self.md5.map(|m| m.finalize().into()) }
+    }
+}
+
+/// Streams all of `src` through `buf`: each chunk is copied once out of guest
+/// memory, checksummed, then handed to `out`. Checksumming the copy (not the
+/// guest's buffer) makes the digests describe exactly the bytes stored, even if
+/// the guest scribbles on its buffer meanwhile.
+pub(crate) fn ingest(
+    src: &mut dyn DataSource,
+    buf: &mut [u8],
+    with_md5: bool,
+    mut out: impl FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<Digests, StoreError> {
+    if buf.is_empty() {
+        return Err(StoreError::Io(std::io::Error::other("empty transfer buffer")));
+    }
+    let total = src.len();
+    let mut done = 0u64;
+    let mut sums = Checksums::new(with_md5);
+    while done < total {
+        let want = usize::try_from(total - done).unwrap_or(usize::MAX).min(buf.len());
+        let n = src.read_chunk(&mut buf[..want])?;
+        if n == 0 || n > want {
+            return Err(StoreError::GuestMemory(format!(
+                "data source gave {n} bytes for a {want}-byte chunk at {done} of {total}"
+            )));
+        }
+        let chunk = &buf[..n];
+        sums.update(chunk);
+        out(chunk)?;
+        done += n as u64;
+    }
+    Ok(sums.finish())
+}
+
+/// Compares computed digests with the ones the request asked for.
+pub(crate) fn verify(got: &Digests, crc64: Option<u64>, md5: Option<[u8; 16]>) -> Result<(), StoreError> {
+    let crc_ok = crc64.is_none_or(|want| want == got.crc64);
+    let md5_ok = md5.is_none_or(|want| got.md5 == Some(want));
+    if crc_ok && md5_ok { Ok(()) } else { Err(StoreError::ChecksumMismatch) }
+}
+
+pub(crate) fn check_size(len: u64, max: u64) -> Result<(), StoreError> {
+    if len > max { Err(StoreError::TooLarge(format!("{len} bytes exceed the {max}-byte limit"))) } else { Ok(()) }
+}
+
+/// Reusable transfer buffers, so a PUT does not allocate 256 KiB each time.
+pub(crate) struct BufPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers kept for reuse; more than this are simply freed.
+const POOL_KEEP: usize = 16;
+
+impl BufPool {
+    pub fn new() -> Self {
+        Self { free: Mutex::new(Vec::new()) }
+    }
+    pub fn take(&self) -> PooledBuf<'_> {
+        let buf = lock(&self.free).pop().unwrap_or_else(|| vec![0; CHUNK_SIZE]);
+        PooledBuf { pool: self, buf }
+    }
+}
+
+pub(crate) struct PooledBuf<'a> {
+    pool: &'a BufPool,
+    buf: Vec<u8>,
+}
+
+impl Deref for PooledBuf<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+impl DerefMut for PooledBuf<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+impl Drop for PooledBuf<'_> {
+    fn drop(&mut self) {
+        let mut free = lock(&self.pool.free);
+        if free.len() < POOL_KEEP {
+            free.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// Exclusive locks on blob names: every write to one blob (check, commit,
+/// staging) holds its name's lock; different blobs never wait for each other.
+pub(crate) struct NameLocks {
+    held: Mutex<HashSet<String>>,
+    freed: Condvar,
+}
+
+pub(crate) struct NameGuard<'a> {
+    locks: &'a NameLocks,
+    name: String,
+}
+
+impl NameLocks {
+    pub fn new() -> Self {
+        Self { held: Mutex::new(HashSet::new()), freed: Condvar::new() }
+    }
+    pub fn lock(&self, name: &str) -> NameGuard<'_> {
+        let mut held = lock(&self.held);
+        while held.contains(name) {
+            held = self.freed.wait(held).unwrap_or_else(PoisonError::into_inner);
+        }
+        held.insert(name.to_owned());
+        NameGuard { locks: self, name: name.to_owned() }
+    }
+}
+
+impl Drop for NameGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.locks.held).remove(&self.name);
+        self.locks.freed.notify_all();
+    }
+}
+
+/// The ETag of a stored entity as `Conditions::check` wants it. Stores only
+/// hold ETags they made (and validate them when read back), so this is `Some`.
+pub(crate) fn etag(s: &str) -> Option<ETag> {
+    ETag::new(s).ok()
+}
+
+/// Reads (and deletes) of an existing blob: its conditions must hold.
+pub(crate) fn check_conditions(props: &BlobProperties, conditions: &Conditions) -> Result<(), StoreError> {
+    if conditions.check(etag(&props.etag).as_ref()) { Ok(()) } else { Err(StoreError::PreconditionFailed) }
+}
+
+pub(crate) fn written(props: &BlobProperties) -> BlobWritten {
+    BlobWritten {
+        etag: props.etag.clone(),
+        last_modified_ms: props.last_modified_ms,
+        content_crc64: props.content_crc64,
+    }
+}
+
+/// Decides a write against the blob it would replace: `Some` is a replay (the
+/// current blob came from this very txn) to answer unchanged; otherwise the
+/// conditions must hold.
+pub(crate) fn check_write(
+    current: Option<(&BlobProperties, &TxnId)>,
+    conditions: &Conditions,
+    txn: &TxnId,
+) -> Result<Option<BlobWritten>, StoreError> {
+    if let Some((props, cur_txn)) = current
+        && cur_txn == txn
+    {
+        return Ok(Some(written(props)));
+    }
+    let cur = current.and_then(|(p, _)| etag(&p.etag));
+    if conditions.check(cur.as_ref()) { Ok(None) } else { Err(StoreError::PreconditionFailed) }
+}
+
+/// Properties of a freshly written blob.
+pub(crate) fn new_props(
+    content_type: &str,
+    metadata: &Metadata,
+    len: u64,
+    digests: &Digests,
+    committed_blocks: u32,
+) -> BlobProperties {
+    BlobProperties {
+        etag: next_etag(),
+        last_modified_ms: now_ms(),
+        content_length: len,
+        content_type: content_type.to_owned(),
+        content_md5: digests.md5,
+        content_crc64: digests.crc64,
+        committed_blocks,
+        metadata: metadata.clone(),
+    }
+}
+
+/// The bytes a GET returns: `(offset, length)` clipped to the blob's end and
+/// the sink's capacity.
+pub(crate) fn clip_range(
+    range: Option<vmblob_protocol::ops::ByteRange>,
+    size: u64,
+    capacity: u64,
+) -> Result<(u64, u64), StoreError> {
+    let offset = range.map_or(0, |r| r.offset);
+    if offset > size {
+        return Err(StoreError::InvalidRange);
+    }
+    let avail = size - offset;
+    let want = range.map_or(avail, |r| r.length);
+    Ok((offset, want.min(avail).min(capacity)))
+}
+
+fn page_limit(max_results: u32) -> usize {
+    match max_results {
+        0 => MAX_LIST_RESULTS as usize,
+        n => n.min(MAX_LIST_RESULTS) as usize,
+    }
+}
+
+/// The smallest string above every name that starts with `prefix` except
+/// those continuing with U+10FFFF (skipped one by one by the caller).
+fn past_prefix(prefix: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 4);
+    s.push_str(prefix);
+    s.push(char::MAX);
+    s
+}
+
+/// One page of a blob listing over names held in byte order.
+///
+/// Azure's delimiter semantics: a name whose remainder after `prefix` holds
+/// the delimiter is rolled up into one `Prefix` entry (up to and including the
+/// delimiter), emitted where its first name sorts. Items are compared with the
+/// marker by their emitted string, so a marker equal to a returned prefix
+/// skips every name under it.
+pub(crate) fn list_blobs_page<E>(
+    map: &BTreeMap<String, E>,
+    req: &ListBlobs,
+    props: impl Fn(&E) -> BlobProperties,
+) -> Page<BlobListItem> {
+    let limit = page_limit(req.max_results);
+    let (prefix, delim, marker) = (req.prefix.as_str(), req.delimiter.as_str(), req.marker.as_str());
+    let mut items = Vec::new();
+    let mut more = false;
+    let mut start = if !marker.is_empty() && marker >= prefix {
+        Bound::Excluded(marker.to_owned())
+    } else {
+        Bound::Included(prefix.to_owned())
+    };
+    // The last rolled-up prefix: names under it are skipped.
+    let mut skip: Option<String> = None;
+    'scan: loop {
+        let mut reseek = None;
+        for (name, entry) in map.range::<str, _>((start.as_ref().map(String::as_str), Bound::Unbounded)) {
+            if !name.starts_with(prefix) {
+                break 'scan;
+            }
+            if skip.as_deref().is_some_and(|s| name.starts_with(s)) {
+                continue;
+            }
+            let rest = &name[prefix.len()..];
+            let rolled = if delim.is_empty() { None } else { rest.find(delim) };
+            if let Some(at) = rolled {
+                let p = &name[..prefix.len() + at + delim.len()];
+                if marker.is_empty() || p > marker {
+                    if items.len() == limit {
+                        more = true;
+                        break 'scan;
+                    }
+                    items.push(BlobListItem::Prefix(p.to_owned()));
+                }
+                skip = Some(p.to_owned());
+                reseek = Some(past_prefix(p));
+                break;
+            }
+            if items.len() == limit {
+                more = true;
+                break 'scan;
+            }
+            let mut properties = props(entry);
+            if !req.include_metadata {
+                properties.metadata = Metadata::default();
+            }
+            items.push(BlobListItem::Blob { name: name.clone(), properties });
+        }
+        match reseek {
+            Some(next) => start = Bound::Included(next),
+            None => break,
+        }
+    }
+    let next_marker = match (more, items.last()) {
+        (true, Some(BlobListItem::Blob { name, .. })) => name.clone(),
+        (true, Some(BlobListItem::Prefix(p))) => p.clone(),
+        _ => String::new(),
+    };
+    Page { items, next_marker }
+}
+
+/// One page of a container listing.
+pub(crate) fn list_containers_page<E>(
+    map: &BTreeMap<String, E>,
+    req: &ListContainers,
+    props: impl Fn(&E) -> ContainerProperties,
+) -> Page<ContainerEntry> {
+    let limit = page_limit(req.max_results);
+    let start = if !req.marker.is_empty() && req.marker >= req.prefix {
+        Bound::Excluded(req.marker.as_str())
+    } else {
+        Bound::Included(req.prefix.as_str())
+    };
+    let mut items = Vec::new();
+    let mut more = false;
+    for (name, entry) in map.range::<str, _>((start, Bound::Unbounded)) {
+        if !name.starts_with(&req.prefix) {
+            break;
+        }
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        let mut properties = props(entry);
+        if !req.include_metadata {
+            properties.metadata = Metadata::default();
+        }
+        items.push(ContainerEntry { name: name.clone(), properties });
+    }
+    let next_marker = match (more, items.last()) {
+        (true, Some(e)) => e.name.clone(),
+        _ => String::new(),
+    };
+    Page { items, next_marker }
+}
+
+/// One entry of a committed block list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CommittedBlock {
+    pub id: Vec<u8>,
+    pub size: u64,
+}
+
+/// Where one block of a new block list comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PartSource {
+    /// The staged (uncommitted) block with this id.
+    Staged,
+    /// The current blob's bytes at this offset.
+    Committed { offset: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Part {
+    pub id: Vec<u8>,
+    pub size: u64,
+    pub source: PartSource,
+}
+
+/// Resolves a PutBlockList: each id names a staged block of the blob, else
+/// one of its committed blocks (staged wins, as Azure's "Latest" does).
+/// Returns the parts in order and the new blob's size.
+pub(crate) fn resolve_block_list(
+    ids: &[BlockId],
+    staged_size: impl Fn(&[u8]) -> Option<u64>,
+    committed: &[CommittedBlock],
+    max_size: u64,
+) -> Result<(Vec<Part>, u64), StoreError> {
+    if ids.len() > MAX_COMMITTED_BLOCKS {
+        return Err(StoreError::TooLarge(format!(
+            "{} blocks exceed the {MAX_COMMITTED_BLOCKS}-block limit",
+            ids.len()
+        )));
+    }
+    let mut offsets: HashMap<&[u8], (u64, u64)> = HashMap::new();
+    let mut at = 0u64;
+    for b in committed {
+        offsets.entry(&b.id).or_insert((at, b.size));
+        at = at.saturating_add(b.size);
+    }
+    let mut parts = Vec::with_capacity(ids.len());
+    let mut total = 0u64;
+    for id in ids {
+        let id = id.as_bytes();
+        let (size, source) = match (staged_size(id), offsets.get(id)) {
+            (Some(size), _) => (size, PartSource::Staged),
+            (None, Some(&(offset, size))) => (size, PartSource::Committed { offset }),
+            (None, None) => return Err(StoreError::InvalidBlockList(format!("unknown block id {}", hex(id)))),
+        };
+        total = total.saturating_add(size);
+        parts.push(Part { id: id.to_vec(), size, source });
+    }
+    check_size(total, max_size)?;
+    Ok((parts, total))
+}
+
+/// The staging limit: a new id may not push a blob past `MAX_STAGED_BLOCKS`.
+pub(crate) fn check_stage_room(staged: usize, replaces: bool) -> Result<(), StoreError> {
+    if !replaces && staged >= MAX_STAGED_BLOCKS {
+        Err(StoreError::TooLarge(format!("blob already has {MAX_STAGED_BLOCKS} uncommitted blocks")))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_are_unique_quoted_hex_and_increasing() {
+        let a = next_etag();
+        let b = next_etag();
+        assert_ne!(a, b);
+        let parse = |s: &str| u64::from_str_radix(s.trim_matches('"').trim_start_matches("0x"), 16).unwrap();
+        assert!(a.starts_with("\"0x") && a.ends_with('"'), "{a}");
+        assert!(parse(&b) > parse(&a));
+        // A tick read back from disk from the future still keeps later ETags above it.
+        let future = format!("\"0x{:X}\"", parse(&b) + 1_000_000_000);
+        observe_etag(&future);
+        assert!(parse(&next_etag()) > parse(&future));
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(hex(&[0, 0xab, 0xff]), "00abff");
+        assert_eq!(unhex("00abff"), Some(vec![0, 0xab, 0xff]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("é0"), None);
+    }
+
+    #[test]
+    fn clip_range_rules() {
+        use vmblob_protocol::ops::ByteRange;
+        assert_eq!(clip_range(None, 10, 100).unwrap(), (0, 10));
+        assert_eq!(clip_range(None, 10, 4).unwrap(), (0, 4));
+        assert_eq!(clip_range(Some(ByteRange { offset: 10, length: 5 }), 10, 100).unwrap(), (10, 0));
+        assert_eq!(clip_range(Some(ByteRange { offset: 3, length: 100 }), 10, 100).unwrap(), (3, 7));
+        assert!(matches!(
+            clip_range(Some(ByteRange { offset: 11, length: 0 }), 10, 100),
+            Err(StoreError::InvalidRange)
+        ));
+    }
+
+    #[test]
+    fn resolve_prefers_staged_and_checks_ids() {
+        let committed =
+            vec![CommittedBlock { id: b"a".to_vec(), size: 3 }, CommittedBlock { id: b"b".to_vec(), size: 4 }];
+        let staged = |id: &[u8]| (id == b"b" || id == b"c").then_some(10);
+        let ids: Vec<BlockId> = [&b"b"[..], b"a", b"c", b"a"].iter().map(|i| BlockId::new(i).unwrap()).collect();
+        let (parts, total) = resolve_block_list(&ids, staged, &committed, 1000).unwrap();
+        assert_eq!(total, 10 + 3 + 10 + 3);
+        assert_eq!(parts[0].source, PartSource::Staged);
+        assert_eq!(parts[1].source, PartSource::Committed { offset: 0 });
+        assert_eq!(parts[3].source, PartSource::Committed { offset: 0 });
+        let bad = [BlockId::new(b"zz").unwrap()];
+        assert!(matches!(resolve_block_list(&bad, staged, &committed, 1000), Err(StoreError::InvalidBlockList(_))));
+        assert!(matches!(resolve_block_list(&ids, staged, &committed, 25), Err(StoreError::TooLarge(_))));
+    }
+}
