@@ -150,13 +150,14 @@ impl VhostUserBackend for BlobBackend {
         device_event: u16,
         evset: EventSet,
         vrings: &[VringRwLock],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }
-        let idx = usize::from(device_event);
-        let (Some(worker), Some(vring)) = (self.queues.get(idx), vrings.get(idx)) else {
+        // `device_event` indexes this thread's own vrings (`vrings` holds only
+        // them); thread i serves exactly queue i (`queues_per_thread`).
+        let (Some(worker), Some(vring)) = (self.queues.get(thread_id), vrings.get(usize::from(device_event))) else {
             return Err(io::Error::other(format!("unexpected device event {device_event}")));
         };
         if self.closing.load(Ordering::SeqCst) {
