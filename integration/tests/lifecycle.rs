@@ -1,0 +1,321 @@
+//! The daemon and the connection going away: restart, crash (SIGKILL), a VMM
+//! that drops the connection, and SIGTERM with requests in flight.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use vmblob_integration::data::{CrcWriter, PatternReader, crc64, pattern};
+use vmblob_integration::{Guest, GuestOptions, Sandbox, Vsp, VspOptions, bounded, is_rescinded, ops, wait_until};
+use vmblob_protocol::BlobError;
+use vmblob_vsc::{ClientError, PendingOp, Transport};
+
+// BUG (vsp/src/vhost/queue.rs, `QueueWorker::process`), exposed by the two
+// `#[ignore]`d tests below: once `closing` is set (SIGTERM, or the frontend
+// hung up), the inner loop stops popping but the outer loop repeats while
+// `enable_notification()` reports unpopped avail entries, so a worker with
+// requests still queued spins at 100% CPU forever; `drop(daemon)` never joins
+// it, and the daemon neither exits on SIGTERM nor accepts the next VMM
+// connection. Fix: also return when `closing` is set. Both tests pass with
+// that fix; run them with `cargo test -p vmblob-integration -- --ignored`.
+
+/// How soon a client must fail its requests once the daemon is gone.
+const PROMPT: Duration = Duration::from_secs(5);
+
+/// One attempted put: name, data seed and length, and whether it succeeded.
+#[derive(Debug, Clone)]
+struct Attempt {
+    name: String,
+    seed: u64,
+    len: usize,
+    ok: bool,
+}
+
+/// After a crash or disconnect: a blob whose put succeeded is intact; one
+/// whose put failed is absent or intact (never partial, never mixed).
+fn verify_attempts(g: &Guest, container: &str, attempts: &[Attempt]) -> (usize, usize) {
+    let (mut present, mut absent) = (0, 0);
+    for a in attempts {
+        match g.stat(container, &a.name) {
+            Ok(p) => {
+                let want = pattern(a.seed, 0, a.len);
+                assert_eq!(p.content_length, a.len as u64, "{} has a torn length", a.name);
+                assert_eq!(p.content_crc64, crc64(&want), "{} has a foreign CRC", a.name);
+                let got = g.get(container, &a.name).unwrap_or_else(|e| panic!("get {}: {e}", a.name));
+                assert!(got == want, "{} content differs", a.name);
+                present += 1;
+            }
+            Err(e) if e.blob_error() == Some(BlobError::BlobNotFound) => {
+                assert!(!a.ok, "{} was acknowledged but is missing", a.name);
+                absent += 1;
+            }
+            Err(e) => panic!("stat {}: {e}", a.name),
+        }
+    }
+    // Nothing else appeared.
+    assert_eq!(g.list(container, "", "").unwrap().len(), present);
+    (present, absent)
+}
+
+#[test]
+fn restart_between_operations_rescinds_then_reconnects() {
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let g = Guest::connect(vsp.socket(), GuestOptions::default().reconnect(true));
+    g.create_container("keep").unwrap();
+    let before = pattern(41, 0, 100_000);
+    g.put("keep", "before", &before).unwrap();
+
+    let status = vsp.stop();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0\n{}", vsp.logs());
+    wait_until(PROMPT, "client notices the daemon left", || !g.transport.is_connected());
+    for _ in 0..3 {
+        let t = Instant::now();
+        let e = g.put("keep", "during", b"x").unwrap_err();
+        assert!(matches!(e, ClientError::Rescinded), "while down: {e:?}");
+        assert!(t.elapsed() < Duration::from_secs(1), "a call while down fails at once");
+        let e = g.get("keep", "before").unwrap_err();
+        assert!(matches!(e, ClientError::Rescinded), "while down: {e:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    vsp.restart();
+    let after = pattern(42, 0, 50_000);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match g.put("keep", "after", &after) {
+            Ok(_) => break,
+            Err(ClientError::Rescinded) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("client did not come back: {e:?}\n{}", vsp.logs()),
+        }
+    }
+    assert!(g.transport.is_connected());
+    assert_eq!(g.get("keep", "before").unwrap(), before, "data persists across the restart");
+    assert_eq!(g.get("keep", "after").unwrap(), after);
+    expect_missing(&g, "keep", "during");
+    drop(g);
+    assert_eq!(vsp.stop().code(), Some(0));
+}
+
+fn expect_missing(g: &Guest, c: &str, b: &str) {
+    let e = g.stat(c, b).unwrap_err();
+    assert_eq!(e.blob_error(), Some(BlobError::BlobNotFound), "{c}/{b}: {e:?}");
+}
+
+#[test]
+fn sigkill_during_pipelined_puts_leaves_no_torn_blob() {
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2));
+    g.create_container("crash").unwrap();
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut window: VecDeque<(PendingOp, usize)> = VecDeque::new();
+    // One result: a success must carry the right CRC; a failure is only
+    // allowed once the daemon is dead.
+    let settle = |p: PendingOp, a: &mut Attempt, killed: bool| match p.wait() {
+        Ok(r) => {
+            assert_eq!(ops::written(r).content_crc64, crc64(&pattern(a.seed, 0, a.len)), "{}", a.name);
+            a.ok = true;
+        }
+        Err(e) => {
+            assert!(killed, "{} failed before the kill: {e:?}", a.name);
+            assert!(is_rescinded(&e) || matches!(e, ClientError::Transport(_)), "{e:?}");
+        }
+    };
+    for i in 0..400usize {
+        // Mostly 64 KiB..1 MiB, every eighth 4 MiB, so the VSP is mid-write when it dies.
+        let len = if i % 8 == 7 { 4 << 20 } else { (64 << 10) + (i * 7919) % (960 << 10) };
+        let a = Attempt { name: format!("p/{i:03}"), seed: 5000 + i as u64, len, ok: false };
+        let p = ops::submit_put(&g, "crash", &a.name, &pattern(a.seed, 0, len)).expect("submit before the kill");
+        window.push_back((p, attempts.len()));
+        attempts.push(a);
+        if window.len() >= 32 {
+            let (p, idx) = window.pop_front().unwrap();
+            settle(p, &mut attempts[idx], false);
+        }
+        if attempts.iter().filter(|a| a.ok).count() == 100 {
+            break;
+        }
+    }
+    assert_eq!(window.len(), 31, "the kill comes with requests in flight");
+    vsp.kill();
+    let killed_at = Instant::now();
+    while let Some((p, idx)) = window.pop_front() {
+        settle(p, &mut attempts[idx], true);
+    }
+    assert!(killed_at.elapsed() < PROMPT, "in-flight puts ended promptly after the kill");
+    // With the device gone, a new request fails at once.
+    let t = Instant::now();
+    let r = ops::submit_put(&g, "crash", "late", b"late").and_then(|p| p.wait());
+    assert!(r.as_ref().is_err_and(|e| is_rescinded(e) || matches!(e, ClientError::Transport(_))), "late put");
+    assert!(t.elapsed() < PROMPT);
+    assert_eq!(g.transport.pending(), 0);
+    drop(g);
+
+    vsp.restart();
+    let g = Guest::connect(vsp.socket(), GuestOptions::default());
+    let (present, absent) = verify_attempts(&g, "crash", &attempts);
+    assert!(present >= 100, "acknowledged puts survive");
+    assert!(absent > 0, "the kill interrupted some puts");
+}
+
+#[test]
+fn sigkill_during_a_streamed_upload_keeps_the_old_blob() {
+    const LEN: u64 = 96 << 20;
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let opts = GuestOptions::default().block_size(1 << 20);
+    let g = Arc::new(Guest::connect(vsp.socket(), opts.clone()));
+    g.create_container("stream").unwrap();
+    let old = pattern(77, 0, 300_000);
+    g.put("stream", "big", &old).unwrap();
+
+    let progress = Arc::new(AtomicU64::new(0));
+    let (g2, p2) = (g.clone(), progress.clone());
+    let upload = std::thread::spawn(move || {
+        let mut src = PatternReader::new(78, LEN);
+        let r = g2.put_stream("stream", "big", &mut src, LEN, &|n| p2.store(n, Ordering::Relaxed));
+        (r.map(|w| w.etag), Instant::now())
+    });
+    wait_until(Duration::from_secs(60), "upload makes progress", || progress.load(Ordering::Relaxed) >= 16 << 20);
+    vsp.kill();
+    let killed = Instant::now();
+    let (result, ended) = bounded(PROMPT * 2, "put_stream returns after the kill", move || upload.join().unwrap());
+    assert!(ended.duration_since(killed) < PROMPT, "put_stream failed promptly");
+    let e = result.expect_err("the upload cannot have committed 96 MiB before the kill");
+    assert!(is_rescinded(&e) || matches!(e, ClientError::Transport(_)), "{e:?}");
+    assert!(progress.load(Ordering::Relaxed) < LEN);
+    drop(g);
+
+    vsp.restart();
+    let g = Guest::connect(vsp.socket(), opts);
+    assert_eq!(g.get("stream", "big").unwrap(), old, "the old blob, whole");
+    let p = g.stat("stream", "big").unwrap();
+    assert_eq!((p.content_length, p.committed_blocks), (old.len() as u64, 0));
+    // The store still works for the same name.
+    let mut src = PatternReader::new(79, 5 << 20);
+    g.put_stream("stream", "big", &mut src, 5 << 20, &|_| {}).unwrap();
+    let mut sink = CrcWriter::expecting(79);
+    g.get_to_writer("stream", "big", &mut sink, &|_| {}).unwrap();
+    assert_eq!((sink.len(), sink.crc64(), sink.first_mismatch), (5 << 20, src.crc64(), None));
+}
+
+/// Submit a mix of large and small puts and gets; returns the pending ops.
+fn submit_mix(g: &Guest, container: &str, n: usize, attempts: &mut Vec<Attempt>) -> Vec<(PendingOp, Option<usize>)> {
+    let mut pending = Vec::new();
+    for i in 0..n {
+        if i % 4 == 3 {
+            pending.push((ops::submit_get(g, container, "seed", 1 << 20).expect("submit get"), None));
+            continue;
+        }
+        let len = if i % 5 == 0 { 4 << 20 } else { 1000 + 37 * i };
+        let a = Attempt { name: format!("m/{i:03}"), seed: 9000 + i as u64, len, ok: false };
+        let p = ops::submit_put(g, container, &a.name, &pattern(a.seed, 0, len)).expect("submit put");
+        pending.push((p, Some(attempts.len())));
+        attempts.push(a);
+    }
+    pending
+}
+
+/// Wait for every op; each must end in success or a rescind. Returns (ok, rescinded).
+fn settle(pending: Vec<(PendingOp, Option<usize>)>, attempts: &mut [Attempt], seed_blob: &[u8]) -> (usize, usize) {
+    let (mut ok, mut rescinded) = (0, 0);
+    for (p, idx) in pending {
+        match (p.wait(), idx) {
+            (Ok(r), Some(i)) => {
+                assert_eq!(ops::written(r).content_crc64, crc64(&pattern(attempts[i].seed, 0, attempts[i].len)));
+                attempts[i].ok = true;
+                ok += 1;
+            }
+            (Ok(r), None) => {
+                assert!(ops::data_of(r) == seed_blob, "get returned other bytes");
+                ok += 1;
+            }
+            (Err(e), _) if is_rescinded(&e) => rescinded += 1,
+            (Err(e), _) => panic!("a request ended with neither success nor a rescind: {e:?}"),
+        }
+    }
+    (ok, rescinded)
+}
+
+#[test]
+#[ignore = "BUG vsp/src/vhost/queue.rs QueueWorker::process spins forever once closing with requests queued (see BUG above)"]
+fn frontend_disconnect_with_requests_in_flight() {
+    const N: usize = 96;
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let socket = vsp.socket().to_owned();
+    let (attempts, seed_blob) = bounded(Duration::from_secs(60), "disconnect with requests in flight", move || {
+        let g = Guest::connect(&socket, GuestOptions::default().queues(2).reconnect(true));
+        g.create_container("sever").unwrap();
+        let seed_blob = pattern(1, 0, 700_000);
+        g.put("sever", "seed", &seed_blob).unwrap();
+        let mut attempts = Vec::new();
+        let pending = submit_mix(&g, "sever", N, &mut attempts);
+        g.transport.sever_connection().unwrap();
+        let (ok, rescinded) = settle(pending, &mut attempts, &seed_blob);
+        assert_eq!(ok + rescinded, N, "every request completed exactly once");
+        assert!(rescinded > 0, "the disconnect caught requests in flight (ok {ok})");
+        assert_eq!(g.transport.pending(), 0);
+        // The same client comes back by itself.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match g.put("sever", "again", &pattern(3, 0, 1000)) {
+                Ok(_) => break,
+                Err(ClientError::Rescinded) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("old client did not reconnect: {e:?}"),
+            }
+        }
+        assert_eq!(g.get("sever", "again").unwrap(), pattern(3, 0, 1000));
+        (attempts, seed_blob)
+    });
+    assert!(vsp.is_running(), "the daemon survives a VMM hang-up");
+    // A fresh client (the old one is gone) finds every acknowledged write intact.
+    let g = Guest::connect(vsp.socket(), GuestOptions::default());
+    assert_eq!(g.get("sever", "seed").unwrap(), seed_blob);
+    let mut expected = attempts.clone();
+    expected.push(Attempt { name: "seed".into(), seed: 1, len: 700_000, ok: true });
+    expected.push(Attempt { name: "again".into(), seed: 3, len: 1000, ok: true });
+    verify_attempts(&g, "sever", &expected);
+    drop(g);
+    assert_eq!(vsp.stop().code(), Some(0));
+}
+
+#[test]
+#[ignore = "BUG vsp/src/vhost/queue.rs QueueWorker::process spins forever once closing with requests queued (see BUG above)"]
+fn sigterm_with_requests_in_flight_completes_each_once_and_exits_0() {
+    const N: usize = 64;
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2));
+    g.create_container("term").unwrap();
+    let seed_blob = pattern(2, 0, 300_000);
+    g.put("term", "seed", &seed_blob).unwrap();
+    let mut attempts = Vec::new();
+    let pending = submit_mix(&g, "term", N, &mut attempts);
+    let status = vsp.stop();
+    assert_eq!(status.code(), Some(0), "SIGTERM with work in flight still exits 0\n{}", vsp.logs());
+    let (attempts, ok, rescinded) = bounded(Duration::from_secs(60), "settle after SIGTERM", move || {
+        let mut attempts = attempts;
+        let (ok, rescinded) = settle(pending, &mut attempts, &seed_blob);
+        (attempts, ok, rescinded)
+    });
+    assert_eq!(ok + rescinded, N, "every request completed exactly once");
+    assert_eq!(g.transport.pending(), 0);
+    drop(g);
+
+    vsp.restart();
+    let g = Guest::connect(vsp.socket(), GuestOptions::default());
+    verify_attempts(
+        &g,
+        "term",
+        &attempts
+            .iter()
+            .cloned()
+            .chain(std::iter::once(Attempt { name: "seed".into(), seed: 2, len: 300_000, ok: true }))
+            .collect::<Vec<_>>(),
+    );
+}
