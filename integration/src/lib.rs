@@ -92,3 +92,21 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Only the daemon's own files (socket, logs, store) exist in the sandbox of
+/// `vsp`, everything else lies under its store, and no path in the store has
+/// an `etc` component (the escape the hostile tests try).
+pub fn assert_nothing_outside_store(sb: &Sandbox, vsp: &Vsp) {
+    let root = sb.root.path();
+    let rel = |p: &Path| p.strip_prefix(root).expect("daemon files live in the sandbox").to_path_buf();
+    let store = rel(vsp.store());
+    let mut allowed: Vec<PathBuf> =
+        vec!["outer".into(), "outer/inner".into(), rel(vsp.dir()), rel(vsp.socket()), store.clone()];
+    allowed.extend(vsp.log_paths().iter().map(|p| rel(p)));
+    let stray: Vec<PathBuf> =
+        files_under(root).into_iter().filter(|p| !allowed.contains(p) && !p.starts_with(&store)).collect();
+    assert!(stray.is_empty(), "created outside the store: {stray:?}");
+    let etc: Vec<PathBuf> =
+        files_under(vsp.store()).into_iter().filter(|p| p.components().any(|c| c.as_os_str() == "etc")).collect();
+    assert!(etc.is_empty(), "escape attempts left traces in the store: {etc:?}");
+}

@@ -323,3 +323,13 @@ impl RawGuest {
         (bytes.len() >= n).then(|| bytes.split_off(bytes.len() - n))
     }
 }
+
+/// Replace the only occurrence of `from` in `bytes` with `to` (same length):
+/// how a hostile guest smuggles a bad field into otherwise valid op bytes.
+pub fn patch(mut bytes: Vec<u8>, from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len(), "patch keeps the length");
+    let at: Vec<usize> = bytes.windows(from.len()).enumerate().filter(|(_, w)| *w == from).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "{:?} must occur exactly once", String::from_utf8_lossy(from));
+    bytes[at[0]..at[0] + to.len()].copy_from_slice(to);
+    bytes
+}
