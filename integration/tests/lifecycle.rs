@@ -319,3 +319,83 @@ fn sigterm_with_requests_in_flight_completes_each_once_and_exits_0() {
             .collect::<Vec<_>>(),
     );
 }
+
+#[test]
+fn reconnecting_client_survives_a_crash_with_requests_in_flight() {
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2).reconnect(true));
+    g.create_container("phoenix").unwrap();
+    let seed_blob = pattern(4, 0, 200_000);
+    g.put("phoenix", "seed", &seed_blob).unwrap();
+    let mut attempts = Vec::new();
+    let pending = submit_mix(&g, "phoenix", 48, &mut attempts);
+    vsp.kill();
+    let seed_copy = seed_blob.clone();
+    let (attempts, ok, failed) = bounded(PROMPT * 2, "settle after SIGKILL", move || {
+        let mut attempts = attempts;
+        let mut ok = 0;
+        let mut failed = 0;
+        for (p, idx) in pending {
+            match (p.wait(), idx) {
+                (Ok(r), Some(i)) => {
+                    assert_eq!(ops::written(r).content_crc64, crc64(&pattern(attempts[i].seed, 0, attempts[i].len)));
+                    attempts[i].ok = true;
+                    ok += 1;
+                }
+                (Ok(r), None) => {
+                    assert!(ops::data_of(r) == seed_copy);
+                    ok += 1;
+                }
+                (Err(e), _) => {
+                    assert!(is_rescinded(&e) || matches!(e, ClientError::Transport(_)), "{e:?}");
+                    failed += 1;
+                }
+            }
+        }
+        (attempts, ok, failed)
+    });
+    assert_eq!(ok + failed, 48);
+    vsp.restart();
+    // The same client comes back and sees a consistent store.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match g.stat("phoenix", "seed") {
+            Ok(_) => break,
+            Err(ClientError::Rescinded) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("client did not come back: {e:?}\n{}", vsp.logs()),
+        }
+    }
+    let mut expected = attempts;
+    expected.push(Attempt { name: "seed".into(), seed: 4, len: 200_000, ok: true });
+    verify_attempts(&g, "phoenix", &expected);
+    // And keeps working under load on both queues.
+    let mut more = Vec::new();
+    let pending = submit_mix(&g, "phoenix", 32, &mut more);
+    let (ok, rescinded) = settle(pending, &mut more, &seed_blob);
+    assert_eq!((ok, rescinded), (32, 0));
+}
+
+#[test]
+fn one_vmm_connection_at_a_time_and_max_connections() {
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions { max_connections: Some(2), ..VspOptions::default() });
+    let first = Guest::connect(vsp.socket(), GuestOptions::default());
+    first.create_container("one").unwrap();
+    // A second VMM waits until the first is gone.
+    let socket = vsp.socket().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let second = std::thread::spawn(move || {
+        let g = Guest::connect(&socket, GuestOptions::default());
+        tx.send(()).unwrap();
+        g.put("one", "from-second", b"2").unwrap();
+        g.get("one", "from-first").unwrap()
+    });
+    first.put("one", "from-first", b"1").unwrap();
+    assert!(rx.recv_timeout(Duration::from_millis(700)).is_err(), "second VMM served while the first is connected");
+    drop(first);
+    rx.recv_timeout(Duration::from_secs(10)).expect("second VMM served after the first left");
+    assert_eq!(bounded(Duration::from_secs(20), "second VMM", move || second.join().unwrap()), b"1");
+    // --max-connections 2: the daemon exits by itself once the second is gone.
+    assert_eq!(vsp.wait_exit(Duration::from_secs(10)).map(|s| s.code()), Some(Some(0)), "{}", vsp.logs());
+}
