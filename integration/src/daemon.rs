@@ -225,6 +225,13 @@ impl Vsp {
         }
     }
 
+    /// Send a signal by name (`STOP`, `CONT`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("vmblob-vsp was started");
+        let st = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
+        assert!(st.success(), "kill -{name} {pid} failed");
+    }
+
     /// SIGTERM, then wait (bounded) for the exit; returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         let pid = self.pid().expect("vmblob-vsp was started");
