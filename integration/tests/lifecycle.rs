@@ -190,7 +190,10 @@ fn sigkill_during_a_streamed_upload_keeps_the_old_blob() {
     let progress = Arc::new(AtomicU64::new(0));
     let (g2, p2) = (g.clone(), progress.clone());
     let upload = std::thread::spawn(move || {
-        let mut src = PatternReader::new(78, LEN);
+        // A source that slows down after 16 MiB (a slow pipe), so the kill
+        // surely lands mid-stream however fast the daemon is.
+        let mut src =
+            SlowAfter { inner: PatternReader::new(78, LEN), after: 16 << 20, delay: Duration::from_millis(5) };
         let r = g2.put_stream("stream", "big", &mut src, LEN, &|n| p2.store(n, Ordering::Relaxed));
         (r.map(|w| w.etag), Instant::now())
     });
@@ -215,6 +218,22 @@ fn sigkill_during_a_streamed_upload_keeps_the_old_blob() {
     let mut sink = CrcWriter::expecting(79);
     g.get_to_writer("stream", "big", &mut sink, &|_| {}).unwrap();
     assert_eq!((sink.len(), sink.crc64(), sink.first_mismatch), (5 << 20, src.crc64(), None));
+}
+
+/// A reader that sleeps before each read once `after` bytes were read.
+struct SlowAfter {
+    inner: PatternReader,
+    after: u64,
+    delay: Duration,
+}
+
+impl std::io::Read for SlowAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.inner.produced() >= self.after {
+            std::thread::sleep(self.delay);
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Submit a mix of large and small puts and gets; returns the pending ops.
