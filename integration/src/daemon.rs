@@ -61,6 +61,22 @@ fn build_vsp() -> PathBuf {
     bin
 }
 
+/// util-linux `setpriv`, if present.
+fn setpriv() -> Option<&'static Path> {
+    static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            ["/usr/bin/setpriv", "/bin/setpriv"].iter().map(PathBuf::from).find(|p| {
+                Command::new(p)
+                    .arg("--help")
+                    .stdout(Stdio::piped())
+                    .output()
+                    .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--pdeathsig"))
+            })
+        })
+        .as_deref()
+}
+
 /// Daemon flags (the defaults are the daemon's own, except the log level).
 #[derive(Debug, Clone)]
 pub struct VspOptions {
@@ -127,7 +143,9 @@ impl VspOptions {
 /// `<dir>/store/` and `<dir>/vsp-<n>.log` (stderr of its n-th life).
 ///
 /// It can be stopped and started again on the same socket and store. Drop
-/// kills it (and, when the test is failing, prints its logs).
+/// kills it (and, when the test is failing, prints its logs). Start and
+/// restart it on the test's own thread: where `setpriv` exists the daemon is
+/// SIGKILLed when the thread that spawned it ends.
 pub struct Vsp {
     dir: PathBuf,
     socket: PathBuf,
@@ -199,7 +217,17 @@ impl Vsp {
         let log_path = self.dir.join(format!("vsp-{}.log", self.lives));
         let log = File::create(&log_path).expect("create daemon log");
         self.lives += 1;
-        let child = Command::new(vsp_binary())
+        // setpriv --pdeathsig: the daemon dies with the thread that started
+        // it, so a test harness that is itself killed leaves no daemon behind.
+        let mut cmd = match setpriv() {
+            Some(setpriv) => {
+                let mut c = Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(vsp_binary());
+                c
+            }
+            None => Command::new(vsp_binary()),
+        };
+        let child = cmd
             .arg("--socket-path")
             .arg(&self.socket)
             .arg("--store")
