@@ -153,3 +153,65 @@ fn check(p: PendingOp, op: Op, mine: &mut Vec<(String, u64, usize)>, puts: &mut 
         }
     }
 }
+
+/// A writer that sleeps on every write (a slow sink), checking the stream.
+struct SlowSink {
+    inner: CrcWriter,
+    delay: Duration,
+    written: Arc<AtomicU64>,
+}
+
+impl std::io::Write for SlowSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::thread::sleep(self.delay);
+        let n = self.inner.write(buf)?;
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn overwrite_during_a_download_never_mixes_versions() {
+    const LEN: u64 = 48 << 20;
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let socket = vsp.socket().to_owned();
+    bounded(Duration::from_secs(90), "overwrite during download", move || {
+        let opts = GuestOptions::default().queues(2).block_size(1 << 20);
+        let g = Arc::new(Guest::connect(&socket, opts));
+        g.create_container("race").unwrap();
+        let mut v1 = PatternReader::new(1, LEN);
+        g.put_stream("race", "blob", &mut v1, LEN, &|_| {}).unwrap();
+        let written = Arc::new(AtomicU64::new(0));
+        let (g2, w2) = (g.clone(), written.clone());
+        let reader = std::thread::spawn(move || {
+            let mut sink = SlowSink { inner: CrcWriter::expecting(1), delay: Duration::from_millis(10), written: w2 };
+            let r = g2.get_to_writer("race", "blob", &mut sink, &|_| {});
+            (r.map(|p| p.etag), sink.inner)
+        });
+        vmblob_integration::wait_until(Duration::from_secs(30), "download under way", || {
+            written.load(Ordering::Relaxed) >= 4 << 20
+        });
+        let mut v2 = PatternReader::new(2, LEN);
+        let w = g.put_stream("race", "blob", &mut v2, LEN, &|_| {}).unwrap();
+        let (result, sink) = reader.join().unwrap();
+        assert!(sink.len() < LEN, "the overwrite landed mid-download");
+        match result {
+            Err(e) => assert_eq!(
+                e.blob_error(),
+                Some(vmblob_protocol::BlobError::PreconditionFailed),
+                "pinned ranged reads fail on the new ETag: {e:?}"
+            ),
+            Ok(etag) => panic!("download of {etag} completed with {} of {LEN} bytes", sink.len()),
+        }
+        assert_eq!(sink.first_mismatch, None, "bytes of the new version leaked into the old download");
+        // Read again: the new version, whole.
+        let mut again = CrcWriter::expecting(2);
+        let p = g.get_to_writer("race", "blob", &mut again, &|_| {}).unwrap();
+        assert_eq!((p.etag, again.len(), again.first_mismatch), (w.etag, LEN, None));
+    });
+    drop(vsp);
+}
