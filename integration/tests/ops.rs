@@ -267,3 +267,26 @@ fn every_error_is_a_typed_status() {
     // The daemon is still serving after every refusal above.
     assert_eq!(g.get("errs", "ten").unwrap(), b"0123456789");
 }
+
+// BUG (vsp/src/lib.rs:27, `open_store`): `--max-blob-size` reaches the engine's
+// `Limits` and the device config, but the store is opened with
+// `FsStore::open(dir)`, i.e. the 1 TiB default, and nothing else enforces the
+// flag: larger blobs are stored. Fix: `FsStore::open_with(dir, FsOptions {
+// max_blob_size: config.limits.max_blob_size, ..FsOptions::default() })`
+// (open_store needs the limit passed in).
+#[test]
+#[ignore = "BUG vsp/src/lib.rs open_store ignores --max-blob-size (store opened with the 1 TiB default)"]
+fn max_blob_size_is_advertised_and_enforced() {
+    let sb = Sandbox::new();
+    let opts = VspOptions { extra: vec!["--max-blob-size".into(), "100000".into()], ..VspOptions::default() };
+    let vsp = Vsp::start(&sb.dir, opts);
+    let g = Guest::connect(vsp.socket(), GuestOptions::default().block_size(64 << 10));
+    assert_eq!(g.device_config().max_blob_size, 100_000);
+    g.create_container("cap").unwrap();
+    g.put("cap", "fits", &pattern(1, 0, 100_000)).unwrap();
+    expect_status(g.put("cap", "over", &pattern(1, 0, 100_001)), BlobError::TooLarge);
+    let big = pattern(2, 0, 200_000);
+    expect_status(g.put_stream("cap", "blocks", &mut Cursor::new(&big), 200_000, &|_| {}), BlobError::TooLarge);
+    expect_status(g.stat("cap", "over"), BlobError::BlobNotFound);
+    expect_status(g.stat("cap", "blocks"), BlobError::BlobNotFound);
+}
