@@ -24,6 +24,8 @@ use vmm_sys_util::eventfd::EventFd;
 use zerocopy::{FromBytes, IntoBytes};
 
 const DESC_NEXT: u16 = 1;
+/// `post_table`: this descriptor ends the chain.
+pub const NO_NEXT: u16 = u16::MAX;
 const DESC_WRITE: u16 = 2;
 
 /// Where the raw guest keeps things in its RAM.
@@ -218,18 +220,29 @@ impl RawGuest {
     /// Post `descs` as one chain (descriptors `0..n`) and kick.
     pub fn post(&mut self, descs: &[Desc]) {
         assert!(!descs.is_empty() && descs.len() <= usize::from(self.size), "chain must fit the queue");
-        for (i, d) in descs.iter().enumerate() {
-            let last = i + 1 == descs.len();
+        let table: Vec<(Desc, u16)> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (*d, if i + 1 == descs.len() { NO_NEXT } else { (i + 1) as u16 }))
+            .collect();
+        self.post_table(&table);
+    }
+
+    /// Write descriptor `i` of the table as `table[i]` with its `next` link
+    /// (`NO_NEXT`: end of chain; anything else sets the NEXT flag, even if it
+    /// points out of the table or back into it), publish head 0 and kick.
+    pub fn post_table(&mut self, table: &[(Desc, u16)]) {
+        for (i, (d, next)) in table.iter().enumerate() {
             let mut flags = if d.writable { DESC_WRITE } else { 0 };
-            if !last {
+            if *next != NO_NEXT {
                 flags |= DESC_NEXT;
             }
-            let next = if last { 0 } else { (i + 1) as u16 };
+            let link = if *next == NO_NEXT { 0 } else { *next };
             let mut raw = [0u8; 16];
             raw[0..8].copy_from_slice(&d.addr.to_le_bytes());
             raw[8..12].copy_from_slice(&d.len.to_le_bytes());
             raw[12..14].copy_from_slice(&flags.to_le_bytes());
-            raw[14..16].copy_from_slice(&next.to_le_bytes());
+            raw[14..16].copy_from_slice(&link.to_le_bytes());
             self.mem().write_slice(&raw, GuestAddress(self.desc.0 + 16 * i as u64)).expect("write descriptor");
         }
         let slot = u64::from(self.next_avail % self.size);
@@ -288,6 +301,17 @@ impl RawGuest {
         assert_eq!(used.id, 0, "the only chain in flight has head 0");
         let status = self.tail(descs, RESPONSE_SIZE).and_then(|b| VspResponse::read_from_bytes(&b).ok());
         Exchange { used, status, response: Vec::new() }
+    }
+
+    /// Like [`RawGuest::exchange`] for a hand-linked descriptor table.
+    pub fn exchange_table(&mut self, table: &[(Desc, u16)]) -> Used {
+        for (d, _) in table.iter().filter(|(d, _)| d.writable && self.in_ram(d)) {
+            self.write(d.addr, &vec![0xEE; d.len as usize]);
+        }
+        self.post_table(table);
+        let used = self.wait_used(COMPLETION_TIMEOUT).unwrap_or_else(|| panic!("no completion for table {table:?}"));
+        assert_eq!(used.id, 0, "the only chain in flight has head 0");
+        used
     }
 
     /// Place a canonical request's bytes, send its chain, and read back the

@@ -6,7 +6,7 @@
 
 use vmblob_integration::data::pattern;
 use vmblob_integration::raw::{
-    DATA_OUT_AREA, Desc, Exchange, RAM_SIZE, READ_AREA, RawGuest, RawRequest, WRITE_AREA, patch,
+    DATA_OUT_AREA, Desc, Exchange, NO_NEXT, RAM_SIZE, READ_AREA, RawGuest, RawRequest, WRITE_AREA, patch,
 };
 use vmblob_integration::{Sandbox, Vsp, VspOptions, assert_nothing_outside_store};
 use vmblob_protocol::BlobError;
@@ -144,6 +144,16 @@ fn malformed_chains_are_refused_and_the_queue_keeps_serving() {
     let x = g.exchange(&readable);
     assert_eq!(x.used.len, 0, "too many descriptors, none writable among them");
     assert_eq!(g.read(status.addr, 12), [0xEE; 12]);
+
+    // A `next` link out of the table: the chain ends at the header, nothing is writable.
+    let x = g.exchange_table(&[(hdr, 200), (status, NO_NEXT)]);
+    assert_eq!(x.len, 0, "chain cut by a bad link: nothing to answer in");
+    assert_eq!(g.read(status.addr, 12), [0xEE; 12]);
+    // A loop (0 -> 1 -> 2 -> 1 ...): the device stops at --max-descriptors.
+    let x = g.exchange_table(&[(hdr, 1), (resp, 2), (status, 1)]);
+    assert_eq!(x.len, RESPONSE_SIZE as u32, "looping chain refused");
+    let s = VspResponse::read_from_bytes(&g.read(status.addr, 12)).unwrap();
+    assert_eq!(BlobError::from_code(s.error.get()), Some(BlobError::InvalidRequest), "looping chain");
 
     still_serving(&mut g, "after-chains");
     assert!(vsp.is_running());
