@@ -154,9 +154,24 @@ pub enum Error {
     /// Config space access without the CONFIG protocol feature.
     #[error("vhost-user backend did not negotiate VHOST_USER_PROTOCOL_F_CONFIG")]
     ConfigUnsupported,
-    /// The backend answered a config read with the wrong number of bytes.
-    #[error("config read of {requested} bytes at {offset:#x} returned {returned} bytes")]
-    ConfigLength { offset: u32, requested: u32, returned: usize },
+    /// A config access of zero bytes or beyond the 4 KiB vhost-user config space.
+    #[error("config access of {len} bytes at {offset:#x} is outside the vhost-user config space")]
+    ConfigRange { offset: u32, len: u32 },
+    /// The backend refused a config read (zero-size reply), e.g. beyond its config space.
+    #[error("vhost-user backend refused to read {len} config bytes at {offset:#x}")]
+    ConfigRefused { offset: u32, len: u32 },
+
+    // --- messages the frontend exchanges itself ---
+    /// Reading or writing the socket failed.
+    #[error("{step}: socket I/O failed: {source}")]
+    Socket {
+        step: Step,
+        #[source]
+        source: io::Error,
+    },
+    /// The backend's reply violates the protocol.
+    #[error("{step}: malformed reply from the backend: {reason}")]
+    BadReply { step: Step, reason: &'static str },
 }
 
 impl Error {
@@ -167,6 +182,7 @@ impl Error {
         match self {
             Error::Timeout { .. } => true,
             Error::Vhost { source, .. } => vhost_error_is_transport_lost(source),
+            Error::Socket { source, .. } => io_error_is_connection_lost(source),
             _ => false,
         }
     }

@@ -8,8 +8,8 @@ use vmblob_protocol::config::DeviceConfig;
 use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
-    ContainerEntry, ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, OpRequest, OpResponse,
-    PutBlob, PutBlock, PutBlockList, ResponseMessage,
+    ContainerEntry, ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, OpRequest, OpResponse, PutBlob,
+    PutBlock, PutBlockList, ResponseMessage,
 };
 use vmblob_protocol::transport::OperationType;
 use vmblob_protocol::{DataDirection, OpCode, VspRequest};

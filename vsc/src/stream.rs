@@ -6,9 +6,9 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 
+use vmblob_protocol::BlobError;
 use vmblob_protocol::names::BlockId;
 use vmblob_protocol::ops::{BlobProperties, BlobWritten, Conditions, ETag, OpResponse};
-use vmblob_protocol::BlobError;
 
 use crate::client::{BlobClient, Data, PendingOp, target};
 use crate::error::ClientError;
@@ -140,10 +140,8 @@ impl BlobClient {
         }
         if size == 0 {
             // An empty blob still proves it exists with one request.
-            let _ = self.call(
-                &vmblob_protocol::OpRequest::GetBlobProperties { target: t, conditions: cond() },
-                Data::None,
-            )?;
+            let _ = self
+                .call(&vmblob_protocol::OpRequest::GetBlobProperties { target: t, conditions: cond() }, Data::None)?;
         }
         if digest.sum64() != props.content_crc64 {
             return Err(checksum_mismatch("downloaded bytes differ from the stored CRC"));

@@ -81,6 +81,9 @@ struct Inner<B, T> {
     removing: bool,
 }
 
+/// A registered request: its id and what its caller waits on.
+pub type Registered<T> = (u64, Arc<Waiter<T>>);
+
 /// Requests keyed by a never-reused id (starting at 1: VMBus forbids 0).
 /// `B` is what the device may still touch (the DMA buffers); `T` what a
 /// completion hands the caller.
@@ -97,7 +100,12 @@ impl<B, T> Default for RequestTable<B, T> {
 impl<B, T> RequestTable<B, T> {
     pub fn new() -> Self {
         Self {
-            inner: Mutex::new(Inner { next_id: 1, pending: HashMap::new(), quarantine: HashMap::new(), removing: false }),
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                pending: HashMap::new(),
+                quarantine: HashMap::new(),
+                removing: false,
+            }),
         }
     }
 
@@ -109,7 +117,7 @@ impl<B, T> RequestTable<B, T> {
     /// and the insert happen under the lock that `rescind` takes to set
     /// `removing` and drain: a request is either drained by the rescind or
     /// refused here, never sent after it (the seed's v5 race).
-    pub fn register(&self, buffers: B) -> Result<(u64, Arc<Waiter<T>>), (ClientError, B)> {
+    pub fn register(&self, buffers: B) -> Result<Registered<T>, (ClientError, B)> {
         let mut g = self.lock();
         if g.removing {
             return Err((ClientError::Rescinded, buffers));

@@ -46,6 +46,10 @@ pub struct VirtioOptions {
     pub frontend: FrontendOptions,
     /// Reconnect after the backend goes away.
     pub reconnect: bool,
+    /// Busy-poll the used rings this long after the last completion before
+    /// sleeping on the call eventfds (zero: interrupts only). Polling stops
+    /// when idle, so an idle client burns no CPU.
+    pub poll: Duration,
 }
 
 impl VirtioOptions {
@@ -61,6 +65,7 @@ impl VirtioOptions {
                 ..FrontendOptions::default()
             },
             reconnect: true,
+            poll: Duration::ZERO,
         }
     }
 }
@@ -92,6 +97,7 @@ struct Inner {
     stop_evt: EventFd,
     reconnect: bool,
     reconnecting: AtomicBool,
+    poll: Duration,
 }
 
 /// A connected virtio blob device.
@@ -126,7 +132,8 @@ impl VirtioTransport {
         let mut configs = Vec::with_capacity(opts.queues);
         for i in 0..opts.queues {
             let base = GuestAddress(ring_bytes * i as u64);
-            let ring = SplitQueue::new(ram.memory().clone(), base, opts.queue_size, event_idx).map_err(transport_err)?;
+            let ring =
+                SplitQueue::new(ram.memory().clone(), base, opts.queue_size, event_idx).map_err(transport_err)?;
             configs.push(queue_config(i, &ring, 0));
             let kick = device.kick_fd(i).ok_or_else(|| transport_err("no kick fd"))?;
             let call = device.call_fd(i).ok_or_else(|| transport_err("no call fd"))?;
@@ -138,8 +145,8 @@ impl VirtioTransport {
             });
         }
         device.activate(&configs).map_err(transport_err)?;
-        let pool =
-            DmaPool::new(ram.memory().clone(), GuestAddress(rings_total), opts.ram_size - rings_total).map_err(transport_err)?;
+        let pool = DmaPool::new(ram.memory().clone(), GuestAddress(rings_total), opts.ram_size - rings_total)
+            .map_err(transport_err)?;
         let inner = Arc::new(Inner {
             hangup: device.disconnect_handle(),
             ram,
@@ -153,6 +160,7 @@ impl VirtioTransport {
             stop_evt: EventFd::new(EFD_NONBLOCK)?,
             reconnect: opts.reconnect,
             reconnecting: AtomicBool::new(false),
+            poll: opts.poll,
         });
         let reaper_inner = inner.clone();
         let reaper = std::thread::Builder::new()
@@ -212,8 +220,9 @@ impl Inner {
             .collect()
     }
 
-    /// Pop every used entry of `q` and complete those requests.
-    fn reap_queue(&self, q: &Queue) {
+    /// Pop every used entry of `q` and complete those requests; returns how
+    /// many completed.
+    fn reap_queue(&self, q: &Queue) -> usize {
         let mut done = Vec::new();
         {
             let mut st = lock(&q.state);
@@ -241,8 +250,27 @@ impl Inner {
         if !done.is_empty() {
             q.space.notify_all();
         }
+        let n = done.len();
         for (id, len) in done {
             self.table.complete(id, |b| finish(b, len));
+        }
+        n
+    }
+
+    /// Spin on the used rings while completions keep coming, for at most
+    /// `poll` after the last one.
+    fn busy_poll(&self) {
+        if self.poll.is_zero() {
+            return;
+        }
+        let mut deadline = std::time::Instant::now() + self.poll;
+        while std::time::Instant::now() < deadline && !self.stopping.load(Ordering::Relaxed) {
+            let n: usize = self.queues.iter().map(|q| self.reap_queue(q)).sum();
+            if n > 0 {
+                deadline = std::time::Instant::now() + self.poll;
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 
@@ -284,6 +312,9 @@ impl Inner {
                 self.spawn_reconnect();
             } else if !down && handled_hangup && !self.table.is_removing() {
                 handled_hangup = false;
+            }
+            if !down {
+                self.busy_poll();
             }
             match epoll.wait(100, &mut events) {
                 Ok(n) => {

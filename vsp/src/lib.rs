@@ -2,10 +2,10 @@
 //! requests out of guest memory, pluggable stores, and the vhost-user daemon.
 #![forbid(unsafe_code)]
 
-pub mod store;
-pub mod engine;
-pub mod vhost;
 pub mod args;
+pub mod engine;
+pub mod store;
+pub mod vhost;
 
 use std::sync::Arc;
 

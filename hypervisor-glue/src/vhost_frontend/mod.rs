@@ -9,6 +9,7 @@
 //! Modules: `features` (what is offered and what was negotiated), `session` (the messages of
 //! one connection), `disconnect` (hang-up watcher).
 
+mod config;
 mod disconnect;
 mod features;
 mod session;
@@ -171,20 +172,12 @@ impl VhostUserDevice {
 
     /// Reads `len` bytes of the device config space at `offset` with `VHOST_USER_GET_CONFIG`,
     /// as CH's generic device's `read_config` does. Unlike CH (which returns 0xff bytes without
-    /// the CONFIG feature and panics on failure), both cases are errors here.
+    /// the CONFIG feature and panics on failure), both cases are errors here; a read the backend
+    /// refuses is [`Error::ConfigRefused`]. The exchange bypasses `Frontend::get_config`, which
+    /// hangs on a refusal (see `config.rs`).
     pub fn get_config(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
         self.require_config()?;
-        let buf = vec![0u8; len as usize];
-        let (_, data) = self
-            .link
-            .frontend
-            .get_config(offset, len, VhostUserConfigFlags::empty(), &buf)
-            .map_err(|source| Error::Vhost { step: Step::GetConfig, source })?;
-        // The crate checks this already; the length is backend-controlled, so check again.
-        if data.len() != buf.len() {
-            return Err(Error::ConfigLength { offset, requested: len, returned: data.len() });
-        }
-        Ok(data)
+        config::get_config(&self.link.socket, offset, len)
     }
 
     /// Writes the device config space with `VHOST_USER_SET_CONFIG` (flag WRITABLE, as CH's

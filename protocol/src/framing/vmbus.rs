@@ -23,8 +23,9 @@ pub const FLAG_COMPLETION_REQUESTED: u16 = 1;
 pub const DESCRIPTOR_SIZE: usize = 16;
 const GPA_HEADER_SIZE: usize = 8;
 const RANGE_HEADER_SIZE: usize = 8;
-/// Largest page number whose address fits in a u64.
-const MAX_PFN: u64 = u64::MAX >> 12;
+/// Largest page number whose every address, and the end of the page, fits
+/// in a u64 (so a segment's `addr + len` never overflows).
+const MAX_PFN: u64 = (u64::MAX >> 12) - 1;
 
 /// `struct vmpacket_descriptor`.
 #[repr(C)]

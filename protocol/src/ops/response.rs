@@ -5,7 +5,7 @@ use super::{
     OP_HEADER_SIZE, OP_VERSION, OpCode, RESPONSE_MAGIC,
 };
 use crate::config::DeviceConfig;
-use crate::names::{self, BLOB_NAME_MAX, BLOCK_ID_MAX, ETAG_MAX};
+use crate::names::{self, BLOB_NAME_MAX, BLOCK_ID_MAX, BlockId, ETAG_MAX};
 use crate::status::{BlobError, SUCCESS, check};
 use crate::wire::{Reader, Writer};
 
@@ -182,12 +182,13 @@ impl OpResponse {
             }
             OpCode::PutBlock => OpResponse::BlockStaged { content_crc64: r.u64()? },
             OpCode::GetBlockList => {
-                // Committed and uncommitted blocks together.
+                // Committed and uncommitted blocks together; each is at least
+                // 11 bytes because ids follow the 1–64-byte block id rule.
                 let n = r.count(3 * MAX_BLOCKS, 11)?;
                 let mut blocks = Vec::with_capacity(n);
                 for _ in 0..n {
                     blocks.push(BlockInfo {
-                        id: r.bytes8(BLOCK_ID_MAX)?.to_vec(),
+                        id: BlockId::new(r.bytes8(BLOCK_ID_MAX)?)?.as_bytes().to_vec(),
                         size: r.u64()?,
                         committed: r.bool()?,
                     });

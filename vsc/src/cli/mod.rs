@@ -32,6 +32,9 @@ pub struct Cli {
     /// Guest RAM for rings and buffers, in MiB.
     #[arg(long, global = true, default_value_t = 256)]
     pub ram_mib: u64,
+    /// Busy-poll for completions this many microseconds before sleeping.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub poll_us: u64,
     /// No progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -107,6 +110,7 @@ pub fn connect(cli: &Cli, socket: &std::path::Path) -> Result<BlobClient, Client
     opts.queues = cli.queues;
     opts.ram_size = cli.ram_mib << 20;
     opts.reconnect = false;
+    opts.poll = std::time::Duration::from_micros(cli.poll_us);
     let transport = VirtioTransport::connect(opts)?;
     let config = transport.device_config();
     let options = ClientOptions { timeout_ms: cli.timeout_ms, parallel: cli.parallel, ..ClientOptions::default() };

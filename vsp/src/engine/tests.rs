@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmblob_protocol::framing::virtio::{ChainDescriptor, VirtioFrame, canonical_offsets};
 use vmblob_protocol::ops::{
-    BlobListItem, BlockListType, ByteRange, Conditions, ETag, GetBlob, ListBlobs, ListContainers, Metadata,
-    OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList, ResponseMessage,
+    BlobListItem, BlockListType, ByteRange, Conditions, ETag, GetBlob, ListBlobs, ListContainers, Metadata, OpRequest,
+    OpResponse, PutBlob, PutBlock, PutBlockList, ResponseMessage,
 };
 use vmblob_protocol::transport::OperationType;
 use vmblob_protocol::{BlobError, BlobName, BlockId, ContainerName, DataDirection, VspRequest, VspResponse};
@@ -180,7 +180,8 @@ fn every_operation_round_trips() {
     assert_eq!(h.get("photos", "2024/cat.jpg", Some(range), 4096).unwrap(), &data[1000..1500]);
     // A data buffer smaller than the blob gets a positioned read of what fits.
     assert_eq!(h.get("photos", "2024/cat.jpg", None, 4096).unwrap(), &data[..4096]);
-    let props = OpRequest::GetBlobProperties { target: blob_ref("photos", "2024/cat.jpg"), conditions: Conditions::none() };
+    let props =
+        OpRequest::GetBlobProperties { target: blob_ref("photos", "2024/cat.jpg"), conditions: Conditions::none() };
     match h.ok(&props, &[]) {
         OpResponse::BlobProperties(p) => {
             assert_eq!(p.content_length, data.len() as u64);
@@ -280,7 +281,8 @@ fn serve_with(h: &mut Harness, tamper: impl FnOnce(&mut VspRequest)) -> VspRespo
 fn bad_headers_get_clean_statuses() {
     let mut h = Harness::new();
     h.mkcontainer("box");
-    let cases: Vec<(Box<dyn FnOnce(&mut VspRequest)>, BlobError)> = vec![
+    type Tamper = Box<dyn FnOnce(&mut VspRequest)>;
+    let cases: Vec<(Tamper, BlobError)> = vec![
         (Box::new(|r| r.version = 1.into()), BlobError::Unsupported),
         (Box::new(|r| r.operation_type = 0x101.into()), BlobError::Unsupported),
         (Box::new(|r| r.operation_type = 0x7.into()), BlobError::Unsupported),
@@ -305,7 +307,12 @@ fn bad_headers_get_clean_statuses() {
 #[test]
 fn request_over_the_limit_is_refused() {
     let mut h = Harness::with_limits(Limits { max_request_len: 64, ..Limits::default() });
-    let s = h.prepare(&put_op("box", "a-rather-long-blob-name-to-pass-64-bytes/with/segments", Conditions::none()), b"x", 0, 4096);
+    let s = h.prepare(
+        &put_op("box", "a-rather-long-blob-name-to-pass-64-bytes/with/segments", Conditions::none()),
+        b"x",
+        0,
+        4096,
+    );
     let resp = h.engine.serve(&h.mem, &s.request, &CancelToken::new(None));
     assert_eq!(BlobError::from_code(resp.error.get()), Some(BlobError::TooLarge));
 }
@@ -323,15 +330,13 @@ fn garbage_ops_never_panic() {
                 seed ^= seed << 17;
                 *b = seed as u8;
             }
-            if len >= 8 && seed % 2 == 0 {
+            if len >= 8 && seed.is_multiple_of(2) {
                 body[..4].copy_from_slice(b"VBRQ");
                 body[4..6].copy_from_slice(&1u16.to_le_bytes());
             }
             let mut s = h.prepare(&OpRequest::GetDeviceConfig, &[], 0, 4096);
-            let at = GuestAddress(s.request.frame.request(&s.request.header).unwrap()[0].addr);
             let gpa = h.alloc(56 + len as u64);
             h.mem.write_slice(&body, GuestAddress(gpa + 56)).unwrap();
-            let _ = at;
             let descs = vec![
                 ChainDescriptor { addr: gpa, len: 56 + len as u32, writable: false },
                 ChainDescriptor { addr: s.resp_gpa, len: 4096 + 12, writable: true },
@@ -423,7 +428,8 @@ fn rescind_with_requests_in_flight_completes_each_once() {
     let table = Arc::new(InflightTable::new(64));
     let n = 24u16;
     let payload = vec![0x5au8; 4 << 20];
-    let sent: Vec<Sent> = (0..n).map(|i| h.prepare(&put_op("box", &format!("b{i}"), Conditions::none()), &payload, 0, 4096)).collect();
+    let sent: Vec<Sent> =
+        (0..n).map(|i| h.prepare(&put_op("box", &format!("b{i}"), Conditions::none()), &payload, 0, 4096)).collect();
     let mem = h.mem.clone();
     let engine = h.engine.clone();
     let mut workers = Vec::new();

@@ -109,8 +109,12 @@ impl VhostUserBackend for BlobBackend {
         self.event_idx.store(enabled, Ordering::Release);
     }
 
+    /// Exactly `size` bytes, zero beyond the 64-byte config: a short reply
+    /// leaves the frontend waiting for bytes that never come (vhost 0.18).
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.engine.device_config().read(offset, size)
+        let mut bytes = self.engine.device_config().read(offset, size);
+        bytes.resize(size as usize, 0);
+        bytes
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {

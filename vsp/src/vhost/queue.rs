@@ -23,9 +23,17 @@ pub struct QueueWorker {
 
 /// A popped chain, admitted or refused.
 enum Popped {
-    Admitted { head: u16, request: VirtioRequest, cancel: CancelToken },
+    Admitted {
+        head: u16,
+        request: VirtioRequest,
+        cancel: CancelToken,
+    },
     /// Shape or header is bad: answer with this status if there is room.
-    Malformed { head: u16, writable: Vec<Segment>, status: BlobError },
+    Malformed {
+        head: u16,
+        writable: Vec<Segment>,
+        status: BlobError,
+    },
 }
 
 impl QueueWorker {
@@ -54,7 +62,12 @@ impl QueueWorker {
             {
                 self.complete(engine, mem, vring, popped, event_idx)?;
             }
-            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            // Closing: leave queued requests unpopped (never accepted, so the
+            // guest fails them itself) instead of re-arming forever.
+            if closing.load(Ordering::SeqCst)
+                || !event_idx
+                || !vring.enable_notification().map_err(io::Error::other)?
+            {
                 return Ok(());
             }
         }
@@ -122,10 +135,13 @@ impl QueueWorker {
         // malformed chain, the last 12 writable bytes if there are that many.
         let status_segs = if admitted { writable } else { tail(&writable, RESPONSE_SIZE as u64) };
         let used_len = post_status(mem, &status_segs, &resp);
-        vring.add_used(head, used_len).map_err(io::Error::other)?;
+        let posted = vring.add_used(head, used_len).map_err(io::Error::other);
+        // Retire the entry even if the guest broke its used ring, so a stop
+        // never waits for a completion that was already attempted.
         if admitted && !self.inflight.complete(head) {
             log::error!("completion for head {head} not in flight");
         }
+        posted?;
         if !event_idx || vring.needs_notification().map_err(io::Error::other)? {
             // A vanished frontend closes the call fd; the completion is in the
             // used ring regardless.
