@@ -174,10 +174,16 @@ pub struct RawGuest {
 impl RawGuest {
     /// Connect to `socket` and arm queue 0 with `queue_size` entries.
     pub fn connect(socket: &Path, queue_size: u16) -> RawGuest {
+        Self::connect_with(socket, queue_size, false)
+    }
+
+    /// Like [`RawGuest::connect`], offering EVENT_IDX if `event_idx` (the
+    /// guest then always asks for an interrupt at the next used entry).
+    pub fn connect_with(socket: &Path, queue_size: u16, event_idx: bool) -> RawGuest {
         let ram = GuestRam::new(RAM_SIZE).expect("guest RAM");
-        let opts = FrontendOptions { event_idx: false, connect_timeout: Duration::from_secs(10), ..Default::default() };
+        let opts = FrontendOptions { event_idx, connect_timeout: Duration::from_secs(10), ..Default::default() };
         let mut device = VhostUserDevice::connect(socket, &ram, 1, opts).expect("vhost-user handshake");
-        assert!(!device.negotiated().event_idx(), "EVENT_IDX was not offered");
+        assert_eq!(device.negotiated().event_idx(), event_idx, "EVENT_IDX negotiated as offered");
         let n = u64::from(queue_size);
         let desc = GuestAddress(RING_BASE);
         let avail = GuestAddress(RING_BASE + 16 * n);
@@ -245,8 +251,38 @@ impl RawGuest {
             raw[14..16].copy_from_slice(&link.to_le_bytes());
             self.mem().write_slice(&raw, GuestAddress(self.desc.0 + 16 * i as u64)).expect("write descriptor");
         }
+        self.publish(0);
+    }
+
+    /// Post several chains at once, chain `j` in descriptors
+    /// `j * stride..`, and kick once.
+    pub fn post_many(&mut self, chains: &[Vec<Desc>], stride: u16) {
+        for (j, descs) in chains.iter().enumerate() {
+            let base = j as u16 * stride;
+            assert!(descs.len() <= usize::from(stride) && base + stride <= self.size, "chains must fit the queue");
+            for (i, d) in descs.iter().enumerate() {
+                let last = i + 1 == descs.len();
+                let flags = if d.writable { DESC_WRITE } else { 0 } | if last { 0 } else { DESC_NEXT };
+                let next = if last { 0 } else { base + i as u16 + 1 };
+                let mut raw = [0u8; 16];
+                raw[0..8].copy_from_slice(&d.addr.to_le_bytes());
+                raw[8..12].copy_from_slice(&d.len.to_le_bytes());
+                raw[12..14].copy_from_slice(&flags.to_le_bytes());
+                raw[14..16].copy_from_slice(&next.to_le_bytes());
+                let at = GuestAddress(self.desc.0 + 16 * u64::from(base + i as u16));
+                self.mem().write_slice(&raw, at).expect("write descriptor");
+            }
+            self.publish(base);
+        }
+    }
+
+    /// Put `head` in the avail ring, bump avail.idx and kick.
+    fn publish(&mut self, head: u16) {
+        // used_event (only read with EVENT_IDX): interrupt at the next used entry.
+        let used_event = GuestAddress(self.avail.0 + 4 + 2 * u64::from(self.size));
+        self.mem().store(self.last_used.to_le(), used_event, Ordering::Relaxed).expect("used_event");
         let slot = u64::from(self.next_avail % self.size);
-        self.mem().write_obj(0u16.to_le(), GuestAddress(self.avail.0 + 4 + 2 * slot)).expect("avail entry");
+        self.mem().write_obj(head.to_le(), GuestAddress(self.avail.0 + 4 + 2 * slot)).expect("avail entry");
         self.next_avail = self.next_avail.wrapping_add(1);
         fence(Ordering::Release);
         self.mem()
