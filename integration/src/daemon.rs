@@ -1,0 +1,330 @@
+//! The real `vmblob-vsp` binary: built once per test process, started on a
+//! socket in a sandbox directory, stopped with SIGTERM or killed with SIGKILL.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long the daemon may take to create its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a SIGTERM'd daemon may take to exit (it drains in-flight work).
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Path of the daemon binary, built on first use (same profile and target
+/// directory as the running test executable). `VMBLOB_VSP_BIN` overrides it.
+pub fn vsp_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("VMBLOB_VSP_BIN") {
+            return PathBuf::from(p);
+        }
+        build_vsp()
+    })
+}
+
+fn build_vsp() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test exe>
+    let deps = exe.parent().expect("test executable has a directory");
+    let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") { deps.parent().unwrap() } else { deps };
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile directory name").to_owned();
+    let target_dir = profile_dir.parent().expect("target directory");
+    let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO")));
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build").arg("--manifest-path").arg(&manifest).args(["-p", "vmblob-vsp", "--bin", "vmblob-vsp"]);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    // An explicit --target-dir keeps the binary where we look for it, with or
+    // without CARGO_TARGET_DIR.
+    cmd.arg("--target-dir").arg(target_dir);
+    let out = cmd.stdin(Stdio::null()).output().expect("run cargo build for vmblob-vsp");
+    assert!(
+        out.status.success(),
+        "cargo build -p vmblob-vsp failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = profile_dir.join("vmblob-vsp");
+    assert!(bin.exists(), "built vmblob-vsp not found at {}", bin.display());
+    bin
+}
+
+/// util-linux `setpriv`, if present.
+fn setpriv() -> Option<&'static Path> {
+    static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            ["/usr/bin/setpriv", "/bin/setpriv"].iter().map(PathBuf::from).find(|p| {
+                Command::new(p)
+                    .arg("--help")
+                    .stdout(Stdio::piped())
+                    .output()
+                    .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--pdeathsig"))
+            })
+        })
+        .as_deref()
+}
+
+/// Daemon flags (the defaults are the daemon's own, except the log level).
+#[derive(Debug, Clone)]
+pub struct VspOptions {
+    pub queues: usize,
+    pub queue_size: u16,
+    pub max_inflight: Option<usize>,
+    pub max_descriptors: Option<usize>,
+    pub max_request_len: Option<u32>,
+    pub drain_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub log_level: &'static str,
+    /// Anything else, passed as is.
+    pub extra: Vec<String>,
+}
+
+impl Default for VspOptions {
+    fn default() -> Self {
+        Self {
+            queues: 2,
+            queue_size: 256,
+            max_inflight: None,
+            max_descriptors: None,
+            max_request_len: None,
+            drain_timeout_ms: None,
+            max_connections: None,
+            log_level: "info",
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl VspOptions {
+    pub fn queues(mut self, n: usize) -> Self {
+        self.queues = n;
+        self
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--queues".to_owned(),
+            self.queues.to_string(),
+            "--queue-size".to_owned(),
+            self.queue_size.to_string(),
+            "--log-level".to_owned(),
+            self.log_level.to_owned(),
+        ];
+        let opt = |a: &mut Vec<String>, flag: &str, v: Option<String>| {
+            if let Some(v) = v {
+                a.push(flag.to_owned());
+                a.push(v);
+            }
+        };
+        opt(&mut a, "--max-inflight", self.max_inflight.map(|v| v.to_string()));
+        opt(&mut a, "--max-descriptors", self.max_descriptors.map(|v| v.to_string()));
+        opt(&mut a, "--max-request-len", self.max_request_len.map(|v| v.to_string()));
+        opt(&mut a, "--drain-timeout-ms", self.drain_timeout_ms.map(|v| v.to_string()));
+        opt(&mut a, "--max-connections", self.max_connections.map(|v| v.to_string()));
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+}
+
+/// One `vmblob-vsp` daemon and the files it uses: `<dir>/vsp.sock`,
+/// `<dir>/store/` and `<dir>/vsp-<n>.log` (stderr of its n-th life).
+///
+/// It can be stopped and started again on the same socket and store. Drop
+/// kills it (and, when the test is failing, prints its logs). Start and
+/// restart it on the test's own thread: where `setpriv` exists the daemon is
+/// SIGKILLed when the thread that spawned it ends.
+pub struct Vsp {
+    dir: PathBuf,
+    socket: PathBuf,
+    store: PathBuf,
+    options: VspOptions,
+    child: Option<Child>,
+    lives: usize,
+}
+
+impl Vsp {
+    /// Start a daemon whose socket, store and logs live in `dir` (created if
+    /// needed).
+    pub fn start(dir: &Path, options: VspOptions) -> Vsp {
+        std::fs::create_dir_all(dir).expect("create daemon directory");
+        let mut vsp = Vsp {
+            dir: dir.to_owned(),
+            socket: dir.join("vsp.sock"),
+            store: dir.join("store"),
+            options,
+            child: None,
+            lives: 0,
+        };
+        vsp.restart();
+        vsp
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn store(&self) -> &Path {
+        &self.store
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log files of every life so far.
+    pub fn log_paths(&self) -> Vec<PathBuf> {
+        (0..self.lives).map(|i| self.dir.join(format!("vsp-{i}.log"))).collect()
+    }
+
+    /// Everything the daemon wrote to stderr, all lives.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, p) in self.log_paths().iter().enumerate() {
+            let mut s = String::new();
+            let _ = File::open(p).and_then(|mut f| f.read_to_string(&mut s));
+            out.push_str(&format!("--- vmblob-vsp life {i} ({}) ---\n{s}", p.display()));
+        }
+        out
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Start the daemon again (it must not be running) on the same socket
+    /// and store; waits (bounded) until the socket exists.
+    pub fn restart(&mut self) {
+        assert!(!self.is_running(), "vmblob-vsp is still running");
+        // A stale socket from a killed daemon would look like readiness.
+        let _ = std::fs::remove_file(&self.socket);
+        let log_path = self.dir.join(format!("vsp-{}.log", self.lives));
+        let log = File::create(&log_path).expect("create daemon log");
+        self.lives += 1;
+        // setpriv --pdeathsig: the daemon dies with the thread that started
+        // it, so a test harness that is itself killed leaves no daemon behind.
+        let mut cmd = match setpriv() {
+            Some(setpriv) => {
+                let mut c = Command::new(setpriv);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(vsp_binary());
+                c
+            }
+            None => Command::new(vsp_binary()),
+        };
+        let child = cmd
+            .arg("--socket-path")
+            .arg(&self.socket)
+            .arg("--store")
+            .arg(&self.store)
+            .args(self.options.args())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn vmblob-vsp");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.socket.exists() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("vmblob-vsp exited at start with {status}\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vmblob-vsp did not create its socket in {START_TIMEOUT:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// CPU time (user + system) the daemon has used so far, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        static TICKS: OnceLock<u64> = OnceLock::new();
+        let ticks = *TICKS.get_or_init(|| {
+            Command::new("getconf")
+                .arg("CLK_TCK")
+                .output()
+                .ok()
+                .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+                .unwrap_or(100)
+        });
+        let pid = self.pid().expect("vmblob-vsp was started");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+        Duration::from_millis((f[11] + f[12]) * 1000 / ticks)
+    }
+
+    /// Send a signal by name (`STOP`, `CONT`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("vmblob-vsp was started");
+        let st = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("run kill");
+        assert!(st.success(), "kill -{name} {pid} failed");
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit; returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let pid = self.pid().expect("vmblob-vsp was started");
+        let st = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("run kill");
+        assert!(st.success() || !self.is_running(), "kill -TERM {pid} failed");
+        self.wait_exit(STOP_TIMEOUT).unwrap_or_else(|| {
+            let _ = self.child.as_mut().map(Child::kill);
+            panic!("vmblob-vsp did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}", self.logs())
+        })
+    }
+
+    /// SIGKILL (a crash) and reap it.
+    pub fn kill(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("vmblob-vsp was started");
+        let _ = child.kill();
+        let status = self.wait_exit(Duration::from_secs(10)).expect("SIGKILLed daemon exits");
+        assert!(status.signal() == Some(9) || status.code().is_some(), "unexpected status {status}");
+        status
+    }
+
+    /// Wait at most `limit` for the daemon to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Vsp {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(None) = child.try_wait()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
