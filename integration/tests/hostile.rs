@@ -290,14 +290,9 @@ fn replayed_transaction_is_answered_from_its_first_run() {
     assert_nothing_outside_store(&sb, &vsp);
 }
 
-// BUG (vsp/src/engine/mod.rs, `Engine::serve`, the dedup lookup): replays are
-// recognised by transaction id alone, so a *different* write reusing an id is
-// not executed and is answered with the first operation's response bytes (a
-// PutBlob answer, status 0, to a DeleteBlob). Fix: keep the op code (ideally a
-// digest of the request bytes) in the dedup `Outcome` and answer from the
-// cache only when it matches; otherwise refuse the reuse (InvalidRequest).
+// Regression: replays were once recognised by transaction id alone, so a
+// different write reusing an id got the first operation's answer.
 #[test]
-#[ignore = "BUG vsp/src/engine/mod.rs: dedup by transaction id alone answers a different op with another op's response"]
 fn a_reused_transaction_id_never_gets_another_operations_answer() {
     let (_sb, vsp) = start();
     let mut g = RawGuest::connect(vsp.socket(), 64);
