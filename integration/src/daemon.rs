@@ -26,7 +26,21 @@ pub fn vsp_binary() -> &'static Path {
     })
 }
 
+/// Path of the `vmblob` CLI, built on first use like [`vsp_binary`]; it sits
+/// beside `vmblob-vsp`, which its `demo` verb starts.
+pub fn vmblob_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let _ = vsp_binary();
+        build_binary("vmblob-vsc", "vmblob")
+    })
+}
+
 fn build_vsp() -> PathBuf {
+    build_binary("vmblob-vsp", "vmblob-vsp")
+}
+
+fn build_binary(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test exe>
     let deps = exe.parent().expect("test executable has a directory");
@@ -36,7 +50,7 @@ fn build_vsp() -> PathBuf {
     let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO")));
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
     let mut cmd = Command::new(cargo);
-    cmd.arg("build").arg("--manifest-path").arg(&manifest).args(["-p", "vmblob-vsp", "--bin", "vmblob-vsp"]);
+    cmd.arg("build").arg("--manifest-path").arg(&manifest).args(["-p", package, "--bin", name]);
     match profile.as_str() {
         "debug" => {}
         "release" => {
@@ -49,15 +63,15 @@ fn build_vsp() -> PathBuf {
     // An explicit --target-dir keeps the binary where we look for it, with or
     // without CARGO_TARGET_DIR.
     cmd.arg("--target-dir").arg(target_dir);
-    let out = cmd.stdin(Stdio::null()).output().expect("run cargo build for vmblob-vsp");
+    let out = cmd.stdin(Stdio::null()).output().expect("run cargo build");
     assert!(
         out.status.success(),
-        "cargo build -p vmblob-vsp failed ({}):\n{}",
+        "cargo build -p {package} failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let bin = profile_dir.join("vmblob-vsp");
-    assert!(bin.exists(), "built vmblob-vsp not found at {}", bin.display());
+    let bin = profile_dir.join(name);
+    assert!(bin.exists(), "built {name} not found at {}", bin.display());
     bin
 }
 

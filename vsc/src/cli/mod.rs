@@ -32,6 +32,9 @@ pub struct Cli {
     /// Guest RAM for rings and buffers, in MiB.
     #[arg(long, global = true, default_value_t = 256)]
     pub ram_mib: u64,
+    /// How long to wait for the socket to accept, in milliseconds.
+    #[arg(long, global = true, default_value_t = 3000)]
+    pub connect_timeout_ms: u64,
     /// Busy-poll for completions this many microseconds before sleeping.
     #[arg(long, global = true, default_value_t = 0)]
     pub poll_us: u64,
@@ -110,6 +113,7 @@ pub fn connect(cli: &Cli, socket: &std::path::Path) -> Result<BlobClient, Client
     opts.queues = cli.queues;
     opts.ram_size = cli.ram_mib << 20;
     opts.reconnect = false;
+    opts.frontend.connect_timeout = std::time::Duration::from_millis(cli.connect_timeout_ms);
     opts.poll = std::time::Duration::from_micros(cli.poll_us);
     let transport = VirtioTransport::connect(opts)?;
     let config = transport.device_config();

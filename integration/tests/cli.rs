@@ -1,0 +1,140 @@
+//! The `vmblob` CLI against a real daemon: every verb, the exit codes a
+//! script relies on, stdout output, directory copies and the demo.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use vmblob_integration::{Sandbox, Vsp, VspOptions, vmblob_binary};
+
+fn vmblob(socket: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(vmblob_binary());
+    cmd.env_remove("VMBLOB_SOCKET").arg("--quiet").arg("--connect-timeout-ms").arg("1000");
+    if let Some(s) = socket {
+        cmd.arg("--socket").arg(s);
+    }
+    cmd.args(args).stdin(Stdio::null()).output().expect("run vmblob")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited normally")
+}
+
+fn ok(socket: &Path, args: &[&str]) -> String {
+    let o = vmblob(Some(socket), args);
+    assert_eq!(code(&o), 0, "vmblob {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).expect("utf-8 output")
+}
+
+/// Deterministic bytes (xorshift) so files differ in every block.
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn verbs_output_and_exit_codes() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket();
+    ok(s, &["mb", "photos"]);
+    let dup = vmblob(Some(s), &["mb", "photos"]);
+    assert_eq!(code(&dup), 4, "already exists");
+    let err = String::from_utf8_lossy(&dup.stderr);
+    assert_eq!(err.lines().count(), 1, "one-line error: {err}");
+    assert!(err.starts_with("vmblob: mb: already exists"), "{err}");
+
+    // 10 MiB: more than one 8 MiB block, so the upload goes through blocks.
+    let big = bytes(10 << 20, 7);
+    let src = sb.dir.join("big.bin");
+    std::fs::write(&src, &big).unwrap();
+    ok(s, &["put", src.to_str().unwrap(), "photos/a/big.bin"]);
+    let stat = ok(s, &["stat", "photos/a/big.bin"]);
+    assert!(stat.contains(&format!("content-length: {}", big.len())), "{stat}");
+    assert!(stat.contains("blocks:         2"), "{stat}");
+    let out = sb.dir.join("back.bin");
+    ok(s, &["get", "photos/a/big.bin", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == big, "downloaded file differs");
+
+    let small = b"hello through the paravirtual path\n";
+    let small_src = sb.dir.join("small.txt");
+    std::fs::write(&small_src, small).unwrap();
+    ok(s, &["put", small_src.to_str().unwrap(), "photos/small.txt"]);
+    let o = vmblob(Some(s), &["get", "photos/small.txt", "-"]);
+    assert_eq!(code(&o), 0);
+    assert_eq!(o.stdout, small, "stdout carries the blob");
+
+    let ls = ok(s, &["ls", "photos"]);
+    let lines: Vec<&str> = ls.lines().map(str::trim).collect();
+    assert_eq!(lines, vec!["DIR  a/", &format!("{}  small.txt", small.len())], "{ls}");
+    let ls_r = ok(s, &["ls", "-r", "photos"]);
+    assert!(ls_r.contains(&format!("{}  a/big.bin", big.len())), "{ls_r}");
+    assert_eq!(ok(s, &["ls"]).trim(), "photos");
+
+    assert_eq!(code(&vmblob(Some(s), &["get", "photos/missing", "-"])), 3, "not found");
+    assert_eq!(code(&vmblob(Some(s), &["stat", "nope/x"])), 3, "container not found");
+    assert_eq!(code(&vmblob(Some(s), &["put", small_src.to_str().unwrap(), "photos/../x"])), 2, "invalid name");
+    assert_eq!(code(&vmblob(Some(s), &["get", "photos"])), 2, "not container/blob");
+    assert_eq!(code(&vmblob(None, &["ls"])), 2, "no socket");
+
+    ok(s, &["rm", "photos/small.txt"]);
+    assert_eq!(code(&vmblob(Some(s), &["stat", "photos/small.txt"])), 3);
+    ok(s, &["rb", "photos"]);
+    assert_eq!(code(&vmblob(Some(s), &["ls", "photos"])), 3);
+    assert!(!sb.dir.join("back.vmblob-partial").exists(), "no partial file left behind");
+}
+
+#[test]
+fn directory_copies_round_trip() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket();
+    let tree = sb.dir.join("tree");
+    let files = [("a.txt", 10usize), ("sub/b.bin", 70_000), ("sub/deeper/c.bin", 3 << 20), ("z", 0)];
+    for (i, (name, len)) in files.iter().enumerate() {
+        let p = tree.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes(*len, i as u64 + 1)).unwrap();
+    }
+    ok(s, &["mb", "trees"]);
+    let refused = vmblob(Some(s), &["cp", tree.to_str().unwrap(), "trees/up"]);
+    assert_eq!(code(&refused), 2, "a directory needs -r");
+    ok(s, &["cp", "-r", tree.to_str().unwrap(), "trees/up"]);
+    let listed = ok(s, &["ls", "-r", "trees/up"]);
+    assert_eq!(listed.lines().count(), files.len(), "{listed}");
+    let back = sb.dir.join("back");
+    ok(s, &["cp", "-r", "trees/up", back.to_str().unwrap()]);
+    for (i, (name, len)) in files.iter().enumerate() {
+        let got = std::fs::read(back.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(got == bytes(*len, i as u64 + 1), "{name} differs after the round trip");
+    }
+}
+
+#[test]
+fn unreachable_daemon_fails_fast_with_exit_5() {
+    let sb = Sandbox::new();
+    let t = std::time::Instant::now();
+    let o = vmblob(Some(&sb.dir.join("nobody.sock")), &["ls"]);
+    assert_eq!(code(&o), 5, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "fails within the connect timeout");
+}
+
+#[test]
+fn demo_round_trips_and_stops_its_daemon() {
+    let o = Command::new(vmblob_binary())
+        .args(["--quiet", "demo", "--size", &(9 << 20).to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vmblob demo");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(code(&o), 0, "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("identical: yes"), "{out}");
+    assert!(out.contains("2 committed blocks"), "9 MiB goes through blocks: {out}");
+    assert!(out.contains("vmblob-vsp stopped"), "{out}");
+}
