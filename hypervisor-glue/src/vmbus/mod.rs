@@ -31,3 +31,5 @@ pub use mapped::{ChannelRings, MappedRingMem, SharedMemory};
 pub use outgoing::OutgoingRing;
 pub use ring_mem::{FlatRingMem, RingMem};
 pub use signal::{CountingSignal, EventFdSignal, Signal};
+#[cfg(test)]
+mod tests;
