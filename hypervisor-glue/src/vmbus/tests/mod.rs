@@ -73,3 +73,51 @@ pub(super) fn inject(mem: &impl RingMem, bytes: &[u8]) {
     mem.write_at(end, &((at as u64) << 32).to_le_bytes());
     mem.store(ControlWord::WriteIndex, ((end + 8) % mem.len()) as u32, Ordering::SeqCst);
 }
+
+/// An access to a [`HookMem`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// After a control word was stored.
+    Stored(ControlWord, u32),
+    /// Before `len` data bytes are read at `off`.
+    Reading { off: usize, len: usize },
+}
+
+type Hook = Box<dyn FnMut(&FlatRingMem, Access) + Send>;
+
+/// A ring whose "peer" acts at precise moments: the hook runs on every access and may change
+/// the ring underneath the end under test.
+pub(super) struct HookMem {
+    pub(super) inner: Arc<FlatRingMem>,
+    hook: std::sync::Mutex<Hook>,
+}
+
+impl HookMem {
+    pub(super) fn new(inner: Arc<FlatRingMem>, hook: impl FnMut(&FlatRingMem, Access) + Send + 'static) -> Arc<Self> {
+        Arc::new(HookMem { inner, hook: std::sync::Mutex::new(Box::new(hook)) })
+    }
+
+    fn call(&self, a: Access) {
+        (self.hook.lock().unwrap())(&self.inner, a)
+    }
+}
+
+impl RingMem for HookMem {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn load(&self, word: ControlWord, order: Ordering) -> u32 {
+        self.inner.load(word, order)
+    }
+    fn store(&self, word: ControlWord, value: u32, order: Ordering) {
+        self.inner.store(word, value, order);
+        self.call(Access::Stored(word, value));
+    }
+    fn read_at(&self, off: usize, buf: &mut [u8]) {
+        self.call(Access::Reading { off, len: buf.len() });
+        self.inner.read_at(off, buf)
+    }
+    fn write_at(&self, off: usize, buf: &[u8]) {
+        self.inner.write_at(off, buf)
+    }
+}
