@@ -20,6 +20,8 @@ pub struct OutgoingRing<M> {
     committed: usize,
     /// Where the next packet goes (ahead of `committed` by the uncommitted batch).
     next: usize,
+    /// Whether `pending_send_sz` is non-zero (we are its only writer).
+    pending: bool,
 }
 
 impl<M: RingMem> OutgoingRing<M> {
@@ -32,7 +34,7 @@ impl<M: RingMem> OutgoingRing<M> {
         let features = mem.load(ControlWord::FeatureBits, Ordering::Relaxed);
         // Release, and the SeqCst fence of the first commit, order these before any packet.
         mem.store(ControlWord::FeatureBits, features | FEATURE_PENDING_SEND_SIZE, Ordering::Release);
-        Ok(OutgoingRing { mem, dsize, committed: start, next: start })
+        Ok(OutgoingRing { mem, dsize, committed: start, next: start, pending: false })
     }
 
     /// The ring's memory.
@@ -72,7 +74,8 @@ impl<M: RingMem> OutgoingRing<M> {
 
     /// Copies one packet and its trailer into the ring, unpublished. `packet` is a whole packet
     /// as the `vmblob_protocol::framing::vmbus` encoders build it: its descriptor's `len8 * 8`
-    /// is `packet.len()`.
+    /// is `packet.len()`. Withdraws a `pending_send_sz` request: the writer got its space, and a
+    /// stale request would make the reader signal needlessly.
     pub fn write(&mut self, packet: &[u8]) -> Result<(), WriteError> {
         check_packet(packet)?;
         let max = self.max_packet_len();
@@ -83,6 +86,7 @@ impl<M: RingMem> OutgoingRing<M> {
         if self.free_space()? < needed {
             return Err(WriteError::Full { needed });
         }
+        self.clear_pending_send_size();
         let start = self.next;
         self.mem.write_at(start, packet);
         let trailer = ((start as u64) << 32).to_le_bytes();
@@ -121,15 +125,25 @@ impl<M: RingMem> OutgoingRing<M> {
     /// Stores `pending_send_sz`: ask the reader to signal once more than `bytes` are free.
     /// Followed by a full barrier so a later re-check of `read_index` cannot miss a read that
     /// did not see this store.
-    pub fn set_pending_send_size(&self, bytes: u32) {
+    pub fn set_pending_send_size(&mut self, bytes: u32) {
         self.mem.store(ControlWord::PendingSendSize, bytes, Ordering::Release);
+        self.pending = bytes != 0;
         fence(Ordering::SeqCst);
+    }
+
+    /// Withdraws a `pending_send_sz` request, if one is outstanding. Ordered before the packets
+    /// that follow by the fence and Release store of the next commit.
+    fn clear_pending_send_size(&mut self) {
+        if self.pending {
+            self.mem.store(ControlWord::PendingSendSize, 0, Ordering::Relaxed);
+            self.pending = false;
+        }
     }
 
     /// Whether a `packet_len`-byte packet fits now. If not, sets `pending_send_sz`, then
     /// re-checks (the reader may have freed space meanwhile without seeing the request):
     /// `false` means the reader promised a signal once it fits; wait for it, then call again.
-    /// Clears `pending_send_sz` when returning `true`.
+    /// Clears `pending_send_sz` when returning `true` (and so does a successful write).
     pub fn poll_ready(&mut self, packet_len: usize) -> Result<bool, WriteError> {
         let max = self.max_packet_len();
         if packet_len > max {
@@ -143,9 +157,7 @@ impl<M: RingMem> OutgoingRing<M> {
                 return Ok(false);
             }
         }
-        if self.mem.load(ControlWord::PendingSendSize, Ordering::Relaxed) != 0 {
-            self.mem.store(ControlWord::PendingSendSize, 0, Ordering::Relaxed);
-        }
+        self.clear_pending_send_size();
         Ok(true)
     }
 }

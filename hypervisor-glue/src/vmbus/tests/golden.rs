@@ -55,9 +55,8 @@ fn vector_w_wraps() {
     assert_eq!(inc.read().unwrap(), packet);
     assert!(!inc.commit_read());
     assert_eq!(word(&*mem, ControlWord::ReadIndex), 16);
-    assert_eq!(parse_packet(&packet, 0).unwrap(), Packet::InBand {
-        transaction_id: 0,
-        completion_requested: false,
-        payload: vec![1, 2, 3, 4, 5, 6, 7, 8]
-    });
+    assert_eq!(
+        parse_packet(&packet, 0).unwrap(),
+        Packet::InBand { transaction_id: 0, completion_requested: false, payload: vec![1, 2, 3, 4, 5, 6, 7, 8] }
+    );
 }

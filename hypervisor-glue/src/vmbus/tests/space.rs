@@ -123,7 +123,6 @@ fn poll_ready_cycle() {
     assert_eq!(word(&*mem, ControlWord::PendingSendSize), 0);
     inc.read().unwrap();
     assert!(!inc.commit_read(), "nothing pending any more");
-
 }
 
 /// The reader frees space after the writer's first check but before it could see
@@ -246,7 +245,32 @@ fn loopback_and_eventfd_signals() {
 
     let e = EventFdSignal::new().unwrap();
     e.signal();
-    (&e).signal();
+    fn fire(s: impl Signal) {
+        s.signal()
+    }
+    fire(&e);
     assert_eq!(e.take().unwrap(), 2);
     assert_eq!(e.take().unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+}
+
+/// A writer that was blocked and then simply writes (without asking `poll_ready` again)
+/// withdraws its request, so later reads do not signal for it.
+#[test]
+fn write_withdraws_pending_request() {
+    let mem = flat(16384);
+    let (mut out, mut inc) = rings_at(mem.clone(), 0);
+    let p = encode_inband(0, false, &[1; 4000]);
+    for _ in 0..4 {
+        out.write(&p).unwrap();
+    }
+    out.commit_write();
+    assert!(!out.poll_ready(p.len()).unwrap());
+    inc.read().unwrap();
+    assert!(inc.commit_read(), "the request is answered");
+    out.write(&p).unwrap();
+    assert_eq!(word(&*mem, ControlWord::PendingSendSize), 0);
+    out.commit_write();
+    inc.read().unwrap();
+    inc.read().unwrap();
+    assert!(!inc.commit_read(), "no request outstanding");
 }
