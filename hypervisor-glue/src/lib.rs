@@ -10,6 +10,7 @@
 mod error;
 pub mod memory;
 pub mod vhost_frontend;
+pub mod vmbus;
 
 pub use error::{Error, Result, Step};
 pub use memory::GuestRam;
