@@ -290,7 +290,8 @@ impl BlobClient {
     /// The whole blob (it must fit in memory; see [`BlobClient::get_to_writer`]).
     pub fn get(&self, c: &str, b: &str) -> Result<Vec<u8>, ClientError> {
         let props = self.stat(c, b)?;
-        let mut out = Vec::with_capacity(props.content_length as usize);
+        // A hint only: the length comes from the device.
+        let mut out = Vec::with_capacity(props.content_length.min(64 << 20) as usize);
         self.get_to_writer_from(c, b, &props, &mut out, None)?;
         Ok(out)
     }
@@ -320,11 +321,16 @@ impl BlobClient {
     pub(crate) fn finish_range(r: OpResult) -> Result<(BlobProperties, Vec<u8>), ClientError> {
         match r.response {
             OpResponse::BlobData { properties, length, .. } => {
+                // The device says how much it wrote: check before allocating.
+                let cap = r.data.as_ref().map_or(0, |b| b.len() as u64);
+                if length > cap {
+                    return Err(ClientError::Protocol(format!(
+                        "device returned {length} bytes into a {cap}-byte buffer"
+                    )));
+                }
                 let mut data = vec![0u8; length as usize];
                 if let Some(buf) = r.data {
                     buf.read_at(0, &mut data).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                } else if length > 0 {
-                    return Err(ClientError::Protocol("data without a buffer".into()));
                 }
                 Ok((properties, data))
             }

@@ -182,6 +182,12 @@ impl<B, T> RequestTable<B, T> {
         n
     }
 
+    /// Whether `id` is still waiting for the device (not completed, not
+    /// rescinded).
+    pub fn is_pending(&self, id: u64) -> bool {
+        self.lock().pending.contains_key(&id)
+    }
+
     pub fn is_removing(&self) -> bool {
         self.lock().removing
     }

@@ -98,6 +98,7 @@ struct Inner {
     reconnect: bool,
     reconnecting: AtomicBool,
     poll: Duration,
+    retry_interval: Duration,
 }
 
 /// A connected virtio blob device.
@@ -161,6 +162,7 @@ impl VirtioTransport {
             reconnect: opts.reconnect,
             reconnecting: AtomicBool::new(false),
             poll: opts.poll,
+            retry_interval: opts.frontend.retry_interval,
         });
         let reaper_inner = inner.clone();
         let reaper = std::thread::Builder::new()
@@ -291,13 +293,15 @@ impl Inner {
             }
         };
         let mut events = vec![EpollEvent::default(); self.queues.len() + 2];
-        let mut handled_hangup = false;
         while !self.stopping.load(Ordering::Acquire) {
             for q in &self.queues {
                 self.reap_queue(q);
             }
             let down = self.hangup.is_disconnected();
-            if down && !handled_hangup {
+            // `removing` is the "hang-up handled" state and only a completed
+            // reconnect clears it, so a second hang-up right after a
+            // reconnect is never missed.
+            if down && !self.table.is_removing() {
                 // Completions the backend posted before it left are real;
                 // everything else fails now, without waiting for anyone.
                 for q in &self.queues {
@@ -308,10 +312,7 @@ impl Inner {
                     q.space.notify_all();
                 }
                 log::warn!("device went away: {n} pending requests rescinded");
-                handled_hangup = true;
                 self.spawn_reconnect();
-            } else if !down && handled_hangup && !self.table.is_removing() {
-                handled_hangup = false;
             }
             if !down {
                 self.busy_poll();
@@ -359,6 +360,7 @@ impl Inner {
         let inner = self.clone();
         let spawned = std::thread::Builder::new().name("vmblob-reconnect".into()).spawn(move || {
             inner.reconnect_loop();
+            // Also when the loop ended because the transport is stopping.
             inner.reconnecting.store(false, Ordering::Release);
         });
         if spawned.is_err() {
@@ -385,11 +387,18 @@ impl Inner {
                         st.ring.reset_after_disconnect();
                         st.heads.clear();
                     }
+                    // Clear the flag first: a hang-up handled right after
+                    // reopen must be able to start the next reconnect.
+                    self.reconnecting.store(false, Ordering::Release);
                     let released = self.table.reopen();
                     log::info!("device is back; {released} quarantined buffers released");
                     return;
                 }
-                Err(e) => log::debug!("reconnect failed: {e}"),
+                Err(e) => {
+                    log::debug!("reconnect failed: {e}");
+                    // Handshake errors return at once; don't spin on them.
+                    std::thread::sleep(self.retry_interval);
+                }
             }
         }
     }
@@ -432,7 +441,9 @@ impl Inner {
         let q = &self.queues[qi];
         let mut st = lock(&q.state);
         loop {
-            if self.table.is_removing() {
+            // This request, not the global flag: a rescind and a reconnect
+            // may both have happened since `register`, freeing its buffers.
+            if !self.table.is_pending(id) {
                 drop(st);
                 self.table.withdraw(id);
                 return Err(ClientError::Rescinded);

@@ -18,6 +18,15 @@ fn mem_err(e: vm_memory::GuestMemoryError) -> StoreError {
     StoreError::GuestMemory(e.to_string())
 }
 
+/// A failure moving file bytes into guest memory: the file's I/O errors are
+/// the store's (status `Io`), the rest is a bad guest address.
+fn file_err(e: vm_memory::GuestMemoryError) -> StoreError {
+    match e {
+        vm_memory::GuestMemoryError::IOError(io) => StoreError::Io(io),
+        other => mem_err(other),
+    }
+}
+
 /// Copy a whole segment list out of guest memory (small buffers only: the
 /// caller bounds the total).
 pub fn read_all(mem: &GuestMemoryMmap, segs: &[Segment]) -> Result<Vec<u8>, StoreError> {
@@ -157,7 +166,16 @@ impl DataSink for GuestSink<'_> {
                 return Err(StoreError::Cancelled);
             }
             let (addr, n) = self.cursor.next_piece(left.min(SINK_PIECE)).ok_or(StoreError::InvalidRange)?;
-            self.mem.read_exact_volatile_from(addr, &mut fd, n).map_err(mem_err)?;
+            // read(2) may return less than asked (signals, FUSE, NFS): loop.
+            let mut done = 0usize;
+            while done < n {
+                let at = GuestAddress(addr.0 + done as u64);
+                let k = self.mem.read_volatile_from(at, &mut fd, n - done).map_err(file_err)?;
+                if k == 0 {
+                    return Err(StoreError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                done += k;
+            }
             left -= n as u64;
             self.written += n as u64;
         }

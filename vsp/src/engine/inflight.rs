@@ -22,41 +22,59 @@ pub enum AdmitError {
     /// before its completion (the first keeps its single completion).
     #[error("id already in flight")]
     Duplicate,
+    /// The queue is closing or was reset: the request is not accepted (the
+    /// transport leaves it in the ring).
+    #[error("queue closed")]
+    Closed,
 }
 
 struct Entry {
     cancel: CancelToken,
 }
 
+struct State<K> {
+    entries: HashMap<K, Entry>,
+    /// Set by `close`: nothing more is admitted, so a drain that found the
+    /// table empty stays true.
+    closed: bool,
+}
+
 /// Accepted, not yet completed requests of one queue.
 pub struct InflightTable<K> {
-    entries: Mutex<HashMap<K, Entry>>,
+    state: Mutex<State<K>>,
     drained: Condvar,
     max: usize,
 }
 
 impl<K: Eq + Hash + Copy> InflightTable<K> {
     pub fn new(max: usize) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), drained: Condvar::new(), max: max.max(1) }
+        Self {
+            state: Mutex::new(State { entries: HashMap::new(), closed: false }),
+            drained: Condvar::new(),
+            max: max.max(1),
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<K, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, State<K>> {
         // A panic while holding this lock cannot leave the map half-updated.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Accept a request; `timeout_ms` 0 means no deadline.
     pub fn admit(&self, key: K, timeout_ms: u32) -> Result<CancelToken, AdmitError> {
-        let mut e = self.lock();
-        if e.contains_key(&key) {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(AdmitError::Closed);
+        }
+        if s.entries.contains_key(&key) {
             return Err(AdmitError::Duplicate);
         }
-        if e.len() >= self.max {
+        if s.entries.len() >= self.max {
             return Err(AdmitError::Full);
         }
         let deadline = (timeout_ms != 0).then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms)));
         let cancel = CancelToken::new(deadline);
-        e.insert(key, Entry { cancel: cancel.clone() });
+        s.entries.insert(key, Entry { cancel: cancel.clone() });
         Ok(cancel)
     }
 
@@ -64,9 +82,9 @@ impl<K: Eq + Hash + Copy> InflightTable<K> {
     /// not in flight: the caller must then not post anything (no double
     /// completion).
     pub fn complete(&self, key: K) -> bool {
-        let mut e = self.lock();
-        let found = e.remove(&key).is_some();
-        if e.is_empty() {
+        let mut s = self.lock();
+        let found = s.entries.remove(&key).is_some();
+        if s.entries.is_empty() {
             self.drained.notify_all();
         }
         found
@@ -75,29 +93,40 @@ impl<K: Eq + Hash + Copy> InflightTable<K> {
     /// Cancel every request in flight as rescinded; each still completes
     /// exactly once, through its owner, with the rescinded status.
     pub fn rescind_all(&self) -> usize {
-        let e = self.lock();
-        for entry in e.values() {
+        let s = self.lock();
+        for entry in s.entries.values() {
             entry.cancel.cancel(CancelReason::Rescinded);
         }
-        e.len()
+        s.entries.len()
+    }
+
+    /// Admit nothing more, then rescind what is in flight.
+    pub fn close(&self) -> usize {
+        self.lock().closed = true;
+        self.rescind_all()
+    }
+
+    /// Accept requests again (the frontend set the device up anew).
+    pub fn reopen(&self) {
+        self.lock().closed = false;
     }
 
     /// Wait until nothing is in flight; `false` on timeout.
     pub fn wait_empty(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut e = self.lock();
-        while !e.is_empty() {
+        let mut s = self.lock();
+        while !s.entries.is_empty() {
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            e = self.drained.wait_timeout(e, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            s = self.drained.wait_timeout(s, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
         true
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -120,6 +149,18 @@ mod tests {
         assert!(t.complete(1));
         assert!(!t.complete(1), "second completion refused");
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn closed_table_admits_nothing_until_reopened() {
+        let t = InflightTable::new(4);
+        let c = t.admit(1u16, 0).unwrap();
+        assert_eq!(t.close(), 1);
+        assert_eq!(c.reason(), Some(CancelReason::Rescinded));
+        assert_eq!(t.admit(2, 0).unwrap_err(), AdmitError::Closed);
+        assert!(t.complete(1));
+        t.reopen();
+        assert!(t.admit(2, 0).is_ok());
     }
 
     #[test]

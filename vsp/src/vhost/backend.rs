@@ -45,17 +45,19 @@ impl BlobBackend {
     /// Cancel every accepted request as rescinded and wait (bounded) until
     /// each has posted its completion. Returns how many were in flight.
     pub fn rescind_all(&self) -> usize {
-        let mut n = 0;
-        for q in &self.queues {
-            n += q.inflight().rescind_all();
-        }
+        let n = self.queues.iter().map(|q| q.inflight().rescind_all()).sum();
+        self.drain();
+        n
+    }
+
+    /// Wait (bounded) until every queue's in-flight table is empty.
+    fn drain(&self) {
         let timeout = self.engine.limits().drain_timeout;
         for (i, q) in self.queues.iter().enumerate() {
             if !q.inflight().wait_empty(timeout) {
                 log::error!("queue {i}: {} requests did not drain within {timeout:?}", q.inflight().len());
             }
         }
-        n
     }
 
     /// Stop taking requests and complete the accepted ones, while the
@@ -63,7 +65,15 @@ impl BlobBackend {
     /// sees the hang-up, so it never frees a buffer the VSP still writes.
     pub fn close(&self) -> usize {
         self.closing.store(true, Ordering::SeqCst);
-        self.rescind_all()
+        self.close_queues()
+    }
+
+    /// Close every queue's table (nothing more admitted, even by a worker
+    /// already past its `closing` check), rescind and drain.
+    fn close_queues(&self) -> usize {
+        let n = self.queues.iter().map(|q| q.inflight().close()).sum();
+        self.drain();
+        n
     }
 
     /// Requests in flight on all queues.
@@ -105,8 +115,15 @@ impl VhostUserBackend for BlobBackend {
             | VhostUserProtocolFeatures::RESET_DEVICE
     }
 
+    /// Called from SET_FEATURES, the start of a (re)initialisation: a queue
+    /// closed by an earlier RESET_DEVICE accepts requests again.
     fn set_event_idx(&self, enabled: bool) {
         self.event_idx.store(enabled, Ordering::Release);
+        if !self.closing.load(Ordering::SeqCst) {
+            for q in &self.queues {
+                q.inflight().reopen();
+            }
+        }
     }
 
     /// Exactly `size` bytes, zero beyond the 64-byte config: a short reply
@@ -144,8 +161,11 @@ impl VhostUserBackend for BlobBackend {
         Ok(())
     }
 
+    /// The rings stay "ready" through a reset in vhost-user-backend, so the
+    /// tables are closed: a worker mid-loop cannot accept more until the
+    /// frontend sets the device up again.
     fn reset_device(&self) {
-        let n = self.rescind_all();
+        let n = self.close_queues();
         log::info!("device reset: {n} in-flight requests completed");
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::QueueT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmblob_protocol::framing::virtio::{ChainDescriptor, VirtioFrame};
 use vmblob_protocol::sg::{sub_range, total_len};
@@ -111,6 +111,12 @@ impl QueueWorker {
         match self.inflight.admit(head, header.timeout_ms.get()) {
             Ok(cancel) => Some(Popped::Admitted { head, request: VirtioRequest { frame, header }, cancel }),
             Err(AdmitError::Full) => malformed(BlobError::Busy),
+            Err(AdmitError::Closed) => {
+                // Not accepted: leave the chain in the ring for whoever runs
+                // the device next; the guest fails it if nobody does.
+                queue.go_to_previous_position();
+                None
+            }
             Err(AdmitError::Duplicate) => {
                 // The device popped a head that is still in flight: the guest
                 // reused it. The first keeps the only completion.
