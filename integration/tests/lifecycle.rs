@@ -90,6 +90,45 @@ fn restart_between_operations_rescinds_then_reconnects() {
     assert_eq!(vsp.stop().code(), Some(0));
 }
 
+/// Wait until a put succeeds again (the client reconnected on its own).
+fn until_back(g: &Guest, vsp: &Vsp, blob: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match g.put("keep", blob, b"back") {
+            Ok(_) => return,
+            Err(ClientError::Rescinded) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("client did not come back: {e:?}\n{}", vsp.logs()),
+        }
+    }
+}
+
+// Regression (found in review): a hang-up arriving right after a reconnect,
+// before the reaper had seen the device up, was ignored; the client then
+// queued requests on a ring nobody served.
+#[test]
+fn back_to_back_restarts_are_each_noticed() {
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let g = Arc::new(Guest::connect(vsp.socket(), GuestOptions::default().reconnect(true)));
+    g.create_container("keep").unwrap();
+    for round in 0..3 {
+        assert_eq!(vsp.stop().code(), Some(0), "round {round}\n{}", vsp.logs());
+        wait_until(PROMPT, "client notices the stop", || !g.transport.is_connected());
+        vsp.restart();
+        // Stop again the moment the client is back, before any request
+        // completes on the new connection.
+        wait_until(Duration::from_secs(20), "client reconnects", || g.transport.is_connected());
+    }
+    assert_eq!(vsp.stop().code(), Some(0));
+    wait_until(PROMPT, "client notices the last stop", || !g.transport.is_connected());
+    let g2 = g.clone();
+    let late = bounded(PROMPT, "a put while the daemon is down", move || g2.put("keep", "late", b"x"));
+    assert!(matches!(late, Err(ClientError::Rescinded)), "fails at once while down: {late:?}");
+    vsp.restart();
+    until_back(&g, &vsp, "final");
+    expect_missing(&g, "keep", "late");
+}
+
 fn expect_missing(g: &Guest, c: &str, b: &str) {
     let e = g.stat(c, b).unwrap_err();
     assert_eq!(e.blob_error(), Some(BlobError::BlobNotFound), "{c}/{b}: {e:?}");
