@@ -20,3 +20,17 @@ pub use pagemap::{Pagemap, PagemapError};
 pub use region::{MappedRegion, RegionError, host_page_size};
 pub use sysfs::{SysfsError, UioMap, VmbusDevice, bind_uio, find_devices, read_maps};
 pub use uio::{ChannelIds, RescindWatch, UioDevice, UioError, UioInterrupt};
+
+#[cfg(test)]
+mod tests {
+    /// The ring and transport code share these across threads.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::MappedRegion>();
+        check::<super::UioDevice>();
+        check::<super::UioInterrupt>();
+        check::<super::RescindWatch>();
+        check::<super::PinnedDma>();
+    }
+}
