@@ -13,6 +13,7 @@ pub mod table;
 pub mod transport;
 pub mod virtio;
 pub mod virtio_transport;
+pub mod vmbus;
 
 pub use client::{BlobClient, ClientOptions, Data, OpResult, PendingOp};
 pub use error::ClientError;
