@@ -269,21 +269,7 @@ impl Vsp {
 
     /// CPU time (user + system) the daemon has used so far, from /proc.
     pub fn cpu_time(&self) -> Duration {
-        static TICKS: OnceLock<u64> = OnceLock::new();
-        let ticks = *TICKS.get_or_init(|| {
-            Command::new("getconf")
-                .arg("CLK_TCK")
-                .output()
-                .ok()
-                .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-                .unwrap_or(100)
-        });
-        let pid = self.pid().expect("vmblob-vsp was started");
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-        let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-        Duration::from_millis((f[11] + f[12]) * 1000 / ticks)
+        cpu_time_of(self.pid().expect("vmblob-vsp was started"))
     }
 
     /// Send a signal by name (`STOP`, `CONT`, ...) with kill(1).
@@ -341,4 +327,22 @@ impl Drop for Vsp {
             eprintln!("{}", self.logs());
         }
     }
+}
+
+/// User + system CPU time of a process, from `/proc/<pid>/stat`.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    Duration::from_millis((f[11] + f[12]) * 1000 / ticks)
 }

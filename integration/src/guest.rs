@@ -16,6 +16,8 @@ pub struct GuestOptions {
     pub queue_size: u16,
     pub ram_size: u64,
     pub reconnect: bool,
+    /// Busy-poll window after a completion (zero: interrupts only).
+    pub poll: Duration,
     pub client: ClientOptions,
 }
 
@@ -26,6 +28,7 @@ impl Default for GuestOptions {
             queue_size: 256,
             ram_size: 256 << 20,
             reconnect: false,
+            poll: Duration::ZERO,
             // Short enough that the client's own backstop (timeout + 10 s)
             // would end a wedged wait well inside the suite's budget.
             client: ClientOptions { timeout_ms: 20_000, ..ClientOptions::default() },
@@ -38,6 +41,11 @@ impl GuestOptions {
         self.queues = n;
         self
     }
+    pub fn poll(mut self, window: Duration) -> Self {
+        self.poll = window;
+        self
+    }
+
     pub fn reconnect(mut self, on: bool) -> Self {
         self.reconnect = on;
         self
@@ -66,6 +74,7 @@ impl Guest {
         v.queue_size = opts.queue_size;
         v.ram_size = opts.ram_size;
         v.reconnect = opts.reconnect;
+        v.poll = opts.poll;
         v.frontend.connect_timeout = Duration::from_secs(10);
         let transport = Arc::new(VirtioTransport::connect(v)?);
         let config = transport.device_config();

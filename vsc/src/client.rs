@@ -319,6 +319,13 @@ impl BlobClient {
     }
 
     pub(crate) fn finish_range(r: OpResult) -> Result<(BlobProperties, Vec<u8>), ClientError> {
+        let mut data = Vec::new();
+        let properties = Self::finish_range_into(r, &mut data)?;
+        Ok((properties, data))
+    }
+
+    /// Like `finish_range`, reusing `data` (resized to the bytes returned).
+    pub(crate) fn finish_range_into(r: OpResult, data: &mut Vec<u8>) -> Result<BlobProperties, ClientError> {
         match r.response {
             OpResponse::BlobData { properties, length, .. } => {
                 // The device says how much it wrote: check before allocating.
@@ -328,11 +335,11 @@ impl BlobClient {
                         "device returned {length} bytes into a {cap}-byte buffer"
                     )));
                 }
-                let mut data = vec![0u8; length as usize];
+                data.resize(length as usize, 0);
                 if let Some(buf) = r.data {
-                    buf.read_at(0, &mut data).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    buf.read_at(0, data).map_err(|e| ClientError::Protocol(e.to_string()))?;
                 }
-                Ok((properties, data))
+                Ok(properties)
             }
             r => Err(Self::unexpected(r)),
         }

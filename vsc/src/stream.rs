@@ -120,6 +120,8 @@ impl BlobClient {
         let mut window: VecDeque<(PendingOp, usize)> = VecDeque::new();
         let mut next = 0u64;
         let mut done = 0u64;
+        // One scratch buffer for every range instead of a fresh one each.
+        let mut data = Vec::with_capacity(chunk.min(size) as usize);
         loop {
             while next < size && window.len() < self.options().parallel.max(1) {
                 let n = (size - next).min(chunk) as usize;
@@ -127,7 +129,7 @@ impl BlobClient {
                 next += n as u64;
             }
             let Some((op, n)) = window.pop_front() else { break };
-            let (_, data) = Self::finish_range(op.wait()?)?;
+            Self::finish_range_into(op.wait()?, &mut data)?;
             if data.len() != n {
                 return Err(ClientError::Protocol(format!("range returned {} of {n} bytes", data.len())));
             }

@@ -222,9 +222,15 @@ impl Inner {
             .collect()
     }
 
-    /// Pop every used entry of `q` and complete those requests; returns how
-    /// many completed.
+    /// Pop every used entry of `q` and complete those requests, then re-arm
+    /// the interrupt (re-checking for a race); returns how many completed.
     fn reap_queue(&self, q: &Queue) -> usize {
+        self.reap(q, true)
+    }
+
+    /// `rearm`: false while busy-polling, so the device is not asked to
+    /// signal completions the poller picks up anyway.
+    fn reap(&self, q: &Queue, rearm: bool) -> usize {
         let mut done = Vec::new();
         {
             let mut st = lock(&q.state);
@@ -236,7 +242,7 @@ impl Inner {
                         }
                     }
                     Ok(None) => {
-                        if !st.ring.enable_interrupts() {
+                        if !rearm || !st.ring.enable_interrupts() {
                             break;
                         }
                     }
@@ -265,14 +271,21 @@ impl Inner {
         if self.poll.is_zero() {
             return;
         }
+        for q in &self.queues {
+            lock(&q.state).ring.disable_interrupts();
+        }
         let mut deadline = std::time::Instant::now() + self.poll;
         while std::time::Instant::now() < deadline && !self.stopping.load(Ordering::Relaxed) {
-            let n: usize = self.queues.iter().map(|q| self.reap_queue(q)).sum();
+            let n: usize = self.queues.iter().map(|q| self.reap(q, false)).sum();
             if n > 0 {
                 deadline = std::time::Instant::now() + self.poll;
             } else {
                 std::hint::spin_loop();
             }
+        }
+        // Idle: back to interrupts, re-checking for what raced in.
+        for q in &self.queues {
+            self.reap(q, true);
         }
     }
 
@@ -294,9 +307,7 @@ impl Inner {
         };
         let mut events = vec![EpollEvent::default(); self.queues.len() + 2];
         while !self.stopping.load(Ordering::Acquire) {
-            for q in &self.queues {
-                self.reap_queue(q);
-            }
+            let reaped: usize = self.queues.iter().map(|q| self.reap_queue(q)).sum();
             let down = self.hangup.is_disconnected();
             // `removing` is the "hang-up handled" state and only a completed
             // reconnect clears it, so a second hang-up right after a
@@ -314,7 +325,8 @@ impl Inner {
                 log::warn!("device went away: {n} pending requests rescinded");
                 self.spawn_reconnect();
             }
-            if !down {
+            // Poll only after real completions: an idle client sleeps.
+            if !down && reaped > 0 {
                 self.busy_poll();
             }
             match epoll.wait(100, &mut events) {
