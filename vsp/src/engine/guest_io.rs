@@ -32,13 +32,21 @@ fn file_err(e: vm_memory::GuestMemoryError) -> StoreError {
 pub fn read_all(mem: &GuestMemoryMmap, segs: &[Segment]) -> Result<Vec<u8>, StoreError> {
     let total: u64 = segs.iter().map(|s| u64::from(s.len)).sum();
     let mut out = vec![0u8; total as usize];
+    read_exact(mem, segs, &mut out)?;
+    Ok(out)
+}
+
+/// Fill `out` from a segment list whose total length equals `out.len()`.
+pub fn read_exact(mem: &GuestMemoryMmap, segs: &[Segment], out: &mut [u8]) -> Result<(), StoreError> {
     let mut pos = 0usize;
     for s in segs {
         let n = s.len as usize;
-        mem.read_slice(&mut out[pos..pos + n], GuestAddress(s.addr)).map_err(mem_err)?;
+        let dst =
+            out.get_mut(pos..pos + n).ok_or_else(|| StoreError::GuestMemory("segments longer than buffer".into()))?;
+        mem.read_slice(dst, GuestAddress(s.addr)).map_err(mem_err)?;
         pos += n;
     }
-    Ok(out)
+    if pos == out.len() { Ok(()) } else { Err(StoreError::GuestMemory("segments shorter than buffer".into())) }
 }
 
 /// Write `bytes` at the start of a segment list; fails if it does not fit.

@@ -10,11 +10,11 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmblob_protocol::framing::virtio::{ChainDescriptor, VirtioFrame};
 use vmblob_protocol::sg::{sub_range, total_len};
-use vmblob_protocol::transport::{RESPONSE_SIZE, VspRequest};
+use vmblob_protocol::transport::{REQUEST_SIZE, RESPONSE_SIZE, VspRequest};
 use vmblob_protocol::{BlobError, Segment, VspResponse};
 use zerocopy::IntoBytes;
 
-use crate::engine::guest_io::{read_all, write_all};
+use crate::engine::guest_io::{read_exact, write_all};
 use crate::engine::{AdmitError, CancelToken, Engine, InflightTable, VirtioRequest};
 
 pub struct QueueWorker {
@@ -93,9 +93,11 @@ impl QueueWorker {
             .take(max + 1)
             .map(|d| ChainDescriptor { addr: d.addr().0, len: d.len(), writable: d.is_write_only() })
             .collect();
-        let writable: Vec<Segment> =
-            descs.iter().filter(|d| d.writable).map(|d| Segment { addr: d.addr, len: d.len }).collect();
-        let malformed = |status| Some(Popped::Malformed { head, writable: writable.clone(), status });
+        // The writable segments only matter for a chain we refuse.
+        let malformed = |status| {
+            let writable = descs.iter().filter(|d| d.writable).map(|d| Segment { addr: d.addr, len: d.len }).collect();
+            Some(Popped::Malformed { head, writable, status })
+        };
         let frame = match VirtioFrame::new(descs.iter().copied(), max) {
             Ok(f) => f,
             Err(e) => {
@@ -104,7 +106,8 @@ impl QueueWorker {
             }
         };
         // The header is copied out of guest memory exactly once, here.
-        let header = match read_all(mem, &frame.header()).ok().and_then(|b| VspRequest::parse(&b).ok()) {
+        let mut raw = [0u8; REQUEST_SIZE];
+        let header = match read_exact(mem, &frame.header(), &mut raw).ok().and_then(|()| VspRequest::parse(&raw).ok()) {
             Some(h) => h,
             None => return malformed(BlobError::InvalidRequest),
         };
