@@ -432,18 +432,23 @@ fn rescind_with_requests_in_flight_completes_each_once() {
         (0..n).map(|i| h.prepare(&put_op("box", &format!("b{i}"), Conditions::none()), &payload, 0, 4096)).collect();
     let mem = h.mem.clone();
     let engine = h.engine.clone();
-    let mut workers = Vec::new();
-    for (i, s) in sent.into_iter().enumerate() {
-        let token = table.admit(i as u16, 0).unwrap();
+    // Every request is admitted (accepted) first; even ones start serving
+    // at once and race the rescind, odd ones start only after it.
+    let admitted: Vec<(usize, Sent, CancelToken)> =
+        sent.into_iter().enumerate().map(|(i, s)| (i, s, table.admit(i as u16, 0).unwrap())).collect();
+    let spawn = |i: usize, s: Sent, token: CancelToken| {
         let (mem, engine, table) = (mem.clone(), engine.clone(), table.clone());
-        workers.push(std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let resp = engine.serve(&mem, &s.request, &token);
             assert!(table.complete(i as u16), "completed once");
             (i, resp)
-        }));
-    }
+        })
+    };
+    let (early, late): (Vec<_>, Vec<_>) = admitted.into_iter().partition(|(i, _, _)| i % 2 == 0);
+    let mut workers: Vec<_> = early.into_iter().map(|(i, s, t)| spawn(i, s, t)).collect();
     std::thread::sleep(Duration::from_millis(2));
     table.rescind_all();
+    workers.extend(late.into_iter().map(|(i, s, t)| spawn(i, s, t)));
     assert!(table.wait_empty(Duration::from_secs(30)), "drain is bounded");
     let mut results: Vec<(usize, VspResponse)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
     results.sort_by_key(|r| r.0);
@@ -451,6 +456,13 @@ fn rescind_with_requests_in_flight_completes_each_once() {
     let (mut ok, mut rescinded) = (0, 0);
     for (i, resp) in results {
         let stored = h.get("box", &format!("b{i}"), None, 4 << 20);
+        if i % 2 == 1 {
+            assert_eq!(
+                BlobError::from_code(resp.error.get()),
+                Some(BlobError::Rescinded),
+                "request {i} ran after the rescind"
+            );
+        }
         match BlobError::from_code(resp.error.get()) {
             None => {
                 ok += 1;
@@ -464,6 +476,7 @@ fn rescind_with_requests_in_flight_completes_each_once() {
         }
     }
     assert_eq!(ok + rescinded, n as usize);
+    assert!(rescinded >= n as usize / 2, "requests accepted before the rescind but not yet run are rescinded");
 }
 
 #[test]
