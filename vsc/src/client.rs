@@ -12,7 +12,7 @@ use vmblob_protocol::ops::{
     PutBlock, PutBlockList, ResponseMessage,
 };
 use vmblob_protocol::transport::OperationType;
-use vmblob_protocol::{DataDirection, OpCode, VspRequest};
+use vmblob_protocol::{OpCode, VspRequest};
 
 use crate::dma::DmaBuf;
 use crate::error::ClientError;
@@ -432,9 +432,5 @@ impl BlobClient {
     pub fn block_size(&self) -> usize {
         let hint = if self.options.block_size == 0 { self.config.block_size_hint } else { self.options.block_size };
         (hint.clamp(64 << 10, self.config.max_data_len)) as usize
-    }
-
-    pub fn dir_of(op: &OpRequest) -> DataDirection {
-        op.op().data_direction()
     }
 }

@@ -85,7 +85,9 @@ struct Queue {
 }
 
 struct Inner {
-    ram: GuestRam,
+    /// Holds the guest RAM the rings and DMA buffers live in for as long as
+    /// the transport exists.
+    _ram: GuestRam,
     pool: DmaPool,
     device: Mutex<VhostUserDevice>,
     queues: Vec<Queue>,
@@ -150,7 +152,7 @@ impl VirtioTransport {
             .map_err(transport_err)?;
         let inner = Arc::new(Inner {
             hangup: device.disconnect_handle(),
-            ram,
+            _ram: ram,
             pool,
             device: Mutex::new(device),
             queues,
@@ -192,10 +194,6 @@ impl VirtioTransport {
     /// Requests submitted and not completed.
     pub fn pending(&self) -> usize {
         self.inner.table.pending()
-    }
-
-    pub fn guest_ram(&self) -> &GuestRam {
-        &self.inner.ram
     }
 }
 

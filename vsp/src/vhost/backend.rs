@@ -42,14 +42,6 @@ impl BlobBackend {
         }
     }
 
-    /// Cancel every accepted request as rescinded and wait (bounded) until
-    /// each has posted its completion. Returns how many were in flight.
-    pub fn rescind_all(&self) -> usize {
-        let n = self.queues.iter().map(|q| q.inflight().rescind_all()).sum();
-        self.drain();
-        n
-    }
-
     /// Wait (bounded) until every queue's in-flight table is empty.
     fn drain(&self) {
         let timeout = self.engine.limits().drain_timeout;
