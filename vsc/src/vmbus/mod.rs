@@ -9,17 +9,21 @@
 //! vm-memory `MmapRegion`s, polling is vmm-sys-util's epoll.
 #![forbid(unsafe_code)]
 
+pub mod channel;
 pub mod dma;
 pub mod pagemap;
 pub mod region;
 pub mod sysfs;
 pub mod uio;
+pub mod uio_channel;
 
+pub use channel::{ChannelError, ChannelSource, GuestChannel, identity_page_buffer, pinned_page_buffer};
 pub use dma::{GpaRange, PinnedDma, PinnedDmaError, PinnedDmaOptions};
 pub use pagemap::{Pagemap, PagemapError};
 pub use region::{MappedRegion, RegionError, host_page_size};
 pub use sysfs::{SysfsError, UioMap, VmbusDevice, bind_uio, find_devices, read_maps};
 pub use uio::{ChannelIds, RescindWatch, UioDevice, UioError, UioInterrupt};
+pub use uio_channel::{UioChannel, UioChannelSource};
 
 #[cfg(test)]
 mod tests {
@@ -32,5 +36,7 @@ mod tests {
         check::<super::UioInterrupt>();
         check::<super::RescindWatch>();
         check::<super::PinnedDma>();
+        check::<super::UioChannel>();
+        check::<super::UioChannelSource>();
     }
 }
