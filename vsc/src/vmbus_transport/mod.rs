@@ -97,10 +97,9 @@ impl VmbusTransport {
     /// Open the device's channel (waiting for the offer), start the channel
     /// thread and fetch the device config with GetDeviceConfig.
     pub fn open(source: Arc<dyn ChannelSource>, opts: VmbusOptions) -> Result<Self, ClientError> {
-        let channel = source
-            .open(opts.open_timeout)
-            .map_err(transport_err)?
-            .ok_or_else(|| ClientError::Transport(format!("no VMBus channel offered within {:?}", opts.open_timeout)))?;
+        let channel = source.open(opts.open_timeout).map_err(transport_err)?.ok_or_else(|| {
+            ClientError::Transport(format!("no VMBus channel offered within {:?}", opts.open_timeout))
+        })?;
         let inner = Arc::new(Inner {
             source,
             table: RequestTable::new(),
@@ -171,8 +170,7 @@ impl VmbusTransport {
             transaction_id,
             ..Default::default()
         };
-        let ticket =
-            self.submit(OpBuffers { header, request, response, data: None, dir: DataDirection::None })?;
+        let ticket = self.submit(OpBuffers { header, request, response, data: None, dir: DataDirection::None })?;
         let c = ticket.wait_timeout(self.inner.opts.config_timeout).ok_or_else(|| {
             ClientError::Transport(format!("no device config within {:?}", self.inner.opts.config_timeout))
         })??;

@@ -1,0 +1,329 @@
+//! The transport against a scripted host ([`fake`]): framing, completion
+//! matching, hostile completions, rescind and re-offer, close.
+
+mod fake;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vmblob_protocol::config::DeviceConfig;
+use vmblob_protocol::framing::vmbus::{encode_completion, encode_inband};
+use vmblob_protocol::ops::{Metadata, OpRequest};
+use vmblob_protocol::{BlobError, ContainerName, VspResponse};
+use zerocopy::IntoBytes;
+
+use super::{VmbusOptions, VmbusTransport};
+use crate::client::{BlobClient, ClientOptions, Data, PendingOp};
+use crate::error::ClientError;
+use crate::transport::Transport;
+use fake::{FakeSource, HostEnd};
+
+const RING: usize = 64 << 10;
+const LONG: Duration = Duration::from_secs(20);
+
+fn opts() -> VmbusOptions {
+    VmbusOptions {
+        wait_slice: Duration::from_millis(20),
+        retry_interval: Duration::from_millis(5),
+        ..Default::default()
+    }
+}
+
+/// Open a transport against `source`, answering its config request.
+fn open(source: &Arc<FakeSource>, config: DeviceConfig) -> (Arc<VmbusTransport>, HostEnd) {
+    let mut host = source.offer();
+    let s = source.clone();
+    let opener = std::thread::spawn(move || VmbusTransport::open(s, opts()));
+    host.answer_config(&config);
+    (Arc::new(opener.join().unwrap().unwrap()), host)
+}
+
+fn client(t: &Arc<VmbusTransport>) -> BlobClient {
+    BlobClient::new(t.clone(), t.device_config(), ClientOptions { timeout_ms: 0, ..Default::default() })
+}
+
+/// A host thread answering every request until stopped.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<HostEnd>,
+}
+
+impl Server {
+    fn start(mut host: HostEnd, config: DeviceConfig) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                if let Some(req) = host.next_request(Duration::from_millis(20)) {
+                    host.answer(&req, &config);
+                }
+            }
+            host
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> HostEnd {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+fn create(c: &BlobClient, name: &str) -> Result<PendingOp, ClientError> {
+    let op = OpRequest::CreateContainer { container: ContainerName::new(name).unwrap(), metadata: Metadata::default() };
+    c.submit(&op, Data::None)
+}
+
+/// The etag the fake host answers with is the container's name: a result
+/// delivered to the wrong caller shows.
+fn etag_of(r: Result<crate::client::OpResult, ClientError>) -> Result<String, ClientError> {
+    match r?.response {
+        vmblob_protocol::OpResponse::ContainerCreated(p) => Ok(p.etag),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn is_rescinded(e: &ClientError) -> bool {
+    matches!(e, ClientError::Rescinded | ClientError::Blob { error: BlobError::Rescinded, .. })
+}
+
+#[test]
+fn requests_are_gpa_direct_with_data_request_response_pages_in_order() {
+    let source = FakeSource::new(RING);
+    let config = fake::config(64);
+    let (t, mut host) = open(&source, config);
+    assert_eq!(t.device_config(), config);
+    assert_eq!(t.num_queues(), 1);
+    let c = client(&t);
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+    let put = OpRequest::PutBlock(vmblob_protocol::ops::PutBlock {
+        target: crate::client::target("cont", "blob").unwrap(),
+        block_id: vmblob_protocol::BlockId::new(b"blk").unwrap(),
+        content_crc64: None,
+    });
+    let pending = c.submit(&put, Data::Out(&data)).unwrap();
+    let req = host.next_request(LONG).unwrap();
+    assert!(req.id >= 1, "requestor ids are never 0");
+    let h = req.header;
+    // The seed's page order: data, then request, then response.
+    assert!(h.data_buffer_offset.get() < 4096);
+    let data_pages = (h.data_buffer_offset.get() + h.data_buffer_length.get()).div_ceil(4096);
+    assert_eq!(h.request_buffer_offset.get() / 4096, data_pages);
+    assert!(h.response_buffer_offset.get() > h.request_buffer_offset.get());
+    assert_eq!((h.data_buffer_length.get(), h.data_buffer_valid.get()), (10_000, 10_000));
+    assert_eq!(host.read_data(&req), data);
+    assert!(req.pfn_count >= 3 + 1);
+    host.answer(&req, &config);
+    assert!(matches!(pending.wait(), Err(e) if e.is_not_found()));
+
+    let second = create(&c, "second").unwrap();
+    let req2 = host.next_request(LONG).unwrap();
+    assert!(req2.id > req.id, "ids are never reused");
+    host.answer(&req2, &config);
+    assert_eq!(etag_of(second.wait()).unwrap(), "second");
+    assert_eq!(t.pending(), 0);
+}
+
+/// Each lie fails the pending request with an error (never a hang), takes
+/// the channel down, and the transport recovers on the next offer.
+#[test]
+fn hostile_completions_fail_the_channel_cleanly() {
+    type Lie = fn(&mut HostEnd, u64);
+    let lies: [(&str, Lie); 10] = [
+        ("unknown id", |h, id| h.complete(id + 1000, VspResponse::new(0, 0))),
+        ("id 0", |h, _| h.complete(0, VspResponse::new(0, 0))),
+        ("short completion", |h, id| h.send_raw(&encode_completion(id, &[0; 8]))),
+        ("wrong packet type", |h, id| h.send_raw(&encode_inband(id, false, VspResponse::new(0, 0).as_bytes()))),
+        ("bad length field", |h, id| {
+            let mut r = VspResponse::new(0, 0);
+            r.length = 13.into();
+            h.complete(id, r)
+        }),
+        ("response_len beyond the buffer", |h, id| h.complete(id, VspResponse::new(0, 1 << 30))),
+        ("completed twice", |h, id| {
+            h.complete(id, VspResponse::new(BlobError::BlobNotFound.code(), 0));
+            h.complete(id, VspResponse::new(0, 0));
+        }),
+        ("unknown packet type in the ring", |h, id| {
+            let mut p = encode_completion(id, VspResponse::new(0, 0).as_bytes());
+            p[0] = 5;
+            h.send_raw(&p)
+        }),
+        ("descriptor longer than the ring holds", |h, id| {
+            let mut p = encode_completion(id, VspResponse::new(0, 0).as_bytes());
+            p[4] = 0xff;
+            h.send_raw_unchecked(&p)
+        }),
+        ("write index not 8-aligned", |h, _| h.set_host_write_index(3)),
+    ];
+    for (what, lie) in lies {
+        let source = FakeSource::new(RING);
+        let config = fake::config(64);
+        let (t, mut host) = open(&source, config);
+        let c = client(&t);
+        let pending = create(&c, "victim").unwrap();
+        let req = host.next_request(LONG).unwrap();
+        lie(&mut host, req.id);
+        // PendingOp has no timed wait: a thread and a bounded receive check for hangs.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(pending.wait().map(|_| ())).unwrap());
+        let result = rx.recv_timeout(LONG).unwrap_or_else(|_| panic!("{what}: the caller hangs"));
+        match what {
+            // The request was really completed first; the lie came after.
+            "completed twice" => assert!(matches!(result, Err(ref e) if e.is_not_found()), "{what}: {result:?}"),
+            _ => {
+                assert!(matches!(result, Err(ClientError::Rescinded | ClientError::Protocol(_))), "{what}: {result:?}")
+            }
+        }
+        wait_until(|| !t.is_connected(), what);
+        assert!(matches!(create(&c, "refused"), Err(ClientError::Rescinded)), "{what}: fails fast while down");
+        // Recovery: the old channel is closed, the next offer is picked up.
+        wait_until(|| host.guest_closed(), what);
+        let server = Server::start(source.offer(), config);
+        wait_until(|| t.is_connected(), what);
+        assert_eq!(t.generation(), 2);
+        assert_eq!(etag_of(create(&c, "after").unwrap().wait()).unwrap(), "after", "{what}");
+        server.stop();
+    }
+}
+
+fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + LONG;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "{what}: condition not reached");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn rescind_fails_pending_at_once_and_old_handles_work_after_the_reoffer() {
+    let source = FakeSource::new(RING);
+    let config = fake::config(64);
+    let (t, mut host) = open(&source, config);
+    let c = client(&t);
+    let names: Vec<String> = (0..6).map(|i| format!("res{i}")).collect();
+    let pending: Vec<PendingOp> = names.iter().map(|n| create(&c, n).unwrap()).collect();
+    let reqs: Vec<_> = (0..6).map(|_| host.next_request(LONG).unwrap()).collect();
+    // Completion on rescind: two answered for real, one rescinded by the
+    // host, three left to the guest.
+    host.answer(&reqs[0], &config);
+    host.answer(&reqs[1], &config);
+    host.complete(reqs[2].id, VspResponse::new(BlobError::Rescinded.code(), 0));
+    host.rescind();
+    let results: Vec<_> = pending.into_iter().map(|p| etag_of(p.wait())).collect();
+    assert_eq!(results[0].as_deref().unwrap(), "res0");
+    assert_eq!(results[1].as_deref().unwrap(), "res1");
+    for r in &results[2..] {
+        assert!(matches!(r, Err(e) if is_rescinded(e)), "{r:?}");
+    }
+    // The old channel is closed and nothing waits for the client, which
+    // still holds the transport; submissions fail fast meanwhile.
+    wait_until(|| host.guest_closed(), "old channel closed");
+    assert!(matches!(create(&c, "early"), Err(ClientError::Rescinded)));
+    assert_eq!(t.pending(), 0);
+
+    let server = Server::start(source.offer(), config);
+    wait_until(|| t.is_connected(), "re-offer picked up");
+    assert_eq!(t.generation(), 2);
+    assert_eq!(etag_of(create(&c, "later").unwrap().wait()).unwrap(), "later");
+    server.stop();
+}
+
+#[test]
+fn submit_after_close_never_reaches_the_ring() {
+    let source = FakeSource::new(RING);
+    let config = fake::config(1024);
+    let (t, host) = open(&source, config);
+    let server = Server::start(host, config);
+    let c = Arc::new(client(&t));
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let submitters: Vec<_> = (0..4)
+        .map(|k| {
+            let (c, stop, outcomes) = (c.clone(), stop.clone(), outcomes.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let name = format!("s{k}x{i}");
+                    i += 1;
+                    let r = create(&c, &name).and_then(|p| etag_of(p.wait()));
+                    outcomes.lock().unwrap().push((name, r));
+                }
+            })
+        })
+        .collect();
+    wait_until(|| outcomes.lock().unwrap().len() > 50, "traffic flows");
+    t.close();
+    let host = server.stop();
+    let index = host.guest_write_index();
+    wait_until(|| outcomes.lock().unwrap().iter().filter(|(_, r)| r.is_err()).count() > 20, "refusals");
+    stop.store(true, Ordering::SeqCst);
+    for s in submitters {
+        s.join().unwrap();
+    }
+    assert_eq!(host.guest_write_index(), index, "a packet was written after close");
+    assert!(host.guest_closed());
+    for (name, r) in outcomes.lock().unwrap().iter() {
+        match r {
+            Ok(etag) => assert_eq!(etag, name),
+            Err(e) => assert!(is_rescinded(e), "{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_full_ring_blocks_the_sender_until_the_host_reads() {
+    // 4 KiB of data per direction: about 30 requests fit.
+    let source = FakeSource::new(8192);
+    let config = fake::config(1024);
+    let (t, mut host) = open(&source, config);
+    let c = Arc::new(client(&t));
+    let sender = {
+        let c = c.clone();
+        std::thread::spawn(move || (0..100).map(|i| create(&c, &format!("full{i}")).unwrap()).collect::<Vec<_>>())
+    };
+    // The sender fills the ring and stops; nothing is lost meanwhile.
+    let mut seen = Vec::new();
+    while seen.len() < 100 {
+        let req = host.next_request(LONG).expect("the blocked sender resumes");
+        seen.push(req);
+        if seen.len() % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    for r in &seen {
+        host.answer(r, &config);
+    }
+    let pending = sender.join().unwrap();
+    for (i, p) in pending.into_iter().enumerate() {
+        assert_eq!(etag_of(p.wait()).unwrap(), format!("full{i}"));
+    }
+}
+
+#[test]
+fn in_flight_requests_stay_within_the_device_limit() {
+    let source = FakeSource::new(RING);
+    let config = fake::config(2);
+    let (t, mut host) = open(&source, config);
+    let c = Arc::new(client(&t));
+    let sender = {
+        let c = c.clone();
+        std::thread::spawn(move || (0..5).map(|i| create(&c, &format!("lim{i}")).unwrap()).collect::<Vec<_>>())
+    };
+    let a = host.next_request(LONG).unwrap();
+    let b = host.next_request(LONG).unwrap();
+    assert!(host.next_request(Duration::from_millis(200)).is_none(), "a third request while two are in flight");
+    host.answer(&a, &config);
+    let c3 = host.next_request(LONG).unwrap();
+    host.answer(&b, &config);
+    host.answer(&c3, &config);
+    for _ in 0..2 {
+        let r = host.next_request(LONG).unwrap();
+        host.answer(&r, &config);
+    }
+    for (i, p) in sender.join().unwrap().into_iter().enumerate() {
+        assert_eq!(etag_of(p.wait()).unwrap(), format!("lim{i}"));
+    }
+}
