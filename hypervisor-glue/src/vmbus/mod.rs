@@ -6,6 +6,7 @@
 //! - [`OutgoingRing`] writes packets (built by `vmblob_protocol::framing::vmbus`) with their
 //!   trailers, batches them, and says when to signal; [`IncomingRing`] copies packets out,
 //!   validates them against a hostile writer, and says when to signal back.
+//! - [`emulator`]: a VMBus host for rigs (offer, open, close, rescind, re-offer).
 //! - [`Signal`] wakes the peer; [`Channel`] ties two rings and a signal together and
 //!   [`Loopback`] connects two ends in one process.
 //!
@@ -15,6 +16,7 @@
 
 mod channel;
 mod control;
+pub mod emulator;
 mod incoming;
 mod mapped;
 mod outgoing;
