@@ -3,6 +3,8 @@
 //! opened device with its mapped rings and interrupt fd ([`uio`]),
 //! bounds-checked shared-memory windows ([`region`]), and pinned memory with
 //! guest-physical page numbers for GPA-direct packets ([`dma`], [`pagemap`]).
+//! [`channel`] is what the VMBus transport needs from all this, implemented
+//! for uio ([`uio_channel`]) and for the glue's emulator ([`emulated`]).
 //!
 //! The ring-buffer algorithm lives elsewhere; this module provides the
 //! mapped memory and the signals it runs on. No `unsafe` here: mappings are
@@ -11,6 +13,7 @@
 
 pub mod channel;
 pub mod dma;
+pub mod emulated;
 pub mod pagemap;
 pub mod region;
 pub mod sysfs;
@@ -19,6 +22,7 @@ pub mod uio_channel;
 
 pub use channel::{ChannelError, ChannelSource, GuestChannel, identity_page_buffer, pinned_page_buffer};
 pub use dma::{GpaRange, PinnedDma, PinnedDmaError, PinnedDmaOptions};
+pub use emulated::{EmulatedChannel, EmulatedSource};
 pub use pagemap::{Pagemap, PagemapError};
 pub use region::{MappedRegion, RegionError, host_page_size};
 pub use sysfs::{SysfsError, UioMap, VmbusDevice, bind_uio, find_devices, read_maps};
@@ -38,5 +42,7 @@ mod tests {
         check::<super::PinnedDma>();
         check::<super::UioChannel>();
         check::<super::UioChannelSource>();
+        check::<super::EmulatedChannel>();
+        check::<super::EmulatedSource>();
     }
 }
