@@ -114,7 +114,8 @@ fn requests_are_gpa_direct_with_data_request_response_pages_in_order() {
     assert!(h.response_buffer_offset.get() > h.request_buffer_offset.get());
     assert_eq!((h.data_buffer_length.get(), h.data_buffer_valid.get()), (10_000, 10_000));
     assert_eq!(host.read_data(&req), data);
-    assert!(req.pfn_count >= 3 + 1);
+    // 10,000 data bytes: 3 pages; the op request: 1; the 16 KiB response: 4.
+    assert_eq!(req.pfn_count, 3 + 1 + 4);
     host.answer(&req, &config);
     assert!(matches!(pending.wait(), Err(e) if e.is_not_found()));
 
