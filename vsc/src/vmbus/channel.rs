@@ -96,3 +96,7 @@ pub fn pinned_page_buffer(dma: &PinnedDma, addr: GuestAddress, len: usize) -> Re
     let range = dma.gpa_range_at(addr.0, len)?;
     Ok(PageBuffer { first_page_offset: range.byte_offset, len: range.byte_count, pfns: range.pfns.to_vec() })
 }
+
+#[cfg(test)]
+#[path = "channel_tests.rs"]
+mod tests;

@@ -201,4 +201,4 @@ impl PinnedDma {
 
 #[cfg(test)]
 #[path = "dma_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,7 @@ const PRESENT: u64 = 1 << 63;
 const PAGES: usize = 16;
 
 /// A pool over a real anonymous mapping whose pagemap is a fake file saying page i is at PFN 0x1000 + 3 i.
-fn fake_pool(pfn_of: impl Fn(usize) -> u64) -> (tempfile::NamedTempFile, PinnedDma) {
+pub(crate) fn fake_pool(pfn_of: impl Fn(usize) -> u64) -> (tempfile::NamedTempFile, PinnedDma) {
     let region = MappedRegion::map_anonymous(PAGES * HV_PAGE, libc::MAP_SHARED).unwrap();
     let file = tempfile::NamedTempFile::new().unwrap();
     let entries: Vec<u8> = (0..PAGES).flat_map(|i| pfn_of(i).to_le_bytes()).collect();
@@ -15,7 +15,7 @@ fn fake_pool(pfn_of: impl Fn(usize) -> u64) -> (tempfile::NamedTempFile, PinnedD
     (file, dma)
 }
 
-fn spread(i: usize) -> u64 {
+pub(crate) fn spread(i: usize) -> u64 {
     PRESENT | (0x1000 + 3 * i as u64)
 }
 

@@ -18,7 +18,7 @@ mod reaper;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -73,6 +73,8 @@ struct Inner {
     space: Condvar,
     config: OnceLock<DeviceConfig>,
     stopping: AtomicBool,
+    /// Completions accepted from the host (each id once).
+    completions: AtomicU64,
     opts: VmbusOptions,
 }
 
@@ -107,6 +109,7 @@ impl VmbusTransport {
             space: Condvar::new(),
             config: OnceLock::new(),
             stopping: AtomicBool::new(false),
+            completions: AtomicU64::new(0),
             opts,
         });
         let generation = inner.install(channel.clone()).map_err(transport_err)?;
@@ -130,6 +133,12 @@ impl VmbusTransport {
     /// Requests submitted and not completed.
     pub fn pending(&self) -> usize {
         self.inner.table.pending()
+    }
+
+    /// Completions the host delivered and the transport accepted, across
+    /// channels (the config request's included); each request counts once.
+    pub fn completions(&self) -> u64 {
+        self.inner.completions.load(Ordering::Relaxed)
     }
 
     /// Channels opened so far (1 after `open`, +1 per re-offer picked up).

@@ -181,6 +181,7 @@ impl Inner {
         if !known {
             return Err(format!("completion for unknown requestor id {id}"));
         }
+        self.completions.fetch_add(1, Ordering::Relaxed);
         // Checks the size and the `length` field too.
         let response = match parse_blob_completion(&payload) {
             Ok(r) => r,

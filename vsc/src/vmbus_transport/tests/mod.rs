@@ -328,3 +328,41 @@ fn in_flight_requests_stay_within_the_device_limit() {
         assert_eq!(etag_of(p.wait()).unwrap(), format!("lim{i}"));
     }
 }
+
+/// A sender blocked on a full ring when the host rescinds is released with
+/// `Rescinded` (its request never reached the ring), and the same transport
+/// serves the re-offered channel.
+#[test]
+fn a_sender_blocked_on_a_full_ring_is_released_by_the_rescind() {
+    let source = FakeSource::new(8192);
+    let config = fake::config(1024);
+    let (t, host) = open(&source, config);
+    let c = Arc::new(client(&t));
+    let sender = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            let mut pending = Vec::new();
+            for i in 0..100 {
+                match create(&c, &format!("blk{i}")) {
+                    Ok(p) => pending.push(p),
+                    Err(e) => return (pending, e),
+                }
+            }
+            panic!("100 requests fit a 4 KiB ring the host never reads");
+        })
+    };
+    wait_until(|| t.pending() > 20 && host.guest_write_index() != 0, "the ring fills");
+    std::thread::sleep(Duration::from_millis(20));
+    let written = host.guest_write_index();
+    host.rescind();
+    let (pending, err) = sender.join().unwrap();
+    assert!(matches!(err, ClientError::Rescinded), "{err}");
+    assert_eq!(host.guest_write_index(), written, "nothing written after the rescind");
+    for p in pending {
+        assert!(matches!(p.wait(), Err(ClientError::Rescinded)));
+    }
+    let server = Server::start(source.offer(), config);
+    wait_until(|| t.is_connected(), "re-offer");
+    assert_eq!(etag_of(create(&c, "fresh").unwrap().wait()).unwrap(), "fresh");
+    server.stop();
+}
