@@ -366,3 +366,19 @@ fn a_sender_blocked_on_a_full_ring_is_released_by_the_rescind() {
     assert_eq!(etag_of(create(&c, "fresh").unwrap().wait()).unwrap(), "fresh");
     server.stop();
 }
+
+/// A host that offers the channel but never answers the config request:
+/// `open` gives up with an error and closes the channel.
+#[test]
+fn open_fails_cleanly_when_the_config_never_comes() {
+    let source = FakeSource::new(RING);
+    let mut host = source.offer();
+    let o = VmbusOptions { config_timeout: Duration::from_millis(100), ..opts() };
+    let r = VmbusTransport::open(source.clone(), o);
+    assert!(matches!(r, Err(ClientError::Transport(_))), "{:?}", r.err());
+    assert!(host.next_request(LONG).is_some(), "the config request was sent");
+    wait_until(|| host.guest_closed(), "channel closed");
+    // And without any offer at all.
+    let o = VmbusOptions { open_timeout: Duration::from_millis(50), ..opts() };
+    assert!(matches!(VmbusTransport::open(FakeSource::new(RING), o), Err(ClientError::Transport(_))));
+}
