@@ -6,6 +6,7 @@ pub mod args;
 pub mod engine;
 pub mod store;
 pub mod vhost;
+pub mod vmbus;
 
 use std::sync::Arc;
 
