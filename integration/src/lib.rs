@@ -1,6 +1,7 @@
 //! The end-to-end rig: the real `vmblob-vsp` daemon ([`daemon`]), a guest
 //! with the real client stack ([`guest`]), a raw and possibly hostile guest
-//! ([`raw`]), and deterministic test data ([`data`]).
+//! ([`raw`]), deterministic test data ([`data`]), and an in-process VMBus
+//! rig (emulator, VSP service, VMBus guest: [`vmbus`]).
 //!
 //! Every wait here is bounded: a broken daemon or client fails a test with a
 //! message, it never hangs the suite.
@@ -11,6 +12,7 @@ pub mod data;
 pub mod guest;
 pub mod ops;
 pub mod raw;
+pub mod vmbus;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
