@@ -13,6 +13,9 @@ use vmblob_vsc::{BlobClient, ClientError, Data, PendingOp, Transport};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// One put: blob name, data seed, result.
+type Outcome = (String, u64, Result<(), ClientError>);
+
 /// A small xorshift: reproducible "random" timing.
 struct Rng(u64);
 
@@ -77,7 +80,7 @@ fn random_rescinds_under_load_complete_every_request_exactly_once() {
     let rig = Arc::new(VmbusRig::start(VmbusRigOptions::default()));
     rig.client.create_container("load").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let results: Arc<Mutex<Vec<(String, u64, Result<(), ClientError>)>>> = Arc::default();
+    let results: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let workers: Vec<_> = (0..4)
         .map(|w| {
             let (rig, stop, results) = (rig.clone(), stop.clone(), results.clone());
