@@ -190,3 +190,25 @@ fn reoffer_with_old_handles_still_held() {
     assert!(transport.is_connected());
     assert_eq!(transport.num_queues(), 1);
 }
+
+/// The largest data buffer the device config allows fits one VMBus packet
+/// (8,192 pages in all, request and response pages included).
+#[test]
+fn the_largest_advertised_data_buffer_fits_a_packet() {
+    let rig = VmbusRig::start(VmbusRigOptions::default());
+    let config = rig.client.device_config();
+    let options = vmblob_vsc::ClientOptions {
+        timeout_ms: 0,
+        block_size: config.max_data_len,
+        ..vmblob_vsc::ClientOptions::default()
+    };
+    let c = BlobClient::new(rig.transport.clone(), *config, options);
+    assert_eq!(c.block_size(), config.max_data_len as usize);
+    c.create_container("max").unwrap();
+    let len = config.max_data_len as u64 + 1;
+    let mut reader = PatternReader::new(5, len);
+    c.put_stream("max", "full", &mut reader, len, &|_| {}).unwrap();
+    let mut out = Vec::new();
+    c.get_to_writer("max", "full", &mut out, &|_| {}).unwrap();
+    assert!(out == pattern(5, 0, len as usize));
+}

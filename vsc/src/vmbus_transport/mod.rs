@@ -119,13 +119,14 @@ impl VmbusTransport {
             .spawn(move || worker.run(generation, channel))
             .map_err(ClientError::Io)?;
         let transport = Self { inner, thread: Mutex::new(Some(thread)) };
-        let config = transport.fetch_config()?;
+        let config = fit_to_packet(transport.fetch_config()?);
         let _ = transport.inner.config.set(config);
         lock(&transport.inner.link).max_inflight = (config.max_inflight as usize).max(1);
         Ok(transport)
     }
 
-    /// The device's limits and capabilities, as fetched at open.
+    /// The device's limits and capabilities, as fetched at open, with
+    /// `max_data_len` cut so that any data request fits one packet.
     pub fn device_config(&self) -> DeviceConfig {
         *self.inner.config.get().expect("set by open")
     }
@@ -193,6 +194,20 @@ impl VmbusTransport {
             Err(r) => Err(ClientError::Blob { error: r.error, message: r.message }),
         }
     }
+}
+
+/// Pages kept for the request and response buffers of a data request (the
+/// client's are at most a few pages each) when the data buffer is as large
+/// as the config allows.
+const CONTROL_PAGES: usize = 8;
+
+/// The config as this transport can honour it: one packet carries at most
+/// 8,192 pages for data, request and response together, so the largest data
+/// buffer is smaller than the 32 MiB a device may advertise.
+fn fit_to_packet(mut config: DeviceConfig) -> DeviceConfig {
+    let max_data = ((MAX_PACKET_PAGES - CONTROL_PAGES) * crate::dma::PAGE_SIZE as usize) as u32;
+    config.max_data_len = config.max_data_len.min(max_data);
+    config
 }
 
 /// The pages of a request: data, request (after the in-band header's spare
