@@ -185,10 +185,17 @@ impl QueueWorker {
     /// Watch the ring until it stays idle for the poll window. Returns a
     /// request to run on this thread (others found go to the pool); `None`
     /// once idle. Either way this thread no longer watches.
+    ///
+    /// Spinning only pays while nothing else is in flight (queue depth 1):
+    /// otherwise the next executor to finish looks at the ring anyway, and a
+    /// spinner would take a core from the requests being served.
     fn poll(self: &Arc<Self>, ring: &Ring) -> Option<Admitted> {
         let mut idle_since = Instant::now();
         while !self.device.closing() && idle_since.elapsed() < self.device.poll {
             if !ring.has_avail() {
+                if !self.inflight.is_empty() {
+                    break;
+                }
                 std::hint::spin_loop();
                 continue;
             }
