@@ -11,3 +11,6 @@ mod ring;
 
 pub use backend::{BlobBackend, QueueOptions};
 pub use daemon::{DaemonError, Shutdown, serve};
+
+#[cfg(test)]
+mod tests;

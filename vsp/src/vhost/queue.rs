@@ -137,9 +137,10 @@ impl QueueWorker {
     /// Re-arm kicks on a running ring; `true` if chains are waiting.
     fn rearm(&self, ring: &Ring) -> bool {
         let mut state = ring.vring.get_mut();
-        // A stopped ring must not be written (the device is suspended); its
-        // chains wait for the next start, whose enable calls the handler.
-        if self.device.closing() || !state.get_queue().ready() {
+        // A stopped ring must not be written (the device is suspended), and a
+        // reset one admits nothing: their chains wait for the next start,
+        // whose enable calls the handler.
+        if self.device.closing() || !state.get_queue().ready() || self.inflight.is_closed() {
             return false;
         }
         rearm_kicks(&mut state)
@@ -205,7 +206,11 @@ impl QueueWorker {
                 self.unwatch(ring);
                 return Some(mine);
             }
-            // Only refused chains, or a stopped ring: still activity.
+            if self.inflight.is_closed() {
+                // Reset: the chains stay for the next start.
+                break;
+            }
+            // Only refused chains: still activity.
             idle_since = Instant::now();
         }
         self.unwatch(ring);
