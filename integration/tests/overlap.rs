@@ -11,6 +11,9 @@
 //! threads (the floor for one kick and one interrupt):
 //!
 //!     cargo test --release -p vmblob-integration --test overlap -- --ignored --nocapture
+//!
+//! `POLL_US=N` sets the client's poll window, `VSP_ARGS="--poll-us N ..."`
+//! passes daemon flags.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
