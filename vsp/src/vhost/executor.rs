@@ -72,4 +72,28 @@ mod tests {
         gate_tx.send(()).unwrap();
         assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok("slow"));
     }
+
+    #[test]
+    fn threads_end_when_the_last_handle_is_gone() {
+        struct OnExit(mpsc::Sender<()>);
+        impl Drop for OnExit {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        thread_local!(static EXIT: std::cell::RefCell<Option<OnExit>> = const { std::cell::RefCell::new(None) });
+        let pool = Executor::new(1).unwrap();
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let (ran_tx, ran_rx) = mpsc::channel();
+        pool.spawn(move || {
+            EXIT.with(|e| *e.borrow_mut() = Some(OnExit(exit_tx)));
+            ran_tx.send(()).unwrap();
+        });
+        ran_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let clone = pool.clone();
+        drop(pool);
+        assert!(exit_rx.recv_timeout(Duration::from_millis(100)).is_err(), "a handle is still alive");
+        drop(clone);
+        assert_eq!(exit_rx.recv_timeout(Duration::from_secs(10)), Ok(()), "the worker thread ended");
+    }
 }
