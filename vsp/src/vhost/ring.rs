@@ -29,8 +29,12 @@ impl Ring {
 /// Ask the guest not to kick while someone polls the ring. With EVENT_IDX,
 /// virtio-queue leaves `avail_event` armed; pointing it just behind
 /// `next_avail` means no index the guest publishes crosses it.
+/// A stopped ring is left alone (the device is suspended).
 pub fn suppress_kicks(state: &mut VringState, mem: &GuestMemoryMmap, event_idx: bool) {
     let queue = state.get_queue_mut();
+    if !queue.ready() {
+        return;
+    }
     if event_idx {
         let avail_event = queue.used_ring() + 4 + 8 * u64::from(queue.size());
         let behind = queue.next_avail().wrapping_sub(1);
@@ -105,11 +109,13 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_ring_reports_no_work() {
+    fn a_stopped_ring_reports_no_work_and_is_not_written() {
         let r = ring(true);
         publish(&r, 1);
         assert!(r.has_avail());
         r.vring.set_queue_ready(false);
         assert!(!r.has_avail(), "pollers leave a stopped ring alone");
+        suppress_kicks(&mut r.vring.get_mut(), &r.mem.memory(), true);
+        assert_eq!(load(&r, AVAIL_EVENT), 0, "avail_event untouched");
     }
 }
