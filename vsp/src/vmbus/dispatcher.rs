@@ -20,6 +20,8 @@ use crate::engine::{AdmitError, Engine, InflightTable};
 
 /// Packets read per round before completions get their turn again.
 const READ_BATCH: usize = 64;
+/// How often to look for work if the doorbell cannot be waited on.
+const POLL_WITHOUT_DOORBELL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Set by the service to steer the dispatcher.
 #[derive(Debug, Default)]
@@ -120,9 +122,9 @@ impl Dispatcher {
                 continue;
             }
             if let Err(e) = self.channel.from_guest.wait(None) {
-                log::error!("vmbus: waiting for the guest's signal failed: {e}; stopping the channel");
+                // Serve nothing more, but keep posting what is pending, polling instead of sleeping.
                 self.fail_reading(ChannelFailure::Wait(e.to_string()));
-                break;
+                std::thread::sleep(POLL_WITHOUT_DOORBELL);
             }
         }
         // Dropping the sender lets the workers finish their queue and stop.

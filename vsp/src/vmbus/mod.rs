@@ -177,8 +177,12 @@ impl VmbusService {
     /// rescinded unless it finished), wait until every completion is in the ring or the drain
     /// timeout passes, then stop the threads.
     fn stop(&self, why: &str) {
-        let Some(r) = lock(&self.running).take() else { return };
+        // Draining before the channel leaves `running`, so `state()` never reads Idle meanwhile.
         self.draining.store(true, Ordering::Release);
+        let Some(r) = lock(&self.running).take() else {
+            self.draining.store(false, Ordering::Release);
+            return;
+        };
         r.control.stopping.store(true, Ordering::Release);
         let pending = r.table.close();
         r.wake.ring();

@@ -279,3 +279,23 @@ fn page_buffers_name_every_page_a_buffer_touches() {
     assert_eq!((b.first_page_offset, b.pfns), (0, vec![5]));
     assert_eq!(page_buffer(0x5000, 0).pfns, vec![5]);
 }
+
+#[test]
+fn racing_close_and_rescind_tear_down_once() {
+    for _ in 0..50 {
+        let (emu, device) = setup();
+        emu.offer().unwrap();
+        let ch = open(&emu, &device);
+        let closer = thread::spawn(move || ch.close());
+        let rescinder = {
+            let emu = emu.clone();
+            thread::spawn(move || emu.rescind())
+        };
+        assert_eq!(closer.join().unwrap(), Ok(()));
+        assert_eq!(rescinder.join().unwrap(), Ok(()), "an offer, open or not, is always there to rescind");
+        let events = device.events();
+        assert!(events == ["open 1", "close 1"] || events == ["open 1", "rescind 1"], "{events:?}");
+        assert_eq!(emu.guest().current_offer(), None);
+        assert!(!emu.is_open());
+    }
+}
