@@ -7,15 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vmblob_integration::data::{CrcWriter, PatternReader, crc64, pattern};
-use vmblob_integration::{Guest, GuestOptions, Sandbox, Vsp, VspOptions, bounded, ops};
+use vmblob_integration::{Guest, GuestOptions, Sandbox, StoreKind, Vsp, VspOptions, bounded, ops};
 use vmblob_vsc::PendingOp;
 
-#[test]
-fn blob_of_200_mib_through_blocks_keeps_its_checksum() {
+fn blob_of_200_mib_through_blocks_keeps_its_checksum(store: StoreKind) {
     const LEN: u64 = 200 << 20;
     const SEED: u64 = 0x200;
     let sb = Sandbox::new();
-    let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(2));
     let socket = vsp.socket().to_owned();
     bounded(Duration::from_secs(120), "200 MiB round trip", move || {
         let g = Guest::connect(&socket, GuestOptions::default().queues(2));
@@ -58,13 +57,12 @@ enum Op {
     Get { name: String, seed: u64, len: usize },
 }
 
-#[test]
-fn eight_threads_with_32_requests_each_in_flight() {
+fn eight_threads_with_32_requests_each_in_flight(store: StoreKind) {
     const THREADS: usize = 8;
     const DEPTH: usize = 32;
     const OPS: usize = 256;
     let sb = Sandbox::new();
-    let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(4));
+    let vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(4));
     let socket = vsp.socket().to_owned();
     bounded(Duration::from_secs(120), "8 x 32 pipelined requests", move || {
         let g = Arc::new(Guest::connect(&socket, GuestOptions::default().queues(4)));
@@ -173,11 +171,10 @@ impl std::io::Write for SlowSink {
     }
 }
 
-#[test]
-fn overwrite_during_a_download_never_mixes_versions() {
+fn overwrite_during_a_download_never_mixes_versions(store: StoreKind) {
     const LEN: u64 = 48 << 20;
     let sb = Sandbox::new();
-    let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(2));
     let socket = vsp.socket().to_owned();
     bounded(Duration::from_secs(90), "overwrite during download", move || {
         let opts = GuestOptions::default().queues(2).block_size(1 << 20);
@@ -215,3 +212,9 @@ fn overwrite_during_a_download_never_mixes_versions() {
     });
     drop(vsp);
 }
+
+vmblob_integration::both_stores!(
+    blob_of_200_mib_through_blocks_keeps_its_checksum,
+    eight_threads_with_32_requests_each_in_flight,
+    overwrite_during_a_download_never_mixes_versions,
+);

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vmblob_integration::data::{CrcWriter, PatternReader, crc64, pattern};
-use vmblob_integration::{Guest, GuestOptions, Sandbox, Vsp, VspOptions, bounded, is_rescinded, ops, wait_until};
+use vmblob_integration::{
+    Guest, GuestOptions, Sandbox, StoreKind, Vsp, VspOptions, bounded, is_rescinded, ops, wait_until,
+};
 use vmblob_protocol::BlobError;
 use vmblob_protocol::ops::OpRequest;
 use vmblob_vsc::{ClientError, PendingOp, Transport};
@@ -50,10 +52,9 @@ fn verify_attempts(g: &Guest, container: &str, attempts: &[Attempt]) -> (usize, 
     (present, absent)
 }
 
-#[test]
-fn restart_between_operations_rescinds_then_reconnects() {
+fn restart_between_operations_rescinds_then_reconnects(store: StoreKind) {
     let sb = Sandbox::new();
-    let mut vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store));
     let g = Guest::connect(vsp.socket(), GuestOptions::default().reconnect(true));
     g.create_container("keep").unwrap();
     let before = pattern(41, 0, 100_000);
@@ -105,10 +106,9 @@ fn until_back(g: &Guest, vsp: &Vsp, blob: &str) {
 // Regression (found in review): a hang-up arriving right after a reconnect,
 // before the reaper had seen the device up, was ignored; the client then
 // queued requests on a ring nobody served.
-#[test]
-fn back_to_back_restarts_are_each_noticed() {
+fn back_to_back_restarts_are_each_noticed(store: StoreKind) {
     let sb = Sandbox::new();
-    let mut vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store));
     let g = Arc::new(Guest::connect(vsp.socket(), GuestOptions::default().reconnect(true)));
     g.create_container("keep").unwrap();
     for round in 0..3 {
@@ -134,10 +134,9 @@ fn expect_missing(g: &Guest, c: &str, b: &str) {
     assert_eq!(e.blob_error(), Some(BlobError::BlobNotFound), "{c}/{b}: {e:?}");
 }
 
-#[test]
-fn sigkill_during_pipelined_puts_leaves_no_torn_blob() {
+fn sigkill_during_pipelined_puts_leaves_no_torn_blob(store: StoreKind) {
     let sb = Sandbox::new();
-    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(2));
     let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2));
     g.create_container("crash").unwrap();
     let mut attempts: Vec<Attempt> = Vec::new();
@@ -207,11 +206,10 @@ fn sigkill_during_pipelined_puts_leaves_no_torn_blob() {
     }
 }
 
-#[test]
-fn sigkill_during_a_streamed_upload_keeps_the_old_blob() {
+fn sigkill_during_a_streamed_upload_keeps_the_old_blob(store: StoreKind) {
     const LEN: u64 = 96 << 20;
     let sb = Sandbox::new();
-    let mut vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store));
     let opts = GuestOptions::default().block_size(1 << 20);
     let g = Arc::new(Guest::connect(vsp.socket(), opts.clone()));
     g.create_container("stream").unwrap();
@@ -305,11 +303,10 @@ fn settle(pending: Vec<(PendingOp, Option<usize>)>, attempts: &mut [Attempt], se
     (ok, rescinded)
 }
 
-#[test]
-fn frontend_disconnect_with_requests_in_flight() {
+fn frontend_disconnect_with_requests_in_flight(store: StoreKind) {
     const N: usize = 96;
     let sb = Sandbox::new();
-    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(2));
     let socket = vsp.socket().to_owned();
     let (attempts, seed_blob) = bounded(Duration::from_secs(60), "disconnect with requests in flight", move || {
         let g = Guest::connect(&socket, GuestOptions::default().queues(2).reconnect(true));
@@ -349,11 +346,10 @@ fn frontend_disconnect_with_requests_in_flight() {
     assert_eq!(vsp.stop().code(), Some(0));
 }
 
-#[test]
-fn sigterm_with_requests_in_flight_completes_each_once_and_exits_0() {
+fn sigterm_with_requests_in_flight_completes_each_once_and_exits_0(store: StoreKind) {
     const N: usize = 64;
     let sb = Sandbox::new();
-    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(2));
     let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2));
     g.create_container("term").unwrap();
     let seed_blob = pattern(2, 0, 300_000);
@@ -384,10 +380,9 @@ fn sigterm_with_requests_in_flight_completes_each_once_and_exits_0() {
     );
 }
 
-#[test]
-fn reconnecting_client_survives_a_crash_with_requests_in_flight() {
+fn reconnecting_client_survives_a_crash_with_requests_in_flight(store: StoreKind) {
     let sb = Sandbox::new();
-    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(2));
     let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2).reconnect(true));
     g.create_container("phoenix").unwrap();
     let seed_blob = pattern(4, 0, 200_000);
@@ -574,3 +569,13 @@ fn a_paused_ring_with_requests_queued_does_not_spin() {
     assert!(vsp.is_running());
     assert_eq!(vsp.stop().code(), Some(0));
 }
+
+vmblob_integration::both_stores!(
+    restart_between_operations_rescinds_then_reconnects,
+    back_to_back_restarts_are_each_noticed,
+    sigkill_during_pipelined_puts_leaves_no_torn_blob,
+    sigkill_during_a_streamed_upload_keeps_the_old_blob,
+    frontend_disconnect_with_requests_in_flight,
+    sigterm_with_requests_in_flight_completes_each_once_and_exits_0,
+    reconnecting_client_survives_a_crash_with_requests_in_flight,
+);
