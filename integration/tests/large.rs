@@ -153,15 +153,22 @@ fn check(p: PendingOp, op: Op, mine: &mut Vec<(String, u64, usize)>, puts: &mut 
 }
 
 /// A writer that sleeps on every write (a slow sink), checking the stream.
+/// Once `hold_after` bytes are in it waits for `released`, so that a
+/// concurrent overwrite lands mid-download however slow the store is.
 struct SlowSink {
     inner: CrcWriter,
     delay: Duration,
     written: Arc<AtomicU64>,
+    hold_after: u64,
+    released: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::io::Write for SlowSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         std::thread::sleep(self.delay);
+        while self.written.load(Ordering::Relaxed) >= self.hold_after && !self.released.load(Ordering::Relaxed) {
+            std::thread::sleep(self.delay);
+        }
         let n = self.inner.write(buf)?;
         self.written.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
@@ -183,9 +190,12 @@ fn overwrite_during_a_download_never_mixes_versions(store: StoreKind) {
         let mut v1 = PatternReader::new(1, LEN);
         g.put_stream("race", "blob", &mut v1, LEN, &|_| {}).unwrap();
         let written = Arc::new(AtomicU64::new(0));
-        let (g2, w2) = (g.clone(), written.clone());
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g2, w2, r2) = (g.clone(), written.clone(), released.clone());
         let reader = std::thread::spawn(move || {
-            let mut sink = SlowSink { inner: CrcWriter::expecting(1), delay: Duration::from_millis(10), written: w2 };
+            let delay = Duration::from_millis(10);
+            let mut sink =
+                SlowSink { inner: CrcWriter::expecting(1), delay, written: w2, hold_after: 4 << 20, released: r2 };
             let r = g2.get_to_writer("race", "blob", &mut sink, &|_| {});
             (r.map(|p| p.etag), sink.inner)
         });
@@ -194,6 +204,7 @@ fn overwrite_during_a_download_never_mixes_versions(store: StoreKind) {
         });
         let mut v2 = PatternReader::new(2, LEN);
         let w = g.put_stream("race", "blob", &mut v2, LEN, &|_| {}).unwrap();
+        released.store(true, Ordering::Relaxed);
         let (result, sink) = reader.join().unwrap();
         assert!(sink.len() < LEN, "the overwrite landed mid-download");
         match result {
