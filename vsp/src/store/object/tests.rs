@@ -183,3 +183,47 @@ fn reserved_metadata_keys_are_refused() {
     assert!(matches!(r, Err(StoreError::InvalidName(_))), "{r:?}");
     assert!(matches!(s.container_properties(&cname("nope")), Err(StoreError::ContainerNotFound)));
 }
+
+/// A backend that stops answering: a cancelled request returns instead of
+/// waiting on it (a read at once, a write already sent after the commit
+/// grace), and a write given up on changes nothing.
+#[test]
+fn a_stalled_backend_is_left_when_the_request_is_cancelled() {
+    use std::time::Duration;
+
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+
+    use crate::engine::{CancelReason, CancelToken};
+    use crate::store::context::with_cancel;
+
+    const STALL: Duration = Duration::from_secs(3600);
+    let backend = Arc::new(ThrottledStore::new(InMemory::new(), ThrottleConfig::default()));
+    let opts = ObjectOptions { commit_grace: Duration::from_millis(100), ..Default::default() };
+    let s = ObjectBlobStore::new(backend.clone(), "", opts).unwrap();
+    new_container(&s, "box");
+    conformance::put(&s, "box", "b", b"old");
+    let cancelled_soon = || {
+        let token = CancelToken::new(None);
+        let t = token.clone();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            t.cancel(CancelReason::Rescinded);
+        });
+        (token, canceller)
+    };
+
+    backend.config_mut(|c| c.wait_get_per_call = STALL);
+    let (token, canceller) = cancelled_soon();
+    let r = with_cancel(&token, || s.blob_properties(&bref("box", "b"), &Default::default()));
+    assert!(matches!(r, Err(StoreError::Cancelled)), "{r:?}");
+    canceller.join().unwrap();
+
+    backend.config_mut(|c| *c = ThrottleConfig { wait_put_per_call: STALL, ..Default::default() });
+    let (token, canceller) = cancelled_soon();
+    let r = with_cancel(&token, || s.put_blob(&put_req("box", "b"), &mut VecSource::new(b"new"), &txn()));
+    assert!(matches!(r, Err(StoreError::Cancelled)), "{r:?}");
+    canceller.join().unwrap();
+
+    backend.config_mut(|c| *c = ThrottleConfig::default());
+    assert_eq!(get(&s, "box", "b").unwrap().1, b"old");
+}
