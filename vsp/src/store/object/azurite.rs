@@ -59,9 +59,12 @@ impl Azurite {
         let script = r#"
             "$1" --blobHost 127.0.0.1 --blobPort "$2" --location "$3" --silent --skipApiVersionCheck --loose --disableTelemetry &
             a=$!
-            trap 'kill $a 2>/dev/null; exit 0' TERM INT
+            trap 'kill $a 2>/dev/null; wait $a; rm -rf "$3"; exit 0' TERM INT
             while kill -0 "$4" 2>/dev/null && kill -0 $a 2>/dev/null; do sleep 0.5; done
             kill $a 2>/dev/null
+            wait $a
+            rm -rf "$3"
+
         "#;
         let watchdog = Command::new("sh")
             .args(["-c", script, "azurite-watchdog"])

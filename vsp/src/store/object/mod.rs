@@ -45,7 +45,9 @@ use vmblob_protocol::ops::{
 use self::attrs::{Decoded, Stored};
 use self::bridge::{Bridge, is_not_found, store_err};
 use self::keys::Keys;
-use super::semantics::{BufPool, DEFAULT_MAX_BLOB_SIZE, NameLocks, check_conditions, clip_range, now_ms, read, write};
+use super::semantics::{
+    BufPool, DEFAULT_MAX_BLOB_SIZE, NameLocks, check_conditions, check_write, clip_range, now_ms, read, write,
+};
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
 pub use self::keys::MAX_KEY_LEN;
@@ -101,8 +103,14 @@ pub struct ObjectBlobStore {
 /// A blob as read by a HEAD.
 type Current = Option<Decoded>;
 
-fn current(c: &Current) -> Option<(&BlobProperties, &TxnId)> {
-    c.as_ref().and_then(|d| d.txn.as_ref().map(|t| (&d.blob, t)))
+/// `check_write` against what a HEAD saw. An object written by another tool
+/// has no transaction id: it is never a replay, but its conditions apply.
+fn decide_write(cur: &Current, conditions: &Conditions, txn: &TxnId) -> Result<Option<BlobWritten>, StoreError> {
+    match cur {
+        Some(Decoded { txn: None, blob }) => check_conditions(blob, conditions).map(|()| None),
+        Some(Decoded { txn: Some(t), blob }) => check_write(Some((blob, t)), conditions, txn),
+        None => check_write(None, conditions, txn),
+    }
 }
 
 /// The service-side condition that makes a checked write atomic: the object

@@ -227,3 +227,26 @@ fn a_stalled_backend_is_left_when_the_request_is_cancelled() {
     backend.config_mut(|c| *c = ThrottleConfig::default());
     assert_eq!(get(&s, "box", "b").unwrap().1, b"old");
 }
+
+/// An object another tool wrote into a container's prefix is a blob: readable,
+/// listed, its conditions hold, and it is never taken for a replay.
+#[test]
+fn objects_written_by_other_tools_are_blobs() {
+    use object_store::ObjectStoreExt as _;
+
+    let backend = Arc::new(InMemory::new());
+    let s = ObjectBlobStore::new(backend.clone(), "", ObjectOptions::default()).unwrap();
+    new_container(&s, "box");
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(backend.put(&"box/foreign".into(), b"by hand".to_vec().into())).unwrap();
+    let (p, got) = get(&s, "box", "foreign").unwrap();
+    assert_eq!((got.as_slice(), p.content_length, p.content_crc64), (&b"by hand"[..], 7, 0));
+    assert_eq!(conformance::names(&s, "box"), ["foreign"]);
+    let mut req = put_req("box", "foreign");
+    req.conditions = conformance::if_none_match("*");
+    let r = s.put_blob(&req, &mut VecSource::new(b"mine"), &[0; 16]);
+    assert!(matches!(r, Err(StoreError::PreconditionFailed)), "{r:?}");
+    req.conditions = conformance::if_match(&p.etag);
+    s.put_blob(&req, &mut VecSource::new(b"mine"), &[0; 16]).unwrap();
+    assert_eq!(get(&s, "box", "foreign").unwrap().1, b"mine");
+}

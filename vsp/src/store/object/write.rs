@@ -16,10 +16,10 @@ use vmblob_protocol::ops::{BlobRef, BlobWritten, BlockInfo, BlockListType, PutBl
 use super::attrs::{self, Stored};
 use super::bridge::{is_not_found, store_err};
 use super::crc::combine;
-use super::{Current, ObjectBlobStore, current, put_mode};
+use super::{Current, ObjectBlobStore, decide_write, put_mode};
 use crate::store::semantics::{
-    CommittedBlock, Digests, PartSource, check_size, check_stage_room, check_write, ingest, now_ms, resolve_block_list,
-    unhex, verify,
+    CommittedBlock, Digests, PartSource, check_size, check_stage_room, ingest, now_ms, resolve_block_list, unhex,
+    verify,
 };
 use crate::store::{DataSource, StoreError, TxnId, crc64};
 
@@ -184,7 +184,7 @@ impl ObjectBlobStore {
         let len = data.len();
         check_size(len, self.opts.max_blob_size)?;
         // Early answer (replay, failed condition) before reading any data.
-        if let Some(w) = check_write(current(&self.head(&key)?), &req.conditions, txn)? {
+        if let Some(w) = decide_write(&self.head(&key)?, &req.conditions, txn)? {
             return Ok(w);
         }
         let mtime_ms = now_ms();
@@ -204,7 +204,7 @@ impl ObjectBlobStore {
             let attributes = attrs::encode(&stored(d.crc64, d.md5))?;
             let _name = self.names.lock(key.as_ref());
             let cur = self.head(&key)?;
-            if let Some(w) = check_write(current(&cur), &req.conditions, txn)? {
+            if let Some(w) = decide_write(&cur, &req.conditions, txn)? {
                 return Ok(w);
             }
             (self.put_once(&key, bytes.into(), put_mode(&req.conditions, &cur), attributes)?, d.crc64)
@@ -213,7 +213,7 @@ impl ObjectBlobStore {
             // complete only if the bytes match it.
             let attributes = attrs::encode(&stored(crc, req.content_md5))?;
             let _name = self.names.lock(key.as_ref());
-            if let Some(w) = check_write(current(&self.head(&key)?), &req.conditions, txn)? {
+            if let Some(w) = decide_write(&self.head(&key)?, &req.conditions, txn)? {
                 return Ok(w);
             }
             let (up, d) = self.upload_source(self.start_upload(&key, attributes)?, data, with_md5)?;
@@ -230,7 +230,7 @@ impl ObjectBlobStore {
             let r = verify(&d, None, req.content_md5).and_then(|()| {
                 self.complete(up)?;
                 let _name = self.names.lock(key.as_ref());
-                if let Some(w) = check_write(current(&self.head(&key)?), &req.conditions, txn)? {
+                if let Some(w) = decide_write(&self.head(&key)?, &req.conditions, txn)? {
                     return Ok(Err(w));
                 }
                 let piece = Piece { key: temp.clone(), range: 0..len, etag: None };
@@ -432,7 +432,7 @@ impl ObjectBlobStore {
         self.ensure_container(&target.container)?;
         let _name = self.names.lock(key.as_ref());
         let cur = self.head(&key)?;
-        if let Some(w) = check_write(current(&cur), &req.conditions, txn)? {
+        if let Some(w) = decide_write(&cur, &req.conditions, txn)? {
             return Ok(w);
         }
         let staged = self.staged(target)?;
