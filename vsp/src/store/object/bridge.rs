@@ -164,6 +164,24 @@ mod tests {
     }
 
     #[test]
+    fn errors_map_to_store_errors() {
+        use object_store::Error as E;
+        let src = || Box::<dyn std::error::Error + Send + Sync>::from("x");
+        assert!(is_not_found(&E::NotFound { path: "p".into(), source: src() }));
+        assert!(matches!(
+            store_err(E::Precondition { path: "p".into(), source: src() }),
+            StoreError::PreconditionFailed
+        ));
+        assert!(matches!(
+            store_err(E::AlreadyExists { path: "p".into(), source: src() }),
+            StoreError::PreconditionFailed
+        ));
+        assert!(matches!(store_err(E::Unauthenticated { path: "p".into(), source: src() }), StoreError::Denied(_)));
+        assert!(matches!(store_err(E::PermissionDenied { path: "p".into(), source: src() }), StoreError::Denied(_)));
+        assert!(matches!(store_err(E::Generic { store: "S3", source: src() }), StoreError::Remote(_)));
+    }
+
+    #[test]
     fn refuses_to_block_inside_a_runtime() {
         let b = Bridge::new(1, Duration::ZERO).unwrap();
         let outer = tokio::runtime::Builder::new_current_thread().build().unwrap();

@@ -138,6 +138,21 @@ mod azurite_suite {
         with_store(small_parts(100), |s| conformance::max_blob_size(s));
     }
 
+    /// Wrong credentials are a clear "denied" (Io to the guest, logged as
+    /// such), for the container creation and for every operation.
+    #[test]
+    fn wrong_key_is_denied() {
+        let Some(az) = azurite() else { return eprintln!("SKIPPED: no Node.js for Azurite") };
+        let mut spec = az.spec("denied");
+        spec.access_key = Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 64]));
+        let r = spec.ensure_container();
+        assert!(matches!(r, Err(StoreError::Denied(_))), "{r:?}");
+        let s = ObjectBlobStore::new(spec.build().unwrap(), "", ObjectOptions::default()).unwrap();
+        let r = s.container_properties(&cname("box"));
+        assert!(matches!(r, Err(StoreError::Denied(_))), "{r:?}");
+        assert_eq!(r.unwrap_err().status(), vmblob_protocol::BlobError::Io);
+    }
+
     /// Metadata with non-ASCII values and mixed-case keys survives real HTTP headers.
     #[test]
     fn metadata_round_trips_through_headers() {
