@@ -15,6 +15,13 @@
 //! the upload starts, so only a writer outside this process could slip in.
 //! Either way a write is all-or-nothing (a multipart upload is visible only
 //! once completed and is aborted on failure).
+//!
+//! Known costs: a PutBlockList over 16 MiB copies its blocks (download and
+//! re-upload; object_store offers no server-side compose), a large PutBlob
+//! without a CRC-64 goes through a temp object for the same reason (its
+//! attributes are sent before its bytes), each PutBlock lists the blob's
+//! staged blocks to enforce the staging limit, and Azure listings scan from
+//! the start of the container (Azurite lacks `startFrom`).
 
 mod attrs;
 pub mod azurite;

@@ -60,8 +60,8 @@ macro_rules! cases_but_etag_format {
     };
 }
 
-/// The in-memory backend under the default thresholds (one PUT per write)
-/// and small ones (multipart uploads).
+/// The in-memory backend under the default thresholds (one PUT per write),
+/// small ones (multipart uploads), and listing from offsets.
 mod in_memory_backend {
     use super::*;
 
@@ -73,6 +73,8 @@ mod in_memory_backend {
             fn $case() {
                 conformance::$case(&in_memory(ObjectOptions::default()).0);
                 conformance::$case(&in_memory(small_parts(u64::MAX)).0);
+                // Listing from an offset, as on S3.
+                conformance::$case(&in_memory(ObjectOptions { offset_listing: true, ..Default::default() }).0);
             }
         )*};
     }
