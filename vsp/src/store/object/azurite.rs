@@ -94,6 +94,29 @@ impl Azurite {
         self.port
     }
 
+    /// Azurite's own process (the watchdog's child).
+    fn server_pid(&self) -> Option<String> {
+        let w = self.watchdog.id();
+        let children = std::fs::read_to_string(format!("/proc/{w}/task/{w}/children")).ok()?;
+        children.split_whitespace().next().map(str::to_owned)
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some(pid) = self.server_pid() {
+            let _ = Command::new("kill").arg(format!("-{name}")).arg(pid).status();
+        }
+    }
+
+    /// Stops the emulator (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused emulator run again.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
     /// The blob endpoint, path-style with the emulator account.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}/{}", self.port, super::backend::EMULATOR_ACCOUNT)
@@ -115,6 +138,7 @@ impl Azurite {
 
 impl Drop for Azurite {
     fn drop(&mut self) {
+        self.resume();
         let _ = Command::new("kill").arg(self.watchdog.id().to_string()).status();
         let _ = self.watchdog.wait();
         let _ = std::fs::remove_dir_all(&self.location);
