@@ -91,9 +91,19 @@ fn setpriv() -> Option<&'static Path> {
         .as_deref()
 }
 
+/// Which store the daemon serves from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The embedded filesystem store in `<dir>/store`.
+    Embedded,
+    /// Azure Blob Storage (Azurite): `az://CONTAINER` at `endpoint`.
+    Azure { endpoint: String, container: String },
+}
+
 /// Daemon flags (the defaults are the daemon's own, except the log level).
 #[derive(Debug, Clone)]
 pub struct VspOptions {
+    pub store: StoreKind,
     pub queues: usize,
     pub queue_size: u16,
     pub max_inflight: Option<usize>,
@@ -109,6 +119,7 @@ pub struct VspOptions {
 impl Default for VspOptions {
     fn default() -> Self {
         Self {
+            store: StoreKind::Embedded,
             queues: 2,
             queue_size: 256,
             max_inflight: None,
@@ -126,6 +137,24 @@ impl VspOptions {
     pub fn queues(mut self, n: usize) -> Self {
         self.queues = n;
         self
+    }
+
+    pub fn store(mut self, store: StoreKind) -> Self {
+        self.store = store;
+        self
+    }
+
+    fn store_args(&self, dir: &Path) -> Vec<String> {
+        match &self.store {
+            StoreKind::Embedded => vec!["--store".into(), dir.display().to_string()],
+            StoreKind::Azure { endpoint, container } => vec![
+                "--store".into(),
+                format!("az://{container}"),
+                "--azure-emulator".into(),
+                "--azure-endpoint".into(),
+                endpoint.clone(),
+            ],
+        }
     }
 
     fn args(&self) -> Vec<String> {
@@ -154,7 +183,8 @@ impl VspOptions {
 }
 
 /// One `vmblob-vsp` daemon and the files it uses: `<dir>/vsp.sock`,
-/// `<dir>/store/` and `<dir>/vsp-<n>.log` (stderr of its n-th life).
+/// `<dir>/store/` (the embedded store; an Azure store is remote) and
+/// `<dir>/vsp-<n>.log` (stderr of its n-th life).
 ///
 /// It can be stopped and started again on the same socket and store. Drop
 /// kills it (and, when the test is failing, prints its logs). Start and
@@ -244,8 +274,7 @@ impl Vsp {
         let child = cmd
             .arg("--socket-path")
             .arg(&self.socket)
-            .arg("--store")
-            .arg(&self.store)
+            .args(self.options.store_args(&self.store))
             .args(self.options.args())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))

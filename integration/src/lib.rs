@@ -7,6 +7,7 @@
 //! message, it never hangs the suite.
 #![forbid(unsafe_code)]
 
+pub mod azurite;
 pub mod daemon;
 pub mod data;
 pub mod guest;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub use daemon::{Vsp, VspOptions, cpu_time_of, vmblob_binary, vsp_binary};
+pub use daemon::{StoreKind, Vsp, VspOptions, cpu_time_of, vmblob_binary, vsp_binary};
 pub use guest::{Guest, GuestOptions, expect_status, is_rescinded, status_of};
 
 /// Run `f` on its own thread and wait at most `limit` for it; panics with

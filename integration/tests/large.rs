@@ -7,15 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vmblob_integration::data::{CrcWriter, PatternReader, crc64, pattern};
-use vmblob_integration::{Guest, GuestOptions, Sandbox, Vsp, VspOptions, bounded, ops};
+use vmblob_integration::{Guest, GuestOptions, Sandbox, StoreKind, Vsp, VspOptions, bounded, ops};
 use vmblob_vsc::PendingOp;
 
-#[test]
-fn blob_of_200_mib_through_blocks_keeps_its_checksum() {
+fn blob_of_200_mib_through_blocks_keeps_its_checksum(store: StoreKind) {
     const LEN: u64 = 200 << 20;
     const SEED: u64 = 0x200;
     let sb = Sandbox::new();
-    let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(2));
     let socket = vsp.socket().to_owned();
     bounded(Duration::from_secs(120), "200 MiB round trip", move || {
         let g = Guest::connect(&socket, GuestOptions::default().queues(2));
@@ -58,13 +57,12 @@ enum Op {
     Get { name: String, seed: u64, len: usize },
 }
 
-#[test]
-fn eight_threads_with_32_requests_each_in_flight() {
+fn eight_threads_with_32_requests_each_in_flight(store: StoreKind) {
     const THREADS: usize = 8;
     const DEPTH: usize = 32;
     const OPS: usize = 256;
     let sb = Sandbox::new();
-    let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(4));
+    let vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(4));
     let socket = vsp.socket().to_owned();
     bounded(Duration::from_secs(120), "8 x 32 pipelined requests", move || {
         let g = Arc::new(Guest::connect(&socket, GuestOptions::default().queues(4)));
@@ -155,15 +153,22 @@ fn check(p: PendingOp, op: Op, mine: &mut Vec<(String, u64, usize)>, puts: &mut 
 }
 
 /// A writer that sleeps on every write (a slow sink), checking the stream.
+/// Once `hold_after` bytes are in it waits for `released`, so that a
+/// concurrent overwrite lands mid-download however slow the store is.
 struct SlowSink {
     inner: CrcWriter,
     delay: Duration,
     written: Arc<AtomicU64>,
+    hold_after: u64,
+    released: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::io::Write for SlowSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         std::thread::sleep(self.delay);
+        while self.written.load(Ordering::Relaxed) >= self.hold_after && !self.released.load(Ordering::Relaxed) {
+            std::thread::sleep(self.delay);
+        }
         let n = self.inner.write(buf)?;
         self.written.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
@@ -173,11 +178,10 @@ impl std::io::Write for SlowSink {
     }
 }
 
-#[test]
-fn overwrite_during_a_download_never_mixes_versions() {
+fn overwrite_during_a_download_never_mixes_versions(store: StoreKind) {
     const LEN: u64 = 48 << 20;
     let sb = Sandbox::new();
-    let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(2));
     let socket = vsp.socket().to_owned();
     bounded(Duration::from_secs(90), "overwrite during download", move || {
         let opts = GuestOptions::default().queues(2).block_size(1 << 20);
@@ -186,9 +190,12 @@ fn overwrite_during_a_download_never_mixes_versions() {
         let mut v1 = PatternReader::new(1, LEN);
         g.put_stream("race", "blob", &mut v1, LEN, &|_| {}).unwrap();
         let written = Arc::new(AtomicU64::new(0));
-        let (g2, w2) = (g.clone(), written.clone());
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g2, w2, r2) = (g.clone(), written.clone(), released.clone());
         let reader = std::thread::spawn(move || {
-            let mut sink = SlowSink { inner: CrcWriter::expecting(1), delay: Duration::from_millis(10), written: w2 };
+            let delay = Duration::from_millis(10);
+            let mut sink =
+                SlowSink { inner: CrcWriter::expecting(1), delay, written: w2, hold_after: 4 << 20, released: r2 };
             let r = g2.get_to_writer("race", "blob", &mut sink, &|_| {});
             (r.map(|p| p.etag), sink.inner)
         });
@@ -197,6 +204,7 @@ fn overwrite_during_a_download_never_mixes_versions() {
         });
         let mut v2 = PatternReader::new(2, LEN);
         let w = g.put_stream("race", "blob", &mut v2, LEN, &|_| {}).unwrap();
+        released.store(true, Ordering::Relaxed);
         let (result, sink) = reader.join().unwrap();
         assert!(sink.len() < LEN, "the overwrite landed mid-download");
         match result {
@@ -215,3 +223,9 @@ fn overwrite_during_a_download_never_mixes_versions() {
     });
     drop(vsp);
 }
+
+vmblob_integration::both_stores!(
+    blob_of_200_mib_through_blocks_keeps_its_checksum,
+    eight_threads_with_32_requests_each_in_flight,
+    overwrite_during_a_download_never_mixes_versions,
+);

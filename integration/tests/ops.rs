@@ -3,15 +3,15 @@
 use std::io::Cursor;
 
 use vmblob_integration::data::{crc64, pattern};
-use vmblob_integration::{Guest, GuestOptions, Sandbox, Vsp, VspOptions, expect_status, ops};
+use vmblob_integration::{Guest, GuestOptions, Sandbox, StoreKind, Vsp, VspOptions, expect_status, ops};
 use vmblob_protocol::BlobError;
 use vmblob_protocol::config::caps;
 use vmblob_protocol::ops::{BlobListItem, BlockListType, Conditions, ETag, OpResponse};
 use vmblob_vsc::{ClientError, Data};
 
-fn start(queues: usize) -> (Sandbox, Vsp) {
+fn start(store: StoreKind, queues: usize) -> (Sandbox, Vsp) {
     let sb = Sandbox::new();
-    let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(queues));
+    let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(queues).store(store));
     (sb, vsp)
 }
 
@@ -25,9 +25,8 @@ fn names(items: &[BlobListItem]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn device_config_and_containers() {
-    let (_sb, vsp) = start(3);
+fn device_config_and_containers(store: StoreKind) {
+    let (_sb, vsp) = start(store, 3);
     let g = Guest::connect(vsp.socket(), GuestOptions::default());
     let cfg = g.device_config();
     assert_eq!(cfg.num_queues, 3, "config space reports --queues");
@@ -60,9 +59,8 @@ fn device_config_and_containers() {
     assert!(g.list("beta", "", "").unwrap().is_empty());
 }
 
-#[test]
-fn blobs_round_trip_with_ranges_overwrites_and_deletes() {
-    let (_sb, vsp) = start(2);
+fn blobs_round_trip_with_ranges_overwrites_and_deletes(store: StoreKind) {
+    let (_sb, vsp) = start(store, 2);
     let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2));
     g.create_container("data").unwrap();
     expect_status(g.put("nope", "a", b"x"), BlobError::ContainerNotFound);
@@ -106,9 +104,8 @@ fn blobs_round_trip_with_ranges_overwrites_and_deletes() {
     expect_status(g.get_range("data", "missing", 0, 10), BlobError::BlobNotFound);
 }
 
-#[test]
-fn conditional_writes() {
-    let (_sb, vsp) = start(1);
+fn conditional_writes(store: StoreKind) {
+    let (_sb, vsp) = start(store, 1);
     let g = Guest::connect(vsp.socket(), GuestOptions::default());
     g.create_container("cond").unwrap();
     let none_match = || Conditions { if_match: None, if_none_match: Some(ETag::any()) };
@@ -128,9 +125,8 @@ fn conditional_writes() {
     expect_status(g.stat("cond", "absent"), BlobError::BlobNotFound);
 }
 
-#[test]
-fn listing_with_prefix_delimiter_and_pages() {
-    let (_sb, vsp) = start(2);
+fn listing_with_prefix_delimiter_and_pages(store: StoreKind) {
+    let (_sb, vsp) = start(store, 2);
     let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2));
     g.create_container("list").unwrap();
     // 320 blobs, put 32 at a time.
@@ -200,9 +196,8 @@ fn listing_with_prefix_delimiter_and_pages() {
     expect_status(g.list("missing", "", ""), BlobError::ContainerNotFound);
 }
 
-#[test]
-fn blocks_stream_and_block_lists() {
-    let (_sb, vsp) = start(2);
+fn blocks_stream_and_block_lists(store: StoreKind) {
+    let (_sb, vsp) = start(store, 2);
     // 64 KiB blocks: the smallest the client allows.
     let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2).block_size(64 << 10));
     g.create_container("blk").unwrap();
@@ -250,9 +245,8 @@ fn blocks_stream_and_block_lists() {
     expect_status(g.block_list("blk", "none", BlockListType::All), BlobError::BlobNotFound);
 }
 
-#[test]
-fn every_error_is_a_typed_status() {
-    let (_sb, vsp) = start(1);
+fn every_error_is_a_typed_status(store: StoreKind) {
+    let (_sb, vsp) = start(store, 1);
     let g = Guest::connect(vsp.socket(), GuestOptions::default());
     g.create_container("errs").unwrap();
     let e = g.get("errs", "missing").unwrap_err();
@@ -269,10 +263,9 @@ fn every_error_is_a_typed_status() {
 }
 
 // Regression: --max-blob-size once reached the device config but not the store.
-#[test]
-fn max_blob_size_is_advertised_and_enforced() {
+fn max_blob_size_is_advertised_and_enforced(store: StoreKind) {
     let sb = Sandbox::new();
-    let opts = VspOptions { extra: vec!["--max-blob-size".into(), "100000".into()], ..VspOptions::default() };
+    let opts = VspOptions { extra: vec!["--max-blob-size".into(), "100000".into()], store, ..VspOptions::default() };
     let vsp = Vsp::start(&sb.dir, opts);
     let g = Guest::connect(vsp.socket(), GuestOptions::default().block_size(64 << 10));
     assert_eq!(g.device_config().max_blob_size, 100_000);
@@ -284,3 +277,13 @@ fn max_blob_size_is_advertised_and_enforced() {
     expect_status(g.stat("cap", "over"), BlobError::BlobNotFound);
     expect_status(g.stat("cap", "blocks"), BlobError::BlobNotFound);
 }
+
+vmblob_integration::both_stores!(
+    device_config_and_containers,
+    blobs_round_trip_with_ranges_overwrites_and_deletes,
+    conditional_writes,
+    listing_with_prefix_delimiter_and_pages,
+    blocks_stream_and_block_lists,
+    every_error_is_a_typed_status,
+    max_blob_size_is_advertised_and_enforced,
+);

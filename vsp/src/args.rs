@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::engine::Limits;
+use crate::store::object::backend::{AzureSpec, S3Spec, split_location};
 
 /// vmblob host service: serves blob requests from a guest over vhost-user.
 #[derive(Parser, Debug, Clone)]
@@ -14,9 +15,21 @@ pub struct Args {
     /// vhost-user socket the VMM connects to.
     #[arg(short, long)]
     pub socket_path: PathBuf,
-    /// Where blobs live: a directory (or file://DIR) for the embedded store.
+    /// Where blobs live: a directory (or file://DIR) for the embedded store,
+    /// az://CONTAINER[/PREFIX] for Azure Blob Storage, s3://BUCKET[/PREFIX] for S3.
     #[arg(long)]
     pub store: String,
+    /// Azure blob endpoint (default https://ACCOUNT.blob.core.windows.net), e.g.
+    /// http://127.0.0.1:10000/devstoreaccount1 for Azurite.
+    #[arg(long)]
+    pub azure_endpoint: Option<String>,
+    /// Talk to Azurite: its well-known account and key unless
+    /// AZURE_STORAGE_ACCOUNT_NAME/KEY say otherwise, plain HTTP allowed.
+    #[arg(long)]
+    pub azure_emulator: bool,
+    /// S3 endpoint for S3-compatible services (default: AWS, or AWS_ENDPOINT).
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
     /// Number of request queues (one worker thread each).
     #[arg(long, default_value_t = 2)]
     pub queues: usize,
@@ -64,6 +77,10 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSpec {
     Dir(PathBuf),
+    /// Guest containers are prefixes in one Azure container.
+    Azure(AzureSpec),
+    /// Guest containers are prefixes in one S3 bucket.
+    S3(S3Spec),
 }
 
 impl std::str::FromStr for StoreSpec {
@@ -71,6 +88,22 @@ impl std::str::FromStr for StoreSpec {
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         if let Some(dir) = s.strip_prefix("file://") {
             return Ok(StoreSpec::Dir(dir.into()));
+        }
+        if let Some(rest) = s.strip_prefix("az://") {
+            let (container, prefix) = split_location(rest);
+            if container.is_empty() {
+                return Err(ConfigError::MissingBucket(s.to_owned()));
+            }
+            let spec =
+                AzureSpec { container, prefix, endpoint: None, account: None, access_key: None, emulator: false };
+            return Ok(StoreSpec::Azure(spec));
+        }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = split_location(rest);
+            if bucket.is_empty() {
+                return Err(ConfigError::MissingBucket(s.to_owned()));
+            }
+            return Ok(StoreSpec::S3(S3Spec { bucket, prefix, endpoint: None }));
         }
         if let Some((scheme, _)) = s.split_once("://") {
             return Err(ConfigError::UnknownStore(scheme.to_owned()));
@@ -90,8 +123,12 @@ pub enum ConfigError {
     QueueSize(u16),
     #[error("--{0} must not be zero")]
     Zero(&'static str),
-    #[error("unsupported store scheme {0:?} (use a directory or file://DIR)")]
+    #[error("unsupported store scheme {0:?} (use a directory, file://DIR, az://CONTAINER or s3://BUCKET)")]
     UnknownStore(String),
+    #[error("{0:?} names no Azure container or S3 bucket")]
+    MissingBucket(String),
+    #[error("--{0} applies to {1} stores only")]
+    WrongStoreFlag(&'static str, &'static str),
 }
 
 /// A validated daemon configuration.
@@ -128,9 +165,24 @@ impl TryFrom<Args> for VspConfig {
                 return Err(ConfigError::Zero(name));
             }
         }
+        let mut store: StoreSpec = a.store.parse()?;
+        match &mut store {
+            StoreSpec::Azure(az) => {
+                az.endpoint = a.azure_endpoint;
+                az.emulator = a.azure_emulator;
+            }
+            _ if a.azure_endpoint.is_some() => return Err(ConfigError::WrongStoreFlag("azure-endpoint", "az://")),
+            _ if a.azure_emulator => return Err(ConfigError::WrongStoreFlag("azure-emulator", "az://")),
+            _ => {}
+        }
+        match &mut store {
+            StoreSpec::S3(s3) => s3.endpoint = a.s3_endpoint,
+            _ if a.s3_endpoint.is_some() => return Err(ConfigError::WrongStoreFlag("s3-endpoint", "s3://")),
+            _ => {}
+        }
         Ok(Self {
             socket_path: a.socket_path,
-            store: a.store.parse()?,
+            store,
             queues: a.queues,
             queue_size: a.queue_size,
             workers: a.workers,
@@ -173,5 +225,22 @@ mod tests {
         assert_eq!((c.workers, c.poll), (3, Duration::ZERO));
         assert_eq!("file:///x".parse::<StoreSpec>(), Ok(StoreSpec::Dir("/x".into())));
         assert_eq!("gs://b".parse::<StoreSpec>(), Err(ConfigError::UnknownStore("gs".into())));
+    }
+
+    #[test]
+    fn object_store_specs_and_their_flags() {
+        let mut argv = vec!["vmblob-vsp", "--socket-path", "/s", "--store", "az://box/some/prefix/"];
+        argv.extend(["--azure-emulator", "--azure-endpoint", "http://127.0.0.1:1/devstoreaccount1"]);
+        let c = VspConfig::try_from(Args::try_parse_from(argv).unwrap()).unwrap();
+        let StoreSpec::Azure(az) = c.store else { panic!("{:?}", c.store) };
+        assert_eq!((az.container.as_str(), az.prefix.as_str(), az.emulator), ("box", "some/prefix", true));
+        assert_eq!(az.endpoint.as_deref(), Some("http://127.0.0.1:1/devstoreaccount1"));
+        assert_eq!(
+            "s3://bucket".parse::<StoreSpec>(),
+            Ok(StoreSpec::S3(S3Spec { bucket: "bucket".into(), prefix: String::new(), endpoint: None }))
+        );
+        assert!(matches!("az://".parse::<StoreSpec>(), Err(ConfigError::MissingBucket(_))));
+        assert_eq!(parse(&["--azure-emulator"]).unwrap_err(), ConfigError::WrongStoreFlag("azure-emulator", "az://"));
+        assert_eq!(parse(&["--s3-endpoint", "x"]).unwrap_err(), ConfigError::WrongStoreFlag("s3-endpoint", "s3://"));
     }
 }

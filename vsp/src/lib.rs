@@ -18,6 +18,8 @@ pub use vhost::Shutdown;
 pub enum VspError {
     #[error("cannot open store: {0}")]
     Store(std::io::Error),
+    #[error("cannot open object store: {0}")]
+    ObjectStore(store::StoreError),
     #[error(transparent)]
     Daemon(#[from] vhost::DaemonError),
 }
@@ -29,7 +31,30 @@ pub fn open_store(spec: &StoreSpec, limits: &engine::Limits) -> Result<Arc<dyn s
             let options = store::fs::FsOptions { max_blob_size: limits.max_blob_size, ..Default::default() };
             Ok(Arc::new(store::fs::FsStore::open_with(dir, options).map_err(VspError::Store)?))
         }
+        StoreSpec::Azure(az) => {
+            az.ensure_container().map_err(VspError::ObjectStore)?;
+            // Listing from an offset needs `startFrom`, which Azurite lacks.
+            object_store(az.build(), &az.prefix, false, limits)
+        }
+        StoreSpec::S3(s3) => object_store(s3.build(), &s3.prefix, true, limits),
     }
+}
+
+fn object_store(
+    backend: Result<Arc<dyn object_store::ObjectStore>, store::StoreError>,
+    root: &str,
+    offset_listing: bool,
+    limits: &engine::Limits,
+) -> Result<Arc<dyn store::BlobStore>, VspError> {
+    let options = store::object::ObjectOptions {
+        max_blob_size: limits.max_blob_size,
+        offset_listing,
+        // A rescind waits `drain_timeout` for everything: leave commits half of it.
+        commit_grace: limits.drain_timeout / 2,
+        ..Default::default()
+    };
+    let backend = backend.map_err(VspError::ObjectStore)?;
+    Ok(Arc::new(store::object::ObjectBlobStore::new(backend, root, options).map_err(VspError::ObjectStore)?))
 }
 
 /// Run the daemon until `shutdown` is requested (or `max_connections` served).

@@ -9,6 +9,7 @@ use vmblob_protocol::{BlobError, Segment};
 use super::Engine;
 use super::cancel::{CancelReason, CancelToken};
 use super::guest_io::{GuestSink, GuestSource};
+use crate::store::context::with_cancel;
 use crate::store::{StoreError, TxnId};
 
 /// An operation's failure as returned to the guest.
@@ -32,8 +33,21 @@ impl Engine {
     }
 
     /// Run `op`; `resp_cap` is the response buffer's size (listings are cut
-    /// to fit it).
+    /// to fit it). The store sees `cancel` (network stores race their calls
+    /// against it).
     pub(super) fn execute(
+        &self,
+        mem: &GuestMemoryMmap,
+        op: &OpRequest,
+        layout: &BufferLayout,
+        txn: &TxnId,
+        cancel: &CancelToken,
+        resp_cap: usize,
+    ) -> Result<OpResponse, OpFailure> {
+        with_cancel(cancel, || self.run_op(mem, op, layout, txn, cancel, resp_cap))
+    }
+
+    fn run_op(
         &self,
         mem: &GuestMemoryMmap,
         op: &OpRequest,

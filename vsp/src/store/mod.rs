@@ -3,9 +3,11 @@
 
 #[cfg(test)]
 pub mod conformance;
+pub mod context;
 pub mod fs;
 mod listing;
 pub mod memory;
+pub mod object;
 mod semantics;
 
 use vmblob_protocol::BlockId;
@@ -45,6 +47,16 @@ pub enum StoreError {
     /// Guest memory could not be read or written (bad address).
     #[error("guest memory: {0}")]
     GuestMemory(String),
+    /// A name the backing service cannot hold (too long for its keys, or a
+    /// metadata key it reserves).
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    /// A remote store refused our credentials or permissions.
+    #[error("remote store denied access: {0}")]
+    Denied(String),
+    /// A remote store failed or could not be reached (after its retries).
+    #[error("remote store: {0}")]
+    Remote(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -64,6 +76,8 @@ impl StoreError {
             StoreError::TooLarge(_) => BlobError::TooLarge,
             StoreError::Cancelled => BlobError::Rescinded,
             StoreError::GuestMemory(_) => BlobError::InvalidRequest,
+            StoreError::InvalidName(_) => BlobError::InvalidName,
+            StoreError::Denied(_) | StoreError::Remote(_) => BlobError::Io,
             StoreError::Io(_) => BlobError::Io,
         }
     }

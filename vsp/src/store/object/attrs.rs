@@ -1,0 +1,243 @@
+//! Blob and container properties as object attributes (HTTP headers).
+//!
+//! Content type travels as `Content-Type`; everything else as metadata
+//! (`x-ms-meta-*` on Azure, `x-amz-meta-*` on S3):
+//!
+//! - user metadata under its own key, so other tools see it; services fold the
+//!   case of header names, so `vmblob_keys` lists the original keys in order;
+//! - values that are not plain printable ASCII (non-ASCII, empty, leading or
+//!   trailing spaces, or starting with `=?`) are stored as an RFC 2047
+//!   encoded word, `=?UTF-8?B?<base64 of the UTF-8 bytes>?=`;
+//! - our own fields under `vmblob_*` (a prefix user keys may not use):
+//!   `vmblob_txn`, `vmblob_crc64`, `vmblob_md5`, `vmblob_mtime` (ms), `vmblob_blocks`.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use object_store::{Attribute, AttributeValue, Attributes, ObjectMeta};
+use vmblob_protocol::ops::{BlobProperties, ContainerProperties, Metadata};
+
+use crate::store::semantics::{hex, unhex};
+use crate::store::{StoreError, TxnId};
+
+const RESERVED: &str = "vmblob_";
+const KEYS: &str = "vmblob_keys";
+const TXN: &str = "vmblob_txn";
+const CRC64: &str = "vmblob_crc64";
+const MD5: &str = "vmblob_md5";
+const MTIME: &str = "vmblob_mtime";
+const BLOCKS: &str = "vmblob_blocks";
+/// Set when the content type is empty (services fill in a default otherwise).
+const NO_TYPE: &str = "vmblob_notype";
+
+const WORD_START: &str = "=?UTF-8?B?";
+const WORD_END: &str = "?=";
+
+/// A metadata value as a header value.
+pub(crate) fn encode_value(v: &str) -> String {
+    let plain = !v.is_empty()
+        && v.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && !v.starts_with(' ')
+        && !v.ends_with(' ')
+        && !v.starts_with("=?");
+    if plain { v.to_owned() } else { format!("{WORD_START}{}{WORD_END}", B64.encode(v.as_bytes())) }
+}
+
+pub(crate) fn decode_value(v: &str) -> Option<String> {
+    match v.strip_prefix(WORD_START).and_then(|w| w.strip_suffix(WORD_END)) {
+        Some(b64) => String::from_utf8(B64.decode(b64).ok()?).ok(),
+        None => Some(v.to_owned()),
+    }
+}
+
+/// What a write stores besides the bytes.
+pub(crate) struct Stored<'a> {
+    pub content_type: &'a str,
+    pub metadata: &'a Metadata,
+    pub txn: &'a TxnId,
+    pub mtime_ms: u64,
+    pub crc64: Option<u64>,
+    pub md5: Option<[u8; 16]>,
+    pub committed_blocks: u32,
+}
+
+fn meta_key(k: &str) -> Attribute {
+    Attribute::Metadata(k.to_owned().into())
+}
+
+pub(crate) fn check_user_keys(metadata: &Metadata) -> Result<(), StoreError> {
+    match metadata.0.iter().find(|(k, _)| k.to_ascii_lowercase().starts_with(RESERVED)) {
+        Some((k, _)) => Err(StoreError::InvalidName(format!("metadata key {k:?} uses the reserved prefix {RESERVED}"))),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn encode(s: &Stored<'_>) -> Result<Attributes, StoreError> {
+    check_user_keys(s.metadata)?;
+    let mut a = Attributes::new();
+    let mut put = |k: &str, v: String| a.insert(meta_key(k), AttributeValue::from(v));
+    let keys: Vec<&str> = s.metadata.0.iter().map(|(k, _)| k.as_str()).collect();
+    for (k, v) in &s.metadata.0 {
+        put(&k.to_ascii_lowercase(), encode_value(v));
+    }
+    if !keys.is_empty() {
+        put(KEYS, keys.join(","));
+    }
+    put(TXN, hex(s.txn));
+    put(MTIME, s.mtime_ms.to_string());
+    if let Some(crc) = s.crc64 {
+        put(CRC64, format!("{crc:016x}"));
+    }
+    if let Some(md5) = s.md5 {
+        put(MD5, hex(&md5));
+    }
+    if s.committed_blocks > 0 {
+        put(BLOCKS, s.committed_blocks.to_string());
+    }
+    if s.content_type.is_empty() {
+        put(NO_TYPE, "1".into());
+    } else {
+        a.insert(Attribute::ContentType, AttributeValue::from(s.content_type.to_owned()));
+    }
+    Ok(a)
+}
+
+/// Properties read back from a HEAD.
+pub(crate) struct Decoded {
+    pub txn: Option<TxnId>,
+    pub blob: BlobProperties,
+}
+
+fn bad(what: &str) -> StoreError {
+    StoreError::Remote(format!("stored object has a malformed {what} attribute"))
+}
+
+pub(crate) fn decode(meta: &ObjectMeta, attrs: &Attributes) -> Result<Decoded, StoreError> {
+    let mut md: HashMap<String, &str> = HashMap::new();
+    let mut content_type = String::new();
+    for (k, v) in attrs {
+        match k {
+            Attribute::Metadata(k) => {
+                md.insert(k.to_ascii_lowercase(), v.as_ref());
+            }
+            Attribute::ContentType => content_type = v.to_string(),
+            _ => {}
+        }
+    }
+    if md.contains_key(NO_TYPE) {
+        content_type.clear();
+    }
+    let mut pairs = Vec::new();
+    if let Some(keys) = md.get(KEYS).filter(|k| !k.is_empty()) {
+        for k in keys.split(',') {
+            let v = md.get(&k.to_ascii_lowercase()).ok_or_else(|| bad("user metadata"))?;
+            pairs.push((k.to_owned(), decode_value(v).ok_or_else(|| bad("user metadata"))?));
+        }
+    }
+    let metadata = Metadata::new(pairs).map_err(|_| bad("user metadata"))?;
+    let txn = match md.get(TXN) {
+        Some(t) => Some(unhex(t).and_then(|b| TxnId::try_from(b).ok()).ok_or_else(|| bad(TXN))?),
+        None => None,
+    };
+    let num = |k: &str, radix: u32| -> Result<Option<u64>, StoreError> {
+        md.get(k).map(|v| u64::from_str_radix(v, radix).map_err(|_| bad(k))).transpose()
+    };
+    let md5 = match md.get(MD5) {
+        Some(m) => Some(unhex(m).and_then(|b| <[u8; 16]>::try_from(b).ok()).ok_or_else(|| bad(MD5))?),
+        None => None,
+    };
+    let etag = meta.e_tag.clone().ok_or_else(|| StoreError::Remote("the store returned no ETag".into()))?;
+    let service_ms = u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0);
+    Ok(Decoded {
+        txn,
+        blob: BlobProperties {
+            etag,
+            last_modified_ms: num(MTIME, 10)?.unwrap_or(service_ms),
+            content_length: meta.size,
+            content_type,
+            content_md5: md5,
+            // Objects written by other tools carry no CRC-64; 0 says "unknown".
+            content_crc64: num(CRC64, 16)?.unwrap_or(0),
+            committed_blocks: u32::try_from(num(BLOCKS, 10)?.unwrap_or(0)).map_err(|_| bad(BLOCKS))?,
+            metadata,
+        },
+    })
+}
+
+pub(crate) fn container_props(d: Decoded) -> ContainerProperties {
+    ContainerProperties { etag: d.blob.etag, last_modified_ms: d.blob.last_modified_ms, metadata: d.blob.metadata }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::meta;
+
+    #[test]
+    fn values_round_trip_through_header_safe_text() {
+        for v in ["plain", "two words", "", " lead", "trail ", "ünïcode 名前 😀", "=?UTF-8?B?eA==?=", "=?x", "a\u{7f}"]
+        {
+            let e = encode_value(v);
+            assert!(e.bytes().all(|b| (0x20..0x7f).contains(&b)) && !e.starts_with(' ') && !e.is_empty(), "{e:?}");
+            assert_eq!(decode_value(&e).as_deref(), Some(v), "{e:?}");
+        }
+        assert_eq!(encode_value("plain"), "plain");
+        assert_eq!(encode_value("é"), "=?UTF-8?B?w6k=?=");
+    }
+
+    #[test]
+    fn properties_round_trip_with_case_and_order_folded_by_the_service() {
+        let md = meta(&[("Zeta", "ünï"), ("alpha", "1"), ("B_2", "")]);
+        let txn = [7u8; 16];
+        let stored = Stored {
+            content_type: "",
+            metadata: &md,
+            txn: &txn,
+            mtime_ms: 1234,
+            crc64: Some(0xdead_beef),
+            md5: Some([9; 16]),
+            committed_blocks: 3,
+        };
+        // What a service hands back: header names lower-cased, in its own order.
+        let mut back: Vec<(Attribute, AttributeValue)> = encode(&stored)
+            .unwrap()
+            .iter()
+            .map(|(k, v)| match k {
+                Attribute::Metadata(n) => (Attribute::Metadata(n.to_ascii_lowercase().into()), v.clone()),
+                other => (other.clone(), v.clone()),
+            })
+            .collect();
+        back.reverse();
+        back.push((Attribute::ContentType, "application/octet-stream".into()));
+        let attrs: Attributes = back.into_iter().collect();
+        let meta = ObjectMeta {
+            location: "x".into(),
+            last_modified: Default::default(),
+            size: 10,
+            e_tag: Some("\"0x1\"".into()),
+            version: None,
+        };
+        let d = decode(&meta, &attrs).unwrap();
+        assert_eq!(d.txn, Some(txn));
+        assert_eq!(
+            d.blob,
+            BlobProperties {
+                etag: "\"0x1\"".into(),
+                last_modified_ms: 1234,
+                content_length: 10,
+                content_type: String::new(),
+                content_md5: Some([9; 16]),
+                content_crc64: 0xdead_beef,
+                committed_blocks: 3,
+                metadata: md,
+            }
+        );
+        let reserved = meta_reserved();
+        assert!(matches!(check_user_keys(&reserved), Err(StoreError::InvalidName(_))));
+    }
+
+    fn meta_reserved() -> Metadata {
+        meta(&[("VMBLOB_txn", "x")])
+    }
+}

@@ -1,0 +1,541 @@
+//! Writes: whole blobs, staged blocks and block-list commits, and the
+//! uploads behind them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
+use object_store::path::Path;
+use object_store::{Attributes, GetOptions, GetRange, MultipartUpload, PutMultipartOptions, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use vmblob_protocol::BlockId;
+use vmblob_protocol::ops::{BlobRef, BlobWritten, BlockInfo, BlockListType, PutBlob, PutBlockList};
+
+use super::attrs::{self, Stored};
+use super::bridge::{is_not_found, store_err};
+use super::crc::combine;
+use super::{Current, ObjectBlobStore, decide_write, put_mode};
+use crate::store::semantics::{
+    CommittedBlock, Digests, PartSource, check_size, check_stage_room, ingest, now_ms, resolve_block_list, unhex,
+    verify,
+};
+use crate::store::{DataSource, StoreError, TxnId, crc64};
+
+/// One committed block as the block-list object records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ListedBlock {
+    /// Hex of the block id.
+    id: String,
+    size: u64,
+    crc64: u64,
+}
+
+/// Bytes a commit copies: a range of a staged block or of the current blob.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Piece {
+    key: Path,
+    range: Range<u64>,
+    /// The version read must still be current (committed blocks).
+    etag: Option<String>,
+}
+
+/// An open multipart upload and its parts in flight.
+struct Upload {
+    upload: Box<dyn MultipartUpload>,
+    part: Vec<u8>,
+    inflight: VecDeque<JoinHandle<Result<(), object_store::Error>>>,
+}
+
+impl ObjectBlobStore {
+    fn start_upload(&self, key: &Path, attributes: Attributes) -> Result<Upload, StoreError> {
+        let store = &*self.store;
+        let opts = PutMultipartOptions { attributes, ..Default::default() };
+        let upload = self.bridge.run(async { store.put_multipart_opts(key, opts).await.map_err(store_err) })?;
+        Ok(Upload { upload, part: Vec::with_capacity(self.opts.part_size), inflight: VecDeque::new() })
+    }
+
+    fn wait_part(&self, up: &mut Upload) -> Result<(), StoreError> {
+        match up.inflight.pop_front() {
+            Some(h) => self.bridge.run(async {
+                h.await.map_err(|e| StoreError::Remote(format!("part upload: {e}")))?.map_err(store_err)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn send_part(&self, up: &mut Upload) -> Result<(), StoreError> {
+        while up.inflight.len() >= self.opts.parallel_parts.max(1) {
+            self.wait_part(up)?;
+        }
+        let bytes = std::mem::replace(&mut up.part, Vec::with_capacity(self.opts.part_size));
+        let fut = up.upload.put_part(PutPayload::from(bytes));
+        up.inflight.push_back(self.bridge.handle().spawn(fut));
+        Ok(())
+    }
+
+    fn feed(&self, up: &mut Upload, mut bytes: &[u8]) -> Result<(), StoreError> {
+        while !bytes.is_empty() {
+            let n = (self.opts.part_size - up.part.len()).min(bytes.len());
+            up.part.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if up.part.len() == self.opts.part_size {
+                self.send_part(up)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads the last part and waits for all of them; the upload is then
+    /// ready to complete.
+    fn flush(&self, up: &mut Upload) -> Result<(), StoreError> {
+        if !up.part.is_empty() {
+            self.send_part(up)?;
+        }
+        while !up.inflight.is_empty() {
+            self.wait_part(up)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the upload's object visible.
+    fn complete(&self, mut up: Upload) -> Result<Option<String>, StoreError> {
+        let r = self.bridge.commit(async { up.upload.complete().await.map_err(store_err) });
+        if r.is_err() {
+            self.abort(up);
+        }
+        Ok(r?.e_tag)
+    }
+
+    fn abort(&self, mut up: Upload) {
+        for h in up.inflight.drain(..) {
+            h.abort();
+        }
+        // Best effort: Azure drops uncommitted blocks by itself after a week.
+        let _ = self.bridge.handle().block_on(async { up.upload.abort().await });
+    }
+
+    /// Streams all of `data` into `up`, then flushes it; aborts on failure.
+    fn upload_source(
+        &self,
+        mut up: Upload,
+        data: &mut dyn DataSource,
+        with_md5: bool,
+    ) -> Result<(Upload, Digests), StoreError> {
+        let mut buf = self.bufs.take();
+        let sent = ingest(data, &mut buf, with_md5, |chunk| self.feed(&mut up, chunk)).and_then(|d| {
+            self.flush(&mut up)?;
+            Ok(d)
+        });
+        match sent {
+            Ok(d) => Ok((up, d)),
+            Err(e) => {
+                self.abort(up);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads a small write whole (its size is checked against `single_put_max` first).
+    fn read_small(&self, data: &mut dyn DataSource, with_md5: bool) -> Result<(Vec<u8>, Digests), StoreError> {
+        let mut bytes = Vec::with_capacity(usize::try_from(data.len()).unwrap_or(0));
+        let mut buf = self.bufs.take();
+        let digests = ingest(data, &mut buf, with_md5, |chunk| {
+            bytes.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok((bytes, digests))
+    }
+
+    /// One PUT under the service-side condition `mode`; a lost race is a failed precondition.
+    fn put_once(
+        &self,
+        key: &Path,
+        bytes: Bytes,
+        mode: object_store::PutMode,
+        attributes: Attributes,
+    ) -> Result<String, StoreError> {
+        let store = &*self.store;
+        let opts = PutOptions { mode, attributes, ..Default::default() };
+        let r = self
+            .bridge
+            .commit(async { store.put_opts(key, PutPayload::from(bytes), opts).await.map_err(store_err) })?;
+        match r.e_tag {
+            Some(e) => Ok(e),
+            None => self.etag_of(key),
+        }
+    }
+
+    fn etag_of(&self, key: &Path) -> Result<String, StoreError> {
+        self.head(key)?.map(|d| d.blob.etag).ok_or_else(|| StoreError::Remote("written object vanished".into()))
+    }
+
+    pub(super) fn write_blob(
+        &self,
+        req: &PutBlob,
+        data: &mut dyn DataSource,
+        txn: &TxnId,
+    ) -> Result<BlobWritten, StoreError> {
+        let key = self.keys.blob(&req.target)?;
+        attrs::check_user_keys(&req.metadata)?;
+        let _gate = self.write_gate(&req.target.container);
+        self.ensure_container(&req.target.container)?;
+        let len = data.len();
+        check_size(len, self.opts.max_blob_size)?;
+        // Early answer (replay, failed condition) before reading any data.
+        if let Some(w) = decide_write(&self.head(&key)?, &req.conditions, txn)? {
+            return Ok(w);
+        }
+        let mtime_ms = now_ms();
+        let with_md5 = req.content_md5.is_some();
+        let stored = |crc64, md5| Stored {
+            content_type: &req.content_type,
+            metadata: &req.metadata,
+            txn,
+            mtime_ms,
+            crc64: Some(crc64),
+            md5,
+            committed_blocks: 0,
+        };
+        let (etag, crc) = if len <= self.opts.single_put_max {
+            let (bytes, d) = self.read_small(data, with_md5)?;
+            verify(&d, req.content_crc64, req.content_md5)?;
+            let attributes = attrs::encode(&stored(d.crc64, d.md5))?;
+            let _name = self.names.lock(key.as_ref());
+            let cur = self.head(&key)?;
+            if let Some(w) = decide_write(&cur, &req.conditions, txn)? {
+                return Ok(w);
+            }
+            (self.put_once(&key, bytes.into(), put_mode(&req.conditions, &cur), attributes)?, d.crc64)
+        } else if let Some(crc) = req.content_crc64 {
+            // The checksum is known up front: upload straight to the blob and
+            // complete only if the bytes match it.
+            let attributes = attrs::encode(&stored(crc, req.content_md5))?;
+            let _name = self.names.lock(key.as_ref());
+            if let Some(w) = decide_write(&self.head(&key)?, &req.conditions, txn)? {
+                return Ok(w);
+            }
+            let (up, d) = self.upload_source(self.start_upload(&key, attributes)?, data, with_md5)?;
+            if let Err(e) = verify(&d, req.content_crc64, req.content_md5) {
+                self.abort(up);
+                return Err(e);
+            }
+            (self.complete(up)?.map_or_else(|| self.etag_of(&key), Ok)?, crc)
+        } else {
+            // The checksum is known only at the end, the attributes are sent at
+            // the start: land the bytes in a temp object, then copy it.
+            let temp = self.keys.temp()?;
+            let (up, d) = self.upload_source(self.start_upload(&temp, Attributes::new())?, data, with_md5)?;
+            let r = verify(&d, None, req.content_md5).and_then(|()| {
+                self.complete(up)?;
+                let _name = self.names.lock(key.as_ref());
+                if let Some(w) = decide_write(&self.head(&key)?, &req.conditions, txn)? {
+                    return Ok(Err(w));
+                }
+                let piece = Piece { key: temp.clone(), range: 0..len, etag: None };
+                let etag = self.copy_pieces(&key, attrs::encode(&stored(d.crc64, d.md5))?, &[piece])?;
+                Ok(Ok(etag))
+            });
+            let store = &*self.store;
+            let _ = self
+                .bridge
+                .commit(async { object_store::ObjectStoreExt::delete(store, &temp).await.map_err(store_err) });
+            match r? {
+                Ok(etag) => (etag, d.crc64),
+                Err(replayed) => return Ok(replayed),
+            }
+        };
+        self.discard_blocks(&req.target, None)?;
+        Ok(BlobWritten { etag, last_modified_ms: mtime_ms, content_crc64: crc })
+    }
+
+    /// A whole write or delete drops the blob's staged blocks and old block lists.
+    pub(super) fn discard_blocks(&self, target: &BlobRef, keep_list: Option<&TxnId>) -> Result<(), StoreError> {
+        self.delete_under(&self.keys.staged_dir(target)?, None)?;
+        let keep = keep_list.map(|t| self.keys.block_list(target, t)).transpose()?;
+        self.delete_under(&self.keys.block_lists_dir(target)?, keep.as_ref())
+    }
+
+    /// Staged blocks of a blob: id to (size, key).
+    fn staged(&self, target: &BlobRef) -> Result<BTreeMap<Vec<u8>, (u64, Path)>, StoreError> {
+        let dir = self.keys.staged_dir(target)?;
+        let store = &*self.store;
+        let metas: Vec<_> = self.bridge.run(async { store.list(Some(&dir)).try_collect().await.map_err(store_err) })?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let id = unhex(m.location.filename()?)?;
+                Some((id, (m.size, m.location)))
+            })
+            .collect())
+    }
+
+    pub(super) fn stage_block(
+        &self,
+        target: &BlobRef,
+        id: &BlockId,
+        data: &mut dyn DataSource,
+        expected_crc64: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let key = self.keys.staged(target, id.as_bytes())?;
+        let blob_key = self.keys.blob(target)?;
+        let _gate = self.write_gate(&target.container);
+        self.ensure_container(&target.container)?;
+        let len = data.len();
+        check_size(len, self.opts.max_blob_size)?;
+        let staged = self.staged(target)?;
+        check_stage_room(staged.len(), staged.contains_key(id.as_bytes()))?;
+        let crc_attr = |crc| {
+            let mut a = Attributes::new();
+            a.insert(object_store::Attribute::Metadata("vmblob_crc64".into()), format!("{crc:016x}").into());
+            a
+        };
+        if len <= self.opts.single_put_max {
+            let (bytes, d) = self.read_small(data, false)?;
+            verify(&d, expected_crc64, None)?;
+            let _name = self.names.lock(blob_key.as_ref());
+            self.put_once(&key, bytes.into(), object_store::PutMode::Overwrite, crc_attr(d.crc64))?;
+            return Ok(d.crc64);
+        }
+        let attributes = expected_crc64.map(crc_attr).unwrap_or_default();
+        let (up, d) = self.upload_source(self.start_upload(&key, attributes)?, data, false)?;
+        if let Err(e) = verify(&d, expected_crc64, None) {
+            self.abort(up);
+            return Err(e);
+        }
+        let _name = self.names.lock(blob_key.as_ref());
+        self.complete(up)?;
+        Ok(d.crc64)
+    }
+
+    fn read_block_list(&self, target: &BlobRef, cur: &Current) -> Result<Vec<ListedBlock>, StoreError> {
+        let Some(d) = cur.as_ref().filter(|d| d.blob.committed_blocks > 0) else { return Ok(Vec::new()) };
+        let Some(txn) = d.txn else { return Ok(Vec::new()) };
+        let key = self.keys.block_list(target, &txn)?;
+        let store = &*self.store;
+        let got = self.bridge.run(async {
+            match store.get_opts(&key, GetOptions::default()).await {
+                Ok(r) => r.bytes().await.map(Some).map_err(store_err),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(store_err(e)),
+            }
+        })?;
+        match got {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| StoreError::Remote(format!("block list object: {e}"))),
+            None => {
+                log::warn!("block list of {key} is missing; treating the blob as having no committed blocks");
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    pub(super) fn block_list(&self, target: &BlobRef, list_type: BlockListType) -> Result<Vec<BlockInfo>, StoreError> {
+        let key = self.keys.blob(target)?;
+        self.ensure_container(&target.container)?;
+        let cur = self.head(&key)?;
+        let staged = self.staged(target)?;
+        if cur.is_none() && staged.is_empty() {
+            return Err(StoreError::BlobNotFound);
+        }
+        let mut out = Vec::new();
+        if list_type != BlockListType::Uncommitted {
+            for b in self.read_block_list(target, &cur)? {
+                let id = unhex(&b.id).ok_or_else(|| StoreError::Remote("block list object: bad id".into()))?;
+                out.push(BlockInfo { id, size: b.size, committed: true });
+            }
+        }
+        if list_type != BlockListType::Committed {
+            out.extend(staged.into_iter().map(|(id, (size, _))| BlockInfo { id, size, committed: false }));
+        }
+        Ok(out)
+    }
+
+    /// The CRC-64 of a staged block, as recorded when it was staged (or read
+    /// back when it was a large upload without a checksum).
+    fn staged_crc(&self, key: &Path, size: u64) -> Result<u64, StoreError> {
+        let store = &*self.store;
+        let r = self.bridge.run(async {
+            store.get_opts(key, GetOptions { head: true, ..Default::default() }).await.map_err(store_err)
+        })?;
+        let recorded = r.attributes.iter().find_map(|(k, v)| match k {
+            object_store::Attribute::Metadata(n) if n.eq_ignore_ascii_case("vmblob_crc64") => {
+                u64::from_str_radix(v, 16).ok()
+            }
+            _ => None,
+        });
+        match recorded {
+            Some(c) => Ok(c),
+            None => {
+                let mut digest = crc64fast_nvme::Digest::new();
+                self.read_piece(&Piece { key: key.clone(), range: 0..size, etag: None }, |b| {
+                    digest.write(b);
+                    Ok(())
+                })?;
+                Ok(digest.sum64())
+            }
+        }
+    }
+
+    /// Streams a piece's bytes to `out`.
+    fn read_piece(&self, p: &Piece, mut out: impl FnMut(&[u8]) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        if p.range.is_empty() {
+            return Ok(());
+        }
+        let store = &*self.store;
+        let opts = GetOptions {
+            if_match: p.etag.clone(),
+            range: Some(GetRange::Bounded(p.range.clone())),
+            ..Default::default()
+        };
+        let mut stream = self.bridge.run(async {
+            match store.get_opts(&p.key, opts).await {
+                Ok(r) => Ok(r.into_stream()),
+                // The blob changed under a commit holding its name lock: another process wrote it.
+                Err(e) if is_not_found(&e) => Err(StoreError::InvalidBlockList("block data missing".into())),
+                Err(e) => Err(store_err(e)),
+            }
+        })?;
+        let mut got = 0u64;
+        while let Some(chunk) = self.bridge.run(async { stream.next().await.transpose().map_err(store_err) })? {
+            got += chunk.len() as u64;
+            out(&chunk)?;
+        }
+        if got != p.range.end - p.range.start {
+            return Err(StoreError::Remote(format!(
+                "read {got} bytes of a {}-byte block",
+                p.range.end - p.range.start
+            )));
+        }
+        Ok(())
+    }
+
+    /// Multipart upload of `pieces` in order as `key`: the commit of a large block list.
+    fn copy_pieces(&self, key: &Path, attributes: Attributes, pieces: &[Piece]) -> Result<String, StoreError> {
+        let mut up = self.start_upload(key, attributes)?;
+        let sent = pieces
+            .iter()
+            .try_for_each(|p| self.read_piece(p, |b| self.feed(&mut up, b)))
+            .and_then(|()| self.flush(&mut up));
+        if let Err(e) = sent {
+            self.abort(up);
+            return Err(e);
+        }
+        self.complete(up)?.map_or_else(|| self.etag_of(key), Ok)
+    }
+
+    pub(super) fn commit_block_list(&self, req: &PutBlockList, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        let target = &req.target;
+        let key = self.keys.blob(target)?;
+        attrs::check_user_keys(&req.metadata)?;
+        let _gate = self.write_gate(&target.container);
+        self.ensure_container(&target.container)?;
+        let _name = self.names.lock(key.as_ref());
+        let cur = self.head(&key)?;
+        if let Some(w) = decide_write(&cur, &req.conditions, txn)? {
+            return Ok(w);
+        }
+        let staged = self.staged(target)?;
+        let old = self.read_block_list(target, &cur)?;
+        let committed: Vec<CommittedBlock> =
+            old.iter().map(|b| CommittedBlock { id: unhex(&b.id).unwrap_or_default(), size: b.size }).collect();
+        let (parts, total) =
+            resolve_block_list(&req.blocks, |id| staged.get(id).map(|(s, _)| *s), &committed, self.opts.max_blob_size)?;
+        let cur_etag = cur.as_ref().map(|d| d.blob.etag.clone());
+        let old_crc: HashMap<u64, u64> = {
+            let mut at = 0u64;
+            old.iter()
+                .map(|b| {
+                    let e = (at, b.crc64);
+                    at += b.size;
+                    e
+                })
+                .collect()
+        };
+        let pieces: Vec<(Piece, Option<u64>)> = parts
+            .iter()
+            .map(|p| match p.source {
+                PartSource::Staged => {
+                    let (size, k) =
+                        staged.get(&p.id).ok_or_else(|| StoreError::InvalidBlockList("block vanished".into()))?;
+                    Ok((Piece { key: k.clone(), range: 0..*size, etag: None }, None))
+                }
+                PartSource::Committed { offset } => Ok((
+                    Piece { key: key.clone(), range: offset..offset + p.size, etag: cur_etag.clone() },
+                    old_crc.get(&offset).copied(),
+                )),
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let mtime_ms = now_ms();
+        let count = u32::try_from(parts.len()).map_err(|_| StoreError::TooLarge("block count".into()))?;
+        let small = total <= self.opts.single_put_max;
+        // Each distinct piece is read (or its CRC looked up) once: a list may repeat a block 50,000 times.
+        let mut data: HashMap<&Piece, (Bytes, u64)> = HashMap::new();
+        let mut crcs: HashMap<&Piece, u64> = HashMap::new();
+        for (piece, known) in &pieces {
+            if small && !data.contains_key(piece) {
+                let mut b = Vec::with_capacity(usize::try_from(piece.range.end - piece.range.start).unwrap_or(0));
+                self.read_piece(piece, |c| {
+                    b.extend_from_slice(c);
+                    Ok(())
+                })?;
+                let c = crc64(&b);
+                data.insert(piece, (b.into(), c));
+                crcs.insert(piece, c);
+            } else if !crcs.contains_key(piece) {
+                let c = match known {
+                    Some(c) => *c,
+                    None => self.staged_crc(&piece.key, piece.range.end - piece.range.start)?,
+                };
+                crcs.insert(piece, c);
+            }
+        }
+        let listed: Vec<ListedBlock> = parts
+            .iter()
+            .zip(&pieces)
+            .map(|(p, (piece, _))| ListedBlock {
+                id: crate::store::semantics::hex(&p.id),
+                size: p.size,
+                crc64: crcs.get(piece).copied().unwrap_or_default(),
+            })
+            .collect();
+        let crc = listed.iter().fold(0, |acc, b| combine(acc, b.crc64, b.size));
+        // The block list goes first, named by the txn the blob will carry: a
+        // reader sees the new blob only once both exist.
+        let list_key = self.keys.block_list(target, txn)?;
+        let list_bytes = serde_json::to_vec(&listed).map_err(|e| StoreError::Remote(e.to_string()))?;
+        self.put_once(&list_key, list_bytes.into(), object_store::PutMode::Overwrite, Attributes::new())?;
+        let stored = Stored {
+            content_type: &req.content_type,
+            metadata: &req.metadata,
+            txn,
+            mtime_ms,
+            crc64: Some(crc),
+            md5: None,
+            committed_blocks: count,
+        };
+        let attributes = attrs::encode(&stored)?;
+        let written = if small {
+            let mut whole = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+            for (piece, _) in &pieces {
+                whole.extend_from_slice(data.get(piece).map_or(&[][..], |(b, _)| &b[..]));
+            }
+            self.put_once(&key, whole.into(), put_mode(&req.conditions, &cur), attributes)
+        } else {
+            let only: Vec<Piece> = pieces.iter().map(|(p, _)| p.clone()).collect();
+            self.copy_pieces(&key, attributes, &only)
+        };
+        let etag = match written {
+            Ok(e) => e,
+            Err(e) => {
+                let store = &*self.store;
+                let _ = self
+                    .bridge
+                    .commit(async { object_store::ObjectStoreExt::delete(store, &list_key).await.map_err(store_err) });
+                return Err(e);
+            }
+        };
+        self.discard_blocks(target, Some(txn))?;
+        Ok(BlobWritten { etag, last_modified_ms: mtime_ms, content_crc64: crc })
+    }
+}
