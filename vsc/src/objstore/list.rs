@@ -79,6 +79,7 @@ pub(crate) fn list(
     })
     .try_flatten()
     .try_filter(move |m| std::future::ready(offset.as_ref().is_none_or(|o| m.location > *o)))
+    .fuse()
     .boxed()
 }
 

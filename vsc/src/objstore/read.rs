@@ -239,6 +239,8 @@ fn verify_crc(
             }
         }
     })
+    // Callers may poll on after the end (object_store's collect_bytes does).
+    .fuse()
     .boxed()
 }
 
@@ -270,5 +272,10 @@ mod tests {
         assert_eq!(ok.unwrap().concat(), b"123456789");
         let bad = futures::executor::block_on(verify_crc(chunks(), 1, "p".into()).try_collect::<Vec<_>>());
         assert!(matches!(bad, Err(object_store::Error::Generic { .. })), "{bad:?}");
+        let mut s = verify_crc(stream::empty().boxed(), crate::crc64(b""), "p".into());
+        futures::executor::block_on(async {
+            assert!(s.next().await.is_none());
+            assert!(s.next().await.is_none(), "polling past the end is allowed");
+        });
     }
 }
