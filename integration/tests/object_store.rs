@@ -71,6 +71,7 @@ fn conformance_listings() {
         conformance::list_uses_directories_correctly(&store).await;
         conformance::list_with_delimiter(&store).await;
         conformance::list_with_offset_exclusivity(&store).await;
+        conformance::list_paginated(&store, &store).await;
     });
 }
 

@@ -8,27 +8,17 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use object_store::PutPayload;
 use vmblob_protocol::BlobError;
-use vmblob_protocol::ops::{BlobProperties, BlobRef, Conditions, ETag, OpRequest, OpResponse};
+use vmblob_protocol::ops::{BlobRef, Conditions, ETag, OpRequest};
 
 use super::attributes::BlobAttributes;
 use super::error::ObjStoreError;
-use super::read::read_pinned;
+use super::read::{read_pinned, stat};
 use super::write::{self, UploadTag};
 use crate::client::{BlobClient, Data, PendingOp};
 use crate::error::ClientError;
 
 /// Attempts when the source is replaced while it is copied.
 const COPY_ATTEMPTS: usize = 3;
-
-fn stat(client: &BlobClient, t: &BlobRef) -> Result<BlobProperties, ObjStoreError> {
-    match client
-        .call(&OpRequest::GetBlobProperties { target: t.clone(), conditions: Conditions::none() }, Data::None)?
-        .response
-    {
-        OpResponse::BlobProperties(p) => Ok(p),
-        r => Err(ClientError::Protocol(format!("unexpected response {r:?}")).into()),
-    }
-}
 
 /// Copy `from` to `to` if `to_conditions` hold at commit; returns the ETag of
 /// the source version copied.
@@ -53,7 +43,7 @@ fn copy_once(
     to: &BlobRef,
     to_conditions: Conditions,
 ) -> Result<ETag, ObjStoreError> {
-    let props = stat(client, from)?;
+    let props = stat(client, from, Conditions::none())?;
     let etag = ETag::new(&props.etag).map_err(|_| ClientError::Protocol(format!("bad ETag {:?}", props.etag)))?;
     let pin = Conditions { if_match: Some(etag.clone()), if_none_match: None };
     let attrs = BlobAttributes::from_properties(&props);

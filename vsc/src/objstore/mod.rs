@@ -23,7 +23,7 @@
 //! | `put_multipart_opts` | PutBlock per part (unique ids), `complete` = PutBlockList, `abort` commits nothing |
 //! | `get_opts` | ranged GetBlobs (bounded, offset, suffix); If-Match / If-None-Match on the device, dates checked on the properties read; `head` = GetBlobProperties; versions `NotSupported` |
 //! | `delete` | DeleteBlob; a missing object is `NotFound` (as Azure) |
-//! | `list*` | ListBlobs by pages; `list_with_offset` passes the offset as the marker |
+//! | `list*` | ListBlobs by pages; `list_with_offset` passes the offset as the marker; [`PaginatedListStore`]: one ListBlobs, page token = marker, any delimiter up to 16 bytes |
 //! | `copy*` / `rename*` | read through the guest and rewritten with one commit; `copy_if_not_exists` is atomic (If-None-Match `*` at commit); rename deletes the source only if it is still the version copied |
 //!
 //! Every client call runs off the caller's executor ([`blocking`]).
@@ -43,6 +43,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
+use object_store::list::{PaginatedListOptions, PaginatedListResult, PaginatedListStore};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
@@ -313,5 +314,16 @@ impl MultipartStore for VmblobStore {
         self.target(path)?;
         UploadTag::parse(id).map_err(fail(path, OnPrecondition::Precondition))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl PaginatedListStore for VmblobStore {
+    async fn list_paginated(
+        &self,
+        prefix: Option<&str>,
+        opts: PaginatedListOptions,
+    ) -> object_store::Result<PaginatedListResult> {
+        list::list_paginated(self.client.clone(), self.container.clone(), prefix, opts).await
     }
 }

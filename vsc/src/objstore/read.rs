@@ -44,7 +44,7 @@ fn pinned(props: &BlobProperties) -> Result<Conditions, ObjStoreError> {
     Ok(Conditions { if_match: Some(etag), if_none_match: None })
 }
 
-fn stat(client: &BlobClient, t: &BlobRef, conditions: Conditions) -> Result<BlobProperties, ObjStoreError> {
+pub(crate) fn stat(client: &BlobClient, t: &BlobRef, conditions: Conditions) -> Result<BlobProperties, ObjStoreError> {
     match client.call(&OpRequest::GetBlobProperties { target: t.clone(), conditions }, Data::None)?.response {
         OpResponse::BlobProperties(p) => Ok(p),
         r => Err(ClientError::Protocol(format!("unexpected response {r:?}")).into()),
