@@ -156,6 +156,39 @@ fn an_overwrite_during_a_read_fails_the_stream_instead_of_mixing_versions() {
 }
 
 #[test]
+fn many_concurrent_operations_on_two_queues_each_complete_once_and_correctly() {
+    let r = rig(GuestOptions::default().queues(2).block_size(128 << 10));
+    let store = r.store.clone();
+    run("concurrent operations", async move {
+        const TASKS: u64 = 48;
+        let tasks = (0..TASKS).map(|i| {
+            let store = store.clone();
+            async move {
+                let path = Path::from(format!("c/{i:03}"));
+                // Every third object spans several blocks.
+                let len = if i % 3 == 0 { (300 << 10) + i as usize } else { 1000 + i as usize };
+                let data = Bytes::from(pattern(i, 0, len));
+                store.put_opts(&path, data.clone().into(), PutMode::Create.into()).await?;
+                let got = store.get(&path).await?.bytes().await?;
+                assert_eq!(got, data, "{path}");
+                let half = store.get_range(&path, (len / 2) as u64..len as u64).await?;
+                assert_eq!(half, data.slice(len / 2..), "{path}");
+                Ok::<_, object_store::Error>(path)
+            }
+        });
+        let written: Vec<Path> = futures::future::try_join_all(tasks).await.unwrap();
+        let mut listed: Vec<Path> =
+            store.list(Some(&Path::from("c"))).map_ok(|m| m.location).try_collect().await.unwrap();
+        listed.sort();
+        assert_eq!(listed, written, "each object exactly once");
+        let deleted: Vec<_> =
+            store.delete_stream(futures::stream::iter(written.clone()).map(Ok).boxed()).try_collect().await.unwrap();
+        assert_eq!(deleted, written, "delete_stream answers in input order");
+        assert!(store.list(None).try_collect::<Vec<_>>().await.unwrap().is_empty());
+    });
+}
+
+#[test]
 fn content_type_and_metadata_round_trip() {
     let r = rig(GuestOptions::default());
     let store = r.store.clone();
