@@ -9,6 +9,7 @@
 pub mod client;
 pub mod dma;
 pub mod error;
+pub mod objstore;
 mod stream;
 pub mod table;
 pub mod transport;

@@ -1,0 +1,113 @@
+//! `object_store` attributes ↔ the protocol's content type and metadata.
+//!
+//! `Content-Type` and user metadata (`Attribute::Metadata`) have fields in the
+//! protocol and round-trip. Cache-Control, Content-Disposition,
+//! Content-Encoding, Content-Language and storage class do not: writing them
+//! is `NotImplemented` rather than silently dropped. Tags are ignored, as the
+//! `object_store` documentation asks of stores without tagging.
+
+use object_store::{Attribute, AttributeValue, Attributes};
+use vmblob_protocol::names::{self, CONTENT_TYPE_MAX};
+use vmblob_protocol::ops::{BlobProperties, Metadata};
+
+use super::error::ObjStoreError;
+
+/// What a write stores besides the bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct BlobAttributes {
+    pub content_type: String,
+    pub metadata: Metadata,
+}
+
+impl BlobAttributes {
+    pub(crate) fn from_object_store(attributes: &Attributes) -> Result<Self, ObjStoreError> {
+        let mut out = BlobAttributes::default();
+        let mut pairs = Vec::new();
+        for (key, value) in attributes {
+            match key {
+                Attribute::ContentType => {
+                    let v: &str = value.as_ref();
+                    if v.len() > CONTENT_TYPE_MAX || names::validate_text(v).is_err() {
+                        return Err(ObjStoreError::InvalidAttribute {
+                            attribute: "Content-Type".into(),
+                            reason: format!("at most {CONTENT_TYPE_MAX} bytes without control characters"),
+                        });
+                    }
+                    out.content_type = v.to_owned();
+                }
+                Attribute::Metadata(k) => pairs.push((k.to_string(), value.to_string())),
+                other => return Err(ObjStoreError::UnsupportedAttribute(format!("{other:?}"))),
+            }
+        }
+        // Attributes iterate in hash order; stored metadata should not.
+        pairs.sort();
+        out.metadata = Metadata::new(pairs).map_err(|e| ObjStoreError::InvalidAttribute {
+            attribute: "metadata".into(),
+            reason: format!("{e} (keys are C# identifiers, at most 8 KiB in all)"),
+        })?;
+        Ok(out)
+    }
+
+    pub(crate) fn from_properties(props: &BlobProperties) -> Self {
+        Self { content_type: props.content_type.clone(), metadata: props.metadata.clone() }
+    }
+
+    pub(crate) fn to_object_store(&self) -> Attributes {
+        let mut a = Attributes::with_capacity(self.metadata.0.len() + 1);
+        if !self.content_type.is_empty() {
+            a.insert(Attribute::ContentType, AttributeValue::from(self.content_type.clone()));
+        }
+        for (k, v) in &self.metadata.0 {
+            a.insert(Attribute::Metadata(k.clone().into()), AttributeValue::from(v.clone()));
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_type_and_metadata_round_trip() {
+        let attrs = Attributes::from_iter([
+            (Attribute::ContentType, "text/html; charset=utf-8"),
+            (Attribute::Metadata("zeta".into()), "last"),
+            (Attribute::Metadata("alpha_1".into()), "hello   world"),
+        ]);
+        let b = BlobAttributes::from_object_store(&attrs).unwrap();
+        assert_eq!(b.content_type, "text/html; charset=utf-8");
+        assert_eq!(b.metadata.0, [("alpha_1".to_owned(), "hello   world".to_owned()), ("zeta".into(), "last".into())]);
+        assert_eq!(b.to_object_store(), attrs);
+        assert_eq!(BlobAttributes::from_object_store(&Attributes::new()).unwrap(), BlobAttributes::default());
+        assert!(BlobAttributes::default().to_object_store().is_empty());
+    }
+
+    #[test]
+    fn attributes_without_a_field_are_refused() {
+        for a in [Attribute::CacheControl, Attribute::ContentDisposition, Attribute::ContentEncoding] {
+            let attrs = Attributes::from_iter([(a.clone(), "x")]);
+            let r = BlobAttributes::from_object_store(&attrs);
+            assert!(matches!(r, Err(ObjStoreError::UnsupportedAttribute(_))), "{a:?}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn values_the_protocol_refuses_are_errors() {
+        let bad = [
+            (Attribute::Metadata("not-an-identifier".into()), "v".to_owned()),
+            (Attribute::Metadata("k".into()), "line\nbreak".to_owned()),
+            (Attribute::Metadata("k".into()), "x".repeat(9000)),
+            (Attribute::ContentType, "t".repeat(257)),
+            (Attribute::ContentType, "a\u{7f}".to_owned()),
+        ];
+        for (key, value) in bad {
+            let attrs = Attributes::from_iter([(key.clone(), value)]);
+            let r = BlobAttributes::from_object_store(&attrs);
+            assert!(matches!(r, Err(ObjStoreError::InvalidAttribute { .. })), "{key:?}: {r:?}");
+        }
+        let dup =
+            Attributes::from_iter([(Attribute::Metadata("Key".into()), "1"), (Attribute::Metadata("key".into()), "2")]);
+        assert!(matches!(BlobAttributes::from_object_store(&dup), Err(ObjStoreError::InvalidAttribute { .. })));
+    }
+}

@@ -1,0 +1,281 @@
+//! Reads: `get_opts` as ranged GetBlobs.
+//!
+//! The first request carries the caller's conditions and returns the
+//! object's properties with its first bytes; the rest of the range is read
+//! lazily, `parallel` block-sized requests ahead, each pinned to the first
+//! ETag with If-Match so an overwrite mid-read fails the stream instead of
+//! mixing two versions. A read of the whole object is checked against the
+//! stored CRC-64/NVME at its end.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, GetResult, GetResultPayload};
+use vmblob_protocol::BlobError;
+use vmblob_protocol::ops::{BlobProperties, BlobRef, Conditions, ETag, OpRequest, OpResponse};
+
+use super::attributes::BlobAttributes;
+use super::blocking;
+use super::error::{ObjStoreError, OnPrecondition};
+use super::names;
+use crate::client::{BlobClient, Data};
+use crate::error::ClientError;
+
+/// Bytes asked for by the first request of a read: most objects fit, and a
+/// small read does not tie up a block-sized DMA buffer.
+const FIRST_READ: u64 = 1 << 20;
+
+/// The conditions the device checks, and what its PreconditionFailed means.
+/// It takes one ETag per condition; lists, dates and the If-None-Match of a
+/// request that also has If-Match are checked here on the properties read.
+fn device_conditions(options: &GetOptions) -> (Conditions, OnPrecondition) {
+    let sendable = |v: &Option<String>| v.as_deref().filter(|s| !s.contains(',')).and_then(|s| ETag::new(s).ok());
+    let if_match = sendable(&options.if_match);
+    let if_none_match = if if_match.is_some() { None } else { sendable(&options.if_none_match) };
+    let on = if if_match.is_some() { OnPrecondition::Precondition } else { OnPrecondition::NotModified };
+    (Conditions { if_match, if_none_match }, on)
+}
+
+fn pinned(props: &BlobProperties) -> Result<Conditions, ObjStoreError> {
+    let etag = ETag::new(&props.etag).map_err(|_| ClientError::Protocol(format!("bad ETag {:?}", props.etag)))?;
+    Ok(Conditions { if_match: Some(etag), if_none_match: None })
+}
+
+pub(crate) fn stat(client: &BlobClient, t: &BlobRef, conditions: Conditions) -> Result<BlobProperties, ObjStoreError> {
+    match client.call(&OpRequest::GetBlobProperties { target: t.clone(), conditions }, Data::None)?.response {
+        OpResponse::BlobProperties(p) => Ok(p),
+        r => Err(ClientError::Protocol(format!("unexpected response {r:?}")).into()),
+    }
+}
+
+/// Up to `len` bytes at `offset`, if `conditions` hold.
+fn read(
+    client: &BlobClient,
+    t: &BlobRef,
+    offset: u64,
+    len: usize,
+    conditions: Conditions,
+) -> Result<(BlobProperties, Vec<u8>), ObjStoreError> {
+    Ok(BlobClient::finish_range(client.submit_range(t, offset, len, conditions)?.wait()?)?)
+}
+
+/// Exactly `len` bytes at `offset` of the version `conditions` pins.
+pub(crate) fn read_pinned(
+    client: &BlobClient,
+    t: &BlobRef,
+    offset: u64,
+    len: usize,
+    conditions: Conditions,
+) -> Result<Vec<u8>, ObjStoreError> {
+    match read(client, t, offset, len, conditions) {
+        Ok((_, data)) if data.len() == len => Ok(data),
+        Ok((_, data)) => Err(ClientError::Protocol(format!("read {} of {len} bytes", data.len())).into()),
+        Err(e) if matches!(e.status(), Some(BlobError::PreconditionFailed | BlobError::BlobNotFound)) => {
+            Err(ObjStoreError::Changed)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What the first request found: the properties, where it started, and its bytes.
+struct FirstRead {
+    props: BlobProperties,
+    start: u64,
+    data: Vec<u8>,
+}
+
+fn first_read(
+    client: &BlobClient,
+    t: &BlobRef,
+    range: Option<&GetRange>,
+    conditions: Conditions,
+) -> Result<FirstRead, ObjStoreError> {
+    let (start, conditions) = match range {
+        // The start depends on the size: ask for it first, then pin that version.
+        Some(GetRange::Suffix(n)) => {
+            let props = stat(client, t, conditions)?;
+            (props.content_length.saturating_sub(*n), pinned(&props)?)
+        }
+        Some(GetRange::Bounded(r)) => (r.start, conditions),
+        Some(GetRange::Offset(o)) => (*o, conditions),
+        None => (0, conditions),
+    };
+    let (props, data) = read(client, t, start, first_len(range) as usize, conditions)?;
+    Ok(FirstRead { props, start, data })
+}
+
+fn first_len(range: Option<&GetRange>) -> u64 {
+    match range {
+        Some(GetRange::Bounded(r)) => (r.end - r.start).min(FIRST_READ),
+        _ => FIRST_READ,
+    }
+}
+
+/// The range `get_opts` answers, and the first read's bytes within it.
+fn resolve(range: Option<&GetRange>, first: &FirstRead) -> Result<Range<u64>, ObjStoreError> {
+    let size = first.props.content_length;
+    let resolved = match range {
+        Some(r) => r.as_range(size).map_err(|e| ObjStoreError::InvalidRange(e.to_string()))?,
+        None => 0..size,
+    };
+    // The device returns min(asked, size - start) bytes.
+    let expect = (resolved.end - resolved.start).min(first_len(range));
+    if resolved.start != first.start || first.data.len() as u64 != expect {
+        return Err(ClientError::Protocol(format!("first read returned {} of {expect} bytes", first.data.len())).into());
+    }
+    Ok(resolved)
+}
+
+pub(crate) async fn get(
+    client: Arc<BlobClient>,
+    t: BlobRef,
+    location: Path,
+    options: GetOptions,
+) -> object_store::Result<GetResult> {
+    let path = location.to_string();
+    let fail = |on: OnPrecondition| {
+        let path = &path;
+        move |e: ObjStoreError| e.into_os(path, on)
+    };
+    if options.version.is_some() {
+        return Err(fail(OnPrecondition::Precondition)(ObjStoreError::VersionsUnsupported));
+    }
+    if let Some(r) = &options.range {
+        r.is_valid().map_err(|e| fail(OnPrecondition::Precondition)(ObjStoreError::InvalidRange(e.to_string())))?;
+    }
+    let (conditions, on) = device_conditions(&options);
+    if options.head {
+        let (c, tt) = (client.clone(), t.clone());
+        let props = blocking::run(move || stat(&c, &tt, conditions)).await.map_err(fail(on))?;
+        let meta = names::object_meta(location, &props);
+        options.check_preconditions(&meta)?;
+        return Ok(GetResult {
+            payload: GetResultPayload::Stream(stream::empty().boxed()),
+            meta,
+            range: 0..0,
+            attributes: BlobAttributes::from_properties(&props).to_object_store(),
+            extensions: Default::default(),
+        });
+    }
+    let (c, tt, r) = (client.clone(), t.clone(), options.range.clone());
+    let first = blocking::run(move || first_read(&c, &tt, r.as_ref(), conditions)).await.map_err(fail(on))?;
+    let meta = names::object_meta(location.clone(), &first.props);
+    options.check_preconditions(&meta)?;
+    let range = resolve(options.range.as_ref(), &first).map_err(fail(on))?;
+    let attributes = BlobAttributes::from_properties(&first.props).to_object_store();
+    let whole = range == (0..first.props.content_length);
+    let body = rest_of(client, t, &first, range.end, location.to_string())?;
+    let crc = first.props.content_crc64;
+    let head = stream::iter((!first.data.is_empty()).then(|| Ok(Bytes::from(first.data))));
+    let mut payload = head.chain(body).boxed();
+    if whole {
+        payload = verify_crc(payload, crc, location.to_string());
+    }
+    Ok(GetResult {
+        payload: GetResultPayload::Stream(payload),
+        meta,
+        range,
+        attributes,
+        extensions: Default::default(),
+    })
+}
+
+/// The bytes after the first read, fetched on demand.
+fn rest_of(
+    client: Arc<BlobClient>,
+    t: BlobRef,
+    first: &FirstRead,
+    end: u64,
+    path: String,
+) -> object_store::Result<BoxStream<'static, object_store::Result<Bytes>>> {
+    let from = first.start + first.data.len() as u64;
+    if from >= end {
+        return Ok(stream::empty().boxed());
+    }
+    let conditions = pinned(&first.props).map_err(|e| e.into_os(&path, OnPrecondition::Precondition))?;
+    let chunk = client.block_size() as u64;
+    let ahead = client.options().parallel.max(1);
+    let chunks = (from..end).step_by(chunk as usize).map(move |off| (off, chunk.min(end - off) as usize));
+    Ok(stream::iter(chunks)
+        .map(move |(off, len)| {
+            let (c, t, cond, path) = (client.clone(), t.clone(), conditions.clone(), path.clone());
+            async move {
+                let data = blocking::run(move || read_pinned(&c, &t, off, len, cond))
+                    .await
+                    .map_err(|e| e.into_os(&path, OnPrecondition::Precondition))?;
+                Ok(Bytes::from(data))
+            }
+        })
+        .buffered(ahead)
+        .boxed())
+}
+
+/// Passes `inner` through and fails at its end if the bytes' CRC-64/NVME is not `expected`.
+fn verify_crc(
+    inner: BoxStream<'static, object_store::Result<Bytes>>,
+    expected: u64,
+    path: String,
+) -> BoxStream<'static, object_store::Result<Bytes>> {
+    let state = Some((inner, crc64fast_nvme::Digest::new()));
+    stream::unfold(state, move |state| {
+        let path = path.clone();
+        async move {
+            let (mut inner, mut digest) = state?;
+            match inner.next().await {
+                Some(Ok(b)) => {
+                    digest.write(&b);
+                    Some((Ok(b), Some((inner, digest))))
+                }
+                Some(Err(e)) => Some((Err(e), None)),
+                None if digest.sum64() == expected => None,
+                None => {
+                    let e =
+                        ClientError::Blob { error: BlobError::ChecksumMismatch, message: "object read back".into() };
+                    Some((Err(ObjStoreError::from(e).into_os(&path, OnPrecondition::Precondition)), None))
+                }
+            }
+        }
+    })
+    // Callers may poll on after the end (object_store's collect_bytes does).
+    .fuse()
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+
+    use super::*;
+
+    #[test]
+    fn one_etag_per_condition_goes_to_the_device() {
+        let o = GetOptions::new().with_if_match(Some("\"a\"")).with_if_none_match(Some("\"b\""));
+        let (c, on) = device_conditions(&o);
+        assert_eq!((c.if_match.unwrap().as_str(), c.if_none_match, on), ("\"a\"", None, OnPrecondition::Precondition));
+        let (c, on) = device_conditions(&GetOptions::new().with_if_none_match(Some("*")));
+        assert_eq!((c.if_match, c.if_none_match.unwrap().is_any(), on), (None, true, OnPrecondition::NotModified));
+        let (c, _) = device_conditions(&GetOptions::new().with_if_match(Some("\"a\", \"b\"")));
+        assert_eq!(c, Conditions::none(), "lists are checked by the guest");
+        let (c, _) = device_conditions(&GetOptions::new().with_if_match(Some("bad\n")));
+        assert_eq!(c, Conditions::none());
+    }
+
+    #[test]
+    fn crc_is_checked_at_the_end_of_a_whole_read() {
+        let chunks = || stream::iter([Ok(Bytes::from_static(b"1234")), Ok(Bytes::from_static(b"56789"))]).boxed();
+        let ok = futures::executor::block_on(
+            verify_crc(chunks(), crate::crc64(b"123456789"), "p".into()).try_collect::<Vec<_>>(),
+        );
+        assert_eq!(ok.unwrap().concat(), b"123456789");
+        let bad = futures::executor::block_on(verify_crc(chunks(), 1, "p".into()).try_collect::<Vec<_>>());
+        assert!(matches!(bad, Err(object_store::Error::Generic { .. })), "{bad:?}");
+        let mut s = verify_crc(stream::empty().boxed(), crate::crc64(b""), "p".into());
+        futures::executor::block_on(async {
+            assert!(s.next().await.is_none());
+            assert!(s.next().await.is_none(), "polling past the end is allowed");
+        });
+    }
+}
