@@ -431,6 +431,28 @@ impl BlobClient {
     /// Block size for streamed uploads.
     pub fn block_size(&self) -> usize {
         let hint = if self.options.block_size == 0 { self.config.block_size_hint } else { self.options.block_size };
-        (hint.clamp(64 << 10, self.config.max_data_len)) as usize
+        streamed_block_size(hint, self.config.max_data_len)
+    }
+}
+
+/// At least 64 KiB unless the device takes less, never above what it takes, never 0 (the
+/// device's limits come from the device and must not panic the client or stall a stream).
+fn streamed_block_size(hint: u32, max_data_len: u32) -> usize {
+    let max = max_data_len.max(1);
+    hint.clamp((64 << 10).min(max), max) as usize
+}
+
+#[cfg(test)]
+mod block_size_tests {
+    use super::streamed_block_size;
+
+    #[test]
+    fn block_size_respects_any_device_limit() {
+        assert_eq!(streamed_block_size(8 << 20, 32 << 20), 8 << 20);
+        assert_eq!(streamed_block_size(1, 32 << 20), 64 << 10);
+        assert_eq!(streamed_block_size(64 << 20, 32 << 20), 32 << 20);
+        // A device that takes less than 64 KiB, or claims to take nothing.
+        assert_eq!(streamed_block_size(8 << 20, 4096), 4096);
+        assert_eq!(streamed_block_size(0, 0), 1);
     }
 }
