@@ -6,6 +6,7 @@
 //! message, it never hangs the suite.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod daemon;
 pub mod data;
 pub mod guest;
