@@ -34,6 +34,8 @@ pub struct Config {
     pub readers: usize,
     /// Bytes all readers read together in one repetition.
     pub readers_total: u64,
+    /// Distinct blobs an ops workload cycles through.
+    pub ops_blobs: usize,
     /// Paths to run (names from [`PATHS`]).
     pub paths: Vec<String>,
     pub vmblob: VmblobOptions,
@@ -49,6 +51,7 @@ impl Config {
             rep_time: Duration::from_secs(1),
             readers: 16,
             readers_total: 2 << 30,
+            ops_blobs: 64,
             paths: PATHS.iter().map(|p| p.to_string()).collect(),
             vmblob: VmblobOptions { queues: 2, guest_poll: Duration::from_micros(50), vsp_args: Vec::new() },
             workdir: None,
@@ -62,6 +65,7 @@ impl Config {
             reps: 2,
             rep_time: Duration::from_millis(150),
             readers_total: 128 << 20,
+            ops_blobs: 8,
             ..Config::full()
         }
     }
@@ -80,8 +84,6 @@ const MEDIUM: usize = 1 << 20;
 const LARGE: usize = 32 << 20;
 /// Queue depth of the 1 MiB workloads (the target asks for >= 8).
 const MEDIUM_QD: usize = 8;
-/// Distinct blobs an ops workload cycles through.
-const OPS_BLOBS: usize = 64;
 
 pub fn workloads() -> Vec<Workload> {
     let mut w = Vec::new();
@@ -152,7 +154,7 @@ pub fn run(cfg: &Config) -> Report {
     let mut rows: Vec<Row> = workloads.iter().map(|w| Row::new(w.label(cfg), w.unit(), *w)).collect();
     for name in &cfg.paths {
         let dir = tmp.path().join(name);
-        eprintln!("path {name}: starting ...");
+        eprintln!("[{:5.1}s] {name}: starting, storing fixtures ...", started.elapsed().as_secs_f64());
         let path: Result<Box<dyn BenchPath>, String> = match name.as_str() {
             "vmblob" => VmblobPath::start(&dir, &cfg.vmblob).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
             "direct" => DirectPath::open(&dir).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
@@ -175,7 +177,7 @@ pub fn run(cfg: &Config) -> Report {
             let outcome = match &fixtures {
                 Err(e) => Outcome::Failed { error: format!("set-up: {e}") },
                 Ok(()) => {
-                    eprintln!("path {name}: {}", row.workload);
+                    eprintln!("[{:5.1}s] {name}: {}", started.elapsed().as_secs_f64(), row.workload);
                     match measure(path.as_ref(), w, cfg) {
                         Ok(m) => Outcome::Measured(m),
                         Err(e) => Outcome::Failed { error: e.to_string() },
@@ -223,9 +225,9 @@ fn reader_blobs(cfg: &Config) -> Vec<String> {
 
 /// Store what the GET workloads read.
 fn setup_fixtures(path: &dyn BenchPath, cfg: &Config) -> paths::Result<()> {
-    for (size, count) in [(SMALL, OPS_BLOBS), (MEDIUM, OPS_BLOBS)] {
+    for size in [SMALL, MEDIUM] {
         let data = crate::data::pattern(size as u64, 0, size);
-        for i in 0..count {
+        for i in 0..cfg.ops_blobs {
             path.store_blob(&blob_name('g', size, i), &data)?;
         }
     }
@@ -293,7 +295,7 @@ fn run_once(
 ) -> paths::Result<(f64, f64, Vec<std::time::Duration>)> {
     match *w {
         Workload::Ops { kind, size, qd } => {
-            let spec = OpsSpec { kind, size, qd, duration, blobs: OPS_BLOBS };
+            let spec = OpsSpec { kind, size, qd, duration, blobs: cfg.ops_blobs };
             let OpsSample { ops, wall, latencies } = path.ops(&spec, data)?;
             let secs = wall.as_secs_f64().max(1e-9);
             let rate = if size < MEDIUM { ops as f64 / secs } else { (ops * size as u64) as f64 / secs / 1e9 };
