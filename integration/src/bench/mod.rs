@@ -141,6 +141,7 @@ impl Workload {
 /// Run everything `cfg` asks for and return the report.
 pub fn run(cfg: &Config) -> Report {
     let started = Instant::now();
+    let loadavg_start = report::loadavg();
     let tmp = tempfile::Builder::new()
         .prefix("vmblob-bench-")
         .tempdir_in(cfg.workdir.clone().unwrap_or_else(std::env::temp_dir));
@@ -194,6 +195,7 @@ pub fn run(cfg: &Config) -> Report {
         let _ = std::fs::remove_dir_all(&dir);
     }
     let mut report = Report::new(cfg, limits, rows);
+    report.loadavg_start = loadavg_start;
     report.compute_ratios();
     report.elapsed_s = started.elapsed().as_secs_f64();
     report

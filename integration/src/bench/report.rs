@@ -86,6 +86,10 @@ pub struct Report {
     pub vsp_args: Vec<String>,
     pub cores: usize,
     pub kernel: String,
+    /// /proc/loadavg when the run started and ended: other work on the
+    /// machine skews every figure.
+    pub loadavg_start: String,
+    pub loadavg_end: String,
     pub limits: Limits,
     pub rows: Vec<Row>,
     pub elapsed_s: f64,
@@ -102,6 +106,8 @@ impl Report {
             vsp_args: cfg.vmblob.vsp_args.clone(),
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+            loadavg_start: String::new(),
+            loadavg_end: loadavg(),
             limits,
             rows,
             elapsed_s: 0.0,
@@ -164,7 +170,7 @@ impl Report {
         let _ = writeln!(
             s,
             "vmblob-bench ({mode}): {} cores, kernel {}, {} reps x {:.2} s, vmblob queues {}, guest poll {} us, \
-             vsp args [{}], {:.0} s in all\n",
+             vsp args [{}], {:.0} s in all; load average at start {}, at end {}\n",
             self.cores,
             self.kernel,
             self.reps,
@@ -172,7 +178,9 @@ impl Report {
             self.vmblob_queues,
             self.guest_poll_us,
             self.vsp_args.join(" "),
-            self.elapsed_s
+            self.elapsed_s,
+            self.loadavg_start,
+            self.loadavg_end
         );
         let _ = writeln!(s, "| limit | value |\n| --- | --- |");
         for (size, g) in &self.limits.memcpy_gbps {
@@ -233,6 +241,12 @@ impl Report {
         }
         s
     }
+}
+
+/// The three load averages.
+pub fn loadavg() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 fn rate_cell(row: &Row, path: &str, notes: &mut BTreeMap<String, String>) -> String {
