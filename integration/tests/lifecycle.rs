@@ -563,9 +563,12 @@ fn a_paused_ring_with_requests_queued_does_not_spin() {
         chains.push(c);
     }
     g.post_many(&chains, 4);
-    // The VMM pauses the device at once: most puts are still queued.
+    // The VMM pauses the device at once. Requests overlap, so the device may
+    // already have taken every chain: queue the batch again behind the
+    // stopped ring, so chains are queued there either way.
     let bases = g.device().stop().expect("GET_VRING_BASE");
-    assert!(bases[0] < 32, "requests were still queued when the ring stopped (base {})", bases[0]);
+    assert!(bases[0] <= 32, "the device took only what was posted (base {})", bases[0]);
+    g.post_many(&chains, 4);
     let before = vsp.cpu_time();
     std::thread::sleep(Duration::from_secs(1));
     let spent = vsp.cpu_time() - before;

@@ -11,32 +11,52 @@
 //!   a holder when the device comes back.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::ClientError;
+
+/// Lets a waiting caller reap completions itself before it sleeps, so a
+/// completion reaches it without a hop through the transport's reaper.
+pub trait WaitAssist: Send + Sync {
+    /// Reap completions until `done()` holds or a short budget is spent.
+    fn assist(&self, done: &dyn Fn() -> bool);
+}
 
 /// A caller's handle on one submitted request.
 pub struct Waiter<T> {
     done: Mutex<Option<Result<T, ClientError>>>,
     cv: Condvar,
+    /// Set with `done`: lets an assisting caller check without the lock.
+    ready: AtomicBool,
+    assist: Option<Weak<dyn WaitAssist>>,
 }
 
 impl<T> Waiter<T> {
-    fn new() -> Arc<Self> {
-        Arc::new(Self { done: Mutex::new(None), cv: Condvar::new() })
+    fn new(assist: Option<Weak<dyn WaitAssist>>) -> Arc<Self> {
+        Arc::new(Self { done: Mutex::new(None), cv: Condvar::new(), ready: AtomicBool::new(false), assist })
     }
 
     fn set(&self, r: Result<T, ClientError>) {
         let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
         if g.is_none() {
             *g = Some(r);
+            self.ready.store(true, Ordering::Release);
             self.cv.notify_all();
+        }
+    }
+
+    /// Drive completions on this thread for a moment if the transport can.
+    fn assist(&self) {
+        if let Some(a) = self.assist.as_ref().and_then(Weak::upgrade) {
+            a.assist(&|| self.ready.load(Ordering::Acquire));
         }
     }
 
     /// Block until the request completes or fails.
     pub fn wait(&self) -> Result<T, ClientError> {
+        self.assist();
         let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = g.take() {
@@ -54,6 +74,7 @@ impl<T> Waiter<T> {
     /// Wait at most `timeout`; `None` if still pending.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<T, ClientError>> {
         let deadline = Instant::now() + timeout;
+        self.assist();
         let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = g.take() {
@@ -89,6 +110,7 @@ pub type Registered<T> = (u64, Arc<Waiter<T>>);
 /// completion hands the caller.
 pub struct RequestTable<B, T> {
     inner: Mutex<Inner<B, T>>,
+    assist: OnceLock<Weak<dyn WaitAssist>>,
 }
 
 impl<B, T> Default for RequestTable<B, T> {
@@ -106,7 +128,14 @@ impl<B, T> RequestTable<B, T> {
                 quarantine: HashMap::new(),
                 removing: false,
             }),
+            assist: OnceLock::new(),
         }
+    }
+
+    /// Have callers of requests registered from now on use `assist` while
+    /// they wait (set once; a weak reference, as the assist owns the table).
+    pub fn set_assist(&self, assist: Weak<dyn WaitAssist>) {
+        let _ = self.assist.set(assist);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<B, T>> {
@@ -124,7 +153,7 @@ impl<B, T> RequestTable<B, T> {
         }
         let id = g.next_id;
         g.next_id += 1;
-        let waiter = Waiter::new();
+        let waiter = Waiter::new(self.assist.get().cloned());
         g.pending.insert(id, Slot { buffers, waiter: waiter.clone() });
         Ok((id, waiter))
     }
@@ -242,6 +271,47 @@ mod tests {
         assert_eq!(t.quarantined(), 7);
         assert_eq!(t.reopen(), 7);
         assert!(t.register(vec![]).is_ok());
+    }
+
+    /// Completes the one request it is given, on the assisting caller's
+    /// thread, or gives up at once.
+    struct CompleteOnAssist {
+        table: Arc<RequestTable<(), u32>>,
+        id: Mutex<Option<u64>>,
+        calls: AtomicUsize,
+    }
+
+    impl WaitAssist for CompleteOnAssist {
+        fn assist(&self, done: &dyn Fn() -> bool) {
+            assert!(!done());
+            if let Some(id) = self.id.lock().unwrap().take() {
+                self.table.complete(id, |_| Ok(9));
+                assert!(done(), "the waiter sees its completion while assisting");
+            }
+            self.calls.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    #[test]
+    fn a_waiting_caller_reaps_for_itself_then_falls_back_to_sleeping() {
+        let t: Arc<RequestTable<(), u32>> = Arc::new(RequestTable::new());
+        let assist = Arc::new(CompleteOnAssist { table: t.clone(), id: Mutex::new(None), calls: AtomicUsize::new(0) });
+        t.set_assist(Arc::downgrade(&(assist.clone() as Arc<dyn WaitAssist>)));
+        let (id, w) = t.register(()).ok().unwrap();
+        *assist.id.lock().unwrap() = Some(id);
+        assert_eq!(w.wait().unwrap(), 9, "completed by the caller's own assist");
+        // The assist gives up: the caller sleeps until someone else completes.
+        let (id, w) = t.register(()).ok().unwrap();
+        let (t2, a2) = (t.clone(), assist.clone());
+        let completer = std::thread::spawn(move || {
+            // Only once the caller's assist has given up.
+            while a2.calls.load(Ordering::Acquire) < 2 {
+                std::thread::yield_now();
+            }
+            assert!(t2.complete(id, |_| Ok(4)));
+        });
+        assert_eq!(w.wait().unwrap(), 4);
+        completer.join().unwrap();
     }
 
     #[test]

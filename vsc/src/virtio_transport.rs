@@ -5,7 +5,10 @@
 //! One reaper thread waits on every queue's call eventfd and the hang-up
 //! event, pops used entries and completes requests. On hang-up it hands out
 //! real completions already posted, then rescinds the rest at once; a
-//! reconnect thread re-arms the rings when the backend comes back.
+//! reconnect thread re-arms the rings when the backend comes back. With
+//! polling on, a caller waiting on its request first reaps the used rings
+//! itself for up to the poll window (interrupts off meanwhile), so a quick
+//! completion reaches it without waking the reaper.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -27,7 +30,7 @@ use zerocopy::IntoBytes;
 
 use crate::dma::DmaPool;
 use crate::error::ClientError;
-use crate::table::RequestTable;
+use crate::table::{RequestTable, WaitAssist};
 use crate::transport::{Completion, OpBuffers, Ticket, Transport, check_response};
 use crate::virtio::{QueueError, SplitQueue};
 
@@ -166,6 +169,7 @@ impl VirtioTransport {
             poll: opts.poll,
             retry_interval: opts.frontend.retry_interval,
         });
+        inner.table.set_assist(Arc::downgrade(&(inner.clone() as Arc<dyn WaitAssist>)));
         let reaper_inner = inner.clone();
         let reaper = std::thread::Builder::new()
             .name("vmblob-reaper".into())
@@ -285,6 +289,10 @@ impl Inner {
         for q in &self.queues {
             self.reap(q, true);
         }
+    }
+
+    fn spin_budget_left(&self, deadline: std::time::Instant) -> bool {
+        std::time::Instant::now() < deadline && !self.stopping.load(Ordering::Relaxed) && !self.hangup.is_disconnected()
     }
 
     fn hangup_now(&self) {
@@ -475,6 +483,29 @@ impl Inner {
                     return Err(transport_err(e));
                 }
             }
+        }
+    }
+}
+
+/// A waiting caller reaps for itself. Interrupts stay off while it spins;
+/// re-enabling them (with the re-check in `reap`) when it stops keeps every
+/// other waiter's completion signalled, whoever spins and stops when.
+impl WaitAssist for Inner {
+    fn assist(&self, done: &dyn Fn() -> bool) {
+        if self.poll.is_zero() || done() {
+            return;
+        }
+        for q in &self.queues {
+            lock(&q.state).ring.disable_interrupts();
+        }
+        let deadline = std::time::Instant::now() + self.poll;
+        while !done() && self.spin_budget_left(deadline) {
+            if self.queues.iter().map(|q| self.reap(q, false)).sum::<usize>() == 0 {
+                std::hint::spin_loop();
+            }
+        }
+        for q in &self.queues {
+            self.reap(q, true);
         }
     }
 }

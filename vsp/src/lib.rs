@@ -35,6 +35,12 @@ pub fn open_store(spec: &StoreSpec, limits: &engine::Limits) -> Result<Arc<dyn s
 pub fn run(config: &VspConfig, shutdown: &Shutdown) -> Result<(), VspError> {
     let store = open_store(&config.store, &config.limits)?;
     let engine = Arc::new(engine::Engine::new(store, config.limits.clone(), config.queues as u16));
-    vhost::serve(&config.socket_path, engine, config.queues, config.queue_size, shutdown, config.max_connections)?;
+    let queues = vhost::QueueOptions {
+        queues: config.queues,
+        queue_size: config.queue_size,
+        workers: config.workers,
+        poll: config.poll,
+    };
+    vhost::serve(&config.socket_path, engine, &queues, shutdown, config.max_connections)?;
     Ok(())
 }

@@ -106,6 +106,11 @@ impl<K: Eq + Hash + Copy> InflightTable<K> {
         self.rescind_all()
     }
 
+    /// Whether `close` shut the table (until `reopen`).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Accept requests again (the frontend set the device up anew).
     pub fn reopen(&self) {
         self.lock().closed = false;
@@ -158,8 +163,10 @@ mod tests {
         assert_eq!(t.close(), 1);
         assert_eq!(c.reason(), Some(CancelReason::Rescinded));
         assert_eq!(t.admit(2, 0).unwrap_err(), AdmitError::Closed);
+        assert!(t.is_closed());
         assert!(t.complete(1));
         t.reopen();
+        assert!(!t.is_closed());
         assert!(t.admit(2, 0).is_ok());
     }
 

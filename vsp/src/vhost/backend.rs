@@ -1,45 +1,55 @@
-//! `VhostUserBackend` for the blob device: one worker thread per queue, the
-//! device config space, and completion-on-rescind in `stop_vring`,
-//! `reset_device` and on disconnect.
+//! `VhostUserBackend` for the blob device: one kick thread per queue feeding
+//! a shared executor pool, the device config space, and
+//! completion-on-rescind in `stop_vring`, `reset_device` and on disconnect.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
 
-use super::queue::QueueWorker;
-use crate::engine::{Engine, InflightTable};
+use super::executor::Executor;
+use super::queue::{DeviceState, QueueWorker};
+use super::ring::Ring;
+use crate::engine::Engine;
+
+/// How the daemon runs its queues.
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    pub queues: usize,
+    /// Largest queue size the VMM may set.
+    pub queue_size: u16,
+    /// Executor threads serving requests (shared by all queues).
+    pub workers: usize,
+    /// How long the device polls a busy avail ring before waiting for kicks
+    /// again (zero: kicks only).
+    pub poll: Duration,
+}
 
 /// The blob device's vhost-user backend; a fresh one per VMM connection.
 pub struct BlobBackend {
     engine: Arc<Engine>,
     queue_size: u16,
-    event_idx: AtomicBool,
+    device: Arc<DeviceState>,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
-    queues: Vec<QueueWorker>,
-    /// Set when the daemon is going away: workers stop taking requests.
-    closing: AtomicBool,
+    queues: Vec<Arc<QueueWorker>>,
 }
 
 impl BlobBackend {
-    pub fn new(engine: Arc<Engine>, num_queues: usize, queue_size: u16) -> Self {
-        let max = engine.limits().max_inflight;
-        let queues = (0..num_queues).map(|_| QueueWorker::new(Arc::new(InflightTable::new(max)))).collect();
-        Self {
-            engine,
-            queue_size,
-            event_idx: AtomicBool::new(false),
-            mem: RwLock::new(None),
-            queues,
-            closing: AtomicBool::new(false),
-        }
+    pub fn new(engine: Arc<Engine>, options: &QueueOptions) -> io::Result<Self> {
+        let device = Arc::new(DeviceState::new(options.poll));
+        let executor = Executor::new(options.workers)?;
+        let queues = (0..options.queues)
+            .map(|_| Arc::new(QueueWorker::new(engine.clone(), device.clone(), executor.clone())))
+            .collect();
+        Ok(Self { engine, queue_size: options.queue_size, device, mem: RwLock::new(None), queues })
     }
 
     /// Wait (bounded) until every queue's in-flight table is empty.
@@ -56,8 +66,12 @@ impl BlobBackend {
     /// connection is still up: the guest sees every completion before it
     /// sees the hang-up, so it never frees a buffer the VSP still writes.
     pub fn close(&self) -> usize {
-        self.closing.store(true, Ordering::SeqCst);
-        self.close_queues()
+        self.device.closing.store(true, Ordering::SeqCst);
+        let n = self.close_queues();
+        // Drained, or given up on: a request that outlives the drain must not
+        // post into rings a reconnecting VMM may be reusing.
+        self.device.detached.store(true, Ordering::SeqCst);
+        n
     }
 
     /// Close every queue's table (nothing more admitted, even by a worker
@@ -110,8 +124,8 @@ impl VhostUserBackend for BlobBackend {
     /// Called from SET_FEATURES, the start of a (re)initialisation: a queue
     /// closed by an earlier RESET_DEVICE accepts requests again.
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Release);
-        if !self.closing.load(Ordering::SeqCst) {
+        self.device.event_idx.store(enabled, Ordering::Release);
+        if !self.device.closing.load(Ordering::SeqCst) {
             for q in &self.queues {
                 q.inflight().reopen();
             }
@@ -176,10 +190,10 @@ impl VhostUserBackend for BlobBackend {
         let (Some(worker), Some(vring)) = (self.queues.get(thread_id), vrings.get(usize::from(device_event))) else {
             return Err(io::Error::other(format!("unexpected device event {device_event}")));
         };
-        if self.closing.load(Ordering::SeqCst) {
+        if self.device.closing.load(Ordering::SeqCst) {
             return Ok(());
         }
         let Some(mem) = self.memory() else { return Ok(()) };
-        worker.process(&self.engine, &mem.memory(), vring, self.event_idx.load(Ordering::Acquire), &self.closing)
+        worker.on_kick(&Ring { vring: vring.clone(), mem })
     }
 }

@@ -13,13 +13,15 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::backend::BlobBackend;
+use super::backend::{BlobBackend, QueueOptions};
 use crate::engine::Engine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot listen on {path}: {source}")]
     Listen { path: String, source: vhost::vhost_user::Error },
+    #[error("cannot start the executor pool: {0}")]
+    Executor(std::io::Error),
     #[error("cannot create the vhost-user daemon: {0}")]
     CreateDaemon(vhost_user_backend::Error),
     #[error("cannot accept a connection: {0}")]
@@ -107,8 +109,7 @@ fn wait_for_connection(listener: &Listener, shutdown: &Shutdown) -> std::io::Res
 pub fn serve(
     socket: &Path,
     engine: Arc<Engine>,
-    num_queues: usize,
-    queue_size: u16,
+    queues: &QueueOptions,
     shutdown: &Shutdown,
     max_connections: Option<usize>,
 ) -> Result<(), DaemonError> {
@@ -117,7 +118,7 @@ pub fn serve(
     let mut served = 0usize;
     while max_connections.is_none_or(|m| served < m) && wait_for_connection(&listener, shutdown)? {
         served += 1;
-        let backend = Arc::new(BlobBackend::new(engine.clone(), num_queues, queue_size));
+        let backend = Arc::new(BlobBackend::new(engine.clone(), queues).map_err(DaemonError::Executor)?);
         let mut daemon =
             VhostUserDaemon::new("vmblob-vsp".into(), backend.clone(), GuestMemoryAtomic::new(GuestMemoryMmap::new()))
                 .map_err(DaemonError::CreateDaemon)?;

@@ -1,9 +1,16 @@
 //! The vhost-user face of the VSP: a `VhostUserBackend` whose queues feed the
-//! engine, and the daemon loop serving one VMM connection at a time.
+//! engine through an executor pool, and the daemon loop serving one VMM
+//! connection at a time.
 
 mod backend;
+mod completion;
 mod daemon;
+mod executor;
 mod queue;
+mod ring;
 
-pub use backend::BlobBackend;
+pub use backend::{BlobBackend, QueueOptions};
 pub use daemon::{DaemonError, Shutdown, serve};
+
+#[cfg(test)]
+mod tests;

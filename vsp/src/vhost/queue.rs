@@ -1,169 +1,319 @@
-//! One queue's worker: pop a chain, admit it to the in-flight table, serve
-//! it, post its completion, notify the guest when it asked to be.
+//! One queue: pop and admit chains, hand admitted requests to the executor
+//! pool, post their completions out of order, and poll the avail ring while
+//! the guest keeps it busy.
+//!
+//! At most one thread *watches* the ring at a time (the kick handler or an
+//! executor that just finished a request): it pops, and it keeps the guest
+//! from kicking while it polls. Whoever stops watching re-arms kicks and pops
+//! what raced in, so a chain is never left unseen. A watcher that finds work
+//! keeps one request to run itself (no thread hop at queue depth 1) and
+//! passes the rest to the pool; before running it, it stops watching, so a
+//! slow request never holds up the ring.
 
 use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmblob_protocol::framing::virtio::{ChainDescriptor, VirtioFrame};
 use vmblob_protocol::sg::{sub_range, total_len};
 use vmblob_protocol::transport::{REQUEST_SIZE, RESPONSE_SIZE, VspRequest};
 use vmblob_protocol::{BlobError, Segment, VspResponse};
 use zerocopy::IntoBytes;
 
+use super::completion::{Completions, Done};
+use super::executor::Executor;
+use super::ring::{Ring, rearm_kicks, suppress_kicks};
 use crate::engine::guest_io::{read_exact, write_all};
 use crate::engine::{AdmitError, CancelToken, Engine, InflightTable, VirtioRequest};
 
-pub struct QueueWorker {
-    inflight: Arc<InflightTable<u16>>,
+/// What every queue of one connection shares.
+pub struct DeviceState {
+    /// The daemon is going away: take no more requests.
+    pub closing: AtomicBool,
+    /// The connection is gone and drained (or gave up draining): a late
+    /// completion must not touch its rings any more.
+    pub detached: AtomicBool,
+    pub event_idx: AtomicBool,
+    /// How long a watcher polls the avail ring after the last chain (zero:
+    /// kicks only).
+    pub poll: Duration,
 }
 
-/// A popped chain, admitted or refused.
-enum Popped {
-    Admitted {
-        head: u16,
-        request: VirtioRequest,
-        cancel: CancelToken,
-    },
-    /// Shape or header is bad: answer with this status if there is room.
-    Malformed {
-        head: u16,
-        writable: Vec<Segment>,
-        status: BlobError,
-    },
+impl DeviceState {
+    pub fn new(poll: Duration) -> Self {
+        Self {
+            closing: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+            event_idx: AtomicBool::new(false),
+            poll,
+        }
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    fn event_idx(&self) -> bool {
+        self.event_idx.load(Ordering::Acquire)
+    }
+}
+
+/// An admitted request, tracked in the in-flight table until its
+/// completion is in the used ring.
+struct Admitted {
+    head: u16,
+    request: VirtioRequest,
+    cancel: CancelToken,
+}
+
+pub struct QueueWorker {
+    engine: Arc<Engine>,
+    device: Arc<DeviceState>,
+    inflight: Arc<InflightTable<u16>>,
+    executor: Executor,
+    completions: Completions,
+    /// Someone watches the avail ring (see the module comment).
+    watching: AtomicBool,
 }
 
 impl QueueWorker {
-    pub fn new(inflight: Arc<InflightTable<u16>>) -> Self {
-        Self { inflight }
+    pub fn new(engine: Arc<Engine>, device: Arc<DeviceState>, executor: Executor) -> Self {
+        let inflight = Arc::new(InflightTable::new(engine.limits().max_inflight));
+        Self {
+            completions: Completions::new(inflight.clone(), device.clone()),
+            engine,
+            device,
+            inflight,
+            executor,
+            watching: AtomicBool::new(false),
+        }
     }
 
     pub fn inflight(&self) -> &InflightTable<u16> {
         &self.inflight
     }
 
-    pub fn process(
-        &self,
-        engine: &Engine,
-        mem: &GuestMemoryMmap,
-        vring: &VringRwLock,
-        event_idx: bool,
-        closing: &AtomicBool,
-    ) -> io::Result<()> {
+    /// The guest kicked: pop everything and hand it to the pool. The kick
+    /// thread never runs a request itself, so it is always free for the
+    /// next kick.
+    pub fn on_kick(self: &Arc<Self>, ring: &Ring) -> io::Result<()> {
+        if !self.try_watch() {
+            // The watcher polls, or re-checks the ring when it stops.
+            return Ok(());
+        }
         loop {
-            if event_idx {
-                vring.disable_notification().map_err(io::Error::other)?;
+            let work = self.pop_batch(ring);
+            if work.is_empty() {
+                break;
             }
-            while !closing.load(Ordering::SeqCst)
-                && let Some(popped) = self.pop(engine, mem, vring)
-            {
-                self.complete(engine, mem, vring, popped, event_idx)?;
+            self.dispatch(ring, work);
+        }
+        self.unwatch(ring);
+        Ok(())
+    }
+
+    fn try_watch(&self) -> bool {
+        self.watching.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    /// Stop watching: re-arm kicks, then pop (and pass on) whatever arrived
+    /// before the re-arm, unless someone else took over watching.
+    fn unwatch(self: &Arc<Self>, ring: &Ring) {
+        loop {
+            self.watching.store(false, Ordering::SeqCst);
+            if !self.rearm(ring) || !self.try_watch() {
+                return;
             }
-            // Closing: leave queued requests unpopped (never accepted, so the
-            // guest fails them itself) instead of re-arming forever.
-            // A stopped ring (GET_VRING_BASE) likewise: its entries wait for
-            // the next start.
-            let stopped = !vring.get_ref().get_queue().ready();
-            if closing.load(Ordering::SeqCst)
-                || stopped
-                || !event_idx
-                || !vring.enable_notification().map_err(io::Error::other)?
-            {
-                return Ok(());
+            let work = self.pop_batch(ring);
+            self.dispatch(ring, work);
+        }
+    }
+
+    /// Re-arm kicks on a running ring; `true` if chains are waiting.
+    fn rearm(&self, ring: &Ring) -> bool {
+        let mut state = ring.vring.get_mut();
+        // A stopped ring must not be written (the device is suspended), and a
+        // reset one admits nothing: their chains wait for the next start,
+        // whose enable calls the handler.
+        if self.device.closing() || !state.get_queue().ready() || self.inflight.is_closed() {
+            return false;
+        }
+        rearm_kicks(&mut state)
+    }
+
+    fn dispatch(self: &Arc<Self>, ring: &Ring, work: Vec<Admitted>) {
+        for job in work {
+            let (me, ring) = (self.clone(), ring.clone());
+            self.executor.spawn(move || me.run(&ring, job));
+        }
+    }
+
+    /// Run a request, post its completion, then (polling enabled) watch the
+    /// ring for the guest's next request and run that one too.
+    fn run(self: &Arc<Self>, ring: &Ring, first: Admitted) {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            let resp = self.serve(ring, &job);
+            let watch = !self.device.poll.is_zero() && !self.device.closing() && self.try_watch();
+            if watch {
+                // Before the completion: the guest answers it with its next
+                // request, which the poll below picks up without a kick.
+                suppress_kicks(&mut ring.vring.get_mut(), &ring.mem.memory(), self.device.event_idx());
+            }
+            let used_len = self.write_status(ring, &job.request.frame.status(), &resp);
+            self.completions.post(ring, Done { head: job.head, used_len });
+            if watch {
+                next = self.poll(ring);
             }
         }
     }
 
-    /// Pop and admit under the vring lock: GET_VRING_BASE marks the ring not
-    /// ready under the same lock, so a stop sees every admitted request.
-    fn pop(&self, engine: &Engine, mem: &GuestMemoryMmap, vring: &VringRwLock) -> Option<Popped> {
-        let mut state = vring.get_mut();
-        let queue = state.get_queue_mut();
-        if !queue.ready() {
-            return None;
+    fn serve(&self, ring: &Ring, job: &Admitted) -> VspResponse {
+        let mem = ring.mem.memory();
+        // The engine never panics on guest input; if a bug makes it, the
+        // request still gets its one completion.
+        catch_unwind(AssertUnwindSafe(|| self.engine.serve(&mem, &job.request, &job.cancel))).unwrap_or_else(|_| {
+            log::error!("request on head {} panicked", job.head);
+            Engine::refused(BlobError::Internal)
+        })
+    }
+
+    /// Watch the ring until it stays idle for the poll window. Returns a
+    /// request to run on this thread (others found go to the pool); `None`
+    /// once idle. Either way this thread no longer watches.
+    ///
+    /// Spinning only pays while nothing else is in flight (queue depth 1):
+    /// otherwise the next executor to finish looks at the ring anyway, and a
+    /// spinner would take a core from the requests being served.
+    fn poll(self: &Arc<Self>, ring: &Ring) -> Option<Admitted> {
+        let mut idle_since = Instant::now();
+        while !self.device.closing() && idle_since.elapsed() < self.device.poll {
+            if !ring.has_avail() {
+                if !self.inflight.is_empty() {
+                    break;
+                }
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut work = self.pop_batch(ring).into_iter();
+            if let Some(mine) = work.next() {
+                self.dispatch(ring, work.collect());
+                self.unwatch(ring);
+                return Some(mine);
+            }
+            if self.inflight.is_closed() {
+                // Reset: the chains stay for the next start.
+                break;
+            }
+            // Only refused chains: still activity.
+            idle_since = Instant::now();
         }
-        let chain = queue.pop_descriptor_chain(mem)?;
+        self.unwatch(ring);
+        None
+    }
+
+    /// Pop and admit up to a ring's worth of chains under the vring lock:
+    /// GET_VRING_BASE marks the ring not ready under the same lock, so a stop
+    /// sees every admitted request. Refused chains are answered right here.
+    fn pop_batch(&self, ring: &Ring) -> Vec<Admitted> {
+        let mem = ring.mem.memory();
+        let mut admitted = Vec::new();
+        let mut refused = 0;
+        {
+            let mut state = ring.vring.get_mut();
+            if self.device.closing() || !state.get_queue().ready() {
+                return admitted;
+            }
+            suppress_kicks(&mut state, &mem, self.device.event_idx());
+            for _ in 0..state.get_queue().size() {
+                match self.pop_one(&mut state, &mem) {
+                    Popped::Admitted(a) => admitted.push(a),
+                    Popped::Refused => refused += 1,
+                    Popped::Skipped => {}
+                    Popped::Stop => break,
+                }
+            }
+        }
+        if refused > 0 {
+            self.completions.notify(ring);
+        }
+        admitted
+    }
+
+    fn pop_one(&self, state: &mut VringState, mem: &GuestMemoryMmap) -> Popped {
+        let queue = state.get_queue_mut();
+        let Some(chain) = queue.pop_descriptor_chain(mem) else { return Popped::Stop };
         let head = chain.head_index();
-        let max = engine.limits().max_descriptors;
+        let max = self.engine.limits().max_descriptors;
         // Collect at most max + 1 descriptors so the frame can refuse a long chain.
         let descs: Vec<ChainDescriptor> = chain
             .take(max + 1)
             .map(|d| ChainDescriptor { addr: d.addr().0, len: d.len(), writable: d.is_write_only() })
             .collect();
-        // The writable segments only matter for a chain we refuse.
-        let malformed = |status| {
-            let writable = descs.iter().filter(|d| d.writable).map(|d| Segment { addr: d.addr, len: d.len }).collect();
-            Some(Popped::Malformed { head, writable, status })
+        let refuse = |state: &mut VringState, status: BlobError| {
+            let writable: Vec<Segment> =
+                descs.iter().filter(|d| d.writable).map(|d| Segment { addr: d.addr, len: d.len }).collect();
+            // The last 12 writable bytes, if there are that many.
+            let used_len = post_status(mem, &tail(&writable, RESPONSE_SIZE as u64), &Engine::refused(status));
+            if let Err(e) = state.add_used(head, used_len) {
+                log::debug!("cannot post refused chain {head}: {e}");
+            }
+            Popped::Refused
         };
         let frame = match VirtioFrame::new(descs.iter().copied(), max) {
             Ok(f) => f,
             Err(e) => {
                 log::debug!("queue chain {head} refused: {e}");
-                return malformed(BlobError::InvalidRequest);
+                return refuse(state, BlobError::InvalidRequest);
             }
         };
         // The header is copied out of guest memory exactly once, here.
         let mut raw = [0u8; REQUEST_SIZE];
         let header = match read_exact(mem, &frame.header(), &mut raw).ok().and_then(|()| VspRequest::parse(&raw).ok()) {
             Some(h) => h,
-            None => return malformed(BlobError::InvalidRequest),
+            None => return refuse(state, BlobError::InvalidRequest),
         };
         match self.inflight.admit(head, header.timeout_ms.get()) {
-            Ok(cancel) => Some(Popped::Admitted { head, request: VirtioRequest { frame, header }, cancel }),
-            Err(AdmitError::Full) => malformed(BlobError::Busy),
+            Ok(cancel) => Popped::Admitted(Admitted { head, request: VirtioRequest { frame, header }, cancel }),
+            Err(AdmitError::Full) => refuse(state, BlobError::Busy),
             Err(AdmitError::Closed) => {
                 // Not accepted: leave the chain in the ring for whoever runs
                 // the device next; the guest fails it if nobody does.
-                queue.go_to_previous_position();
-                None
+                state.get_queue_mut().go_to_previous_position();
+                Popped::Stop
             }
             Err(AdmitError::Duplicate) => {
                 // The device popped a head that is still in flight: the guest
                 // reused it. The first keeps the only completion.
                 log::warn!("guest reused in-flight head {head}; dropped");
-                None
+                Popped::Skipped
             }
         }
     }
 
-    fn complete(
-        &self,
-        engine: &Engine,
-        mem: &GuestMemoryMmap,
-        vring: &VringRwLock,
-        popped: Popped,
-        event_idx: bool,
-    ) -> io::Result<()> {
-        let (head, writable, resp, admitted) = match popped {
-            Popped::Admitted { head, request, cancel } => {
-                let resp = engine.serve(mem, &request, &cancel);
-                (head, request.frame.status(), resp, true)
-            }
-            Popped::Malformed { head, writable, status } => (head, writable, Engine::refused(status), false),
-        };
-        // Status segments: for an admitted request they are exact; for a
-        // malformed chain, the last 12 writable bytes if there are that many.
-        let status_segs = if admitted { writable } else { tail(&writable, RESPONSE_SIZE as u64) };
-        let used_len = post_status(mem, &status_segs, &resp);
-        let posted = vring.add_used(head, used_len).map_err(io::Error::other);
-        // Retire the entry even if the guest broke its used ring, so a stop
-        // never waits for a completion that was already attempted.
-        if admitted && !self.inflight.complete(head) {
-            log::error!("completion for head {head} not in flight");
+    /// Write the 12-byte response unless the connection is gone; returns the
+    /// used length to report.
+    fn write_status(&self, ring: &Ring, status: &[Segment], resp: &VspResponse) -> u32 {
+        if self.device.detached.load(Ordering::SeqCst) {
+            return 0;
         }
-        posted?;
-        if !event_idx || vring.needs_notification().map_err(io::Error::other)? {
-            // A vanished frontend closes the call fd; the completion is in the
-            // used ring regardless.
-            if let Err(e) = vring.signal_used_queue() {
-                log::debug!("signal failed: {e}");
-            }
-        }
-        Ok(())
+        post_status(&ring.mem.memory(), status, resp)
     }
+}
+
+enum Popped {
+    Admitted(Admitted),
+    /// Answered with an error status at once.
+    Refused,
+    /// Dropped (a reused head).
+    Skipped,
+    /// Nothing (more) to pop now.
+    Stop,
 }
 
 /// The last `n` bytes of a segment list, or nothing if it is shorter.

@@ -1,0 +1,224 @@
+//! The backend over a hand-driven split ring: a reset with requests inside
+//! executors completes each exactly once, and admits nothing until the
+//! frontend sets the device up again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmblob_protocol::framing::virtio::canonical_offsets;
+use vmblob_protocol::names::{BlobName, ContainerName};
+use vmblob_protocol::ops::{BlobRef, Conditions, Metadata, OpRequest, PutBlob};
+use vmblob_protocol::transport::{OperationType, RESPONSE_SIZE};
+use vmblob_protocol::{BlobError, DataDirection, VspRequest, VspResponse};
+use vmm_sys_util::epoll::EventSet;
+use zerocopy::IntoBytes;
+
+use super::{BlobBackend, QueueOptions};
+use crate::engine::{Engine, Limits};
+use crate::store::BlobStore;
+use crate::store::fs::{FaultPoint, FsStore};
+
+const SIZE: u16 = 16;
+const DESC: u64 = 0x1000;
+const AVAIL: u64 = 0x2000;
+const USED: u64 = 0x3000;
+const DATA: &[u8] = &[0x5a; 512];
+const RESP_CAP: u32 = 1024;
+
+/// Holds every PUT at `TempWritten` while closed.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+    held: AtomicUsize,
+}
+
+impl Gate {
+    fn pass(&self) {
+        self.held.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        self.held.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+struct Rig {
+    backend: BlobBackend,
+    vring: VringRwLock,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    gate: Arc<Gate>,
+    _dir: tempfile::TempDir,
+    posted: u16,
+}
+
+impl Rig {
+    fn new(workers: usize) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let g = gate.clone();
+        let hook = Arc::new(move |p: FaultPoint| {
+            if p == FaultPoint::TempWritten {
+                g.pass();
+            }
+            Ok(())
+        });
+        let store = Arc::new(FsStore::with_faults(dir.path(), hook).unwrap());
+        store.create_container(&ContainerName::new("box").unwrap(), &Metadata::default(), &[0; 16]).unwrap();
+        let engine = Arc::new(Engine::new(store, Limits::default(), 1));
+        let opts = QueueOptions { queues: 1, queue_size: SIZE, workers, poll: Duration::ZERO };
+        let backend = BlobBackend::new(engine, &opts).unwrap();
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let vring = VringRwLock::new(mem.clone(), SIZE).unwrap();
+        vring.set_queue_size(SIZE);
+        vring.set_queue_info(DESC, AVAIL, USED).unwrap();
+        vring.set_queue_event_idx(true);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        backend.update_memory(mem.clone()).unwrap();
+        backend.set_event_idx(true);
+        Rig { backend, vring, mem, gate, _dir: dir, posted: 0 }
+    }
+
+    fn base(i: u16) -> u64 {
+        0x10000 + u64::from(i) * 0x4000
+    }
+
+    /// Lay out PutBlob `i` in descriptors `4i..4i+4` and publish it.
+    fn post_put(&mut self, i: u16) {
+        let m = self.mem.memory();
+        let target =
+            BlobRef { container: ContainerName::new("box").unwrap(), blob: BlobName::new(&format!("b{i}")).unwrap() };
+        let op = OpRequest::PutBlob(PutBlob {
+            target,
+            content_type: String::new(),
+            metadata: Metadata::default(),
+            conditions: Conditions::none(),
+            content_md5: None,
+            content_crc64: None,
+        })
+        .encode();
+        let mut txn = [0u8; 16];
+        txn[..2].copy_from_slice(&(i + 1).to_le_bytes());
+        let mut hdr = VspRequest {
+            operation_type: (OperationType::UserRequest as u32).into(),
+            request_buffer_length: (op.len() as u32).into(),
+            response_buffer_length: RESP_CAP.into(),
+            data_buffer_length: (DATA.len() as u32).into(),
+            data_buffer_valid: (DATA.len() as u32).into(),
+            transaction_id: txn,
+            ..Default::default()
+        };
+        canonical_offsets(&mut hdr, DataDirection::ToHost);
+        let base = Self::base(i);
+        m.write_slice(hdr.as_bytes(), GuestAddress(base)).unwrap();
+        m.write_slice(&op, GuestAddress(base + 56)).unwrap();
+        m.write_slice(DATA, GuestAddress(base + 0x1000)).unwrap();
+        let descs = [
+            (base, 56 + op.len() as u32, false),
+            (base + 0x1000, DATA.len() as u32, false),
+            (base + 0x2000, RESP_CAP, true),
+            (base + 0x2000 + u64::from(RESP_CAP), RESPONSE_SIZE as u32, true),
+        ];
+        for (k, (addr, len, writable)) in descs.iter().enumerate() {
+            let idx = 4 * i + k as u16;
+            let flags: u16 = if *writable { 2 } else { 0 } | if k < 3 { 1 } else { 0 };
+            let mut raw = [0u8; 16];
+            raw[0..8].copy_from_slice(&addr.to_le_bytes());
+            raw[8..12].copy_from_slice(&len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..16].copy_from_slice(&(idx + 1).to_le_bytes());
+            m.write_slice(&raw, GuestAddress(DESC + 16 * u64::from(idx))).unwrap();
+        }
+        let slot = u64::from(self.posted % SIZE);
+        m.write_obj((4 * i).to_le(), GuestAddress(AVAIL + 4 + 2 * slot)).unwrap();
+        self.posted += 1;
+        m.store(self.posted.to_le(), GuestAddress(AVAIL + 2), Ordering::Release).unwrap();
+    }
+
+    fn kick(&self) {
+        self.backend.handle_event(0, EventSet::IN, std::slice::from_ref(&self.vring), 0).unwrap();
+    }
+
+    fn used_idx(&self) -> u16 {
+        u16::from_le(self.mem.memory().load(GuestAddress(USED + 2), Ordering::Acquire).unwrap())
+    }
+
+    /// Head -> status of every used entry.
+    fn used(&self) -> HashMap<u32, u32> {
+        let m = self.mem.memory();
+        let mut out = HashMap::new();
+        for k in 0..self.used_idx() {
+            let id: u32 = m.read_obj(GuestAddress(USED + 4 + 8 * u64::from(k))).unwrap();
+            let mut raw = [0u8; RESPONSE_SIZE];
+            let i = (id / 4) as u16;
+            m.read_slice(&mut raw, GuestAddress(Self::base(i) + 0x2000 + u64::from(RESP_CAP))).unwrap();
+            let status = VspResponse::parse(&raw).unwrap().error.get();
+            assert!(out.insert(id, status).is_none(), "head {id} completed twice");
+        }
+        out
+    }
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not reached in 10 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn reset_completes_requests_inside_executors_once_and_admits_nothing_until_set_up_again() {
+    let mut rig = Rig::new(2);
+    for i in 0..3 {
+        rig.post_put(i);
+    }
+    rig.kick();
+    wait_for("two PUTs held in the store", || rig.gate.held.load(Ordering::SeqCst) == 2);
+    assert_eq!(rig.backend.inflight(), 3, "the third waits for a worker, admitted");
+
+    let rig = Arc::new(Mutex::new(rig));
+    let (done_tx, done_rx) = mpsc::channel();
+    let (r2, gate) = (rig.clone(), rig.lock().unwrap().gate.clone());
+    let backend_reset = std::thread::spawn(move || {
+        // Only the backend is touched here; the test thread holds no lock meanwhile.
+        let rig = r2.lock().unwrap();
+        rig.backend.reset_device();
+        done_tx.send(rig.backend.inflight()).unwrap();
+    });
+    assert!(
+        done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "reset must wait for the requests held in the store"
+    );
+    gate.open();
+    assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(0), "reset drained everything");
+    backend_reset.join().unwrap();
+
+    let mut rig = Arc::try_unwrap(rig).ok().unwrap().into_inner().unwrap();
+    let used = rig.used();
+    assert_eq!(used.len(), 3, "each accepted request completed once: {used:?}");
+    let rescinded = BlobError::Rescinded.code();
+    assert!(used.values().all(|&s| s == 0 || s == rescinded), "{used:?}");
+    assert!(used.values().any(|&s| s == rescinded), "the one still queued was rescinded: {used:?}");
+
+    // Reset: a new chain stays in the ring until the frontend sets up again.
+    rig.post_put(3);
+    rig.kick();
+    assert_eq!((rig.used_idx(), rig.backend.inflight()), (3, 0));
+    rig.backend.set_event_idx(true);
+    rig.kick();
+    wait_for("the chain posted after the reset is served", || rig.used_idx() == 4);
+    assert_eq!(rig.used().get(&12), Some(&0));
+}
