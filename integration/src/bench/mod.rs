@@ -39,6 +39,8 @@ pub struct Config {
     /// Paths to run (names from [`PATHS`]).
     pub paths: Vec<String>,
     pub vmblob: VmblobOptions,
+    /// Run only workloads whose label contains this (e.g. "1 MiB Get").
+    pub only: Option<String>,
     /// Where stores live (default: a temporary directory).
     pub workdir: Option<PathBuf>,
 }
@@ -54,6 +56,7 @@ impl Config {
             ops_blobs: 64,
             paths: PATHS.iter().map(|p| p.to_string()).collect(),
             vmblob: VmblobOptions { queues: 2, guest_poll: Duration::from_micros(50), vsp_args: Vec::new() },
+            only: None,
             workdir: None,
         }
     }
@@ -151,7 +154,10 @@ pub fn run(cfg: &Config) -> Report {
     };
     eprintln!("measuring this machine's limits ...");
     let limits = measure_limits(cfg);
-    let workloads = workloads();
+    let workloads: Vec<Workload> = workloads()
+        .into_iter()
+        .filter(|w| cfg.only.as_ref().is_none_or(|o| w.label(cfg).contains(o.as_str())))
+        .collect();
     let mut rows: Vec<Row> = workloads.iter().map(|w| Row::new(w.label(cfg), w.unit(), *w)).collect();
     for name in &cfg.paths {
         let dir = tmp.path().join(name);

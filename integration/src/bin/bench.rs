@@ -39,6 +39,9 @@ struct Args {
     /// Extra `vmblob-vsp` flag (repeatable), e.g. --vsp-arg=--poll-us=50.
     #[arg(long = "vsp-arg", allow_hyphen_values = true)]
     vsp_args: Vec<String>,
+    /// Run only the workloads whose label contains this text (e.g. "1 MiB Get").
+    #[arg(long)]
+    only: Option<String>,
     /// Directory for the stores (default: the system temporary directory).
     #[arg(long)]
     workdir: Option<PathBuf>,
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
     cfg.vmblob.guest_poll = Duration::from_micros(args.guest_poll_us);
     cfg.vmblob.vsp_args = args.vsp_args;
     cfg.workdir = args.workdir;
+    cfg.only = args.only;
     let report = bench::run(&cfg);
     println!("{}", report.to_markdown());
     if let Some(path) = args.json {
