@@ -163,6 +163,12 @@ impl Report {
         }
     }
 
+    /// Workloads that failed on a path that did start (a broken path, not a
+    /// missing one).
+    pub fn failures(&self) -> usize {
+        self.rows.iter().flat_map(|r| r.results.values()).filter(|o| matches!(o, Outcome::Failed { .. })).count()
+    }
+
     /// The report as markdown tables.
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
@@ -269,5 +275,66 @@ fn rate_cell(row: &Row, path: &str, notes: &mut BTreeMap<String, String>) -> Str
                 _ => format!("{value} {spread}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::paths::OpKind;
+
+    fn measured(rate: f64, p50: f64) -> Outcome {
+        Outcome::Measured(Measured {
+            rate: Spread::of(&[rate]).unwrap(),
+            wall_s: None,
+            p50_us: Some(p50),
+            p99_us: Some(p50 * 2.0),
+            server_peak_rss_mib: None,
+            server_cpu_pct: None,
+        })
+    }
+
+    fn row(shape: Workload, unit: &'static str, results: Vec<(&str, Outcome)>) -> Row {
+        let mut r = Row::new(format!("{shape:?}"), unit, shape);
+        r.results = results.into_iter().map(|(p, o)| (p.to_owned(), o)).collect();
+        r
+    }
+
+    #[test]
+    fn ratios_come_from_the_same_run() {
+        let limits =
+            Limits { memcpy_gbps: vec![("1 MiB".into(), 10.0)], eventfd_rtt_p50_us: 5.0, eventfd_rtt_p99_us: 9.0 };
+        let get = |qd| Workload::Ops { kind: OpKind::Get, size: 4096, qd };
+        let rows = vec![
+            row(get(1), "ops/s", vec![("vmblob", measured(1000.0, 20.0)), ("direct", measured(4000.0, 1.0))]),
+            row(
+                get(32),
+                "ops/s",
+                vec![
+                    ("vmblob", measured(6000.0, 50.0)),
+                    ("azurite", measured(100.0, 1.0)),
+                    ("s3s-fs", measured(300.0, 1.0)),
+                ],
+            ),
+            row(
+                Workload::Ops { kind: OpKind::Get, size: 1 << 20, qd: 8 },
+                "GB/s",
+                vec![("vmblob", measured(4.0, 0.0)), ("azurite", Outcome::NotAvailable { reason: "gone".into() })],
+            ),
+        ];
+        let mut r = Report::new(&Config::quick(), limits, rows);
+        r.compute_ratios();
+        let ratio = |i: usize, k: &str| r.rows[i].ratios.get(k).copied();
+        assert_eq!(ratio(0, "vs direct"), Some(0.25));
+        assert_eq!(ratio(0, "p50 vs eventfd RTT"), Some(4.0));
+        assert_eq!(ratio(1, "vs QD1"), Some(6.0));
+        assert_eq!(ratio(1, "vs best REST"), Some(20.0));
+        assert_eq!(ratio(2, "vs memcpy"), Some(0.4));
+        assert_eq!(ratio(2, "vs best REST"), None);
+        assert_eq!(r.failures(), 0);
+        let md = r.to_markdown();
+        assert!(md.contains("azurite: not available: gone"), "{md}");
+        r.rows[2].results.insert("direct".into(), Outcome::Failed { error: "boom".into() });
+        assert_eq!(r.failures(), 1);
     }
 }

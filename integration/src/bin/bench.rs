@@ -80,5 +80,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    ExitCode::SUCCESS
+    match report.failures() {
+        0 => ExitCode::SUCCESS,
+        n => {
+            eprintln!("{n} workload(s) failed");
+            ExitCode::FAILURE
+        }
+    }
 }
