@@ -55,7 +55,12 @@ impl Config {
             readers_total: 2 << 30,
             ops_blobs: 64,
             paths: PATHS.iter().map(|p| p.to_string()).collect(),
-            vmblob: VmblobOptions { queues: 2, guest_poll: Duration::from_micros(50), vsp_args: Vec::new() },
+            vmblob: VmblobOptions {
+                queues: 2,
+                guest_poll: Duration::from_micros(50),
+                vsp_args: Vec::new(),
+                copy_out: true,
+            },
             only: None,
             workdir: None,
         }

@@ -84,6 +84,7 @@ pub struct Report {
     pub vmblob_queues: usize,
     pub guest_poll_us: u128,
     pub vsp_args: Vec<String>,
+    pub vmblob_copy_out: bool,
     pub cores: usize,
     pub kernel: String,
     /// /proc/loadavg when the run started and ended: other work on the
@@ -104,6 +105,7 @@ impl Report {
             vmblob_queues: cfg.vmblob.queues,
             guest_poll_us: cfg.vmblob.guest_poll.as_micros(),
             vsp_args: cfg.vmblob.vsp_args.clone(),
+            vmblob_copy_out: cfg.vmblob.copy_out,
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
             loadavg_start: String::new(),
@@ -176,7 +178,7 @@ impl Report {
         let _ = writeln!(
             s,
             "vmblob-bench ({mode}): {} cores, kernel {}, {} reps x {:.2} s, vmblob queues {}, guest poll {} us, \
-             vsp args [{}], {:.0} s in all; load average at start {}, at end {}\n",
+             vsp args [{}], GET copy-out {}, {:.0} s in all; load average at start {}, at end {}\n",
             self.cores,
             self.kernel,
             self.reps,
@@ -184,6 +186,7 @@ impl Report {
             self.vmblob_queues,
             self.guest_poll_us,
             self.vsp_args.join(" "),
+            if self.vmblob_copy_out { "on" } else { "OFF" },
             self.elapsed_s,
             self.loadavg_start,
             self.loadavg_end

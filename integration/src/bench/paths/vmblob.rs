@@ -24,12 +24,17 @@ pub struct VmblobOptions {
     pub guest_poll: Duration,
     /// Extra daemon flags, passed as given.
     pub vsp_args: Vec<String>,
+    /// Copy each GET's bytes out of the DMA buffer, as a caller of today's
+    /// client must to use them. Off: the transport alone (the data stays in
+    /// guest memory), to see what a zero-copy client API would gain.
+    pub copy_out: bool,
 }
 
 pub struct VmblobPath {
     // Field order: the guest disconnects before the daemon is killed.
     guest: Guest,
     vsp: Vsp,
+    copy_out: bool,
 }
 
 impl VmblobPath {
@@ -44,7 +49,7 @@ impl VmblobPath {
         guest_opts.client = ClientOptions { timeout_ms: 60_000, block_size: CHUNK as u32, parallel: TRANSFER_PARALLEL };
         let guest = Guest::try_connect(vsp.socket(), guest_opts)?;
         guest.create_container(CONTAINER)?;
-        Ok(VmblobPath { guest, vsp })
+        Ok(VmblobPath { guest, vsp, copy_out: opts.copy_out })
     }
 
     fn submit_get(&self, blob: &str, offset: u64, len: usize) -> Result<PendingOp> {
@@ -71,14 +76,15 @@ impl VmblobPath {
 }
 
 /// Check a completed GET or PUT; a GET's bytes are copied out of the DMA
-/// buffer into `scratch`, as a caller would consume them.
-fn finish(r: OpResult, want: usize, scratch: &mut Vec<u8>) -> Result<()> {
+/// buffer into `scratch` (if given), as a caller would consume them.
+fn finish(r: OpResult, want: usize, scratch: Option<&mut Vec<u8>>) -> Result<()> {
     match r.response {
         OpResponse::BlobData { length, .. } => {
             let buf = r.data.ok_or_else(|| BenchError::Other("GET without a data buffer".into()))?;
             if length != want as u64 || buf.len() < want {
                 return Err(BenchError::Other(format!("GET returned {length} of {want} bytes")));
             }
+            let Some(scratch) = scratch else { return Ok(()) };
             scratch.resize(want, 0);
             buf.read_at(0, scratch).map_err(|e| BenchError::Other(e.to_string()))
         }
@@ -115,7 +121,7 @@ impl BenchPath for VmblobPath {
                 i += 1;
             }
             let Some((op, t0)) = window.pop_front() else { break };
-            finish(op.wait()?, spec.size, &mut scratch)?;
+            finish(op.wait()?, spec.size, self.copy_out.then_some(&mut scratch))?;
             out.latencies.push(t0.elapsed());
             out.ops += 1;
         }
@@ -143,7 +149,8 @@ impl BenchPath for VmblobPath {
         let sample = super::on_threads(blobs.len(), Duration::ZERO, |t, _| {
             let mut scratch = Vec::with_capacity(range);
             for (off, len) in super::ranges(blob_size, range) {
-                finish(self.submit_get(&blobs[t], off, len)?.wait()?, len, &mut scratch)?;
+                let scratch = self.copy_out.then_some(&mut scratch);
+                finish(self.submit_get(&blobs[t], off, len)?.wait()?, len, scratch)?;
             }
             Ok(OpsSample::default())
         })?;
