@@ -42,7 +42,12 @@ impl VmblobPath {
     /// thread that outlives the path (the daemon dies with that thread).
     pub fn start(dir: &Path, opts: &VmblobOptions) -> Result<VmblobPath> {
         let vsp_opts = VspOptions { log_level: "warn", extra: opts.vsp_args.clone(), ..VspOptions::default() };
-        let vsp = Vsp::start(dir, vsp_opts.queues(opts.queues));
+        // The rig panics when the daemon cannot be built or started; here that
+        // is a path that is not available, not the end of the run.
+        let vsp = std::panic::catch_unwind(|| Vsp::start(dir, vsp_opts.queues(opts.queues))).map_err(|p| {
+            let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            BenchError::Other(format!("vmblob-vsp did not start: {}", why.unwrap_or_default()))
+        })?;
         let mut guest_opts = GuestOptions::default().queues(opts.queues).poll(opts.guest_poll);
         // Room for 16 readers' 4 MiB ranges plus the deepest queue of small requests.
         guest_opts.ram_size = 1 << 30;
