@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod azurite;
+pub mod bench;
 pub mod daemon;
 pub mod data;
 pub mod guest;

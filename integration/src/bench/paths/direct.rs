@@ -1,0 +1,210 @@
+//! The fs store called in-process: the same store `vmblob-vsp` serves, with
+//! no transport at all (the upper bound of the transport). `qd` operations
+//! in flight are `qd` threads calling the store.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
+use vmblob_protocol::ops::{BlobRef, ByteRange, Conditions, GetBlob, Metadata, PutBlob, PutBlockList};
+use vmblob_vsp::store::fs::FsStore;
+use vmblob_vsp::store::{BlobStore, DataSink, DataSource, StoreError, TxnId};
+
+use super::{BenchError, BenchPath, CHUNK, CONTAINER, OpKind, OpsSample, OpsSpec, Result, TRANSFER_PARALLEL};
+
+pub struct DirectPath {
+    store: FsStore,
+    txn: AtomicU64,
+}
+
+/// A PUT's bytes from a slice.
+struct SliceSource<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl DataSource for SliceSource<'_> {
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read_chunk(&mut self, buf: &mut [u8]) -> std::result::Result<usize, StoreError> {
+        let n = buf.len().min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A GET's destination: a caller's buffer, reused across operations.
+struct BufSink<'a> {
+    buf: &'a mut Vec<u8>,
+    capacity: u64,
+}
+
+impl DataSink for BufSink<'_> {
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+    fn fill_from_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> std::result::Result<(), StoreError> {
+        let start = self.buf.len();
+        if start as u64 + len > self.capacity {
+            return Err(StoreError::TooLarge("sink overfilled".into()));
+        }
+        self.buf.resize(start + len as usize, 0);
+        file.read_exact_at(&mut self.buf[start..], offset)?;
+        Ok(())
+    }
+    fn write_bytes(&mut self, bytes: &[u8]) -> std::result::Result<(), StoreError> {
+        if (self.buf.len() + bytes.len()) as u64 > self.capacity {
+            return Err(StoreError::TooLarge("sink overfilled".into()));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+pub(crate) fn blob_ref(blob: &str) -> Result<BlobRef> {
+    let bad = |what: &str| BenchError::Other(format!("invalid {what} name"));
+    Ok(BlobRef {
+        container: ContainerName::new(CONTAINER).map_err(|_| bad("container"))?,
+        blob: BlobName::new(blob).map_err(|_| bad("blob"))?,
+    })
+}
+
+impl DirectPath {
+    pub fn open(dir: &Path) -> Result<DirectPath> {
+        let path = DirectPath { store: FsStore::open(dir)?, txn: AtomicU64::new(1) };
+        let name = ContainerName::new(CONTAINER).map_err(|_| BenchError::Other("container name".into()))?;
+        path.store.create_container(&name, &Metadata::default(), &path.next_txn())?;
+        Ok(path)
+    }
+
+    fn next_txn(&self) -> TxnId {
+        let mut t = [0u8; 16];
+        t[..8].copy_from_slice(&self.txn.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        t[8..].copy_from_slice(b"benchdir");
+        t
+    }
+
+    fn put(&self, blob: &str, data: &[u8]) -> Result<()> {
+        let req = PutBlob {
+            target: blob_ref(blob)?,
+            content_type: String::new(),
+            metadata: Metadata::default(),
+            conditions: Conditions::none(),
+            content_md5: None,
+            // What the client sends with every write, so the store checks it here too.
+            content_crc64: Some(vmblob_vsc::crc64(data)),
+        };
+        self.store.put_blob(&req, &mut SliceSource { data, pos: 0 }, &self.next_txn())?;
+        Ok(())
+    }
+
+    /// Read `len` bytes at `offset` into `buf` (cleared first).
+    fn get(&self, blob: &str, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
+        let req = GetBlob {
+            target: blob_ref(blob)?,
+            range: Some(ByteRange { offset, length: len as u64 }),
+            conditions: Conditions::none(),
+        };
+        let (_, _, n) = self.store.get_blob(&req, &mut BufSink { buf, capacity: len as u64 })?;
+        if n != len as u64 {
+            return Err(BenchError::Other(format!("{blob}: read {n} of {len} bytes")));
+        }
+        Ok(())
+    }
+}
+
+impl BenchPath for DirectPath {
+    fn name(&self) -> &'static str {
+        "direct"
+    }
+
+    fn store_blob(&self, blob: &str, data: &[u8]) -> Result<()> {
+        self.put(blob, data)
+    }
+
+    fn ops(&self, spec: &OpsSpec, data: &[u8]) -> Result<OpsSample> {
+        let qd = spec.qd.max(1);
+        super::on_threads(qd, spec.duration, |t, deadline| {
+            let mut out = OpsSample::default();
+            let mut buf = Vec::with_capacity(spec.size);
+            let mut i = t as u64;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                match spec.kind {
+                    OpKind::Get => self.get(&spec.blob(i), 0, spec.size, &mut buf)?,
+                    OpKind::Put => self.put(&spec.blob(i), data)?,
+                }
+                out.latencies.push(t0.elapsed());
+                out.ops += 1;
+                i += qd as u64;
+            }
+            Ok(out)
+        })
+    }
+
+    fn transfer(&self, kind: OpKind, blob: &str, data: &[u8]) -> Result<Duration> {
+        let start = Instant::now();
+        let chunks: Vec<(u64, usize)> = super::ranges(data.len() as u64, CHUNK).collect();
+        let target = blob_ref(blob)?;
+        let ids: Vec<BlockId> = (0..chunks.len())
+            .map(|i| BlockId::new(format!("{i:06}").as_bytes()).map_err(|_| BenchError::Other("block id".into())))
+            .collect::<Result<_>>()?;
+        // Chunks dealt round-robin to TRANSFER_PARALLEL threads.
+        std::thread::scope(|s| -> Result<()> {
+            let workers: Vec<_> = (0..TRANSFER_PARALLEL.min(chunks.len()))
+                .map(|w| {
+                    let (chunks, ids, target) = (&chunks, &ids, &target);
+                    s.spawn(move || -> Result<()> {
+                        let mut buf = Vec::new();
+                        for (i, &(off, len)) in chunks.iter().enumerate().skip(w).step_by(TRANSFER_PARALLEL) {
+                            match kind {
+                                OpKind::Get => self.get(blob, off, len, &mut buf)?,
+                                OpKind::Put => {
+                                    let part = &data[off as usize..off as usize + len];
+                                    let mut src = SliceSource { data: part, pos: 0 };
+                                    self.store.put_block(target, &ids[i], &mut src, Some(vmblob_vsc::crc64(part)))?;
+                                }
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().map_err(|_| BenchError::Other("transfer thread panicked".into()))??;
+            }
+            Ok(())
+        })?;
+        if kind == OpKind::Put {
+            let req = PutBlockList {
+                target,
+                blocks: ids,
+                content_type: String::new(),
+                metadata: Metadata::default(),
+                conditions: Conditions::none(),
+            };
+            self.store.put_block_list(&req, &self.next_txn())?;
+        }
+        Ok(start.elapsed())
+    }
+
+    fn readers(&self, blobs: &[String], blob_size: u64, range: usize) -> Result<Duration> {
+        let sample = super::on_threads(blobs.len(), Duration::ZERO, |t, _| {
+            let mut buf = Vec::with_capacity(range);
+            for (off, len) in super::ranges(blob_size, range) {
+                self.get(&blobs[t], off, len, &mut buf)?;
+            }
+            Ok(OpsSample::default())
+        })?;
+        Ok(sample.wall)
+    }
+
+    fn server_pid(&self) -> Option<u32> {
+        None
+    }
+}
