@@ -170,7 +170,7 @@ pub fn run(cfg: &Config) -> Report {
         let path: Result<Box<dyn BenchPath>, String> = match name.as_str() {
             "vmblob" => VmblobPath::start(&dir, &cfg.vmblob).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
             "direct" => DirectPath::open(&dir).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
-            "azurite" => RestPath::azurite(&dir).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
+            "azurite" => RestPath::azurite().map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
             "s3s-fs" => RestPath::s3s_fs(&dir).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
             other => Err(format!("unknown path {other:?}")),
         };

@@ -14,13 +14,32 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::{BenchError, BenchPath, CHUNK, CONTAINER, OpKind, OpsSample, OpsSpec, Result, TRANSFER_PARALLEL};
+use vmblob_vsp::store::object::azurite::Azurite;
+use vmblob_vsp::store::object::backend::{EMULATOR_ACCOUNT, EMULATOR_KEY};
+
 use crate::bench::servers::{self, Server};
+
+/// The REST server a path talks to.
+enum Peer {
+    /// The same Azurite rig the object-store tests use.
+    Azurite(Azurite),
+    S3sFs(Server),
+}
+
+impl Peer {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Peer::Azurite(a) => a.server_pid(),
+            Peer::S3sFs(s) => Some(s.pid()),
+        }
+    }
+}
 
 pub struct RestPath {
     name: &'static str,
     store: Arc<dyn ObjectStore>,
     runtime: tokio::runtime::Runtime,
-    server: Server,
+    server: Peer,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -33,19 +52,21 @@ fn client_options() -> ClientOptions {
 }
 
 impl RestPath {
-    /// Azurite in `dir`, reached through object_store's Azure client.
-    pub fn azurite(dir: &Path) -> Result<RestPath> {
-        let server = servers::start_azurite(dir).map_err(BenchError::Other)?;
-        let runtime = runtime()?;
-        runtime.block_on(servers::azurite_create_container(server.port, CONTAINER)).map_err(BenchError::Other)?;
+    /// Azurite (its data in a temporary location), reached through object_store's Azure client.
+    pub fn azurite() -> Result<RestPath> {
+        let azurite = Azurite::start()
+            .map_err(BenchError::Other)?
+            .ok_or_else(|| BenchError::Other("Node.js is not installed, so Azurite cannot run".into()))?;
+        let spec = azurite.spec(CONTAINER);
+        spec.ensure_container().map_err(|e| BenchError::Other(format!("creating the Azurite container: {e}")))?;
         let store = MicrosoftAzureBuilder::new()
-            .with_account(servers::AZURITE_ACCOUNT)
-            .with_access_key(servers::AZURITE_KEY)
-            .with_endpoint(format!("http://127.0.0.1:{}/{}", server.port, servers::AZURITE_ACCOUNT))
+            .with_account(EMULATOR_ACCOUNT)
+            .with_access_key(EMULATOR_KEY)
+            .with_endpoint(azurite.endpoint())
             .with_container_name(CONTAINER)
             .with_client_options(client_options())
             .build()?;
-        Ok(RestPath { name: "azurite", store: Arc::new(store), runtime, server })
+        Ok(RestPath { name: "azurite", store: Arc::new(store), runtime: runtime()?, server: Peer::Azurite(azurite) })
     }
 
     /// s3s-fs serving `dir`, reached through object_store's S3 client.
@@ -61,7 +82,7 @@ impl RestPath {
             .with_secret_access_key(servers::S3_SECRET_KEY)
             .with_client_options(client_options())
             .build()?;
-        Ok(RestPath { name: "s3s-fs", store: Arc::new(store), runtime: runtime()?, server })
+        Ok(RestPath { name: "s3s-fs", store: Arc::new(store), runtime: runtime()?, server: Peer::S3sFs(server) })
     }
 
     /// Run `task(t, deadline)` as `n` tasks at once and merge their samples.
@@ -165,6 +186,6 @@ impl BenchPath for RestPath {
     }
 
     fn server_pid(&self) -> Option<u32> {
-        Some(self.server.pid())
+        self.server.pid()
     }
 }

@@ -94,16 +94,16 @@ impl Azurite {
         self.port
     }
 
-    /// Azurite's own process (the watchdog's child).
-    fn server_pid(&self) -> Option<String> {
+    /// Azurite's own process (the watchdog's child), e.g. to read its memory use.
+    pub fn server_pid(&self) -> Option<u32> {
         let w = self.watchdog.id();
         let children = std::fs::read_to_string(format!("/proc/{w}/task/{w}/children")).ok()?;
-        children.split_whitespace().next().map(str::to_owned)
+        children.split_whitespace().next()?.parse().ok()
     }
 
     fn signal(&self, name: &str) {
         if let Some(pid) = self.server_pid() {
-            let _ = Command::new("kill").arg(format!("-{name}")).arg(pid).status();
+            let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
         }
     }
 
