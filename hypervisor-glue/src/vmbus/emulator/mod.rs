@@ -1,5 +1,5 @@
 //! A VMBus host for rigs: what a VMM with VMBus (Cloud Hypervisor would be) gives a guest and a
-//! device, without a VM. See `EMULATOR_API.md` at the repository root for the guest-end API.
+//! device, without a VM. See `docs/VMBUS_EMULATOR.md` for the guest-end API.
 //!
 //! - [`VmbusEmulator`] owns guest RAM, offers one channel (class = the vmblob GUID), lets the
 //!   guest open it on rings it placed in guest RAM, and closes or rescinds it from any thread,
