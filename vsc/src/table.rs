@@ -185,20 +185,27 @@ impl<B, T> RequestTable<B, T> {
     /// `Rescinded` at once. Buffers are quarantined, not freed: the device may
     /// still complete them. Returns the ids that were pending.
     pub fn rescind(&self) -> Vec<u64> {
-        let slots: Vec<(u64, Slot<B, T>)> = {
+        // Drain and quarantine under one lock: a `reopen` in between would
+        // clear the quarantine before these buffers reached it.
+        let waiters: Vec<(u64, Arc<Waiter<T>>)> = {
             let mut g = self.lock();
             g.removing = true;
-            g.pending.drain().collect()
+            let slots: Vec<(u64, Slot<B, T>)> = g.pending.drain().collect();
+            let mut waiters = Vec::with_capacity(slots.len());
+            for (id, slot) in slots {
+                waiters.push((id, slot.waiter));
+                g.quarantine.insert(id, slot.buffers);
+            }
+            waiters
         };
-        let mut ids = Vec::with_capacity(slots.len());
-        let mut quarantined = Vec::with_capacity(slots.len());
-        for (id, slot) in slots {
-            slot.waiter.set(Err(ClientError::Rescinded));
-            ids.push(id);
-            quarantined.push((id, slot.buffers));
-        }
-        self.lock().quarantine.extend(quarantined);
-        ids
+        // Wake the callers outside the lock.
+        waiters
+            .into_iter()
+            .map(|(id, waiter)| {
+                waiter.set(Err(ClientError::Rescinded));
+                id
+            })
+            .collect()
     }
 
     /// The device is back and the old one is known to be gone: release the

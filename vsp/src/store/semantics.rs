@@ -223,6 +223,26 @@ impl NameLocks {
         held.insert(name.to_owned());
         NameGuard { locks: self, name: name.to_owned() }
     }
+
+    /// [`NameLocks::lock`] for a store whose holders can be slow (network):
+    /// gives up with `Cancelled` once the request is cancelled, so a rescind
+    /// is never held past its drain bound by a wait for another request.
+    pub fn lock_unless_cancelled(
+        &self,
+        name: &str,
+        cancel: Option<&crate::engine::CancelToken>,
+    ) -> Result<NameGuard<'_>, StoreError> {
+        const RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
+        let mut held = lock(&self.held);
+        while held.contains(name) {
+            if cancel.is_some_and(|c| c.is_cancelled()) {
+                return Err(StoreError::Cancelled);
+            }
+            held = self.freed.wait_timeout(held, RECHECK).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        held.insert(name.to_owned());
+        Ok(NameGuard { locks: self, name: name.to_owned() })
+    }
 }
 
 impl Drop for NameGuard<'_> {
@@ -428,5 +448,24 @@ mod tests {
         let bad = [BlockId::new(b"zz").unwrap()];
         assert!(matches!(resolve_block_list(&bad, staged, &committed, 1000), Err(StoreError::InvalidBlockList(_))));
         assert!(matches!(resolve_block_list(&ids, staged, &committed, 25), Err(StoreError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_cancelled_request_stops_waiting_for_a_name() {
+        use crate::engine::{CancelReason, CancelToken};
+        let locks = NameLocks::new();
+        let held = locks.lock("a");
+        let token = CancelToken::new(None);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| locks.lock_unless_cancelled("a", Some(&token)).map(|_| ()));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "waits while the name is held");
+            token.cancel(CancelReason::Rescinded);
+            assert!(matches!(waiter.join().unwrap(), Err(StoreError::Cancelled)));
+        });
+        // Another name is free; the held one is granted once released.
+        assert!(locks.lock_unless_cancelled("b", Some(&token)).is_ok());
+        drop(held);
+        assert!(locks.lock_unless_cancelled("a", None).is_ok());
     }
 }

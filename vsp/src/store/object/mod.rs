@@ -53,7 +53,8 @@ use self::attrs::{Decoded, Stored};
 use self::bridge::{Bridge, is_not_found, store_err};
 use self::keys::Keys;
 use super::semantics::{
-    BufPool, DEFAULT_MAX_BLOB_SIZE, NameLocks, check_conditions, check_write, clip_range, now_ms, read, write,
+    BufPool, DEFAULT_MAX_BLOB_SIZE, NameGuard, NameLocks, check_conditions, check_write, clip_range, now_ms, read,
+    write,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
@@ -155,6 +156,11 @@ impl ObjectBlobStore {
 
     fn write_gate(&self, c: &ContainerName) -> RwLockReadGuard<'_, ()> {
         read(self.gate(c))
+    }
+
+    /// Locks a blob name for a check-then-write; a cancelled request stops waiting.
+    fn lock_name(&self, key: &str) -> Result<NameGuard<'_>, StoreError> {
+        self.names.lock_unless_cancelled(key, crate::store::context::current_cancel().as_ref())
     }
 
     async fn head_async(store: &dyn ObjectStore, key: &Path) -> Result<Current, StoreError> {
@@ -307,7 +313,7 @@ impl BlobStore for ObjectBlobStore {
     fn delete_blob(&self, target: &BlobRef, conditions: &Conditions) -> Result<(), StoreError> {
         let key = self.keys.blob(target)?;
         let _gate = self.write_gate(&target.container);
-        let _name = self.names.lock(key.as_ref());
+        let _name = self.lock_name(key.as_ref())?;
         let blob = self.existing_blob(target, &key)?.blob;
         check_conditions(&blob, conditions)?;
         let store = &*self.store;

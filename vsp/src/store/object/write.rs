@@ -112,8 +112,14 @@ impl ObjectBlobStore {
         for h in up.inflight.drain(..) {
             h.abort();
         }
-        // Best effort: Azure drops uncommitted blocks by itself after a week.
-        let _ = self.bridge.handle().block_on(async { up.upload.abort().await });
+        // Best effort, in the background: on S3 this is a network call that a
+        // stalled endpoint can hold for minutes, and aborts run on the cancel
+        // path, which must finish within the drain bound. Azure drops
+        // uncommitted blocks by itself after a week.
+        let mut upload = up.upload;
+        drop(self.bridge.handle().spawn(async move {
+            let _ = upload.abort().await;
+        }));
     }
 
     /// Streams all of `data` into `up`, then flushes it; aborts on failure.
@@ -202,7 +208,7 @@ impl ObjectBlobStore {
             let (bytes, d) = self.read_small(data, with_md5)?;
             verify(&d, req.content_crc64, req.content_md5)?;
             let attributes = attrs::encode(&stored(d.crc64, d.md5))?;
-            let _name = self.names.lock(key.as_ref());
+            let _name = self.lock_name(key.as_ref())?;
             let cur = self.head(&key)?;
             if let Some(w) = decide_write(&cur, &req.conditions, txn)? {
                 return Ok(w);
@@ -211,15 +217,25 @@ impl ObjectBlobStore {
         } else if let Some(crc) = req.content_crc64 {
             // The checksum is known up front: upload straight to the blob and
             // complete only if the bytes match it.
+            // The upload is invisible until completed, so the name is locked
+            // only around the final check and the completion, never while the
+            // bytes stream (other writers of the name would wait that long).
             let attributes = attrs::encode(&stored(crc, req.content_md5))?;
-            let _name = self.names.lock(key.as_ref());
-            if let Some(w) = decide_write(&self.head(&key)?, &req.conditions, txn)? {
-                return Ok(w);
-            }
             let (up, d) = self.upload_source(self.start_upload(&key, attributes)?, data, with_md5)?;
             if let Err(e) = verify(&d, req.content_crc64, req.content_md5) {
                 self.abort(up);
                 return Err(e);
+            }
+            let _name = match self.lock_name(key.as_ref()) {
+                Ok(g) => g,
+                Err(e) => {
+                    self.abort(up);
+                    return Err(e);
+                }
+            };
+            if let Some(w) = decide_write(&self.head(&key)?, &req.conditions, txn)? {
+                self.abort(up);
+                return Ok(w);
             }
             (self.complete(up)?.map_or_else(|| self.etag_of(&key), Ok)?, crc)
         } else {
@@ -229,7 +245,7 @@ impl ObjectBlobStore {
             let (up, d) = self.upload_source(self.start_upload(&temp, Attributes::new())?, data, with_md5)?;
             let r = verify(&d, None, req.content_md5).and_then(|()| {
                 self.complete(up)?;
-                let _name = self.names.lock(key.as_ref());
+                let _name = self.lock_name(key.as_ref())?;
                 if let Some(w) = decide_write(&self.head(&key)?, &req.conditions, txn)? {
                     return Ok(Err(w));
                 }
@@ -294,7 +310,7 @@ impl ObjectBlobStore {
         if len <= self.opts.single_put_max {
             let (bytes, d) = self.read_small(data, false)?;
             verify(&d, expected_crc64, None)?;
-            let _name = self.names.lock(blob_key.as_ref());
+            let _name = self.lock_name(blob_key.as_ref())?;
             self.put_once(&key, bytes.into(), object_store::PutMode::Overwrite, crc_attr(d.crc64))?;
             return Ok(d.crc64);
         }
@@ -304,7 +320,13 @@ impl ObjectBlobStore {
             self.abort(up);
             return Err(e);
         }
-        let _name = self.names.lock(blob_key.as_ref());
+        let _name = match self.lock_name(blob_key.as_ref()) {
+            Ok(g) => g,
+            Err(e) => {
+                self.abort(up);
+                return Err(e);
+            }
+        };
         self.complete(up)?;
         Ok(d.crc64)
     }
@@ -430,7 +452,7 @@ impl ObjectBlobStore {
         attrs::check_user_keys(&req.metadata)?;
         let _gate = self.write_gate(&target.container);
         self.ensure_container(&target.container)?;
-        let _name = self.names.lock(key.as_ref());
+        let _name = self.lock_name(key.as_ref())?;
         let cur = self.head(&key)?;
         if let Some(w) = decide_write(&cur, &req.conditions, txn)? {
             return Ok(w);
