@@ -49,6 +49,23 @@ pub trait Transport: Send + Sync {
     fn is_connected(&self) -> bool;
 }
 
+/// How long past a request's own timeout a submitter waits for ring space
+/// before giving up: a device that stops taking requests must not hang the
+/// caller before it even has a ticket to time out on.
+pub const SUBMIT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When a submission of `header` stops waiting for ring space (`None`: the
+/// request has no timeout, so neither does its submission).
+pub fn submit_deadline(header: &VspRequest) -> Option<std::time::Instant> {
+    let ms = header.timeout_ms.get();
+    (ms != 0).then(|| std::time::Instant::now() + std::time::Duration::from_millis(u64::from(ms)) + SUBMIT_GRACE)
+}
+
+/// The error of a submission whose deadline passed while the rings stayed full.
+pub fn submit_timed_out() -> ClientError {
+    ClientError::Transport("no ring space before the request's timeout; the device is not taking requests".into())
+}
+
 /// Check a completion's response against the request it answers.
 pub fn check_response(resp: &VspResponse, buffers: &OpBuffers) -> Result<(), ClientError> {
     let cap = buffers.header.response_buffer_length.get();

@@ -454,6 +454,7 @@ impl Inner {
         }
         chain.push((GuestAddress(resp.0 + u64::from(resp_len)), RESPONSE_SIZE as u32, true));
 
+        let deadline = crate::transport::submit_deadline(&b.header);
         let (id, waiter) = self.table.register(b).map_err(|(e, _)| e)?;
         let qi = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
         let q = &self.queues[qi];
@@ -475,6 +476,11 @@ impl Inner {
                     return Ok(waiter);
                 }
                 Err(QueueError::Full { .. }) => {
+                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        drop(st);
+                        self.table.withdraw(id);
+                        return Err(crate::transport::submit_timed_out());
+                    }
                     st = q.space.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
                 }
                 Err(e) => {

@@ -256,9 +256,10 @@ impl Inner {
         // The packet is built before the id is known (the table owns the
         // buffers from `register` on); the id is patched in below.
         let mut packet = encode_blob_request(0, &mut b.header, pages.data.as_ref(), &pages.request, &pages.response);
+        let deadline = crate::transport::submit_deadline(&b.header);
         let (id, waiter) = self.table.register(b).map_err(|(e, _)| e)?;
         packet[8..16].copy_from_slice(&id.to_le_bytes());
-        match self.send(id, &packet) {
+        match self.send(id, &packet, deadline) {
             Ok(()) => Ok(waiter),
             Err(e) => {
                 self.table.withdraw(id);
@@ -270,11 +271,14 @@ impl Inner {
     /// Write `packet` for the registered request `id`, waiting for ring space
     /// and an in-flight slot. Nothing is written once the request is no
     /// longer pending (rescinded, transport closed).
-    fn send(&self, id: u64, packet: &[u8]) -> Result<(), ClientError> {
+    fn send(&self, id: u64, packet: &[u8], deadline: Option<std::time::Instant>) -> Result<(), ClientError> {
         let mut link = lock(&self.link);
         loop {
             if !self.table.is_pending(id) {
                 return Err(ClientError::Rescinded);
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(crate::transport::submit_timed_out());
             }
             let max_inflight = link.max_inflight;
             let generation = link.generation;

@@ -384,3 +384,21 @@ fn open_fails_cleanly_when_the_config_never_comes() {
     let o = VmbusOptions { open_timeout: Duration::from_millis(50), ..opts() };
     assert!(matches!(VmbusTransport::open(FakeSource::new(RING), o), Err(ClientError::Transport(_))));
 }
+
+/// A host that takes one request and then nothing more: a second submission
+/// waiting for an in-flight slot gives up after its request's timeout plus
+/// the grace, instead of hanging before it even has a ticket.
+#[test]
+fn a_submission_the_host_never_makes_room_for_times_out() {
+    let source = FakeSource::new(RING);
+    let config = fake::config(1);
+    let (t, mut host) = open(&source, config);
+    let c = BlobClient::new(t.clone(), t.device_config(), ClientOptions { timeout_ms: 50, ..Default::default() });
+    let _first = create(&c, "stuck").unwrap();
+    assert!(host.next_request(LONG).is_some());
+    let started = std::time::Instant::now();
+    let second = create(&c, "waits");
+    assert!(matches!(second, Err(ClientError::Transport(_))), "{:?}", second.err());
+    assert!(started.elapsed() >= crate::transport::SUBMIT_GRACE, "gave up early: {:?}", started.elapsed());
+    assert!(host.next_request(Duration::from_millis(100)).is_none(), "the timed-out request never reached the ring");
+}
