@@ -397,8 +397,16 @@ fn a_submission_the_host_never_makes_room_for_times_out() {
     let _first = create(&c, "stuck").unwrap();
     assert!(host.next_request(LONG).is_some());
     let started = std::time::Instant::now();
-    let second = create(&c, "waits");
-    assert!(matches!(second, Err(ClientError::Transport(_))), "{:?}", second.err());
-    assert!(started.elapsed() >= crate::transport::SUBMIT_GRACE, "gave up early: {:?}", started.elapsed());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| tx.send(create(&c, "waits").err()).unwrap());
+        // Bounded, so a submit that ignores its deadline fails the test instead of hanging it.
+        let second = rx.recv_timeout(crate::transport::SUBMIT_GRACE + LONG);
+        // Unblocks a sender that is still waiting, so a failure below cannot hang the scope.
+        t.close();
+        let second = second.expect("submit still blocked past its deadline");
+        assert!(matches!(second, Some(ClientError::Transport(_))), "{second:?}");
+        assert!(started.elapsed() >= crate::transport::SUBMIT_GRACE, "gave up early: {:?}", started.elapsed());
+    });
     assert!(host.next_request(Duration::from_millis(100)).is_none(), "the timed-out request never reached the ring");
 }

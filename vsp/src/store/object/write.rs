@@ -233,9 +233,17 @@ impl ObjectBlobStore {
                     return Err(e);
                 }
             };
-            if let Some(w) = decide_write(&self.head(&key)?, &req.conditions, txn)? {
-                self.abort(up);
-                return Ok(w);
+            let decided = self.head(&key).and_then(|cur| decide_write(&cur, &req.conditions, txn));
+            match decided {
+                Ok(None) => {}
+                Ok(Some(w)) => {
+                    self.abort(up);
+                    return Ok(w);
+                }
+                Err(e) => {
+                    self.abort(up);
+                    return Err(e);
+                }
             }
             (self.complete(up)?.map_or_else(|| self.etag_of(&key), Ok)?, crc)
         } else {
