@@ -3,9 +3,9 @@
 //! daemon, and [`both_stores!`](crate::both_stores) to run one test body
 //! against the embedded store and against Azurite.
 //!
-//! Install it with `.ci/install-azurite`. Without Node.js the Azurite half of
-//! a test is skipped with a message; with Node but without Azurite it fails
-//! and says how to install it.
+//! The first test that needs it installs it (`.ci/install-azurite`, one
+//! installer at a time). Without Node.js, or without Azurite and npm, the
+//! Azurite half of a test is skipped with a message.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +25,7 @@ pub fn shared() -> Option<&'static Azurite> {
 pub fn fresh_store() -> Option<StoreKind> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let Some(az) = shared() else {
-        eprintln!("SKIPPED against Azurite: Node.js is not installed");
+        eprintln!("SKIPPED against Azurite: Node.js (or npm, to install Azurite) is not installed");
         return None;
     };
     let container = format!("e2e-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));

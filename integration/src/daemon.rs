@@ -32,7 +32,7 @@ pub fn vmblob_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let _ = vsp_binary();
-        build_binary("vmblob-vsc", "vmblob")
+        build_binary("vmblob-cli", "vmblob")
     })
 }
 

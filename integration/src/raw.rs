@@ -14,11 +14,11 @@ use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmblob_glue::{FrontendOptions, GuestRam, QueueConfig, VhostUserDevice};
 use vmblob_protocol::framing::virtio::canonical_offsets;
 use vmblob_protocol::ops::{OpCode, OpRequest, ResponseMessage};
 use vmblob_protocol::transport::{OperationType, REQUEST_SIZE, RESPONSE_SIZE, VspRequest, VspResponse};
 use vmblob_protocol::{BlobError, DataDirection};
+use vmblob_vhost_frontend::{FrontendOptions, GuestRam, QueueConfig, VhostUserDevice};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use zerocopy::{FromBytes, IntoBytes};

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::emulated::EmulatedSource;
 use vmblob_glue::GuestRam;
 use vmblob_glue::vmbus::emulator::{EmulatorConfig, VmbusEmulator};
-use vmblob_vsc::vmbus::EmulatedSource;
 use vmblob_vsc::{BlobClient, ClientOptions, VmbusOptions, VmbusTransport};
 use vmblob_vsp::engine::{Engine, Limits};
 use vmblob_vsp::store::memory::MemoryStore;

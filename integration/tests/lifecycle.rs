@@ -355,7 +355,7 @@ fn frontend_disconnect_with_requests_in_flight(store: StoreKind) {
 fn stalled_object_store_with_requests_in_flight_drains_on_sigterm() {
     const N: usize = 16;
     let Some(az) = Azurite::start().unwrap_or_else(|e| panic!("{e}")) else {
-        return eprintln!("SKIPPED: Node.js is not installed, so Azurite cannot run");
+        return eprintln!("SKIPPED: Node.js (or npm, to install Azurite) is not installed, so Azurite cannot run");
     };
     let store = StoreKind::Azure { endpoint: az.endpoint(), container: "stall".into() };
     let sb = Sandbox::new();

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmblob_glue::GuestRam;
 use vmblob_glue::vmbus::emulator::{ChannelDevice, DeviceError, EmulatorConfig, HostChannel, Offer, VmbusEmulator};
-use vmblob_glue::vmbus::{ControlWord, ReadError, RingMem};
+use vmblob_integration::emulated::EmulatedSource;
 use vmblob_integration::{bounded, wait_until};
 use vmblob_protocol::config::{DeviceConfig, caps};
 use vmblob_protocol::framing::vmbus::{
@@ -19,7 +19,7 @@ use vmblob_protocol::framing::vmbus::{
 use vmblob_protocol::ops::{ContainerProperties, OpRequest, OpResponse, encode_success};
 use vmblob_protocol::transport::MAX_BUFFER_LEN;
 use vmblob_protocol::{Segment, VspResponse};
-use vmblob_vsc::vmbus::EmulatedSource;
+use vmblob_vmbus::{ControlWord, ReadError, RingMem};
 use vmblob_vsc::{BlobClient, ClientError, ClientOptions, Transport, VmbusOptions, VmbusTransport};
 use zerocopy::IntoBytes;
 
@@ -50,10 +50,10 @@ fn post(host: &mut HostChannel, packet: &[u8]) {
     }
 }
 
-fn write_segments(ram: &GuestRam, segs: &[Segment], mut bytes: &[u8]) {
+fn write_segments(mem: &GuestMemoryMmap, segs: &[Segment], mut bytes: &[u8]) {
     for s in segs {
         let n = bytes.len().min(s.len as usize);
-        ram.memory().write_slice(&bytes[..n], GuestAddress(s.addr)).unwrap();
+        mem.write_slice(&bytes[..n], GuestAddress(s.addr)).unwrap();
         bytes = &bytes[n..];
     }
 }
@@ -91,7 +91,7 @@ impl Liar {
             let mut req = Vec::new();
             for s in &layout.request {
                 let mut b = vec![0u8; s.len as usize];
-                host.ram.memory().read_slice(&mut b, GuestAddress(s.addr)).unwrap();
+                host.memory.read_slice(&mut b, GuestAddress(s.addr)).unwrap();
                 req.extend(b);
             }
             let op = OpRequest::decode(&req).unwrap();
@@ -109,7 +109,7 @@ impl Liar {
                 other => panic!("unexpected {other:?}"),
             };
             let body = encode_success(op.op(), &answer);
-            write_segments(&host.ram, &layout.response, &body);
+            write_segments(&host.memory, &layout.response, &body);
             post(&mut host, &encode_blob_completion(frame.transaction_id, &VspResponse::new(0, body.len() as u32)));
         }
     }

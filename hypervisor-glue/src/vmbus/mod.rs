@@ -1,37 +1,4 @@
-//! A Hyper-V VMBus ring buffer, both ends, over any memory (`../shared/notes/vmbus.md` §1).
-//!
-//! - [`RingMem`]: one ring's control page and data area. [`FlatRingMem`] is a heap ring;
-//!   [`MappedRingMem`] puts a ring inside a [`SharedMemory`] (guest RAM, the uio `txrx_rings`
-//!   map), and [`ChannelRings`] splits a channel's allocation into its two rings.
-//! - [`OutgoingRing`] writes packets (built by `vmblob_protocol::framing::vmbus`) with their
-//!   trailers, batches them, and says when to signal; [`IncomingRing`] copies packets out,
-//!   validates them against a hostile writer, and says when to signal back.
-//! - [`emulator`]: a VMBus host for rigs (offer, open, close, rescind, re-offer).
-//! - [`Signal`] wakes the peer; [`Channel`] ties two rings and a signal together and
-//!   [`Loopback`] connects two ends in one process.
-//!
-//! Memory ordering follows Linux `ring_buffer.c`: full barriers (`fence(SeqCst)`) around the
-//! Dekker-style index/mask and index/pending_send_sz handshakes, Acquire/Release on indices.
-#![forbid(unsafe_code)]
+//! A VMBus host for rigs ([`emulator`]), built on the generic ring, channel and device trait of
+//! `vmblob-vmbus`.
 
-mod channel;
-mod control;
 pub mod emulator;
-mod incoming;
-mod mapped;
-mod outgoing;
-mod ring_mem;
-mod signal;
-
-pub use channel::{Channel, Loopback, LoopbackEnd};
-pub use control::{
-    CONTROL_PAGE_SIZE, ControlWord, CorruptError, DESCRIPTOR_SIZE, FEATURE_PENDING_SEND_SIZE, LayoutError,
-    RING_PAGE_SIZE, ReadError, RingError, TRAILER_SIZE, WriteError,
-};
-pub use incoming::IncomingRing;
-pub use mapped::{ChannelRings, MappedRingMem, SharedMemory};
-pub use outgoing::OutgoingRing;
-pub use ring_mem::{FlatRingMem, RingMem};
-pub use signal::{CountingSignal, EventFdSignal, Signal};
-#[cfg(test)]
-mod tests;

@@ -15,8 +15,8 @@ use vmblob_protocol::ops::{BlobRef, BlobWritten, Conditions, OpRequest, OpRespon
 use super::attributes::BlobAttributes;
 use super::error::ObjStoreError;
 use crate::client::{BlobClient, Data, PendingOp};
-use crate::dma::DmaBuf;
 use crate::error::ClientError;
+use crate::transport::dma::DmaBuf;
 
 const MAX_PARTS: usize = 100_000_000;
 const MAX_BLOCKS_PER_PART: usize = 1_000_000;

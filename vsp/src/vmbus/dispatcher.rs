@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use vmblob_glue::vmbus::emulator::HostChannel;
-use vmblob_glue::vmbus::{ReadError, WriteError};
 use vmblob_protocol::framing::vmbus::encode_blob_completion;
 use vmblob_protocol::{BlobError, VspResponse};
+use vmblob_vmbus::HostChannel;
+use vmblob_vmbus::{ReadError, WriteError};
 
 use super::packet::{Classified, classify};
 use super::workers::{Done, Job};

@@ -25,9 +25,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use vmblob_glue::vmbus::emulator::{ChannelDevice, DeviceError, Doorbell, HostChannel, Offer};
-use vmblob_glue::vmbus::{CorruptError, WriteError};
 use vmblob_protocol::framing::vmbus::MAX_PACKET_PAGES;
+use vmblob_vmbus::{ChannelDevice, DeviceError, Doorbell, HostChannel, Offer};
+use vmblob_vmbus::{CorruptError, WriteError};
 
 use crate::engine::{Engine, InflightTable};
 use dispatcher::{Control, Dispatcher, Parts};

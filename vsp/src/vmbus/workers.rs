@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use vm_memory::GuestMemoryMmap;
-use vmblob_glue::vmbus::emulator::Doorbell;
 use vmblob_protocol::framing::vmbus::GpaDirectFrame;
 use vmblob_protocol::{BlobError, VspResponse};
+use vmblob_vmbus::Doorbell;
 
 use crate::engine::{CancelToken, Engine};
 

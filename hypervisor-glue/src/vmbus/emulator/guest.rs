@@ -7,15 +7,16 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
-use vmblob_protocol::framing::vmbus::PageBuffer;
+use vmblob_vmbus::packet::PageBuffer;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::doorbell::Doorbell;
-use super::host::GuestRingMem;
 use super::lifecycle::{EmulatorError, OpenError, Shared};
-use super::offer::{Offer, OpenParams};
+use super::offer::OpenParams;
 use crate::GuestRam;
-use crate::vmbus::{ChannelRings, RING_PAGE_SIZE};
+use vmblob_vmbus::Doorbell;
+use vmblob_vmbus::GuestRingMem;
+use vmblob_vmbus::Offer;
+use vmblob_vmbus::{ChannelRings, RING_PAGE_SIZE};
 
 /// Where an open channel stands, as the guest sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmblob_protocol::transport::VMBUS_CLASS_GUID;
 
-use super::doorbell::Doorbell;
 use super::guest::{ChannelStatus, ChannelWatch, GuestBus, GuestChannel};
-use super::host::{ChannelDevice, DeviceError, HostChannel};
-use super::offer::{EmulatorConfig, Offer, OpenParams};
+use super::offer::{EmulatorConfig, OpenParams};
 use crate::GuestRam;
-use crate::vmbus::{
+use vmblob_vmbus::Doorbell;
+use vmblob_vmbus::Offer;
+use vmblob_vmbus::{
     CONTROL_PAGE_SIZE, ChannelRings, ControlWord, FEATURE_PENDING_SEND_SIZE, IncomingRing, LayoutError, OutgoingRing,
     RingError, RingMem,
 };
+use vmblob_vmbus::{ChannelDevice, DeviceError, HostChannel};
 
 /// Why a lifecycle step was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,7 +198,7 @@ impl Shared {
         let (to_guest, from_guest) = (Doorbell::new()?, Doorbell::new()?);
         let host = HostChannel {
             offer: offer.clone(),
-            ram: self.ram.clone(),
+            memory: mem.clone(),
             incoming: IncomingRing::new(rings.guest_to_host.clone())?,
             outgoing: OutgoingRing::new(rings.host_to_guest.clone())?,
             to_guest: to_guest.clone(),

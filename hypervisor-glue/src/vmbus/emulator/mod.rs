@@ -12,17 +12,15 @@
 //! - [`Doorbell`] is an interrupt line (an eventfd) in either direction.
 #![forbid(unsafe_code)]
 
-mod doorbell;
 mod guest;
-mod host;
 mod lifecycle;
 mod offer;
 
-pub use doorbell::Doorbell;
 pub use guest::{ChannelStatus, ChannelWatch, GuestBus, GuestChannel, GuestError, Wakeup, page_buffer};
-pub use host::{ChannelDevice, DeviceError, GuestRingMem, HostChannel};
 pub use lifecycle::{EmulatorError, OpenError, VmbusEmulator};
-pub use offer::{EmulatorConfig, Offer, OpenParams};
+pub use offer::{EmulatorConfig, OpenParams};
+// The device side the emulator hosts, re-exported for rigs.
+pub use vmblob_vmbus::{ChannelDevice, DeviceError, Doorbell, GuestRingMem, HostChannel, Offer};
 
 #[cfg(test)]
 mod tests;

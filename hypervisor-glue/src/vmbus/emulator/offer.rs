@@ -1,21 +1,7 @@
 //! What the host offers (`OFFERCHANNEL`) and what the guest asks for when it opens
 //! (`OPENCHANNEL` with its ring GPADL), with the checks a VMM makes on the latter.
 
-use crate::vmbus::{CONTROL_PAGE_SIZE, LayoutError, RING_PAGE_SIZE};
-
-/// One offer of the channel. A re-offer after a rescind is a new device to the guest: a new
-/// `generation` and `relid`, the same class and instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Offer {
-    /// Device class (`if_type`), lower-case like sysfs `class_id` without braces.
-    pub class_id: String,
-    /// Device instance (`if_instance`), like sysfs `device_id` without braces.
-    pub instance_id: String,
-    /// `child_relid` of this offer.
-    pub relid: u32,
-    /// Counts offers from 1; tells a re-offer from the offer the guest last saw.
-    pub generation: u64,
-}
+use vmblob_vmbus::{CONTROL_PAGE_SIZE, LayoutError, RING_PAGE_SIZE};
 
 /// How the emulator offers its channel.
 #[derive(Debug, Clone)]

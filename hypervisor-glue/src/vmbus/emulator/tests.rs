@@ -6,12 +6,12 @@ use std::thread;
 use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress};
-use vmblob_protocol::framing::vmbus::{Packet, encode_completion, encode_inband, parse_packet};
 use vmblob_protocol::transport::VMBUS_CLASS_GUID;
+use vmblob_vmbus::packet::{Packet, encode_completion, encode_inband, parse_packet};
 
 use super::*;
 use crate::GuestRam;
-use crate::vmbus::{ControlWord, IncomingRing, LayoutError, OutgoingRing, RingMem};
+use vmblob_vmbus::{ControlWord, IncomingRing, LayoutError, OutgoingRing, RingMem};
 
 const RAM: u64 = 1 << 20;
 const RING: usize = 0x4000;

@@ -56,7 +56,7 @@ impl RestPath {
     pub fn azurite() -> Result<RestPath> {
         let azurite = Azurite::start()
             .map_err(BenchError::Other)?
-            .ok_or_else(|| BenchError::Other("Node.js is not installed, so Azurite cannot run".into()))?;
+            .ok_or_else(|| BenchError::Other("Node.js (or npm, to install Azurite) is not installed, so Azurite cannot run".into()))?;
         let spec = azurite.spec(CONTAINER);
         spec.ensure_container().map_err(|e| BenchError::Other(format!("creating the Azurite container: {e}")))?;
         let store = MicrosoftAzureBuilder::new()

@@ -105,6 +105,7 @@ impl FsStore {
     }
 
     /// Opens a store that calls `faults` at every [`FaultPoint`] (crash tests).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn with_faults(root: &Path, faults: FaultHook) -> io::Result<FsStore> {
         Self::open_with(root, FsOptions { faults: Some(faults), ..FsOptions::default() })
     }

@@ -1,9 +1,10 @@
 //! Azurite (Microsoft's Azure Storage emulator, from npm) for tests: started
 //! on a free port with a temporary location, stopped on drop.
 //!
-//! Installed by `.ci/install-azurite` into `target/azurite`. A test that needs
-//! it skips only when Node.js is absent; Node without Azurite is an error
-//! that says how to install it.
+//! Installed by `.ci/install-azurite` into `target/azurite`, which the first
+//! test that needs it runs (one installer at a time, across test processes),
+//! so `cargo test` works on a fresh machine. A test that needs it skips, with
+//! a message, only when Node.js or npm is absent.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -12,7 +13,42 @@ use std::time::{Duration, Instant};
 
 /// The `azurite-blob` script `.ci/install-azurite` installs.
 pub fn default_bin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/azurite/node_modules/.bin/azurite-blob")
+    workspace().join("target/azurite/node_modules/.bin/azurite-blob")
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `.ci/install-azurite` unless `bin` is already there. Concurrent test
+/// processes take turns on a lock file, so npm runs once and nobody starts a
+/// half-installed Azurite.
+fn install(bin: &Path) -> Result<(), String> {
+    let target = workspace().join("target");
+    std::fs::create_dir_all(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+    let lock_path = target.join("azurite.install.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    lock.lock().map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    if bin.exists() {
+        return Ok(());
+    }
+    eprintln!("Azurite is not installed: installing it with .ci/install-azurite (npm) ...");
+    let script = workspace().join(".ci/install-azurite");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !out.status.success() || !bin.exists() {
+        return Err(format!(
+            "installing Azurite with {} failed ({}):\n{}{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 /// How long Azurite gets to start listening (it takes under a second here).
@@ -25,8 +61,8 @@ pub struct Azurite {
     location: PathBuf,
 }
 
-fn node_present() -> bool {
-    Command::new("node")
+fn present(tool: &str) -> bool {
+    Command::new(tool)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -35,18 +71,27 @@ fn node_present() -> bool {
 }
 
 impl Azurite {
-    /// `Ok(None)` (with a message on stderr) when Node.js is absent.
+    /// `Ok(None)` (with a message on stderr) when Node.js is absent, or when
+    /// Azurite is not installed and npm, which would install it, is absent.
+    /// Installs Azurite on first use (`VMBLOB_AZURITE` names another one).
     pub fn start() -> Result<Option<Self>, String> {
-        if !node_present() {
+        if !present("node") {
             eprintln!("SKIPPED: Node.js is not installed, so Azurite cannot run; install node to run this test");
             return Ok(None);
         }
-        let bin = std::env::var_os("VMBLOB_AZURITE").map_or_else(default_bin, PathBuf::from);
+        let bin = match std::env::var_os("VMBLOB_AZURITE") {
+            Some(path) => PathBuf::from(path),
+            None => default_bin(),
+        };
         if !bin.exists() {
-            return Err(format!(
-                "Azurite is not installed at {} (Node.js is present): run .ci/install-azurite",
-                bin.display()
-            ));
+            if std::env::var_os("VMBLOB_AZURITE").is_some() {
+                return Err(format!("VMBLOB_AZURITE names {}, which does not exist", bin.display()));
+            }
+            if !present("npm") {
+                eprintln!("SKIPPED: Azurite is not installed and npm is missing, so it cannot be; install npm");
+                return Ok(None);
+            }
+            install(&bin)?;
         }
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())

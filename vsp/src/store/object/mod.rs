@@ -24,6 +24,7 @@
 //! the start of the container (Azurite lacks `startFrom`).
 
 mod attrs;
+#[cfg(any(test, feature = "test-util"))]
 pub mod azurite;
 pub mod backend;
 mod bridge;

@@ -11,7 +11,6 @@ use vmblob_glue::GuestRam;
 use vmblob_glue::vmbus::emulator::{
     EmulatorConfig, GuestChannel, GuestError, GuestRingMem, OpenParams, VmbusEmulator, Wakeup, page_buffer,
 };
-use vmblob_glue::vmbus::{IncomingRing, OutgoingRing, ReadError};
 use vmblob_protocol::framing::vmbus::{Packet, PageBuffer, encode_blob_request, parse_blob_completion, parse_packet};
 use vmblob_protocol::ops::{
     BlobListItem, BlobRef, BlockListType, ContainerEntry, ContainerProperties, ResponseMessage,
@@ -20,6 +19,7 @@ use vmblob_protocol::transport::OperationType;
 use vmblob_protocol::{
     BlobError, BlobName, ContainerName, DataDirection, OpCode, OpRequest, OpResponse, VspRequest, VspResponse,
 };
+use vmblob_vmbus::{IncomingRing, OutgoingRing, ReadError};
 
 use crate::engine::{Engine, Limits};
 use crate::store::memory::MemoryStore;

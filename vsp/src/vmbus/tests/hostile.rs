@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use vmblob_glue::vmbus::{ControlWord, CorruptError, RingMem};
 use vmblob_protocol::framing::vmbus::{GpaRange, encode_blob_request, encode_gpa_direct, encode_inband};
 use vmblob_protocol::{BlobError, OpRequest, VspResponse};
+use vmblob_vmbus::{ControlWord, CorruptError, RingMem};
 use zerocopy::IntoBytes;
 
 use super::guest::{GateStore, Next, RAM, TestGuest, WAIT, name};

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vmblob_glue::vmbus::IncomingRing;
 use vmblob_glue::vmbus::emulator::GuestError;
 use vmblob_protocol::ops::{Conditions, Metadata, PutBlob};
 use vmblob_protocol::{BlobError, OpRequest, VspResponse};
+use vmblob_vmbus::IncomingRing;
 
 use super::guest::{GateStore, Next, TestGuest, WAIT, blob_ref, name};
 use crate::engine::Limits;

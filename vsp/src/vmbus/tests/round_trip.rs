@@ -167,8 +167,8 @@ fn full_rings_in_both_directions_lose_nothing() {
     let emu = g.emu.clone();
     let offer = emu.guest().current_offer().unwrap();
     let ch = emu.guest().open(&offer, vmblob_glue::vmbus::emulator::OpenParams::symmetric(0, 0x2000)).unwrap();
-    g.tx = vmblob_glue::vmbus::OutgoingRing::new(ch.outgoing_ring()).unwrap();
-    g.rx = vmblob_glue::vmbus::IncomingRing::new(ch.incoming_ring()).unwrap();
+    g.tx = vmblob_vmbus::OutgoingRing::new(ch.outgoing_ring()).unwrap();
+    g.rx = vmblob_vmbus::IncomingRing::new(ch.incoming_ring()).unwrap();
     g.ch = ch;
 
     const N: usize = 600;

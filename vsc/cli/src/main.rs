@@ -1,0 +1,233 @@
+//! The `vmblob` command line: azcopy/az-storage-like verbs over a vhost-user
+//! socket. In this mode the CLI plays both the VMM and the guest.
+
+mod commands;
+mod demo;
+mod paths;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vmblob_protocol::BlobError;
+use vmblob_protocol::transport::VMBUS_CLASS_GUID;
+
+use vmblob_vsc::transport::pinned::PinnedDma;
+use vmblob_vsc::transport::vmbus::uio::{UioChannelSource, find_devices};
+use vmblob_vsc::{
+    BlobClient, ClientError, ClientOptions, VirtioOptions, VirtioTransport, VmbusOptions, VmbusTransport,
+};
+
+/// How the CLI reaches the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    /// VMBus when a vmblob device is offered (under /sys/bus/vmbus/devices), else virtio.
+    Auto,
+    /// The VMBus channel through uio_hv_generic (a Hyper-V / Azure guest).
+    Vmbus,
+    /// vhost-user to a vmblob-vsp socket (the CLI plays VMM and guest).
+    Virtio,
+}
+
+/// `kind`, with `Auto` decided by whether `sysfs_root` shows a VMBus device
+/// of the vmblob class.
+pub fn resolve_transport(kind: TransportKind, sysfs_root: &Path) -> TransportKind {
+    match kind {
+        TransportKind::Auto => {
+            let offered = find_devices(sysfs_root, VMBUS_CLASS_GUID).is_ok_and(|d| !d.is_empty());
+            if offered { TransportKind::Vmbus } else { TransportKind::Virtio }
+        }
+        k => k,
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "vmblob", version, about = "Blob storage through the vmblob paravirtual device")]
+pub struct Cli {
+    /// vmbus, virtio or auto (vmbus when a vmblob VMBus device exists).
+    #[arg(long, global = true, value_enum, default_value_t = TransportKind::Auto)]
+    pub transport: TransportKind,
+    /// vhost-user socket of a running vmblob-vsp (virtio transport).
+    #[arg(long, global = true, env = "VMBLOB_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Request queues to use.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub queues: usize,
+    /// Requests in flight per large transfer.
+    #[arg(long, global = true, default_value_t = 8)]
+    pub parallel: usize,
+    /// Per-request timeout the VSP enforces, in milliseconds (0: none).
+    #[arg(long, global = true, default_value_t = 60_000)]
+    pub timeout_ms: u32,
+    /// Guest RAM for rings and buffers (virtio), or pinned DMA memory (vmbus), in MiB.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub ram_mib: u64,
+    /// How long to wait for the socket to accept, in milliseconds.
+    #[arg(long, global = true, default_value_t = 3000)]
+    pub connect_timeout_ms: u64,
+    /// Busy-poll for completions this many microseconds before sleeping.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub poll_us: u64,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Make a container.
+    Mb { container: String },
+    /// Remove a container and every blob in it.
+    Rb { container: String },
+    /// List containers, or blobs under container[/prefix].
+    Ls {
+        path: Option<String>,
+        /// List every blob instead of rolling up at '/'.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Upload a file.
+    Put { file: PathBuf, dest: String },
+    /// Download a blob to a file, or to stdout with '-' or no file.
+    Get { src: String, file: Option<PathBuf> },
+    /// Show a blob's properties.
+    Stat { path: String },
+    /// Delete a blob.
+    Rm { path: String },
+    /// Copy a directory to container/prefix, or container/prefix to a directory.
+    Cp {
+        src: String,
+        dest: String,
+        /// Required for directories, as with cp.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Start a vmblob-vsp with a temporary store, round-trip a blob through
+    /// it and say what happened.
+    Demo {
+        /// Bytes in the demo blob.
+        #[arg(long, default_value_t = 48 << 20)]
+        size: u64,
+    },
+}
+
+/// Exit codes a script can rely on.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NOT_FOUND: u8 = 3;
+    pub const CONFLICT: u8 = 4;
+    pub const UNAVAILABLE: u8 = 5;
+}
+
+fn exit_code(e: &ClientError) -> u8 {
+    match e {
+        ClientError::Blob { error, .. } => match error {
+            BlobError::BlobNotFound | BlobError::ContainerNotFound => exit::NOT_FOUND,
+            BlobError::AlreadyExists | BlobError::PreconditionFailed => exit::CONFLICT,
+            BlobError::Rescinded | BlobError::Busy | BlobError::Timeout => exit::UNAVAILABLE,
+            BlobError::InvalidName | BlobError::InvalidRequest => exit::USAGE,
+            _ => exit::FAILED,
+        },
+        ClientError::Rescinded | ClientError::Transport(_) => exit::UNAVAILABLE,
+        ClientError::Invalid(_) => exit::USAGE,
+        _ => exit::FAILED,
+    }
+}
+
+pub fn connect(cli: &Cli, socket: &std::path::Path) -> Result<BlobClient, ClientError> {
+    let mut opts = VirtioOptions::new(socket);
+    opts.queues = cli.queues;
+    opts.ram_size = cli.ram_mib << 20;
+    opts.reconnect = false;
+    opts.frontend.connect_timeout = std::time::Duration::from_millis(cli.connect_timeout_ms);
+    opts.poll = std::time::Duration::from_micros(cli.poll_us);
+    let transport = VirtioTransport::connect(opts)?;
+    let config = transport.device_config();
+    let options = ClientOptions { timeout_ms: cli.timeout_ms, parallel: cli.parallel, ..ClientOptions::default() };
+    Ok(BlobClient::new(Arc::new(transport), config, options))
+}
+
+/// The VMBus device of a real guest: bind it to uio_hv_generic, pin the
+/// DMA memory, open the channel.
+pub fn connect_vmbus(cli: &Cli) -> Result<BlobClient, ClientError> {
+    let len = usize::try_from(cli.ram_mib << 20).map_err(|_| ClientError::Invalid("--ram-mib too large".into()))?;
+    let dma = PinnedDma::new(len).map_err(|e| ClientError::Transport(format!("DMA memory: {e}")))?;
+    let source = UioChannelSource::new("/sys", VMBUS_CLASS_GUID, dma);
+    let opts = VmbusOptions {
+        open_timeout: std::time::Duration::from_millis(cli.connect_timeout_ms),
+        reopen: false,
+        ..Default::default()
+    };
+    let transport = VmbusTransport::open(Arc::new(source), opts)?;
+    let config = transport.device_config();
+    let options = ClientOptions { timeout_ms: cli.timeout_ms, parallel: cli.parallel, ..ClientOptions::default() };
+    Ok(BlobClient::new(Arc::new(transport), config, options))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let name = format!("{:?}", cli.cmd).split([' ', '{']).next().unwrap_or("").to_lowercase();
+    let result = match &cli.cmd {
+        Cmd::Demo { size } => demo::run(&cli, *size),
+        _ => match (resolve_transport(cli.transport, Path::new("/sys")), &cli.socket) {
+            (TransportKind::Vmbus, _) => connect_vmbus(&cli).and_then(|c| commands::run(&cli, &c)),
+            (_, None) => {
+                eprintln!("vmblob: {name}: no socket (use --socket PATH or VMBLOB_SOCKET)");
+                return ExitCode::from(exit::USAGE);
+            }
+            (_, Some(socket)) => connect(&cli, socket).and_then(|c| commands::run(&cli, &c)),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            eprintln!("vmblob: {name}: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(root: &Path, instance: &str, class: &str) {
+        let dir = root.join("bus/vmbus/devices").join(instance);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("class_id"), format!("{{{class}}}\n")).unwrap();
+        std::fs::write(dir.join("id"), "14\n").unwrap();
+    }
+
+    #[test]
+    fn auto_picks_vmbus_only_when_a_vmblob_device_is_offered() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        // No VMBus at all (not a Hyper-V guest).
+        assert_eq!(resolve_transport(TransportKind::Auto, r), TransportKind::Virtio);
+        // VMBus with other devices only.
+        device(r, "f8615163-df3e-46c5-913f-f2d2f965ed0e", "f8615163-df3e-46c5-913f-f2d2f965ed0e");
+        assert_eq!(resolve_transport(TransportKind::Auto, r), TransportKind::Virtio);
+        // The vmblob class (sysfs writes braces; case does not matter).
+        device(r, "0d1a2b3c-0000-4000-8000-000000000001", &VMBUS_CLASS_GUID.to_uppercase());
+        assert_eq!(resolve_transport(TransportKind::Auto, r), TransportKind::Vmbus);
+        // An explicit choice is never second-guessed.
+        assert_eq!(resolve_transport(TransportKind::Virtio, r), TransportKind::Virtio);
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(resolve_transport(TransportKind::Vmbus, empty.path()), TransportKind::Vmbus);
+    }
+
+    #[test]
+    fn transport_flag_parses() {
+        let cli = Cli::try_parse_from(["vmblob", "--transport", "vmbus", "ls"]).unwrap();
+        assert_eq!(cli.transport, TransportKind::Vmbus);
+        let cli = Cli::try_parse_from(["vmblob", "ls"]).unwrap();
+        assert_eq!(cli.transport, TransportKind::Auto);
+        assert!(Cli::try_parse_from(["vmblob", "--transport", "pci", "ls"]).is_err());
+    }
+}

@@ -1,3 +1,0 @@
-fn main() -> std::process::ExitCode {
-    vmblob_vsc::cli::main()
-}

@@ -1,0 +1,89 @@
+//! The one interface between the blob client and a transport (virtio split
+//! queues over vhost-user, or VMBus rings), and what every transport shares:
+//! the request table ([`table`]), DMA memory ([`dma`], and [`pinned`] memory
+//! with guest-physical addresses from [`pagemap`]), bounds-checked mappings
+//! ([`region`]) and the virtio split-queue driver ([`virtio`]).
+
+pub mod dma;
+pub mod pagemap;
+pub mod pinned;
+pub mod region;
+pub mod table;
+pub mod virtio;
+#[cfg(feature = "vhost-user")]
+pub mod virtio_vhost_user;
+pub mod vmbus;
+
+use std::sync::Arc;
+
+use vmblob_protocol::{DataDirection, VspRequest, VspResponse};
+
+use crate::error::ClientError;
+use crate::transport::dma::{DmaBuf, DmaPool};
+use crate::transport::table::Waiter;
+
+/// Bytes reserved at the start of the request buffer for the 56-byte header
+/// (virtio sends it in guest memory; VMBus in band).
+pub const REQUEST_PREFIX: usize = vmblob_protocol::transport::REQUEST_SIZE;
+/// Bytes reserved after the op response for the 12-byte status (virtio).
+pub const RESPONSE_SUFFIX: usize = vmblob_protocol::transport::RESPONSE_SIZE;
+
+/// One request's buffers, owned by the transport from submission until the
+/// device completed it.
+pub struct OpBuffers {
+    /// Transaction id, timeout, operation type, buffer lengths and
+    /// `data_buffer_valid`; the transport fills in the offsets.
+    pub header: VspRequest,
+    /// `REQUEST_PREFIX` spare bytes, then the op request.
+    pub request: DmaBuf,
+    /// The op response area, then `RESPONSE_SUFFIX` spare bytes.
+    pub response: DmaBuf,
+    pub data: Option<DmaBuf>,
+    pub dir: DataDirection,
+}
+
+/// A completed request: the VSP's response and the buffers back.
+pub struct Completion {
+    pub response: VspResponse,
+    pub buffers: OpBuffers,
+}
+
+/// What a caller waits on.
+pub type Ticket = Arc<Waiter<Completion>>;
+
+pub trait Transport: Send + Sync {
+    /// Guest-physical memory for request buffers.
+    fn pool(&self) -> &DmaPool;
+    /// Hand a request to the device. Fails fast with `Rescinded` while the
+    /// device is gone; blocks while the rings are full.
+    fn submit(&self, buffers: OpBuffers) -> Result<Ticket, ClientError>;
+    fn num_queues(&self) -> usize;
+    /// Whether the device is there now.
+    fn is_connected(&self) -> bool;
+}
+
+/// How long past a request's own timeout a submitter waits for ring space
+/// before giving up: a device that stops taking requests must not hang the
+/// caller before it even has a ticket to time out on.
+pub const SUBMIT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When a submission of `header` stops waiting for ring space (`None`: the
+/// request has no timeout, so neither does its submission).
+pub fn submit_deadline(header: &VspRequest) -> Option<std::time::Instant> {
+    let ms = header.timeout_ms.get();
+    (ms != 0).then(|| std::time::Instant::now() + std::time::Duration::from_millis(u64::from(ms)) + SUBMIT_GRACE)
+}
+
+/// The error of a submission whose deadline passed while the rings stayed full.
+pub fn submit_timed_out() -> ClientError {
+    ClientError::Transport("no ring space before the request's timeout; the device is not taking requests".into())
+}
+
+/// Check a completion's response against the request it answers.
+pub fn check_response(resp: &VspResponse, buffers: &OpBuffers) -> Result<(), ClientError> {
+    let cap = buffers.header.response_buffer_length.get();
+    if resp.response_len.get() > cap {
+        return Err(ClientError::Protocol(format!("response_len {} exceeds buffer {cap}", resp.response_len.get())));
+    }
+    Ok(())
+}

@@ -1,0 +1,568 @@
+//! The virtio transport: the guest's split queues in memfd guest RAM, driven
+//! through a vhost-user connection to `vmblob-vsp` (the role a VMM plus the
+//! guest kernel play together).
+//!
+//! One reaper thread waits on every queue's call eventfd and the hang-up
+//! event, pops used entries and completes requests. On hang-up it hands out
+//! real completions already posted, then rescinds the rest at once; a
+//! reconnect thread re-arms the rings when the backend comes back. With
+//! polling on, a caller waiting on its request first reaps the used rings
+//! itself for up to the poll window (interrupts off meanwhile), so a quick
+//! completion reaches it without waking the reaper.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vm_memory::GuestAddress;
+use vmblob_protocol::config::DeviceConfig;
+use vmblob_protocol::framing::virtio::canonical_offsets;
+use vmblob_protocol::transport::{REQUEST_SIZE, RESPONSE_SIZE};
+use vmblob_protocol::{DataDirection, VspResponse};
+use vmblob_vhost_frontend::{DisconnectHandle, FrontendOptions, GuestRam, QueueConfig, VhostUserDevice};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use zerocopy::IntoBytes;
+
+use crate::error::ClientError;
+use crate::transport::dma::DmaPool;
+use crate::transport::table::{RequestTable, WaitAssist};
+use crate::transport::virtio::{QueueError, SplitQueue};
+use crate::transport::{Completion, OpBuffers, Ticket, Transport, check_response};
+
+const PAGE: u64 = 4096;
+const HANGUP_TOKEN: u64 = u64::MAX;
+const STOP_TOKEN: u64 = u64::MAX - 1;
+
+/// How to reach and size the device.
+#[derive(Debug, Clone)]
+pub struct VirtioOptions {
+    pub socket: PathBuf,
+    pub queues: usize,
+    pub queue_size: u16,
+    /// Guest RAM for rings and request buffers.
+    pub ram_size: u64,
+    pub frontend: FrontendOptions,
+    /// Reconnect after the backend goes away.
+    pub reconnect: bool,
+    /// Busy-poll the used rings this long after the last completion before
+    /// sleeping on the call eventfds (zero: interrupts only). Polling stops
+    /// when idle, so an idle client burns no CPU.
+    pub poll: Duration,
+}
+
+impl VirtioOptions {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            queues: 1,
+            queue_size: 256,
+            ram_size: 256 << 20,
+            frontend: FrontendOptions {
+                connect_timeout: Duration::from_secs(10),
+                reconnect_timeout: Duration::from_millis(500),
+                ..FrontendOptions::default()
+            },
+            reconnect: true,
+            poll: Duration::ZERO,
+        }
+    }
+}
+
+struct QueueState {
+    ring: SplitQueue,
+    /// Chain head -> request id.
+    heads: HashMap<u16, u64>,
+}
+
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when descriptors are freed or the device goes away.
+    space: Condvar,
+    kick: Arc<EventFd>,
+    call: Arc<EventFd>,
+}
+
+struct Inner {
+    /// Holds the guest RAM the rings and DMA buffers live in for as long as
+    /// the transport exists.
+    _ram: GuestRam,
+    pool: DmaPool,
+    device: Mutex<VhostUserDevice>,
+    queues: Vec<Queue>,
+    table: RequestTable<OpBuffers, Completion>,
+    hangup: DisconnectHandle,
+    config: DeviceConfig,
+    next_queue: AtomicUsize,
+    stopping: AtomicBool,
+    stop_evt: EventFd,
+    reconnect: bool,
+    reconnecting: AtomicBool,
+    poll: Duration,
+    retry_interval: Duration,
+}
+
+/// A connected virtio blob device.
+pub struct VirtioTransport {
+    inner: Arc<Inner>,
+    reaper: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn transport_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Transport(e.to_string())
+}
+
+impl VirtioTransport {
+    pub fn connect(opts: VirtioOptions) -> Result<Self, ClientError> {
+        let ring_bytes = SplitQueue::ring_bytes(opts.queue_size).div_ceil(PAGE) * PAGE;
+        let rings_total = ring_bytes * opts.queues as u64;
+        if opts.queues == 0 || rings_total + (1 << 20) > opts.ram_size {
+            return Err(ClientError::Invalid("guest RAM too small for the rings".into()));
+        }
+        let ram = GuestRam::new(opts.ram_size).map_err(transport_err)?;
+        let mut device =
+            VhostUserDevice::connect(&opts.socket, &ram, opts.queues, opts.frontend.clone()).map_err(transport_err)?;
+        let config_bytes = device.get_config(0, DeviceConfig::SIZE as u32).map_err(transport_err)?;
+        let config = DeviceConfig::from_bytes(&config_bytes)
+            .map_err(|e| ClientError::Protocol(format!("device config: {e}")))?;
+        let event_idx = device.negotiated().event_idx();
+        let mut queues = Vec::with_capacity(opts.queues);
+        let mut configs = Vec::with_capacity(opts.queues);
+        for i in 0..opts.queues {
+            let base = GuestAddress(ring_bytes * i as u64);
+            let ring =
+                SplitQueue::new(ram.memory().clone(), base, opts.queue_size, event_idx).map_err(transport_err)?;
+            configs.push(queue_config(i, &ring, 0));
+            let kick = device.kick_fd(i).ok_or_else(|| transport_err("no kick fd"))?;
+            let call = device.call_fd(i).ok_or_else(|| transport_err("no call fd"))?;
+            queues.push(Queue {
+                state: Mutex::new(QueueState { ring, heads: HashMap::new() }),
+                space: Condvar::new(),
+                kick,
+                call,
+            });
+        }
+        device.activate(&configs).map_err(transport_err)?;
+        let pool = DmaPool::new(ram.memory().clone(), GuestAddress(rings_total), opts.ram_size - rings_total)
+            .map_err(transport_err)?;
+        let inner = Arc::new(Inner {
+            hangup: device.disconnect_handle(),
+            _ram: ram,
+            pool,
+            device: Mutex::new(device),
+            queues,
+            table: RequestTable::new(),
+            config,
+            next_queue: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            stop_evt: EventFd::new(EFD_NONBLOCK)?,
+            reconnect: opts.reconnect,
+            reconnecting: AtomicBool::new(false),
+            poll: opts.poll,
+            retry_interval: opts.frontend.retry_interval,
+        });
+        inner.table.set_assist(Arc::downgrade(&(inner.clone() as Arc<dyn WaitAssist>)));
+        let reaper_inner = inner.clone();
+        let reaper = std::thread::Builder::new()
+            .name("vmblob-reaper".into())
+            .spawn(move || reaper_inner.reap_loop())
+            .map_err(ClientError::Io)?;
+        Ok(Self { inner, reaper: Some(reaper) })
+    }
+
+    /// The device's advertised limits and capabilities.
+    pub fn device_config(&self) -> DeviceConfig {
+        self.inner.config
+    }
+
+    /// Drop the vhost-user connection without stopping the rings first, as a
+    /// VMM crash would (tests).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn sever_connection(&self) -> Result<(), ClientError> {
+        // reconnect() begins by shutting the old connection; a failure to
+        // reach the backend again leaves the device disconnected.
+        let inner = self.inner.clone();
+        let configs = inner.queue_configs();
+        let mut dev = lock(&inner.device);
+        let _ = dev.reconnect(&configs);
+        Ok(())
+    }
+
+    /// Requests submitted and not completed.
+    pub fn pending(&self) -> usize {
+        self.inner.table.pending()
+    }
+}
+
+fn queue_config(index: usize, ring: &SplitQueue, base: u16) -> QueueConfig {
+    QueueConfig {
+        index,
+        size: ring.size(),
+        desc: ring.desc_table(),
+        avail: ring.avail_ring(),
+        used: ring.used_ring(),
+        base,
+    }
+}
+
+impl Inner {
+    fn queue_configs(&self) -> Vec<QueueConfig> {
+        self.queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let st = lock(&q.state);
+                queue_config(i, &st.ring, st.ring.avail_idx())
+            })
+            .collect()
+    }
+
+    /// Pop every used entry of `q` and complete those requests, then re-arm
+    /// the interrupt (re-checking for a race); returns how many completed.
+    fn reap_queue(&self, q: &Queue) -> usize {
+        self.reap(q, true)
+    }
+
+    /// `rearm`: false while busy-polling, so the device is not asked to
+    /// signal completions the poller picks up anyway.
+    fn reap(&self, q: &Queue, rearm: bool) -> usize {
+        let mut done = Vec::new();
+        {
+            let mut st = lock(&q.state);
+            loop {
+                match st.ring.pop_used() {
+                    Ok(Some((head, len))) => {
+                        if let Some(id) = st.heads.remove(&head) {
+                            done.push((id, len));
+                        }
+                    }
+                    Ok(None) => {
+                        if !rearm || !st.ring.enable_interrupts() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        // A device that corrupts the used ring is treated as gone.
+                        log::error!("used ring corrupt: {e}; treating the device as rescinded");
+                        self.hangup_now();
+                        break;
+                    }
+                }
+            }
+        }
+        if !done.is_empty() {
+            q.space.notify_all();
+        }
+        let n = done.len();
+        for (id, len) in done {
+            self.table.complete(id, |b| finish(b, len));
+        }
+        n
+    }
+
+    /// Spin on the used rings while completions keep coming, for at most
+    /// `poll` after the last one.
+    fn busy_poll(&self) {
+        if self.poll.is_zero() {
+            return;
+        }
+        for q in &self.queues {
+            lock(&q.state).ring.disable_interrupts();
+        }
+        let mut deadline = std::time::Instant::now() + self.poll;
+        while std::time::Instant::now() < deadline && !self.stopping.load(Ordering::Relaxed) {
+            let n: usize = self.queues.iter().map(|q| self.reap(q, false)).sum();
+            if n > 0 {
+                deadline = std::time::Instant::now() + self.poll;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        // Idle: back to interrupts, re-checking for what raced in.
+        for q in &self.queues {
+            self.reap(q, true);
+        }
+    }
+
+    fn spin_budget_left(&self, deadline: std::time::Instant) -> bool {
+        std::time::Instant::now() < deadline && !self.stopping.load(Ordering::Relaxed) && !self.hangup.is_disconnected()
+    }
+
+    fn hangup_now(&self) {
+        self.table.rescind();
+        for q in &self.queues {
+            q.space.notify_all();
+        }
+    }
+
+    fn reap_loop(self: Arc<Self>) {
+        let epoll = match self.epoll() {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!("reaper cannot poll: {e}");
+                self.hangup_now();
+                return;
+            }
+        };
+        let mut events = vec![EpollEvent::default(); self.queues.len() + 2];
+        while !self.stopping.load(Ordering::Acquire) {
+            let reaped: usize = self.queues.iter().map(|q| self.reap_queue(q)).sum();
+            let down = self.hangup.is_disconnected();
+            // `removing` is the "hang-up handled" state and only a completed
+            // reconnect clears it, so a second hang-up right after a
+            // reconnect is never missed.
+            if down && !self.table.is_removing() {
+                // Completions the backend posted before it left are real;
+                // everything else fails now, without waiting for anyone.
+                for q in &self.queues {
+                    self.reap_queue(q);
+                }
+                let n = self.table.rescind().len();
+                for q in &self.queues {
+                    q.space.notify_all();
+                }
+                log::warn!("device went away: {n} pending requests rescinded");
+                self.spawn_reconnect();
+            }
+            // Poll only after real completions: an idle client sleeps.
+            if !down && reaped > 0 {
+                self.busy_poll();
+            }
+            match epoll.wait(100, &mut events) {
+                Ok(n) => {
+                    for ev in &events[..n] {
+                        match ev.data() {
+                            HANGUP_TOKEN => {
+                                let _ = self.hangup.event_fd().read();
+                            }
+                            STOP_TOKEN => {}
+                            q => {
+                                if let Some(q) = self.queues.get(q as usize) {
+                                    let _ = q.call.read();
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::error!("reaper poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    fn epoll(&self) -> std::io::Result<Epoll> {
+        let epoll = Epoll::new()?;
+        for (i, q) in self.queues.iter().enumerate() {
+            epoll.ctl(ControlOperation::Add, q.call.as_raw_fd(), EpollEvent::new(EventSet::IN, i as u64))?;
+        }
+        let hup = self.hangup.event_fd().as_raw_fd();
+        epoll.ctl(ControlOperation::Add, hup, EpollEvent::new(EventSet::IN, HANGUP_TOKEN))?;
+        epoll.ctl(ControlOperation::Add, self.stop_evt.as_raw_fd(), EpollEvent::new(EventSet::IN, STOP_TOKEN))?;
+        Ok(epoll)
+    }
+
+    fn spawn_reconnect(self: &Arc<Self>) {
+        if !self.reconnect || self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.clone();
+        let spawned = std::thread::Builder::new().name("vmblob-reconnect".into()).spawn(move || {
+            inner.reconnect_loop();
+            // Also when the loop ended because the transport is stopping.
+            inner.reconnecting.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            self.reconnecting.store(false, Ordering::Release);
+        }
+    }
+
+    /// Re-arm the rings at the driver's avail index once the backend is back,
+    /// then release the quarantine (the old backend is gone: the daemon
+    /// accepts a new connection only after finishing the old one).
+    fn reconnect_loop(&self) {
+        while !self.stopping.load(Ordering::Acquire) {
+            let configs = self.queue_configs();
+            let result = lock(&self.device).reconnect(&configs);
+            match result {
+                Ok(()) => {
+                    // Late completions of the old backend first: the reset
+                    // below rewinds used.idx to the last popped entry.
+                    for q in &self.queues {
+                        self.reap_queue(q);
+                    }
+                    for q in &self.queues {
+                        let mut st = lock(&q.state);
+                        st.ring.reset_after_disconnect();
+                        st.heads.clear();
+                    }
+                    // Clear the flag first: a hang-up handled right after
+                    // reopen must be able to start the next reconnect.
+                    self.reconnecting.store(false, Ordering::Release);
+                    let released = self.table.reopen();
+                    log::info!("device is back; {released} quarantined buffers released");
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("reconnect failed: {e}");
+                    // Handshake errors return at once; don't spin on them.
+                    std::thread::sleep(self.retry_interval);
+                }
+            }
+        }
+    }
+
+    fn submit(&self, mut b: OpBuffers) -> Result<Ticket, ClientError> {
+        let req_len = b.header.request_buffer_length.get();
+        let resp_len = b.header.response_buffer_length.get();
+        let data_len = b.header.data_buffer_length.get();
+        if b.request.len() < REQUEST_SIZE + req_len as usize || b.response.len() < resp_len as usize + RESPONSE_SIZE {
+            return Err(ClientError::Invalid("buffers smaller than their lengths".into()));
+        }
+        let data = match (&b.data, b.dir) {
+            (Some(d), DataDirection::ToHost | DataDirection::ToGuest) if data_len > 0 => {
+                if d.len() < data_len as usize {
+                    return Err(ClientError::Invalid("data buffer smaller than its length".into()));
+                }
+                Some((d.gpa(), data_len))
+            }
+            _ => {
+                b.header.data_buffer_length = 0.into();
+                b.header.data_buffer_valid = 0.into();
+                None
+            }
+        };
+        canonical_offsets(&mut b.header, b.dir);
+        b.request.write_at(0, b.header.as_bytes()).map_err(transport_err)?;
+        let (req, resp) = (b.request.gpa(), b.response.gpa());
+        let mut chain = vec![(req, REQUEST_SIZE as u32 + req_len, false)];
+        if let (Some((gpa, len)), DataDirection::ToHost) = (data, b.dir) {
+            chain.push((gpa, len, false));
+        }
+        chain.push((resp, resp_len, true));
+        if let (Some((gpa, len)), DataDirection::ToGuest) = (data, b.dir) {
+            chain.push((gpa, len, true));
+        }
+        chain.push((GuestAddress(resp.0 + u64::from(resp_len)), RESPONSE_SIZE as u32, true));
+
+        let deadline = crate::transport::submit_deadline(&b.header);
+        let (id, waiter) = self.table.register(b).map_err(|(e, _)| e)?;
+        let qi = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        let q = &self.queues[qi];
+        let mut st = lock(&q.state);
+        loop {
+            // This request, not the global flag: a rescind and a reconnect
+            // may both have happened since `register`, freeing its buffers.
+            if !self.table.is_pending(id) {
+                drop(st);
+                self.table.withdraw(id);
+                return Err(ClientError::Rescinded);
+            }
+            match st.ring.add_chain(&chain) {
+                Ok(head) => {
+                    st.heads.insert(head, id);
+                    if st.ring.needs_kick() {
+                        let _ = q.kick.write(1);
+                    }
+                    return Ok(waiter);
+                }
+                Err(QueueError::Full { .. }) => {
+                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        drop(st);
+                        self.table.withdraw(id);
+                        return Err(crate::transport::submit_timed_out());
+                    }
+                    st = q.space.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                Err(e) => {
+                    drop(st);
+                    self.table.withdraw(id);
+                    return Err(transport_err(e));
+                }
+            }
+        }
+    }
+}
+
+/// A waiting caller reaps for itself. Interrupts stay off while it spins;
+/// re-enabling them (with the re-check in `reap`) when it stops keeps every
+/// other waiter's completion signalled, whoever spins and stops when.
+impl WaitAssist for Inner {
+    fn assist(&self, done: &dyn Fn() -> bool) {
+        if self.poll.is_zero() || done() {
+            return;
+        }
+        for q in &self.queues {
+            lock(&q.state).ring.disable_interrupts();
+        }
+        let deadline = std::time::Instant::now() + self.poll;
+        while !done() && self.spin_budget_left(deadline) {
+            if self.queues.iter().map(|q| self.reap(q, false)).sum::<usize>() == 0 {
+                std::hint::spin_loop();
+            }
+        }
+        for q in &self.queues {
+            self.reap(q, true);
+        }
+    }
+}
+
+/// Turn a used entry into the caller's completion.
+fn finish(b: OpBuffers, used_len: u32) -> Result<Completion, ClientError> {
+    if (used_len as usize) < RESPONSE_SIZE {
+        return Err(ClientError::Protocol(format!("device completed with used length {used_len}")));
+    }
+    let mut raw = [0u8; RESPONSE_SIZE];
+    let at = b.header.response_buffer_length.get() as usize;
+    b.response.read_at(at, &mut raw).map_err(transport_err)?;
+    let response = VspResponse::parse(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    check_response(&response, &b)?;
+    Ok(Completion { response, buffers: b })
+}
+
+impl Transport for VirtioTransport {
+    fn pool(&self) -> &DmaPool {
+        &self.inner.pool
+    }
+
+    fn submit(&self, buffers: OpBuffers) -> Result<Ticket, ClientError> {
+        self.inner.submit(buffers)
+    }
+
+    fn num_queues(&self) -> usize {
+        self.inner.queues.len()
+    }
+
+    fn is_connected(&self) -> bool {
+        !self.inner.table.is_removing() && !self.inner.hangup.is_disconnected()
+    }
+}
+
+impl Drop for VirtioTransport {
+    fn drop(&mut self) {
+        // Stop the rings first: the backend completes everything it accepted
+        // (GET_VRING_BASE drains), so no buffer is freed under the device.
+        if !self.inner.hangup.is_disconnected() {
+            let _ = lock(&self.inner.device).stop();
+        }
+        for q in &self.inner.queues {
+            self.inner.reap_queue(q);
+        }
+        self.inner.table.rescind();
+        self.inner.stopping.store(true, Ordering::Release);
+        let _ = self.inner.stop_evt.write(1);
+        if let Some(r) = self.reaper.take() {
+            let _ = r.join();
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! What the VMBus transport needs from "the device", whatever provides it:
+//! the real guest (`uio_hv_generic` + [`PinnedDma`]) or a host emulator's
+//! guest end in a test rig.
+//!
+//! - [`GuestChannel`]: one open channel as the guest sees it (two rings, a
+//!   way to signal the host, a way to sleep until the host signals, and
+//!   whether the host rescinded it).
+//! - [`ChannelSource`]: where channels come from (offer, re-offer) and the
+//!   guest memory the host reaches by GPA. It outlives every channel, so
+//!   buffers and their page numbers stay valid across a rescind.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vm_memory::GuestAddress;
+use vmblob_protocol::framing::vmbus::PageBuffer;
+use vmblob_vmbus::{LayoutError, RingError, RingMem};
+
+use super::uio::device::UioError;
+use super::uio::sysfs::SysfsError;
+use crate::transport::dma::{DmaPool, PAGE_SIZE};
+use crate::transport::pinned::{PinnedDma, PinnedDmaError};
+
+/// Why a channel could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The host took the channel away.
+    #[error("the VMBus channel was rescinded")]
+    Rescinded,
+    #[error(transparent)]
+    Uio(#[from] UioError),
+    #[error(transparent)]
+    Sysfs(#[from] SysfsError),
+    #[error(transparent)]
+    Dma(#[from] PinnedDmaError),
+    #[error("channel rings: {0}")]
+    Ring(#[from] RingError),
+    #[error("buffer [{addr:#x}, +{len:#x}) is not inside the DMA pool")]
+    BadBuffer { addr: u64, len: usize },
+    /// Anything else a provider reports (an emulator's own errors).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<LayoutError> for ChannelError {
+    fn from(e: LayoutError) -> Self {
+        ChannelError::Ring(e.into())
+    }
+}
+
+/// One open VMBus channel from the guest's side.
+pub trait GuestChannel: Send + Sync {
+    /// The guest→host ring (the guest writes it).
+    fn outgoing(&self) -> Arc<dyn RingMem>;
+    /// The host→guest ring (the guest reads it).
+    fn incoming(&self) -> Arc<dyn RingMem>;
+    /// Wake the host. Call only when the ring code says so.
+    fn signal_host(&self) -> Result<(), ChannelError>;
+    /// Sleep until the host signals or `timeout` passes (`Ok(false)`).
+    /// `Err(Rescinded)` once the channel is gone.
+    fn wait_interrupt(&self, timeout: Duration) -> Result<bool, ChannelError>;
+    /// Re-enable interrupt delivery outside the rings, if the provider has
+    /// such a switch. The rings' own `interrupt_mask` is the transport's job.
+    fn unmask(&self) -> Result<(), ChannelError> {
+        Ok(())
+    }
+    fn is_rescinded(&self) -> bool;
+}
+
+/// Offers of one device, and the guest memory its requests live in.
+pub trait ChannelSource: Send + Sync {
+    /// Buffers the host reads and writes by guest-physical address.
+    fn pool(&self) -> &DmaPool;
+    /// The pages under `[addr, addr + len)` of the pool (`addr` as a
+    /// [`crate::transport::dma::DmaBuf::gpa`] gives it).
+    fn page_buffer(&self, addr: GuestAddress, len: usize) -> Result<PageBuffer, ChannelError>;
+    /// Open the channel once the host offers it, waiting at most `timeout`
+    /// for an offer (`Ok(None)`: none yet). A re-offer after a rescind is
+    /// opened the same way.
+    fn open(&self, timeout: Duration) -> Result<Option<Arc<dyn GuestChannel>>, ChannelError>;
+}
+
+/// The page numbers of `[addr, addr + len)` when pool addresses are
+/// guest-physical addresses (a [`DmaPool`] over the guest RAM of a rig).
+pub fn identity_page_buffer(addr: GuestAddress, len: usize) -> Result<PageBuffer, ChannelError> {
+    let bad = || ChannelError::BadBuffer { addr: addr.0, len };
+    let len32 = u32::try_from(len).ok().filter(|&l| l > 0).ok_or_else(bad)?;
+    let end = addr.0.checked_add(len as u64).ok_or_else(bad)?;
+    let (first, last) = (addr.0 / PAGE_SIZE, end.div_ceil(PAGE_SIZE));
+    Ok(PageBuffer { first_page_offset: (addr.0 % PAGE_SIZE) as u32, len: len32, pfns: (first..last).collect() })
+}
+
+/// The page numbers of a range of pinned memory: its Hyper-V PFNs.
+pub fn pinned_page_buffer(dma: &PinnedDma, addr: GuestAddress, len: usize) -> Result<PageBuffer, ChannelError> {
+    let range = dma.gpa_range_at(addr.0, len)?;
+    Ok(PageBuffer { first_page_offset: range.byte_offset, len: range.byte_count, pfns: range.pfns.to_vec() })
+}
+
+#[cfg(test)]
+#[path = "channel_tests.rs"]
+mod tests;

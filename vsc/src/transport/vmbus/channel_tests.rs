@@ -1,0 +1,81 @@
+use std::sync::atomic::Ordering::SeqCst;
+
+use vmblob_protocol::framing::vmbus::{encode_completion, encode_inband};
+use vmblob_vmbus::{IncomingRing, OutgoingRing, ReadError};
+
+use super::*;
+use crate::transport::pinned::tests::{fake_pool, spread};
+use crate::transport::region::host_page_size;
+use crate::transport::vmbus::ChannelSource;
+use crate::transport::vmbus::uio::channel::UioChannel;
+use crate::transport::vmbus::uio::device::{ChannelIds, UioDevice};
+use crate::transport::vmbus::uio::{UioChannelSource, UioMap};
+
+#[test]
+fn identity_pages_are_gpa_page_numbers() {
+    let pb = identity_page_buffer(GuestAddress(0x1_0ff0), 0x20).unwrap();
+    assert_eq!(pb, PageBuffer { first_page_offset: 0xff0, len: 0x20, pfns: vec![0x10, 0x11] });
+    let pb = identity_page_buffer(GuestAddress(0x2000), 0x1000).unwrap();
+    assert_eq!(pb.pfns, vec![2], "a page-aligned page is one PFN");
+    assert!(matches!(identity_page_buffer(GuestAddress(0x2000), 0), Err(ChannelError::BadBuffer { .. })));
+    assert!(identity_page_buffer(GuestAddress(u64::MAX - 4), 16).is_err());
+}
+
+#[test]
+fn pinned_pages_are_the_pools_pfns() {
+    let (_pagemap, dma) = fake_pool(spread);
+    let _first = dma.pool().alloc(100).unwrap();
+    let buf = dma.pool().alloc(5000).unwrap(); // pool pages 1 and 2
+    let pb = pinned_page_buffer(&dma, GuestAddress(buf.gpa().0 + 56), 4096).unwrap();
+    assert_eq!(pb, PageBuffer { first_page_offset: 56, len: 4096, pfns: vec![0x1003, 0x1006] });
+    assert!(pinned_page_buffer(&dma, GuestAddress(dma.len() as u64 - 8), 16).is_err(), "past the pool");
+}
+
+const RING: usize = 0x4000;
+
+/// The uio channel's rings are the halves of map 0 as the host lays them
+/// out: what the guest writes lands in the TX half, what the host writes in
+/// the RX half is what the guest reads.
+#[test]
+fn uio_channel_rings_are_the_halves_of_map0() {
+    let maps = vec![
+        UioMap { index: 0, name: "txrx_rings".into(), size: 2 * RING as u64, offset: 0 },
+        UioMap { index: 1, name: "int_page".into(), size: 0x1000, offset: 0 },
+    ];
+    let page = host_page_size().unwrap() as u64;
+    let fake = tempfile::NamedTempFile::new().unwrap();
+    fake.as_file().set_len((2 * RING as u64).max(page + 0x1000)).unwrap();
+    let dev = UioDevice::open(fake.path(), &maps, ChannelIds { relid: 5, monitor_id: None }).unwrap();
+    let ch = UioChannel::new(dev).unwrap();
+    assert!(!ch.is_rescinded());
+
+    let mut tx = OutgoingRing::new(ch.outgoing()).unwrap();
+    let packet = encode_inband(9, false, b"guest to host");
+    tx.write(&packet).unwrap();
+    tx.commit_write();
+    let region = ch.device().tx_ring();
+    assert_eq!(region.load_u32(0, SeqCst).unwrap() as usize, packet.len() + 8, "TX write_index");
+    let mut head = [0u8; 24];
+    region.read_bytes(4096, &mut head).unwrap();
+    assert_eq!(head[..], packet[..24], "TX data starts after its control page");
+
+    // The host's completion, written straight into the RX half.
+    let rx_region = ch.device().rx_ring();
+    let completion = encode_completion(9, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    rx_region.write_bytes(4096, &completion).unwrap();
+    rx_region.store_u32(0, (completion.len() + 8) as u32, SeqCst).unwrap();
+    let mut rx = IncomingRing::new(ch.incoming()).unwrap();
+    assert_eq!(rx.read().unwrap(), completion);
+    assert_eq!(rx.read(), Err(ReadError::Empty));
+}
+
+#[test]
+fn uio_source_without_a_device_reports_no_offer() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("bus/vmbus/devices")).unwrap();
+    let (_pagemap, dma) = fake_pool(spread);
+    let source = UioChannelSource::new(root.path(), vmblob_protocol::transport::VMBUS_CLASS_GUID, dma);
+    assert!(source.open(std::time::Duration::from_millis(30)).unwrap().is_none());
+    let pb = source.page_buffer(GuestAddress(0), 10).unwrap();
+    assert_eq!(pb.pfns, vec![0x1000]);
+}

@@ -1,0 +1,386 @@
+//! The VMBus transport: blob requests as GPA-direct packets on a channel's
+//! rings (`docs/PROTOCOL.md` §9), completions matched by requestor id.
+//!
+//! One channel thread per transport reaps completions on interrupts, and
+//! handles a rescind on its own: it hands out the completions the host
+//! already posted, fails every other pending request at once (never waiting
+//! for the callers), closes the channel and waits for the re-offer. The
+//! transport object, its request table and its DMA pool outlive every
+//! channel, so clients keep their handles across a rescind.
+//!
+//! A host that breaks the protocol (unknown or zero ids, a second completion,
+//! packets that are not completions, short completions, lengths beyond the
+//! buffer, corrupt ring indices) fails the channel the same way: callers get
+//! an error, never a hang, and the channel is opened again.
+
+pub mod channel;
+mod link;
+mod reaper;
+#[cfg(test)]
+mod tests;
+pub mod uio;
+
+pub use channel::{ChannelError, ChannelSource, GuestChannel, identity_page_buffer, pinned_page_buffer};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vmblob_protocol::config::DeviceConfig;
+use vmblob_protocol::framing::vmbus::{MAX_PACKET_PAGES, PageBuffer, encode_blob_request};
+use vmblob_protocol::ops::{OpRequest, OpResponse, ResponseMessage};
+use vmblob_protocol::transport::OperationType;
+use vmblob_protocol::{DataDirection, OpCode, VspRequest};
+use vmblob_vmbus::{OutgoingRing, WriteError};
+
+use crate::error::ClientError;
+use crate::transport::dma::DmaPool;
+use crate::transport::table::RequestTable;
+use crate::transport::{Completion, OpBuffers, REQUEST_PREFIX, Ticket, Transport};
+
+use link::{Link, Live};
+
+/// Timing of a [`VmbusTransport`].
+#[derive(Debug, Clone)]
+pub struct VmbusOptions {
+    /// How long `open` waits for the first offer.
+    pub open_timeout: Duration,
+    /// How long `open` waits for the device config.
+    pub config_timeout: Duration,
+    /// Longest sleep of the channel thread and of a sender on a full ring
+    /// before it looks again (a backstop: both are woken by signals).
+    pub wait_slice: Duration,
+    /// Pause after a failed attempt to open a re-offered channel.
+    pub retry_interval: Duration,
+    /// Open the channel again after a rescind or a failure.
+    pub reopen: bool,
+}
+
+impl Default for VmbusOptions {
+    fn default() -> Self {
+        Self {
+            open_timeout: Duration::from_secs(10),
+            config_timeout: Duration::from_secs(10),
+            wait_slice: Duration::from_millis(50),
+            retry_interval: Duration::from_millis(100),
+            reopen: true,
+        }
+    }
+}
+
+struct Inner {
+    source: Arc<dyn ChannelSource>,
+    table: RequestTable<OpBuffers, Completion>,
+    link: Mutex<Link>,
+    /// Ring space, an in-flight slot, or a change of channel.
+    space: Condvar,
+    config: OnceLock<DeviceConfig>,
+    stopping: AtomicBool,
+    /// Completions accepted from the host (each id once).
+    completions: AtomicU64,
+    opts: VmbusOptions,
+}
+
+/// A blob device on a VMBus channel.
+pub struct VmbusTransport {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn transport_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Transport(e.to_string())
+}
+
+/// Response buffer of the GetDeviceConfig request: the op header and 64 bytes fit.
+const CONFIG_RESPONSE: usize = 4096;
+
+impl VmbusTransport {
+    /// Open the device's channel (waiting for the offer), start the channel
+    /// thread and fetch the device config with GetDeviceConfig.
+    pub fn open(source: Arc<dyn ChannelSource>, opts: VmbusOptions) -> Result<Self, ClientError> {
+        let channel = source.open(opts.open_timeout).map_err(transport_err)?.ok_or_else(|| {
+            ClientError::Transport(format!("no VMBus channel offered within {:?}", opts.open_timeout))
+        })?;
+        let inner = Arc::new(Inner {
+            source,
+            table: RequestTable::new(),
+            link: Mutex::new(Link::default()),
+            space: Condvar::new(),
+            config: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+            completions: AtomicU64::new(0),
+            opts,
+        });
+        let generation = inner.install(channel.clone()).map_err(transport_err)?;
+        let worker = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("vmblob-vmbus".into())
+            .spawn(move || worker.run(generation, channel))
+            .map_err(ClientError::Io)?;
+        let transport = Self { inner, thread: Mutex::new(Some(thread)) };
+        let config = fit_to_packet(transport.fetch_config()?);
+        let _ = transport.inner.config.set(config);
+        lock(&transport.inner.link).max_inflight = (config.max_inflight as usize).max(1);
+        Ok(transport)
+    }
+
+    /// The device's limits and capabilities, as fetched at open, with
+    /// `max_data_len` cut so that any data request fits one packet.
+    pub fn device_config(&self) -> DeviceConfig {
+        *self.inner.config.get().expect("set by open")
+    }
+
+    /// Requests submitted and not completed.
+    pub fn pending(&self) -> usize {
+        self.inner.table.pending()
+    }
+
+    /// Completions the host delivered and the transport accepted, across
+    /// channels (the config request's included); each request counts once.
+    pub fn completions(&self) -> u64 {
+        self.inner.completions.load(Ordering::Relaxed)
+    }
+
+    /// Channels opened so far (1 after `open`, +1 per re-offer picked up).
+    pub fn generation(&self) -> u64 {
+        lock(&self.inner.link).generation
+    }
+
+    /// Stop: nothing is sent from now on, every pending request fails with
+    /// `Rescinded`, and the channel is closed. Idempotent.
+    pub fn close(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        {
+            let mut link = lock(&self.inner.link);
+            link.closed = true;
+            link.live = None;
+        }
+        self.inner.space.notify_all();
+        self.inner.table.rescind();
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+
+    fn fetch_config(&self) -> Result<DeviceConfig, ClientError> {
+        let pool = self.inner.source.pool();
+        let body = OpRequest::GetDeviceConfig.encode();
+        let no_buffer = || ClientError::Transport("no DMA buffer for the device config".into());
+        let mut request = pool.alloc(REQUEST_PREFIX + body.len()).ok_or_else(no_buffer)?;
+        request.write_at(REQUEST_PREFIX, &body).map_err(transport_err)?;
+        let response = pool.alloc(CONFIG_RESPONSE).ok_or_else(no_buffer)?;
+        let mut transaction_id = [0u8; 16];
+        let _ = getrandom::fill(&mut transaction_id);
+        let header = VspRequest {
+            timeout_ms: (self.inner.opts.config_timeout.as_millis().min(u128::from(u32::MAX)) as u32).into(),
+            operation_type: (OperationType::UserRequest as u32).into(),
+            request_buffer_length: (body.len() as u32).into(),
+            response_buffer_length: (CONFIG_RESPONSE as u32).into(),
+            transaction_id,
+            ..Default::default()
+        };
+        let ticket = self.submit(OpBuffers { header, request, response, data: None, dir: DataDirection::None })?;
+        let c = ticket.wait_timeout(self.inner.opts.config_timeout).ok_or_else(|| {
+            ClientError::Transport(format!("no device config within {:?}", self.inner.opts.config_timeout))
+        })??;
+        let mut raw = vec![0u8; c.response.response_len.get() as usize];
+        c.buffers.response.read_at(0, &mut raw).map_err(transport_err)?;
+        let msg = ResponseMessage::decode(&raw, OpCode::GetDeviceConfig)
+            .map_err(|e| ClientError::Protocol(format!("device config: {e}")))?;
+        match msg.result {
+            Ok(OpResponse::DeviceConfig(config)) if c.response.error.get() == 0 => Ok(config),
+            Ok(r) => Err(ClientError::Protocol(format!("GetDeviceConfig answered {r:?}"))),
+            Err(r) => Err(ClientError::Blob { error: r.error, message: r.message }),
+        }
+    }
+}
+
+/// Pages kept for the request and response buffers of a data request (the
+/// client's are at most a few pages each) when the data buffer is as large
+/// as the config allows.
+const CONTROL_PAGES: usize = 8;
+
+/// The config as this transport can honour it: one packet carries at most
+/// 8,192 pages for data, request and response together, so the largest data
+/// buffer is smaller than the 32 MiB a device may advertise.
+fn fit_to_packet(mut config: DeviceConfig) -> DeviceConfig {
+    let max_data = ((MAX_PACKET_PAGES - CONTROL_PAGES) * crate::transport::dma::PAGE_SIZE as usize) as u32;
+    config.max_data_len = config.max_data_len.min(max_data);
+    config
+}
+
+/// The pages of a request: data, request (after the in-band header's spare
+/// room), response.
+struct Pages {
+    data: Option<PageBuffer>,
+    request: PageBuffer,
+    response: PageBuffer,
+}
+
+impl Inner {
+    /// Check the buffers against their lengths and translate them to pages.
+    fn pages(&self, b: &mut OpBuffers) -> Result<Pages, ClientError> {
+        let req_len = b.header.request_buffer_length.get() as usize;
+        let resp_len = b.header.response_buffer_length.get() as usize;
+        let data_len = b.header.data_buffer_length.get() as usize;
+        if req_len == 0 || resp_len == 0 || b.request.len() < REQUEST_PREFIX + req_len || b.response.len() < resp_len {
+            return Err(ClientError::Invalid("buffers empty or smaller than their lengths".into()));
+        }
+        let invalid = |e: crate::transport::vmbus::ChannelError| ClientError::Invalid(e.to_string());
+        let data = match (&b.data, b.dir) {
+            (Some(d), DataDirection::ToHost | DataDirection::ToGuest) if data_len > 0 => {
+                if d.len() < data_len {
+                    return Err(ClientError::Invalid("data buffer smaller than its length".into()));
+                }
+                Some(self.source.page_buffer(d.gpa(), data_len).map_err(invalid)?)
+            }
+            _ => {
+                b.header.data_buffer_length = 0.into();
+                b.header.data_buffer_valid = 0.into();
+                None
+            }
+        };
+        let request_at = vm_memory::GuestAddress(b.request.gpa().0 + REQUEST_PREFIX as u64);
+        let request = self.source.page_buffer(request_at, req_len).map_err(invalid)?;
+        let response = self.source.page_buffer(b.response.gpa(), resp_len).map_err(invalid)?;
+        let pages = data.as_ref().map_or(0, |d| d.pfns.len()) + request.pfns.len() + response.pfns.len();
+        if pages > MAX_PACKET_PAGES {
+            return Err(ClientError::Invalid(format!("{pages} pages, over the {MAX_PACKET_PAGES}-page limit")));
+        }
+        Ok(Pages { data, request, response })
+    }
+
+    fn submit(&self, mut b: OpBuffers) -> Result<Ticket, ClientError> {
+        let pages = self.pages(&mut b)?;
+        // The packet is built before the id is known (the table owns the
+        // buffers from `register` on); the id is patched in below.
+        let mut packet = encode_blob_request(0, &mut b.header, pages.data.as_ref(), &pages.request, &pages.response);
+        let deadline = crate::transport::submit_deadline(&b.header);
+        let (id, waiter) = self.table.register(b).map_err(|(e, _)| e)?;
+        packet[8..16].copy_from_slice(&id.to_le_bytes());
+        match self.send(id, &packet, deadline) {
+            Ok(()) => Ok(waiter),
+            Err(e) => {
+                self.table.withdraw(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Write `packet` for the registered request `id`, waiting for ring space
+    /// and an in-flight slot. Nothing is written once the request is no
+    /// longer pending (rescinded, transport closed).
+    fn send(&self, id: u64, packet: &[u8], deadline: Option<std::time::Instant>) -> Result<(), ClientError> {
+        let mut link = lock(&self.link);
+        loop {
+            if !self.table.is_pending(id) {
+                return Err(ClientError::Rescinded);
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(crate::transport::submit_timed_out());
+            }
+            let max_inflight = link.max_inflight;
+            let generation = link.generation;
+            let Some(live) = link.live.as_mut() else { return Err(ClientError::Rescinded) };
+            if live.sent.len() < max_inflight {
+                match live.out.poll_ready(packet.len()) {
+                    Ok(true) => match live.out.write(packet) {
+                        Ok(()) => {
+                            // Before the host can see it: its completion checks this set.
+                            live.sent.insert(id);
+                            if live.out.commit_write()
+                                && let Err(e) = live.channel.signal_host()
+                            {
+                                log::debug!("signalling the host failed: {e}");
+                            }
+                            return Ok(());
+                        }
+                        Err(WriteError::Full { .. }) => {}
+                        Err(e) => return self.write_failed(link, generation, e),
+                    },
+                    Ok(false) => {}
+                    Err(e) => return self.write_failed(link, generation, e),
+                }
+            }
+            link = self.space.wait_timeout(link, self.opts.wait_slice).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    fn write_failed(&self, link: MutexGuard<'_, Link>, generation: u64, e: WriteError) -> Result<(), ClientError> {
+        drop(link);
+        match e {
+            WriteError::TooLarge { .. } => Err(ClientError::Invalid(e.to_string())),
+            WriteError::Corrupt(c) => {
+                self.take_down(generation, &format!("guest-to-host ring corrupt: {c}"));
+                Err(ClientError::Rescinded)
+            }
+            e => Err(transport_err(e)),
+        }
+    }
+
+    /// Make `channel` the live one; returns its generation.
+    fn install(&self, channel: Arc<dyn GuestChannel>) -> Result<u64, crate::transport::vmbus::ChannelError> {
+        let out = OutgoingRing::new(channel.outgoing())?;
+        let generation = {
+            let mut link = lock(&self.link);
+            if link.closed {
+                return Err(crate::transport::vmbus::ChannelError::Other("transport closed".into()));
+            }
+            link.generation += 1;
+            link.live = Some(Live::new(channel, out));
+            link.generation
+        };
+        // The previous channel is closed (nothing holds it any more), so the
+        // host no longer touches the quarantined buffers.
+        let released = self.table.reopen();
+        if released > 0 {
+            log::info!("VMBus channel {generation} open; {released} quarantined buffers released");
+        }
+        self.space.notify_all();
+        Ok(generation)
+    }
+
+    /// Take channel `generation` down (if still live): nothing more is sent
+    /// on it, and every pending request fails with `Rescinded` at once.
+    fn take_down(&self, generation: u64, why: &str) {
+        {
+            let mut link = lock(&self.link);
+            if link.generation != generation || link.live.is_none() {
+                return;
+            }
+            link.live = None;
+        }
+        self.space.notify_all();
+        let n = self.table.rescind().len();
+        log::warn!("VMBus channel {generation} down ({why}): {n} pending requests failed");
+    }
+}
+
+impl Transport for VmbusTransport {
+    fn pool(&self) -> &DmaPool {
+        self.inner.source.pool()
+    }
+
+    fn submit(&self, buffers: OpBuffers) -> Result<Ticket, ClientError> {
+        self.inner.submit(buffers)
+    }
+
+    fn num_queues(&self) -> usize {
+        1
+    }
+
+    fn is_connected(&self) -> bool {
+        lock(&self.inner.link).live.is_some() && !self.inner.table.is_removing()
+    }
+}
+
+impl Drop for VmbusTransport {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,233 @@
+//! The channel thread: reap completions on interrupts, handle rescind and
+//! host failures, pick up the re-offered channel.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use vmblob_protocol::framing::vmbus::{Packet, parse_blob_completion, parse_packet};
+use vmblob_vmbus::{IncomingRing, ReadError, RingMem};
+
+use super::{Inner, lock};
+use crate::error::ClientError;
+use crate::transport::Completion;
+use crate::transport::vmbus::channel::{ChannelError, GuestChannel};
+
+/// Why a channel stopped being served.
+enum Down {
+    /// The transport is closing.
+    Stopping,
+    /// Someone else took this channel down already.
+    Replaced,
+    /// Rescinded by the host, or the host broke the protocol.
+    Failed(String),
+}
+
+/// Completions handled before the read index is released.
+const BATCH: usize = 64;
+
+impl Inner {
+    /// The thread's life: serve a channel until it goes, then wait for the next.
+    pub(super) fn run(self: Arc<Self>, mut generation: u64, mut channel: Arc<dyn GuestChannel>) {
+        loop {
+            match self.serve(generation, &channel) {
+                Down::Stopping => return,
+                Down::Replaced => {}
+                Down::Failed(why) => self.take_down(generation, &why),
+            }
+            // Close it before anything else: the host must stop touching the
+            // quarantined buffers before they are released.
+            drop(channel);
+            if !self.opts.reopen {
+                return;
+            }
+            match self.wait_for_offer() {
+                Some((g, c)) => (generation, channel) = (g, c),
+                None => return,
+            }
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn serve(&self, generation: u64, channel: &Arc<dyn GuestChannel>) -> Down {
+        let mut incoming = match IncomingRing::new(channel.incoming()) {
+            Ok(r) => r,
+            Err(e) => return Down::Failed(format!("host-to-guest ring unusable: {e}")),
+        };
+        loop {
+            if self.stopping() {
+                return Down::Stopping;
+            }
+            {
+                let link = lock(&self.link);
+                if link.generation != generation || link.live.is_none() {
+                    return Down::Replaced;
+                }
+            }
+            if let Err(why) = self.drain(generation, channel, &mut incoming) {
+                return Down::Failed(why);
+            }
+            if channel.is_rescinded() {
+                return self.rescinded(generation, channel, &mut incoming);
+            }
+            // Unmask, then look again: a completion posted before the host
+            // saw the mask cleared is not signalled.
+            match incoming.unmask_and_check() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => return Down::Failed(format!("host-to-guest ring corrupt: {e}")),
+            }
+            if let Err(e) = channel.unmask() {
+                return self.channel_error(generation, channel, &mut incoming, e);
+            }
+            match channel.wait_interrupt(self.opts.wait_slice) {
+                // The host may also have freed space in the guest-to-host ring.
+                Ok(_) => self.space.notify_all(),
+                Err(e) => return self.channel_error(generation, channel, &mut incoming, e),
+            }
+        }
+    }
+
+    fn channel_error(
+        &self,
+        generation: u64,
+        channel: &Arc<dyn GuestChannel>,
+        incoming: &mut IncomingRing<Arc<dyn RingMem>>,
+        e: ChannelError,
+    ) -> Down {
+        match e {
+            ChannelError::Rescinded => self.rescinded(generation, channel, incoming),
+            e => Down::Failed(format!("channel error: {e}")),
+        }
+    }
+
+    /// The host rescinded the channel. It completed what it could before
+    /// (completion on rescind): hand those out, then fail the rest. Waits for
+    /// nothing else, least of all for the clients.
+    fn rescinded(
+        &self,
+        generation: u64,
+        channel: &Arc<dyn GuestChannel>,
+        incoming: &mut IncomingRing<Arc<dyn RingMem>>,
+    ) -> Down {
+        if let Err(why) = self.drain(generation, channel, incoming) {
+            log::warn!("after the rescind: {why}");
+        }
+        Down::Failed("rescinded".into())
+    }
+
+    /// Read every posted completion and complete its request. `Err` when the
+    /// host broke the protocol; the channel must then go.
+    fn drain(
+        &self,
+        generation: u64,
+        channel: &Arc<dyn GuestChannel>,
+        incoming: &mut IncomingRing<Arc<dyn RingMem>>,
+    ) -> Result<(), String> {
+        loop {
+            let mut batch = Vec::new();
+            let mut corrupt = None;
+            while batch.len() < BATCH {
+                match incoming.read() {
+                    Ok(p) => batch.push(p),
+                    Err(ReadError::Empty) => break,
+                    Err(ReadError::Corrupt(e)) => {
+                        corrupt = Some(format!("host-to-guest ring corrupt: {e}"));
+                        break;
+                    }
+                }
+            }
+            let more = batch.len() == BATCH;
+            if incoming.commit_read()
+                && let Err(e) = channel.signal_host()
+            {
+                log::debug!("signalling the host failed: {e}");
+            }
+            let n = batch.len();
+            for bytes in batch {
+                self.complete(generation, &bytes)?;
+            }
+            if n > 0 {
+                // In-flight slots were freed.
+                self.space.notify_all();
+            }
+            if let Some(why) = corrupt {
+                return Err(why);
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One packet from the host: it must complete a request sent on this
+    /// channel and not completed yet, with a well-formed response.
+    fn complete(&self, generation: u64, bytes: &[u8]) -> Result<(), String> {
+        let (id, payload) = match parse_packet(bytes, 0) {
+            Ok(Packet::Completion { transaction_id, payload }) => (transaction_id, payload),
+            Ok(other) => return Err(format!("host sent a packet that is not a completion: {}", kind(&other))),
+            Err(e) => return Err(format!("host sent a malformed packet: {e}")),
+        };
+        let known = {
+            let mut link = lock(&self.link);
+            let current = link.generation == generation;
+            match link.live.as_mut() {
+                Some(live) if current => live.sent.remove(&id),
+                _ => false,
+            }
+        };
+        if !known {
+            return Err(format!("completion for unknown requestor id {id}"));
+        }
+        self.completions.fetch_add(1, Ordering::Relaxed);
+        // Checks the size and the `length` field too.
+        let response = match parse_blob_completion(&payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("completion of {} bytes: {e}", payload.len());
+                self.table.complete(id, |_| Err(ClientError::Protocol(msg.clone())));
+                return Err(format!("id {id}: {msg}"));
+            }
+        };
+        let mut lie = None;
+        self.table.complete(id, |b| {
+            crate::transport::check_response(&response, &b).inspect_err(|e| lie = Some(e.to_string()))?;
+            Ok(Completion { response, buffers: b })
+        });
+        match lie {
+            Some(why) => Err(format!("id {id}: {why}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait for the host to offer the channel again and install it.
+    fn wait_for_offer(&self) -> Option<(u64, Arc<dyn GuestChannel>)> {
+        while !self.stopping() {
+            match self.source.open(self.opts.wait_slice) {
+                Ok(Some(channel)) => match self.install(channel.clone()) {
+                    Ok(generation) => return Some((generation, channel)),
+                    Err(e) => {
+                        log::warn!("cannot use the re-offered channel: {e}");
+                        std::thread::sleep(self.opts.retry_interval);
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    log::debug!("opening the re-offered channel failed: {e}");
+                    std::thread::sleep(self.opts.retry_interval);
+                }
+            }
+        }
+        None
+    }
+}
+
+fn kind(p: &Packet) -> &'static str {
+    match p {
+        Packet::InBand { .. } => "in-band data",
+        Packet::Completion { .. } => "completion",
+        Packet::GpaDirect { .. } => "GPA-direct data",
+    }
+}

@@ -1,0 +1,331 @@
+//! A scripted host for the transport's unit tests: channel rings in guest
+//! RAM (uio map 0 layout), counting signals both ways, and a host end that
+//! reads requests and writes completions, honest or not.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmblob_protocol::config::{DeviceConfig, caps};
+use vmblob_protocol::framing::BufferLayout;
+use vmblob_protocol::framing::vmbus::{
+    GpaDirectFrame, MAX_PACKET_PAGES, PageBuffer, encode_blob_completion, parse_packet,
+};
+use vmblob_protocol::ops::{ContainerProperties, OpRequest, OpResponse, encode_error, encode_success};
+use vmblob_protocol::transport::MAX_BUFFER_LEN;
+use vmblob_protocol::{BlobError, OpCode, Segment, VspRequest, VspResponse};
+use vmblob_vhost_frontend::GuestRam;
+use vmblob_vmbus::{CountingSignal, IncomingRing, MappedRingMem, OutgoingRing, ReadError, RingMem, Signal};
+
+use crate::transport::dma::DmaPool;
+use crate::transport::vmbus::channel::{ChannelError, ChannelSource, GuestChannel, identity_page_buffer};
+
+type Ring = Arc<MappedRingMem<GuestMemoryMmap>>;
+
+/// Rings live in the first MiB of guest RAM, buffers above it.
+const RINGS_AREA: u64 = 1 << 20;
+
+pub fn config(max_inflight: u32) -> DeviceConfig {
+    DeviceConfig {
+        min_op_version: 1,
+        max_op_version: 1,
+        max_buffer_len: MAX_BUFFER_LEN,
+        max_data_len: MAX_BUFFER_LEN - 8192,
+        max_request_len: 4 << 20,
+        max_segments: 1024,
+        max_inflight,
+        num_queues: 1,
+        capabilities: caps::ALL,
+        max_blob_size: 1 << 40,
+        block_size_hint: 8 << 20,
+    }
+}
+
+/// The guest's end of one fake channel.
+pub struct FakeChannel {
+    out: Ring,
+    inc: Ring,
+    to_host: Arc<CountingSignal>,
+    to_guest: Arc<CountingSignal>,
+    seen: AtomicU64,
+    rescinded: Arc<AtomicBool>,
+    /// Dropped = closed by the guest.
+    closed: Arc<AtomicBool>,
+}
+
+impl Drop for FakeChannel {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+}
+
+impl GuestChannel for FakeChannel {
+    fn outgoing(&self) -> Arc<dyn RingMem> {
+        self.out.clone()
+    }
+    fn incoming(&self) -> Arc<dyn RingMem> {
+        self.inc.clone()
+    }
+    fn signal_host(&self) -> Result<(), ChannelError> {
+        if self.rescinded.load(Ordering::SeqCst) {
+            return Err(ChannelError::Rescinded);
+        }
+        self.to_host.signal();
+        Ok(())
+    }
+    fn wait_interrupt(&self, timeout: Duration) -> Result<bool, ChannelError> {
+        if self.rescinded.load(Ordering::SeqCst) {
+            return Err(ChannelError::Rescinded);
+        }
+        let seen = self.seen.load(Ordering::SeqCst);
+        let got = self.to_guest.wait_past(seen, timeout);
+        if let Some(n) = got {
+            self.seen.store(n, Ordering::SeqCst);
+        }
+        if self.rescinded.load(Ordering::SeqCst) {
+            return Err(ChannelError::Rescinded);
+        }
+        Ok(got.is_some())
+    }
+    fn is_rescinded(&self) -> bool {
+        self.rescinded.load(Ordering::SeqCst)
+    }
+}
+
+/// Guest RAM, a DMA pool in it, and the channel on offer.
+pub struct FakeSource {
+    ram: GuestRam,
+    pool: DmaPool,
+    offer: Mutex<Option<Arc<FakeChannel>>>,
+    offered: Condvar,
+    ring_size: usize,
+}
+
+impl FakeSource {
+    /// `ring_size`: bytes per direction, control page included.
+    pub fn new(ring_size: usize) -> Arc<Self> {
+        let ram = GuestRam::new(64 << 20).unwrap();
+        let pool = DmaPool::new(ram.memory().clone(), GuestAddress(RINGS_AREA), (64 << 20) - RINGS_AREA).unwrap();
+        assert!(2 * ring_size as u64 <= RINGS_AREA);
+        Arc::new(Self { ram, pool, offer: Mutex::new(None), offered: Condvar::new(), ring_size })
+    }
+
+    /// Offer a fresh channel (zeroed rings, as the kernel's open leaves
+    /// them); the next `open` takes it. Returns the host's end.
+    pub fn offer(&self) -> HostEnd {
+        let mem = self.ram.memory().clone();
+        mem.write_slice(&vec![0u8; 2 * self.ring_size], GuestAddress(0)).unwrap();
+        let ring = |base: u64| Arc::new(MappedRingMem::new(mem.clone(), base, self.ring_size).unwrap());
+        let (g2h, h2g) = (ring(0), ring(self.ring_size as u64));
+        let (to_host, to_guest) = (Arc::new(CountingSignal::new()), Arc::new(CountingSignal::new()));
+        let rescinded = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicBool::new(false));
+        let host = HostEnd {
+            mem,
+            incoming: IncomingRing::new(g2h.clone()).unwrap(),
+            outgoing: OutgoingRing::new(h2g.clone()).unwrap(),
+            to_host: to_host.clone(),
+            to_guest: to_guest.clone(),
+            seen: 0,
+            rescinded: rescinded.clone(),
+            closed: closed.clone(),
+            g2h: g2h.clone(),
+            h2g: h2g.clone(),
+        };
+        let guest = FakeChannel { out: g2h, inc: h2g, to_host, to_guest, seen: AtomicU64::new(0), rescinded, closed };
+        *self.offer.lock().unwrap() = Some(Arc::new(guest));
+        self.offered.notify_all();
+        host
+    }
+}
+
+impl ChannelSource for FakeSource {
+    fn pool(&self) -> &DmaPool {
+        &self.pool
+    }
+    fn page_buffer(&self, addr: GuestAddress, len: usize) -> Result<PageBuffer, ChannelError> {
+        identity_page_buffer(addr, len)
+    }
+    fn open(&self, timeout: Duration) -> Result<Option<Arc<dyn GuestChannel>>, ChannelError> {
+        let deadline = Instant::now() + timeout;
+        let mut offer = self.offer.lock().unwrap();
+        loop {
+            if let Some(ch) = offer.take() {
+                return Ok(Some(ch));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            offer = self.offered.wait_timeout(offer, left).unwrap().0;
+        }
+    }
+}
+
+/// One request as the host sees it.
+#[derive(Debug)]
+pub struct Request {
+    pub id: u64,
+    pub header: VspRequest,
+    pub op: OpRequest,
+    pub layout: BufferLayout,
+    pub pfn_count: usize,
+}
+
+/// The host's end of a fake channel.
+pub struct HostEnd {
+    mem: GuestMemoryMmap,
+    incoming: IncomingRing<Ring>,
+    outgoing: OutgoingRing<Ring>,
+    to_host: Arc<CountingSignal>,
+    to_guest: Arc<CountingSignal>,
+    seen: u64,
+    rescinded: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
+    g2h: Ring,
+    h2g: Ring,
+}
+
+fn read_segments(mem: &GuestMemoryMmap, segs: &[Segment]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in segs {
+        let mut b = vec![0u8; s.len as usize];
+        mem.read_slice(&mut b, GuestAddress(s.addr)).unwrap();
+        out.extend(b);
+    }
+    out
+}
+
+fn write_segments(mem: &GuestMemoryMmap, segs: &[Segment], mut bytes: &[u8]) {
+    for s in segs {
+        let n = bytes.len().min(s.len as usize);
+        mem.write_slice(&bytes[..n], GuestAddress(s.addr)).unwrap();
+        bytes = &bytes[n..];
+    }
+    assert!(bytes.is_empty(), "response larger than the buffer");
+}
+
+impl HostEnd {
+    /// The guest→host ring's write index: moves only when the guest sends.
+    pub fn guest_write_index(&self) -> u32 {
+        self.g2h.load(vmblob_vmbus::ControlWord::WriteIndex, Ordering::SeqCst)
+    }
+
+    pub fn guest_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The next raw packet, waiting at most `timeout`.
+    pub fn next_packet(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.incoming.read() {
+                Ok(p) => {
+                    if self.incoming.commit_read() {
+                        self.to_guest.signal();
+                    }
+                    return Some(p);
+                }
+                Err(ReadError::Empty) => {}
+                Err(e) => panic!("guest wrote a corrupt ring: {e}"),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            if let Some(n) = self.to_host.wait_past(self.seen, left.min(Duration::from_millis(20))) {
+                self.seen = n;
+            }
+        }
+    }
+
+    /// The next request, decoded and checked like a VSP would.
+    pub fn next_request(&mut self, timeout: Duration) -> Option<Request> {
+        let bytes = self.next_packet(timeout)?;
+        let frame = GpaDirectFrame::from_packet(parse_packet(&bytes, MAX_PACKET_PAGES).unwrap()).unwrap();
+        let pfn_count = match parse_packet(&bytes, MAX_PACKET_PAGES).unwrap() {
+            vmblob_protocol::framing::vmbus::Packet::GpaDirect { ranges, .. } => ranges[0].pfns.len(),
+            _ => unreachable!(),
+        };
+        let layout = frame.layout().unwrap();
+        let op = OpRequest::decode(&read_segments(&self.mem, &layout.request)).unwrap();
+        Some(Request { id: frame.transaction_id, header: frame.header, op, layout, pfn_count })
+    }
+
+    pub fn read_data(&self, req: &Request) -> Vec<u8> {
+        let segs = req.layout.data.readable().unwrap_or(&[]);
+        let mut d = read_segments(&self.mem, segs);
+        d.truncate(req.layout.data_valid as usize);
+        d
+    }
+
+    /// Post a raw packet; waits while the host→guest ring is full.
+    pub fn send_raw(&mut self, packet: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.outgoing.poll_ready(packet.len()).unwrap() {
+            assert!(Instant::now() < deadline, "host-to-guest ring stays full");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.outgoing.write(packet).unwrap();
+        if self.outgoing.commit_write() {
+            self.to_guest.signal();
+        }
+    }
+
+    /// Put `packet` into the ring as is, with no check, and publish it.
+    pub fn send_raw_unchecked(&mut self, packet: &[u8]) {
+        use vmblob_vmbus::ControlWord;
+        let at = self.h2g.load(ControlWord::WriteIndex, Ordering::SeqCst) as usize;
+        self.h2g.write_at(at, packet);
+        self.set_host_write_index(((at + packet.len() + 8) % self.h2g.len()) as u32);
+    }
+
+    /// Store the host→guest write index (any value) and signal.
+    pub fn set_host_write_index(&mut self, index: u32) {
+        self.h2g.store(vmblob_vmbus::ControlWord::WriteIndex, index, Ordering::SeqCst);
+        self.to_guest.signal();
+    }
+
+    pub fn complete(&mut self, id: u64, resp: VspResponse) {
+        self.send_raw(&encode_blob_completion(id, &resp));
+    }
+
+    /// Write `body` into the response buffer and complete with `status`.
+    pub fn reply(&mut self, req: &Request, status: u32, body: &[u8]) {
+        write_segments(&self.mem, &req.layout.response, body);
+        self.complete(req.id, VspResponse::new(status, body.len() as u32));
+    }
+
+    /// Answer like a tiny VSP: the device config, containers are created,
+    /// everything else is not found.
+    pub fn answer(&mut self, req: &Request, config: &DeviceConfig) {
+        let op = req.op.op();
+        let cap = req.header.response_buffer_length.get() as usize;
+        match &req.op {
+            OpRequest::GetDeviceConfig => self.reply(req, 0, &encode_success(op, &OpResponse::DeviceConfig(*config))),
+            OpRequest::CreateContainer { container, .. } => {
+                let props = ContainerProperties {
+                    etag: container.as_str().into(),
+                    last_modified_ms: 0,
+                    metadata: Default::default(),
+                };
+                self.reply(req, 0, &encode_success(op, &OpResponse::ContainerCreated(props)))
+            }
+            _ => self.reply(req, BlobError::BlobNotFound.code(), &encode_error(op, BlobError::BlobNotFound, "", cap)),
+        }
+    }
+
+    /// Answer the config request that `VmbusTransport::open` sends.
+    pub fn answer_config(&mut self, config: &DeviceConfig) {
+        let req = self.next_request(Duration::from_secs(10)).expect("config request");
+        assert_eq!(req.op.op(), OpCode::GetDeviceConfig);
+        self.answer(&req, config);
+    }
+
+    /// Take the channel away (after whatever completions were posted).
+    pub fn rescind(&self) {
+        self.rescinded.store(true, Ordering::SeqCst);
+        self.to_guest.signal();
+    }
+}
