@@ -1,5 +1,5 @@
 //! The guest end of the glue's VMBus emulator (a rig's "Hyper-V") as a
-//! [`GuestChannel`] / [`ChannelSource`]: rings at the bottom of guest RAM,
+//! `RawChannel` / [`ChannelSource`]: rings at the bottom of guest RAM,
 //! the DMA pool above them, GPAs that are guest RAM offsets.
 #![forbid(unsafe_code)]
 
@@ -7,29 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vm_memory::GuestAddress;
-use vmblob_glue::vmbus::emulator::{self, GuestBus, GuestError, GuestRingMem, OpenError, OpenParams};
+use vmblob_glue::vmbus::emulator::{self, GuestBus, OpenError, OpenParams};
 use vmblob_protocol::framing::vmbus::PageBuffer;
-use vmblob_vmbus::RingMem;
+use vmblob_vmbus::{ChannelEnded, ChannelSignal, RawChannel};
 
 use vmblob_vsc::dma::{DmaPool, PAGE_SIZE};
-use vmblob_vsc::transport::vmbus::{ChannelError, ChannelSource, GuestChannel, identity_page_buffer};
+use vmblob_vsc::transport::vmbus::{ChannelError, ChannelSource, identity_page_buffer};
 
-/// An open emulated channel; dropping it closes it (the host stops touching
-/// guest memory before the close returns).
-pub struct EmulatedChannel {
+/// The emulated channel's signal; dropping the last copy closes the channel
+/// (the host stops touching guest memory before the close returns).
+struct Closing {
     ch: emulator::GuestChannel,
-    outgoing: Arc<GuestRingMem>,
-    incoming: Arc<GuestRingMem>,
+    signal: Arc<dyn ChannelSignal>,
 }
 
-impl EmulatedChannel {
-    pub fn new(ch: emulator::GuestChannel) -> Self {
-        let (outgoing, incoming) = (Arc::new(ch.outgoing_ring()), Arc::new(ch.incoming_ring()));
-        Self { ch, outgoing, incoming }
-    }
-}
-
-impl Drop for EmulatedChannel {
+impl Drop for Closing {
     fn drop(&mut self) {
         if let Err(e) = self.ch.close() {
             log::debug!("closing the emulated channel: {e}");
@@ -37,36 +29,22 @@ impl Drop for EmulatedChannel {
     }
 }
 
-fn guest_error(e: GuestError) -> ChannelError {
-    match e {
-        GuestError::Rescinded => ChannelError::Rescinded,
-        e => ChannelError::Other(e.to_string()),
+impl ChannelSignal for Closing {
+    fn signal_peer(&self) -> Result<(), ChannelEnded> {
+        self.signal.signal_peer()
+    }
+    fn wait(&self, timeout: Option<Duration>) -> Result<bool, ChannelEnded> {
+        self.signal.wait(timeout)
+    }
+    fn is_rescinded(&self) -> bool {
+        self.signal.is_rescinded()
     }
 }
 
-impl GuestChannel for EmulatedChannel {
-    fn outgoing(&self) -> Arc<dyn RingMem> {
-        self.outgoing.clone()
-    }
-
-    fn incoming(&self) -> Arc<dyn RingMem> {
-        self.incoming.clone()
-    }
-
-    fn signal_host(&self) -> Result<(), ChannelError> {
-        self.ch.signal_host().map_err(guest_error)
-    }
-
-    fn wait_interrupt(&self, timeout: Duration) -> Result<bool, ChannelError> {
-        match self.ch.wait_interrupt(Some(timeout)).map_err(guest_error)? {
-            emulator::Wakeup::Interrupt { .. } => Ok(true),
-            emulator::Wakeup::Timeout => Ok(false),
-        }
-    }
-
-    fn is_rescinded(&self) -> bool {
-        self.ch.is_rescinded()
-    }
+/// The emulator's open channel as the one channel value, closing on drop.
+pub fn closing_channel(ch: emulator::GuestChannel) -> RawChannel {
+    let raw = ch.channel();
+    RawChannel { signal: Arc::new(Closing { ch, signal: raw.signal }), ..raw }
 }
 
 /// The emulator's bus with the guest's memory plan.
@@ -102,10 +80,10 @@ impl ChannelSource for EmulatedSource {
         identity_page_buffer(addr, len)
     }
 
-    fn open(&self, timeout: Duration) -> Result<Option<Arc<dyn GuestChannel>>, ChannelError> {
+    fn open(&self, timeout: Duration) -> Result<Option<RawChannel>, ChannelError> {
         let Some(offer) = self.bus.wait_offer(None, timeout) else { return Ok(None) };
         match self.bus.open(&offer, self.rings) {
-            Ok(ch) => Ok(Some(Arc::new(EmulatedChannel::new(ch)))),
+            Ok(ch) => Ok(Some(closing_channel(ch))),
             // Rescinded (and maybe re-offered) in between: look again.
             Err(OpenError::NotOffered | OpenError::StaleOffer { .. }) => Ok(None),
             Err(e) => Err(ChannelError::Other(format!("open: {e}"))),

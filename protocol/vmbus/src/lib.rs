@@ -8,8 +8,9 @@
 //! - [`OutgoingRing`] writes packets with their trailers, batches them, and says when to signal;
 //!   [`IncomingRing`] copies packets out, validates them against a hostile writer, and says when
 //!   to signal back.
-//! - [`Signal`] wakes the peer; [`Doorbell`] is an eventfd interrupt line; [`Channel`] ties two
-//!   rings and a signal together and [`Loopback`] connects two ends in one process.
+//! - [`RawChannel`] is one channel end as a value (its two rings and a [`ChannelSignal`]); the
+//!   uio guest, the emulator and [`connected_pair`] all hand one out. [`Signal`] is the ring
+//!   code's "wake the peer"; [`Doorbell`] an eventfd interrupt line.
 //! - [`device`]: the device side of a bus ([`ChannelDevice`], [`HostChannel`]).
 //!
 //! Memory ordering follows Linux `ring_buffer.c`: full barriers (`fence(SeqCst)`) around the
@@ -27,7 +28,9 @@ pub mod packet;
 mod ring_mem;
 mod signal;
 
-pub use channel::{Channel, Loopback, LoopbackEnd};
+pub use channel::{
+    ChannelEnded, ChannelPair, ChannelSignal, ChannelState, ChannelStatus, DoorbellSignal, RawChannel, connected_pair,
+};
 pub use control::{
     CONTROL_PAGE_SIZE, ControlWord, CorruptError, DESCRIPTOR_SIZE, FEATURE_PENDING_SEND_SIZE, LayoutError,
     RING_PAGE_SIZE, ReadError, RingError, TRAILER_SIZE, WriteError,

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+
 use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
@@ -13,57 +13,10 @@ use vmm_sys_util::eventfd::EventFd;
 use super::lifecycle::{EmulatorError, OpenError, Shared};
 use super::offer::OpenParams;
 use crate::GuestRam;
-use vmblob_vmbus::Doorbell;
-use vmblob_vmbus::GuestRingMem;
-use vmblob_vmbus::Offer;
-use vmblob_vmbus::{ChannelRings, RING_PAGE_SIZE};
-
-/// Where an open channel stands, as the guest sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChannelStatus {
-    Open,
-    /// The guest (or the emulator going away) closed it; the offer stays.
-    Closed,
-    /// The host rescinded it: every request the host had taken is completed in the ring; wait
-    /// for a re-offer.
-    Rescinded,
-}
-
-const OPEN: u8 = 0;
-const CLOSED: u8 = 1;
-const RESCINDED: u8 = 2;
-
-/// A cheap, cloneable view of one open channel's status (like uio's EIO after a rescind).
-#[derive(Debug, Clone, Default)]
-pub struct ChannelWatch(Arc<AtomicU8>);
-
-impl ChannelWatch {
-    pub fn status(&self) -> ChannelStatus {
-        match self.0.load(Ordering::Acquire) {
-            OPEN => ChannelStatus::Open,
-            CLOSED => ChannelStatus::Closed,
-            _ => ChannelStatus::Rescinded,
-        }
-    }
-
-    pub fn is_rescinded(&self) -> bool {
-        self.status() == ChannelStatus::Rescinded
-    }
-
-    /// Ends the channel; the first end wins.
-    pub(crate) fn end(&self, status: ChannelStatus) {
-        let v = if status == ChannelStatus::Rescinded { RESCINDED } else { CLOSED };
-        let _ = self.0.compare_exchange(OPEN, v, Ordering::AcqRel, Ordering::Acquire);
-    }
-
-    fn check(&self) -> Result<(), GuestError> {
-        match self.status() {
-            ChannelStatus::Open => Ok(()),
-            ChannelStatus::Closed => Err(GuestError::Closed),
-            ChannelStatus::Rescinded => Err(GuestError::Rescinded),
-        }
-    }
-}
+use vmblob_vmbus::{
+    ChannelEnded, ChannelRings, ChannelState, ChannelStatus, Doorbell, DoorbellSignal, GuestRingMem, Offer,
+    RING_PAGE_SIZE, RawChannel,
+};
 
 /// Why a guest call on an open channel failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +28,16 @@ pub enum GuestError {
     Closed,
     #[error("interrupt eventfd: {0}")]
     Io(#[from] io::Error),
+}
+
+impl From<ChannelEnded> for GuestError {
+    fn from(e: ChannelEnded) -> Self {
+        match e {
+            ChannelEnded::Rescinded => GuestError::Rescinded,
+            ChannelEnded::Closed => GuestError::Closed,
+            ChannelEnded::Io(e) => GuestError::Io(e),
+        }
+    }
 }
 
 /// What ended a [`GuestChannel::wait_interrupt`].
@@ -131,7 +94,7 @@ pub struct GuestChannel {
     pub(crate) rings: ChannelRings<GuestMemoryMmap>,
     pub(crate) interrupt: Doorbell,
     pub(crate) host: Doorbell,
-    pub(crate) watch: ChannelWatch,
+    pub(crate) watch: ChannelState,
     pub(crate) open_id: u64,
     pub(crate) shared: Arc<Shared>,
 }
@@ -159,6 +122,20 @@ impl GuestChannel {
     /// Guest RAM (GPA = offset; PFN = GPA >> 12).
     pub fn ram(&self) -> &GuestRam {
         self.shared.ram()
+    }
+
+    /// The open channel as the one value drivers take: the guest's rings and its signal
+    /// (ring the host, sleep on the interrupt, see the rescind).
+    pub fn channel(&self) -> RawChannel {
+        RawChannel {
+            incoming: Arc::new(self.incoming_ring()),
+            outgoing: Arc::new(self.outgoing_ring()),
+            signal: Arc::new(DoorbellSignal {
+                to_peer: self.host.clone(),
+                from_peer: self.interrupt.clone(),
+                state: self.watch.clone(),
+            }),
+        }
     }
 
     /// The guest's outgoing ring (guest→host); attach an `OutgoingRing` to it.
@@ -203,7 +180,7 @@ impl GuestChannel {
     }
 
     /// A cloneable status view, for other threads.
-    pub fn watch(&self) -> ChannelWatch {
+    pub fn watch(&self) -> ChannelState {
         self.watch.clone()
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmblob_protocol::transport::VMBUS_CLASS_GUID;
 
-use super::guest::{ChannelStatus, ChannelWatch, GuestBus, GuestChannel};
+use super::guest::{GuestBus, GuestChannel};
 use super::offer::{EmulatorConfig, OpenParams};
 use crate::GuestRam;
 use vmblob_vmbus::Doorbell;
@@ -19,6 +19,7 @@ use vmblob_vmbus::{
     RingError, RingMem,
 };
 use vmblob_vmbus::{ChannelDevice, DeviceError, HostChannel};
+use vmblob_vmbus::{ChannelState, ChannelStatus};
 
 /// Why a lifecycle step was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,7 +55,7 @@ pub enum OpenError {
 enum Phase {
     Idle,
     Offered(Offer),
-    Open { offer: Offer, open_id: u64, watch: ChannelWatch, to_guest: Doorbell },
+    Open { offer: Offer, open_id: u64, watch: ChannelState, to_guest: Doorbell },
 }
 
 impl Phase {
@@ -146,7 +147,7 @@ impl Shared {
             // The guest keeps seeing an open channel (and the completions the hook writes) until
             // the device has completed everything; only then the rescind.
             self.device.on_rescind(&offer);
-            watch.end(ChannelStatus::Rescinded);
+            let _ = watch.end(ChannelStatus::Rescinded);
             to_guest.ring();
         }
         self.set_phase(Phase::Idle);
@@ -163,7 +164,7 @@ impl Shared {
             _ => return Err(EmulatorError::NotOpen),
         };
         self.device.on_close(&offer);
-        watch.end(ChannelStatus::Closed);
+        let _ = watch.end(ChannelStatus::Closed);
         to_guest.ring();
         self.set_phase(Phase::Offered(offer));
         Ok(())
@@ -205,7 +206,7 @@ impl Shared {
             from_guest: from_guest.clone(),
         };
         self.device.on_open(host).map_err(OpenError::DeviceRefused)?;
-        let watch = ChannelWatch::default();
+        let watch = ChannelState::default();
         self.set_phase(Phase::Open { offer: offer.clone(), open_id, watch: watch.clone(), to_guest: to_guest.clone() });
         Ok(GuestChannel {
             offer: offer.clone(),
@@ -234,7 +235,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         if let Phase::Open { offer, watch, .. } = &lock(&self.state).phase {
             self.device.on_close(offer);
-            watch.end(ChannelStatus::Closed);
+            let _ = watch.end(ChannelStatus::Closed);
         }
     }
 }

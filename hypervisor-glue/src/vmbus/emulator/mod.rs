@@ -16,11 +16,13 @@ mod guest;
 mod lifecycle;
 mod offer;
 
-pub use guest::{ChannelStatus, ChannelWatch, GuestBus, GuestChannel, GuestError, Wakeup, page_buffer};
+pub use guest::{GuestBus, GuestChannel, GuestError, Wakeup, page_buffer};
 pub use lifecycle::{EmulatorError, OpenError, VmbusEmulator};
 pub use offer::{EmulatorConfig, OpenParams};
 // The device side the emulator hosts, re-exported for rigs.
-pub use vmblob_vmbus::{ChannelDevice, DeviceError, Doorbell, GuestRingMem, HostChannel, Offer};
+pub use vmblob_vmbus::{
+    ChannelDevice, ChannelState, ChannelStatus, DeviceError, Doorbell, GuestRingMem, HostChannel, Offer,
+};
 
 #[cfg(test)]
 mod tests;

@@ -24,7 +24,7 @@ struct Recorder {
     host: Mutex<Option<HostChannel>>,
     refuse: AtomicBool,
     /// The guest's view, to check what it saw while the rescind hook ran.
-    guest_watch: Mutex<Option<ChannelWatch>>,
+    guest_watch: Mutex<Option<ChannelState>>,
     status_in_rescind: Mutex<Option<ChannelStatus>>,
 }
 

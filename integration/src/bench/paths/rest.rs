@@ -54,9 +54,9 @@ fn client_options() -> ClientOptions {
 impl RestPath {
     /// Azurite (its data in a temporary location), reached through object_store's Azure client.
     pub fn azurite() -> Result<RestPath> {
-        let azurite = Azurite::start()
-            .map_err(BenchError::Other)?
-            .ok_or_else(|| BenchError::Other("Node.js (or npm, to install Azurite) is not installed, so Azurite cannot run".into()))?;
+        let azurite = Azurite::start().map_err(BenchError::Other)?.ok_or_else(|| {
+            BenchError::Other("Node.js (or npm, to install Azurite) is not installed, so Azurite cannot run".into())
+        })?;
         let spec = azurite.spec(CONTAINER);
         spec.ensure_container().map_err(|e| BenchError::Other(format!("creating the Azurite container: {e}")))?;
         let store = MicrosoftAzureBuilder::new()

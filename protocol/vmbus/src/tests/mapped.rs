@@ -12,19 +12,19 @@ fn ram() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(BASE), RAM)]).unwrap()
 }
 
-type End<S> = Channel<MappedRingMem<S>, Arc<CountingSignal>>;
+type Ends<S> = End<MappedRingMem<S>, Arc<CountingSignal>>;
 
 /// The guest and the host each build their own view of the same allocation.
-fn both_ends<S: SharedMemory + Clone>(mem: S, base: u64, ring_size: usize) -> (End<S>, End<S>) {
+fn both_ends<S: SharedMemory + Clone>(mem: S, base: u64, ring_size: usize) -> (Ends<S>, Ends<S>) {
     let guest = ChannelRings::new(mem.clone(), base, ring_size, ring_size).unwrap();
     let host = ChannelRings::new(mem, base, ring_size, ring_size).unwrap();
     assert_eq!(guest.host_to_guest.base(), base + ring_size as u64);
-    let g = Channel::new(
+    let g = End::new(
         IncomingRing::new(guest.host_to_guest).unwrap(),
         OutgoingRing::new(guest.guest_to_host).unwrap(),
         Arc::new(CountingSignal::new()),
     );
-    let h = Channel::new(
+    let h = End::new(
         IncomingRing::new(host.guest_to_host).unwrap(),
         OutgoingRing::new(host.host_to_guest).unwrap(),
         Arc::new(CountingSignal::new()),

@@ -13,6 +13,54 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 
+/// A channel end with its ring state: commits one packet at a time and signals the peer when
+/// the rings say so (what a device or driver loop does, minus batching).
+pub(super) struct End<M, S> {
+    pub incoming: IncomingRing<M>,
+    pub outgoing: OutgoingRing<M>,
+    pub peer: S,
+}
+
+impl<M: RingMem, S: Signal> End<M, S> {
+    pub(super) fn new(incoming: IncomingRing<M>, outgoing: OutgoingRing<M>, peer: S) -> Self {
+        End { incoming, outgoing, peer }
+    }
+
+    pub(super) fn send(&mut self, packet: &[u8]) -> Result<(), WriteError> {
+        self.outgoing.write(packet)?;
+        if self.outgoing.commit_write() {
+            self.peer.signal();
+        }
+        Ok(())
+    }
+
+    pub(super) fn try_recv(&mut self) -> Result<Vec<u8>, ReadError> {
+        let packet = self.incoming.read()?;
+        if self.incoming.commit_read() {
+            self.peer.signal();
+        }
+        Ok(packet)
+    }
+}
+
+/// A [`RawChannel`]'s signal as the ring code's [`Signal`].
+pub(super) struct Peer(pub Arc<dyn ChannelSignal>);
+
+impl Signal for Peer {
+    fn signal(&self) {
+        self.0.signal_peer().unwrap();
+    }
+}
+
+/// An [`End`] over one end of a [`RawChannel`].
+pub(super) fn end_of(ch: &RawChannel) -> End<Arc<dyn RingMem>, Peer> {
+    End::new(
+        IncomingRing::new(ch.incoming.clone()).unwrap(),
+        OutgoingRing::new(ch.outgoing.clone()).unwrap(),
+        Peer(ch.signal.clone()),
+    )
+}
+
 /// A small deterministic PRNG (splitmix64).
 pub(super) struct Rng(u64);
 

@@ -230,18 +230,28 @@ fn revert_rereads_and_rewrites() {
 }
 
 #[test]
-fn loopback_and_eventfd_signals() {
-    let mut lb = Loopback::new(4096).unwrap();
-    lb.guest.send(&encode_inband(1, true, b"req")).unwrap();
-    lb.guest.send(&encode_inband(2, true, b"req")).unwrap();
-    assert_eq!(lb.host_events.count(), 1, "only the empty -> non-empty transition signals");
-    assert_eq!(lb.host.try_recv().unwrap(), encode_inband(1, true, b"req"));
-    assert_eq!(lb.host.try_recv().unwrap(), encode_inband(2, true, b"req"));
-    assert_eq!(lb.host.try_recv(), Err(ReadError::Empty));
-    lb.host.send(&encode_inband(1, false, b"resp")).unwrap();
-    assert_eq!(lb.guest_events.count(), 1);
-    assert_eq!(lb.guest.try_recv().unwrap(), encode_inband(1, false, b"resp"));
-    assert_eq!(word(&*lb.guest_to_host, ControlWord::ReadIndex), 64);
+fn connected_pair_and_eventfd_signals() {
+    let pair = connected_pair(4096).unwrap();
+    let (mut guest, mut host) = (end_of(&pair.guest), end_of(&pair.host));
+    guest.send(&encode_inband(1, true, b"req")).unwrap();
+    guest.send(&encode_inband(2, true, b"req")).unwrap();
+    assert_eq!(pair.to_host.take().unwrap(), 1, "only the empty -> non-empty transition signals");
+    assert_eq!(host.try_recv().unwrap(), encode_inband(1, true, b"req"));
+    assert_eq!(host.try_recv().unwrap(), encode_inband(2, true, b"req"));
+    assert_eq!(host.try_recv(), Err(ReadError::Empty));
+    host.send(&encode_inband(1, false, b"resp")).unwrap();
+    assert!(pair.guest.signal.wait(Some(std::time::Duration::ZERO)).unwrap(), "the guest was signalled");
+    assert_eq!(guest.try_recv().unwrap(), encode_inband(1, false, b"resp"));
+    assert_eq!(word(&pair.host.incoming, ControlWord::ReadIndex), 64);
+
+    // A rescind ends both ends: signals and waits fail, the rings stay readable.
+    host.send(&encode_inband(3, false, b"last")).unwrap();
+    assert!(pair.end(ChannelStatus::Rescinded));
+    assert!(!pair.end(ChannelStatus::Closed), "the first end wins");
+    assert!(matches!(pair.guest.signal.signal_peer(), Err(ChannelEnded::Rescinded)));
+    assert!(matches!(pair.guest.signal.wait(None), Err(ChannelEnded::Rescinded)));
+    assert!(pair.host.signal.is_rescinded());
+    assert_eq!(guest.incoming.read().unwrap(), encode_inband(3, false, b"last"));
 
     let e = EventFdSignal::new().unwrap();
     e.signal();

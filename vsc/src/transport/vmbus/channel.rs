@@ -2,20 +2,20 @@
 //! the real guest (`uio_hv_generic` + [`PinnedDma`]) or a host emulator's
 //! guest end in a test rig.
 //!
-//! - [`GuestChannel`]: one open channel as the guest sees it (two rings, a
-//!   way to signal the host, a way to sleep until the host signals, and
-//!   whether the host rescinded it).
+//! - `vmblob_vmbus::RawChannel`: one open channel as the guest sees it (two
+//!   rings and a signal: wake the host, sleep until the host signals, whether
+//!   the host rescinded it) — the one channel value the uio guest, the rigs'
+//!   emulator and the tests all hand out.
 //! - [`ChannelSource`]: where channels come from (offer, re-offer) and the
 //!   guest memory the host reaches by GPA. It outlives every channel, so
 //!   buffers and their page numbers stay valid across a rescind.
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use vm_memory::GuestAddress;
 use vmblob_protocol::framing::vmbus::PageBuffer;
-use vmblob_vmbus::{LayoutError, RingError, RingMem};
+use vmblob_vmbus::{ChannelEnded, LayoutError, RawChannel, RingError};
 
 use super::uio::device::UioError;
 use super::uio::sysfs::SysfsError;
@@ -28,6 +28,11 @@ pub enum ChannelError {
     /// The host took the channel away.
     #[error("the VMBus channel was rescinded")]
     Rescinded,
+    /// The guest (or a rig's bus) closed it.
+    #[error("the VMBus channel is closed")]
+    Closed,
+    #[error("channel signal: {0}")]
+    Signal(std::io::Error),
     #[error(transparent)]
     Uio(#[from] UioError),
     #[error(transparent)]
@@ -43,29 +48,20 @@ pub enum ChannelError {
     Other(String),
 }
 
+impl From<ChannelEnded> for ChannelError {
+    fn from(e: ChannelEnded) -> Self {
+        match e {
+            ChannelEnded::Rescinded => ChannelError::Rescinded,
+            ChannelEnded::Closed => ChannelError::Closed,
+            ChannelEnded::Io(e) => ChannelError::Signal(e),
+        }
+    }
+}
+
 impl From<LayoutError> for ChannelError {
     fn from(e: LayoutError) -> Self {
         ChannelError::Ring(e.into())
     }
-}
-
-/// One open VMBus channel from the guest's side.
-pub trait GuestChannel: Send + Sync {
-    /// The guest→host ring (the guest writes it).
-    fn outgoing(&self) -> Arc<dyn RingMem>;
-    /// The host→guest ring (the guest reads it).
-    fn incoming(&self) -> Arc<dyn RingMem>;
-    /// Wake the host. Call only when the ring code says so.
-    fn signal_host(&self) -> Result<(), ChannelError>;
-    /// Sleep until the host signals or `timeout` passes (`Ok(false)`).
-    /// `Err(Rescinded)` once the channel is gone.
-    fn wait_interrupt(&self, timeout: Duration) -> Result<bool, ChannelError>;
-    /// Re-enable interrupt delivery outside the rings, if the provider has
-    /// such a switch. The rings' own `interrupt_mask` is the transport's job.
-    fn unmask(&self) -> Result<(), ChannelError> {
-        Ok(())
-    }
-    fn is_rescinded(&self) -> bool;
 }
 
 /// Offers of one device, and the guest memory its requests live in.
@@ -78,7 +74,7 @@ pub trait ChannelSource: Send + Sync {
     /// Open the channel once the host offers it, waiting at most `timeout`
     /// for an offer (`Ok(None)`: none yet). A re-offer after a rescind is
     /// opened the same way.
-    fn open(&self, timeout: Duration) -> Result<Option<Arc<dyn GuestChannel>>, ChannelError>;
+    fn open(&self, timeout: Duration) -> Result<Option<RawChannel>, ChannelError>;
 }
 
 /// The page numbers of `[addr, addr + len)` when pool addresses are

@@ -46,25 +46,24 @@ fn uio_channel_rings_are_the_halves_of_map0() {
     let fake = tempfile::NamedTempFile::new().unwrap();
     fake.as_file().set_len((2 * RING as u64).max(page + 0x1000)).unwrap();
     let dev = UioDevice::open(fake.path(), &maps, ChannelIds { relid: 5, monitor_id: None }).unwrap();
-    let ch = UioChannel::new(dev).unwrap();
-    assert!(!ch.is_rescinded());
+    let (region, rx_region) = (dev.tx_ring(), dev.rx_ring());
+    let ch = UioChannel::open(dev).unwrap();
+    assert!(!ch.signal.is_rescinded());
 
-    let mut tx = OutgoingRing::new(ch.outgoing()).unwrap();
+    let mut tx = OutgoingRing::new(ch.outgoing.clone()).unwrap();
     let packet = encode_inband(9, false, b"guest to host");
     tx.write(&packet).unwrap();
     tx.commit_write();
-    let region = ch.device().tx_ring();
     assert_eq!(region.load_u32(0, SeqCst).unwrap() as usize, packet.len() + 8, "TX write_index");
     let mut head = [0u8; 24];
     region.read_bytes(4096, &mut head).unwrap();
     assert_eq!(head[..], packet[..24], "TX data starts after its control page");
 
     // The host's completion, written straight into the RX half.
-    let rx_region = ch.device().rx_ring();
     let completion = encode_completion(9, &[1, 2, 3, 4, 5, 6, 7, 8]);
     rx_region.write_bytes(4096, &completion).unwrap();
     rx_region.store_u32(0, (completion.len() + 8) as u32, SeqCst).unwrap();
-    let mut rx = IncomingRing::new(ch.incoming()).unwrap();
+    let mut rx = IncomingRing::new(ch.incoming.clone()).unwrap();
     assert_eq!(rx.read().unwrap(), completion);
     assert_eq!(rx.read(), Err(ReadError::Empty));
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use vmblob_vmbus::{OutgoingRing, RingMem};
 
-use crate::transport::vmbus::channel::GuestChannel;
+use vmblob_vmbus::RawChannel;
 
 /// A channel that is open and believed healthy.
 pub(super) struct Live {
-    pub channel: Arc<dyn GuestChannel>,
+    pub channel: RawChannel,
     pub out: OutgoingRing<Arc<dyn RingMem>>,
     /// Requestor ids sent on this channel and not completed yet: the only
     /// ids a completion may carry.
@@ -17,7 +17,7 @@ pub(super) struct Live {
 }
 
 impl Live {
-    pub fn new(channel: Arc<dyn GuestChannel>, out: OutgoingRing<Arc<dyn RingMem>>) -> Self {
+    pub fn new(channel: RawChannel, out: OutgoingRing<Arc<dyn RingMem>>) -> Self {
         Self { channel, out, sent: HashSet::new() }
     }
 }

@@ -20,7 +20,7 @@ mod reaper;
 mod tests;
 pub mod uio;
 
-pub use channel::{ChannelError, ChannelSource, GuestChannel, identity_page_buffer, pinned_page_buffer};
+pub use channel::{ChannelError, ChannelSource, identity_page_buffer, pinned_page_buffer};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -32,7 +32,7 @@ use vmblob_protocol::framing::vmbus::{MAX_PACKET_PAGES, PageBuffer, encode_blob_
 use vmblob_protocol::ops::{OpRequest, OpResponse, ResponseMessage};
 use vmblob_protocol::transport::OperationType;
 use vmblob_protocol::{DataDirection, OpCode, VspRequest};
-use vmblob_vmbus::{OutgoingRing, WriteError};
+use vmblob_vmbus::{OutgoingRing, RawChannel, WriteError};
 
 use crate::error::ClientError;
 use crate::transport::dma::DmaPool;
@@ -294,7 +294,7 @@ impl Inner {
                             // Before the host can see it: its completion checks this set.
                             live.sent.insert(id);
                             if live.out.commit_write()
-                                && let Err(e) = live.channel.signal_host()
+                                && let Err(e) = live.channel.signal.signal_peer()
                             {
                                 log::debug!("signalling the host failed: {e}");
                             }
@@ -324,8 +324,8 @@ impl Inner {
     }
 
     /// Make `channel` the live one; returns its generation.
-    fn install(&self, channel: Arc<dyn GuestChannel>) -> Result<u64, crate::transport::vmbus::ChannelError> {
-        let out = OutgoingRing::new(channel.outgoing())?;
+    fn install(&self, channel: RawChannel) -> Result<u64, crate::transport::vmbus::ChannelError> {
+        let out = OutgoingRing::new(channel.outgoing.clone())?;
         let generation = {
             let mut link = lock(&self.link);
             if link.closed {

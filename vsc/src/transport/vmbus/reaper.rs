@@ -10,7 +10,8 @@ use vmblob_vmbus::{IncomingRing, ReadError, RingMem};
 use super::{Inner, lock};
 use crate::error::ClientError;
 use crate::transport::Completion;
-use crate::transport::vmbus::channel::{ChannelError, GuestChannel};
+use crate::transport::vmbus::channel::ChannelError;
+use vmblob_vmbus::RawChannel;
 
 /// Why a channel stopped being served.
 enum Down {
@@ -27,7 +28,7 @@ const BATCH: usize = 64;
 
 impl Inner {
     /// The thread's life: serve a channel until it goes, then wait for the next.
-    pub(super) fn run(self: Arc<Self>, mut generation: u64, mut channel: Arc<dyn GuestChannel>) {
+    pub(super) fn run(self: Arc<Self>, mut generation: u64, mut channel: RawChannel) {
         loop {
             match self.serve(generation, &channel) {
                 Down::Stopping => return,
@@ -51,8 +52,8 @@ impl Inner {
         self.stopping.load(Ordering::Acquire)
     }
 
-    fn serve(&self, generation: u64, channel: &Arc<dyn GuestChannel>) -> Down {
-        let mut incoming = match IncomingRing::new(channel.incoming()) {
+    fn serve(&self, generation: u64, channel: &RawChannel) -> Down {
+        let mut incoming = match IncomingRing::new(channel.incoming.clone()) {
             Ok(r) => r,
             Err(e) => return Down::Failed(format!("host-to-guest ring unusable: {e}")),
         };
@@ -69,7 +70,7 @@ impl Inner {
             if let Err(why) = self.drain(generation, channel, &mut incoming) {
                 return Down::Failed(why);
             }
-            if channel.is_rescinded() {
+            if channel.signal.is_rescinded() {
                 return self.rescinded(generation, channel, &mut incoming);
             }
             // Unmask, then look again: a completion posted before the host
@@ -79,10 +80,10 @@ impl Inner {
                 Ok(false) => {}
                 Err(e) => return Down::Failed(format!("host-to-guest ring corrupt: {e}")),
             }
-            if let Err(e) = channel.unmask() {
+            if let Err(e) = channel.signal.unmask().map_err(ChannelError::from) {
                 return self.channel_error(generation, channel, &mut incoming, e);
             }
-            match channel.wait_interrupt(self.opts.wait_slice) {
+            match channel.signal.wait(Some(self.opts.wait_slice)).map_err(ChannelError::from) {
                 // The host may also have freed space in the guest-to-host ring.
                 Ok(_) => self.space.notify_all(),
                 Err(e) => return self.channel_error(generation, channel, &mut incoming, e),
@@ -93,7 +94,7 @@ impl Inner {
     fn channel_error(
         &self,
         generation: u64,
-        channel: &Arc<dyn GuestChannel>,
+        channel: &RawChannel,
         incoming: &mut IncomingRing<Arc<dyn RingMem>>,
         e: ChannelError,
     ) -> Down {
@@ -106,12 +107,7 @@ impl Inner {
     /// The host rescinded the channel. It completed what it could before
     /// (completion on rescind): hand those out, then fail the rest. Waits for
     /// nothing else, least of all for the clients.
-    fn rescinded(
-        &self,
-        generation: u64,
-        channel: &Arc<dyn GuestChannel>,
-        incoming: &mut IncomingRing<Arc<dyn RingMem>>,
-    ) -> Down {
+    fn rescinded(&self, generation: u64, channel: &RawChannel, incoming: &mut IncomingRing<Arc<dyn RingMem>>) -> Down {
         if let Err(why) = self.drain(generation, channel, incoming) {
             log::warn!("after the rescind: {why}");
         }
@@ -123,7 +119,7 @@ impl Inner {
     fn drain(
         &self,
         generation: u64,
-        channel: &Arc<dyn GuestChannel>,
+        channel: &RawChannel,
         incoming: &mut IncomingRing<Arc<dyn RingMem>>,
     ) -> Result<(), String> {
         loop {
@@ -141,7 +137,7 @@ impl Inner {
             }
             let more = batch.len() == BATCH;
             if incoming.commit_read()
-                && let Err(e) = channel.signal_host()
+                && let Err(e) = channel.signal.signal_peer()
             {
                 log::debug!("signalling the host failed: {e}");
             }
@@ -203,7 +199,7 @@ impl Inner {
     }
 
     /// Wait for the host to offer the channel again and install it.
-    fn wait_for_offer(&self) -> Option<(u64, Arc<dyn GuestChannel>)> {
+    fn wait_for_offer(&self) -> Option<(u64, RawChannel)> {
         while !self.stopping() {
             match self.source.open(self.opts.wait_slice) {
                 Ok(Some(channel)) => match self.install(channel.clone()) {

@@ -1,9 +1,9 @@
-//! A scripted host for the transport's unit tests: channel rings in guest
-//! RAM (uio map 0 layout), counting signals both ways, and a host end that
-//! reads requests and writes completions, honest or not.
+//! A scripted host for the transport's unit tests: a channel pair over rings
+//! in guest RAM (uio map 0 layout), and a host end that reads requests and
+//! writes completions, honest or not.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -16,10 +16,13 @@ use vmblob_protocol::ops::{ContainerProperties, OpRequest, OpResponse, encode_er
 use vmblob_protocol::transport::MAX_BUFFER_LEN;
 use vmblob_protocol::{BlobError, OpCode, Segment, VspRequest, VspResponse};
 use vmblob_vhost_frontend::GuestRam;
-use vmblob_vmbus::{CountingSignal, IncomingRing, MappedRingMem, OutgoingRing, ReadError, RingMem, Signal};
+use vmblob_vmbus::{
+    ChannelPair, ChannelRings, ChannelSignal, ChannelState, ChannelStatus, Doorbell, IncomingRing, MappedRingMem,
+    OutgoingRing, RawChannel, ReadError, RingMem,
+};
 
 use crate::transport::dma::DmaPool;
-use crate::transport::vmbus::channel::{ChannelError, ChannelSource, GuestChannel, identity_page_buffer};
+use crate::transport::vmbus::channel::{ChannelError, ChannelSource, identity_page_buffer};
 
 type Ring = Arc<MappedRingMem<GuestMemoryMmap>>;
 
@@ -42,62 +45,11 @@ pub fn config(max_inflight: u32) -> DeviceConfig {
     }
 }
 
-/// The guest's end of one fake channel.
-pub struct FakeChannel {
-    out: Ring,
-    inc: Ring,
-    to_host: Arc<CountingSignal>,
-    to_guest: Arc<CountingSignal>,
-    seen: AtomicU64,
-    rescinded: Arc<AtomicBool>,
-    /// Dropped = closed by the guest.
-    closed: Arc<AtomicBool>,
-}
-
-impl Drop for FakeChannel {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::SeqCst);
-    }
-}
-
-impl GuestChannel for FakeChannel {
-    fn outgoing(&self) -> Arc<dyn RingMem> {
-        self.out.clone()
-    }
-    fn incoming(&self) -> Arc<dyn RingMem> {
-        self.inc.clone()
-    }
-    fn signal_host(&self) -> Result<(), ChannelError> {
-        if self.rescinded.load(Ordering::SeqCst) {
-            return Err(ChannelError::Rescinded);
-        }
-        self.to_host.signal();
-        Ok(())
-    }
-    fn wait_interrupt(&self, timeout: Duration) -> Result<bool, ChannelError> {
-        if self.rescinded.load(Ordering::SeqCst) {
-            return Err(ChannelError::Rescinded);
-        }
-        let seen = self.seen.load(Ordering::SeqCst);
-        let got = self.to_guest.wait_past(seen, timeout);
-        if let Some(n) = got {
-            self.seen.store(n, Ordering::SeqCst);
-        }
-        if self.rescinded.load(Ordering::SeqCst) {
-            return Err(ChannelError::Rescinded);
-        }
-        Ok(got.is_some())
-    }
-    fn is_rescinded(&self) -> bool {
-        self.rescinded.load(Ordering::SeqCst)
-    }
-}
-
 /// Guest RAM, a DMA pool in it, and the channel on offer.
 pub struct FakeSource {
     ram: GuestRam,
     pool: DmaPool,
-    offer: Mutex<Option<Arc<FakeChannel>>>,
+    offer: Mutex<Option<RawChannel>>,
     offered: Condvar,
     ring_size: usize,
 }
@@ -116,25 +68,21 @@ impl FakeSource {
     pub fn offer(&self) -> HostEnd {
         let mem = self.ram.memory().clone();
         mem.write_slice(&vec![0u8; 2 * self.ring_size], GuestAddress(0)).unwrap();
-        let ring = |base: u64| Arc::new(MappedRingMem::new(mem.clone(), base, self.ring_size).unwrap());
-        let (g2h, h2g) = (ring(0), ring(self.ring_size as u64));
-        let (to_host, to_guest) = (Arc::new(CountingSignal::new()), Arc::new(CountingSignal::new()));
-        let rescinded = Arc::new(AtomicBool::new(false));
-        let closed = Arc::new(AtomicBool::new(false));
+        let rings = ChannelRings::new(mem.clone(), 0, self.ring_size, self.ring_size).unwrap();
+        let pair = ChannelPair::in_memory(&rings).unwrap();
+        let (g2h, h2g) = (Arc::new(rings.guest_to_host), Arc::new(rings.host_to_guest));
         let host = HostEnd {
             mem,
             incoming: IncomingRing::new(g2h.clone()).unwrap(),
             outgoing: OutgoingRing::new(h2g.clone()).unwrap(),
-            to_host: to_host.clone(),
-            to_guest: to_guest.clone(),
-            seen: 0,
-            rescinded: rescinded.clone(),
-            closed: closed.clone(),
-            g2h: g2h.clone(),
-            h2g: h2g.clone(),
+            guest: Arc::downgrade(&pair.guest.signal),
+            to_guest: pair.to_guest.clone(),
+            to_host: pair.to_host.clone(),
+            state: pair.state.clone(),
+            g2h,
+            h2g,
         };
-        let guest = FakeChannel { out: g2h, inc: h2g, to_host, to_guest, seen: AtomicU64::new(0), rescinded, closed };
-        *self.offer.lock().unwrap() = Some(Arc::new(guest));
+        *self.offer.lock().unwrap() = Some(pair.guest);
         self.offered.notify_all();
         host
     }
@@ -147,7 +95,7 @@ impl ChannelSource for FakeSource {
     fn page_buffer(&self, addr: GuestAddress, len: usize) -> Result<PageBuffer, ChannelError> {
         identity_page_buffer(addr, len)
     }
-    fn open(&self, timeout: Duration) -> Result<Option<Arc<dyn GuestChannel>>, ChannelError> {
+    fn open(&self, timeout: Duration) -> Result<Option<RawChannel>, ChannelError> {
         let deadline = Instant::now() + timeout;
         let mut offer = self.offer.lock().unwrap();
         loop {
@@ -178,11 +126,11 @@ pub struct HostEnd {
     mem: GuestMemoryMmap,
     incoming: IncomingRing<Ring>,
     outgoing: OutgoingRing<Ring>,
-    to_host: Arc<CountingSignal>,
-    to_guest: Arc<CountingSignal>,
-    seen: u64,
-    rescinded: Arc<AtomicBool>,
-    closed: Arc<AtomicBool>,
+    to_guest: Doorbell,
+    to_host: Doorbell,
+    state: ChannelState,
+    /// The guest's signal; gone once the guest dropped every copy (closed).
+    guest: Weak<dyn ChannelSignal>,
     g2h: Ring,
     h2g: Ring,
 }
@@ -213,7 +161,7 @@ impl HostEnd {
     }
 
     pub fn guest_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.guest.strong_count() == 0
     }
 
     /// The next raw packet, waiting at most `timeout`.
@@ -223,7 +171,7 @@ impl HostEnd {
             match self.incoming.read() {
                 Ok(p) => {
                     if self.incoming.commit_read() {
-                        self.to_guest.signal();
+                        self.to_guest.ring();
                     }
                     return Some(p);
                 }
@@ -234,9 +182,7 @@ impl HostEnd {
             if left.is_zero() {
                 return None;
             }
-            if let Some(n) = self.to_host.wait_past(self.seen, left.min(Duration::from_millis(20))) {
-                self.seen = n;
-            }
+            self.to_host.wait(Some(left.min(Duration::from_millis(20)))).unwrap();
         }
     }
 
@@ -269,7 +215,7 @@ impl HostEnd {
         }
         self.outgoing.write(packet).unwrap();
         if self.outgoing.commit_write() {
-            self.to_guest.signal();
+            self.to_guest.ring();
         }
     }
 
@@ -284,7 +230,7 @@ impl HostEnd {
     /// Store the host→guest write index (any value) and signal.
     pub fn set_host_write_index(&mut self, index: u32) {
         self.h2g.store(vmblob_vmbus::ControlWord::WriteIndex, index, Ordering::SeqCst);
-        self.to_guest.signal();
+        self.to_guest.ring();
     }
 
     pub fn complete(&mut self, id: u64, resp: VspResponse) {
@@ -325,7 +271,7 @@ impl HostEnd {
 
     /// Take the channel away (after whatever completions were posted).
     pub fn rescind(&self) {
-        self.rescinded.store(true, Ordering::SeqCst);
-        self.to_guest.signal();
+        self.state.end(ChannelStatus::Rescinded);
+        self.to_guest.ring();
     }
 }

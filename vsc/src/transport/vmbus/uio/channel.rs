@@ -1,6 +1,6 @@
 //! The real guest's channel: a `uio_hv_generic` device ([`UioDevice`]) as a
-//! [`GuestChannel`], and sysfs discovery plus [`PinnedDma`] as its
-//! [`ChannelSource`].
+//! `RawChannel` (map 0's halves as rings, the device as its signal), and
+//! sysfs discovery plus [`PinnedDma`] as its [`ChannelSource`].
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use vm_memory::GuestAddress;
 use vmblob_protocol::framing::vmbus::PageBuffer;
-use vmblob_vmbus::{MappedRingMem, RingMem, SharedMemory};
+use vmblob_vmbus::{ChannelEnded, ChannelSignal, MappedRingMem, RawChannel, SharedMemory};
 
 use super::device::{UioDevice, UioError};
 use super::sysfs::{UIO_DRIVER, bind_uio, find_devices};
 use crate::transport::dma::DmaPool;
 use crate::transport::pinned::PinnedDma;
 use crate::transport::region::MappedRegion;
-use crate::transport::vmbus::channel::{ChannelError, ChannelSource, GuestChannel, pinned_page_buffer};
+use crate::transport::vmbus::channel::{ChannelError, ChannelSource, pinned_page_buffer};
 
 /// How often [`UioChannelSource::open`] looks for an offer.
 const OFFER_POLL: Duration = Duration::from_millis(50);
@@ -50,23 +50,30 @@ impl SharedMemory for MappedRegion {
     }
 }
 
-/// An opened primary channel: TX and RX halves of map 0 as rings.
+/// An opened primary channel's signal: `write(1)` on `/dev/uioN` to wake the
+/// host, the uio fd to sleep on, EIO for the rescind.
 pub struct UioChannel {
     dev: UioDevice,
-    outgoing: Arc<MappedRingMem<MappedRegion>>,
-    incoming: Arc<MappedRingMem<MappedRegion>>,
 }
 
 impl UioChannel {
-    pub fn new(dev: UioDevice) -> Result<Self, ChannelError> {
+    /// The channel value over `dev`: TX and RX halves of map 0 as rings.
+    pub fn open(dev: UioDevice) -> Result<RawChannel, ChannelError> {
         let size = dev.ring_size();
         let outgoing = Arc::new(MappedRingMem::new(dev.tx_ring(), 0, size)?);
         let incoming = Arc::new(MappedRingMem::new(dev.rx_ring(), 0, size)?);
-        Ok(Self { dev, outgoing, incoming })
+        Ok(RawChannel { incoming, outgoing, signal: Arc::new(UioChannel { dev }) })
     }
 
     pub fn device(&self) -> &UioDevice {
         &self.dev
+    }
+}
+
+fn ended(e: UioError) -> ChannelEnded {
+    match e {
+        UioError::Rescinded => ChannelEnded::Rescinded,
+        e => ChannelEnded::Io(std::io::Error::other(e)),
     }
 }
 
@@ -77,21 +84,13 @@ fn uio_error(e: UioError) -> ChannelError {
     }
 }
 
-impl GuestChannel for UioChannel {
-    fn outgoing(&self) -> Arc<dyn RingMem> {
-        self.outgoing.clone()
+impl ChannelSignal for UioChannel {
+    fn signal_peer(&self) -> Result<(), ChannelEnded> {
+        self.dev.signal_host().map_err(ended)
     }
 
-    fn incoming(&self) -> Arc<dyn RingMem> {
-        self.incoming.clone()
-    }
-
-    fn signal_host(&self) -> Result<(), ChannelError> {
-        self.dev.signal_host().map_err(uio_error)
-    }
-
-    fn wait_interrupt(&self, timeout: Duration) -> Result<bool, ChannelError> {
-        self.dev.wait_interrupt(Some(timeout)).map(|n| n.is_some()).map_err(uio_error)
+    fn wait(&self, timeout: Option<Duration>) -> Result<bool, ChannelEnded> {
+        self.dev.wait_interrupt(timeout).map(|n| n.is_some()).map_err(ended)
     }
 
     // `unmask` stays the default no-op: the RX ring's interrupt_mask in the
@@ -123,7 +122,7 @@ impl UioChannelSource {
 
     /// Open the first device of the class, binding it first if needed;
     /// `None` while there is none (not offered yet, or rescinded).
-    fn try_open(&self) -> Result<Option<Arc<dyn GuestChannel>>, ChannelError> {
+    fn try_open(&self) -> Result<Option<RawChannel>, ChannelError> {
         let Some(mut dev) = find_devices(&self.sysfs_root, &self.class_guid)?.into_iter().next() else {
             return Ok(None);
         };
@@ -131,7 +130,7 @@ impl UioChannelSource {
             dev.uio = Some(bind_uio(&self.sysfs_root, &dev, self.bind_timeout)?);
         }
         let uio = UioDevice::open_vmbus(&self.sysfs_root, &dev).map_err(uio_error)?;
-        Ok(Some(Arc::new(UioChannel::new(uio)?)))
+        UioChannel::open(uio).map(Some)
     }
 }
 
@@ -144,7 +143,7 @@ impl ChannelSource for UioChannelSource {
         pinned_page_buffer(&self.dma, addr, len)
     }
 
-    fn open(&self, timeout: Duration) -> Result<Option<Arc<dyn GuestChannel>>, ChannelError> {
+    fn open(&self, timeout: Duration) -> Result<Option<RawChannel>, ChannelError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(ch) = self.try_open()? {
