@@ -7,10 +7,12 @@ mod completion;
 mod daemon;
 mod executor;
 mod queue;
+mod request;
 mod ring;
 
 pub use backend::{BlobBackend, QueueOptions};
 pub use daemon::{DaemonError, Shutdown, serve};
+pub use request::VirtioRequest;
 
 #[cfg(test)]
 mod tests;

@@ -27,9 +27,10 @@ use zerocopy::IntoBytes;
 
 use super::completion::{Completions, Done};
 use super::executor::Executor;
+use super::request::VirtioRequest;
 use super::ring::{Ring, rearm_kicks, suppress_kicks};
 use crate::engine::guest_io::{read_exact, write_all};
-use crate::engine::{AdmitError, CancelToken, Engine, InflightTable, VirtioRequest};
+use crate::engine::{AdmitError, CancelToken, Engine, InflightTable};
 
 /// What every queue of one connection shares.
 pub struct DeviceState {
