@@ -1,17 +1,17 @@
 //! A small pool serving admitted requests, so requests overlap. Each finished request goes back
 //! to the dispatcher, which alone writes the host→guest ring.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use vm_memory::GuestMemoryMmap;
 use vmblob_glue::vmbus::emulator::Doorbell;
+use vmblob_protocol::VspResponse;
 use vmblob_protocol::framing::vmbus::GpaDirectFrame;
-use vmblob_protocol::{BlobError, VspResponse};
 
 use crate::engine::{CancelToken, Engine};
+use crate::runner;
 
 /// An admitted request.
 pub(super) struct Job {
@@ -50,12 +50,8 @@ fn work(engine: &Engine, mem: &GuestMemoryMmap, jobs: &Mutex<Receiver<Job>>, don
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(job) = job else { return };
-        // A panic in the engine must still produce the request's one completion.
-        let response =
-            catch_unwind(AssertUnwindSafe(|| engine.serve(mem, &job.frame, &job.cancel))).unwrap_or_else(|_| {
-                log::error!("vmbus: serving transaction {} panicked", job.frame.transaction_id);
-                Engine::refused(BlobError::Internal)
-            });
+        let id = job.frame.transaction_id;
+        let response = runner::serve(engine, mem, &job.frame, &job.cancel, format_args!("transaction {id}"));
         if done.send(Done { transaction_id: job.frame.transaction_id, response }).is_err() {
             return; // the dispatcher is gone (drain timed out); nobody can post it
         }
