@@ -19,13 +19,29 @@ use vmblob_protocol::framing::vmbus::{
 use vmblob_protocol::ops::{ContainerProperties, OpRequest, OpResponse, encode_success};
 use vmblob_protocol::transport::MAX_BUFFER_LEN;
 use vmblob_protocol::{Segment, VspResponse};
-use vmblob_vmbus::{ControlWord, ReadError, RingMem};
+use vmblob_vmbus::{AttachedChannel, ControlWord, ReadError, RingMem};
 use vmblob_vsc::{BlobClient, ClientError, ClientOptions, Transport, VmbusOptions, VmbusTransport};
 use zerocopy::IntoBytes;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-type Lie = fn(&mut HostChannel, u64);
+type Lie = fn(&mut Host, u64);
+
+/// The host end the liar serves: guest memory and the channel with its rings attached.
+struct Host {
+    memory: GuestMemoryMmap,
+    ch: AttachedChannel,
+}
+
+impl Host {
+    fn new(channel: HostChannel) -> Self {
+        Host { ch: channel.channel.attach().unwrap(), memory: channel.memory }
+    }
+
+    fn interrupt_guest(&self) {
+        let _ = self.ch.signal.signal_peer();
+    }
+}
 
 fn config() -> DeviceConfig {
     DeviceConfig {
@@ -43,10 +59,10 @@ fn config() -> DeviceConfig {
     }
 }
 
-fn post(host: &mut HostChannel, packet: &[u8]) {
-    host.outgoing.write(packet).expect("room for a completion");
-    if host.outgoing.commit_write() {
-        host.to_guest.ring();
+fn post(host: &mut Host, packet: &[u8]) {
+    host.ch.outgoing.write(packet).expect("room for a completion");
+    if host.ch.outgoing.commit_write() {
+        host.interrupt_guest();
     }
 }
 
@@ -71,16 +87,16 @@ impl Liar {
         Self { lie, lies: Arc::new(AtomicUsize::new(1)), running: Mutex::new(None) }
     }
 
-    fn serve(mut host: HostChannel, lie: Lie, lies: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+    fn serve(mut host: Host, lie: Lie, lies: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::SeqCst) {
-            let bytes = match host.incoming.read() {
+            let bytes = match host.ch.incoming.read() {
                 Ok(b) => b,
                 Err(ReadError::Empty) => {
-                    if host.incoming.commit_read() {
-                        host.to_guest.ring();
+                    if host.ch.incoming.commit_read() {
+                        host.interrupt_guest();
                     }
-                    if !host.incoming.unmask_and_check().unwrap_or(false) {
-                        let _ = host.from_guest.wait(Some(Duration::from_millis(20)));
+                    if !host.ch.incoming.unmask_and_check().unwrap_or(false) {
+                        let _ = host.ch.signal.wait(Some(Duration::from_millis(20)));
                     }
                     continue;
                 }
@@ -127,7 +143,7 @@ impl ChannelDevice for Liar {
         self.halt();
         let stop = Arc::new(AtomicBool::new(false));
         let (lie, lies, s) = (self.lie, self.lies.clone(), stop.clone());
-        let thread = std::thread::spawn(move || Liar::serve(channel, lie, lies, s));
+        let thread = std::thread::spawn(move || Liar::serve(Host::new(channel), lie, lies, s));
         *self.running.lock().unwrap() = Some((stop, thread));
         Ok(())
     }
@@ -161,15 +177,15 @@ fn lies_from_the_host_fail_the_channel_cleanly_and_it_recovers() {
         ("garbage descriptor", |h, id| {
             let mut p = encode_blob_completion(id, &VspResponse::new(0, 0));
             p[0] = 0x42;
-            let mem = h.outgoing.memory();
+            let mem = h.ch.outgoing.memory();
             let at = mem.load(ControlWord::WriteIndex, Ordering::SeqCst) as usize;
             mem.write_at(at, &p);
             mem.store(ControlWord::WriteIndex, (at + p.len() + 8) as u32, Ordering::SeqCst);
-            h.to_guest.ring();
+            h.interrupt_guest();
         }),
         ("write index out of the ring", |h, _| {
-            h.outgoing.memory().store(ControlWord::WriteIndex, u32::MAX - 7, Ordering::SeqCst);
-            h.to_guest.ring();
+            h.ch.outgoing.memory().store(ControlWord::WriteIndex, u32::MAX - 7, Ordering::SeqCst);
+            h.interrupt_guest();
         }),
     ];
     for (what, lie) in lies {

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod engine;
+pub mod runner;
 pub mod store;
 pub mod vhost;
 pub mod vmbus;

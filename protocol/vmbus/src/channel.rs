@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use crate::control::RingError;
 use crate::doorbell::Doorbell;
+use crate::incoming::IncomingRing;
 use crate::mapped::{ChannelRings, SharedMemory};
+use crate::outgoing::OutgoingRing;
 use crate::ring_mem::{FlatRingMem, RingMem};
 
 /// Why a channel end can no longer signal or wait.
@@ -198,4 +201,24 @@ pub fn connected_pair(data_size: usize) -> io::Result<ChannelPair> {
     };
     let (guest_to_host, host_to_guest) = (ring()?, ring()?);
     ChannelPair::over(guest_to_host, host_to_guest)
+}
+
+/// A channel end with its ring state attached: what a device or driver loop holds while it
+/// serves the channel.
+pub struct AttachedChannel {
+    pub incoming: IncomingRing<Arc<dyn RingMem>>,
+    pub outgoing: OutgoingRing<Arc<dyn RingMem>>,
+    pub signal: Arc<dyn ChannelSignal>,
+}
+
+impl RawChannel {
+    /// Attaches a reader to `incoming` and a writer to `outgoing` (each checks its ring's
+    /// control page).
+    pub fn attach(&self) -> Result<AttachedChannel, RingError> {
+        Ok(AttachedChannel {
+            incoming: IncomingRing::new(self.incoming.clone())?,
+            outgoing: OutgoingRing::new(self.outgoing.clone())?,
+            signal: self.signal.clone(),
+        })
+    }
 }

@@ -4,8 +4,7 @@
 
 use vm_memory::GuestMemoryMmap;
 
-use crate::doorbell::Doorbell;
-use crate::{IncomingRing, MappedRingMem, OutgoingRing};
+use crate::{MappedRingMem, RawChannel};
 
 /// One offer of a channel. A re-offer after a rescind is a new device to the guest: a new
 /// `generation` and `relid`, the same class and instance.
@@ -44,22 +43,17 @@ pub trait ChannelDevice: Send + Sync {
     fn on_close(&self, offer: &Offer);
 }
 
-/// The host's end of an open channel. The rings are attached (the host→guest ring announces
-/// `pending_send_sz` support); the device owns them from here.
+/// The host's end of an open channel, as the bus hands it to the device. The host→guest ring
+/// announces `pending_send_sz` support; the device owns the rings from here (attach an
+/// [`IncomingRing`](crate::IncomingRing) and an [`OutgoingRing`](crate::OutgoingRing)).
 #[derive(Debug)]
 pub struct HostChannel {
     pub offer: Offer,
     /// Guest RAM: every GPA a packet names is an address in it.
     pub memory: GuestMemoryMmap,
-    /// The guest→host ring.
-    pub incoming: IncomingRing<GuestRingMem>,
-    /// The host→guest ring.
-    pub outgoing: OutgoingRing<GuestRingMem>,
-    /// Interrupts the guest (what an irqfd would).
-    pub to_guest: Doorbell,
-    /// Rung by the guest's `signal_host`; the host sleeps on it. The host may ring it itself to
-    /// wake its own sleeper (e.g. from the rescind hook).
-    pub from_guest: Doorbell,
+    /// `incoming` is the guest→host ring, `outgoing` the host→guest ring; the signal interrupts
+    /// the guest and sleeps until the guest signals (`wake_self` wakes that sleep).
+    pub channel: RawChannel,
 }
 
 impl HostChannel {

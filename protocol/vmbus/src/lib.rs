@@ -29,7 +29,8 @@ mod ring_mem;
 mod signal;
 
 pub use channel::{
-    ChannelEnded, ChannelPair, ChannelSignal, ChannelState, ChannelStatus, DoorbellSignal, RawChannel, connected_pair,
+    AttachedChannel, ChannelEnded, ChannelPair, ChannelSignal, ChannelState, ChannelStatus, DoorbellSignal, RawChannel,
+    connected_pair,
 };
 pub use control::{
     CONTROL_PAGE_SIZE, ControlWord, CorruptError, DESCRIPTOR_SIZE, FEATURE_PENDING_SEND_SIZE, LayoutError,

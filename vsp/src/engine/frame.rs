@@ -1,7 +1,6 @@
 //! What the engine needs from a transport: the header (copied out of guest
 //! memory once, by the transport) and where the buffers lie.
 
-use vmblob_protocol::framing::virtio::VirtioFrame;
 use vmblob_protocol::framing::vmbus::GpaDirectFrame;
 use vmblob_protocol::framing::{BufferLayout, FramingError};
 use vmblob_protocol::{DataDirection, Segment, VspRequest};
@@ -12,24 +11,6 @@ pub trait Frame {
     fn request(&self) -> Result<Vec<Segment>, FramingError>;
     /// All buffers, once the op's data direction is known.
     fn layout(&self, dir: DataDirection) -> Result<BufferLayout, FramingError>;
-}
-
-/// A virtio chain and its header.
-pub struct VirtioRequest {
-    pub frame: VirtioFrame,
-    pub header: VspRequest,
-}
-
-impl Frame for VirtioRequest {
-    fn header(&self) -> &VspRequest {
-        &self.header
-    }
-    fn request(&self) -> Result<Vec<Segment>, FramingError> {
-        self.frame.request(&self.header)
-    }
-    fn layout(&self, dir: DataDirection) -> Result<BufferLayout, FramingError> {
-        self.frame.layout(&self.header, dir)
-    }
 }
 
 impl Frame for GpaDirectFrame {

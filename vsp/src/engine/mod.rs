@@ -16,7 +16,7 @@ mod inflight;
 
 pub use cancel::{CancelReason, CancelToken};
 pub use dedup::{DedupCache, Outcome};
-pub use frame::{Frame, VirtioRequest};
+pub use frame::Frame;
 pub use inflight::{AdmitError, InflightTable};
 
 use std::sync::Arc;

@@ -16,6 +16,7 @@ use zerocopy::IntoBytes;
 
 use super::*;
 use crate::store::memory::MemoryStore;
+use crate::vhost::VirtioRequest;
 
 const MEM: u64 = 512 << 20;
 

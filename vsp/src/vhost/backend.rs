@@ -1,5 +1,5 @@
 //! `VhostUserBackend` for the blob device: one kick thread per queue feeding
-//! a shared executor pool, the device config space, and
+//! the shared runner pool, the device config space, and
 //! completion-on-rescind in `stop_vring`, `reset_device` and on disconnect.
 
 use std::io;
@@ -15,10 +15,10 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
 
-use super::executor::Executor;
 use super::queue::{DeviceState, QueueWorker};
 use super::ring::Ring;
 use crate::engine::Engine;
+use crate::runner::Runner;
 
 /// How the daemon runs its queues.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ pub struct QueueOptions {
     pub queues: usize,
     /// Largest queue size the VMM may set.
     pub queue_size: u16,
-    /// Executor threads serving requests (shared by all queues).
+    /// Runner threads serving requests (shared by all queues).
     pub workers: usize,
     /// How long the device polls a busy avail ring before waiting for kicks
     /// again (zero: kicks only).
@@ -45,9 +45,9 @@ pub struct BlobBackend {
 impl BlobBackend {
     pub fn new(engine: Arc<Engine>, options: &QueueOptions) -> io::Result<Self> {
         let device = Arc::new(DeviceState::new(options.poll));
-        let executor = Executor::new(options.workers)?;
+        let runner = Runner::new("vmblob-exec", options.workers)?;
         let queues = (0..options.queues)
-            .map(|_| Arc::new(QueueWorker::new(engine.clone(), device.clone(), executor.clone())))
+            .map(|_| Arc::new(QueueWorker::new(engine.clone(), device.clone(), runner.clone())))
             .collect();
         Ok(Self { engine, queue_size: options.queue_size, device, mem: RwLock::new(None), queues })
     }

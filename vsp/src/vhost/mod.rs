@@ -1,16 +1,17 @@
 //! The vhost-user face of the VSP: a `VhostUserBackend` whose queues feed the
-//! engine through an executor pool, and the daemon loop serving one VMM
+//! engine through the runner pool, and the daemon loop serving one VMM
 //! connection at a time.
 
 mod backend;
 mod completion;
 mod daemon;
-mod executor;
 mod queue;
+mod request;
 mod ring;
 
 pub use backend::{BlobBackend, QueueOptions};
 pub use daemon::{DaemonError, Shutdown, serve};
+pub use request::VirtioRequest;
 
 #[cfg(test)]
 mod tests;

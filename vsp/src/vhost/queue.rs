@@ -1,9 +1,9 @@
-//! One queue: pop and admit chains, hand admitted requests to the executor
+//! One queue: pop and admit chains, hand admitted requests to the runner
 //! pool, post their completions out of order, and poll the avail ring while
 //! the guest keeps it busy.
 //!
-//! At most one thread *watches* the ring at a time (the kick handler or an
-//! executor that just finished a request): it pops, and it keeps the guest
+//! At most one thread *watches* the ring at a time (the kick handler or a
+//! runner thread that just finished a request): it pops, and it keeps the guest
 //! from kicking while it polls. Whoever stops watching re-arms kicks and pops
 //! what raced in, so a chain is never left unseen. A watcher that finds work
 //! keeps one request to run itself (no thread hop at queue depth 1) and
@@ -11,7 +11,6 @@
 //! slow request never holds up the ring.
 
 use std::io;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,10 +25,11 @@ use vmblob_protocol::{BlobError, Segment, VspResponse};
 use zerocopy::IntoBytes;
 
 use super::completion::{Completions, Done};
-use super::executor::Executor;
+use super::request::VirtioRequest;
 use super::ring::{Ring, rearm_kicks, suppress_kicks};
 use crate::engine::guest_io::{read_exact, write_all};
-use crate::engine::{AdmitError, CancelToken, Engine, InflightTable, VirtioRequest};
+use crate::engine::{AdmitError, CancelToken, Engine, InflightTable};
+use crate::runner::{self, Runner};
 
 /// What every queue of one connection shares.
 pub struct DeviceState {
@@ -75,21 +75,21 @@ pub struct QueueWorker {
     engine: Arc<Engine>,
     device: Arc<DeviceState>,
     inflight: Arc<InflightTable<u16>>,
-    executor: Executor,
+    runner: Runner,
     completions: Completions,
     /// Someone watches the avail ring (see the module comment).
     watching: AtomicBool,
 }
 
 impl QueueWorker {
-    pub fn new(engine: Arc<Engine>, device: Arc<DeviceState>, executor: Executor) -> Self {
+    pub fn new(engine: Arc<Engine>, device: Arc<DeviceState>, runner: Runner) -> Self {
         let inflight = Arc::new(InflightTable::new(engine.limits().max_inflight));
         Self {
             completions: Completions::new(inflight.clone(), device.clone()),
             engine,
             device,
             inflight,
-            executor,
+            runner,
             watching: AtomicBool::new(false),
         }
     }
@@ -149,7 +149,7 @@ impl QueueWorker {
     fn dispatch(self: &Arc<Self>, ring: &Ring, work: Vec<Admitted>) {
         for job in work {
             let (me, ring) = (self.clone(), ring.clone());
-            self.executor.spawn(move || me.run(&ring, job));
+            self.runner.spawn(move || me.run(&ring, job));
         }
     }
 
@@ -174,13 +174,7 @@ impl QueueWorker {
     }
 
     fn serve(&self, ring: &Ring, job: &Admitted) -> VspResponse {
-        let mem = ring.mem.memory();
-        // The engine never panics on guest input; if a bug makes it, the
-        // request still gets its one completion.
-        catch_unwind(AssertUnwindSafe(|| self.engine.serve(&mem, &job.request, &job.cancel))).unwrap_or_else(|_| {
-            log::error!("request on head {} panicked", job.head);
-            Engine::refused(BlobError::Internal)
-        })
+        runner::serve(&self.engine, &ring.mem.memory(), &job.request, &job.cancel, format_args!("head {}", job.head))
     }
 
     /// Watch the ring until it stays idle for the poll window. Returns a
@@ -188,7 +182,7 @@ impl QueueWorker {
     /// once idle. Either way this thread no longer watches.
     ///
     /// Spinning only pays while nothing else is in flight (queue depth 1):
-    /// otherwise the next executor to finish looks at the ring anyway, and a
+    /// otherwise the next request to finish looks at the ring anyway, and a
     /// spinner would take a core from the requests being served.
     fn poll(self: &Arc<Self>, ring: &Ring) -> Option<Admitted> {
         let mut idle_since = Instant::now();

@@ -4,9 +4,10 @@
 //!
 //! Per open channel one dispatcher thread reads the guest→host ring, admits each request into
 //! an [`InflightTable`] keyed by the packet's transaction id (the guest's requestor id), and hands
-//! it to a small worker pool running [`Engine::serve`] on guest memory; the dispatcher alone
-//! writes completions into the host→guest ring, signalling per the ring rules and waiting with
-//! `pending_send_sz` when it is full.
+//! it to a [`Runner`] pool running [`Engine::serve`] on guest memory; the thread that served a
+//! request writes its completion into the host→guest ring. Room for that completion is reserved
+//! before the request is taken, so posting never waits: when the ring has no room the dispatcher
+//! stops reading and waits with `pending_send_sz` (see `outbox`).
 //!
 //! Hostile input: a packet well-formed enough to answer gets a status-coded completion; a corrupt
 //! ring is a clean channel failure (serve nothing more, complete what is pending, log, report).
@@ -14,28 +15,29 @@
 //! already finished) in the ring before the hook returns, within `Limits::drain_timeout`.
 
 mod dispatcher;
+mod outbox;
 mod packet;
-mod workers;
 
 #[cfg(test)]
 mod tests;
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use vmblob_protocol::framing::vmbus::MAX_PACKET_PAGES;
-use vmblob_vmbus::{ChannelDevice, DeviceError, Doorbell, HostChannel, Offer};
+use vmblob_vmbus::{AttachedChannel, ChannelDevice, ChannelSignal, DeviceError, HostChannel, Offer};
 use vmblob_vmbus::{CorruptError, WriteError};
 
 use crate::engine::{Engine, InflightTable};
-use dispatcher::{Control, Dispatcher, Parts};
+use crate::runner::Runner;
+use dispatcher::{Control, Dispatcher, Serving};
+use outbox::Outbox;
 
 /// How the service runs a channel.
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
-    /// Threads serving requests concurrently.
+    /// Runner threads serving requests concurrently.
     pub workers: usize,
     /// Most PFNs one GPA-direct packet may carry (the seed's 8192).
     pub max_pages: usize,
@@ -97,9 +99,10 @@ pub enum ServiceState {
 struct Running {
     control: Arc<Control>,
     table: Arc<InflightTable<u64>>,
-    wake: Doorbell,
+    outbox: Arc<Outbox>,
+    /// The channel's signal; `wake_self` wakes the dispatcher.
+    signal: Arc<dyn ChannelSignal>,
     dispatcher: JoinHandle<()>,
-    workers: Vec<JoinHandle<()>>,
 }
 
 /// The VSP as a VMBus device: one channel at a time, a fresh in-flight table per open.
@@ -150,25 +153,24 @@ impl VmbusService {
         if running.is_some() {
             return Err("the VSP already serves a channel".into());
         }
-        let limits = self.engine.limits();
-        let table = Arc::new(InflightTable::new(limits.max_inflight));
+        let table = Arc::new(InflightTable::new(self.engine.limits().max_inflight));
         let control = Arc::new(Control::default());
-        let wake = channel.from_guest.clone();
-        let (job_tx, job_rx) = mpsc::channel();
-        let (done_tx, done_rx) = mpsc::channel();
-        let workers = workers::spawn(self.options.workers, &self.engine, channel.memory(), job_rx, done_tx, &wake)?;
-        let dispatcher = Dispatcher::new(Parts {
-            channel,
-            table: table.clone(),
-            jobs: job_tx,
-            done: done_rx,
+        let HostChannel { memory, channel, .. } = channel;
+        let AttachedChannel { incoming, outgoing, signal } =
+            channel.attach().map_err(|e| format!("channel rings: {e}"))?;
+        let outbox = Arc::new(Outbox::new(outgoing, table.clone(), self.report.clone(), signal.clone()));
+        let serving = Arc::new(Serving { engine: self.engine.clone(), mem: memory, outbox: outbox.clone() });
+        let dispatcher = Dispatcher {
+            incoming,
+            signal: signal.clone(),
+            serving,
+            runner: Runner::new("vmbus-worker", self.options.workers)?,
             control: control.clone(),
             report: self.report.clone(),
             max_pages: self.options.max_pages,
-            backlog_limit: limits.max_inflight,
-        });
+        };
         let dispatcher = std::thread::Builder::new().name("vmbus-dispatch".into()).spawn(move || dispatcher.run())?;
-        *running = Some(Running { control, table, wake, dispatcher, workers });
+        *running = Some(Running { control, table, outbox, signal, dispatcher });
         lock(&self.report).opens += 1;
         Ok(())
     }
@@ -185,7 +187,7 @@ impl VmbusService {
         };
         r.control.stopping.store(true, Ordering::Release);
         let pending = r.table.close();
-        r.wake.ring();
+        r.signal.wake_self();
         let timeout = self.engine.limits().drain_timeout;
         let drained = r.table.wait_empty(timeout);
         if !drained {
@@ -194,16 +196,13 @@ impl VmbusService {
                 r.table.len()
             );
         }
+        // A request stuck in the store keeps its runner thread, but posts nothing any more.
+        r.outbox.detach();
         r.control.exit.store(true, Ordering::Release);
-        r.wake.ring();
+        r.signal.wake_self();
         if r.dispatcher.join().is_err() {
             log::error!("vmbus {why}: the dispatcher panicked");
         }
-        if drained {
-            for w in r.workers {
-                let _ = w.join();
-            }
-        } // else: a worker stuck in the store keeps its thread; it can post nothing any more.
         log::info!("vmbus {why}: {pending} requests were pending, drained: {drained}");
         lock(&self.report).last_drain = Some(DrainReport { pending, drained });
         self.draining.store(false, Ordering::Release);

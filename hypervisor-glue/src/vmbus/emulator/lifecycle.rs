@@ -12,14 +12,11 @@ use vmblob_protocol::transport::VMBUS_CLASS_GUID;
 use super::guest::{GuestBus, GuestChannel};
 use super::offer::{EmulatorConfig, OpenParams};
 use crate::GuestRam;
-use vmblob_vmbus::Doorbell;
-use vmblob_vmbus::Offer;
 use vmblob_vmbus::{
-    CONTROL_PAGE_SIZE, ChannelRings, ControlWord, FEATURE_PENDING_SEND_SIZE, IncomingRing, LayoutError, OutgoingRing,
-    RingError, RingMem,
+    CONTROL_PAGE_SIZE, ChannelDevice, ChannelPair, ChannelRings, ChannelState, ChannelStatus, ControlWord, DeviceError,
+    Doorbell, DoorbellSignal, FEATURE_PENDING_SEND_SIZE, HostChannel, LayoutError, Offer, RawChannel, RingError,
+    RingMem,
 };
-use vmblob_vmbus::{ChannelDevice, DeviceError, HostChannel};
-use vmblob_vmbus::{ChannelState, ChannelStatus};
 
 /// Why a lifecycle step was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -196,17 +193,19 @@ impl Shared {
             reset_control_page(&self.ram, ring.base());
             ring.store(ControlWord::FeatureBits, FEATURE_PENDING_SEND_SIZE, Ordering::Release);
         }
-        let (to_guest, from_guest) = (Doorbell::new()?, Doorbell::new()?);
+        let pair = ChannelPair::in_memory(&rings)?;
+        let (to_guest, from_guest) = (pair.to_guest.clone(), pair.to_host.clone());
+        // The host end is the bus's own: it learns of a close or rescind from the device
+        // hooks, so its signal never reports the channel ended.
+        let host_signal =
+            DoorbellSignal { to_peer: to_guest.clone(), from_peer: from_guest.clone(), state: ChannelState::default() };
         let host = HostChannel {
             offer: offer.clone(),
             memory: mem.clone(),
-            incoming: IncomingRing::new(rings.guest_to_host.clone())?,
-            outgoing: OutgoingRing::new(rings.host_to_guest.clone())?,
-            to_guest: to_guest.clone(),
-            from_guest: from_guest.clone(),
+            channel: RawChannel { signal: Arc::new(host_signal), ..pair.host },
         };
         self.device.on_open(host).map_err(OpenError::DeviceRefused)?;
-        let watch = ChannelState::default();
+        let watch = pair.state.clone();
         self.set_phase(Phase::Open { offer: offer.clone(), open_id, watch: watch.clone(), to_guest: to_guest.clone() });
         Ok(GuestChannel {
             offer: offer.clone(),

@@ -47,10 +47,11 @@ impl ChannelDevice for Recorder {
     fn on_rescind(&self, offer: &Offer) {
         self.events.lock().unwrap().push(format!("rescind {}", offer.generation));
         *self.status_in_rescind.lock().unwrap() = self.guest_watch.lock().unwrap().as_ref().map(|w| w.status());
-        if let Some(mut host) = self.host.lock().unwrap().take() {
+        if let Some(host) = self.host.lock().unwrap().take() {
+            let mut host = host.channel.attach().unwrap();
             host.outgoing.write(&encode_completion(77, b"rescinded")).unwrap();
             if host.outgoing.commit_write() {
-                host.to_guest.ring();
+                host.signal.signal_peer().unwrap();
             }
         }
     }
@@ -150,17 +151,17 @@ fn packets_and_interrupts_flow_both_ways() {
     let (emu, device) = setup();
     emu.offer().unwrap();
     let ch = open(&emu, &device);
-    let mut host = device.host.lock().unwrap().take().unwrap();
+    let mut host = device.host.lock().unwrap().take().unwrap().channel.attach().unwrap();
     let mut out = OutgoingRing::new(ch.outgoing_ring()).unwrap();
     let mut inc = IncomingRing::new(ch.incoming_ring()).unwrap();
 
     assert_eq!(ch.wait_interrupt(Some(Duration::from_millis(10))).unwrap(), Wakeup::Timeout);
-    assert_eq!(host.from_guest.wait(Some(Duration::from_millis(10))).unwrap(), 0);
+    assert!(!host.signal.wait(Some(Duration::from_millis(10))).unwrap());
 
     out.write(&encode_inband(5, true, b"ping")).unwrap();
     assert!(out.commit_write(), "empty -> non-empty, reader unmasked");
     ch.signal_host().unwrap();
-    assert_eq!(host.from_guest.wait(Some(LONG)).unwrap(), 1);
+    assert!(host.signal.wait(Some(LONG)).unwrap());
     match host.incoming.read_packet(8).unwrap() {
         Packet::InBand { transaction_id: 5, payload, .. } => assert_eq!(&payload[..4], b"ping"),
         other => panic!("{other:?}"),
@@ -169,7 +170,7 @@ fn packets_and_interrupts_flow_both_ways() {
 
     host.outgoing.write(&encode_completion(5, b"pong")).unwrap();
     assert!(host.outgoing.commit_write());
-    host.to_guest.ring();
+    host.signal.signal_peer().unwrap();
     assert_eq!(ch.wait_interrupt(Some(LONG)).unwrap(), Wakeup::Interrupt { count: 1 });
     let bytes = inc.read().unwrap();
     assert!(matches!(parse_packet(&bytes, 0).unwrap(), Packet::Completion { transaction_id: 5, .. }));

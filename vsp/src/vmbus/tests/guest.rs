@@ -98,6 +98,16 @@ impl TestGuest {
         TestGuest { emu, service, ch, tx, rx, next_gpa: HEAP, next_txn: 0, early: HashMap::new() }
     }
 
+    /// Closes the channel and opens it again on rings of these sizes (control page included).
+    pub fn reopen(&mut self, send_ring_size: usize, recv_ring_size: usize) {
+        self.ch.close().unwrap();
+        let offer = self.emu.guest().current_offer().unwrap();
+        let params = OpenParams { ring_gpa: RING_GPA, send_ring_size, recv_ring_size };
+        self.ch = self.emu.guest().open(&offer, params).unwrap();
+        self.tx = OutgoingRing::new(self.ch.outgoing_ring()).unwrap();
+        self.rx = IncomingRing::new(self.ch.incoming_ring()).unwrap();
+    }
+
     pub fn ram(&self) -> &vm_memory::GuestMemoryMmap {
         self.ch.ram().memory()
     }
@@ -269,7 +279,8 @@ impl TestGuest {
     }
 }
 
-/// Blocks `container_properties` until opened; everything else goes to a `MemoryStore`.
+/// Blocks `container_properties` until opened (and panics for the container `panic`); everything
+/// else goes to a `MemoryStore`.
 pub struct GateStore {
     inner: MemoryStore,
     open: Mutex<bool>,
@@ -306,6 +317,7 @@ impl BlobStore for GateStore {
         self.inner.delete_container(name)
     }
     fn container_properties(&self, name: &ContainerName) -> Result<ContainerProperties, StoreError> {
+        assert_ne!(name.as_str(), "panic", "a buggy store");
         self.entered.fetch_add(1, Ordering::SeqCst);
         let mut open = self.open.lock().unwrap();
         while !*open {

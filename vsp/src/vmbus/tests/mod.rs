@@ -4,4 +4,5 @@
 mod guest;
 mod hostile;
 mod rescind;
+mod room;
 mod round_trip;

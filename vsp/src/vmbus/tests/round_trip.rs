@@ -162,14 +162,8 @@ fn overlapping_requests_each_complete_once() {
 fn full_rings_in_both_directions_lose_nothing() {
     let limits = Limits { max_inflight: 1024, ..Limits::default() };
     let mut g = TestGuest::with(Arc::new(MemoryStore::new()), limits, ServiceOptions::default());
-    // Reopen on minimal rings (one data page each way).
-    g.ch.close().unwrap();
-    let emu = g.emu.clone();
-    let offer = emu.guest().current_offer().unwrap();
-    let ch = emu.guest().open(&offer, vmblob_glue::vmbus::emulator::OpenParams::symmetric(0, 0x2000)).unwrap();
-    g.tx = vmblob_vmbus::OutgoingRing::new(ch.outgoing_ring()).unwrap();
-    g.rx = vmblob_vmbus::IncomingRing::new(ch.incoming_ring()).unwrap();
-    g.ch = ch;
+    // Minimal rings: one data page each way.
+    g.reopen(0x2000, 0x2000);
 
     const N: usize = 600;
     let op = OpRequest::GetDeviceConfig;
