@@ -37,7 +37,7 @@ use vmblob_vsp::Shutdown;
 use vmblob_vsp::engine::{Engine, Limits};
 use vmblob_vsp::store::memory::MemoryStore;
 use vmblob_vsp::store::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
-use vmblob_vsp::vhost::{QueueOptions, serve};
+use vmblob_vsp::vhost::{QueueOptions, SocketOptions, serve};
 use vmm_sys_util::eventfd::EventFd;
 
 /// A memory store whose GETs of blobs named `slow*` wait for the gate to
@@ -143,7 +143,7 @@ impl InProcessVsp {
         let engine = Arc::new(Engine::new(store.clone(), Limits::default(), 1));
         let shutdown = Shutdown::new().unwrap();
         let queues = QueueOptions { queues: 1, queue_size: 256, workers, poll };
-        let (s, sd) = (socket.clone(), shutdown.clone());
+        let (s, sd) = (SocketOptions { path: socket.clone(), group: None }, shutdown.clone());
         let thread = std::thread::spawn(move || serve(&s, engine, &queues, &sd, None).expect("serve"));
         wait_until(Duration::from_secs(10), "daemon socket", || socket.exists());
         Self { socket, store, shutdown, thread: Some(thread) }

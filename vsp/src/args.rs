@@ -65,6 +65,14 @@ pub struct Args {
     /// polling when only the device spins).
     #[arg(long, default_value_t = 0)]
     pub poll_us: u64,
+    /// Let this group (name or gid) connect to the vhost-user socket (mode 0660); by
+    /// default only this daemon's user may (0600). The VMM often runs as another user.
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Let the store root's group read and write the embedded store (directories 0770,
+    /// files 0660); without it a group-writable store root is refused.
+    #[arg(long)]
+    pub store_group_access: bool,
     /// Serve this many VMM connections, then exit (default: forever).
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -129,6 +137,8 @@ pub enum ConfigError {
     MissingBucket(String),
     #[error("--{0} applies to {1} stores only")]
     WrongStoreFlag(&'static str, &'static str),
+    #[error("--socket-group: no group {0:?}")]
+    UnknownGroup(String),
 }
 
 /// A validated daemon configuration.
@@ -142,6 +152,9 @@ pub struct VspConfig {
     pub poll: Duration,
     pub limits: Limits,
     pub max_connections: Option<usize>,
+    /// Group allowed on the socket (`None`: owner only).
+    pub socket_group: Option<u32>,
+    pub store_group_access: bool,
 }
 
 impl TryFrom<Args> for VspConfig {
@@ -197,8 +210,28 @@ impl TryFrom<Args> for VspConfig {
                 ..Limits::default()
             },
             max_connections: a.max_connections,
+            socket_group: a.socket_group.as_deref().map(resolve_group).transpose()?,
+            store_group_access: a.store_group_access,
         })
     }
+}
+
+/// A group name (looked up in `/etc/group`) or a numeric gid.
+fn resolve_group(group: &str) -> Result<u32, ConfigError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            f.next()?;
+            Some((name, f.next()?.parse::<u32>().ok()?))
+        })
+        .find_map(|(name, gid)| (name == group).then_some(gid))
+        .ok_or_else(|| ConfigError::UnknownGroup(group.to_owned()))
 }
 
 #[cfg(test)]

@@ -26,10 +26,15 @@ pub enum VspError {
 }
 
 /// Open the configured store.
-pub fn open_store(spec: &StoreSpec, limits: &engine::Limits) -> Result<Arc<dyn store::BlobStore>, VspError> {
+pub fn open_store(
+    spec: &StoreSpec,
+    limits: &engine::Limits,
+    group_access: bool,
+) -> Result<Arc<dyn store::BlobStore>, VspError> {
     match spec {
         StoreSpec::Dir(dir) => {
-            let options = store::fs::FsOptions { max_blob_size: limits.max_blob_size, ..Default::default() };
+            let options =
+                store::fs::FsOptions { max_blob_size: limits.max_blob_size, group_access, ..Default::default() };
             Ok(Arc::new(store::fs::FsStore::open_with(dir, options).map_err(VspError::Store)?))
         }
         StoreSpec::Azure(az) => {
@@ -60,7 +65,7 @@ fn object_store(
 
 /// Run the daemon until `shutdown` is requested (or `max_connections` served).
 pub fn run(config: &VspConfig, shutdown: &Shutdown) -> Result<(), VspError> {
-    let store = open_store(&config.store, &config.limits)?;
+    let store = open_store(&config.store, &config.limits, config.store_group_access)?;
     let engine = Arc::new(engine::Engine::new(store, config.limits.clone(), config.queues as u16));
     let queues = vhost::QueueOptions {
         queues: config.queues,
@@ -68,6 +73,7 @@ pub fn run(config: &VspConfig, shutdown: &Shutdown) -> Result<(), VspError> {
         workers: config.workers,
         poll: config.poll,
     };
-    vhost::serve(&config.socket_path, engine, &queues, shutdown, config.max_connections)?;
+    let socket = vhost::SocketOptions { path: config.socket_path.clone(), group: config.socket_group };
+    vhost::serve(&socket, engine, &queues, shutdown, config.max_connections)?;
     Ok(())
 }

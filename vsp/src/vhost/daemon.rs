@@ -3,7 +3,8 @@
 //! guest memory is released, and a clean exit on SIGTERM/SIGINT.
 
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +21,8 @@ use crate::engine::Engine;
 pub enum DaemonError {
     #[error("cannot listen on {path}: {source}")]
     Listen { path: String, source: vhost::vhost_user::Error },
+    #[error("socket {path}: {source}")]
+    Socket { path: String, source: std::io::Error },
     #[error("cannot start the executor pool: {0}")]
     Executor(std::io::Error),
     #[error("cannot create the vhost-user daemon: {0}")]
@@ -104,17 +107,49 @@ fn wait_for_connection(listener: &Listener, shutdown: &Shutdown) -> std::io::Res
     }
 }
 
+/// Where the daemon listens, and who may connect.
+#[derive(Debug, Clone)]
+pub struct SocketOptions {
+    pub path: PathBuf,
+    /// A group allowed to connect (mode 0660); `None`: the daemon's user only (0600).
+    pub group: Option<u32>,
+}
+
+/// Creates the listening socket, owner-only (or for `group`). The mode is set right after
+/// `bind`, before anything is accepted.
+fn listen(socket: &SocketOptions) -> Result<Listener, DaemonError> {
+    let path = &socket.path;
+    let err = |source: std::io::Error| DaemonError::Socket { path: path.display().to_string(), source };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            let what = if m.is_dir() { "a directory" } else { "not a socket" };
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{what}; not replacing it"),
+            )));
+        }
+        _ => {}
+    }
+    let listener =
+        Listener::new(path, true).map_err(|source| DaemonError::Listen { path: path.display().to_string(), source })?;
+    let mode = if socket.group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    if let Some(gid) = socket.group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    }
+    Ok(listener)
+}
+
 /// Serve VMM connections on `socket` until shutdown. `max_connections` bounds
 /// how many are served (None: forever).
 pub fn serve(
-    socket: &Path,
+    socket: &SocketOptions,
     engine: Arc<Engine>,
     queues: &QueueOptions,
     shutdown: &Shutdown,
     max_connections: Option<usize>,
 ) -> Result<(), DaemonError> {
-    let mut listener = Listener::new(socket, true)
-        .map_err(|source| DaemonError::Listen { path: socket.display().to_string(), source })?;
+    let mut listener = listen(socket)?;
     let mut served = 0usize;
     while max_connections.is_none_or(|m| served < m) && wait_for_connection(&listener, shutdown)? {
         served += 1;

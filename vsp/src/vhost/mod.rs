@@ -10,7 +10,7 @@ mod request;
 mod ring;
 
 pub use backend::{BlobBackend, QueueOptions};
-pub use daemon::{DaemonError, Shutdown, serve};
+pub use daemon::{DaemonError, Shutdown, SocketOptions, serve};
 pub use request::VirtioRequest;
 
 #[cfg(test)]

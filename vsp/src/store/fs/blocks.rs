@@ -12,7 +12,7 @@ use vmblob_protocol::BlockId;
 use vmblob_protocol::ops::{BlobRef, BlobWritten, BlockInfo, BlockListType, PutBlockList};
 
 use super::index::{IndexEntry, StagedInfo};
-use super::layout::{self, BLOB_MAGIC, BLOCK_MAGIC, BlobHeader, BlockHeader, TempFile};
+use super::layout::{self, BLOB_MAGIC, BLOCK_MAGIC, BlobHeader, BlockHeader};
 use super::{FaultPoint, FsStore};
 use crate::store::semantics::{
     Checksums, CommittedBlock, MAX_COMMITTED_BLOCKS, PartSource, check_size, check_stage_room, check_write, hex,
@@ -79,7 +79,7 @@ pub(super) fn put_block_list(store: &FsStore, req: &PutBlockList, txn: &TxnId) -
     let block_count = u32::try_from(new_blocks.len()).map_err(|_| StoreError::TooLarge("block count".into()))?;
 
     let res = layout::reserve(BlobHeader::room(name, &req.content_type, &req.metadata, total, false)?, &new_blocks)?;
-    let mut tmp = TempFile::create(&store.layout.tmp(), "blocklist")?;
+    let mut tmp = store.layout.temp_file("blocklist")?;
     let mut buf = store.bufs.take();
     let mut sums = Checksums::new(false);
     let mut at = res.data_start;

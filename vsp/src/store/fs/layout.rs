@@ -24,7 +24,7 @@
 //! 32  header JSON
 //! ```
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vmblob_protocol::ops::{BlobProperties, ContainerProperties, Metadata};
 
+use super::access::Modes;
 use crate::store::TxnId;
 use crate::store::semantics::{CommittedBlock, hex, unhex};
 
@@ -50,15 +51,20 @@ const CONTAINER_META: &str = "container.json";
 const MAX_BLOCKS_IN_FILE: u32 = crate::store::semantics::MAX_COMMITTED_BLOCKS as u32;
 const MAX_BLOCK_ENTRY: u64 = 1 + vmblob_protocol::names::BLOCK_ID_MAX as u64 + 8;
 
-/// Paths under the store's root.
+/// Paths under the store's root, and the modes of what is created there.
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
+    pub modes: Modes,
 }
 
 impl Layout {
-    pub fn new(root: &Path) -> Self {
-        Self { root: root.to_path_buf() }
+    pub fn new(root: &Path, modes: Modes) -> Self {
+        Self { root: root.to_path_buf(), modes }
+    }
+    /// A new temp file in `tmp/`.
+    pub fn temp_file(&self, kind: &str) -> io::Result<TempFile> {
+        TempFile::create(&self.tmp(), kind, self.modes)
     }
     pub fn containers(&self) -> PathBuf {
         self.root.join("containers")
@@ -109,13 +115,13 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Creates every fan-out directory a container's blobs go into.
-pub fn make_container_dirs(dir: &Path) -> io::Result<()> {
+pub fn make_container_dirs(dir: &Path, modes: Modes) -> io::Result<()> {
     let blobs = blobs_dir(dir);
-    fs::create_dir(&blobs)?;
+    modes.create_dir(&blobs)?;
     for b in 0..=255u8 {
-        fs::create_dir(blobs.join(hex(&[b])))?;
+        modes.create_dir(&blobs.join(hex(&[b])))?;
     }
-    fs::create_dir(staging_root(dir))?;
+    modes.create_dir(&staging_root(dir))?;
     sync_dir(&blobs)?;
     sync_dir(dir)
 }
@@ -152,9 +158,9 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    pub fn create(tmp_dir: &Path, kind: &str) -> io::Result<Self> {
+    pub fn create(tmp_dir: &Path, kind: &str, modes: Modes) -> io::Result<Self> {
         let path = tmp_dir.join(unique_name(kind));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        let file = modes.create_file(&path)?;
         Ok(Self { path, file, armed: true })
     }
     /// Leave the file where it is (a crash would).
@@ -450,7 +456,7 @@ mod tests {
     #[test]
     fn header_round_trip_with_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let t = TempFile::create(dir.path(), "t").unwrap();
+        let t = TempFile::create(dir.path(), "t", Modes::new(false)).unwrap();
         let md = Metadata(vec![("k".into(), "v\"é".into())]);
         let room = BlobHeader::room("a/b", "text/plain", &md, 5, true).unwrap();
         let blocks = vec![CommittedBlock { id: vec![1, 2], size: 2 }, CommittedBlock { id: vec![3; 64], size: 3 }];
@@ -490,7 +496,8 @@ mod tests {
     fn corrupt_lengths_do_not_drive_allocations() {
         // A sparse 1 TiB file whose prefix claims a 512 GiB block list.
         let dir = tempfile::tempdir().unwrap();
-        let f = OpenOptions::new().read(true).write(true).create_new(true).open(dir.path().join("big")).unwrap();
+        let f =
+            std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(dir.path().join("big")).unwrap();
         f.set_len(1 << 40).unwrap();
         let mut prefix = BLOB_MAGIC.to_vec();
         prefix.extend_from_slice(&2u32.to_le_bytes());

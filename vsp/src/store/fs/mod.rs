@@ -5,8 +5,10 @@
 //! one or the new one. An in-memory index per container (see `index.rs`)
 //! answers listings and property reads; file data is read from one opened
 //! file, so a concurrent replace never shows a reader a mix. One store owns
-//! its root: opening it clears what an earlier run left in `tmp/` and `trash/`.
+//! its root (an exclusive lock on `vmblob.lock`, see `access.rs`): opening it
+//! clears what an earlier run left in `tmp/` and `trash/`.
 
+mod access;
 mod blocks;
 mod index;
 mod layout;
@@ -27,6 +29,7 @@ use vmblob_protocol::ops::{
     ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList,
 };
 
+use self::access::Modes;
 use self::index::{Container, IndexEntry};
 use self::layout::{BLOB_MAGIC, BlobHeader, ContainerMeta, Layout, Reservation, TempFile};
 use super::listing;
@@ -79,11 +82,15 @@ pub struct FsOptions {
     /// Largest blob (and staged block) in bytes.
     pub max_blob_size: u64,
     pub faults: Option<FaultHook>,
+    /// Members of the store root's group may read and write it (directories 0770, files
+    /// 0660); otherwise only the daemon's user (0700, 0600), and a group-writable root is
+    /// refused.
+    pub group_access: bool,
 }
 
 impl Default for FsOptions {
     fn default() -> Self {
-        Self { max_blob_size: DEFAULT_MAX_BLOB_SIZE, faults: None }
+        Self { max_blob_size: DEFAULT_MAX_BLOB_SIZE, faults: None, group_access: false }
     }
 }
 
@@ -96,6 +103,8 @@ pub struct FsStore {
     /// Serialises container creates and deletes (their directory I/O).
     container_ops: Mutex<()>,
     bufs: BufPool,
+    /// The root's lock, held as long as the store is open: one daemon per store.
+    _root_lock: File,
 }
 
 impl FsStore {
@@ -111,9 +120,12 @@ impl FsStore {
     }
 
     pub fn open_with(root: &Path, options: FsOptions) -> io::Result<FsStore> {
-        let layout = Layout::new(root);
-        for dir in [root.to_path_buf(), layout.containers(), layout.tmp(), layout.trash()] {
-            fs::create_dir_all(&dir)?;
+        let modes = Modes::new(options.group_access);
+        // Before anything else: another daemon may be writing here.
+        let root_lock = access::claim_root(root, modes)?;
+        let layout = Layout::new(root, modes);
+        for dir in [layout.containers(), layout.tmp(), layout.trash()] {
+            modes.create_dir_all(&dir)?;
         }
         // Containers are renamed into these directories: their own entries must be durable too.
         layout::sync_dir(root)?;
@@ -143,6 +155,7 @@ impl FsStore {
             containers: RwLock::new(containers),
             container_ops: Mutex::new(()),
             bufs: BufPool::new(),
+            _root_lock: root_lock,
         })
     }
 
@@ -171,7 +184,7 @@ impl FsStore {
         data: &mut dyn DataSource,
         with_md5: bool,
     ) -> Result<(TempFile, Digests), StoreError> {
-        let mut tmp = TempFile::create(&self.layout.tmp(), kind)?;
+        let mut tmp = self.layout.temp_file(kind)?;
         let mut buf = self.bufs.take();
         let mut at = res.data_start;
         let digests = ingest(data, &mut buf, with_md5, |chunk| {
@@ -217,7 +230,7 @@ impl FsStore {
         }
         let parent = target.parent().ok_or_else(|| io::Error::other("target without a directory"))?;
         if make_parent {
-            match fs::create_dir(parent) {
+            match self.layout.modes.create_dir(parent) {
                 Ok(()) => layout::sync_dir(parent.parent().unwrap_or(parent))?,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e.into()),
@@ -233,11 +246,12 @@ impl FsStore {
 
     /// Builds a new container directory in `tmp/`: one rename then publishes it whole.
     fn prepare_container(&self, dir: &Path, meta: &ContainerMeta) -> io::Result<()> {
-        fs::create_dir(dir)?;
-        let mut f = File::create_new(layout::container_meta(dir))?;
+        let modes = self.layout.modes;
+        modes.create_dir(dir)?;
+        let mut f = modes.create_file(&layout::container_meta(dir))?;
         f.write_all(&layout::to_json(meta)?)?;
         f.sync_data()?;
-        layout::make_container_dirs(dir)
+        layout::make_container_dirs(dir, modes)
     }
 
     /// Opens a blob's file for reading; `None` if it does not exist.
