@@ -86,13 +86,7 @@ pub struct CrcWriter {
 
 impl CrcWriter {
     pub fn new() -> Self {
-        Self {
-            len: 0,
-            digest: Crc64::new(),
-            expect_seed: None,
-            scratch: Vec::new(),
-            first_mismatch: None,
-        }
+        Self { len: 0, digest: Crc64::new(), expect_seed: None, scratch: Vec::new(), first_mismatch: None }
     }
     /// Also compare every byte with stream `seed`.
     pub fn expecting(seed: u64) -> Self {
