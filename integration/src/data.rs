@@ -4,6 +4,8 @@
 
 use std::io::{Read, Write};
 
+use vmblob_protocol::checksum::Crc64;
+
 fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -37,23 +39,19 @@ pub fn pattern(seed: u64, offset: u64, len: usize) -> Vec<u8> {
 }
 
 /// CRC-64/NVME of a byte slice.
-pub fn crc64(data: &[u8]) -> u64 {
-    let mut d = crc64fast_nvme::Digest::new();
-    d.write(data);
-    d.sum64()
-}
+pub use vmblob_protocol::checksum::crc64;
 
 /// `len` bytes of stream `seed` as a reader; keeps the CRC of what it produced.
 pub struct PatternReader {
     seed: u64,
     pos: u64,
     len: u64,
-    digest: crc64fast_nvme::Digest,
+    digest: Crc64,
 }
 
 impl PatternReader {
     pub fn new(seed: u64, len: u64) -> Self {
-        Self { seed, pos: 0, len, digest: crc64fast_nvme::Digest::new() }
+        Self { seed, pos: 0, len, digest: Crc64::new() }
     }
     /// Bytes produced so far.
     pub fn produced(&self) -> u64 {
@@ -79,7 +77,7 @@ impl Read for PatternReader {
 /// and optionally checks it against stream `seed` on the fly.
 pub struct CrcWriter {
     len: u64,
-    digest: crc64fast_nvme::Digest,
+    digest: Crc64,
     expect_seed: Option<u64>,
     scratch: Vec<u8>,
     /// First offset where the bytes differed from the expected stream.
@@ -88,13 +86,7 @@ pub struct CrcWriter {
 
 impl CrcWriter {
     pub fn new() -> Self {
-        Self {
-            len: 0,
-            digest: crc64fast_nvme::Digest::new(),
-            expect_seed: None,
-            scratch: Vec::new(),
-            first_mismatch: None,
-        }
+        Self { len: 0, digest: Crc64::new(), expect_seed: None, scratch: Vec::new(), first_mismatch: None }
     }
     /// Also compare every byte with stream `seed`.
     pub fn expecting(seed: u64) -> Self {

@@ -60,7 +60,7 @@ impl GuestOptions {
 /// `sever_connection` and `pending`.
 pub struct Guest {
     pub transport: Arc<VirtioTransport>,
-    pub client: Arc<BlobClient>,
+    pub client: BlobClient,
 }
 
 impl Guest {
@@ -78,7 +78,7 @@ impl Guest {
         v.frontend.connect_timeout = Duration::from_secs(10);
         let transport = Arc::new(VirtioTransport::connect(v)?);
         let config = transport.device_config();
-        let client = Arc::new(BlobClient::new(transport.clone(), config, opts.client));
+        let client = BlobClient::new(transport.clone(), config, opts.client);
         Ok(Guest { transport, client })
     }
 }
@@ -98,7 +98,21 @@ pub fn status_of(e: &ClientError) -> BlobError {
 /// Whether the error says the request was rescinded: by the client (device
 /// gone) or by the VSP (status Rescinded).
 pub fn is_rescinded(e: &ClientError) -> bool {
-    matches!(e, ClientError::Rescinded | ClientError::Blob { error: BlobError::Rescinded, .. })
+    matches!(e, ClientError::Rescinded | ClientError::Status { error: BlobError::Rescinded, .. })
+}
+
+/// Whether the error is the transport failing under the request (the
+/// connection broke, the rings refused it, nothing came back in time): what a
+/// crash of the device looks like besides a rescind.
+pub fn is_transport_failure(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Timeout { .. }
+            | ClientError::Frontend(_)
+            | ClientError::Queue(_)
+            | ClientError::Dma(_)
+            | ClientError::Setup(_)
+    )
 }
 
 /// Assert that `r` failed with the VSP status `want`.

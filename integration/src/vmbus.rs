@@ -45,7 +45,7 @@ pub struct VmbusRig {
     pub emulator: VmbusEmulator,
     pub service: Arc<VmbusService>,
     pub transport: Arc<VmbusTransport>,
-    pub client: Arc<BlobClient>,
+    pub client: BlobClient,
 }
 
 impl VmbusRig {
@@ -59,7 +59,7 @@ impl VmbusRig {
         let source = EmulatedSource::new(emulator.guest(), opts.ring_size).expect("guest memory plan");
         let transport = Arc::new(VmbusTransport::open(Arc::new(source), opts.transport).expect("open the channel"));
         let options = ClientOptions { timeout_ms: 0, ..ClientOptions::default() };
-        let client = Arc::new(BlobClient::new(transport.clone(), transport.device_config(), options));
+        let client = BlobClient::new(transport.clone(), transport.device_config(), options);
         VmbusRig { emulator, service, transport, client }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use vmblob_integration::data::{CrcWriter, PatternReader, crc64, pattern};
 use vmblob_integration::{Guest, GuestOptions, Sandbox, StoreKind, Vsp, VspOptions, bounded, ops};
-use vmblob_vsc::PendingOp;
+use vmblob_vsc::{GetOptions, ListBlobsOptions, PendingOp, PutOptions};
 
 fn blob_of_200_mib_through_blocks_keeps_its_checksum(store: StoreKind) {
     const LEN: u64 = 200 << 20;
@@ -18,17 +18,21 @@ fn blob_of_200_mib_through_blocks_keeps_its_checksum(store: StoreKind) {
     let socket = vsp.socket().to_owned();
     bounded(Duration::from_secs(120), "200 MiB round trip", move || {
         let g = Guest::connect(&socket, GuestOptions::default().queues(2));
-        g.create_container("large").unwrap();
+        g.container("large").create().unwrap();
         let t = Instant::now();
         let mut src = PatternReader::new(SEED, LEN);
         let sent = AtomicU64::new(0);
-        let w = g.put_stream("large", "blob/200mib", &mut src, LEN, &|n| sent.store(n, Ordering::Relaxed)).unwrap();
+        let w = g
+            .container("large")
+            .blob("blob/200mib")
+            .put_stream(&mut src, LEN, PutOptions::default(), &|n| sent.store(n, Ordering::Relaxed))
+            .unwrap();
         let put_time = t.elapsed();
         assert_eq!(src.produced(), LEN);
         assert_eq!(sent.load(Ordering::Relaxed), LEN, "progress reached the end");
         assert_eq!(w.content_crc64, src.crc64(), "VSP's CRC of the committed blob");
 
-        let props = g.stat("large", "blob/200mib").unwrap();
+        let props = g.container("large").blob("blob/200mib").properties().unwrap();
         assert_eq!(props.content_length, LEN);
         assert_eq!(props.content_crc64, src.crc64());
         let block = g.block_size() as u64;
@@ -37,7 +41,7 @@ fn blob_of_200_mib_through_blocks_keeps_its_checksum(store: StoreKind) {
 
         let t = Instant::now();
         let mut sink = CrcWriter::expecting(SEED);
-        let props2 = g.get_to_writer("large", "blob/200mib", &mut sink, &|_| {}).unwrap();
+        let props2 = g.container("large").blob("blob/200mib").get_to_writer(&mut sink, &|_| {}).unwrap();
         let get_time = t.elapsed();
         assert_eq!(props2.etag, props.etag);
         assert_eq!(sink.first_mismatch, None, "downloaded bytes differ from the source");
@@ -45,7 +49,15 @@ fn blob_of_200_mib_through_blocks_keeps_its_checksum(store: StoreKind) {
         // Ranges across block boundaries, byte for byte.
         for off in [0, block - 3, 7 * block + 1, LEN - 100] {
             let n = 4096.min((LEN - off) as usize);
-            assert_eq!(g.get_range("large", "blob/200mib", off, n).unwrap(), pattern(SEED, off, n), "range at {off}");
+            assert_eq!(
+                g.container("large")
+                    .blob("blob/200mib")
+                    .get_opts(GetOptions::range(off..off + n as u64))
+                    .map(|r| r.data)
+                    .unwrap(),
+                pattern(SEED, off, n),
+                "range at {off}"
+            );
         }
         eprintln!("200 MiB: put {put_time:?}, get {get_time:?}");
     });
@@ -67,12 +79,12 @@ fn eight_threads_with_32_requests_each_in_flight(store: StoreKind) {
     bounded(Duration::from_secs(120), "8 x 32 pipelined requests", move || {
         let g = Arc::new(Guest::connect(&socket, GuestOptions::default().queues(4)));
         assert_eq!(g.device_config().num_queues, 4);
-        g.create_container("conc").unwrap();
+        g.container("conc").create().unwrap();
         // Blobs every thread may read, put before the run.
         let shared: Vec<(String, u64, usize)> =
             (0..16).map(|i| (format!("shared/{i}"), 1000 + i, 512 + 997 * i as usize)).collect();
         for (name, seed, len) in &shared {
-            g.put("conc", name, &pattern(*seed, 0, *len)).unwrap();
+            g.container("conc").blob(name).put(&pattern(*seed, 0, *len)).unwrap();
         }
         let shared = Arc::new(shared);
         let max_pending = Arc::new(AtomicU64::new(0));
@@ -126,9 +138,17 @@ fn eight_threads_with_32_requests_each_in_flight(store: StoreKind) {
         assert!(gets >= THREADS * OPS / 4, "the mix has gets ({gets})");
         assert!(max_pending.load(Ordering::Relaxed) >= DEPTH as u64, "requests really were in flight together");
         // Everything the threads wrote is there, listed and intact.
-        assert_eq!(g.list("conc", "t", "").unwrap().len(), puts);
+        assert_eq!(
+            g.container("conc")
+                .list_blobs(ListBlobsOptions::prefix("t"))
+                .items()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+                .len(),
+            puts
+        );
         for (name, seed, len) in all.iter().step_by(7) {
-            assert_eq!(g.get("conc", name).unwrap(), pattern(*seed, 0, *len), "{name}");
+            assert_eq!(g.container("conc").blob(name).get().unwrap(), pattern(*seed, 0, *len), "{name}");
         }
     });
     drop(vsp);
@@ -186,9 +206,9 @@ fn overwrite_during_a_download_never_mixes_versions(store: StoreKind) {
     bounded(Duration::from_secs(90), "overwrite during download", move || {
         let opts = GuestOptions::default().queues(2).block_size(1 << 20);
         let g = Arc::new(Guest::connect(&socket, opts));
-        g.create_container("race").unwrap();
+        g.container("race").create().unwrap();
         let mut v1 = PatternReader::new(1, LEN);
-        g.put_stream("race", "blob", &mut v1, LEN, &|_| {}).unwrap();
+        g.container("race").blob("blob").put_stream(&mut v1, LEN, PutOptions::default(), &|_| {}).unwrap();
         let written = Arc::new(AtomicU64::new(0));
         let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (g2, w2, r2) = (g.clone(), written.clone(), released.clone());
@@ -196,14 +216,14 @@ fn overwrite_during_a_download_never_mixes_versions(store: StoreKind) {
             let delay = Duration::from_millis(10);
             let mut sink =
                 SlowSink { inner: CrcWriter::expecting(1), delay, written: w2, hold_after: 4 << 20, released: r2 };
-            let r = g2.get_to_writer("race", "blob", &mut sink, &|_| {});
+            let r = g2.container("race").blob("blob").get_to_writer(&mut sink, &|_| {});
             (r.map(|p| p.etag), sink.inner)
         });
         vmblob_integration::wait_until(Duration::from_secs(30), "download under way", || {
             written.load(Ordering::Relaxed) >= 4 << 20
         });
         let mut v2 = PatternReader::new(2, LEN);
-        let w = g.put_stream("race", "blob", &mut v2, LEN, &|_| {}).unwrap();
+        let w = g.container("race").blob("blob").put_stream(&mut v2, LEN, PutOptions::default(), &|_| {}).unwrap();
         released.store(true, Ordering::Relaxed);
         let (result, sink) = reader.join().unwrap();
         assert!(sink.len() < LEN, "the overwrite landed mid-download");
@@ -218,7 +238,7 @@ fn overwrite_during_a_download_never_mixes_versions(store: StoreKind) {
         assert_eq!(sink.first_mismatch, None, "bytes of the new version leaked into the old download");
         // Read again: the new version, whole.
         let mut again = CrcWriter::expecting(2);
-        let p = g.get_to_writer("race", "blob", &mut again, &|_| {}).unwrap();
+        let p = g.container("race").blob("blob").get_to_writer(&mut again, &|_| {}).unwrap();
         assert_eq!((p.etag, again.len(), again.first_mismatch), (w.etag, LEN, None));
     });
     drop(vsp);

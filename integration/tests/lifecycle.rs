@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use vmblob_integration::azurite::Azurite;
 use vmblob_integration::data::{CrcWriter, PatternReader, crc64, pattern};
 use vmblob_integration::{
-    Guest, GuestOptions, Sandbox, StoreKind, Vsp, VspOptions, bounded, is_rescinded, ops, wait_until,
+    Guest, GuestOptions, Sandbox, StoreKind, Vsp, VspOptions, bounded, is_rescinded, is_transport_failure, ops,
+    wait_until,
 };
 use vmblob_protocol::BlobError;
 use vmblob_protocol::ops::OpRequest;
-use vmblob_vsc::{ClientError, PendingOp, Transport};
+use vmblob_vsc::{ClientError, ListBlobsOptions, PendingOp, PutOptions, Transport};
 
 /// How soon a client must fail its requests once the daemon is gone.
 const PROMPT: Duration = Duration::from_secs(5);
@@ -32,12 +33,12 @@ struct Attempt {
 fn verify_attempts(g: &Guest, container: &str, attempts: &[Attempt]) -> (usize, usize) {
     let (mut present, mut absent) = (0, 0);
     for a in attempts {
-        match g.stat(container, &a.name) {
+        match g.container(container).blob(&a.name).properties() {
             Ok(p) => {
                 let want = pattern(a.seed, 0, a.len);
                 assert_eq!(p.content_length, a.len as u64, "{} has a torn length", a.name);
                 assert_eq!(p.content_crc64, crc64(&want), "{} has a foreign CRC", a.name);
-                let got = g.get(container, &a.name).unwrap_or_else(|e| panic!("get {}: {e}", a.name));
+                let got = g.container(container).blob(&a.name).get().unwrap_or_else(|e| panic!("get {}: {e}", a.name));
                 assert!(got == want, "{} content differs", a.name);
                 present += 1;
             }
@@ -49,7 +50,15 @@ fn verify_attempts(g: &Guest, container: &str, attempts: &[Attempt]) -> (usize, 
         }
     }
     // Nothing else appeared.
-    assert_eq!(g.list(container, "", "").unwrap().len(), present);
+    assert_eq!(
+        g.container(container)
+            .list_blobs(ListBlobsOptions::default())
+            .items()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .len(),
+        present
+    );
     (present, absent)
 }
 
@@ -57,19 +66,19 @@ fn restart_between_operations_rescinds_then_reconnects(store: StoreKind) {
     let sb = Sandbox::new();
     let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store));
     let g = Guest::connect(vsp.socket(), GuestOptions::default().reconnect(true));
-    g.create_container("keep").unwrap();
+    g.container("keep").create().unwrap();
     let before = pattern(41, 0, 100_000);
-    g.put("keep", "before", &before).unwrap();
+    g.container("keep").blob("before").put(&before).unwrap();
 
     let status = vsp.stop();
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0\n{}", vsp.logs());
     wait_until(PROMPT, "client notices the daemon left", || !g.transport.is_connected());
     for _ in 0..3 {
         let t = Instant::now();
-        let e = g.put("keep", "during", b"x").unwrap_err();
+        let e = g.container("keep").blob("during").put(b"x").unwrap_err();
         assert!(matches!(e, ClientError::Rescinded), "while down: {e:?}");
         assert!(t.elapsed() < Duration::from_secs(1), "a call while down fails at once");
-        let e = g.get("keep", "before").unwrap_err();
+        let e = g.container("keep").blob("before").get().unwrap_err();
         assert!(matches!(e, ClientError::Rescinded), "while down: {e:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -78,15 +87,15 @@ fn restart_between_operations_rescinds_then_reconnects(store: StoreKind) {
     let after = pattern(42, 0, 50_000);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match g.put("keep", "after", &after) {
+        match g.container("keep").blob("after").put(&after) {
             Ok(_) => break,
             Err(ClientError::Rescinded) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => panic!("client did not come back: {e:?}\n{}", vsp.logs()),
         }
     }
     assert!(g.transport.is_connected());
-    assert_eq!(g.get("keep", "before").unwrap(), before, "data persists across the restart");
-    assert_eq!(g.get("keep", "after").unwrap(), after);
+    assert_eq!(g.container("keep").blob("before").get().unwrap(), before, "data persists across the restart");
+    assert_eq!(g.container("keep").blob("after").get().unwrap(), after);
     expect_missing(&g, "keep", "during");
     drop(g);
     assert_eq!(vsp.stop().code(), Some(0));
@@ -96,7 +105,7 @@ fn restart_between_operations_rescinds_then_reconnects(store: StoreKind) {
 fn until_back(g: &Guest, vsp: &Vsp, blob: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match g.put("keep", blob, b"back") {
+        match g.container("keep").blob(blob).put(b"back") {
             Ok(_) => return,
             Err(ClientError::Rescinded) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("client did not come back: {e:?}\n{}", vsp.logs()),
@@ -111,7 +120,7 @@ fn back_to_back_restarts_are_each_noticed(store: StoreKind) {
     let sb = Sandbox::new();
     let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store));
     let g = Arc::new(Guest::connect(vsp.socket(), GuestOptions::default().reconnect(true)));
-    g.create_container("keep").unwrap();
+    g.container("keep").create().unwrap();
     for round in 0..3 {
         assert_eq!(vsp.stop().code(), Some(0), "round {round}\n{}", vsp.logs());
         wait_until(PROMPT, "client notices the stop", || !g.transport.is_connected());
@@ -123,7 +132,7 @@ fn back_to_back_restarts_are_each_noticed(store: StoreKind) {
     assert_eq!(vsp.stop().code(), Some(0));
     wait_until(PROMPT, "client notices the last stop", || !g.transport.is_connected());
     let g2 = g.clone();
-    let late = bounded(PROMPT, "a put while the daemon is down", move || g2.put("keep", "late", b"x"));
+    let late = bounded(PROMPT, "a put while the daemon is down", move || g2.container("keep").blob("late").put(b"x"));
     assert!(matches!(late, Err(ClientError::Rescinded)), "fails at once while down: {late:?}");
     vsp.restart();
     until_back(&g, &vsp, "final");
@@ -131,7 +140,7 @@ fn back_to_back_restarts_are_each_noticed(store: StoreKind) {
 }
 
 fn expect_missing(g: &Guest, c: &str, b: &str) {
-    let e = g.stat(c, b).unwrap_err();
+    let e = g.container(c).blob(b).properties().unwrap_err();
     assert_eq!(e.blob_error(), Some(BlobError::BlobNotFound), "{c}/{b}: {e:?}");
 }
 
@@ -139,7 +148,7 @@ fn sigkill_during_pipelined_puts_leaves_no_torn_blob(store: StoreKind) {
     let sb = Sandbox::new();
     let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(2));
     let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2));
-    g.create_container("crash").unwrap();
+    g.container("crash").create().unwrap();
     let mut attempts: Vec<Attempt> = Vec::new();
     let mut window: VecDeque<(PendingOp, usize)> = VecDeque::new();
     // One result: a success must carry the right CRC; a failure is only
@@ -151,7 +160,7 @@ fn sigkill_during_pipelined_puts_leaves_no_torn_blob(store: StoreKind) {
         }
         Err(e) => {
             assert!(killed, "{} failed before the kill: {e:?}", a.name);
-            assert!(is_rescinded(&e) || matches!(e, ClientError::Transport(_)), "{e:?}");
+            assert!(is_rescinded(&e) || is_transport_failure(&e), "{e:?}");
         }
     };
     for i in 0..400usize {
@@ -191,7 +200,7 @@ fn sigkill_during_pipelined_puts_leaves_no_torn_blob(store: StoreKind) {
     // With the device gone, a new request fails at once.
     let t = Instant::now();
     let r = ops::submit_put(&g, "crash", "late", b"late").and_then(|p| p.wait());
-    assert!(r.as_ref().is_err_and(|e| is_rescinded(e) || matches!(e, ClientError::Transport(_))), "late put");
+    assert!(r.as_ref().is_err_and(|e| is_rescinded(e) || is_transport_failure(e)), "late put");
     assert!(t.elapsed() < PROMPT);
     assert_eq!(g.transport.pending(), 0);
     drop(g);
@@ -213,9 +222,9 @@ fn sigkill_during_a_streamed_upload_keeps_the_old_blob(store: StoreKind) {
     let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store));
     let opts = GuestOptions::default().block_size(1 << 20);
     let g = Arc::new(Guest::connect(vsp.socket(), opts.clone()));
-    g.create_container("stream").unwrap();
+    g.container("stream").create().unwrap();
     let old = pattern(77, 0, 300_000);
-    g.put("stream", "big", &old).unwrap();
+    g.container("stream").blob("big").put(&old).unwrap();
 
     let progress = Arc::new(AtomicU64::new(0));
     let (g2, p2) = (g.clone(), progress.clone());
@@ -224,7 +233,10 @@ fn sigkill_during_a_streamed_upload_keeps_the_old_blob(store: StoreKind) {
         // surely lands mid-stream however fast the daemon is.
         let mut src =
             SlowAfter { inner: PatternReader::new(78, LEN), after: 16 << 20, delay: Duration::from_millis(5) };
-        let r = g2.put_stream("stream", "big", &mut src, LEN, &|n| p2.store(n, Ordering::Relaxed));
+        let r = g2
+            .container("stream")
+            .blob("big")
+            .put_stream(&mut src, LEN, PutOptions::default(), &|n| p2.store(n, Ordering::Relaxed));
         (r.map(|w| w.etag), Instant::now())
     });
     wait_until(Duration::from_secs(60), "upload makes progress", || progress.load(Ordering::Relaxed) >= 16 << 20);
@@ -233,20 +245,20 @@ fn sigkill_during_a_streamed_upload_keeps_the_old_blob(store: StoreKind) {
     let (result, ended) = bounded(PROMPT * 2, "put_stream returns after the kill", move || upload.join().unwrap());
     assert!(ended.duration_since(killed) < PROMPT, "put_stream failed promptly");
     let e = result.expect_err("the upload cannot have committed 96 MiB before the kill");
-    assert!(is_rescinded(&e) || matches!(e, ClientError::Transport(_)), "{e:?}");
+    assert!(is_rescinded(&e) || is_transport_failure(&e), "{e:?}");
     assert!(progress.load(Ordering::Relaxed) < LEN);
     drop(g);
 
     vsp.restart();
     let g = Guest::connect(vsp.socket(), opts);
-    assert_eq!(g.get("stream", "big").unwrap(), old, "the old blob, whole");
-    let p = g.stat("stream", "big").unwrap();
+    assert_eq!(g.container("stream").blob("big").get().unwrap(), old, "the old blob, whole");
+    let p = g.container("stream").blob("big").properties().unwrap();
     assert_eq!((p.content_length, p.committed_blocks), (old.len() as u64, 0));
     // The store still works for the same name.
     let mut src = PatternReader::new(79, 5 << 20);
-    g.put_stream("stream", "big", &mut src, 5 << 20, &|_| {}).unwrap();
+    g.container("stream").blob("big").put_stream(&mut src, 5 << 20, PutOptions::default(), &|_| {}).unwrap();
     let mut sink = CrcWriter::expecting(79);
-    g.get_to_writer("stream", "big", &mut sink, &|_| {}).unwrap();
+    g.container("stream").blob("big").get_to_writer(&mut sink, &|_| {}).unwrap();
     assert_eq!((sink.len(), sink.crc64(), sink.first_mismatch), (5 << 20, src.crc64(), None));
 }
 
@@ -311,9 +323,9 @@ fn frontend_disconnect_with_requests_in_flight(store: StoreKind) {
     let socket = vsp.socket().to_owned();
     let (attempts, seed_blob) = bounded(Duration::from_secs(60), "disconnect with requests in flight", move || {
         let g = Guest::connect(&socket, GuestOptions::default().queues(2).reconnect(true));
-        g.create_container("sever").unwrap();
+        g.container("sever").create().unwrap();
         let seed_blob = pattern(1, 0, 700_000);
-        g.put("sever", "seed", &seed_blob).unwrap();
+        g.container("sever").blob("seed").put(&seed_blob).unwrap();
         let mut attempts = Vec::new();
         let pending = submit_mix(&g, "sever", N, &mut attempts);
         g.transport.sever_connection().unwrap();
@@ -324,7 +336,7 @@ fn frontend_disconnect_with_requests_in_flight(store: StoreKind) {
         // The same client comes back by itself.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match g.put("sever", "again", &pattern(3, 0, 1000)) {
+            match g.container("sever").blob("again").put(&pattern(3, 0, 1000)) {
                 Ok(_) => break,
                 Err(ClientError::Rescinded) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
@@ -332,13 +344,13 @@ fn frontend_disconnect_with_requests_in_flight(store: StoreKind) {
                 Err(e) => panic!("old client did not reconnect: {e:?}"),
             }
         }
-        assert_eq!(g.get("sever", "again").unwrap(), pattern(3, 0, 1000));
+        assert_eq!(g.container("sever").blob("again").get().unwrap(), pattern(3, 0, 1000));
         (attempts, seed_blob)
     });
     assert!(vsp.is_running(), "the daemon survives a VMM hang-up");
     // A fresh client (the old one is gone) finds every acknowledged write intact.
     let g = Guest::connect(vsp.socket(), GuestOptions::default());
-    assert_eq!(g.get("sever", "seed").unwrap(), seed_blob);
+    assert_eq!(g.container("sever").blob("seed").get().unwrap(), seed_blob);
     let mut expected = attempts.clone();
     expected.push(Attempt { name: "seed".into(), seed: 1, len: 700_000, ok: true });
     expected.push(Attempt { name: "again".into(), seed: 3, len: 1000, ok: true });
@@ -362,9 +374,9 @@ fn stalled_object_store_with_requests_in_flight_drains_on_sigterm() {
     let opts = VspOptions { drain_timeout_ms: Some(2000), ..VspOptions::default().store(store).queues(2) };
     let mut vsp = Vsp::start(&sb.dir, opts);
     let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2));
-    g.create_container("stall").unwrap();
+    g.container("stall").create().unwrap();
     let seed_blob = pattern(5, 0, 300_000);
-    g.put("stall", "seed", &seed_blob).unwrap();
+    g.container("stall").blob("seed").put(&seed_blob).unwrap();
     az.pause();
     let mut attempts = Vec::new();
     let pending = submit_mix(&g, "stall", N, &mut attempts);
@@ -395,9 +407,9 @@ fn sigterm_with_requests_in_flight_completes_each_once_and_exits_0(store: StoreK
     let sb = Sandbox::new();
     let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(2));
     let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2));
-    g.create_container("term").unwrap();
+    g.container("term").create().unwrap();
     let seed_blob = pattern(2, 0, 300_000);
-    g.put("term", "seed", &seed_blob).unwrap();
+    g.container("term").blob("seed").put(&seed_blob).unwrap();
     let mut attempts = Vec::new();
     let pending = submit_mix(&g, "term", N, &mut attempts);
     let status = vsp.stop();
@@ -428,9 +440,9 @@ fn reconnecting_client_survives_a_crash_with_requests_in_flight(store: StoreKind
     let sb = Sandbox::new();
     let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store).queues(2));
     let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2).reconnect(true));
-    g.create_container("phoenix").unwrap();
+    g.container("phoenix").create().unwrap();
     let seed_blob = pattern(4, 0, 200_000);
-    g.put("phoenix", "seed", &seed_blob).unwrap();
+    g.container("phoenix").blob("seed").put(&seed_blob).unwrap();
     let mut attempts = Vec::new();
     let pending = submit_mix(&g, "phoenix", 48, &mut attempts);
     vsp.kill();
@@ -451,7 +463,7 @@ fn reconnecting_client_survives_a_crash_with_requests_in_flight(store: StoreKind
                     ok += 1;
                 }
                 (Err(e), _) => {
-                    assert!(is_rescinded(&e) || matches!(e, ClientError::Transport(_)), "{e:?}");
+                    assert!(is_rescinded(&e) || is_transport_failure(&e), "{e:?}");
                     failed += 1;
                 }
             }
@@ -463,7 +475,7 @@ fn reconnecting_client_survives_a_crash_with_requests_in_flight(store: StoreKind
     // The same client comes back and sees a consistent store.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match g.stat("phoenix", "seed") {
+        match g.container("phoenix").blob("seed").properties() {
             Ok(_) => break,
             Err(ClientError::Rescinded) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => panic!("client did not come back: {e:?}\n{}", vsp.logs()),
@@ -484,17 +496,17 @@ fn one_vmm_connection_at_a_time_and_max_connections() {
     let sb = Sandbox::new();
     let mut vsp = Vsp::start(&sb.dir, VspOptions { max_connections: Some(2), ..VspOptions::default() });
     let first = Guest::connect(vsp.socket(), GuestOptions::default());
-    first.create_container("one").unwrap();
+    first.container("one").create().unwrap();
     // A second VMM waits until the first is gone.
     let socket = vsp.socket().to_owned();
     let (tx, rx) = std::sync::mpsc::channel();
     let second = std::thread::spawn(move || {
         let g = Guest::connect(&socket, GuestOptions::default());
         tx.send(()).unwrap();
-        g.put("one", "from-second", b"2").unwrap();
-        g.get("one", "from-first").unwrap()
+        g.container("one").blob("from-second").put(b"2").unwrap();
+        g.container("one").blob("from-first").get().unwrap()
     });
-    first.put("one", "from-first", b"1").unwrap();
+    first.container("one").blob("from-first").put(b"1").unwrap();
     assert!(rx.recv_timeout(Duration::from_millis(700)).is_err(), "second VMM served while the first is connected");
     drop(first);
     rx.recv_timeout(Duration::from_secs(10)).expect("second VMM served after the first left");
@@ -526,9 +538,9 @@ fn broken_vmm_connections_do_not_take_the_daemon_down() {
     assert!(r.is_err(), "a 256-entry ring was accepted by a daemon limited to 64");
     assert!(vsp.is_running(), "{}", vsp.logs());
     let g = Guest::connect(vsp.socket(), GuestOptions { queue_size: 64, ..GuestOptions::default() });
-    g.create_container("alive").unwrap();
-    g.put("alive", "x", b"still serving").unwrap();
-    assert_eq!(g.get("alive", "x").unwrap(), b"still serving");
+    g.container("alive").create().unwrap();
+    g.container("alive").blob("x").put(b"still serving").unwrap();
+    assert_eq!(g.container("alive").blob("x").get().unwrap(), b"still serving");
     drop(g);
     assert_eq!(vsp.stop().code(), Some(0));
 }
@@ -540,7 +552,7 @@ fn guest_that_stops_its_rings_with_requests_queued_leaves_the_daemon_serving() {
     let socket = vsp.socket().to_owned();
     let outcome = bounded(Duration::from_secs(60), "stop rings with requests queued", move || {
         let g = Guest::connect(&socket, GuestOptions::default().queues(2));
-        g.create_container("drop").unwrap();
+        g.container("drop").create().unwrap();
         let mut attempts = Vec::new();
         let data = pattern(8, 0, 2 << 20);
         let pending: Vec<_> = (0..64)
@@ -564,7 +576,7 @@ fn guest_that_stops_its_rings_with_requests_queued_leaves_the_daemon_serving() {
     });
     let g = g.unwrap_or_else(|e| panic!("the daemon no longer serves: {e}"));
     for (n, ok) in names.iter().zip(&results) {
-        match g.get("drop", n) {
+        match g.container("drop").blob(n).get() {
             Ok(d) => assert!(d == data, "{n} differs"),
             Err(e) => assert!(!ok && e.blob_error() == Some(BlobError::BlobNotFound), "{n}: {e:?}"),
         }

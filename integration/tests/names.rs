@@ -9,12 +9,12 @@ use vmblob_integration::{Guest, GuestOptions, Sandbox, Vsp, VspOptions, assert_n
 use vmblob_protocol::names::ContainerName;
 use vmblob_protocol::ops::{BlobListItem, BlockListType, Conditions, Metadata, OpCode, OpRequest};
 use vmblob_protocol::{BlobError, DataDirection};
-use vmblob_vsc::ClientError;
+use vmblob_vsc::{ClientError, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions};
 
 fn invalid<T>(r: Result<T, ClientError>, what: &str) {
     match r {
-        Err(ClientError::Invalid(_)) => {}
-        Err(e) => panic!("{what}: expected ClientError::Invalid, got {e:?}"),
+        Err(ClientError::InvalidName { .. }) => {}
+        Err(e) => panic!("{what}: expected ClientError::InvalidName, got {e:?}"),
         Ok(_) => panic!("{what}: accepted"),
     }
 }
@@ -24,29 +24,37 @@ fn escaping_names_are_refused_by_client_and_vsp() {
     let sb = Sandbox::new();
     let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(1));
     let g = Guest::connect(vsp.socket(), GuestOptions::default());
-    g.create_container("names").unwrap();
+    g.container("names").create().unwrap();
     let deep = vec!["d"; 255].join("/");
     let long = "x".repeat(1025);
     let bad_blobs =
         ["a/../b", "/abs", "a\\b", "..", ".", "../x", "a/..", "./a", "a//b", "a/", "", "a\0b", "a\nb", &deep, &long];
     for name in bad_blobs {
-        invalid(g.put("names", name, b"x"), name);
-        invalid(g.put_with("names", name, b"x", Conditions::none(), ""), name);
-        invalid(g.get("names", name), name);
-        invalid(g.get_range("names", name, 0, 1), name);
-        invalid(g.stat("names", name), name);
-        invalid(g.delete("names", name), name);
-        invalid(g.block_list("names", name, BlockListType::All), name);
-        invalid(g.put_stream("names", name, &mut &b"x"[..], 1, &|_| {}), name);
-        invalid(g.get_to_writer("names", name, &mut Vec::new(), &|_| {}), name);
+        invalid(g.container("names").blob(name).put(b"x"), name);
+        invalid(g.container("names").blob(name).put_opts(b"x", PutOptions::default()), name);
+        invalid(g.container("names").blob(name).get(), name);
+        invalid(g.container("names").blob(name).get_opts(GetOptions::range(0..1)).map(|r| r.data), name);
+        invalid(g.container("names").blob(name).properties(), name);
+        invalid(g.container("names").blob(name).delete(), name);
+        invalid(g.container("names").blob(name).block_list(BlockListType::All), name);
+        invalid(g.container("names").blob(name).put_stream(&mut &b"x"[..], 1, PutOptions::default(), &|_| {}), name);
+        invalid(g.container("names").blob(name).get_to_writer(&mut Vec::new(), &|_| {}), name);
     }
     for name in ["..", "../etc", "a/b", "AB", "ab", "a_b", "-ab", &"c".repeat(64)] {
-        invalid(g.create_container(name), name);
-        invalid(g.delete_container(name), name);
-        invalid(g.put(name, "blob", b"x"), name);
-        invalid(g.list(name, "", ""), name);
+        invalid(g.container(name).create(), name);
+        invalid(g.container(name).delete(), name);
+        invalid(g.container(name).blob("blob").put(b"x"), name);
+        invalid(g.container(name).list_blobs(ListBlobsOptions::default()).items().collect::<Result<Vec<_>, _>>(), name);
     }
-    assert!(g.list("names", "", "").unwrap().is_empty(), "nothing was stored");
+    assert!(
+        g.container("names")
+            .list_blobs(ListBlobsOptions::default())
+            .items()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .is_empty(),
+        "nothing was stored"
+    );
     drop(g);
 
     // The same names smuggled into valid op bytes by a raw guest.
@@ -92,8 +100,17 @@ fn escaping_names_are_refused_by_client_and_vsp() {
     }
     drop(raw);
     let g = Guest::connect(vsp.socket(), GuestOptions::default());
-    assert!(g.list("names", "", "").unwrap().is_empty(), "nothing was stored");
-    let containers: Vec<String> = g.list_containers("").unwrap().into_iter().map(|c| c.name).collect();
+    assert!(
+        g.container("names")
+            .list_blobs(ListBlobsOptions::default())
+            .items()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .is_empty(),
+        "nothing was stored"
+    );
+    let containers: Vec<String> =
+        g.list_containers(ListContainersOptions::default()).items().map(|c| c.unwrap().name).collect();
     assert_eq!(containers, ["names"]);
     drop(g);
     assert_nothing_outside_store(&sb, &vsp);
@@ -104,7 +121,7 @@ fn long_and_odd_legal_names_round_trip_inside_the_store() {
     let sb = Sandbox::new();
     let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(1));
     let g = Guest::connect(vsp.socket(), GuestOptions::default());
-    g.create_container("legal").unwrap();
+    g.container("legal").create().unwrap();
     let segmented = format!("{}{}", "abcd/".repeat(199), "y".repeat(29));
     let mut names = vec![
         "n".repeat(1024),
@@ -125,13 +142,16 @@ fn long_and_odd_legal_names_round_trip_inside_the_store() {
     assert_eq!(names[3].len(), 1023);
     for (i, n) in names.iter().enumerate() {
         let data = pattern(100 + i as u64, 0, 1000 + i);
-        g.put("legal", n, &data).unwrap_or_else(|e| panic!("put {n:?}: {e}"));
-        assert_eq!(g.get("legal", n).unwrap(), data, "{n:?}");
-        assert_eq!(g.stat("legal", n).unwrap().content_length, data.len() as u64);
+        g.container("legal").blob(n).put(&data).unwrap_or_else(|e| panic!("put {n:?}: {e}"));
+        assert_eq!(g.container("legal").blob(n).get().unwrap(), data, "{n:?}");
+        assert_eq!(g.container("legal").blob(n).properties().unwrap().content_length, data.len() as u64);
     }
     names.sort();
     let listed: Vec<String> = g
-        .list("legal", "", "")
+        .container("legal")
+        .list_blobs(ListBlobsOptions::default())
+        .items()
+        .collect::<Result<Vec<_>, _>>()
         .unwrap()
         .into_iter()
         .map(|i| match i {
@@ -140,8 +160,16 @@ fn long_and_odd_legal_names_round_trip_inside_the_store() {
         })
         .collect();
     assert_eq!(listed, names, "names come back exactly, in byte order");
-    g.delete("legal", &names[0]).unwrap();
-    assert_eq!(g.list("legal", "", "").unwrap().len(), names.len() - 1);
+    g.container("legal").blob(&names[0]).delete().unwrap();
+    assert_eq!(
+        g.container("legal")
+            .list_blobs(ListBlobsOptions::default())
+            .items()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .len(),
+        names.len() - 1
+    );
     drop(g);
     assert_nothing_outside_store(&sb, &vsp);
 }

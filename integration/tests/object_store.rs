@@ -19,6 +19,7 @@ use object_store::{
 };
 use vmblob_integration::data::pattern;
 use vmblob_integration::{Guest, GuestOptions, Sandbox, Vsp, VspOptions, bounded};
+use vmblob_vsc::ListBlobsOptions;
 use vmblob_vsc::objstore::{VmblobStore, VmblobStoreBuilder};
 
 /// A daemon, a guest and a store on container `objects`.
@@ -38,7 +39,7 @@ fn rig(opts: GuestOptions) -> Rig {
         .with_container_name("objects")
         .build()
         .expect("store");
-    guest.create_container("objects").unwrap();
+    guest.container("objects").create().unwrap();
     Rig { store, guest, _vsp: vsp, _sb: sb }
 }
 
@@ -112,7 +113,7 @@ fn objects_above_one_block_are_committed_whole_and_read_in_chunks() {
         // Several payload chunks whose edges do not line up with the blocks.
         let payload: PutPayload = data.chunks(100_003).map(Bytes::copy_from_slice).collect();
         let put = store.put_opts(&path, payload, PutMode::Create.into()).await.unwrap();
-        let props = client.stat("objects", "big/object.bin").unwrap();
+        let props = client.container("objects").blob("big/object.bin").properties().unwrap();
         assert_eq!(put.e_tag.as_deref(), Some(props.etag.as_str()));
         assert_eq!(props.committed_blocks, 21, "written as 256 KiB blocks");
 
@@ -133,7 +134,7 @@ fn objects_above_one_block_are_committed_whole_and_read_in_chunks() {
         // Copies of multi-block objects are block copies too.
         store.copy_if_not_exists(&path, &Path::from("big/copy.bin")).await.unwrap();
         assert_eq!(store.get(&Path::from("big/copy.bin")).await.unwrap().bytes().await.unwrap(), data);
-        assert!(client.stat("objects", "big/copy.bin").unwrap().committed_blocks > 1);
+        assert!(client.container("objects").blob("big/copy.bin").properties().unwrap().committed_blocks > 1);
     });
 }
 
@@ -328,5 +329,12 @@ fn the_example_program_runs_against_a_daemon() {
     assert_eq!(stdout.lines().last(), Some("ok"), "{stdout}");
     // What it wrote went through the device: the container exists and is empty.
     let g = Guest::connect(vsp.socket(), GuestOptions::default());
-    assert!(g.list("objstore-example", "", "").unwrap().is_empty());
+    assert!(
+        g.container("objstore-example")
+            .list_blobs(ListBlobsOptions::default())
+            .items()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -169,16 +169,16 @@ fn a_slow_request_does_not_hold_up_fast_ones_on_the_same_queue() {
     let sb = Sandbox::new();
     let vsp = InProcessVsp::start(&sb.dir, 4, Duration::ZERO);
     let g = one_queue_guest(&vsp.socket);
-    g.create_container("mix").unwrap();
+    g.container("mix").create().unwrap();
     let slow_data = pattern(1, 0, 8192);
-    g.put("mix", "slow", &slow_data).unwrap();
+    g.container("mix").blob("slow").put(&slow_data).unwrap();
     let slow = submit_get(&g.client, "mix", "slow", 8192).unwrap();
     wait_until(Duration::from_secs(10), "slow GET reaches the store", || vsp.store.waiting.load(Ordering::SeqCst) == 1);
     // Fast requests on the same (only) queue complete while it is held.
     for i in 0..50u64 {
         let data = pattern(100 + i, 0, 4096);
-        g.put("mix", &format!("fast{i}"), &data).unwrap();
-        assert_eq!(g.get("mix", &format!("fast{i}")).unwrap(), data);
+        g.container("mix").blob(&format!("fast{i}")).put(&data).unwrap();
+        assert_eq!(g.container("mix").blob(&format!("fast{i}")).get().unwrap(), data);
     }
     assert_eq!(vsp.store.waiting.load(Ordering::SeqCst), 1, "the slow GET is still held");
     vsp.store.open_gate();
@@ -191,11 +191,11 @@ fn out_of_order_completions_reach_their_own_callers() {
     let sb = Sandbox::new();
     let vsp = InProcessVsp::start(&sb.dir, 8, Duration::from_micros(50));
     let g = Arc::new(one_queue_guest(&vsp.socket));
-    g.create_container("ooo").unwrap();
+    g.container("ooo").create().unwrap();
     const BLOBS: u64 = 24;
     let blob = |i: u64| pattern(i, 0, 1000 + 97 * i as usize);
     for i in 0..BLOBS {
-        g.put("ooo", &format!("jitter-{i}"), &blob(i)).unwrap();
+        g.container("ooo").blob(&format!("jitter-{i}")).put(&blob(i)).unwrap();
     }
     // Four threads keep up to 16 GETs each in flight, of blobs that take
     // 0-3 ms: completions overtake each other all the time.
@@ -228,8 +228,8 @@ fn stopping_the_rings_drains_requests_inside_executors() {
     // Two workers: two GETs wait in the store, four wait for a worker.
     let vsp = InProcessVsp::start(&sb.dir, 2, Duration::ZERO);
     let g = one_queue_guest(&vsp.socket);
-    g.create_container("drain").unwrap();
-    g.put("drain", "slow", &pattern(3, 0, 4096)).unwrap();
+    g.container("drain").create().unwrap();
+    g.container("drain").blob("slow").put(&pattern(3, 0, 4096)).unwrap();
     let ops: Vec<_> = (0..6).map(|_| submit_get(&g.client, "drain", "slow", 4096).unwrap()).collect();
     wait_until(Duration::from_secs(10), "both workers in the store", || vsp.store.waiting.load(Ordering::SeqCst) == 2);
     // Dropping the guest stops its rings (GET_VRING_BASE): the VSP must
@@ -238,7 +238,7 @@ fn stopping_the_rings_drains_requests_inside_executors() {
     bounded(Duration::from_secs(20), "guest stop", move || drop(g));
     for (i, op) in ops.into_iter().enumerate() {
         match op.wait() {
-            Err(ClientError::Blob { error: BlobError::Rescinded, .. }) => {}
+            Err(ClientError::Status { error: BlobError::Rescinded, .. }) => {}
             Err(e) => panic!("request {i}: expected the VSP's Rescinded, got {e:?}"),
             Ok(_) => panic!("request {i} completed although the gate never opened"),
         }
@@ -247,7 +247,7 @@ fn stopping_the_rings_drains_requests_inside_executors() {
     // The daemon serves the next guest.
     let g = one_queue_guest(&vsp.socket);
     vsp.store.open_gate();
-    assert_eq!(g.get("drain", "slow").unwrap(), pattern(3, 0, 4096));
+    assert_eq!(g.container("drain").blob("slow").get().unwrap(), pattern(3, 0, 4096));
 }
 
 #[test]
@@ -257,11 +257,11 @@ fn a_polling_daemon_serves_traffic_and_is_silent_when_idle() {
     opts.extra = vec!["--poll-us".into(), "500".into()];
     let vsp = Vsp::start(&sb.dir, opts);
     let g = Guest::connect(vsp.socket(), GuestOptions::default().poll(Duration::from_micros(500)));
-    g.create_container("poll").unwrap();
+    g.container("poll").create().unwrap();
     for i in 0..300u64 {
         let data = pattern(i, 0, 4096 + i as usize);
-        g.put("poll", &format!("b{i}"), &data).unwrap();
-        assert_eq!(g.get("poll", &format!("b{i}")).unwrap(), data, "blob {i}");
+        g.container("poll").blob(&format!("b{i}")).put(&data).unwrap();
+        assert_eq!(g.container("poll").blob(&format!("b{i}")).get().unwrap(), data, "blob {i}");
     }
     // Polling must end once requests stop: an idle daemon burns no CPU.
     std::thread::sleep(Duration::from_millis(200));
@@ -332,8 +332,8 @@ fn measure_round_trips() {
     opts.extra.append(&mut extra);
     let vsp = Vsp::start(&sb.dir, opts);
     let g = Guest::connect(vsp.socket(), GuestOptions::default().poll(Duration::from_micros(poll_us)));
-    g.create_container("bench").unwrap();
-    g.put("bench", "4k", &vec![7u8; 4096]).unwrap();
+    g.container("bench").create().unwrap();
+    g.container("bench").blob("4k").put(&vec![7u8; 4096]).unwrap();
     get_4k(&g, 1, 2_000);
     for depth in [1usize, 32] {
         let before = vsp.cpu_time();

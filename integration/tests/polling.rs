@@ -11,11 +11,11 @@ fn busy_polling_serves_traffic_and_stops_when_idle() {
     let sb = Sandbox::new();
     let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
     let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(2).poll(Duration::from_micros(500)));
-    g.create_container("poll").unwrap();
+    g.container("poll").create().unwrap();
     for i in 0..300u64 {
         let data = pattern(i, 0, 4096 + i as usize);
-        g.put("poll", &format!("b{i}"), &data).unwrap();
-        assert_eq!(g.get("poll", &format!("b{i}")).unwrap(), data, "blob {i}");
+        g.container("poll").blob(&format!("b{i}")).put(&data).unwrap();
+        assert_eq!(g.container("poll").blob(&format!("b{i}")).get().unwrap(), data, "blob {i}");
     }
     // Polling must end once completions stop: an idle client burns no CPU.
     std::thread::sleep(Duration::from_millis(200));

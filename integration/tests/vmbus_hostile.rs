@@ -201,7 +201,7 @@ fn lies_from_the_host_fail_the_channel_cleanly_and_it_recovers() {
             ClientOptions { timeout_ms: 0, ..ClientOptions::default() },
         ));
         let c = client.clone();
-        let r = bounded(LIMIT, what, move || c.create_container("victim"));
+        let r = bounded(LIMIT, what, move || c.container("victim").create());
         match what {
             // Completed (as success with no body) before the second one came.
             "completed twice" => assert!(matches!(r, Err(ClientError::Protocol(_))), "{what}: {r:?}"),
@@ -210,7 +210,7 @@ fn lies_from_the_host_fail_the_channel_cleanly_and_it_recovers() {
         // The guest closed the channel and opened it again; the host now
         // tells the truth.
         wait_until(LIMIT, what, || transport.generation() == 2 && transport.is_connected());
-        let props = client.create_container("honest").unwrap_or_else(|e| panic!("{what}: {e}"));
+        let props = client.container("honest").create().unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(props.etag, "honest", "{what}");
         drop(client);
         transport.close();

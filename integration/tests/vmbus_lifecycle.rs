@@ -9,7 +9,7 @@ use vmblob_integration::data::{PatternReader, crc64, pattern};
 use vmblob_integration::vmbus::{VmbusRig, VmbusRigOptions};
 use vmblob_integration::{bounded, is_rescinded, wait_until};
 use vmblob_protocol::ops::{Conditions, OpRequest, PutBlob};
-use vmblob_vsc::{BlobClient, ClientError, Data, PendingOp, Transport};
+use vmblob_vsc::{BlobClient, ClientError, Data, GetOptions, ListBlobsOptions, PendingOp, PutOptions, Transport};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -48,26 +48,37 @@ fn vmbus_blob_round_trip_through_the_vsp_service() {
     let rig = VmbusRig::start(VmbusRigOptions::default());
     let c = &rig.client;
     assert_eq!(c.device_config().max_op_version, 1, "config fetched with GetDeviceConfig");
-    c.create_container("photos").unwrap();
+    c.container("photos").create().unwrap();
     let small = pattern(7, 0, 123_457);
-    c.put("photos", "small.bin", &small).unwrap();
-    assert_eq!(c.get("photos", "small.bin").unwrap(), small);
-    assert_eq!(c.get_range("photos", "small.bin", 5000, 10_000).unwrap(), small[5000..15_000]);
+    c.container("photos").blob("small.bin").put(&small).unwrap();
+    assert_eq!(c.container("photos").blob("small.bin").get().unwrap(), small);
+    assert_eq!(
+        c.container("photos").blob("small.bin").get_opts(GetOptions::range(5000..15_000)).map(|r| r.data).unwrap(),
+        small[5000..15_000]
+    );
 
     // Larger than one block: PutBlock / PutBlockList, ranged parallel reads.
     let len = 3 * c.block_size() as u64 + 12_345;
     let mut reader = PatternReader::new(11, len);
-    c.put_stream("photos", "big.bin", &mut reader, len, &|_| {}).unwrap();
-    let props = c.stat("photos", "big.bin").unwrap();
+    c.container("photos").blob("big.bin").put_stream(&mut reader, len, PutOptions::default(), &|_| {}).unwrap();
+    let props = c.container("photos").blob("big.bin").properties().unwrap();
     assert_eq!((props.content_length, props.content_crc64), (len, reader.crc64()));
     let mut out = Vec::new();
-    c.get_to_writer("photos", "big.bin", &mut out, &|_| {}).unwrap();
+    c.container("photos").blob("big.bin").get_to_writer(&mut out, &|_| {}).unwrap();
     assert!(out == pattern(11, 0, len as usize), "big blob differs");
 
-    let names: Vec<String> = c.list("photos", "", "").unwrap().iter().map(|i| format!("{i:?}")).collect();
+    let names: Vec<String> = c
+        .container("photos")
+        .list_blobs(ListBlobsOptions::default())
+        .items()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+        .iter()
+        .map(|i| format!("{i:?}"))
+        .collect();
     assert_eq!(names.len(), 2, "{names:?}");
-    c.delete("photos", "small.bin").unwrap();
-    assert!(c.stat("photos", "small.bin").unwrap_err().is_not_found());
+    c.container("photos").blob("small.bin").delete().unwrap();
+    assert!(c.container("photos").blob("small.bin").properties().unwrap_err().is_not_found());
     assert_eq!(rig.transport.pending(), 0);
 }
 
@@ -78,7 +89,7 @@ fn vmbus_blob_round_trip_through_the_vsp_service() {
 #[test]
 fn random_rescinds_under_load_complete_every_request_exactly_once() {
     let rig = Arc::new(VmbusRig::start(VmbusRigOptions::default()));
-    rig.client.create_container("load").unwrap();
+    rig.client.container("load").create().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let results: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let workers: Vec<_> = (0..4)
@@ -142,11 +153,11 @@ fn random_rescinds_under_load_complete_every_request_exactly_once() {
     }
     let rescinded = results.len() - ok;
     // Completed by the host with the rescinded status: in flight at a rescind.
-    let by_host = results.iter().filter(|r| matches!(r.2, Err(ClientError::Blob { .. }))).count();
+    let by_host = results.iter().filter(|r| matches!(r.2, Err(ClientError::Status { .. }))).count();
     assert!(ok > 0 && by_host > 0 && rescinded > by_host, "ok {ok}, rescinded {rescinded} ({by_host} by the host)");
     for (name, seed, _) in results.iter().filter(|r| r.2.is_ok()) {
         let want = pattern(*seed, 0, 1000 + (*seed % 9000) as usize);
-        assert!(rig.client.get("load", name).unwrap() == want, "{name} differs");
+        assert!(rig.client.container("load").blob(name).get().unwrap() == want, "{name} differs");
     }
     assert_eq!(rig.transport.pending(), 0, "requests left pending");
     assert!(rig.transport.generation() > 50, "re-offers were picked up: {}", rig.transport.generation());
@@ -169,24 +180,27 @@ fn reoffer_with_old_handles_still_held() {
     let rig = VmbusRig::start(VmbusRigOptions::default());
     let client = rig.client.clone();
     let transport: Arc<dyn Transport> = client.transport().clone();
-    client.create_container("keep").unwrap();
-    client.put("keep", "before", b"written before the rescind").unwrap();
+    client.container("keep").create().unwrap();
+    client.container("keep").blob("before").put(b"written before the rescind").unwrap();
     let held = submit_put(&client, "keep", "racing", b"maybe").unwrap();
 
     rig.emulator.rescind().unwrap();
     // The guest notices on its own thread while every handle is held.
     wait_until(LIMIT, "the guest sees the rescind", || !transport.is_connected());
-    assert!(matches!(client.stat("keep", "before"), Err(ClientError::Rescinded)), "fails fast while gone");
+    assert!(
+        matches!(client.container("keep").blob("before").properties(), Err(ClientError::Rescinded)),
+        "fails fast while gone"
+    );
 
     rig.emulator.offer().unwrap();
     rig.wait_connected(LIMIT);
     assert_eq!(rig.transport.generation(), 2);
     match held.wait() {
-        Ok(_) => assert_eq!(client.get("keep", "racing").unwrap(), b"maybe"),
+        Ok(_) => assert_eq!(client.container("keep").blob("racing").get().unwrap(), b"maybe"),
         Err(e) => assert!(is_rescinded(&e), "{e}"),
     }
-    assert_eq!(client.get("keep", "before").unwrap(), b"written before the rescind");
-    client.put("keep", "after", b"written after the re-offer").unwrap();
+    assert_eq!(client.container("keep").blob("before").get().unwrap(), b"written before the rescind");
+    client.container("keep").blob("after").put(b"written after the re-offer").unwrap();
     assert!(transport.is_connected());
     assert_eq!(transport.num_queues(), 1);
 }
@@ -204,11 +218,11 @@ fn the_largest_advertised_data_buffer_fits_a_packet() {
     };
     let c = BlobClient::new(rig.transport.clone(), *config, options);
     assert_eq!(c.block_size(), config.max_data_len as usize);
-    c.create_container("max").unwrap();
+    c.container("max").create().unwrap();
     let len = config.max_data_len as u64 + 1;
     let mut reader = PatternReader::new(5, len);
-    c.put_stream("max", "full", &mut reader, len, &|_| {}).unwrap();
+    c.container("max").blob("full").put_stream(&mut reader, len, PutOptions::default(), &|_| {}).unwrap();
     let mut out = Vec::new();
-    c.get_to_writer("max", "full", &mut out, &|_| {}).unwrap();
+    c.container("max").blob("full").get_to_writer(&mut out, &|_| {}).unwrap();
     assert!(out == pattern(5, 0, len as usize));
 }

@@ -5,12 +5,14 @@
 //! - [`status`]: status codes and their typed errors;
 //! - [`names`]: Azure naming rules;
 //! - [`framing`]: one request as a virtio descriptor chain or a VMBus packet;
-//! - [`config`]: what the VSP advertises.
+//! - [`config`]: what the VSP advertises;
+//! - [`checksum`]: CRC-64/NVME, computed by both halves.
 //!
 //! Pure and total: no I/O, and every decoder answers arbitrary bytes with a
 //! value or a typed error. `docs/PROTOCOL.md` is the byte-level spec.
 #![forbid(unsafe_code)]
 
+pub mod checksum;
 pub mod config;
 pub mod framing;
 pub mod names;

@@ -31,12 +31,12 @@ struct Args {
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn connect(socket: PathBuf) -> std::result::Result<Arc<BlobClient>, ClientError> {
+fn connect(socket: PathBuf) -> std::result::Result<BlobClient, ClientError> {
     let mut opts = VirtioOptions::new(socket);
     opts.frontend.connect_timeout = Duration::from_secs(5);
     let transport = VirtioTransport::connect(opts)?;
     let config = transport.device_config();
-    Ok(Arc::new(BlobClient::new(Arc::new(transport), config, ClientOptions::default())))
+    Ok(BlobClient::new(Arc::new(transport), config, ClientOptions::default()))
 }
 
 /// Bytes that differ at every offset, so a misplaced block shows.

@@ -1,33 +1,118 @@
-//! Client errors: what a caller of `BlobClient` sees.
+//! Client errors: what a caller of `BlobClient` sees, one variant per kind of
+//! failure so a caller (the CLI's exit codes, a retry loop) can branch on it.
+//! Every Display is one line; lower errors stay reachable through `source`.
+
+use std::time::Duration;
 
 use vmblob_protocol::BlobError;
+use vmblob_protocol::framing::FramingError;
+use vmblob_protocol::ops::{DecodeError, OpCode, OpResponse};
+use vmblob_protocol::transport::TransportError;
+use vmblob_vmbus::WriteError;
+
+use crate::transport::dma::DmaError;
+use crate::transport::virtio::QueueError;
+use crate::transport::vmbus::ChannelError;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The VSP answered with a non-success status.
     #[error("{error}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
-    Blob { error: BlobError, message: String },
+    Status { error: BlobError, message: String },
     /// The device went away (rescind, backend exit, disconnect) before the
     /// request completed, or is not connected now.
     #[error("device rescinded")]
     Rescinded,
-    /// The VSP's answer broke the protocol (short, malformed, wrong op).
+    /// Nothing came back within a bound: the device is not responding.
+    #[error("timed out after {after:?} waiting for {waiting_for}")]
+    Timeout { waiting_for: &'static str, after: Duration },
+    /// The DMA pool had no buffer of this size free in time (every buffer is
+    /// held by requests in flight): retry later or with less in flight.
+    #[error("no {len}-byte DMA buffer free within {waited:?}")]
+    ResourceExhausted { len: usize, waited: Duration },
+    /// A container or blob name the naming rules refuse; nothing was sent.
+    #[error("invalid {kind} name {name:?}")]
+    InvalidName { kind: &'static str, name: String },
+    /// The request cannot be expressed within the device's limits.
+    #[error("{what} of {len} over the device limit of {max}")]
+    TooLarge { what: &'static str, len: u64, max: u64 },
+    /// A source ended before the length it was said to have.
+    #[error("source ended after {got} of its stated {expected} bytes")]
+    ShortSource { got: u64, expected: u64 },
+    /// The transport options cannot work (a caller's mistake).
+    #[error("invalid transport options: {0}")]
+    InvalidOptions(&'static str),
+    /// Buffers handed to `Transport::submit` that do not match their header.
+    #[error("invalid request buffers: {0}")]
+    InvalidBuffers(&'static str),
+    /// The VSP's answer broke the protocol.
     #[error("protocol violation: {0}")]
-    Protocol(String),
-    /// The request cannot be expressed (too large for the device's limits).
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    #[error("transport: {0}")]
-    Transport(String),
+    Protocol(#[from] ProtocolError),
+    /// A response body that does not decode.
+    #[error("undecodable response: {0}")]
+    Decode(#[from] DecodeError),
+    /// A 12-byte transport response that does not parse.
+    #[error("bad transport response: {0}")]
+    Response(#[from] TransportError),
+    /// Reading or writing a DMA buffer failed.
+    #[error("DMA buffer: {0}")]
+    Dma(#[from] DmaError),
+    /// The virtio split queue refused a chain or saw the device misbehave.
+    #[error("virtqueue: {0}")]
+    Queue(#[from] QueueError),
+    /// Opening or driving the VMBus channel failed.
+    #[error("VMBus channel: {0}")]
+    Channel(#[from] ChannelError),
+    /// Writing the guest-to-host VMBus ring failed.
+    #[error("VMBus ring: {0}")]
+    Ring(#[from] WriteError),
+    /// The in-process VMM could not set up or drive the vhost-user device.
+    #[cfg(feature = "vhost-user")]
+    #[error("vhost-user: {0}")]
+    Frontend(#[from] vmblob_vhost_frontend::Error),
+    /// The transport could not be set up for a reason of its own.
+    #[error("transport setup: {0}")]
+    Setup(&'static str),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Ways the device's answer broke the protocol (`docs/PROTOCOL.md`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    #[error("success without a response body")]
+    EmptySuccess,
+    #[error("status {0:#x} with a success body")]
+    StatusWithSuccessBody(u32),
+    #[error("response does not answer {0:?}")]
+    WrongOp(OpCode),
+    #[error("unexpected response {0:?}")]
+    Unexpected(Box<OpResponse>),
+    #[error("device returned {length} bytes into a {cap}-byte buffer")]
+    DataOverrun { length: u64, cap: u64 },
+    #[error("read returned {got} of {want} bytes")]
+    ShortRead { got: u64, want: u64 },
+    #[error("listing marker {0:?} does not advance")]
+    StuckMarker(String),
+    #[error("bad ETag {0:?}")]
+    BadETag(String),
+    #[error("device completed with used length {0}")]
+    UsedLength(u32),
+    #[error("response_len {len} exceeds buffer {cap}")]
+    ResponseTooLong { len: u32, cap: u32 },
+    #[error("completion of {len} bytes: {source}")]
+    BadCompletion { len: usize, source: FramingError },
+    #[error("device config: {0}")]
+    DeviceConfig(DecodeError),
 }
 
 impl ClientError {
     /// The VSP status, if this error is one.
     pub fn blob_error(&self) -> Option<BlobError> {
         match self {
-            ClientError::Blob { error, .. } => Some(*error),
+            ClientError::Status { error, .. } => Some(*error),
             _ => None,
         }
     }
@@ -35,10 +120,37 @@ impl ClientError {
     pub fn is_not_found(&self) -> bool {
         matches!(self.blob_error(), Some(BlobError::BlobNotFound | BlobError::ContainerNotFound))
     }
+
+    pub(crate) fn unexpected(r: OpResponse) -> Self {
+        ProtocolError::Unexpected(Box::new(r)).into()
+    }
+
+    pub(crate) fn checksum_mismatch(what: &str) -> Self {
+        ClientError::Status { error: BlobError::ChecksumMismatch, message: what.into() }
+    }
 }
 
 impl From<BlobError> for ClientError {
     fn from(error: BlobError) -> Self {
-        ClientError::Blob { error, message: String::new() }
+        ClientError::Status { error, message: String::new() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn lower_errors_stay_reachable_and_display_is_one_line() {
+        let e = ClientError::from(DmaError::BadLength(3));
+        assert!(e.source().is_some_and(|s| s.downcast_ref::<DmaError>().is_some()));
+        let e = ClientError::from(ProtocolError::ShortRead { got: 1, want: 2 });
+        assert_eq!(e.to_string(), "protocol violation: read returned 1 of 2 bytes");
+        let e = ClientError::ResourceExhausted { len: 4096, waited: Duration::from_secs(60) };
+        assert_eq!(e.to_string(), "no 4096-byte DMA buffer free within 60s");
+        let e = ClientError::Status { error: BlobError::BlobNotFound, message: "a\nb".replace('\n', " ") };
+        assert_eq!(e.to_string().lines().count(), 1);
     }
 }

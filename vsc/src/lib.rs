@@ -1,5 +1,20 @@
 //! The vmblob guest client (VSC): a [`BlobClient`] over a [`Transport`].
 //!
+//! ```no_run
+//! # fn demo(client: vmblob_vsc::BlobClient) -> Result<(), vmblob_vsc::ClientError> {
+//! use vmblob_vsc::{ListBlobsOptions, PutOptions};
+//! let photos = client.container("photos");
+//! photos.create()?;
+//! let cat = photos.blob("2024/cat.jpg");
+//! let opts = PutOptions { content_type: "image/jpeg".into(), ..PutOptions::default() };
+//! cat.put_opts(b"...", opts)?;
+//! assert_eq!(cat.get()?, b"...");
+//! for item in photos.list_blobs(ListBlobsOptions::prefix("2024/")).items() {
+//!     println!("{:?}", item?);
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! Laid out along the data path: [`client`] (the API) → [`transport`] (the
 //! [`Transport`] trait, the request table, DMA memory) → one module per
 //! transport: virtio split queues over vhost-user
@@ -14,17 +29,22 @@ pub mod error;
 pub mod objstore;
 pub mod transport;
 
-pub use client::{BlobClient, ClientOptions, Data, OpResult, PendingOp};
-pub use error::ClientError;
+pub use client::{
+    BlobClient, BlobContent, BlobHandle, BlockUploader, ClientOptions, ContainerClient, CreateContainerOptions, Data,
+    GetOptions, Items, ListBlobsOptions, ListContainersOptions, OpResult, Page, Pages, Pending, PendingOp, PutOptions,
+    StagedBlocks,
+};
+pub use error::{ClientError, ProtocolError};
 pub use transport::dma;
 #[cfg(feature = "vhost-user")]
 pub use transport::virtio_vhost_user::{VirtioOptions, VirtioTransport};
 pub use transport::vmbus::{VmbusOptions, VmbusTransport};
 pub use transport::{Completion, OpBuffers, Transport};
-
 /// CRC-64/NVME, the checksum the VSP computes for every write.
-pub fn crc64(data: &[u8]) -> u64 {
-    let mut d = crc64fast_nvme::Digest::new();
-    d.write(data);
-    d.sum64()
-}
+pub use vmblob_protocol::checksum::{Crc64, crc64};
+pub use vmblob_protocol::names::BlockId;
+/// Types of the operations' answers and conditions, from the wire format.
+pub use vmblob_protocol::ops::{
+    BlobListItem, BlobProperties, BlobWritten, BlockInfo, BlockListType, Conditions, ContainerEntry,
+    ContainerProperties, ETag, Metadata,
+};

@@ -5,11 +5,10 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use vmblob_protocol::ops::BlobListItem;
+use vmblob_vsc::{BlobClient, BlobHandle, BlobListItem, ListBlobsOptions, ListContainersOptions, PutOptions};
 
 use super::paths::{blob, join, split};
-use super::{Cli, Cmd};
-use vmblob_vsc::{BlobClient, ClientError};
+use super::{Cli, CliError, Cmd};
 
 /// Transfers above this get a progress bar.
 const PROGRESS_MIN: u64 = 4 << 20;
@@ -26,21 +25,23 @@ pub fn bar(cli: &Cli, len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), ClientError> {
+pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
     match &cli.cmd {
-        Cmd::Mb { container } => c.create_container(container).map(|_| ()),
-        Cmd::Rb { container } => c.delete_container(container),
+        Cmd::Mb { container } => Ok(c.container(container).create().map(|_| ())?),
+        Cmd::Rb { container } => Ok(c.container(container).delete()?),
         Cmd::Ls { path: None, .. } => {
-            for e in c.list_containers("")? {
-                println!("{}", e.name);
+            for e in c.list_containers(ListContainersOptions::default()).items() {
+                println!("{}", e?.name);
             }
             Ok(())
         }
         Cmd::Ls { path: Some(p), recursive } => {
             let (container, prefix) = split(p);
             let delim = if *recursive { "" } else { "/" };
-            for item in c.list(container, prefix, delim)? {
-                match item {
+            let options = ListBlobsOptions::prefix(prefix).with_delimiter(delim);
+            // Printed as the pages come: a large container is never held whole.
+            for item in c.container(container).list_blobs(options).items() {
+                match item? {
                     BlobListItem::Blob { name, properties } => println!("{:>14}  {name}", properties.content_length),
                     BlobListItem::Prefix(p) => println!("{:>14}  {p}", "DIR"),
                 }
@@ -49,19 +50,20 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), ClientError> {
         }
         Cmd::Put { file, dest } => {
             let (container, name) = blob(dest)?;
-            put_file(cli, c, file, container, name)
+            put_file(cli, &c.container(container).blob(name), file)
         }
         Cmd::Get { src, file } => {
             let (container, name) = blob(src)?;
+            let b = c.container(container).blob(name);
             match file.as_deref() {
-                None => get_to_stdout(c, container, name),
-                Some(p) if p == Path::new("-") => get_to_stdout(c, container, name),
-                Some(p) => get_file(cli, c, container, name, p),
+                None => get_to_stdout(&b),
+                Some(p) if p == Path::new("-") => get_to_stdout(&b),
+                Some(p) => get_file(cli, &b, p),
             }
         }
         Cmd::Stat { path } => {
             let (container, name) = blob(path)?;
-            let p = c.stat(container, name)?;
+            let p = c.container(container).blob(name).properties()?;
             println!("name:           {container}/{name}");
             println!("content-length: {}", p.content_length);
             println!("etag:           {}", p.etag);
@@ -76,31 +78,31 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), ClientError> {
         }
         Cmd::Rm { path } => {
             let (container, name) = blob(path)?;
-            c.delete(container, name)
+            Ok(c.container(container).blob(name).delete()?)
         }
         Cmd::Cp { src, dest, recursive } => copy(cli, c, src, dest, *recursive),
-        Cmd::Demo { .. } => Err(ClientError::Invalid("demo needs no socket".into())),
+        Cmd::Demo { .. } => Err(CliError::Usage("demo needs no socket".into())),
     }
 }
 
-pub fn put_file(cli: &Cli, c: &BlobClient, file: &Path, container: &str, name: &str) -> Result<(), ClientError> {
+pub fn put_file(cli: &Cli, b: &BlobHandle, file: &Path) -> Result<(), CliError> {
     let f = File::open(file)?;
     let len = f.metadata()?.len();
-    let pb = bar(cli, len, name);
-    c.put_stream(container, name, &mut BufReader::new(f), len, &|n| pb.set_position(n))?;
+    let pb = bar(cli, len, b.name());
+    b.put_stream(&mut BufReader::new(f), len, PutOptions::default(), &|n| pb.set_position(n))?;
     pb.finish_and_clear();
     Ok(())
 }
 
-fn get_file(cli: &Cli, c: &BlobClient, container: &str, name: &str, path: &Path) -> Result<(), ClientError> {
-    let props = c.stat(container, name)?;
+fn get_file(cli: &Cli, b: &BlobHandle, path: &Path) -> Result<(), CliError> {
+    let props = b.properties()?;
     // Write beside the target and rename, so a failed download leaves no torn file.
     let tmp = path.with_extension("vmblob-partial");
     let mut out = BufWriter::new(File::create(&tmp)?);
-    let pb = bar(cli, props.content_length, name);
-    let result = c.get_to_writer(container, name, &mut out, &|n| pb.set_position(n));
+    let pb = bar(cli, props.content_length, b.name());
+    let result = b.get_to_writer(&mut out, &|n| pb.set_position(n)).map_err(CliError::from);
     pb.finish_and_clear();
-    if let Err(e) = result.and_then(|_| out.flush().map_err(ClientError::Io)) {
+    if let Err(e) = result.and_then(|_| out.flush().map_err(CliError::Io)) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
@@ -108,16 +110,16 @@ fn get_file(cli: &Cli, c: &BlobClient, container: &str, name: &str, path: &Path)
     Ok(())
 }
 
-fn get_to_stdout(c: &BlobClient, container: &str, name: &str) -> Result<(), ClientError> {
+fn get_to_stdout(b: &BlobHandle) -> Result<(), CliError> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    c.get_to_writer(container, name, &mut out, &|_| {})?;
+    b.get_to_writer(&mut out, &|_| {})?;
     out.flush()?;
     Ok(())
 }
 
 /// Files under `dir`, relative paths with '/' separators, sorted.
-fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>, ClientError> {
+fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>, CliError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -128,7 +130,7 @@ fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>, ClientError> {
             if ty.is_dir() {
                 stack.push(path);
             } else if ty.is_file() {
-                let rel = path.strip_prefix(dir).map_err(|e| ClientError::Invalid(e.to_string()))?;
+                let rel = path.strip_prefix(dir).map_err(|e| CliError::Usage(e.to_string()))?;
                 let name = rel
                     .components()
                     .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -142,30 +144,32 @@ fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>, ClientError> {
     Ok(out)
 }
 
-fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Result<(), ClientError> {
+fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Result<(), CliError> {
     let src_path = Path::new(src);
     if src_path.exists() {
         if src_path.is_dir() {
             if !recursive {
-                return Err(ClientError::Invalid(format!("{src} is a directory (use -r)")));
+                return Err(CliError::Usage(format!("{src} is a directory (use -r)")));
             }
             let (container, prefix) = split(dest);
+            let container = c.container(container);
             for (path, rel) in walk(src_path)? {
-                put_file(cli, c, &path, container, &join(prefix, &rel))?;
+                put_file(cli, &container.blob(&join(prefix, &rel)), &path)?;
             }
             return Ok(());
         }
         let (container, name) = blob(dest)?;
-        return put_file(cli, c, src_path, container, name);
+        return put_file(cli, &c.container(container).blob(name), src_path);
     }
     // Download: src is container/prefix.
     let (container, prefix) = split(src);
     if !recursive {
         let (container, name) = blob(src)?;
-        return get_file(cli, c, container, name, Path::new(dest));
+        return get_file(cli, &c.container(container).blob(name), Path::new(dest));
     }
-    for item in c.list(container, prefix, "")? {
-        if let BlobListItem::Blob { name, .. } = item {
+    let container = c.container(container);
+    for item in container.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
+        if let BlobListItem::Blob { name, .. } = item? {
             let rel = name.strip_prefix(prefix).unwrap_or(&name).trim_start_matches('/');
             // Blob names never contain '..' or empty segments (protocol rule),
             // so `rel` stays inside `dest`.
@@ -173,7 +177,7 @@ fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Re
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            get_file(cli, c, container, &name, &target)?;
+            get_file(cli, &container.blob(&name), &target)?;
         }
     }
     Ok(())

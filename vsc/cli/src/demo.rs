@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::Cli;
-use vmblob_vsc::ClientError;
+use super::{Cli, CliError};
+use vmblob_vsc::{ListBlobsOptions, PutOptions};
 
 /// Kills the daemon if the demo fails half way.
 struct Daemon(Child);
@@ -38,14 +38,14 @@ fn vsp_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("vmblob-vsp"))
 }
 
-fn wait_for(path: &Path, child: &mut Child) -> Result<(), ClientError> {
+fn wait_for(path: &Path, child: &mut Child) -> Result<(), CliError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(ClientError::Transport(format!("vmblob-vsp exited: {status}")));
+            return Err(CliError::Daemon(format!("vmblob-vsp exited: {status}")));
         }
         if Instant::now() > deadline {
-            return Err(ClientError::Transport("vmblob-vsp did not start".into()));
+            return Err(CliError::Daemon("vmblob-vsp did not start".into()));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -66,7 +66,7 @@ fn payload(len: u64) -> Vec<u8> {
         .collect()
 }
 
-pub fn run(cli: &Cli, size: u64) -> Result<(), ClientError> {
+pub fn run(cli: &Cli, size: u64) -> Result<(), CliError> {
     let dir = tempfile::Builder::new().prefix("vmblob-demo-").tempdir()?;
     let socket = dir.path().join("vsp.sock");
     let store = dir.path().join("store");
@@ -81,7 +81,7 @@ pub fn run(cli: &Cli, size: u64) -> Result<(), ClientError> {
         .arg("warn")
         .stdin(Stdio::null())
         .spawn()
-        .map_err(|e| ClientError::Transport(format!("cannot start {}: {e}", bin.display())))?;
+        .map_err(|e| CliError::Daemon(format!("cannot start {}: {e}", bin.display())))?;
     let mut daemon = Daemon(child);
     wait_for(&socket, &mut daemon.0)?;
     let t0 = Instant::now();
@@ -94,13 +94,15 @@ pub fn run(cli: &Cli, size: u64) -> Result<(), ClientError> {
         cfg.max_data_len >> 20,
         client.block_size() >> 20
     );
-    client.create_container("demo")?;
+    let container = client.container("demo");
+    container.create()?;
     println!("3. created container 'demo'");
     let data = payload(size);
     let expected = vmblob_vsc::crc64(&data);
     let t = Instant::now();
     let pb = super::commands::bar(cli, size, "put");
-    let w = client.put_stream("demo", "hello/blob.bin", &mut Cursor::new(&data), size, &|n| pb.set_position(n))?;
+    let blob = container.blob("hello/blob.bin");
+    let w = blob.put_stream(&mut Cursor::new(&data), size, PutOptions::default(), &|n| pb.set_position(n))?;
     pb.finish_and_clear();
     let put_s = t.elapsed().as_secs_f64();
     println!(
@@ -114,7 +116,7 @@ pub fn run(cli: &Cli, size: u64) -> Result<(), ClientError> {
     let t = Instant::now();
     let mut back = Vec::with_capacity(size as usize);
     let pb = super::commands::bar(cli, size, "get");
-    let props = client.get_to_writer("demo", "hello/blob.bin", &mut back, &|n| pb.set_position(n))?;
+    let props = blob.get_to_writer(&mut back, &|n| pb.set_position(n))?;
     pb.finish_and_clear();
     let get_s = t.elapsed().as_secs_f64();
     let same = back == data && vmblob_vsc::crc64(&back) == expected;
@@ -126,16 +128,16 @@ pub fn run(cli: &Cli, size: u64) -> Result<(), ClientError> {
         props.committed_blocks,
         if same { "yes" } else { "NO" }
     );
-    let listed = client.list("demo", "", "")?;
-    println!("6. listing demo/: {} blob(s)", listed.len());
-    client.delete("demo", "hello/blob.bin")?;
-    client.delete_container("demo")?;
+    let listed = container.list_blobs(ListBlobsOptions::default()).items().count();
+    println!("6. listing demo/: {listed} blob(s)");
+    blob.delete()?;
+    container.delete()?;
     println!("7. deleted the blob and the container; total {:.2}s", t0.elapsed().as_secs_f64());
     drop(client);
     drop(daemon);
     println!("8. vmblob-vsp stopped");
     if !same {
-        return Err(ClientError::Protocol("round trip changed the data".into()));
+        return Err(CliError::Failed("round trip changed the data"));
     }
     Ok(())
 }

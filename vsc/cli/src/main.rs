@@ -3,6 +3,7 @@
 
 mod commands;
 mod demo;
+mod error;
 mod paths;
 
 use std::path::{Path, PathBuf};
@@ -10,7 +11,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use vmblob_protocol::BlobError;
 use vmblob_protocol::transport::VMBUS_CLASS_GUID;
 
 use vmblob_vsc::transport::pinned::PinnedDma;
@@ -18,6 +18,8 @@ use vmblob_vsc::transport::vmbus::uio::{UioChannelSource, find_devices};
 use vmblob_vsc::{
     BlobClient, ClientError, ClientOptions, VirtioOptions, VirtioTransport, VmbusOptions, VmbusTransport,
 };
+
+pub use self::error::{CliError, exit};
 
 /// How the CLI reaches the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,31 +116,6 @@ pub enum Cmd {
     },
 }
 
-/// Exit codes a script can rely on.
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const FAILED: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const NOT_FOUND: u8 = 3;
-    pub const CONFLICT: u8 = 4;
-    pub const UNAVAILABLE: u8 = 5;
-}
-
-fn exit_code(e: &ClientError) -> u8 {
-    match e {
-        ClientError::Blob { error, .. } => match error {
-            BlobError::BlobNotFound | BlobError::ContainerNotFound => exit::NOT_FOUND,
-            BlobError::AlreadyExists | BlobError::PreconditionFailed => exit::CONFLICT,
-            BlobError::Rescinded | BlobError::Busy | BlobError::Timeout => exit::UNAVAILABLE,
-            BlobError::InvalidName | BlobError::InvalidRequest => exit::USAGE,
-            _ => exit::FAILED,
-        },
-        ClientError::Rescinded | ClientError::Transport(_) => exit::UNAVAILABLE,
-        ClientError::Invalid(_) => exit::USAGE,
-        _ => exit::FAILED,
-    }
-}
-
 pub fn connect(cli: &Cli, socket: &std::path::Path) -> Result<BlobClient, ClientError> {
     let mut opts = VirtioOptions::new(socket);
     opts.queues = cli.queues;
@@ -154,16 +131,16 @@ pub fn connect(cli: &Cli, socket: &std::path::Path) -> Result<BlobClient, Client
 
 /// The VMBus device of a real guest: bind it to uio_hv_generic, pin the
 /// DMA memory, open the channel.
-pub fn connect_vmbus(cli: &Cli) -> Result<BlobClient, ClientError> {
-    let len = usize::try_from(cli.ram_mib << 20).map_err(|_| ClientError::Invalid("--ram-mib too large".into()))?;
-    let dma = PinnedDma::new(len).map_err(|e| ClientError::Transport(format!("DMA memory: {e}")))?;
+pub fn connect_vmbus(cli: &Cli) -> Result<BlobClient, CliError> {
+    let len = usize::try_from(cli.ram_mib << 20).map_err(|_| CliError::Usage("--ram-mib too large".into()))?;
+    let dma = PinnedDma::new(len).map_err(|e| ClientError::Channel(e.into()))?;
     let source = UioChannelSource::new("/sys", VMBUS_CLASS_GUID, dma);
     let opts = VmbusOptions {
         open_timeout: std::time::Duration::from_millis(cli.connect_timeout_ms),
         reopen: false,
         ..Default::default()
     };
-    let transport = VmbusTransport::open(Arc::new(source), opts)?;
+    let transport = VmbusTransport::open(Arc::new(source), opts).map_err(CliError::Client)?;
     let config = transport.device_config();
     let options = ClientOptions { timeout_ms: cli.timeout_ms, parallel: cli.parallel, ..ClientOptions::default() };
     Ok(BlobClient::new(Arc::new(transport), config, options))
@@ -181,14 +158,14 @@ fn main() -> ExitCode {
                 eprintln!("vmblob: {name}: no socket (use --socket PATH or VMBLOB_SOCKET)");
                 return ExitCode::from(exit::USAGE);
             }
-            (_, Some(socket)) => connect(&cli, socket).and_then(|c| commands::run(&cli, &c)),
+            (_, Some(socket)) => connect(&cli, socket).map_err(CliError::from).and_then(|c| commands::run(&cli, &c)),
         },
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("vmblob: {name}: {e}");
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `container/blob` paths on the command line.
 
-use vmblob_vsc::ClientError;
+use super::CliError;
 
 /// Split `container/rest` (rest may be empty).
 pub fn split(path: &str) -> (&str, &str) {
@@ -11,10 +11,10 @@ pub fn split(path: &str) -> (&str, &str) {
 }
 
 /// `container/blob` with a non-empty blob.
-pub fn blob(path: &str) -> Result<(&str, &str), ClientError> {
+pub fn blob(path: &str) -> Result<(&str, &str), CliError> {
     match split(path) {
         (c, b) if !c.is_empty() && !b.is_empty() => Ok((c, b)),
-        _ => Err(ClientError::Invalid(format!("{path:?} is not container/blob"))),
+        _ => Err(CliError::Usage(format!("{path:?} is not container/blob"))),
     }
 }
 

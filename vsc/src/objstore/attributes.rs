@@ -8,7 +8,7 @@
 
 use object_store::{Attribute, AttributeValue, Attributes};
 use vmblob_protocol::names::{self, CONTENT_TYPE_MAX};
-use vmblob_protocol::ops::{BlobProperties, Metadata};
+use vmblob_protocol::ops::{BlobProperties, Conditions, Metadata};
 
 use super::error::ObjStoreError;
 
@@ -50,6 +50,11 @@ impl BlobAttributes {
 
     pub(crate) fn from_properties(props: &BlobProperties) -> Self {
         Self { content_type: props.content_type.clone(), metadata: props.metadata.clone() }
+    }
+
+    /// The client's options for a write of these attributes.
+    pub(crate) fn put_options(&self, conditions: Conditions) -> crate::PutOptions {
+        crate::PutOptions { content_type: self.content_type.clone(), metadata: self.metadata.clone(), conditions }
     }
 
     pub(crate) fn to_object_store(&self) -> Attributes {

@@ -40,6 +40,8 @@ pub enum ObjStoreError {
     InvalidUploadId(String),
     #[error("invalid part id {0:?}")]
     InvalidPartId(String),
+    #[error("delimiter {0:?}: at most {max} bytes of text", max = vmblob_protocol::ops::MAX_DELIMITER)]
+    InvalidDelimiter(String),
     #[error("more than {max} {what} in one upload")]
     TooManyBlocks { what: &'static str, max: usize },
     /// The object was replaced between two reads of one transfer.
@@ -104,7 +106,7 @@ mod tests {
     use super::*;
 
     fn status(error: BlobError) -> ObjStoreError {
-        ObjStoreError::Client(ClientError::Blob { error, message: "from the device".into() })
+        ObjStoreError::Client(ClientError::Status { error, message: "from the device".into() })
     }
 
     #[test]

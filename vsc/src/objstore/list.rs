@@ -1,48 +1,27 @@
 //! Listings: flat ones streamed page by page, delimited ones collected.
 
-use std::sync::Arc;
-
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::list::{PaginatedListOptions, PaginatedListResult};
 use object_store::path::{DELIMITER, Path};
 use object_store::{ListResult, ObjectMeta};
-use vmblob_protocol::names::{self, ContainerName};
-use vmblob_protocol::ops::{
-    BlobListItem, ListBlobs, MAX_DELIMITER, MAX_LIST_RESULTS, MAX_MARKER, OpRequest, OpResponse,
-};
+use vmblob_protocol::names;
+use vmblob_protocol::ops::{BlobListItem, MAX_DELIMITER, MAX_LIST_RESULTS, MAX_MARKER};
 
 use super::blocking;
 use super::error::{ObjStoreError, OnPrecondition};
 use super::names::{list_prefix, prefix_path};
 use super::names::{object_meta, path_of};
-use crate::client::{BlobClient, Data};
-use crate::error::ClientError;
+use crate::client::{ContainerClient, ListBlobsOptions, Page, Pages};
 
-/// One page after `marker`; its next marker is `None` at the end.
-fn page(
-    client: &BlobClient,
-    container: &ContainerName,
-    prefix: &str,
-    delimiter: &str,
-    marker: String,
-    max_results: u32,
-) -> Result<(Vec<BlobListItem>, Option<String>), ObjStoreError> {
-    let op = OpRequest::ListBlobs(ListBlobs {
-        container: container.clone(),
-        prefix: prefix.into(),
-        delimiter: delimiter.into(),
-        marker: marker.clone(),
-        max_results,
-        include_metadata: false,
-    });
-    match client.call(&op, Data::None)?.response {
-        OpResponse::BlobList { next_marker, .. } if !next_marker.is_empty() && next_marker <= marker => {
-            // Markers are names in byte order: one that does not advance would loop forever.
-            Err(ClientError::Protocol(format!("listing marker {next_marker:?} does not advance")).into())
-        }
-        OpResponse::BlobList { items, next_marker } => Ok((items, (!next_marker.is_empty()).then_some(next_marker))),
-        r => Err(ClientError::Protocol(format!("unexpected response {r:?}")).into()),
-    }
+/// The next page of `pages` off the caller's executor, and the pages to go on with.
+async fn next_page(
+    mut pages: Pages<BlobListItem>,
+) -> Result<Option<(Page<BlobListItem>, Pages<BlobListItem>)>, ObjStoreError> {
+    blocking::run(move || match pages.next() {
+        None => Ok(None),
+        Some(page) => Ok(Some((page?, pages))),
+    })
+    .await
 }
 
 fn meta_of(name: String, props: &vmblob_protocol::ops::BlobProperties) -> object_store::Result<ObjectMeta> {
@@ -51,8 +30,7 @@ fn meta_of(name: String, props: &vmblob_protocol::ops::BlobProperties) -> object
 
 /// Every object under `prefix` (whole segments), after `offset` if given, in name order.
 pub(crate) fn list(
-    client: Arc<BlobClient>,
-    container: ContainerName,
+    container: ContainerClient,
     prefix: Option<&Path>,
     offset: Option<&Path>,
 ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -65,21 +43,25 @@ pub(crate) fn list(
         .filter(|m| m.len() <= MAX_MARKER && names::validate_text(m).is_ok())
         .unwrap_or_default();
     let path = prefix.clone();
-    stream::try_unfold(Some(marker), move |marker| {
-        let (client, container, prefix, path) = (client.clone(), container.clone(), prefix.clone(), path.clone());
+    let pages = container.list_blobs(ListBlobsOptions { marker, ..ListBlobsOptions::prefix(prefix) });
+    stream::try_unfold(Some(pages), move |pages| {
+        let path = path.clone();
         async move {
-            let Some(marker) = marker else { return Ok::<_, object_store::Error>(None) };
-            let (items, next) = blocking::run(move || page(&client, &container, &prefix, "", marker, 0))
-                .await
-                .map_err(|e| e.into_os(&path, OnPrecondition::Precondition))?;
-            let metas: Vec<_> = items
+            let Some(pages) = pages else { return Ok::<_, object_store::Error>(None) };
+            let Some((page, pages)) =
+                next_page(pages).await.map_err(|e| e.into_os(&path, OnPrecondition::Precondition))?
+            else {
+                return Ok(None);
+            };
+            let metas: Vec<_> = page
+                .items
                 .into_iter()
                 .filter_map(|item| match item {
                     BlobListItem::Blob { name, properties } => Some(meta_of(name, &properties)),
                     BlobListItem::Prefix(_) => None,
                 })
                 .collect();
-            Ok(Some((stream::iter(metas), next)))
+            Ok(Some((stream::iter(metas), Some(pages))))
         }
     })
     .try_flatten()
@@ -90,25 +72,17 @@ pub(crate) fn list(
 
 /// The objects directly under `prefix` and the next level's common prefixes.
 pub(crate) async fn list_with_delimiter(
-    client: Arc<BlobClient>,
-    container: ContainerName,
+    container: ContainerClient,
     prefix: Option<&Path>,
 ) -> object_store::Result<ListResult> {
     let mut result = ListResult { common_prefixes: Vec::new(), objects: Vec::new(), extensions: Default::default() };
     let Some(prefix) = list_prefix(prefix) else { return Ok(result) };
     let path = prefix.clone();
-    let items = blocking::run(move || {
-        let mut all = Vec::new();
-        let mut marker = Some(String::new());
-        while let Some(m) = marker {
-            let (items, next) = page(&client, &container, &prefix, DELIMITER, m, 0)?;
-            all.extend(items);
-            marker = next;
-        }
-        Ok(all)
-    })
-    .await
-    .map_err(|e| e.into_os(&path, OnPrecondition::Precondition))?;
+    let options = ListBlobsOptions::prefix(prefix.clone()).with_delimiter(DELIMITER);
+    // The answer is one value: every page is collected.
+    let items = blocking::run(move || Ok(container.list_blobs(options).items().collect::<Result<Vec<_>, _>>()?))
+        .await
+        .map_err(|e| e.into_os(&path, OnPrecondition::Precondition))?;
     for item in items {
         match item {
             BlobListItem::Blob { name, properties } => result.objects.push(meta_of(name, &properties)?),
@@ -128,16 +102,14 @@ fn sendable(s: &str, max: usize) -> bool {
 /// One page of a raw-prefix listing (`PaginatedListStore`): the page token is
 /// the device's marker, and `offset` starts the listing after that name.
 pub(crate) async fn list_paginated(
-    client: Arc<BlobClient>,
-    container: ContainerName,
+    container: ContainerClient,
     prefix: Option<&str>,
     opts: PaginatedListOptions,
 ) -> object_store::Result<PaginatedListResult> {
     let prefix = prefix.unwrap_or_default().to_owned();
     let delimiter = opts.delimiter.as_deref().unwrap_or_default().to_owned();
     if !sendable(&delimiter, MAX_DELIMITER) {
-        let e = ClientError::Invalid(format!("delimiter {delimiter:?}: at most {MAX_DELIMITER} bytes of text"));
-        return Err(ObjStoreError::from(e).into_os(&prefix, OnPrecondition::Precondition));
+        return Err(ObjStoreError::InvalidDelimiter(delimiter).into_os(&prefix, OnPrecondition::Precondition));
     }
     let empty = ListResult { common_prefixes: Vec::new(), objects: Vec::new(), extensions: Default::default() };
     if !sendable(&prefix, vmblob_protocol::names::BLOB_NAME_MAX) {
@@ -147,10 +119,14 @@ pub(crate) async fn list_paginated(
     // Both are exclusive starting points: the later one wins.
     let marker = [opts.page_token, opts.offset].into_iter().flatten().filter(|m| sendable(m, MAX_MARKER)).max();
     let max = opts.max_keys.map_or(0, |k| k.clamp(1, MAX_LIST_RESULTS as usize) as u32);
-    let (c, p, d) = (client, prefix.clone(), delimiter.clone());
-    let (items, next) = blocking::run(move || page(&c, &container, &p, &d, marker.unwrap_or_default(), max))
-        .await
-        .map_err(|e| e.into_os(&prefix, OnPrecondition::Precondition))?;
+    let options = ListBlobsOptions {
+        marker: marker.unwrap_or_default(),
+        max_results: max,
+        ..ListBlobsOptions::prefix(prefix.clone()).with_delimiter(delimiter.clone())
+    };
+    let page =
+        next_page(container.list_blobs(options)).await.map_err(|e| e.into_os(&prefix, OnPrecondition::Precondition))?;
+    let Page { items, next_marker } = page.map_or(Page { items: Vec::new(), next_marker: None }, |(page, _)| page);
     let mut result = empty;
     for item in items {
         match item {
@@ -161,5 +137,5 @@ pub(crate) async fn list_paginated(
             }
         }
     }
-    Ok(PaginatedListResult { result, page_token: next })
+    Ok(PaginatedListResult { result, page_token: next_marker })
 }

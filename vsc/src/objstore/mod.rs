@@ -3,7 +3,7 @@
 //! vmblob container without changes.
 //!
 //! ```no_run
-//! # async fn demo(client: std::sync::Arc<vmblob_vsc::BlobClient>) -> object_store::Result<()> {
+//! # async fn demo(client: vmblob_vsc::BlobClient) -> object_store::Result<()> {
 //! use object_store::{ObjectStore, ObjectStoreExt, path::Path};
 //! let store = vmblob_vsc::objstore::VmblobStoreBuilder::new()
 //!     .with_client(client)
@@ -26,7 +26,9 @@
 //! | `list*` | ListBlobs by pages; `list_with_offset` passes the offset as the marker; [`PaginatedListStore`]: one ListBlobs, page token = marker, any delimiter up to 16 bytes |
 //! | `copy*` / `rename*` | read through the guest and rewritten with one commit; `copy_if_not_exists` is atomic (If-None-Match `*` at commit); rename deletes the source only if it is still the version copied |
 //!
-//! Every client call runs off the caller's executor ([`blocking`]).
+//! Every request goes through the client's handles ([`ContainerClient`],
+//! [`crate::BlobHandle`], [`crate::BlockUploader`]); every client call runs
+//! off the caller's executor ([`blocking`]).
 
 mod attributes;
 mod blocking;
@@ -39,7 +41,6 @@ mod read;
 mod write;
 
 use std::fmt;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
@@ -52,25 +53,24 @@ use object_store::{
 };
 use vmblob_protocol::BlobError;
 use vmblob_protocol::names::ContainerName;
-use vmblob_protocol::ops::{BlobRef, Conditions, ETag, OpRequest};
+use vmblob_protocol::ops::{Conditions, ETag};
 
 use self::attributes::BlobAttributes;
 pub use self::error::ObjStoreError;
 use self::error::{OnPrecondition, STORE};
 use self::write::UploadTag;
-use crate::client::{BlobClient, Data};
+use crate::client::{BlobClient, BlobHandle, ContainerClient};
 
 /// An `ObjectStore` on one container of a vmblob device.
 #[derive(Clone)]
 pub struct VmblobStore {
-    client: Arc<BlobClient>,
-    container: ContainerName,
+    container: ContainerClient,
 }
 
 /// Builds a [`VmblobStore`]; no I/O happens here.
 #[derive(Default)]
 pub struct VmblobStoreBuilder {
-    client: Option<Arc<BlobClient>>,
+    client: Option<BlobClient>,
     container: Option<String>,
 }
 
@@ -80,7 +80,7 @@ impl VmblobStoreBuilder {
     }
 
     /// The connected client the store sends its requests through.
-    pub fn with_client(mut self, client: Arc<BlobClient>) -> Self {
+    pub fn with_client(mut self, client: BlobClient) -> Self {
         self.client = Some(client);
         self
     }
@@ -96,11 +96,11 @@ impl VmblobStoreBuilder {
             |what: &str| object_store::Error::Generic { store: STORE, source: format!("no {what} given").into() };
         let client = self.client.ok_or_else(|| missing("client"))?;
         let name = self.container.ok_or_else(|| missing("container name"))?;
-        let container = ContainerName::new(&name).map_err(|e| object_store::Error::Generic {
+        ContainerName::new(&name).map_err(|e| object_store::Error::Generic {
             store: STORE,
             source: format!("invalid container name {name:?}: {e}").into(),
         })?;
-        Ok(VmblobStore { client, container })
+        Ok(VmblobStore { container: client.container(&name) })
     }
 }
 
@@ -110,36 +110,32 @@ fn fail(path: &Path, on: OnPrecondition) -> impl FnOnce(ObjStoreError) -> object
 
 impl VmblobStore {
     pub fn container(&self) -> &str {
-        self.container.as_str()
+        self.container.name()
     }
 
-    pub fn client(&self) -> &Arc<BlobClient> {
-        &self.client
+    pub fn client(&self) -> &BlobClient {
+        self.container.client()
     }
 
     /// Create the store's container unless it exists.
     pub async fn create_container_if_missing(&self) -> object_store::Result<()> {
-        let (client, name) = (self.client.clone(), self.container.clone());
-        let created = blocking::run(move || Ok(client.create_container(name.as_str())?)).await;
+        let container = self.container.clone();
+        let created = blocking::run(move || Ok(container.create()?)).await;
         match created {
             Ok(_) => Ok(()),
             Err(e) if e.status() == Some(BlobError::AlreadyExists) => Ok(()),
-            Err(e) => Err(e.into_os(self.container.as_str(), OnPrecondition::Precondition)),
+            Err(e) => Err(e.into_os(self.container.name(), OnPrecondition::Precondition)),
         }
     }
 
-    fn target(&self, path: &Path) -> object_store::Result<BlobRef> {
+    fn target(&self, path: &Path) -> object_store::Result<BlobHandle> {
         let blob = names::blob_name(path).map_err(fail(path, OnPrecondition::Precondition))?;
-        Ok(BlobRef { container: self.container.clone(), blob })
+        Ok(self.container.blob(blob.as_str()))
     }
 
     async fn delete_one(&self, path: &Path) -> object_store::Result<()> {
-        let t = self.target(path)?;
-        let client = self.client.clone();
-        let op = OpRequest::DeleteBlob { target: t, conditions: Conditions::none() };
-        blocking::run(move || Ok(client.call(&op, Data::None).map(|_| ())?))
-            .await
-            .map_err(fail(path, OnPrecondition::Precondition))
+        let blob = self.target(path)?;
+        blocking::run(move || Ok(blob.delete()?)).await.map_err(fail(path, OnPrecondition::Precondition))
     }
 
     /// Copy, returning the ETag of the source version copied.
@@ -151,8 +147,7 @@ impl VmblobStore {
                 (Conditions { if_match: None, if_none_match: Some(ETag::any()) }, OnPrecondition::AlreadyExists)
             }
         };
-        let client = self.client.clone();
-        blocking::run(move || copy::copy(&client, &f, &t, &conditions)).await.map_err(|e| {
+        blocking::run(move || copy::copy(&f, &t, &conditions)).await.map_err(|e| {
             // Only the write to the destination carries conditions.
             let at = if e.status() == Some(BlobError::PreconditionFailed) { to } else { from };
             e.into_os(at.as_ref(), on)
@@ -162,13 +157,13 @@ impl VmblobStore {
 
 impl fmt::Display for VmblobStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VmblobStore({})", self.container)
+        write!(f, "VmblobStore({})", self.container.name())
     }
 }
 
 impl fmt::Debug for VmblobStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VmblobStore").field("container", &self.container.as_str()).finish_non_exhaustive()
+        f.debug_struct("VmblobStore").field("container", &self.container.name()).finish_non_exhaustive()
     }
 }
 
@@ -197,8 +192,7 @@ impl ObjectStore for VmblobStore {
                 (Conditions { if_match: Some(tag), if_none_match: None }, OnPrecondition::Precondition)
             }
         };
-        let client = self.client.clone();
-        let w = blocking::run(move || write::put_whole(&client, &t, &payload, &attrs, conditions))
+        let w = blocking::run(move || write::put_whole(&t, &payload, &attrs, conditions))
             .await
             .map_err(fail(location, on))?;
         Ok(PutResult { e_tag: Some(w.etag), version: None, extensions: Default::default() })
@@ -212,12 +206,12 @@ impl ObjectStore for VmblobStore {
         let t = self.target(location)?;
         let attrs = BlobAttributes::from_object_store(&opts.attributes)
             .map_err(fail(location, OnPrecondition::Precondition))?;
-        Ok(Box::new(multipart::BlockUpload::new(self.client.clone(), t, attrs)))
+        Ok(Box::new(multipart::BlockUpload::new(t, attrs)))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         let t = self.target(location)?;
-        read::get(self.client.clone(), t, location.clone(), options).await
+        read::get(t, location.clone(), options).await
     }
 
     fn delete_stream(
@@ -225,7 +219,7 @@ impl ObjectStore for VmblobStore {
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let store = self.clone();
-        let ahead = self.client.options().parallel.max(1);
+        let ahead = self.client().options().parallel.max(1);
         locations
             .map(move |location| {
                 let store = store.clone();
@@ -240,7 +234,7 @@ impl ObjectStore for VmblobStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        list::list(self.client.clone(), self.container.clone(), prefix, None)
+        list::list(self.container.clone(), prefix, None)
     }
 
     fn list_with_offset(
@@ -248,11 +242,11 @@ impl ObjectStore for VmblobStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        list::list(self.client.clone(), self.container.clone(), prefix, Some(offset))
+        list::list(self.container.clone(), prefix, Some(offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        list::list_with_delimiter(self.client.clone(), self.container.clone(), prefix).await
+        list::list_with_delimiter(self.container.clone(), prefix).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
@@ -265,9 +259,9 @@ impl ObjectStore for VmblobStore {
             RenameTargetMode::Create => CopyMode::Create,
         };
         let etag = self.copy_blob(from, to, mode).await?;
-        let (client, t) = (self.client.clone(), self.target(from)?);
+        let source = self.target(from)?;
         // Delete only the version copied: a newer source stays, reported as a failed precondition.
-        blocking::run(move || copy::delete_version(&client, &t, etag))
+        blocking::run(move || copy::delete_version(&source, etag))
             .await
             .map_err(fail(from, OnPrecondition::Precondition))
     }
@@ -289,7 +283,7 @@ impl MultipartStore for VmblobStore {
     ) -> object_store::Result<PartId> {
         let t = self.target(path)?;
         let tag = UploadTag::parse(id).map_err(fail(path, OnPrecondition::Precondition))?;
-        let ids = multipart::stage(self.client.clone(), t, tag, part_idx, data, path.as_ref()).await?;
+        let ids = multipart::stage(t, tag, part_idx, data, path.as_ref()).await?;
         Ok(PartId { content_id: multipart::part_id(&ids) })
     }
 
@@ -307,7 +301,7 @@ impl MultipartStore for VmblobStore {
                 multipart::parse_part_id(tag, &p.content_id).map_err(fail(path, OnPrecondition::Precondition))?,
             );
         }
-        multipart::commit(self.client.clone(), t, blocks, BlobAttributes::default(), path.as_ref()).await
+        multipart::commit(t, blocks, BlobAttributes::default(), path.as_ref()).await
     }
 
     async fn abort_multipart(&self, path: &Path, id: &MultipartId) -> object_store::Result<()> {
@@ -324,6 +318,6 @@ impl PaginatedListStore for VmblobStore {
         prefix: Option<&str>,
         opts: PaginatedListOptions,
     ) -> object_store::Result<PaginatedListResult> {
-        list::list_paginated(self.client.clone(), self.container.clone(), prefix, opts).await
+        list::list_paginated(self.container.clone(), prefix, opts).await
     }
 }

@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use object_store::{MultipartUpload, PutPayload, PutResult, UploadPart};
 use vmblob_protocol::names::BlockId;
-use vmblob_protocol::ops::{BlobRef, Conditions};
+use vmblob_protocol::ops::Conditions;
 
 use super::attributes::BlobAttributes;
 use super::blocking;
 use super::error::{ObjStoreError, OnPrecondition};
 use super::write::{self, UploadTag};
-use crate::client::BlobClient;
+use crate::client::BlobHandle;
 
 /// Block ids of one part, as `PartId::content_id`.
 pub(crate) fn part_id(ids: &[BlockId]) -> String {
@@ -39,35 +39,32 @@ pub(crate) fn parse_part_id(tag: UploadTag, content_id: &str) -> Result<Vec<Bloc
 }
 
 pub(crate) async fn commit(
-    client: Arc<BlobClient>,
-    target: BlobRef,
+    blob: BlobHandle,
     blocks: Vec<BlockId>,
     attrs: BlobAttributes,
     path: &str,
 ) -> object_store::Result<PutResult> {
-    let w = blocking::run(move || write::commit(&client, &target, blocks, &attrs, Conditions::none()))
+    let w = blocking::run(move || write::commit(&blob, blocks, &attrs, Conditions::none()))
         .await
         .map_err(|e| e.into_os(path, OnPrecondition::Precondition))?;
     Ok(PutResult { e_tag: Some(w.etag), version: None, extensions: Default::default() })
 }
 
 pub(crate) async fn stage(
-    client: Arc<BlobClient>,
-    target: BlobRef,
+    blob: BlobHandle,
     tag: UploadTag,
     part: usize,
     data: PutPayload,
     path: &str,
 ) -> object_store::Result<Vec<BlockId>> {
-    blocking::run(move || write::stage_part(&client, &target, tag, part, &data))
+    blocking::run(move || write::stage_part(&blob, tag, part, &data))
         .await
         .map_err(|e| e.into_os(path, OnPrecondition::Precondition))
 }
 
 /// One `put_multipart` upload.
 pub(crate) struct BlockUpload {
-    client: Arc<BlobClient>,
-    target: BlobRef,
+    blob: BlobHandle,
     tag: UploadTag,
     attrs: BlobAttributes,
     next_part: usize,
@@ -76,19 +73,19 @@ pub(crate) struct BlockUpload {
 }
 
 impl BlockUpload {
-    pub(crate) fn new(client: Arc<BlobClient>, target: BlobRef, attrs: BlobAttributes) -> Self {
-        Self { client, target, tag: UploadTag::random(), attrs, next_part: 0, parts: Default::default() }
+    pub(crate) fn new(blob: BlobHandle, attrs: BlobAttributes) -> Self {
+        Self { blob, tag: UploadTag::random(), attrs, next_part: 0, parts: Default::default() }
     }
 
     fn path(&self) -> String {
-        self.target.blob.to_string()
+        self.blob.name().to_owned()
     }
 }
 
 impl fmt::Debug for BlockUpload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BlockUpload")
-            .field("target", &self.target)
+            .field("blob", &self.blob)
             .field("tag", &self.tag.to_string())
             .field("parts", &self.next_part)
             .finish()
@@ -100,10 +97,9 @@ impl MultipartUpload for BlockUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
         let part = self.next_part;
         self.next_part += 1;
-        let (client, target, tag, parts, path) =
-            (self.client.clone(), self.target.clone(), self.tag, self.parts.clone(), self.path());
+        let (blob, tag, parts, path) = (self.blob.clone(), self.tag, self.parts.clone(), self.path());
         Box::pin(async move {
-            let ids = stage(client, target, tag, part, data, &path).await?;
+            let ids = stage(blob, tag, part, data, &path).await?;
             parts.lock().unwrap_or_else(PoisonError::into_inner).insert(part, ids);
             Ok(())
         })
@@ -122,7 +118,7 @@ impl MultipartUpload for BlockUpload {
             }
             blocks
         };
-        commit(self.client.clone(), self.target.clone(), blocks, self.attrs.clone(), &path).await
+        commit(self.blob.clone(), blocks, self.attrs.clone(), &path).await
     }
 
     async fn abort(&mut self) -> object_store::Result<()> {

@@ -8,21 +8,20 @@
 //! stored CRC-64/NVME at its end.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, GetResult, GetResultPayload};
 use vmblob_protocol::BlobError;
-use vmblob_protocol::ops::{BlobProperties, BlobRef, Conditions, ETag, OpRequest, OpResponse};
+use vmblob_protocol::ops::{BlobProperties, Conditions, ETag};
 
 use super::attributes::BlobAttributes;
 use super::blocking;
 use super::error::{ObjStoreError, OnPrecondition};
 use super::names;
-use crate::client::{BlobClient, Data};
-use crate::error::ClientError;
+use crate::client::BlobHandle;
+use crate::error::{ClientError, ProtocolError};
 
 /// Bytes asked for by the first request of a read: most objects fit, and a
 /// small read does not tie up a block-sized DMA buffer.
@@ -40,39 +39,33 @@ fn device_conditions(options: &GetOptions) -> (Conditions, OnPrecondition) {
 }
 
 fn pinned(props: &BlobProperties) -> Result<Conditions, ObjStoreError> {
-    let etag = ETag::new(&props.etag).map_err(|_| ClientError::Protocol(format!("bad ETag {:?}", props.etag)))?;
+    let etag = ETag::new(&props.etag).map_err(|_| ClientError::from(ProtocolError::BadETag(props.etag.clone())))?;
     Ok(Conditions { if_match: Some(etag), if_none_match: None })
-}
-
-pub(crate) fn stat(client: &BlobClient, t: &BlobRef, conditions: Conditions) -> Result<BlobProperties, ObjStoreError> {
-    match client.call(&OpRequest::GetBlobProperties { target: t.clone(), conditions }, Data::None)?.response {
-        OpResponse::BlobProperties(p) => Ok(p),
-        r => Err(ClientError::Protocol(format!("unexpected response {r:?}")).into()),
-    }
 }
 
 /// Up to `len` bytes at `offset`, if `conditions` hold.
 fn read(
-    client: &BlobClient,
-    t: &BlobRef,
+    blob: &BlobHandle,
     offset: u64,
     len: usize,
     conditions: Conditions,
 ) -> Result<(BlobProperties, Vec<u8>), ObjStoreError> {
-    Ok(BlobClient::finish_range(client.submit_range(t, offset, len, conditions)?.wait()?)?)
+    let got = blob.get_opts(crate::GetOptions { range: Some(offset..offset + len as u64), conditions })?;
+    Ok((got.properties, got.data))
 }
 
 /// Exactly `len` bytes at `offset` of the version `conditions` pins.
 pub(crate) fn read_pinned(
-    client: &BlobClient,
-    t: &BlobRef,
+    blob: &BlobHandle,
     offset: u64,
     len: usize,
     conditions: Conditions,
 ) -> Result<Vec<u8>, ObjStoreError> {
-    match read(client, t, offset, len, conditions) {
+    match read(blob, offset, len, conditions) {
         Ok((_, data)) if data.len() == len => Ok(data),
-        Ok((_, data)) => Err(ClientError::Protocol(format!("read {} of {len} bytes", data.len())).into()),
+        Ok((_, data)) => {
+            Err(ClientError::from(ProtocolError::ShortRead { got: data.len() as u64, want: len as u64 }).into())
+        }
         Err(e) if matches!(e.status(), Some(BlobError::PreconditionFailed | BlobError::BlobNotFound)) => {
             Err(ObjStoreError::Changed)
         }
@@ -87,23 +80,18 @@ struct FirstRead {
     data: Vec<u8>,
 }
 
-fn first_read(
-    client: &BlobClient,
-    t: &BlobRef,
-    range: Option<&GetRange>,
-    conditions: Conditions,
-) -> Result<FirstRead, ObjStoreError> {
+fn first_read(blob: &BlobHandle, range: Option<&GetRange>, conditions: Conditions) -> Result<FirstRead, ObjStoreError> {
     let (start, conditions) = match range {
         // The start depends on the size: ask for it first, then pin that version.
         Some(GetRange::Suffix(n)) => {
-            let props = stat(client, t, conditions)?;
+            let props = blob.properties_opts(conditions)?;
             (props.content_length.saturating_sub(*n), pinned(&props)?)
         }
         Some(GetRange::Bounded(r)) => (r.start, conditions),
         Some(GetRange::Offset(o)) => (*o, conditions),
         None => (0, conditions),
     };
-    let (props, data) = read(client, t, start, first_len(range) as usize, conditions)?;
+    let (props, data) = read(blob, start, first_len(range) as usize, conditions)?;
     Ok(FirstRead { props, start, data })
 }
 
@@ -124,17 +112,13 @@ fn resolve(range: Option<&GetRange>, first: &FirstRead) -> Result<Range<u64>, Ob
     // The device returns min(asked, size - start) bytes.
     let expect = (resolved.end - resolved.start).min(first_len(range));
     if resolved.start != first.start || first.data.len() as u64 != expect {
-        return Err(ClientError::Protocol(format!("first read returned {} of {expect} bytes", first.data.len())).into());
+        let got = first.data.len() as u64;
+        return Err(ClientError::from(ProtocolError::ShortRead { got, want: expect }).into());
     }
     Ok(resolved)
 }
 
-pub(crate) async fn get(
-    client: Arc<BlobClient>,
-    t: BlobRef,
-    location: Path,
-    options: GetOptions,
-) -> object_store::Result<GetResult> {
+pub(crate) async fn get(blob: BlobHandle, location: Path, options: GetOptions) -> object_store::Result<GetResult> {
     let path = location.to_string();
     let fail = |on: OnPrecondition| {
         let path = &path;
@@ -148,8 +132,8 @@ pub(crate) async fn get(
     }
     let (conditions, on) = device_conditions(&options);
     if options.head {
-        let (c, tt) = (client.clone(), t.clone());
-        let props = blocking::run(move || stat(&c, &tt, conditions)).await.map_err(fail(on))?;
+        let b = blob.clone();
+        let props = blocking::run(move || Ok(b.properties_opts(conditions)?)).await.map_err(fail(on))?;
         let meta = names::object_meta(location, &props);
         options.check_preconditions(&meta)?;
         return Ok(GetResult {
@@ -160,14 +144,14 @@ pub(crate) async fn get(
             extensions: Default::default(),
         });
     }
-    let (c, tt, r) = (client.clone(), t.clone(), options.range.clone());
-    let first = blocking::run(move || first_read(&c, &tt, r.as_ref(), conditions)).await.map_err(fail(on))?;
+    let (b, r) = (blob.clone(), options.range.clone());
+    let first = blocking::run(move || first_read(&b, r.as_ref(), conditions)).await.map_err(fail(on))?;
     let meta = names::object_meta(location.clone(), &first.props);
     options.check_preconditions(&meta)?;
     let range = resolve(options.range.as_ref(), &first).map_err(fail(on))?;
     let attributes = BlobAttributes::from_properties(&first.props).to_object_store();
     let whole = range == (0..first.props.content_length);
-    let body = rest_of(client, t, &first, range.end, location.to_string())?;
+    let body = rest_of(blob, &first, range.end, location.to_string())?;
     let crc = first.props.content_crc64;
     let head = stream::iter((!first.data.is_empty()).then(|| Ok(Bytes::from(first.data))));
     let mut payload = head.chain(body).boxed();
@@ -185,8 +169,7 @@ pub(crate) async fn get(
 
 /// The bytes after the first read, fetched on demand.
 fn rest_of(
-    client: Arc<BlobClient>,
-    t: BlobRef,
+    blob: BlobHandle,
     first: &FirstRead,
     end: u64,
     path: String,
@@ -196,14 +179,14 @@ fn rest_of(
         return Ok(stream::empty().boxed());
     }
     let conditions = pinned(&first.props).map_err(|e| e.into_os(&path, OnPrecondition::Precondition))?;
-    let chunk = client.block_size() as u64;
-    let ahead = client.options().parallel.max(1);
+    let chunk = blob.client().block_size() as u64;
+    let ahead = blob.client().options().parallel.max(1);
     let chunks = (from..end).step_by(chunk as usize).map(move |off| (off, chunk.min(end - off) as usize));
     Ok(stream::iter(chunks)
         .map(move |(off, len)| {
-            let (c, t, cond, path) = (client.clone(), t.clone(), conditions.clone(), path.clone());
+            let (b, cond, path) = (blob.clone(), conditions.clone(), path.clone());
             async move {
-                let data = blocking::run(move || read_pinned(&c, &t, off, len, cond))
+                let data = blocking::run(move || read_pinned(&b, off, len, cond))
                     .await
                     .map_err(|e| e.into_os(&path, OnPrecondition::Precondition))?;
                 Ok(Bytes::from(data))
@@ -219,7 +202,7 @@ fn verify_crc(
     expected: u64,
     path: String,
 ) -> BoxStream<'static, object_store::Result<Bytes>> {
-    let state = Some((inner, crc64fast_nvme::Digest::new()));
+    let state = Some((inner, crate::Crc64::new()));
     stream::unfold(state, move |state| {
         let path = path.clone();
         async move {
@@ -232,8 +215,7 @@ fn verify_crc(
                 Some(Err(e)) => Some((Err(e), None)),
                 None if digest.sum64() == expected => None,
                 None => {
-                    let e =
-                        ClientError::Blob { error: BlobError::ChecksumMismatch, message: "object read back".into() };
+                    let e = ClientError::checksum_mismatch("object read back");
                     Some((Err(ObjStoreError::from(e).into_os(&path, OnPrecondition::Precondition)), None))
                 }
             }

@@ -1,22 +1,19 @@
 //! Writes. An object up to one block goes in one PutBlob; a larger one is
-//! staged as blocks, `parallel` in flight, and committed with one
-//! PutBlockList. Either way the object appears whole or not at all, and the
-//! write's conditions are checked by the device in the step that commits.
+//! staged as blocks through the client's [`BlockUploader`] and committed
+//! with one PutBlockList. Either way the object appears whole or not at all,
+//! and the write's conditions are checked by the device in the step that
+//! commits.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use object_store::PutPayload;
-use vmblob_protocol::BlobError;
 use vmblob_protocol::names::BlockId;
-use vmblob_protocol::ops::{BlobRef, BlobWritten, Conditions, OpRequest, OpResponse, PutBlob, PutBlockList};
+use vmblob_protocol::ops::{BlobWritten, Conditions};
 
 use super::attributes::BlobAttributes;
 use super::error::ObjStoreError;
-use crate::client::{BlobClient, Data, PendingOp};
-use crate::error::ClientError;
-use crate::transport::dma::DmaBuf;
+use crate::client::{BlobHandle, BlockUploader};
 
 const MAX_PARTS: usize = 100_000_000;
 const MAX_BLOCKS_PER_PART: usize = 1_000_000;
@@ -53,7 +50,7 @@ impl UploadTag {
         if block >= MAX_BLOCKS_PER_PART {
             return Err(ObjStoreError::TooManyBlocks { what: "blocks in a part", max: MAX_BLOCKS_PER_PART });
         }
-        BlockId::new(format!("{self}-{part:08}-{block:06}").as_bytes()).map_err(|_| invalid("block id"))
+        Ok(BlockId::new(format!("{self}-{part:08}-{block:06}").as_bytes()).expect("hex and digits make a block id"))
     }
 }
 
@@ -63,7 +60,7 @@ impl fmt::Display for UploadTag {
     }
 }
 
-/// Copies a payload's bytes, in order, into DMA buffers.
+/// Walks a payload's chunks, in order, a block at a time.
 struct PayloadCursor<'a> {
     chunks: std::slice::Iter<'a, bytes::Bytes>,
     current: &'a [u8],
@@ -74,134 +71,82 @@ impl<'a> PayloadCursor<'a> {
         Self { chunks: payload.as_ref().iter(), current: &[] }
     }
 
-    /// Fill `buf[..n]` with the next `n` bytes; returns their CRC-64/NVME.
-    fn copy_into(&mut self, buf: &mut DmaBuf, n: usize) -> Result<u64, ObjStoreError> {
-        let mut digest = crc64fast_nvme::Digest::new();
-        let mut at = 0;
-        while at < n {
+    /// The pieces of the next `n` bytes (fewer at the payload's end).
+    fn take(&mut self, n: usize) -> Vec<&'a [u8]> {
+        let mut parts = Vec::new();
+        let mut left = n;
+        while left > 0 {
             if self.current.is_empty() {
-                let next = self.chunks.next().ok_or_else(|| invalid("payload shorter than its length"))?;
-                self.current = next;
+                match self.chunks.next() {
+                    Some(next) => self.current = next,
+                    None => break,
+                }
                 continue;
             }
-            let take = (n - at).min(self.current.len());
-            let (piece, rest) = self.current.split_at(take);
-            buf.write_at(at, piece).map_err(|e| ClientError::Transport(e.to_string()))?;
-            digest.write(piece);
-            at += take;
+            let (piece, rest) = self.current.split_at(left.min(self.current.len()));
+            parts.push(piece);
+            left -= piece.len();
             self.current = rest;
         }
-        Ok(digest.sum64())
+        parts
     }
 }
 
-fn invalid(what: &str) -> ObjStoreError {
-    ObjStoreError::Client(ClientError::Invalid(what.into()))
-}
-
-pub(crate) fn checksum_mismatch(what: &str) -> ObjStoreError {
-    ObjStoreError::Client(ClientError::Blob { error: BlobError::ChecksumMismatch, message: what.into() })
-}
-
-fn unexpected(r: OpResponse) -> ObjStoreError {
-    ObjStoreError::Client(ClientError::Protocol(format!("unexpected response {r:?}")))
+/// Stage `payload` through `uploader` as part `part` of upload `tag`.
+fn stage_payload(
+    uploader: &mut BlockUploader,
+    block: usize,
+    tag: UploadTag,
+    part: usize,
+    payload: &PutPayload,
+) -> Result<(), ObjStoreError> {
+    let mut cursor = PayloadCursor::new(payload);
+    for (i, start) in (0..payload.content_length()).step_by(block).enumerate() {
+        let n = block.min(payload.content_length() - start);
+        uploader.stage(tag.block_id(part, i)?, &cursor.take(n))?;
+    }
+    Ok(())
 }
 
 /// Stage `payload` as part `part` of upload `tag`: its block ids, in order
 /// (none for an empty payload).
 pub(crate) fn stage_part(
-    client: &BlobClient,
-    t: &BlobRef,
+    blob: &BlobHandle,
     tag: UploadTag,
     part: usize,
     payload: &PutPayload,
 ) -> Result<Vec<BlockId>, ObjStoreError> {
-    let block = client.block_size();
-    let len = payload.content_length();
-    let mut cursor = PayloadCursor::new(payload);
-    let mut window: VecDeque<(PendingOp, u64)> = VecDeque::new();
-    let mut ids = Vec::with_capacity(len.div_ceil(block));
-    for (i, start) in (0..len).step_by(block).enumerate() {
-        let n = block.min(len - start);
-        let id = tag.block_id(part, i)?;
-        let mut buf = client.alloc_data(n)?;
-        let crc = cursor.copy_into(&mut buf, n)?;
-        window.push_back((client.submit_block(t, &id, buf, n, crc)?, crc));
-        ids.push(id);
-        if window.len() >= client.options().parallel.max(1) {
-            staged(window.pop_front())?;
-        }
-    }
-    while let Some(p) = window.pop_front() {
-        staged(Some(p))?;
-    }
-    Ok(ids)
+    let mut uploader = blob.block_uploader();
+    stage_payload(&mut uploader, blob.client().block_size(), tag, part, payload)?;
+    Ok(uploader.finish()?.ids)
 }
 
-pub(crate) fn staged(p: Option<(PendingOp, u64)>) -> Result<(), ObjStoreError> {
-    let Some((op, crc)) = p else { return Ok(()) };
-    match op.wait()?.response {
-        OpResponse::BlockStaged { content_crc64 } if content_crc64 == crc => Ok(()),
-        OpResponse::BlockStaged { .. } => Err(checksum_mismatch("staged block differs from the source")),
-        r => Err(unexpected(r)),
-    }
-}
-
-/// Make `blocks` the content of `t`, if `conditions` hold.
+/// Make `blocks` the content of the blob, if `conditions` hold.
 pub(crate) fn commit(
-    client: &BlobClient,
-    t: &BlobRef,
+    blob: &BlobHandle,
     blocks: Vec<BlockId>,
     attrs: &BlobAttributes,
     conditions: Conditions,
 ) -> Result<BlobWritten, ObjStoreError> {
-    let op = OpRequest::PutBlockList(PutBlockList {
-        target: t.clone(),
-        blocks,
-        content_type: attrs.content_type.clone(),
-        metadata: attrs.metadata.clone(),
-        conditions,
-    });
-    match client.call(&op, Data::None)?.response {
-        OpResponse::BlobWritten(w) => Ok(w),
-        r => Err(unexpected(r)),
-    }
+    Ok(blob.commit_blocks(blocks, attrs.put_options(conditions))?)
 }
 
-/// Write `payload` as the whole content of `t`, if `conditions` hold.
+/// Write `payload` as the whole content of the blob, if `conditions` hold.
 pub(crate) fn put_whole(
-    client: &BlobClient,
-    t: &BlobRef,
+    blob: &BlobHandle,
     payload: &PutPayload,
     attrs: &BlobAttributes,
     conditions: Conditions,
 ) -> Result<BlobWritten, ObjStoreError> {
-    let len = payload.content_length();
-    if len > client.block_size() {
-        let ids = stage_part(client, t, UploadTag::random(), 0, payload)?;
-        let written = commit(client, t, ids, attrs, conditions)?;
-        let mut digest = crc64fast_nvme::Digest::new();
-        payload.iter().for_each(|chunk| digest.write(chunk));
-        if written.content_crc64 != digest.sum64() {
-            return Err(checksum_mismatch("committed object differs from the payload"));
-        }
-        return Ok(written);
+    let block = blob.client().block_size();
+    let options = attrs.put_options(conditions);
+    if payload.content_length() > block {
+        let mut uploader = blob.block_uploader();
+        stage_payload(&mut uploader, block, UploadTag::random(), 0, payload)?;
+        return Ok(uploader.commit(options)?);
     }
-    let mut buf = client.alloc_data(len)?;
-    let crc = PayloadCursor::new(payload).copy_into(&mut buf, len)?;
-    let op = OpRequest::PutBlob(PutBlob {
-        target: t.clone(),
-        content_type: attrs.content_type.clone(),
-        metadata: attrs.metadata.clone(),
-        conditions,
-        content_md5: None,
-        content_crc64: Some(crc),
-    });
-    match client.call(&op, Data::OutBuf(buf, len))?.response {
-        OpResponse::BlobWritten(w) if w.content_crc64 == crc => Ok(w),
-        OpResponse::BlobWritten(_) => Err(checksum_mismatch("stored object differs from the payload")),
-        r => Err(unexpected(r)),
-    }
+    let parts: Vec<&[u8]> = payload.iter().map(|b| &b[..]).collect();
+    Ok(blob.put_vectored_opts(&parts, options)?)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use vmblob_protocol::{DataDirection, VspRequest, VspResponse};
 
-use crate::error::ClientError;
+use crate::error::{ClientError, ProtocolError};
 use crate::transport::dma::{DmaBuf, DmaPool};
 use crate::transport::table::Waiter;
 
@@ -67,23 +67,37 @@ pub trait Transport: Send + Sync {
 /// caller before it even has a ticket to time out on.
 pub const SUBMIT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// When a submission of `header` stops waiting for ring space (`None`: the
-/// request has no timeout, so neither does its submission).
-pub fn submit_deadline(header: &VspRequest) -> Option<std::time::Instant> {
-    let ms = header.timeout_ms.get();
-    (ms != 0).then(|| std::time::Instant::now() + std::time::Duration::from_millis(u64::from(ms)) + SUBMIT_GRACE)
+/// When a submission stops waiting for ring space.
+#[derive(Debug, Clone, Copy)]
+pub struct SubmitDeadline {
+    at: std::time::Instant,
+    after: std::time::Duration,
 }
 
-/// The error of a submission whose deadline passed while the rings stayed full.
-pub fn submit_timed_out() -> ClientError {
-    ClientError::Transport("no ring space before the request's timeout; the device is not taking requests".into())
+impl SubmitDeadline {
+    pub fn passed(&self) -> bool {
+        std::time::Instant::now() >= self.at
+    }
+
+    /// The error of a submission whose deadline passed while the rings stayed full.
+    pub fn error(&self) -> ClientError {
+        ClientError::Timeout { waiting_for: "ring space (the device is not taking requests)", after: self.after }
+    }
+}
+
+/// When a submission of `header` stops waiting for ring space (`None`: the
+/// request has no timeout, so neither does its submission).
+pub fn submit_deadline(header: &VspRequest) -> Option<SubmitDeadline> {
+    let ms = header.timeout_ms.get();
+    let after = std::time::Duration::from_millis(u64::from(ms)) + SUBMIT_GRACE;
+    (ms != 0).then(|| SubmitDeadline { at: std::time::Instant::now() + after, after })
 }
 
 /// Check a completion's response against the request it answers.
 pub fn check_response(resp: &VspResponse, buffers: &OpBuffers) -> Result<(), ClientError> {
     let cap = buffers.header.response_buffer_length.get();
     if resp.response_len.get() > cap {
-        return Err(ClientError::Protocol(format!("response_len {} exceeds buffer {cap}", resp.response_len.get())));
+        return Err(ProtocolError::ResponseTooLong { len: resp.response_len.get(), cap }.into());
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use zerocopy::IntoBytes;
 
-use crate::error::ClientError;
+use crate::error::{ClientError, ProtocolError};
 use crate::transport::dma::DmaPool;
 use crate::transport::table::{RequestTable, WaitAssist};
 use crate::transport::virtio::{QueueError, SplitQueue};
@@ -116,33 +116,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn transport_err(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Transport(e.to_string())
-}
-
 impl VirtioTransport {
     pub fn connect(opts: VirtioOptions) -> Result<Self, ClientError> {
         let ring_bytes = SplitQueue::ring_bytes(opts.queue_size).div_ceil(PAGE) * PAGE;
         let rings_total = ring_bytes * opts.queues as u64;
         if opts.queues == 0 || rings_total + (1 << 20) > opts.ram_size {
-            return Err(ClientError::Invalid("guest RAM too small for the rings".into()));
+            return Err(ClientError::InvalidOptions("guest RAM too small for the rings"));
         }
-        let ram = GuestRam::new(opts.ram_size).map_err(transport_err)?;
-        let mut device =
-            VhostUserDevice::connect(&opts.socket, &ram, opts.queues, opts.frontend.clone()).map_err(transport_err)?;
-        let config_bytes = device.get_config(0, DeviceConfig::SIZE as u32).map_err(transport_err)?;
-        let config = DeviceConfig::from_bytes(&config_bytes)
-            .map_err(|e| ClientError::Protocol(format!("device config: {e}")))?;
+        let ram = GuestRam::new(opts.ram_size)?;
+        let mut device = VhostUserDevice::connect(&opts.socket, &ram, opts.queues, opts.frontend.clone())?;
+        let config_bytes = device.get_config(0, DeviceConfig::SIZE as u32)?;
+        let config = DeviceConfig::from_bytes(&config_bytes).map_err(ProtocolError::DeviceConfig)?;
         let event_idx = device.negotiated().event_idx();
         let mut queues = Vec::with_capacity(opts.queues);
         let mut configs = Vec::with_capacity(opts.queues);
         for i in 0..opts.queues {
             let base = GuestAddress(ring_bytes * i as u64);
-            let ring =
-                SplitQueue::new(ram.memory().clone(), base, opts.queue_size, event_idx).map_err(transport_err)?;
+            let ring = SplitQueue::new(ram.memory().clone(), base, opts.queue_size, event_idx)?;
             configs.push(queue_config(i, &ring, 0));
-            let kick = device.kick_fd(i).ok_or_else(|| transport_err("no kick fd"))?;
-            let call = device.call_fd(i).ok_or_else(|| transport_err("no call fd"))?;
+            let kick = device.kick_fd(i).ok_or(ClientError::Setup("no kick eventfd"))?;
+            let call = device.call_fd(i).ok_or(ClientError::Setup("no call eventfd"))?;
             queues.push(Queue {
                 state: Mutex::new(QueueState { ring, heads: HashMap::new() }),
                 space: Condvar::new(),
@@ -150,9 +143,8 @@ impl VirtioTransport {
                 call,
             });
         }
-        device.activate(&configs).map_err(transport_err)?;
-        let pool = DmaPool::new(ram.memory().clone(), GuestAddress(rings_total), opts.ram_size - rings_total)
-            .map_err(transport_err)?;
+        device.activate(&configs)?;
+        let pool = DmaPool::new(ram.memory().clone(), GuestAddress(rings_total), opts.ram_size - rings_total)?;
         let inner = Arc::new(Inner {
             hangup: device.disconnect_handle(),
             _ram: ram,
@@ -427,12 +419,12 @@ impl Inner {
         let resp_len = b.header.response_buffer_length.get();
         let data_len = b.header.data_buffer_length.get();
         if b.request.len() < REQUEST_SIZE + req_len as usize || b.response.len() < resp_len as usize + RESPONSE_SIZE {
-            return Err(ClientError::Invalid("buffers smaller than their lengths".into()));
+            return Err(ClientError::InvalidBuffers("buffers smaller than their lengths"));
         }
         let data = match (&b.data, b.dir) {
             (Some(d), DataDirection::ToHost | DataDirection::ToGuest) if data_len > 0 => {
                 if d.len() < data_len as usize {
-                    return Err(ClientError::Invalid("data buffer smaller than its length".into()));
+                    return Err(ClientError::InvalidBuffers("data buffer smaller than its length"));
                 }
                 Some((d.gpa(), data_len))
             }
@@ -443,7 +435,7 @@ impl Inner {
             }
         };
         canonical_offsets(&mut b.header, b.dir);
-        b.request.write_at(0, b.header.as_bytes()).map_err(transport_err)?;
+        b.request.write_at(0, b.header.as_bytes())?;
         let (req, resp) = (b.request.gpa(), b.response.gpa());
         let mut chain = vec![(req, REQUEST_SIZE as u32 + req_len, false)];
         if let (Some((gpa, len)), DataDirection::ToHost) = (data, b.dir) {
@@ -477,17 +469,17 @@ impl Inner {
                     return Ok(waiter);
                 }
                 Err(QueueError::Full { .. }) => {
-                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    if let Some(d) = deadline.filter(|d| d.passed()) {
                         drop(st);
                         self.table.withdraw(id);
-                        return Err(crate::transport::submit_timed_out());
+                        return Err(d.error());
                     }
                     st = q.space.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
                 }
                 Err(e) => {
                     drop(st);
                     self.table.withdraw(id);
-                    return Err(transport_err(e));
+                    return Err(e.into());
                 }
             }
         }
@@ -520,12 +512,12 @@ impl WaitAssist for Inner {
 /// Turn a used entry into the caller's completion.
 fn finish(b: OpBuffers, used_len: u32) -> Result<Completion, ClientError> {
     if (used_len as usize) < RESPONSE_SIZE {
-        return Err(ClientError::Protocol(format!("device completed with used length {used_len}")));
+        return Err(ProtocolError::UsedLength(used_len).into());
     }
     let mut raw = [0u8; RESPONSE_SIZE];
     let at = b.header.response_buffer_length.get() as usize;
-    b.response.read_at(at, &mut raw).map_err(transport_err)?;
-    let response = VspResponse::parse(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    b.response.read_at(at, &mut raw)?;
+    let response = VspResponse::parse(&raw)?;
     check_response(&response, &b)?;
     Ok(Completion { response, buffers: b })
 }

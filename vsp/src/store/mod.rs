@@ -161,8 +161,4 @@ pub trait BlobStore: Send + Sync {
 }
 
 /// CRC-64/NVME, the polynomial of Azure's `x-ms-content-crc64`.
-pub fn crc64(data: &[u8]) -> u64 {
-    let mut d = crc64fast_nvme::Digest::new();
-    d.write(data);
-    d.sum64()
-}
+pub use vmblob_protocol::checksum::crc64;

@@ -94,13 +94,13 @@ pub(crate) struct Digests {
 
 /// Running CRC-64/NVME, plus MD5 when the request carried one to check.
 pub(crate) struct Checksums {
-    crc: crc64fast_nvme::Digest,
+    crc: vmblob_protocol::checksum::Crc64,
     md5: Option<md5::Md5>,
 }
 
 impl Checksums {
     pub fn new(with_md5: bool) -> Self {
-        Self { crc: crc64fast_nvme::Digest::new(), md5: with_md5.then(md5::Md5::new) }
+        Self { crc: vmblob_protocol::checksum::Crc64::new(), md5: with_md5.then(md5::Md5::new) }
     }
     pub fn update(&mut self, bytes: &[u8]) {
         self.crc.write(bytes);

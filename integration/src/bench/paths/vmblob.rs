@@ -7,11 +7,9 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vmblob_protocol::ops::{ByteRange, Conditions, GetBlob, Metadata, PutBlob};
-use vmblob_protocol::{OpRequest, OpResponse};
-use vmblob_vsc::{ClientOptions, Data, OpResult, PendingOp};
+use vmblob_protocol::OpResponse;
+use vmblob_vsc::{BlobHandle, ClientOptions, Conditions, ContainerClient, OpResult, PendingOp, PutOptions};
 
-use super::direct::blob_ref;
 use super::{BenchError, BenchPath, CHUNK, CONTAINER, OpKind, OpsSample, OpsSpec, Result, TRANSFER_PARALLEL};
 use crate::{Guest, GuestOptions, Vsp, VspOptions};
 
@@ -31,8 +29,11 @@ pub struct VmblobOptions {
 }
 
 pub struct VmblobPath {
-    // Field order: the guest disconnects before the daemon is killed.
-    guest: Guest,
+    // Field order: the guest disconnects before the daemon is killed. The
+    // container's client shares the guest's transport; the guest is kept
+    // for its lifetime only.
+    container: ContainerClient,
+    _guest: Guest,
     vsp: Vsp,
     copy_out: bool,
 }
@@ -53,30 +54,23 @@ impl VmblobPath {
         guest_opts.ram_size = 1 << 30;
         guest_opts.client = ClientOptions { timeout_ms: 60_000, block_size: CHUNK as u32, parallel: TRANSFER_PARALLEL };
         let guest = Guest::try_connect(vsp.socket(), guest_opts)?;
-        guest.create_container(CONTAINER)?;
-        Ok(VmblobPath { guest, vsp, copy_out: opts.copy_out })
+        let container = guest.client.container(CONTAINER);
+        container.create()?;
+        Ok(VmblobPath { container, _guest: guest, vsp, copy_out: opts.copy_out })
     }
 
+    fn blob(&self, name: &str) -> BlobHandle {
+        self.container.blob(name)
+    }
+
+    /// The raw operation: its data buffer is read in place (or not at all).
     fn submit_get(&self, blob: &str, offset: u64, len: usize) -> Result<PendingOp> {
-        let op = OpRequest::GetBlob(GetBlob {
-            target: blob_ref(blob)?,
-            range: Some(ByteRange { offset, length: len as u64 }),
-            conditions: Conditions::none(),
-        });
-        Ok(self.guest.submit(&op, Data::In(len))?)
+        let range = offset..offset + len as u64;
+        Ok(self.blob(blob).submit_get(range, Conditions::none())?.into_raw())
     }
 
     fn submit_put(&self, blob: &str, data: &[u8]) -> Result<PendingOp> {
-        let op = OpRequest::PutBlob(PutBlob {
-            target: blob_ref(blob)?,
-            content_type: String::new(),
-            metadata: Metadata::default(),
-            conditions: Conditions::none(),
-            content_md5: None,
-            // As BlobClient::put does for every write.
-            content_crc64: Some(vmblob_vsc::crc64(data)),
-        });
-        Ok(self.guest.submit(&op, Data::Out(data))?)
+        Ok(self.blob(blob).submit_put(data, PutOptions::default())?.into_raw())
     }
 }
 
@@ -104,7 +98,7 @@ impl BenchPath for VmblobPath {
     }
 
     fn store_blob(&self, blob: &str, data: &[u8]) -> Result<()> {
-        self.guest.put_stream(CONTAINER, blob, &mut &data[..], data.len() as u64, &|_| {})?;
+        self.blob(blob).put_stream(&mut &data[..], data.len() as u64, PutOptions::default(), &|_| {})?;
         Ok(())
     }
 
@@ -138,10 +132,10 @@ impl BenchPath for VmblobPath {
         let start = Instant::now();
         match kind {
             OpKind::Put => {
-                self.guest.put_stream(CONTAINER, blob, &mut &data[..], data.len() as u64, &|_| {})?;
+                self.blob(blob).put_stream(&mut &data[..], data.len() as u64, PutOptions::default(), &|_| {})?;
             }
             OpKind::Get => {
-                let props = self.guest.get_to_writer(CONTAINER, blob, &mut std::io::sink(), &|_| {})?;
+                let props = self.blob(blob).get_to_writer(&mut std::io::sink(), &|_| {})?;
                 if props.content_length != data.len() as u64 {
                     return Err(BenchError::Other(format!("{blob} is {} bytes", props.content_length)));
                 }

@@ -34,7 +34,7 @@ use vmblob_protocol::transport::OperationType;
 use vmblob_protocol::{DataDirection, OpCode, VspRequest};
 use vmblob_vmbus::{OutgoingRing, RawChannel, WriteError};
 
-use crate::error::ClientError;
+use crate::error::{ClientError, ProtocolError};
 use crate::transport::dma::DmaPool;
 use crate::transport::table::RequestTable;
 use crate::transport::{Completion, OpBuffers, REQUEST_PREFIX, Ticket, Transport};
@@ -92,10 +92,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn transport_err(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Transport(e.to_string())
-}
-
 /// Response buffer of the GetDeviceConfig request: the op header and 64 bytes fit.
 const CONFIG_RESPONSE: usize = 4096;
 
@@ -103,9 +99,9 @@ impl VmbusTransport {
     /// Open the device's channel (waiting for the offer), start the channel
     /// thread and fetch the device config with GetDeviceConfig.
     pub fn open(source: Arc<dyn ChannelSource>, opts: VmbusOptions) -> Result<Self, ClientError> {
-        let channel = source.open(opts.open_timeout).map_err(transport_err)?.ok_or_else(|| {
-            ClientError::Transport(format!("no VMBus channel offered within {:?}", opts.open_timeout))
-        })?;
+        let channel = source
+            .open(opts.open_timeout)?
+            .ok_or(ClientError::Timeout { waiting_for: "a VMBus channel offer", after: opts.open_timeout })?;
         let inner = Arc::new(Inner {
             source,
             table: RequestTable::new(),
@@ -116,7 +112,7 @@ impl VmbusTransport {
             completions: AtomicU64::new(0),
             opts,
         });
-        let generation = inner.install(channel.clone()).map_err(transport_err)?;
+        let generation = inner.install(channel.clone())?;
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
             .name("vmblob-vmbus".into())
@@ -170,10 +166,11 @@ impl VmbusTransport {
     fn fetch_config(&self) -> Result<DeviceConfig, ClientError> {
         let pool = self.inner.source.pool();
         let body = OpRequest::GetDeviceConfig.encode();
-        let no_buffer = || ClientError::Transport("no DMA buffer for the device config".into());
-        let mut request = pool.alloc(REQUEST_PREFIX + body.len()).ok_or_else(no_buffer)?;
-        request.write_at(REQUEST_PREFIX, &body).map_err(transport_err)?;
-        let response = pool.alloc(CONFIG_RESPONSE).ok_or_else(no_buffer)?;
+        let no_buffer = |len| ClientError::ResourceExhausted { len, waited: Duration::ZERO };
+        let mut request =
+            pool.alloc(REQUEST_PREFIX + body.len()).ok_or_else(|| no_buffer(REQUEST_PREFIX + body.len()))?;
+        request.write_at(REQUEST_PREFIX, &body)?;
+        let response = pool.alloc(CONFIG_RESPONSE).ok_or_else(|| no_buffer(CONFIG_RESPONSE))?;
         let mut transaction_id = [0u8; 16];
         let _ = getrandom::fill(&mut transaction_id);
         let header = VspRequest {
@@ -185,17 +182,16 @@ impl VmbusTransport {
             ..Default::default()
         };
         let ticket = self.submit(OpBuffers { header, request, response, data: None, dir: DataDirection::None })?;
-        let c = ticket.wait_timeout(self.inner.opts.config_timeout).ok_or_else(|| {
-            ClientError::Transport(format!("no device config within {:?}", self.inner.opts.config_timeout))
-        })??;
+        let after = self.inner.opts.config_timeout;
+        let c =
+            ticket.wait_timeout(after).ok_or(ClientError::Timeout { waiting_for: "the device config", after })??;
         let mut raw = vec![0u8; c.response.response_len.get() as usize];
-        c.buffers.response.read_at(0, &mut raw).map_err(transport_err)?;
-        let msg = ResponseMessage::decode(&raw, OpCode::GetDeviceConfig)
-            .map_err(|e| ClientError::Protocol(format!("device config: {e}")))?;
+        c.buffers.response.read_at(0, &mut raw)?;
+        let msg = ResponseMessage::decode(&raw, OpCode::GetDeviceConfig).map_err(ProtocolError::DeviceConfig)?;
         match msg.result {
             Ok(OpResponse::DeviceConfig(config)) if c.response.error.get() == 0 => Ok(config),
-            Ok(r) => Err(ClientError::Protocol(format!("GetDeviceConfig answered {r:?}"))),
-            Err(r) => Err(ClientError::Blob { error: r.error, message: r.message }),
+            Ok(r) => Err(ClientError::unexpected(r)),
+            Err(r) => Err(ClientError::Status { error: r.error, message: r.message }),
         }
     }
 }
@@ -229,15 +225,14 @@ impl Inner {
         let resp_len = b.header.response_buffer_length.get() as usize;
         let data_len = b.header.data_buffer_length.get() as usize;
         if req_len == 0 || resp_len == 0 || b.request.len() < REQUEST_PREFIX + req_len || b.response.len() < resp_len {
-            return Err(ClientError::Invalid("buffers empty or smaller than their lengths".into()));
+            return Err(ClientError::InvalidBuffers("buffers empty or smaller than their lengths"));
         }
-        let invalid = |e: crate::transport::vmbus::ChannelError| ClientError::Invalid(e.to_string());
         let data = match (&b.data, b.dir) {
             (Some(d), DataDirection::ToHost | DataDirection::ToGuest) if data_len > 0 => {
                 if d.len() < data_len {
-                    return Err(ClientError::Invalid("data buffer smaller than its length".into()));
+                    return Err(ClientError::InvalidBuffers("data buffer smaller than its length"));
                 }
-                Some(self.source.page_buffer(d.gpa(), data_len).map_err(invalid)?)
+                Some(self.source.page_buffer(d.gpa(), data_len)?)
             }
             _ => {
                 b.header.data_buffer_length = 0.into();
@@ -246,11 +241,12 @@ impl Inner {
             }
         };
         let request_at = vm_memory::GuestAddress(b.request.gpa().0 + REQUEST_PREFIX as u64);
-        let request = self.source.page_buffer(request_at, req_len).map_err(invalid)?;
-        let response = self.source.page_buffer(b.response.gpa(), resp_len).map_err(invalid)?;
+        let request = self.source.page_buffer(request_at, req_len)?;
+        let response = self.source.page_buffer(b.response.gpa(), resp_len)?;
         let pages = data.as_ref().map_or(0, |d| d.pfns.len()) + request.pfns.len() + response.pfns.len();
         if pages > MAX_PACKET_PAGES {
-            return Err(ClientError::Invalid(format!("{pages} pages, over the {MAX_PACKET_PAGES}-page limit")));
+            let (len, max) = (pages as u64, MAX_PACKET_PAGES as u64);
+            return Err(ClientError::TooLarge { what: "a packet's page count", len, max });
         }
         Ok(Pages { data, request, response })
     }
@@ -275,14 +271,19 @@ impl Inner {
     /// Write `packet` for the registered request `id`, waiting for ring space
     /// and an in-flight slot. Nothing is written once the request is no
     /// longer pending (rescinded, transport closed).
-    fn send(&self, id: u64, packet: &[u8], deadline: Option<std::time::Instant>) -> Result<(), ClientError> {
+    fn send(
+        &self,
+        id: u64,
+        packet: &[u8],
+        deadline: Option<crate::transport::SubmitDeadline>,
+    ) -> Result<(), ClientError> {
         let mut link = lock(&self.link);
         loop {
             if !self.table.is_pending(id) {
                 return Err(ClientError::Rescinded);
             }
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                return Err(crate::transport::submit_timed_out());
+            if let Some(d) = deadline.filter(|d| d.passed()) {
+                return Err(d.error());
             }
             let max_inflight = link.max_inflight;
             let generation = link.generation;
@@ -314,12 +315,14 @@ impl Inner {
     fn write_failed(&self, link: MutexGuard<'_, Link>, generation: u64, e: WriteError) -> Result<(), ClientError> {
         drop(link);
         match e {
-            WriteError::TooLarge { .. } => Err(ClientError::Invalid(e.to_string())),
+            WriteError::TooLarge { len, max } => {
+                Err(ClientError::TooLarge { what: "a VMBus packet's bytes", len: len as u64, max: max as u64 })
+            }
             WriteError::Corrupt(c) => {
                 self.take_down(generation, &format!("guest-to-host ring corrupt: {c}"));
                 Err(ClientError::Rescinded)
             }
-            e => Err(transport_err(e)),
+            e => Err(e.into()),
         }
     }
 

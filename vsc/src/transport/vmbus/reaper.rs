@@ -8,7 +8,7 @@ use vmblob_protocol::framing::vmbus::{Packet, parse_blob_completion, parse_packe
 use vmblob_vmbus::{IncomingRing, ReadError, RingMem};
 
 use super::{Inner, lock};
-use crate::error::ClientError;
+use crate::error::ProtocolError;
 use crate::transport::Completion;
 use crate::transport::vmbus::channel::ChannelError;
 use vmblob_vmbus::RawChannel;
@@ -182,9 +182,10 @@ impl Inner {
         let response = match parse_blob_completion(&payload) {
             Ok(r) => r,
             Err(e) => {
-                let msg = format!("completion of {} bytes: {e}", payload.len());
-                self.table.complete(id, |_| Err(ClientError::Protocol(msg.clone())));
-                return Err(format!("id {id}: {msg}"));
+                let violation = ProtocolError::BadCompletion { len: payload.len(), source: e };
+                let msg = format!("id {id}: {violation}");
+                self.table.complete(id, |_| Err(violation.into()));
+                return Err(msg);
             }
         };
         let mut lie = None;

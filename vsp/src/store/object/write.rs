@@ -397,7 +397,7 @@ impl ObjectBlobStore {
         match recorded {
             Some(c) => Ok(c),
             None => {
-                let mut digest = crc64fast_nvme::Digest::new();
+                let mut digest = vmblob_protocol::checksum::Crc64::new();
                 self.read_piece(&Piece { key: key.clone(), range: 0..size, etag: None }, |b| {
                     digest.write(b);
                     Ok(())

@@ -86,7 +86,7 @@ fn etag_of(r: Result<crate::client::OpResult, ClientError>) -> Result<String, Cl
 }
 
 fn is_rescinded(e: &ClientError) -> bool {
-    matches!(e, ClientError::Rescinded | ClientError::Blob { error: BlobError::Rescinded, .. })
+    matches!(e, ClientError::Rescinded | ClientError::Status { error: BlobError::Rescinded, .. })
 }
 
 #[test]
@@ -101,7 +101,10 @@ fn requests_are_gpa_direct_with_data_request_response_pages_in_order() {
     let c = client(&t);
     let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
     let put = OpRequest::PutBlock(vmblob_protocol::ops::PutBlock {
-        target: crate::client::target("cont", "blob").unwrap(),
+        target: vmblob_protocol::ops::BlobRef {
+            container: vmblob_protocol::ContainerName::new("cont").unwrap(),
+            blob: vmblob_protocol::BlobName::new("blob").unwrap(),
+        },
         block_id: vmblob_protocol::BlockId::new(b"blk").unwrap(),
         content_crc64: None,
     });
@@ -377,12 +380,14 @@ fn open_fails_cleanly_when_the_config_never_comes() {
     let mut host = source.offer();
     let o = VmbusOptions { config_timeout: Duration::from_millis(100), ..opts() };
     let r = VmbusTransport::open(source.clone(), o);
-    assert!(matches!(r, Err(ClientError::Transport(_))), "{:?}", r.err());
+    let timed_out = ClientError::Timeout { waiting_for: "the device config", after: Duration::from_millis(100) };
+    assert!(matches!(&r, Err(e) if e.to_string() == timed_out.to_string()), "{:?}", r.err());
     assert!(host.next_request(LONG).is_some(), "the config request was sent");
     wait_until(|| host.guest_closed(), "channel closed");
     // And without any offer at all.
     let o = VmbusOptions { open_timeout: Duration::from_millis(50), ..opts() };
-    assert!(matches!(VmbusTransport::open(FakeSource::new(RING), o), Err(ClientError::Transport(_))));
+    let r = VmbusTransport::open(FakeSource::new(RING), o);
+    assert!(matches!(r, Err(ClientError::Timeout { waiting_for: "a VMBus channel offer", .. })), "{:?}", r.err());
 }
 
 /// A host that takes one request and then nothing more: a second submission
@@ -405,7 +410,7 @@ fn a_submission_the_host_never_makes_room_for_times_out() {
         // Unblocks a sender that is still waiting, so a failure below cannot hang the scope.
         t.close();
         let second = second.expect("submit still blocked past its deadline");
-        assert!(matches!(second, Some(ClientError::Transport(_))), "{second:?}");
+        assert!(matches!(second, Some(ClientError::Timeout { .. })), "{second:?}");
         assert!(started.elapsed() >= crate::transport::SUBMIT_GRACE, "gave up early: {:?}", started.elapsed());
     });
     assert!(host.next_request(Duration::from_millis(100)).is_none(), "the timed-out request never reached the ring");
