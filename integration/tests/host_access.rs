@@ -31,7 +31,7 @@ fn a_second_daemon_on_one_store_is_refused_and_names_the_holder() {
     assert!(stderr.contains(&format!("in use by another vmblob-vsp (pid {pid})")), "{stderr}");
     // It touched nothing of the first one's: that one still serves.
     let guest = Guest::connect(first.socket(), GuestOptions::default());
-    guest.client.create_container("still-mine").expect("the first daemon still serves");
+    guest.client.container("still-mine").create().expect("the first daemon still serves");
 }
 
 #[test]
@@ -41,8 +41,9 @@ fn store_and_socket_are_private_to_the_daemons_user() {
     assert_eq!(mode(vsp.socket()), 0o600, "socket");
     assert_eq!(mode(vsp.store()), 0o700, "store root");
     let guest = Guest::connect(vsp.socket(), GuestOptions::default());
-    guest.client.create_container("box").unwrap();
-    guest.client.put("box", "secret", b"guest data").unwrap();
+    let boxed = guest.client.container("box");
+    boxed.create().unwrap();
+    boxed.blob("secret").put(b"guest data").unwrap();
     for entry in walk(vsp.store()) {
         let m = mode(&entry);
         assert_eq!(m & 0o077, 0, "{} is mode {m:o}", entry.display());
