@@ -138,3 +138,43 @@ fn demo_round_trips_and_stops_its_daemon() {
     assert!(out.contains("2 committed blocks"), "9 MiB goes through blocks: {out}");
     assert!(out.contains("vmblob-vsp stopped"), "{out}");
 }
+
+/// Runs `vmblob` with `--timeout-ms 2000` and returns its output and how long it took.
+fn timed(socket: &Path, args: &[&str]) -> (Output, std::time::Duration) {
+    let mut full = vec!["--timeout-ms", "2000"];
+    full.extend_from_slice(args);
+    let _ = vmblob_binary(); // built on first use: not part of the time measured
+    let start = std::time::Instant::now();
+    let out = vmblob(Some(socket), &full);
+    (out, start.elapsed())
+}
+
+#[test]
+fn a_stopped_daemon_fails_the_cli_within_its_timeout() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    ok(vsp.socket(), &["mb", "box"]);
+    vsp.signal("STOP");
+    let (out, took) = timed(vsp.socket(), &["ls", "box"]);
+    vsp.signal("CONT");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 5, "{err}");
+    assert!(took < std::time::Duration::from_secs(6), "exit after {took:?} (timeout 2 s): {err}");
+    assert_eq!(err.lines().count(), 1, "one-line error: {err}");
+    assert!(err.contains("did not answer"), "{err}");
+}
+
+#[test]
+fn a_client_holding_the_connection_makes_the_next_one_fail_saying_why() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    // This process holds the daemon's one VMM connection (as a stopped client would).
+    let holder = vmblob_integration::Guest::connect(vsp.socket(), vmblob_integration::GuestOptions::default());
+    let (out, took) = timed(vsp.socket(), &["ls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 5, "{err}");
+    assert!(took < std::time::Duration::from_secs(6), "exit after {took:?} (timeout 2 s): {err}");
+    assert!(err.contains("one VMM at a time"), "{err}");
+    drop(holder);
+    ok(vsp.socket(), &["ls"]);
+}

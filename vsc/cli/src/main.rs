@@ -122,6 +122,9 @@ pub fn connect(cli: &Cli, socket: &std::path::Path) -> Result<BlobClient, Client
     opts.ram_size = cli.ram_mib << 20;
     opts.reconnect = false;
     opts.frontend.connect_timeout = std::time::Duration::from_millis(cli.connect_timeout_ms);
+    // A stopped or busy daemon must not hold the CLI past its own timeout (0: none).
+    opts.frontend.reply_timeout =
+        (cli.timeout_ms != 0).then(|| std::time::Duration::from_millis(cli.timeout_ms.into()));
     opts.poll = std::time::Duration::from_micros(cli.poll_us);
     let transport = VirtioTransport::connect(opts)?;
     let config = transport.device_config();

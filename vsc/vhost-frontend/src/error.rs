@@ -106,6 +106,13 @@ pub enum Error {
         #[source]
         source: vhost::Error,
     },
+    /// The backend did not answer within `FrontendOptions::reply_timeout`. The connection is
+    /// then out of step and is not used again.
+    #[error(
+        "the vhost-user backend did not answer {step} in time: it is stopped, or busy with another \
+         connection (vmblob-vsp serves one VMM at a time)"
+    )]
+    NoAnswer { step: Step },
     /// The backend does not offer virtio features the frontend cannot work without.
     #[error("vhost-user backend lacks required virtio feature bits {missing:#x}")]
     MissingFeatures { missing: u64 },

@@ -18,6 +18,7 @@ fn fast_opts() -> FrontendOptions {
         connect_timeout: Duration::from_secs(5),
         reconnect_timeout: Duration::from_secs(5),
         retry_interval: Duration::from_millis(20),
+        reply_timeout: Some(Duration::from_secs(10)),
         event_idx: true,
     }
 }

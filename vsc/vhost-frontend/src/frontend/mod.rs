@@ -10,6 +10,7 @@
 //! one connection), `disconnect` (hang-up watcher).
 
 mod config;
+mod deadline;
 mod disconnect;
 mod features;
 mod session;
@@ -47,6 +48,10 @@ pub struct FrontendOptions {
     pub reconnect_timeout: Duration,
     /// Pause between attempts. CH: `RETRY_INTERVAL`, 100 ms.
     pub retry_interval: Duration,
+    /// How long any one request waits for the backend's reply (`None`: forever, as CH).
+    /// A backend that is stopped, or busy with another VMM (vmblob-vsp serves one connection
+    /// at a time), then fails the request with [`Error::NoAnswer`] instead of hanging it.
+    pub reply_timeout: Option<Duration>,
     /// Offer `VIRTIO_RING_F_EVENT_IDX` (CH always does). The guest driver must then maintain
     /// `used_event` and honour `avail_event` whenever [`Negotiated::event_idx`] says it was acked.
     pub event_idx: bool,
@@ -58,6 +63,7 @@ impl Default for FrontendOptions {
             connect_timeout: Duration::from_secs(60),
             reconnect_timeout: Duration::from_secs(60),
             retry_interval: Duration::from_millis(100),
+            reply_timeout: Some(Duration::from_secs(30)),
             event_idx: true,
         }
     }
@@ -129,10 +135,14 @@ impl VhostUserDevice {
         let calls = (0..num_queues).map(|_| new_fd()).collect::<Result<Vec<_>>>()?;
         let hangup = DisconnectHandle::new().map_err(Error::EventFd)?;
 
-        let (link, negotiated) =
-            session::connect_retrying(socket, num_queues, opts.connect_timeout, opts.retry_interval, |link| {
-                session::handshake(&mut link.frontend, ram, num_queues, opts.event_idx, None)
-            })?;
+        let (link, negotiated) = session::connect_retrying(
+            socket,
+            num_queues,
+            opts.connect_timeout,
+            opts.retry_interval,
+            opts.reply_timeout,
+            |link| session::handshake(&mut link.frontend, ram, num_queues, opts.event_idx, None),
+        )?;
         info!(
             "vhost-user backend {} connected: features {:#x}, protocol features {:?}",
             socket.display(),
@@ -177,17 +187,18 @@ impl VhostUserDevice {
     /// hangs on a refusal (see `config.rs`).
     pub fn get_config(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
         self.require_config()?;
-        config::get_config(&self.link.socket, offset, len)
+        let socket = &self.link.socket;
+        deadline::bounded(socket, self.opts.reply_timeout, Step::GetConfig, || config::get_config(socket, offset, len))
     }
 
     /// Writes the device config space with `VHOST_USER_SET_CONFIG` (flag WRITABLE, as CH's
     /// `write_config`).
     pub fn set_config(&mut self, offset: u32, data: &[u8]) -> Result<()> {
         self.require_config()?;
-        self.link
-            .frontend
-            .set_config(offset, VhostUserConfigFlags::WRITABLE, data)
-            .map_err(|source| Error::Vhost { step: Step::SetConfig, source })
+        let Link { frontend, socket } = &mut self.link;
+        deadline::bounded(socket, self.opts.reply_timeout, Step::SetConfig, || {
+            frontend.set_config(offset, VhostUserConfigFlags::WRITABLE, data).map_err(session::failed(Step::SetConfig))
+        })
     }
 
     fn require_config(&self) -> Result<()> {
@@ -206,7 +217,10 @@ impl VhostUserDevice {
     /// last `activate`/`reconnect`.
     pub fn activate(&mut self, queues: &[QueueConfig]) -> Result<()> {
         session::validate_queues(queues, self.num_queues, &self.ram)?;
-        session::arm_rings(&mut self.link.frontend, &self.ram, queues, &self.kicks, &self.calls)?;
+        let Link { frontend, socket } = &mut self.link;
+        deadline::bounded(socket, self.opts.reply_timeout, Step::SetVringNum(0), || {
+            session::arm_rings(frontend, &self.ram, queues, &self.kicks, &self.calls)
+        })?;
         self.active = queues.iter().map(|q| q.index).collect();
         Ok(())
     }
@@ -218,7 +232,10 @@ impl VhostUserDevice {
     /// The backend drops its kick and call fds for a stopped ring; [`activate`](Self::activate)
     /// hands them over again.
     pub fn stop(&mut self) -> Result<Vec<u16>> {
-        let bases = session::stop_rings(&mut self.link.frontend, &self.active)?;
+        let Link { frontend, socket } = &mut self.link;
+        let bases = deadline::bounded(socket, self.opts.reply_timeout, Step::GetVringBase(0), || {
+            session::stop_rings(frontend, &self.active)
+        })?;
         self.active.clear();
         Ok(bases)
     }
@@ -278,6 +295,7 @@ impl VhostUserDevice {
             num_queues,
             self.opts.reconnect_timeout,
             self.opts.retry_interval,
+            self.opts.reply_timeout,
             |link| {
                 // `event_idx` is ignored with `previous`: the old acked set is replayed.
                 let negotiated = session::handshake(&mut link.frontend, ram, num_queues, false, Some(&previous))?;

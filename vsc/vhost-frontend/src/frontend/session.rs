@@ -30,7 +30,7 @@ pub(crate) struct Link {
 }
 
 /// Wraps a failed request's error with the step that failed.
-fn failed(step: Step) -> impl FnOnce(vhost::Error) -> Error {
+pub(crate) fn failed(step: Step) -> impl FnOnce(vhost::Error) -> Error {
     move |source| Error::Vhost { step, source }
 }
 
@@ -43,6 +43,7 @@ pub(crate) fn connect_retrying<T>(
     max_queues: usize,
     timeout: Duration,
     interval: Duration,
+    reply_timeout: Option<Duration>,
     mut init: impl FnMut(&mut Link) -> Result<T>,
 ) -> Result<(Link, T)> {
     let start = Instant::now();
@@ -51,7 +52,9 @@ pub(crate) fn connect_retrying<T>(
             Ok(stream) => {
                 let socket = stream.try_clone().map_err(Error::Watcher)?;
                 let mut link = Link { frontend: Frontend::from_stream(stream, max_queues as u64), socket };
-                match init(&mut link) {
+                // A stopped backend, or one serving another VMM, must not hang the handshake.
+                let watched = link.socket.try_clone().map_err(Error::Watcher)?;
+                match super::deadline::bounded(&watched, reply_timeout, Step::SetOwner, || init(&mut link)) {
                     Ok(value) => return Ok((link, value)),
                     Err(e) if e.is_transport_lost() => e,
                     Err(e) => return Err(e),
