@@ -31,7 +31,7 @@ use self::index::{Container, IndexEntry};
 use self::layout::{BLOB_MAGIC, BlobHeader, ContainerMeta, Layout, Reservation, TempFile};
 use super::listing;
 use super::semantics::{
-    BufPool, Digests, check_conditions, check_size, check_write, clip_range, ingest, lock, new_props, next_etag,
+    BufPool, Digests, check_conditions, check_size, check_write, clip_range, deletes_uncommitted, ingest, lock, new_props, next_etag,
     now_ms, read, verify, write, written,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
@@ -380,24 +380,32 @@ impl BlobStore for FsStore {
         let c = self.container(&target.container)?;
         let name = target.blob.as_str();
         let _g = c.locks.lock(name);
-        let entry = c.entry(name)?.ok_or(StoreError::BlobNotFound)?;
-        check_conditions(&entry.props, conditions)?;
-        {
-            let alive = read(&c.alive);
-            if !*alive {
-                return Err(StoreError::ContainerNotFound);
-            }
-            let path = layout::blob_path(&c.dir, name);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-            c.set_entry(name, None);
-            if let Some(parent) = path.parent() {
-                layout::sync_dir(parent)?;
-            }
-            c.discard_staged(name);
+        let entry = c.entry(name)?;
+        if let Some(entry) = &entry {
+            check_conditions(&entry.props, conditions)?;
+        } else if !deletes_uncommitted(conditions) || c.with_staged(name, |s| s.is_empty())? {
+            return Err(StoreError::BlobNotFound);
+        }
+        let alive = read(&c.alive);
+        if !*alive {
+            return Err(StoreError::ContainerNotFound);
+        }
+        // Staged blocks go first: a crash before the blob goes leaves the blob
+        // without them (as if they expired), never them without the blob.
+        c.remove_staged(name)?;
+        if entry.is_none() {
+            // A name with only uncommitted blocks, deleted as in Azure.
+            return Ok(());
+        }
+        let path = layout::blob_path(&c.dir, name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        c.set_entry(name, None);
+        if let Some(parent) = path.parent() {
+            layout::sync_dir(parent)?;
         }
         Ok(())
     }
