@@ -15,8 +15,8 @@ use vmblob_protocol::ops::{
 use super::listing;
 use super::semantics::{
     self, BufPool, Checksums, CommittedBlock, DEFAULT_MAX_BLOB_SIZE, MAX_COMMITTED_BLOCKS, NameLocks, PartSource,
-    check_conditions, check_size, check_stage_room, check_write, clip_range, deletes_uncommitted, ingest, lock, new_props, next_etag,
-    now_ms, read, resolve_block_list, verify, write, written,
+    check_conditions, check_size, check_stage_room, check_write, clip_range, deletes_uncommitted, ingest, lock,
+    new_props, next_etag, now_ms, read, resolve_block_list, verify, write, written,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 

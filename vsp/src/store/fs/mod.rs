@@ -8,6 +8,7 @@
 //! its root: opening it clears what an earlier run left in `tmp/` and `trash/`.
 
 mod blocks;
+mod gc;
 mod index;
 mod layout;
 #[cfg(test)]
@@ -18,7 +19,7 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLockReadGuard};
 
 use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
@@ -31,11 +32,12 @@ use self::index::{Container, IndexEntry};
 use self::layout::{BLOB_MAGIC, BlobHeader, ContainerMeta, Layout, Reservation, TempFile};
 use super::listing;
 use super::semantics::{
-    BufPool, Digests, check_conditions, check_size, check_write, clip_range, deletes_uncommitted, ingest, lock, new_props, next_etag,
-    now_ms, read, verify, write, written,
+    BufPool, Digests, check_conditions, check_size, check_write, clip_range, deletes_uncommitted, ingest, lock,
+    new_props, next_etag, now_ms, read, verify, write, written,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
+pub use self::gc::DEFAULT_STAGED_BLOCK_TTL;
 pub use super::semantics::DEFAULT_MAX_BLOB_SIZE;
 
 /// A step of a write at which a test can simulate a crash.
@@ -78,12 +80,23 @@ pub type FaultHook = Arc<dyn Fn(FaultPoint) -> io::Result<()> + Send + Sync>;
 pub struct FsOptions {
     /// Largest blob (and staged block) in bytes.
     pub max_blob_size: u64,
+    /// Staged blocks of a blob expire this long after the last one was
+    /// staged (see `gc.rs`).
+    pub staged_block_ttl: std::time::Duration,
+    /// How often the collector of expired blocks runs; `None`: an eighth of
+    /// the TTL, between 100 ms and 10 minutes.
+    pub gc_interval: Option<std::time::Duration>,
     pub faults: Option<FaultHook>,
 }
 
 impl Default for FsOptions {
     fn default() -> Self {
-        Self { max_blob_size: DEFAULT_MAX_BLOB_SIZE, faults: None }
+        Self {
+            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
+            staged_block_ttl: DEFAULT_STAGED_BLOCK_TTL,
+            gc_interval: None,
+            faults: None,
+        }
     }
 }
 
@@ -92,10 +105,13 @@ pub struct FsStore {
     max_blob_size: u64,
     faults: Option<FaultHook>,
     /// Containers by name; write-locked only briefly, never across I/O.
-    containers: RwLock<BTreeMap<String, Arc<Container>>>,
+    /// Shared with the collector of expired staged blocks.
+    containers: gc::Containers,
     /// Serialises container creates and deletes (their directory I/O).
     container_ops: Mutex<()>,
     bufs: BufPool,
+    /// The background collector of expired staged blocks; stops when dropped.
+    _gc: gc::Gc,
 }
 
 impl FsStore {
@@ -135,13 +151,16 @@ impl FsStore {
                 Err(err) => return Err(err),
             }
         }
+        // Staged blocks no upload can commit go now; expired ones also later.
+        let (containers, gc) = self::gc::collect_at_start(&layout, containers, &options)?;
         Ok(FsStore {
             layout,
             max_blob_size: options.max_blob_size,
             faults: options.faults,
-            containers: RwLock::new(containers),
+            containers,
             container_ops: Mutex::new(()),
             bufs: BufPool::new(),
+            _gc: gc,
         })
     }
 

@@ -23,7 +23,7 @@ fn fresh() -> (FsStore, tempfile::TempDir) {
 
 fn limited(max: u64) -> (FsStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    (FsStore::open_with(dir.path(), FsOptions { max_blob_size: max, faults: None }).unwrap(), dir)
+    (FsStore::open_with(dir.path(), FsOptions { max_blob_size: max, ..FsOptions::default() }).unwrap(), dir)
 }
 
 conformance::conformance_tests!(fresh, limited);

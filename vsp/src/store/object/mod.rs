@@ -53,9 +53,8 @@ use self::attrs::{Decoded, Stored};
 use self::bridge::{Bridge, is_not_found, store_err};
 use self::keys::Keys;
 use super::semantics::{
-    BufPool, DEFAULT_MAX_BLOB_SIZE, NameGuard, NameLocks, check_conditions, check_write, clip_range, deletes_uncommitted,
-    now_ms, read,
-    write,
+    BufPool, DEFAULT_MAX_BLOB_SIZE, NameGuard, NameLocks, check_conditions, check_write, clip_range,
+    deletes_uncommitted, now_ms, read, write,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
