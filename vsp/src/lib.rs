@@ -28,7 +28,11 @@ pub enum VspError {
 pub fn open_store(spec: &StoreSpec, limits: &engine::Limits) -> Result<Arc<dyn store::BlobStore>, VspError> {
     match spec {
         StoreSpec::Dir(dir) => {
-            let options = store::fs::FsOptions { max_blob_size: limits.max_blob_size, ..Default::default() };
+            let options = store::fs::FsOptions {
+                max_blob_size: limits.max_blob_size,
+                staged_block_ttl: limits.staged_block_ttl,
+                ..Default::default()
+            };
             Ok(Arc::new(store::fs::FsStore::open_with(dir, options).map_err(VspError::Store)?))
         }
         StoreSpec::Azure(az) => {
