@@ -54,6 +54,10 @@ pub struct Args {
     /// Largest blob, in bytes.
     #[arg(long, default_value_t = 1 << 40)]
     pub max_blob_size: u64,
+    /// Embedded store: uncommitted blocks of a blob expire this many seconds
+    /// after its last PutBlock (Azure: 7 days).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub staged_block_ttl_secs: u64,
     /// Executor threads serving requests, shared by all queues: how many
     /// store calls overlap (a network store blocks one per request).
     #[arg(long, default_value_t = 16)]
@@ -172,6 +176,7 @@ impl TryFrom<Args> for VspConfig {
             ("max-descriptors", a.max_descriptors as u64),
             ("max-request-len", u64::from(a.max_request_len)),
             ("max-blob-size", a.max_blob_size),
+            ("staged-block-ttl-secs", a.staged_block_ttl_secs),
             ("workers", a.workers as u64),
         ] {
             if v == 0 {
@@ -207,6 +212,7 @@ impl TryFrom<Args> for VspConfig {
                 drain_timeout: Duration::from_millis(a.drain_timeout_ms),
                 dedup_capacity: a.dedup_capacity,
                 max_blob_size: a.max_blob_size,
+                staged_block_ttl: Duration::from_secs(a.staged_block_ttl_secs),
                 ..Limits::default()
             },
             max_connections: a.max_connections,
@@ -254,6 +260,9 @@ mod tests {
         assert_eq!(parse(&["--queue-size", "100"]).unwrap_err(), ConfigError::QueueSize(100));
         assert_eq!(parse(&["--max-inflight", "0"]).unwrap_err(), ConfigError::Zero("max-inflight"));
         assert_eq!(parse(&["--workers", "0"]).unwrap_err(), ConfigError::Zero("workers"));
+        assert_eq!(c.limits.staged_block_ttl, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(parse(&["--staged-block-ttl-secs", "60"]).unwrap().limits.staged_block_ttl, Duration::from_secs(60));
+        assert_eq!(parse(&["--staged-block-ttl-secs", "0"]).unwrap_err(), ConfigError::Zero("staged-block-ttl-secs"));
         let c = parse(&["--workers", "3", "--poll-us", "0"]).unwrap();
         assert_eq!((c.workers, c.poll), (3, Duration::ZERO));
         assert_eq!("file:///x".parse::<StoreSpec>(), Ok(StoreSpec::Dir("/x".into())));

@@ -33,8 +33,12 @@ pub fn open_store(
 ) -> Result<Arc<dyn store::BlobStore>, VspError> {
     match spec {
         StoreSpec::Dir(dir) => {
-            let options =
-                store::fs::FsOptions { max_blob_size: limits.max_blob_size, group_access, ..Default::default() };
+            let options = store::fs::FsOptions {
+                max_blob_size: limits.max_blob_size,
+                staged_block_ttl: limits.staged_block_ttl,
+                group_access,
+                ..Default::default()
+            };
             Ok(Arc::new(store::fs::FsStore::open_with(dir, options).map_err(VspError::Store)?))
         }
         StoreSpec::Azure(az) => {

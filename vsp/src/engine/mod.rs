@@ -44,6 +44,9 @@ pub struct Limits {
     /// Completed writes remembered for replay detection.
     pub dedup_capacity: usize,
     pub max_blob_size: u64,
+    /// How long the embedded store keeps a blob's uncommitted blocks after
+    /// its last PutBlock.
+    pub staged_block_ttl: Duration,
     /// Block size the guest should use for PutBlock.
     pub block_size_hint: u32,
 }
@@ -57,6 +60,7 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(5),
             dedup_capacity: 4096,
             max_blob_size: 1 << 40,
+            staged_block_ttl: crate::store::fs::DEFAULT_STAGED_BLOCK_TTL,
             block_size_hint: 8 << 20,
         }
     }

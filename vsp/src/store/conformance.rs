@@ -267,7 +267,7 @@ macro_rules! conformance_tests {
             delimiter_rolls_up_prefixes, delimiter_listing_pages, blocks_stage_and_commit,
             blocks_recommit_mixes_committed_and_staged, blocks_invalid_lists, blocks_largest_list,
             blocks_replace_same_id, blocks_failed_stage_stores_nothing, block_list_conditions_and_replay,
-            whole_writes_and_deletes_discard_staged,
+            whole_writes_and_deletes_discard_staged, deleting_a_name_with_only_staged_blocks_removes_them,
         );
         #[test]
         fn max_blob_size() {

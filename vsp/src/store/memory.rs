@@ -15,8 +15,8 @@ use vmblob_protocol::ops::{
 use super::listing;
 use super::semantics::{
     self, BufPool, Checksums, CommittedBlock, DEFAULT_MAX_BLOB_SIZE, MAX_COMMITTED_BLOCKS, NameLocks, PartSource,
-    check_conditions, check_size, check_stage_room, check_write, clip_range, ingest, lock, new_props, next_etag,
-    now_ms, read, resolve_block_list, verify, write, written,
+    check_conditions, check_size, check_stage_room, check_write, clip_range, deletes_uncommitted, ingest, lock,
+    new_props, next_etag, now_ms, read, resolve_block_list, verify, write, written,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
@@ -199,7 +199,15 @@ impl BlobStore for MemoryStore {
         let c = self.container(&target.container)?;
         let name = target.blob.as_str();
         let _g = c.locks.lock(name);
-        let blob = c.blob(name).ok_or(StoreError::BlobNotFound)?;
+        let Some(blob) = c.blob(name) else {
+            // A name with only uncommitted blocks is deleted too, as in Azure.
+            let mut staged = lock(&c.staged);
+            return if deletes_uncommitted(conditions) && staged.remove(name).is_some_and(|s| !s.is_empty()) {
+                Ok(())
+            } else {
+                Err(StoreError::BlobNotFound)
+            };
+        };
         check_conditions(&blob.props, conditions)?;
         write(&c.blobs).remove(name);
         lock(&c.staged).remove(name);

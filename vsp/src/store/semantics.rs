@@ -263,6 +263,13 @@ pub(crate) fn check_conditions(props: &BlobProperties, conditions: &Conditions) 
     if conditions.check(etag(&props.etag).as_ref()) { Ok(()) } else { Err(StoreError::PreconditionFailed) }
 }
 
+/// DeleteBlob of a name that has only uncommitted blocks deletes them, as in
+/// Azure, if its conditions hold for an absent blob (none, or If-None-Match);
+/// otherwise the name is missing (`BlobNotFound`) and keeps its blocks.
+pub(crate) fn deletes_uncommitted(conditions: &Conditions) -> bool {
+    conditions.check(None)
+}
+
 pub(crate) fn written(props: &BlobProperties) -> BlobWritten {
     BlobWritten {
         etag: props.etag.clone(),

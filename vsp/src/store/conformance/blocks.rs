@@ -159,6 +159,30 @@ pub fn whole_writes_and_deletes_discard_staged(s: &dyn BlobStore) {
     assert_eq!(block_list(s, "c", BlockListType::All).len(), 1);
 }
 
+pub fn deleting_a_name_with_only_staged_blocks_removes_them(s: &dyn BlobStore) {
+    new_container(s, "box");
+    let r = bref("box", "b");
+    stage(s, "box", "b", b"1", b"x");
+    stage(s, "box", "b", b"2", b"y");
+    stage(s, "box", "other", b"1", b"z");
+    // If-Match needs a committed blob: for it the name is missing.
+    assert_err!(s.delete_blob(&r, &if_match("*")), StoreError::BlobNotFound);
+    assert_eq!(block_list(s, "b", BlockListType::Uncommitted).len(), 2);
+    // Without conditions the uncommitted blocks go, as in Azure.
+    s.delete_blob(&r, &Conditions::none()).unwrap();
+    assert_err!(s.get_block_list(&r, BlockListType::All), StoreError::BlobNotFound);
+    assert_err!(s.put_block_list(&block_list_req("box", "b", &[b"1"]), &txn()), StoreError::InvalidBlockList(_));
+    // Then the name is missing, as a replayed delete finds it.
+    assert_err!(s.delete_blob(&r, &Conditions::none()), StoreError::BlobNotFound);
+    // If-None-Match holds for an absent blob.
+    stage(s, "box", "b", b"3", b"w");
+    s.delete_blob(&r, &if_none_match("*")).unwrap();
+    assert_err!(s.get_block_list(&r, BlockListType::All), StoreError::BlobNotFound);
+    // Other names keep theirs.
+    assert_eq!(block_list(s, "other", BlockListType::Uncommitted).len(), 1);
+    assert!(names(s, "box").is_empty());
+}
+
 /// Run on a store built with a 100-byte blob limit.
 pub fn max_blob_size(s: &dyn BlobStore) {
     new_container(s, "box");

@@ -131,16 +131,19 @@ impl Container {
     /// or delete). The caller holds the name lock. Failing to remove them is
     /// logged, not returned: the write they belong to has already succeeded.
     pub fn discard_staged(&self, name: &str) {
+        if let Err(e) = self.remove_staged(name) {
+            log::warn!("discarding staged blocks of {name:?} in {}: {e}", self.dir.display());
+        }
+    }
+
+    /// Forgets a blob's staged blocks and durably removes their files. The
+    /// caller holds the name lock and the container's liveness guard.
+    pub fn remove_staged(&self, name: &str) -> io::Result<()> {
         lock(&self.staged).remove(name);
-        let dir = layout::staging_dir(&self.dir, name);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => {
-                if let Err(e) = layout::sync_dir(&layout::staging_root(&self.dir)) {
-                    log::warn!("syncing {}: {e}", dir.display());
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => log::warn!("discarding staged blocks in {}: {e}", dir.display()),
+        match fs::remove_dir_all(layout::staging_dir(&self.dir, name)) {
+            Ok(()) => layout::sync_dir(&layout::staging_root(&self.dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
     }
 }

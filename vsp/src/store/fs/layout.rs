@@ -3,7 +3,7 @@
 //! ```text
 //! root/containers/<container>/container.json
 //! root/containers/<container>/blobs/<h[0..2]>/<h>     h = hex SHA-256 of the blob name
-//! root/containers/<container>/staging/<h>/<hex id>    staged blocks of that blob
+//! root/containers/<container>/staging/<h>/<hex id>    staged blocks of that blob (expire, see gc.rs)
 //! root/tmp/      files and directories being written (cleared on open)
 //! root/trash/    deleted containers being removed (cleared on open)
 //! ```

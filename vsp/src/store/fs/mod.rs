@@ -10,6 +10,7 @@
 
 mod access;
 mod blocks;
+mod gc;
 mod index;
 mod layout;
 #[cfg(test)]
@@ -20,7 +21,7 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLockReadGuard};
 
 use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
@@ -34,11 +35,12 @@ use self::index::{Container, IndexEntry};
 use self::layout::{BLOB_MAGIC, BlobHeader, ContainerMeta, Layout, Reservation, TempFile};
 use super::listing;
 use super::semantics::{
-    BufPool, Digests, check_conditions, check_size, check_write, clip_range, ingest, lock, new_props, next_etag,
-    now_ms, read, verify, write, written,
+    BufPool, Digests, check_conditions, check_size, check_write, clip_range, deletes_uncommitted, ingest, lock,
+    new_props, next_etag, now_ms, read, verify, write, written,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
+pub use self::gc::DEFAULT_STAGED_BLOCK_TTL;
 pub use super::semantics::DEFAULT_MAX_BLOB_SIZE;
 
 /// A step of a write at which a test can simulate a crash.
@@ -81,6 +83,12 @@ pub type FaultHook = Arc<dyn Fn(FaultPoint) -> io::Result<()> + Send + Sync>;
 pub struct FsOptions {
     /// Largest blob (and staged block) in bytes.
     pub max_blob_size: u64,
+    /// Staged blocks of a blob expire this long after the last one was
+    /// staged (see `gc.rs`).
+    pub staged_block_ttl: std::time::Duration,
+    /// How often the collector of expired blocks runs; `None`: an eighth of
+    /// the TTL, between 100 ms and 10 minutes.
+    pub gc_interval: Option<std::time::Duration>,
     pub faults: Option<FaultHook>,
     /// Members of the store root's group may read and write it (directories 0770, files
     /// 0660); otherwise only the daemon's user (0700, 0600), and a group-writable root is
@@ -90,7 +98,13 @@ pub struct FsOptions {
 
 impl Default for FsOptions {
     fn default() -> Self {
-        Self { max_blob_size: DEFAULT_MAX_BLOB_SIZE, faults: None, group_access: false }
+        Self {
+            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
+            staged_block_ttl: DEFAULT_STAGED_BLOCK_TTL,
+            gc_interval: None,
+            faults: None,
+            group_access: false,
+        }
     }
 }
 
@@ -99,10 +113,13 @@ pub struct FsStore {
     max_blob_size: u64,
     faults: Option<FaultHook>,
     /// Containers by name; write-locked only briefly, never across I/O.
-    containers: RwLock<BTreeMap<String, Arc<Container>>>,
+    /// Shared with the collector of expired staged blocks.
+    containers: gc::Containers,
     /// Serialises container creates and deletes (their directory I/O).
     container_ops: Mutex<()>,
     bufs: BufPool,
+    /// The background collector of expired staged blocks; stops when dropped.
+    _gc: gc::Gc,
     /// The root's lock, held as long as the store is open: one daemon per store.
     _root_lock: File,
 }
@@ -148,13 +165,16 @@ impl FsStore {
                 Err(err) => return Err(err),
             }
         }
+        // Staged blocks no upload can commit go now; expired ones also later.
+        let (containers, gc) = self::gc::collect_at_start(&layout, containers, &options)?;
         Ok(FsStore {
             layout,
             max_blob_size: options.max_blob_size,
             faults: options.faults,
-            containers: RwLock::new(containers),
+            containers,
             container_ops: Mutex::new(()),
             bufs: BufPool::new(),
+            _gc: gc,
             _root_lock: root_lock,
         })
     }
@@ -395,24 +415,32 @@ impl BlobStore for FsStore {
         let c = self.container(&target.container)?;
         let name = target.blob.as_str();
         let _g = c.locks.lock(name);
-        let entry = c.entry(name)?.ok_or(StoreError::BlobNotFound)?;
-        check_conditions(&entry.props, conditions)?;
-        {
-            let alive = read(&c.alive);
-            if !*alive {
-                return Err(StoreError::ContainerNotFound);
-            }
-            let path = layout::blob_path(&c.dir, name);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-            c.set_entry(name, None);
-            if let Some(parent) = path.parent() {
-                layout::sync_dir(parent)?;
-            }
-            c.discard_staged(name);
+        let entry = c.entry(name)?;
+        if let Some(entry) = &entry {
+            check_conditions(&entry.props, conditions)?;
+        } else if !deletes_uncommitted(conditions) || c.with_staged(name, |s| s.is_empty())? {
+            return Err(StoreError::BlobNotFound);
+        }
+        let alive = read(&c.alive);
+        if !*alive {
+            return Err(StoreError::ContainerNotFound);
+        }
+        // Staged blocks go first: a crash before the blob goes leaves the blob
+        // without them (as if they expired), never them without the blob.
+        c.remove_staged(name)?;
+        if entry.is_none() {
+            // A name with only uncommitted blocks, deleted as in Azure.
+            return Ok(());
+        }
+        let path = layout::blob_path(&c.dir, name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        c.set_entry(name, None);
+        if let Some(parent) = path.parent() {
+            layout::sync_dir(parent)?;
         }
         Ok(())
     }

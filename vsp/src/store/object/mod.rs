@@ -54,8 +54,8 @@ use self::attrs::{Decoded, Stored};
 use self::bridge::{Bridge, is_not_found, store_err};
 use self::keys::Keys;
 use super::semantics::{
-    BufPool, DEFAULT_MAX_BLOB_SIZE, NameGuard, NameLocks, check_conditions, check_write, clip_range, now_ms, read,
-    write,
+    BufPool, DEFAULT_MAX_BLOB_SIZE, NameGuard, NameLocks, check_conditions, check_write, clip_range,
+    deletes_uncommitted, now_ms, read, write,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
@@ -315,7 +315,14 @@ impl BlobStore for ObjectBlobStore {
         let key = self.keys.blob(target)?;
         let _gate = self.write_gate(&target.container);
         let _name = self.lock_name(key.as_ref())?;
-        let blob = self.existing_blob(target, &key)?.blob;
+        let blob = match self.existing_blob(target, &key) {
+            Ok(d) => d.blob,
+            // A name with only uncommitted blocks is deleted too, as in Azure.
+            Err(StoreError::BlobNotFound) if deletes_uncommitted(conditions) && !self.staged(target)?.is_empty() => {
+                return self.discard_blocks(target, None);
+            }
+            Err(e) => return Err(e),
+        };
         check_conditions(&blob, conditions)?;
         let store = &*self.store;
         self.bridge.commit(async { store.delete(&key).await.map_err(store_err) })?;

@@ -56,6 +56,7 @@ macro_rules! cases_but_etag_format {
             blocks_failed_stage_stores_nothing,
             block_list_conditions_and_replay,
             whole_writes_and_deletes_discard_staged,
+            deleting_a_name_with_only_staged_blocks_removes_them,
         );
     };
 }

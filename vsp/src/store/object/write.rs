@@ -282,7 +282,7 @@ impl ObjectBlobStore {
     }
 
     /// Staged blocks of a blob: id to (size, key).
-    fn staged(&self, target: &BlobRef) -> Result<BTreeMap<Vec<u8>, (u64, Path)>, StoreError> {
+    pub(super) fn staged(&self, target: &BlobRef) -> Result<BTreeMap<Vec<u8>, (u64, Path)>, StoreError> {
         let dir = self.keys.staged_dir(target)?;
         let store = &*self.store;
         let metas: Vec<_> = self.bridge.run(async { store.list(Some(&dir)).try_collect().await.map_err(store_err) })?;
