@@ -17,6 +17,7 @@ pub mod transport;
 pub use client::{BlobClient, ClientOptions, Data, OpResult, PendingOp};
 pub use error::ClientError;
 pub use transport::dma;
+pub use transport::virtio_pci::{CompletionMode, VirtioPciOptions, VirtioPciTransport};
 #[cfg(feature = "vhost-user")]
 pub use transport::virtio_vhost_user::{VirtioOptions, VirtioTransport};
 pub use transport::vmbus::{VmbusOptions, VmbusTransport};
