@@ -46,6 +46,9 @@ pub mod transport;
 
 #[cfg(test)]
 mod tests;
+/// The fake tree, shared with the sysfs and device tests.
+#[cfg(test)]
+pub(crate) use tests::fake as tests_support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
