@@ -28,7 +28,7 @@ impl Config {
         c[4..6].copy_from_slice(&0x0002u16.to_le_bytes());
         c[0x10 + 4 * 4..0x10 + 4 * 4 + 4].copy_from_slice(&0x0000_000cu32.to_le_bytes()); // 64-bit, prefetchable
         c[0x10 + 5 * 4..0x10 + 5 * 4 + 4].copy_from_slice(&0x1u32.to_le_bytes()); // upper half: 4 GiB
-        c[0x10 + 1 * 4..0x10 + 1 * 4 + 4].copy_from_slice(&0xfebf_1000u32.to_le_bytes()); // BAR 1: 32-bit (MSI-X)
+        c[0x14..0x18].copy_from_slice(&0xfebf_1000u32.to_le_bytes()); // BAR 1: 32-bit (MSI-X)
         Self(c)
     }
 

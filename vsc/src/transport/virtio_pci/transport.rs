@@ -144,7 +144,8 @@ impl VirtioPciTransport {
     pub fn start(dev: PciDevice, dma: PinnedDma, opts: VirtioPciOptions) -> Result<Self, ClientError> {
         let inner = match Inner::init(dev, dma, opts) {
             Ok(inner) => Arc::new(inner),
-            Err((dev, e)) => {
+            Err(failed) => {
+                let (dev, e) = *failed;
                 if let Err(r) = dev.common.reset(Duration::from_millis(100)) {
                     log::warn!("{}: reset after failed init: {r}", dev.bdf);
                 }
@@ -183,20 +184,20 @@ impl VirtioPciTransport {
 impl Inner {
     /// Reset, negotiate, set up every queue, DRIVER_OK. On error the device
     /// is handed back for the caller's reset.
-    fn init(dev: PciDevice, dma: PinnedDma, opts: VirtioPciOptions) -> Result<Self, (PciDevice, ClientError)> {
+    fn init(dev: PciDevice, dma: PinnedDma, opts: VirtioPciOptions) -> Result<Self, Box<(PciDevice, ClientError)>> {
         let phys = Arc::new(PhysMap::new(&dma));
         let setup = Self::setup_queues(&dev, &dma, &phys, &opts);
         let (queues, rings, event_idx) = match setup {
             Ok(s) => s,
-            Err(e) => return Err((dev, e)),
+            Err(e) => return Err(Box::new((dev, e))),
         };
         let intx = opts.mode == CompletionMode::Interrupts;
         let command = if intx { (CMD_BUS_MASTER, CMD_INTX_DISABLE) } else { (CMD_BUS_MASTER | CMD_INTX_DISABLE, 0) };
         if let Err(e) = dev.config.update_command(command.0, command.1) {
-            return Err((dev, transport_err(e)));
+            return Err(Box::new((dev, transport_err(e))));
         }
         if let Err(e) = dev.common.add_status(status::DRIVER_OK) {
-            return Err((dev, transport_err(e)));
+            return Err(Box::new((dev, transport_err(e))));
         }
         let max_chain = queues.iter().map(|q| usize::from(lock(&q.state).ring.size())).min().unwrap_or(1);
         log::info!(
