@@ -36,6 +36,7 @@ pub use client::{
 };
 pub use error::{ClientError, ProtocolError};
 pub use transport::dma;
+pub use transport::virtio_pci::{CompletionMode, VirtioPciOptions, VirtioPciTransport};
 #[cfg(feature = "vhost-user")]
 pub use transport::virtio_vhost_user::{VirtioOptions, VirtioTransport};
 pub use transport::vmbus::{VmbusOptions, VmbusTransport};

@@ -109,6 +109,12 @@ impl DmaPool {
         Ok(Self { inner: Arc::new(PoolInner { mem, base, pages, free: Mutex::new(free), freed: Condvar::new() }) })
     }
 
+    /// The memory the pool's addresses refer to (rings placed in a pool
+    /// buffer are driven through it).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.inner.mem
+    }
+
     /// Bytes managed by the pool.
     pub fn capacity(&self) -> u64 {
         self.inner.pages * PAGE_SIZE

@@ -10,6 +10,7 @@ pub mod pinned;
 pub mod region;
 pub mod table;
 pub mod virtio;
+pub mod virtio_pci;
 #[cfg(feature = "vhost-user")]
 pub mod virtio_vhost_user;
 pub mod vmbus;

@@ -132,7 +132,7 @@ impl PinnedDma {
     }
 
     /// Touch every page, translate it, and put the pool on top.
-    fn from_region(
+    pub(crate) fn from_region(
         region: MappedRegion,
         hugepages: bool,
         pagemap: Pagemap,

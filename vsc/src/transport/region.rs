@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, Ordering};
 
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{Bytes, FileOffset, VolatileMemory};
@@ -17,7 +17,7 @@ use vm_memory::{Bytes, FileOffset, VolatileMemory};
 pub enum RegionError {
     #[error("access [{offset:#x}, +{len:#x}) is outside the {region_len:#x}-byte region")]
     OutOfBounds { offset: usize, len: usize, region_len: usize },
-    #[error("offset {offset:#x} is not 4-byte aligned")]
+    #[error("offset {offset:#x} is not aligned to the access size")]
     Misaligned { offset: usize },
     #[error("mmap of {len:#x} bytes failed: {source}")]
     Map { len: usize, source: vm_memory::mmap::MmapRegionError },
@@ -110,6 +110,36 @@ impl MappedRegion {
     /// Atomically OR `bits` into the word at `offset`; returns the old value.
     pub fn fetch_or_u32(&self, offset: usize, bits: u32, order: Ordering) -> Result<u32, RegionError> {
         Ok(self.atomic_u32(offset)?.fetch_or(bits, order))
+    }
+
+    /// 8- and 16-bit accesses of exactly that width, for device registers
+    /// (virtio-pci requires each field to be accessed at its own size).
+    pub fn load_u8(&self, offset: usize, order: Ordering) -> Result<u8, RegionError> {
+        let abs = self.check(offset, 1)?;
+        Ok(self.map.get_atomic_ref::<AtomicU8>(abs).map_err(|_| self.oob(offset, 1))?.load(order))
+    }
+
+    pub fn store_u8(&self, offset: usize, value: u8, order: Ordering) -> Result<(), RegionError> {
+        let abs = self.check(offset, 1)?;
+        self.map.get_atomic_ref::<AtomicU8>(abs).map_err(|_| self.oob(offset, 1))?.store(value, order);
+        Ok(())
+    }
+
+    pub fn load_u16(&self, offset: usize, order: Ordering) -> Result<u16, RegionError> {
+        Ok(self.atomic_u16(offset)?.load(order))
+    }
+
+    pub fn store_u16(&self, offset: usize, value: u16, order: Ordering) -> Result<(), RegionError> {
+        self.atomic_u16(offset)?.store(value, order);
+        Ok(())
+    }
+
+    fn atomic_u16(&self, offset: usize) -> Result<&AtomicU16, RegionError> {
+        let abs = self.check(offset, 2)?;
+        if !abs.is_multiple_of(2) {
+            return Err(RegionError::Misaligned { offset });
+        }
+        self.map.get_atomic_ref::<AtomicU16>(abs).map_err(|_| RegionError::Misaligned { offset })
     }
 
     /// Volatile copy out of the window.

@@ -7,8 +7,10 @@
 //! validated before use; a misbehaving device yields a [`QueueError`], never a
 //! panic or a corrupted free list.
 
+pub mod device_addr;
 pub mod split_queue;
 
+pub use device_addr::{DeviceAddr, Identity};
 pub use split_queue::{MAX_QUEUE_SIZE, SplitQueue};
 
 use vm_memory::GuestAddress;
@@ -57,6 +59,8 @@ pub enum QueueError {
     ReadableAfterWritable { index: usize },
     #[error("descriptor {index} [{:#x}, +{len:#x}) is not inside guest memory", addr.0)]
     BufferOutsideMemory { index: usize, addr: GuestAddress, len: u32 },
+    #[error("[{:#x}, +{len:#x}) is not one contiguous range for the device", addr.0)]
+    NotDeviceContiguous { addr: GuestAddress, len: u64 },
     #[error("chain totals {total} bytes, more than 2^32 - 1")]
     ChainTooLarge { total: u64 },
     #[error("device returned used id {id}, outside the queue of size {size}")]

@@ -5,15 +5,24 @@
 //! - avail ring right after it: le16 flags, le16 idx, le16 ring[N], le16 used_event;
 //! - used ring at the next 4-byte boundary: le16 flags, le16 idx, {le32 id, le32 len}[N], le16 avail_event.
 //!
+//! Ring and buffer addresses are pool addresses (those of `mem`); what the
+//! device is told (descriptor `addr` fields, [`SplitQueue::device_rings`])
+//! goes through the queue's [`DeviceAddr`] (identity unless
+//! [`SplitQueue::with_device_addr`] is used).
+//!
 //! Chain bookkeeping (free list, chain lengths) is kept in driver-private
 //! memory and never read back from the ring, so a device scribbling on the
 //! descriptor table cannot corrupt it.
 
+use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::{QueueError, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
+use super::{
+    DeviceAddr, Identity, QueueError, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_USED_F_NO_NOTIFY,
+};
 
 /// Largest queue size the virtio spec allows for split rings.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
@@ -36,6 +45,7 @@ fn layout(size: u16) -> (u64, u64, u64) {
 #[derive(Debug)]
 pub struct SplitQueue {
     mem: GuestMemoryMmap,
+    dev: Arc<dyn DeviceAddr>,
     size: u16,
     event_idx: bool,
     desc_table: GuestAddress,
@@ -74,6 +84,19 @@ impl SplitQueue {
     ///
     /// `event_idx` says whether VIRTIO_RING_F_EVENT_IDX was negotiated.
     pub fn new(mem: GuestMemoryMmap, base: GuestAddress, size: u16, event_idx: bool) -> Result<Self, QueueError> {
+        Self::with_device_addr(mem, base, size, event_idx, Arc::new(Identity))
+    }
+
+    /// Like `new`, with descriptor and ring addresses translated by `dev`
+    /// for the device. Each ring part (descriptor table, avail ring, used
+    /// ring) must be contiguous for the device.
+    pub fn with_device_addr(
+        mem: GuestMemoryMmap,
+        base: GuestAddress,
+        size: u16,
+        event_idx: bool,
+        dev: Arc<dyn DeviceAddr>,
+    ) -> Result<Self, QueueError> {
         if size == 0 || size > MAX_QUEUE_SIZE || !size.is_power_of_two() {
             return Err(QueueError::InvalidSize(size));
         }
@@ -87,10 +110,22 @@ impl SplitQueue {
         if !in_memory {
             return Err(QueueError::RingOutsideMemory { base, len: total });
         }
+        let n64 = u64::from(size);
+        let parts = [
+            (base.0, DESC_SIZE * n64),
+            (base.0 + avail_off, RING_HEADER + AVAIL_ELEM * n64 + EVENT_FIELD),
+            (base.0 + used_off, RING_HEADER + USED_ELEM * n64 + EVENT_FIELD),
+        ];
+        for (addr, len) in parts {
+            if dev.device_addr(GuestAddress(addr), len).is_none() {
+                return Err(QueueError::NotDeviceContiguous { addr: GuestAddress(addr), len });
+            }
+        }
         mem.write_slice(&vec![0u8; total as usize], base)?;
         let n = usize::from(size);
         Ok(Self {
             mem,
+            dev,
             size,
             event_idx,
             desc_table: base,
@@ -122,6 +157,12 @@ impl SplitQueue {
     }
     pub fn used_ring(&self) -> GuestAddress {
         self.used_ring
+    }
+    /// Device addresses of the descriptor table, avail ring and used ring
+    /// (checked at construction), for the device's queue registers.
+    pub fn device_rings(&self) -> (u64, u64, u64) {
+        let at = |a: GuestAddress| self.dev.device_addr(a, 1).expect("checked in with_device_addr");
+        (at(self.desc_table), at(self.avail_ring), at(self.used_ring))
     }
     /// The next avail index the driver will publish: the base to arm a
     /// (re)connected backend with (`SET_VRING_BASE`).
@@ -172,13 +213,13 @@ impl SplitQueue {
     /// the head index, which `pop_used` reports on completion. Several calls
     /// may be batched before one `needs_kick` decision.
     pub fn add_chain(&mut self, bufs: &[(GuestAddress, u32, bool)]) -> Result<u16, QueueError> {
-        let writable = self.check_chain(bufs)?;
+        let (writable, device_addrs) = self.check_chain(bufs)?;
         if bufs.len() > usize::from(self.num_free) {
             return Err(QueueError::Full { needed: bufs.len(), free: usize::from(self.num_free) });
         }
         let head = self.free_head;
         let mut idx = head;
-        for (i, &(addr, len, device_writable)) in bufs.iter().enumerate() {
+        for (i, (&(_, len, device_writable), &addr)) in bufs.iter().zip(&device_addrs).enumerate() {
             let last = i + 1 == bufs.len();
             let mut flags = if device_writable { VIRTQ_DESC_F_WRITE } else { 0 };
             let mut next = 0;
@@ -187,7 +228,7 @@ impl SplitQueue {
                 next = self.next[usize::from(idx)];
             }
             let mut raw = [0u8; DESC_SIZE as usize];
-            raw[0..8].copy_from_slice(&addr.0.to_le_bytes());
+            raw[0..8].copy_from_slice(&addr.to_le_bytes());
             raw[8..12].copy_from_slice(&len.to_le_bytes());
             raw[12..14].copy_from_slice(&flags.to_le_bytes());
             raw[14..16].copy_from_slice(&next.to_le_bytes());
@@ -214,8 +255,9 @@ impl SplitQueue {
         Ok(head)
     }
 
-    /// Validate a chain's shape; returns its device-writable byte count.
-    fn check_chain(&self, bufs: &[(GuestAddress, u32, bool)]) -> Result<u32, QueueError> {
+    /// Validate a chain's shape; returns its device-writable byte count and
+    /// the buffers' device addresses.
+    fn check_chain(&self, bufs: &[(GuestAddress, u32, bool)]) -> Result<(u32, Vec<u64>), QueueError> {
         if bufs.is_empty() {
             return Err(QueueError::EmptyChain);
         }
@@ -223,6 +265,7 @@ impl SplitQueue {
             return Err(QueueError::ChainTooLong { len: bufs.len(), max: self.size });
         }
         let (mut total, mut writable, mut seen_writable) = (0u64, 0u64, false);
+        let mut device_addrs = Vec::with_capacity(bufs.len());
         for (index, &(addr, len, device_writable)) in bufs.iter().enumerate() {
             if len == 0 {
                 return Err(QueueError::EmptyBuffer { index });
@@ -234,6 +277,8 @@ impl SplitQueue {
             if !in_memory {
                 return Err(QueueError::BufferOutsideMemory { index, addr, len });
             }
+            let dev_addr = self.dev.device_addr(addr, u64::from(len));
+            device_addrs.push(dev_addr.ok_or(QueueError::NotDeviceContiguous { addr, len: u64::from(len) })?);
             seen_writable |= device_writable;
             total += u64::from(len);
             if device_writable {
@@ -244,7 +289,7 @@ impl SplitQueue {
         if total > u64::from(u32::MAX) {
             return Err(QueueError::ChainTooLarge { total });
         }
-        Ok(writable as u32) // writable <= total
+        Ok((writable as u32, device_addrs)) // writable <= total
     }
 
     /// Whether the device must be kicked for the chains added since the last
@@ -823,5 +868,34 @@ pub(crate) mod tests {
         assert!(device_pop(&mut dev, &mem).is_none());
         dev.add_used(&mem, h, 12).unwrap();
         assert_eq!(q.pop_used().unwrap(), Some((h, 12)));
+    }
+
+    /// Pages seen by the device 4 GiB higher, each page on its own: a range
+    /// crossing a page boundary is not contiguous.
+    #[derive(Debug)]
+    struct PerPage;
+    impl crate::transport::virtio::DeviceAddr for PerPage {
+        fn device_addr(&self, addr: GuestAddress, len: u64) -> Option<u64> {
+            let end = addr.0.checked_add(len)?;
+            (len > 0 && addr.0 / 0x1000 == (end - 1) / 0x1000).then_some(addr.0 + (1 << 32))
+        }
+    }
+
+    #[test]
+    fn device_addresses_are_translated_and_must_be_contiguous() {
+        let mem = memory();
+        let mut q = SplitQueue::with_device_addr(mem.clone(), RING, 8, false, std::sync::Arc::new(PerPage)).unwrap();
+        let (desc, avail, used) = q.device_rings();
+        assert_eq!(desc, RING.0 + (1 << 32));
+        assert_eq!((avail, used), (q.avail_ring().0 + (1 << 32), q.used_ring().0 + (1 << 32)));
+        let h = q.add_chain(&[buf(0, 56, false), buf(1, 4096, true)]).unwrap();
+        let addr: u64 = mem.read_obj(GuestAddress(q.desc_table().0 + 16 * u64::from(h))).unwrap();
+        assert_eq!(u64::from_le(addr), DATA + (1 << 32));
+        let crossing = (GuestAddress(DATA + 0x2800), 0x1000, false);
+        assert!(matches!(q.add_chain(&[crossing]), Err(QueueError::NotDeviceContiguous { len: 0x1000, .. })));
+        assert_eq!((q.free_descriptors(), q.outstanding()), (6, 1), "a refused chain takes nothing");
+        // A 1024-entry descriptor table spans four pages.
+        let err = SplitQueue::with_device_addr(mem, RING, 1024, false, std::sync::Arc::new(PerPage)).unwrap_err();
+        assert!(matches!(err, QueueError::NotDeviceContiguous { .. }), "{err}");
     }
 }

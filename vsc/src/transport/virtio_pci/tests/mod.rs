@@ -1,0 +1,235 @@
+//! The transport against a fake function ([`fake`]): `BlobClient` round
+//! trips over INTx and busy-polling, feature refusal, surprise removal, a
+//! corrupt used ring and duplicate completions.
+
+pub(crate) mod fake;
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vmblob_protocol::ContainerName;
+use vmblob_protocol::ops::{Metadata, OpRequest};
+
+use super::caps::tests::Config;
+use super::common::features;
+use super::sysfs::{CMD_BUS_MASTER, CMD_INTX_DISABLE, CMD_MEMORY};
+use super::{CompletionMode, PciDevice, VirtioPciOptions, VirtioPciTransport};
+use crate::client::{BlobClient, ClientOptions, Data, PendingOp};
+use crate::error::ClientError;
+use crate::transport::Transport;
+use fake::{BDF, Behaviour, FakeDma, FakeTree, Intx, Model, Server, Trap};
+
+const POLL: CompletionMode = CompletionMode::Poll { idle_sleep: Duration::from_micros(100) };
+
+struct Rig {
+    tree: FakeTree,
+    model: Arc<Model>,
+    _dma: FakeDma,
+    server: Server,
+    /// The kernel's end of `/dev/uioN` (INTx mode).
+    uio: Option<UnixStream>,
+}
+
+fn opts(tree: &FakeTree, mode: CompletionMode) -> VirtioPciOptions {
+    VirtioPciOptions {
+        sysfs_root: tree.root().into(),
+        queues: 2,
+        queue_size: 64,
+        mode,
+        config_timeout: Duration::from_secs(10),
+        wait_slice: Duration::from_millis(20),
+        ..Default::default()
+    }
+}
+
+/// A fake function with `offered` features, its device thread, and a
+/// transport started on it (or the error).
+fn rig_with(
+    mode: CompletionMode,
+    behaviour: Behaviour,
+    offered: u64,
+    prepare: impl FnOnce(&Model),
+) -> (Rig, Result<VirtioPciTransport, ClientError>) {
+    let tree = FakeTree::new(&Config::standard()).bound();
+    let model = Model::new(2, 256, offered);
+    prepare(&model);
+    let (dma_files, dma) = FakeDma::new(512);
+    let (irq, uio, intx) = match mode {
+        CompletionMode::Interrupts => {
+            let (guest, kernel) = UnixStream::pair().unwrap();
+            guest.set_nonblocking(true).unwrap();
+            let intx = Intx::new(kernel.try_clone().unwrap(), &tree);
+            (Some(File::from(OwnedFd::from(guest))), Some(kernel), Some(intx))
+        }
+        CompletionMode::Poll { .. } => (None, None, None),
+    };
+    let server = Server::start(model.clone(), dma_files.device_memory(), behaviour, intx);
+    let m = model.clone();
+    let dev =
+        PciDevice::open_with(tree.root(), BDF, irq, &move |_, bar| Arc::new(Trap { bar, model: m.clone() })).unwrap();
+    let t = VirtioPciTransport::start(dev, dma, opts(&tree, mode));
+    (Rig { tree, model, _dma: dma_files, server, uio }, t)
+}
+
+fn rig(mode: CompletionMode, behaviour: Behaviour) -> (Rig, Arc<VirtioPciTransport>) {
+    let (r, t) = rig_with(mode, behaviour, features::VERSION_1 | features::RING_EVENT_IDX, |_| {});
+    (r, Arc::new(t.unwrap()))
+}
+
+fn client(t: &Arc<VirtioPciTransport>) -> BlobClient {
+    BlobClient::new(t.clone(), t.device_config(), ClientOptions { timeout_ms: 0, ..Default::default() })
+}
+
+fn create(c: &BlobClient, name: &str) -> Result<PendingOp, ClientError> {
+    let op = OpRequest::CreateContainer { container: ContainerName::new(name).unwrap(), metadata: Metadata::default() };
+    c.submit(&op, Data::None)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn round_trips(t: &Arc<VirtioPciTransport>) {
+    let c = client(t);
+    assert_eq!(c.create_container("box").unwrap().etag, "box");
+    // Larger than 4 pages, so the data crosses the fake frames' jumps.
+    let data = pattern(150_000, 7);
+    c.put("box", "blob", &data).unwrap();
+    assert_eq!(c.get("box", "blob").unwrap(), data);
+    assert_eq!(c.get_range("box", "blob", 4093, 9000).unwrap(), data[4093..13093]);
+    assert!(c.get("box", "missing").unwrap_err().is_not_found());
+    // Several callers at once spread over both queues.
+    std::thread::scope(|s| {
+        for k in 0..4u8 {
+            let c = client(t);
+            s.spawn(move || {
+                for i in 0..8 {
+                    let d = pattern(5000 + 3000 * i, k);
+                    let name = format!("b{k}-{i}");
+                    c.put("box", &name, &d).unwrap();
+                    assert_eq!(c.get("box", &name).unwrap(), d, "{name}");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn blob_client_round_trips_over_intx() {
+    let (r, t) = rig(CompletionMode::Interrupts, Behaviour::Honest);
+    let cfg = t.device_config();
+    assert_eq!(cfg.max_segments, 1024);
+    assert!(cfg.max_data_len <= 55 * 4096, "cut to what a ring of 64 carries on 4 KiB pages: {}", cfg.max_data_len);
+    assert_eq!(t.num_queues(), 2);
+    round_trips(&t);
+    assert!(r.model.isr_reads.load(std::sync::atomic::Ordering::SeqCst) > 0, "INTx acknowledged through the ISR");
+    let cmd = r.tree.command();
+    assert_eq!(cmd & (CMD_MEMORY | CMD_BUS_MASTER), CMD_MEMORY | CMD_BUS_MASTER);
+    assert_eq!(cmd & CMD_INTX_DISABLE, 0, "INTx unmasked after each interrupt");
+    assert_eq!(r.model.status() & 0x0f, 0x0f, "ACK, DRIVER, FEATURES_OK, DRIVER_OK");
+    assert!(t.is_connected());
+    let resets = r.model.resets.load(std::sync::atomic::Ordering::SeqCst);
+    drop(t);
+    assert_eq!(r.model.status(), 0, "reset on close");
+    assert_eq!(r.model.resets.load(std::sync::atomic::Ordering::SeqCst), resets + 1);
+    assert_eq!(r.tree.command() & CMD_BUS_MASTER, 0, "bus mastering off after close");
+    drop(r.server);
+}
+
+#[test]
+fn blob_client_round_trips_by_polling() {
+    let (r, t) = rig(POLL, Behaviour::Honest);
+    round_trips(&t);
+    assert_eq!(r.tree.command() & CMD_INTX_DISABLE, CMD_INTX_DISABLE, "polling keeps INTx masked");
+    assert_eq!(r.model.isr_reads.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[test]
+fn features_not_kept_fail_open_and_reset_the_device() {
+    let (r, t) = rig_with(POLL, Behaviour::Honest, features::VERSION_1, |m| {
+        m.refuse_features.store(true, std::sync::atomic::Ordering::SeqCst)
+    });
+    let err = t.err().unwrap();
+    assert!(err.to_string().contains("FEATURES_OK"), "{err}");
+    assert_eq!(r.model.status(), 0, "reset after the failed init");
+    let (r, t) = rig_with(POLL, Behaviour::Honest, features::RING_EVENT_IDX, |_| {});
+    let err = t.err().unwrap();
+    assert!(err.to_string().contains("VERSION_1"), "{err}");
+    assert_eq!(r.model.status(), 0);
+}
+
+/// Every pending request fails once with Rescinded; nothing is sent after.
+fn assert_all_rescinded(t: &Arc<VirtioPciTransport>, pending: Vec<PendingOp>) {
+    for p in pending {
+        assert!(matches!(p.wait(), Err(ClientError::Rescinded)));
+    }
+    assert_eq!(t.pending(), 0);
+    assert!(!t.is_connected());
+    assert!(matches!(create(&client(t), "later").err(), Some(ClientError::Rescinded)));
+}
+
+#[test]
+fn surprise_removal_of_the_uio_device_fails_pending_requests_once() {
+    let (r, t) = rig(CompletionMode::Interrupts, Behaviour::Silent);
+    let c = client(&t);
+    let pending: Vec<PendingOp> = (0..5).map(|i| create(&c, &format!("box{i}")).unwrap()).collect();
+    let resets = r.model.resets.load(std::sync::atomic::Ordering::SeqCst);
+    r.uio.as_ref().unwrap().shutdown(std::net::Shutdown::Both).unwrap();
+    assert_all_rescinded(&t, pending);
+    drop(t);
+    assert_eq!(r.model.resets.load(std::sync::atomic::Ordering::SeqCst), resets, "a removed device is not touched");
+}
+
+#[test]
+fn a_device_reading_all_ones_is_removed() {
+    let (r, t) = rig(POLL, Behaviour::Silent);
+    let c = client(&t);
+    let pending: Vec<PendingOp> = (0..3).map(|i| create(&c, &format!("box{i}")).unwrap()).collect();
+    r.model.removed.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_all_rescinded(&t, pending);
+}
+
+#[test]
+fn a_garbage_used_ring_fails_requests_and_resets_the_device() {
+    // The config fetch is answered; the next completion is garbage.
+    let (r, t) = rig(CompletionMode::Interrupts, Behaviour::GarbageAfter(1));
+    let c = client(&t);
+    let pending: Vec<PendingOp> = (0..3).map(|i| create(&c, &format!("box{i}")).unwrap()).collect();
+    let resets = r.model.resets.load(std::sync::atomic::Ordering::SeqCst);
+    assert_all_rescinded(&t, pending);
+    assert_eq!(r.model.resets.load(std::sync::atomic::Ordering::SeqCst), resets + 1, "reset once, when it broke");
+    assert_eq!(r.model.status(), 0);
+}
+
+#[test]
+fn a_completion_for_a_head_not_in_flight_is_dropped() {
+    let (r, t) = rig(CompletionMode::Interrupts, Behaviour::CompleteTwice);
+    let c = client(&t);
+    for i in 0..20 {
+        assert_eq!(c.create_container(&format!("box{i}")).unwrap().etag, format!("box{i}"));
+    }
+    let d = pattern(20_000, 3);
+    c.put("box0", "x", &d).unwrap();
+    assert_eq!(c.get("box0", "x").unwrap(), d);
+    assert!(t.is_connected(), "duplicates are not fatal");
+    assert_eq!(t.pending(), 0);
+    drop(r.server);
+}
+
+#[test]
+fn a_device_that_stops_answering_leaves_open_with_a_timeout() {
+    let tree = FakeTree::new(&Config::standard()).bound();
+    let model = Model::new(1, 256, features::VERSION_1);
+    let (_files, dma) = FakeDma::new(64);
+    let m = model.clone();
+    let dev =
+        PciDevice::open_with(tree.root(), BDF, None, &move |_, bar| Arc::new(Trap { bar, model: m.clone() })).unwrap();
+    let mut o = opts(&tree, POLL);
+    o.config_timeout = Duration::from_millis(200);
+    let err = VirtioPciTransport::start(dev, dma, o).err().unwrap();
+    assert!(err.to_string().contains("device config"), "{err}");
+    assert_eq!(model.status(), 0, "reset when open gives up");
+}

@@ -1,0 +1,604 @@
+//! [`VirtioPciTransport`]: split queues on pinned memory, driven through a
+//! virtio-pci function's BAR.
+//!
+//! Requests go through the shared [`RequestTable`] and use the chain layout
+//! of the vhost-user transport (header+request readable, data, then
+//! response+status writable). One completion thread reaps the used rings on
+//! INTx (ack the ISR, clear INTx-disable, re-check every ring) or by
+//! polling, and watches the device's health:
+//! - removal (uio fd error or hang-up, config space gone, status 0xff): the
+//!   BAR is not touched again (a removed function's mappings are revoked),
+//!   every pending request fails once with `Rescinded`;
+//! - a broken device (a corrupt used ring, NEEDS_RESET, DRIVER_OK lost): the
+//!   device is reset, which stops its DMA, then pending requests fail the
+//!   same way. The transport stays down; open a new one.
+//!
+//! A used entry for a head that is not in flight is logged and dropped: QEMU
+//! restarts a queue at the used index after a backend restart, and a backend
+//! may complete a re-popped request again.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vm_memory::GuestAddress;
+use vmblob_protocol::config::DeviceConfig;
+use vmblob_protocol::framing::virtio::canonical_offsets;
+use vmblob_protocol::transport::{REQUEST_SIZE, RESPONSE_SIZE};
+use vmblob_protocol::{DataDirection, VspResponse};
+use zerocopy::IntoBytes;
+
+use super::addr::PhysMap;
+use super::common::{REMOVED_STATUS, features, status};
+use super::device::PciDevice;
+use super::mmio::Window;
+use super::sysfs::{self, CMD_BUS_MASTER, CMD_INTX_DISABLE};
+use super::{CompletionMode, VirtioPciOptions, config};
+use crate::error::ClientError;
+use crate::transport::dma::{DmaBuf, DmaPool, PAGE_SIZE};
+use crate::transport::pinned::{PinnedDma, PinnedDmaOptions};
+use crate::transport::table::RequestTable;
+use crate::transport::virtio::{QueueError, SplitQueue};
+use crate::transport::vmbus::uio::UioError;
+use crate::transport::{Completion, OpBuffers, Ticket, Transport, check_response};
+
+/// Descriptors kept for the header+request, response and status of a data
+/// request when `max_data_len` is cut to what a split data buffer needs.
+const CONTROL_DESCRIPTORS: usize = 8;
+
+struct QueueState {
+    ring: SplitQueue,
+    /// Chain head -> request id.
+    heads: HashMap<u16, u64>,
+}
+
+struct Queue {
+    index: u16,
+    state: Mutex<QueueState>,
+    /// Signalled when descriptors are freed or the device goes away.
+    space: Condvar,
+    /// This queue's 16-bit notify register.
+    notify: Window,
+}
+
+/// Why the transport went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Down {
+    /// Gone from the bus: nothing may touch the BAR any more.
+    Removed,
+    /// Misbehaved: reset it so it stops using our memory.
+    Broken,
+}
+
+struct Inner {
+    dev: PciDevice,
+    dma: PinnedDma,
+    phys: Arc<PhysMap>,
+    /// The rings' pool buffers, held for the transport's life.
+    _rings: Vec<DmaBuf>,
+    queues: Vec<Queue>,
+    table: RequestTable<OpBuffers, Completion>,
+    config: OnceLock<DeviceConfig>,
+    /// Longest chain a request may use (ring size, then `max_segments`).
+    max_chain: AtomicUsize,
+    next_queue: AtomicUsize,
+    down: Mutex<Option<Down>>,
+    stopping: AtomicBool,
+    mode: CompletionMode,
+    opts: VirtioPciOptions,
+}
+
+/// A vmblob virtio-pci function on `uio_pci_generic`.
+pub struct VirtioPciTransport {
+    inner: Arc<Inner>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn transport_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Transport(e.to_string())
+}
+
+fn open_uio(opts: &VirtioPciOptions, uio: &str) -> Result<File, ClientError> {
+    let path = opts.dev_root.join(uio);
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| ClientError::Transport(format!("cannot open {}: {e}", path.display())))
+}
+
+impl VirtioPciTransport {
+    /// Find (or take `opts.device`), bind to `uio_pci_generic`, pin the DMA
+    /// memory, initialise the device and fetch its config.
+    pub fn open(opts: VirtioPciOptions) -> Result<Self, ClientError> {
+        let bdf = match &opts.device {
+            Some(bdf) => bdf.clone(),
+            None => super::find_devices(&opts.sysfs_root)
+                .map_err(transport_err)?
+                .into_iter()
+                .next()
+                .map(|f| f.bdf)
+                .ok_or_else(|| ClientError::Transport("no vmblob virtio-pci device found".into()))?,
+        };
+        let uio = sysfs::bind_uio(&opts.sysfs_root, &bdf, opts.bind_timeout).map_err(transport_err)?;
+        let irq = open_uio(&opts, &uio)?;
+        let dev = PciDevice::open(&opts.sysfs_root, &bdf, Some(irq)).map_err(transport_err)?;
+        let dma = PinnedDma::with_options(
+            opts.dma_size,
+            PinnedDmaOptions { hugepages: opts.hugepages, pagemap: &opts.pagemap },
+        )
+        .map_err(|e| ClientError::Transport(format!("DMA memory: {e}")))?;
+        Self::start(dev, dma, opts)
+    }
+
+    /// Initialise an opened device on `dma` and fetch its config.
+    pub fn start(dev: PciDevice, dma: PinnedDma, opts: VirtioPciOptions) -> Result<Self, ClientError> {
+        let inner = match Inner::init(dev, dma, opts) {
+            Ok(inner) => Arc::new(inner),
+            Err(failed) => {
+                let (dev, e) = *failed;
+                if let Err(r) = dev.common.reset(Duration::from_millis(100)) {
+                    log::warn!("{}: reset after failed init: {r}", dev.bdf);
+                }
+                return Err(e);
+            }
+        };
+        let worker = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("vmblob-pci".into())
+            .spawn(move || worker.run())
+            .map_err(ClientError::Io)?;
+        let transport = Self { inner, thread: Some(thread) };
+        let cfg = config::fetch(&transport, transport.inner.opts.config_timeout)?;
+        let cfg = transport.inner.fit(cfg);
+        let _ = transport.inner.config.set(cfg);
+        Ok(transport)
+    }
+
+    /// The device's limits and capabilities as fetched at open, with
+    /// `max_data_len` cut to what one chain can carry.
+    pub fn device_config(&self) -> DeviceConfig {
+        *self.inner.config.get().expect("set by start")
+    }
+
+    /// Requests submitted and not completed.
+    pub fn pending(&self) -> usize {
+        self.inner.table.pending()
+    }
+
+    /// The function's BDF.
+    pub fn bdf(&self) -> &str {
+        &self.inner.dev.bdf
+    }
+}
+
+impl Inner {
+    /// Reset, negotiate, set up every queue, DRIVER_OK. On error the device
+    /// is handed back for the caller's reset.
+    fn init(dev: PciDevice, dma: PinnedDma, opts: VirtioPciOptions) -> Result<Self, Box<(PciDevice, ClientError)>> {
+        let phys = Arc::new(PhysMap::new(&dma));
+        let setup = Self::setup_queues(&dev, &dma, &phys, &opts);
+        let (queues, rings, event_idx) = match setup {
+            Ok(s) => s,
+            Err(e) => return Err(Box::new((dev, e))),
+        };
+        let intx = opts.mode == CompletionMode::Interrupts;
+        let command = if intx { (CMD_BUS_MASTER, CMD_INTX_DISABLE) } else { (CMD_BUS_MASTER | CMD_INTX_DISABLE, 0) };
+        if let Err(e) = dev.config.update_command(command.0, command.1) {
+            return Err(Box::new((dev, transport_err(e))));
+        }
+        if let Err(e) = dev.common.add_status(status::DRIVER_OK) {
+            return Err(Box::new((dev, transport_err(e))));
+        }
+        let max_chain = queues.iter().map(|q| usize::from(lock(&q.state).ring.size())).min().unwrap_or(1);
+        log::info!(
+            "{}: {} queue(s) of {max_chain}, event_idx={event_idx}, {:?}, DMA {} KiB{}",
+            dev.bdf,
+            queues.len(),
+            opts.mode,
+            dma.len() >> 10,
+            if dma.hugepages() { " on hugepages" } else { "" }
+        );
+        let inner = Self {
+            dev,
+            dma,
+            phys,
+            _rings: rings,
+            queues,
+            table: RequestTable::new(),
+            config: OnceLock::new(),
+            max_chain: AtomicUsize::new(max_chain),
+            next_queue: AtomicUsize::new(0),
+            down: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            mode: opts.mode,
+            opts,
+        };
+        Ok(inner)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn setup_queues(
+        dev: &PciDevice,
+        dma: &PinnedDma,
+        phys: &Arc<PhysMap>,
+        opts: &VirtioPciOptions,
+    ) -> Result<(Vec<Queue>, Vec<DmaBuf>, bool), ClientError> {
+        let common = &dev.common;
+        let negotiated = common.negotiate(features::RING_EVENT_IDX, opts.reset_timeout).map_err(transport_err)?;
+        let event_idx = negotiated & features::RING_EVENT_IDX != 0;
+        let available = usize::from(common.num_queues().map_err(transport_err)?);
+        let count = opts.queues.clamp(1, available.max(1));
+        if available == 0 {
+            return Err(ClientError::Transport(format!("{}: device has no queues", dev.bdf)));
+        }
+        let (mut queues, mut rings) = (Vec::with_capacity(count), Vec::with_capacity(count));
+        for index in 0..count as u16 {
+            let max = common.select_queue(index).map_err(transport_err)?;
+            let size = prev_power_of_two(opts.queue_size.min(max));
+            if size == 0 {
+                return Err(ClientError::Transport(format!("{}: queue {index} is not available", dev.bdf)));
+            }
+            let bytes = SplitQueue::ring_bytes(size).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            let buf = dma
+                .pool()
+                .alloc(bytes as usize)
+                .ok_or_else(|| ClientError::Invalid("DMA memory too small for the rings".into()))?;
+            let mut ring =
+                SplitQueue::with_device_addr(dma.pool().memory().clone(), buf.gpa(), size, event_idx, phys.clone())
+                    .map_err(transport_err)?;
+            if opts.mode != CompletionMode::Interrupts {
+                ring.disable_interrupts();
+            }
+            let (desc, driver, device) = ring.device_rings();
+            let notify_off = common.setup_queue(index, size, desc, driver, device).map_err(transport_err)?;
+            // queue_notify_off is the device's: the register must lie inside the notify structure.
+            let at = u64::from(notify_off) * u64::from(dev.caps.notify_off_multiplier);
+            let notify = usize::try_from(at).ok().and_then(|at| dev.notify.subwindow(at, 2)).ok_or_else(|| {
+                ClientError::Transport(format!(
+                    "{}: queue {index} notify offset {at:#x} is outside the {:#x}-byte notify structure",
+                    dev.bdf,
+                    dev.notify.len()
+                ))
+            })?;
+            queues.push(Queue {
+                index,
+                state: Mutex::new(QueueState { ring, heads: HashMap::new() }),
+                space: Condvar::new(),
+                notify,
+            });
+            rings.push(buf);
+        }
+        Ok((queues, rings, event_idx))
+    }
+
+    /// Cut `max_data_len` so the worst-case split of a data buffer (one
+    /// descriptor per page, plus one for a misaligned start) fits a chain.
+    fn fit(&self, mut cfg: DeviceConfig) -> DeviceConfig {
+        let segments = (cfg.max_segments as usize).max(1);
+        let chain = self.max_chain.load(Ordering::Relaxed).min(segments);
+        self.max_chain.store(chain, Ordering::Relaxed);
+        if !self.dma.hugepages() {
+            let pages = chain.saturating_sub(CONTROL_DESCRIPTORS + 1).max(1);
+            cfg.max_data_len = cfg.max_data_len.min((pages as u64 * PAGE_SIZE) as u32);
+        }
+        cfg
+    }
+
+    fn is_down(&self) -> bool {
+        lock(&self.down).is_some()
+    }
+
+    /// Take the transport down once: reset a broken device (it stops DMA),
+    /// leave a removed one alone, and fail every pending request.
+    fn go_down(&self, why: Down, reason: &str) {
+        {
+            let mut down = lock(&self.down);
+            if down.is_some() {
+                return;
+            }
+            *down = Some(why);
+        }
+        if why == Down::Broken {
+            self.quiesce();
+        }
+        let n = self.table.rescind().len();
+        for q in &self.queues {
+            q.space.notify_all();
+        }
+        log::warn!("{}: device {:?} ({reason}): {n} pending requests failed", self.dev.bdf, why);
+    }
+
+    /// Reset the device and stop its bus mastering.
+    fn quiesce(&self) {
+        if let Err(e) = self.dev.common.reset(self.opts.reset_timeout) {
+            log::error!("{}: reset failed: {e}; buffers stay quarantined", self.dev.bdf);
+        }
+        if let Err(e) = self.dev.config.update_command(CMD_INTX_DISABLE, CMD_BUS_MASTER) {
+            log::warn!("{}: cannot clear bus mastering: {e}", self.dev.bdf);
+        }
+    }
+
+    /// Pop every used entry of `q` and complete those requests; with
+    /// `rearm`, re-enable ring interrupts and re-check. Returns how many
+    /// completed.
+    fn reap(&self, q: &Queue, rearm: bool) -> usize {
+        let mut done = Vec::new();
+        let mut fault = None;
+        {
+            let mut st = lock(&q.state);
+            loop {
+                match st.ring.pop_used() {
+                    Ok(Some((head, len))) => match st.heads.remove(&head) {
+                        Some(id) => done.push((id, len)),
+                        None => log::warn!("queue {}: used head {head} has no request; dropped", q.index),
+                    },
+                    Ok(None) => {
+                        if !rearm || !st.ring.enable_interrupts() {
+                            break;
+                        }
+                    }
+                    Err(QueueError::UsedIdNotOutstanding { id }) => {
+                        log::warn!("queue {}: used entry for head {id}, which is not in flight; dropped", q.index);
+                    }
+                    Err(e) => {
+                        fault = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if !done.is_empty() {
+            q.space.notify_all();
+        }
+        let n = done.len();
+        for (id, len) in done {
+            self.table.complete(id, |b| finish(b, len));
+        }
+        if let Some(e) = fault {
+            self.go_down(Down::Broken, &format!("queue {}: {e}", q.index));
+        }
+        n
+    }
+
+    fn reap_all(&self, rearm: bool) -> usize {
+        self.queues.iter().map(|q| self.reap(q, rearm)).sum()
+    }
+
+    /// Removal or breakage, as far as can be seen without waiting. Config
+    /// space is read first: a removed function's BAR must not be touched.
+    fn check_health(&self) -> Option<(Down, String)> {
+        match self.dev.config.read_u16(0) {
+            Ok(0xffff) => return Some((Down::Removed, "config space reads all ones".into())),
+            Err(e) => return Some((Down::Removed, e.to_string())),
+            Ok(_) => {}
+        }
+        if let Some(irq) = &self.dev.irq
+            && let Err(UioError::Rescinded) = irq.wait(Some(Duration::ZERO)).map(|_| ())
+        {
+            return Some((Down::Removed, "uio device closed".into()));
+        }
+        match self.dev.common.status() {
+            Ok(REMOVED_STATUS) => Some((Down::Removed, "device status reads 0xff".into())),
+            Ok(s) if s & status::NEEDS_RESET != 0 => Some((Down::Broken, format!("status {s:#x}: needs reset"))),
+            Ok(s) if s & status::DRIVER_OK == 0 => Some((Down::Broken, format!("status {s:#x}: DRIVER_OK lost"))),
+            Ok(_) => None,
+            Err(e) => Some((Down::Broken, e.to_string())),
+        }
+    }
+
+    fn run(self: Arc<Self>) {
+        let mut next_check = Instant::now();
+        while !self.stopping.load(Ordering::Acquire) && !self.is_down() {
+            match self.mode {
+                CompletionMode::Interrupts => self.wait_interrupt(),
+                CompletionMode::Poll { idle_sleep } => {
+                    if self.reap_all(false) == 0 {
+                        if self.table.pending() == 0 {
+                            std::thread::sleep(idle_sleep);
+                        } else {
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+            }
+            if Instant::now() >= next_check && !self.stopping.load(Ordering::Acquire) {
+                next_check = Instant::now() + self.opts.wait_slice;
+                if let Some((why, reason)) = self.check_health() {
+                    // What the device completed before it went away is real.
+                    if why == Down::Broken {
+                        self.reap_all(false);
+                    }
+                    self.go_down(why, &reason);
+                }
+            }
+        }
+    }
+
+    /// One INTx wait: ack the ISR (reading it lowers the line), unmask INTx
+    /// in the command register (uio_pci_generic masked it), then re-check
+    /// every ring: completions that landed before the unmask raise nothing.
+    fn wait_interrupt(&self) {
+        let Some(irq) = &self.dev.irq else {
+            std::thread::sleep(self.opts.wait_slice);
+            self.reap_all(true);
+            return;
+        };
+        match irq.wait(Some(self.opts.wait_slice)) {
+            Ok(Some(_)) => {
+                let isr = self.dev.isr.read8(0);
+                log::trace!("{}: INTx, ISR {isr:?}", self.dev.bdf);
+                if let Err(e) = self.dev.config.update_command(0, CMD_INTX_DISABLE) {
+                    self.go_down(Down::Removed, &format!("cannot unmask INTx: {e}"));
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(UioError::Rescinded) => {
+                self.go_down(Down::Removed, "uio device gone");
+                return;
+            }
+            Err(e) => {
+                self.go_down(Down::Removed, &e.to_string());
+                return;
+            }
+        }
+        self.reap_all(true);
+    }
+
+    /// Append `[addr, addr + len)` as physically contiguous descriptors.
+    fn push_runs(
+        &self,
+        chain: &mut Vec<(GuestAddress, u32, bool)>,
+        addr: GuestAddress,
+        len: u32,
+        writable: bool,
+    ) -> Result<(), ClientError> {
+        let runs = self
+            .phys
+            .runs(addr, len)
+            .ok_or_else(|| ClientError::Invalid(format!("buffer [{:#x}, +{len:#x}) outside the DMA pool", addr.0)))?;
+        chain.extend(runs.into_iter().map(|(a, l)| (a, l, writable)));
+        Ok(())
+    }
+
+    fn chain_for(&self, b: &mut OpBuffers) -> Result<Vec<(GuestAddress, u32, bool)>, ClientError> {
+        let req_len = b.header.request_buffer_length.get();
+        let resp_len = b.header.response_buffer_length.get();
+        let data_len = b.header.data_buffer_length.get();
+        if b.request.len() < REQUEST_SIZE + req_len as usize || b.response.len() < resp_len as usize + RESPONSE_SIZE {
+            return Err(ClientError::Invalid("buffers smaller than their lengths".into()));
+        }
+        let data = match (&b.data, b.dir) {
+            (Some(d), DataDirection::ToHost | DataDirection::ToGuest) if data_len > 0 => {
+                if d.len() < data_len as usize {
+                    return Err(ClientError::Invalid("data buffer smaller than its length".into()));
+                }
+                Some((d.gpa(), data_len))
+            }
+            _ => {
+                b.header.data_buffer_length = 0.into();
+                b.header.data_buffer_valid = 0.into();
+                None
+            }
+        };
+        canonical_offsets(&mut b.header, b.dir);
+        b.request.write_at(0, b.header.as_bytes()).map_err(transport_err)?;
+        let (req, resp) = (b.request.gpa(), b.response.gpa());
+        let mut chain = Vec::new();
+        self.push_runs(&mut chain, req, REQUEST_SIZE as u32 + req_len, false)?;
+        if let (Some((gpa, len)), DataDirection::ToHost) = (data, b.dir) {
+            self.push_runs(&mut chain, gpa, len, false)?;
+        }
+        self.push_runs(&mut chain, resp, resp_len, true)?;
+        if let (Some((gpa, len)), DataDirection::ToGuest) = (data, b.dir) {
+            self.push_runs(&mut chain, gpa, len, true)?;
+        }
+        self.push_runs(&mut chain, GuestAddress(resp.0 + u64::from(resp_len)), RESPONSE_SIZE as u32, true)?;
+        let max = self.max_chain.load(Ordering::Relaxed);
+        if chain.len() > max {
+            return Err(ClientError::Invalid(format!("request needs {} descriptors, limit {max}", chain.len())));
+        }
+        Ok(chain)
+    }
+
+    fn submit(&self, mut b: OpBuffers) -> Result<Ticket, ClientError> {
+        let chain = self.chain_for(&mut b)?;
+        let deadline = crate::transport::submit_deadline(&b.header);
+        let (id, waiter) = self.table.register(b).map_err(|(e, _)| e)?;
+        let qi = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        let q = &self.queues[qi];
+        let mut st = lock(&q.state);
+        loop {
+            // This request, not a global flag: a rescind may have freed it.
+            if !self.table.is_pending(id) {
+                drop(st);
+                self.table.withdraw(id);
+                return Err(ClientError::Rescinded);
+            }
+            match st.ring.add_chain(&chain) {
+                Ok(head) => {
+                    st.heads.insert(head, id);
+                    if st.ring.needs_kick()
+                        && let Err(e) = q.notify.write16(0, q.index)
+                    {
+                        log::warn!("queue {}: notify failed: {e}", q.index);
+                    }
+                    return Ok(waiter);
+                }
+                Err(QueueError::Full { .. }) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        drop(st);
+                        self.table.withdraw(id);
+                        return Err(crate::transport::submit_timed_out());
+                    }
+                    st = q.space.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                Err(e) => {
+                    drop(st);
+                    self.table.withdraw(id);
+                    return Err(transport_err(e));
+                }
+            }
+        }
+    }
+}
+
+fn prev_power_of_two(n: u16) -> u16 {
+    if n == 0 { 0 } else { 1 << (15 - n.leading_zeros()) }
+}
+
+/// Turn a used entry into the caller's completion.
+fn finish(b: OpBuffers, used_len: u32) -> Result<Completion, ClientError> {
+    if (used_len as usize) < RESPONSE_SIZE {
+        return Err(ClientError::Protocol(format!("device completed with used length {used_len}")));
+    }
+    let mut raw = [0u8; RESPONSE_SIZE];
+    let at = b.header.response_buffer_length.get() as usize;
+    b.response.read_at(at, &mut raw).map_err(transport_err)?;
+    let response = VspResponse::parse(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    check_response(&response, &b)?;
+    Ok(Completion { response, buffers: b })
+}
+
+impl Transport for VirtioPciTransport {
+    fn pool(&self) -> &DmaPool {
+        self.inner.dma.pool()
+    }
+
+    fn submit(&self, buffers: OpBuffers) -> Result<Ticket, ClientError> {
+        self.inner.submit(buffers)
+    }
+
+    fn num_queues(&self) -> usize {
+        self.inner.queues.len()
+    }
+
+    fn is_connected(&self) -> bool {
+        !self.inner.is_down() && !self.inner.table.is_removing()
+    }
+}
+
+impl Drop for VirtioPciTransport {
+    fn drop(&mut self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // Reset before the memory goes: the device must not DMA into freed
+        // buffers. A removed device is left alone.
+        if *lock(&self.inner.down) != Some(Down::Removed) {
+            self.inner.quiesce();
+        }
+        self.inner.table.rescind();
+    }
+}
