@@ -72,6 +72,8 @@ pub enum ClientError {
     #[error("vhost-user: {0}")]
     Frontend(#[from] vmblob_vhost_frontend::Error),
     /// The transport could not be set up for a reason of its own.
+    #[error("virtio-pci: {0}")]
+    Pci(#[from] crate::transport::virtio_pci::PciError),
     #[error("transport setup: {0}")]
     Setup(&'static str),
     #[error("I/O: {0}")]

@@ -102,3 +102,47 @@ pub fn check_response(resp: &VspResponse, buffers: &OpBuffers) -> Result<(), Cli
     }
     Ok(())
 }
+
+/// Asks the device for its whole config with GetDeviceConfig, as the transports whose config
+/// space is missing or partial do (VMBus has none; QEMU's blk carrier overwrites bytes of it).
+/// `response_len` bytes of op response, `suffix` spare bytes after them (the virtio status).
+pub(crate) fn fetch_device_config(
+    t: &dyn Transport,
+    pool: &dma::DmaPool,
+    response_len: usize,
+    suffix: usize,
+    timeout: std::time::Duration,
+) -> Result<vmblob_protocol::config::DeviceConfig, ClientError> {
+    use vmblob_protocol::OpCode;
+    use vmblob_protocol::ops::{OpRequest, OpResponse, ResponseMessage};
+    use vmblob_protocol::transport::OperationType;
+
+    let body = OpRequest::GetDeviceConfig.encode();
+    let no_buffer = |len| ClientError::ResourceExhausted { len, waited: std::time::Duration::ZERO };
+    let mut request = pool.alloc(REQUEST_PREFIX + body.len()).ok_or_else(|| no_buffer(REQUEST_PREFIX + body.len()))?;
+    request.write_at(REQUEST_PREFIX, &body)?;
+    let response = pool.alloc(response_len + suffix).ok_or_else(|| no_buffer(response_len + suffix))?;
+    let mut transaction_id = [0u8; 16];
+    let _ = getrandom::fill(&mut transaction_id);
+    let header = VspRequest {
+        timeout_ms: (timeout.as_millis().min(u128::from(u32::MAX)) as u32).into(),
+        operation_type: (OperationType::UserRequest as u32).into(),
+        request_buffer_length: (body.len() as u32).into(),
+        response_buffer_length: (response_len as u32).into(),
+        transaction_id,
+        ..Default::default()
+    };
+    let ticket = t.submit(OpBuffers { header, request, response, data: None, dir: DataDirection::None })?;
+    let c = ticket
+        .wait_timeout(timeout)
+        .ok_or(ClientError::Timeout { waiting_for: "the device config", after: timeout })??;
+    let mut raw = vec![0u8; c.response.response_len.get() as usize];
+    c.buffers.response.read_at(0, &mut raw)?;
+    let msg =
+        ResponseMessage::decode(&raw, OpCode::GetDeviceConfig).map_err(crate::error::ProtocolError::DeviceConfig)?;
+    match msg.result {
+        Ok(OpResponse::DeviceConfig(config)) if c.response.error.get() == 0 => Ok(config),
+        Ok(r) => Err(ClientError::unexpected(r)),
+        Err(r) => Err(ClientError::Status { error: r.error, message: r.message }),
+    }
+}

@@ -40,6 +40,7 @@ pub mod caps;
 pub mod common;
 mod config;
 pub mod device;
+mod error;
 pub mod mmio;
 pub mod sysfs;
 pub mod transport;
@@ -54,6 +55,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use device::{DeviceError, PciDevice};
+pub use error::PciError;
 pub use sysfs::{PciFunction, PciSysfsError, UIO_PCI_DRIVER};
 pub use transport::VirtioPciTransport;
 

@@ -37,8 +37,8 @@ use super::common::{REMOVED_STATUS, features, status};
 use super::device::PciDevice;
 use super::mmio::Window;
 use super::sysfs::{self, CMD_BUS_MASTER, CMD_INTX_DISABLE};
-use super::{CompletionMode, VirtioPciOptions, config};
-use crate::error::ClientError;
+use super::{CompletionMode, PciError, VirtioPciOptions, config};
+use crate::error::{ClientError, ProtocolError};
 use crate::transport::dma::{DmaBuf, DmaPool, PAGE_SIZE};
 use crate::transport::pinned::{PinnedDma, PinnedDmaOptions};
 use crate::transport::table::RequestTable;
@@ -102,8 +102,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn transport_err(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Transport(e.to_string())
+fn pci(e: impl Into<PciError>) -> ClientError {
+    ClientError::Pci(e.into())
 }
 
 fn open_uio(opts: &VirtioPciOptions, uio: &str) -> Result<File, ClientError> {
@@ -113,7 +113,7 @@ fn open_uio(opts: &VirtioPciOptions, uio: &str) -> Result<File, ClientError> {
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(&path)
-        .map_err(|e| ClientError::Transport(format!("cannot open {}: {e}", path.display())))
+        .map_err(|source| pci(PciError::OpenUio { path: path.clone(), source }))
 }
 
 impl VirtioPciTransport {
@@ -123,20 +123,20 @@ impl VirtioPciTransport {
         let bdf = match &opts.device {
             Some(bdf) => bdf.clone(),
             None => super::find_devices(&opts.sysfs_root)
-                .map_err(transport_err)?
+                .map_err(pci)?
                 .into_iter()
                 .next()
                 .map(|f| f.bdf)
-                .ok_or_else(|| ClientError::Transport("no vmblob virtio-pci device found".into()))?,
+                .ok_or(pci(PciError::NoDevice))?,
         };
-        let uio = sysfs::bind_uio(&opts.sysfs_root, &bdf, opts.bind_timeout).map_err(transport_err)?;
+        let uio = sysfs::bind_uio(&opts.sysfs_root, &bdf, opts.bind_timeout).map_err(pci)?;
         let irq = open_uio(&opts, &uio)?;
-        let dev = PciDevice::open(&opts.sysfs_root, &bdf, Some(irq)).map_err(transport_err)?;
+        let dev = PciDevice::open(&opts.sysfs_root, &bdf, Some(irq)).map_err(pci)?;
         let dma = PinnedDma::with_options(
             opts.dma_size,
             PinnedDmaOptions { hugepages: opts.hugepages, pagemap: &opts.pagemap },
         )
-        .map_err(|e| ClientError::Transport(format!("DMA memory: {e}")))?;
+        .map_err(pci)?;
         Self::start(dev, dma, opts)
     }
 
@@ -194,10 +194,10 @@ impl Inner {
         let intx = opts.mode == CompletionMode::Interrupts;
         let command = if intx { (CMD_BUS_MASTER, CMD_INTX_DISABLE) } else { (CMD_BUS_MASTER | CMD_INTX_DISABLE, 0) };
         if let Err(e) = dev.config.update_command(command.0, command.1) {
-            return Err(Box::new((dev, transport_err(e))));
+            return Err(Box::new((dev, pci(e))));
         }
         if let Err(e) = dev.common.add_status(status::DRIVER_OK) {
-            return Err(Box::new((dev, transport_err(e))));
+            return Err(Box::new((dev, pci(e))));
         }
         let max_chain = queues.iter().map(|q| usize::from(lock(&q.state).ring.size())).min().unwrap_or(1);
         log::info!(
@@ -234,41 +234,33 @@ impl Inner {
         opts: &VirtioPciOptions,
     ) -> Result<(Vec<Queue>, Vec<DmaBuf>, bool), ClientError> {
         let common = &dev.common;
-        let negotiated = common.negotiate(features::RING_EVENT_IDX, opts.reset_timeout).map_err(transport_err)?;
+        let negotiated = common.negotiate(features::RING_EVENT_IDX, opts.reset_timeout).map_err(pci)?;
         let event_idx = negotiated & features::RING_EVENT_IDX != 0;
-        let available = usize::from(common.num_queues().map_err(transport_err)?);
+        let available = usize::from(common.num_queues().map_err(pci)?);
         let count = opts.queues.clamp(1, available.max(1));
         if available == 0 {
-            return Err(ClientError::Transport(format!("{}: device has no queues", dev.bdf)));
+            return Err(pci(PciError::NoQueues { bdf: dev.bdf.clone() }));
         }
         let (mut queues, mut rings) = (Vec::with_capacity(count), Vec::with_capacity(count));
         for index in 0..count as u16 {
-            let max = common.select_queue(index).map_err(transport_err)?;
+            let max = common.select_queue(index).map_err(pci)?;
             let size = prev_power_of_two(opts.queue_size.min(max));
             if size == 0 {
-                return Err(ClientError::Transport(format!("{}: queue {index} is not available", dev.bdf)));
+                return Err(pci(PciError::QueueUnavailable { bdf: dev.bdf.clone(), index }));
             }
             let bytes = SplitQueue::ring_bytes(size).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-            let buf = dma
-                .pool()
-                .alloc(bytes as usize)
-                .ok_or_else(|| ClientError::Invalid("DMA memory too small for the rings".into()))?;
+            let buf = dma.pool().alloc(bytes as usize).ok_or(pci(PciError::RingsDoNotFit))?;
             let mut ring =
-                SplitQueue::with_device_addr(dma.pool().memory().clone(), buf.gpa(), size, event_idx, phys.clone())
-                    .map_err(transport_err)?;
+                SplitQueue::with_device_addr(dma.pool().memory().clone(), buf.gpa(), size, event_idx, phys.clone())?;
             if opts.mode != CompletionMode::Interrupts {
                 ring.disable_interrupts();
             }
             let (desc, driver, device) = ring.device_rings();
-            let notify_off = common.setup_queue(index, size, desc, driver, device).map_err(transport_err)?;
+            let notify_off = common.setup_queue(index, size, desc, driver, device).map_err(pci)?;
             // queue_notify_off is the device's: the register must lie inside the notify structure.
             let at = u64::from(notify_off) * u64::from(dev.caps.notify_off_multiplier);
             let notify = usize::try_from(at).ok().and_then(|at| dev.notify.subwindow(at, 2)).ok_or_else(|| {
-                ClientError::Transport(format!(
-                    "{}: queue {index} notify offset {at:#x} is outside the {:#x}-byte notify structure",
-                    dev.bdf,
-                    dev.notify.len()
-                ))
+                pci(PciError::NotifyOutside { bdf: dev.bdf.clone(), index, at, len: dev.notify.len() })
             })?;
             queues.push(Queue {
                 index,
@@ -463,10 +455,8 @@ impl Inner {
         len: u32,
         writable: bool,
     ) -> Result<(), ClientError> {
-        let runs = self
-            .phys
-            .runs(addr, len)
-            .ok_or_else(|| ClientError::Invalid(format!("buffer [{:#x}, +{len:#x}) outside the DMA pool", addr.0)))?;
+        let runs =
+            self.phys.runs(addr, len).ok_or(pci(PciError::BufferOutsidePool { addr: addr.0, len: len as usize }))?;
         chain.extend(runs.into_iter().map(|(a, l)| (a, l, writable)));
         Ok(())
     }
@@ -476,12 +466,12 @@ impl Inner {
         let resp_len = b.header.response_buffer_length.get();
         let data_len = b.header.data_buffer_length.get();
         if b.request.len() < REQUEST_SIZE + req_len as usize || b.response.len() < resp_len as usize + RESPONSE_SIZE {
-            return Err(ClientError::Invalid("buffers smaller than their lengths".into()));
+            return Err(ClientError::InvalidBuffers("buffers smaller than their lengths"));
         }
         let data = match (&b.data, b.dir) {
             (Some(d), DataDirection::ToHost | DataDirection::ToGuest) if data_len > 0 => {
                 if d.len() < data_len as usize {
-                    return Err(ClientError::Invalid("data buffer smaller than its length".into()));
+                    return Err(ClientError::InvalidBuffers("data buffer smaller than its length"));
                 }
                 Some((d.gpa(), data_len))
             }
@@ -492,7 +482,7 @@ impl Inner {
             }
         };
         canonical_offsets(&mut b.header, b.dir);
-        b.request.write_at(0, b.header.as_bytes()).map_err(transport_err)?;
+        b.request.write_at(0, b.header.as_bytes())?;
         let (req, resp) = (b.request.gpa(), b.response.gpa());
         let mut chain = Vec::new();
         self.push_runs(&mut chain, req, REQUEST_SIZE as u32 + req_len, false)?;
@@ -506,7 +496,7 @@ impl Inner {
         self.push_runs(&mut chain, GuestAddress(resp.0 + u64::from(resp_len)), RESPONSE_SIZE as u32, true)?;
         let max = self.max_chain.load(Ordering::Relaxed);
         if chain.len() > max {
-            return Err(ClientError::Invalid(format!("request needs {} descriptors, limit {max}", chain.len())));
+            return Err(pci(PciError::ChainTooLong { needed: chain.len(), max }));
         }
         Ok(chain)
     }
@@ -536,17 +526,17 @@ impl Inner {
                     return Ok(waiter);
                 }
                 Err(QueueError::Full { .. }) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    if let Some(d) = deadline.filter(|d| d.passed()) {
                         drop(st);
                         self.table.withdraw(id);
-                        return Err(crate::transport::submit_timed_out());
+                        return Err(d.error());
                     }
                     st = q.space.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
                 }
                 Err(e) => {
                     drop(st);
                     self.table.withdraw(id);
-                    return Err(transport_err(e));
+                    return Err(e.into());
                 }
             }
         }
@@ -560,12 +550,12 @@ fn prev_power_of_two(n: u16) -> u16 {
 /// Turn a used entry into the caller's completion.
 fn finish(b: OpBuffers, used_len: u32) -> Result<Completion, ClientError> {
     if (used_len as usize) < RESPONSE_SIZE {
-        return Err(ClientError::Protocol(format!("device completed with used length {used_len}")));
+        return Err(ProtocolError::UsedLength(used_len).into());
     }
     let mut raw = [0u8; RESPONSE_SIZE];
     let at = b.header.response_buffer_length.get() as usize;
-    b.response.read_at(at, &mut raw).map_err(transport_err)?;
-    let response = VspResponse::parse(&raw).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    b.response.read_at(at, &mut raw)?;
+    let response = VspResponse::parse(&raw)?;
     check_response(&response, &b)?;
     Ok(Completion { response, buffers: b })
 }

@@ -27,14 +27,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use vmblob_protocol::DataDirection;
 use vmblob_protocol::config::DeviceConfig;
 use vmblob_protocol::framing::vmbus::{MAX_PACKET_PAGES, PageBuffer, encode_blob_request};
-use vmblob_protocol::ops::{OpRequest, OpResponse, ResponseMessage};
-use vmblob_protocol::transport::OperationType;
-use vmblob_protocol::{DataDirection, OpCode, VspRequest};
 use vmblob_vmbus::{OutgoingRing, RawChannel, WriteError};
 
-use crate::error::{ClientError, ProtocolError};
+use crate::error::ClientError;
 use crate::transport::dma::DmaPool;
 use crate::transport::table::RequestTable;
 use crate::transport::{Completion, OpBuffers, REQUEST_PREFIX, Ticket, Transport};
@@ -165,34 +163,7 @@ impl VmbusTransport {
 
     fn fetch_config(&self) -> Result<DeviceConfig, ClientError> {
         let pool = self.inner.source.pool();
-        let body = OpRequest::GetDeviceConfig.encode();
-        let no_buffer = |len| ClientError::ResourceExhausted { len, waited: Duration::ZERO };
-        let mut request =
-            pool.alloc(REQUEST_PREFIX + body.len()).ok_or_else(|| no_buffer(REQUEST_PREFIX + body.len()))?;
-        request.write_at(REQUEST_PREFIX, &body)?;
-        let response = pool.alloc(CONFIG_RESPONSE).ok_or_else(|| no_buffer(CONFIG_RESPONSE))?;
-        let mut transaction_id = [0u8; 16];
-        let _ = getrandom::fill(&mut transaction_id);
-        let header = VspRequest {
-            timeout_ms: (self.inner.opts.config_timeout.as_millis().min(u128::from(u32::MAX)) as u32).into(),
-            operation_type: (OperationType::UserRequest as u32).into(),
-            request_buffer_length: (body.len() as u32).into(),
-            response_buffer_length: (CONFIG_RESPONSE as u32).into(),
-            transaction_id,
-            ..Default::default()
-        };
-        let ticket = self.submit(OpBuffers { header, request, response, data: None, dir: DataDirection::None })?;
-        let after = self.inner.opts.config_timeout;
-        let c =
-            ticket.wait_timeout(after).ok_or(ClientError::Timeout { waiting_for: "the device config", after })??;
-        let mut raw = vec![0u8; c.response.response_len.get() as usize];
-        c.buffers.response.read_at(0, &mut raw)?;
-        let msg = ResponseMessage::decode(&raw, OpCode::GetDeviceConfig).map_err(ProtocolError::DeviceConfig)?;
-        match msg.result {
-            Ok(OpResponse::DeviceConfig(config)) if c.response.error.get() == 0 => Ok(config),
-            Ok(r) => Err(ClientError::unexpected(r)),
-            Err(r) => Err(ClientError::Status { error: r.error, message: r.message }),
-        }
+        crate::transport::fetch_device_config(self, pool, CONFIG_RESPONSE, 0, self.inner.opts.config_timeout)
     }
 }
 

@@ -13,6 +13,8 @@ use std::time::Duration;
 use vmblob_protocol::ContainerName;
 use vmblob_protocol::ops::{Metadata, OpRequest};
 
+use crate::client::GetOptions;
+
 use super::caps::tests::Config;
 use super::common::features;
 use super::sysfs::{CMD_BUS_MASTER, CMD_INTX_DISABLE, CMD_MEMORY};
@@ -94,13 +96,20 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 fn round_trips(t: &Arc<VirtioPciTransport>) {
     let c = client(t);
-    assert_eq!(c.create_container("box").unwrap().etag, "box");
+    assert_eq!(c.container("box").create().unwrap().etag, "box");
     // Larger than 4 pages, so the data crosses the fake frames' jumps.
     let data = pattern(150_000, 7);
-    c.put("box", "blob", &data).unwrap();
-    assert_eq!(c.get("box", "blob").unwrap(), data);
-    assert_eq!(c.get_range("box", "blob", 4093, 9000).unwrap(), data[4093..13093]);
-    assert!(c.get("box", "missing").unwrap_err().is_not_found());
+    c.container("box").blob("blob").put(&data).unwrap();
+    assert_eq!(c.container("box").blob("blob").get().unwrap(), data);
+    assert_eq!(
+        c.container("box")
+            .blob("blob")
+            .get_opts(GetOptions { range: Some(4093..13093), ..Default::default() })
+            .unwrap()
+            .data,
+        data[4093..13093]
+    );
+    assert!(c.container("box").blob("missing").get().unwrap_err().is_not_found());
     // Several callers at once spread over both queues.
     std::thread::scope(|s| {
         for k in 0..4u8 {
@@ -109,8 +118,8 @@ fn round_trips(t: &Arc<VirtioPciTransport>) {
                 for i in 0..8 {
                     let d = pattern(5000 + 3000 * i, k);
                     let name = format!("b{k}-{i}");
-                    c.put("box", &name, &d).unwrap();
-                    assert_eq!(c.get("box", &name).unwrap(), d, "{name}");
+                    c.container("box").blob(&name).put(&d).unwrap();
+                    assert_eq!(c.container("box").blob(&name).get().unwrap(), d, "{name}");
                 }
             });
         }
@@ -209,11 +218,11 @@ fn a_completion_for_a_head_not_in_flight_is_dropped() {
     let (r, t) = rig(CompletionMode::Interrupts, Behaviour::CompleteTwice);
     let c = client(&t);
     for i in 0..20 {
-        assert_eq!(c.create_container(&format!("box{i}")).unwrap().etag, format!("box{i}"));
+        assert_eq!(c.container(&format!("box{i}")).create().unwrap().etag, format!("box{i}"));
     }
     let d = pattern(20_000, 3);
-    c.put("box0", "x", &d).unwrap();
-    assert_eq!(c.get("box0", "x").unwrap(), d);
+    c.container("box0").blob("x").put(&d).unwrap();
+    assert_eq!(c.container("box0").blob("x").get().unwrap(), d);
     assert!(t.is_connected(), "duplicates are not fatal");
     assert_eq!(t.pending(), 0);
     drop(r.server);
