@@ -16,7 +16,8 @@ use vmblob_protocol::transport::VMBUS_CLASS_GUID;
 use vmblob_vsc::transport::pinned::PinnedDma;
 use vmblob_vsc::transport::vmbus::uio::{UioChannelSource, find_devices};
 use vmblob_vsc::{
-    BlobClient, ClientError, ClientOptions, VirtioOptions, VirtioTransport, VmbusOptions, VmbusTransport,
+    BlobClient, ClientError, ClientOptions, CompletionMode, VirtioOptions, VirtioPciOptions, VirtioPciTransport,
+    VirtioTransport, VmbusOptions, VmbusTransport,
 };
 
 pub use self::error::{CliError, exit};
@@ -24,21 +25,32 @@ pub use self::error::{CliError, exit};
 /// How the CLI reaches the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportKind {
-    /// VMBus when a vmblob device is offered (under /sys/bus/vmbus/devices), else virtio.
+    /// VMBus when a vmblob device is offered (under /sys/bus/vmbus/devices), else the
+    /// virtio-pci device when there is one and no --socket was given, else virtio.
     Auto,
     /// The VMBus channel through uio_hv_generic (a Hyper-V / Azure guest).
     Vmbus,
+    /// The virtio-pci device through uio_pci_generic (a QEMU or Cloud Hypervisor guest).
+    Pci,
     /// vhost-user to a vmblob-vsp socket (the CLI plays VMM and guest).
     Virtio,
 }
 
-/// `kind`, with `Auto` decided by whether `sysfs_root` shows a VMBus device
-/// of the vmblob class.
-pub fn resolve_transport(kind: TransportKind, sysfs_root: &Path) -> TransportKind {
+/// `kind`, with `Auto` decided by what `sysfs_root` shows: a VMBus device of
+/// the vmblob class, else (unless a socket was named) a vmblob virtio-pci
+/// device, else the vhost-user socket.
+pub fn resolve_transport(kind: TransportKind, sysfs_root: &Path, socket_given: bool) -> TransportKind {
     match kind {
         TransportKind::Auto => {
-            let offered = find_devices(sysfs_root, VMBUS_CLASS_GUID).is_ok_and(|d| !d.is_empty());
-            if offered { TransportKind::Vmbus } else { TransportKind::Virtio }
+            if find_devices(sysfs_root, VMBUS_CLASS_GUID).is_ok_and(|d| !d.is_empty()) {
+                TransportKind::Vmbus
+            } else if !socket_given
+                && vmblob_vsc::transport::virtio_pci::find_devices(sysfs_root).is_ok_and(|d| !d.is_empty())
+            {
+                TransportKind::Pci
+            } else {
+                TransportKind::Virtio
+            }
         }
         k => k,
     }
@@ -47,9 +59,16 @@ pub fn resolve_transport(kind: TransportKind, sysfs_root: &Path) -> TransportKin
 #[derive(Parser, Debug)]
 #[command(name = "vmblob", version, about = "Blob storage through the vmblob paravirtual device")]
 pub struct Cli {
-    /// vmbus, virtio or auto (vmbus when a vmblob VMBus device exists).
+    /// vmbus, pci, virtio or auto (vmbus when a vmblob VMBus device exists, then pci, then virtio).
     #[arg(long, global = true, value_enum, default_value_t = TransportKind::Auto)]
     pub transport: TransportKind,
+    /// virtio-pci: the device's PCI address (e.g. 0000:00:03.0); default the first vmblob device.
+    #[arg(long, global = true)]
+    pub pci_device: Option<String>,
+    /// virtio-pci: poll the used rings (sleeping this many microseconds while idle) instead of
+    /// taking INTx interrupts; needed under Cloud Hypervisor, which has no INTx.
+    #[arg(long, global = true)]
+    pub pci_poll_us: Option<u64>,
     /// vhost-user socket of a running vmblob-vsp (virtio transport).
     #[arg(long, global = true, env = "VMBLOB_SOCKET")]
     pub socket: Option<PathBuf>,
@@ -132,6 +151,28 @@ pub fn connect(cli: &Cli, socket: &std::path::Path) -> Result<BlobClient, Client
     Ok(BlobClient::new(Arc::new(transport), config, options))
 }
 
+/// The virtio-pci device of a real guest: bind it to uio_pci_generic, pin the
+/// DMA memory, initialise the device.
+pub fn connect_pci(cli: &Cli) -> Result<BlobClient, CliError> {
+    let dma_size = usize::try_from(cli.ram_mib << 20).map_err(|_| CliError::Usage("--ram-mib too large".into()))?;
+    let mode = match cli.pci_poll_us {
+        Some(us) => CompletionMode::Poll { idle_sleep: std::time::Duration::from_micros(us) },
+        None => CompletionMode::Interrupts,
+    };
+    let opts = VirtioPciOptions {
+        device: cli.pci_device.clone(),
+        queues: cli.queues,
+        dma_size,
+        mode,
+        config_timeout: std::time::Duration::from_millis(cli.connect_timeout_ms),
+        ..Default::default()
+    };
+    let transport = VirtioPciTransport::open(opts).map_err(CliError::Client)?;
+    let config = transport.device_config();
+    let options = ClientOptions { timeout_ms: cli.timeout_ms, parallel: cli.parallel, ..ClientOptions::default() };
+    Ok(BlobClient::new(Arc::new(transport), config, options))
+}
+
 /// The VMBus device of a real guest: bind it to uio_hv_generic, pin the
 /// DMA memory, open the channel.
 pub fn connect_vmbus(cli: &Cli) -> Result<BlobClient, CliError> {
@@ -155,8 +196,9 @@ fn main() -> ExitCode {
     let name = format!("{:?}", cli.cmd).split([' ', '{']).next().unwrap_or("").to_lowercase();
     let result = match &cli.cmd {
         Cmd::Demo { size } => demo::run(&cli, *size),
-        _ => match (resolve_transport(cli.transport, Path::new("/sys")), &cli.socket) {
+        _ => match (resolve_transport(cli.transport, Path::new("/sys"), cli.socket.is_some()), &cli.socket) {
             (TransportKind::Vmbus, _) => connect_vmbus(&cli).and_then(|c| commands::run(&cli, &c)),
+            (TransportKind::Pci, _) => connect_pci(&cli).and_then(|c| commands::run(&cli, &c)),
             (_, None) => {
                 eprintln!("vmblob: {name}: no socket (use --socket PATH or VMBLOB_SOCKET)");
                 return ExitCode::from(exit::USAGE);
@@ -189,17 +231,17 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         // No VMBus at all (not a Hyper-V guest).
-        assert_eq!(resolve_transport(TransportKind::Auto, r), TransportKind::Virtio);
+        assert_eq!(resolve_transport(TransportKind::Auto, r, false), TransportKind::Virtio);
         // VMBus with other devices only.
         device(r, "f8615163-df3e-46c5-913f-f2d2f965ed0e", "f8615163-df3e-46c5-913f-f2d2f965ed0e");
-        assert_eq!(resolve_transport(TransportKind::Auto, r), TransportKind::Virtio);
+        assert_eq!(resolve_transport(TransportKind::Auto, r, false), TransportKind::Virtio);
         // The vmblob class (sysfs writes braces; case does not matter).
         device(r, "0d1a2b3c-0000-4000-8000-000000000001", &VMBUS_CLASS_GUID.to_uppercase());
-        assert_eq!(resolve_transport(TransportKind::Auto, r), TransportKind::Vmbus);
+        assert_eq!(resolve_transport(TransportKind::Auto, r, false), TransportKind::Vmbus);
         // An explicit choice is never second-guessed.
-        assert_eq!(resolve_transport(TransportKind::Virtio, r), TransportKind::Virtio);
+        assert_eq!(resolve_transport(TransportKind::Virtio, r, false), TransportKind::Virtio);
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(resolve_transport(TransportKind::Vmbus, empty.path()), TransportKind::Vmbus);
+        assert_eq!(resolve_transport(TransportKind::Vmbus, empty.path(), false), TransportKind::Vmbus);
     }
 
     #[test]
@@ -208,6 +250,8 @@ mod tests {
         assert_eq!(cli.transport, TransportKind::Vmbus);
         let cli = Cli::try_parse_from(["vmblob", "ls"]).unwrap();
         assert_eq!(cli.transport, TransportKind::Auto);
-        assert!(Cli::try_parse_from(["vmblob", "--transport", "pci", "ls"]).is_err());
+        let cli = Cli::try_parse_from(["vmblob", "--transport", "pci", "--pci-poll-us", "50", "ls"]).unwrap();
+        assert_eq!((cli.transport, cli.pci_poll_us), (TransportKind::Pci, Some(50)));
+        assert!(Cli::try_parse_from(["vmblob", "--transport", "usb", "ls"]).is_err());
     }
 }
