@@ -9,6 +9,7 @@ pub mod pagemap;
 pub mod pinned;
 pub mod region;
 pub mod table;
+mod uio_sysfs;
 pub mod virtio;
 pub mod virtio_pci;
 #[cfg(feature = "vhost-user")]

@@ -10,7 +10,6 @@
 //! itself for up to the poll window (interrupts off meanwhile), so a quick
 //! completion reaches it without waking the reaper.
 
-use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,19 +19,16 @@ use std::time::Duration;
 
 use vm_memory::GuestAddress;
 use vmblob_protocol::config::DeviceConfig;
-use vmblob_protocol::framing::virtio::canonical_offsets;
-use vmblob_protocol::transport::{REQUEST_SIZE, RESPONSE_SIZE};
-use vmblob_protocol::{DataDirection, VspResponse};
 use vmblob_vhost_frontend::{DisconnectHandle, FrontendOptions, GuestRam, QueueConfig, VhostUserDevice};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-use zerocopy::IntoBytes;
 
 use crate::error::{ClientError, ProtocolError};
 use crate::transport::dma::DmaPool;
 use crate::transport::table::{RequestTable, WaitAssist};
-use crate::transport::virtio::{QueueError, SplitQueue};
-use crate::transport::{Completion, OpBuffers, Ticket, Transport, check_response};
+use crate::transport::virtio::SplitQueue;
+use crate::transport::virtio::submit::{self, QueueState, finish};
+use crate::transport::{Completion, OpBuffers, Ticket, Transport};
 
 const PAGE: u64 = 4096;
 const HANGUP_TOKEN: u64 = u64::MAX;
@@ -71,12 +67,6 @@ impl VirtioOptions {
             poll: Duration::ZERO,
         }
     }
-}
-
-struct QueueState {
-    ring: SplitQueue,
-    /// Chain head -> request id.
-    heads: HashMap<u16, u64>,
 }
 
 struct Queue {
@@ -136,12 +126,7 @@ impl VirtioTransport {
             configs.push(queue_config(i, &ring, 0));
             let kick = device.kick_fd(i).ok_or(ClientError::Setup("no kick eventfd"))?;
             let call = device.call_fd(i).ok_or(ClientError::Setup("no call eventfd"))?;
-            queues.push(Queue {
-                state: Mutex::new(QueueState { ring, heads: HashMap::new() }),
-                space: Condvar::new(),
-                kick,
-                call,
-            });
+            queues.push(Queue { state: Mutex::new(QueueState::new(ring)), space: Condvar::new(), kick, call });
         }
         device.activate(&configs)?;
         let pool = DmaPool::new(ram.memory().clone(), GuestAddress(rings_total), opts.ram_size - rings_total)?;
@@ -415,74 +400,18 @@ impl Inner {
     }
 
     fn submit(&self, mut b: OpBuffers) -> Result<Ticket, ClientError> {
-        let req_len = b.header.request_buffer_length.get();
-        let resp_len = b.header.response_buffer_length.get();
-        let data_len = b.header.data_buffer_length.get();
-        if b.request.len() < REQUEST_SIZE + req_len as usize || b.response.len() < resp_len as usize + RESPONSE_SIZE {
-            return Err(ClientError::InvalidBuffers("buffers smaller than their lengths"));
-        }
-        let data = match (&b.data, b.dir) {
-            (Some(d), DataDirection::ToHost | DataDirection::ToGuest) if data_len > 0 => {
-                if d.len() < data_len as usize {
-                    return Err(ClientError::InvalidBuffers("data buffer smaller than its length"));
-                }
-                Some((d.gpa(), data_len))
-            }
-            _ => {
-                b.header.data_buffer_length = 0.into();
-                b.header.data_buffer_valid = 0.into();
-                None
-            }
-        };
-        canonical_offsets(&mut b.header, b.dir);
-        b.request.write_at(0, b.header.as_bytes())?;
-        let (req, resp) = (b.request.gpa(), b.response.gpa());
-        let mut chain = vec![(req, REQUEST_SIZE as u32 + req_len, false)];
-        if let (Some((gpa, len)), DataDirection::ToHost) = (data, b.dir) {
-            chain.push((gpa, len, false));
-        }
-        chain.push((resp, resp_len, true));
-        if let (Some((gpa, len)), DataDirection::ToGuest) = (data, b.dir) {
-            chain.push((gpa, len, true));
-        }
-        chain.push((GuestAddress(resp.0 + u64::from(resp_len)), RESPONSE_SIZE as u32, true));
-
+        let mut chain = Vec::with_capacity(5);
+        submit::lay_out_chain(&mut b, |gpa, len, writable| {
+            chain.push((gpa, len, writable));
+            Ok(())
+        })?;
         let deadline = crate::transport::submit_deadline(&b.header);
         let (id, waiter) = self.table.register(b).map_err(|(e, _)| e)?;
-        let qi = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
-        let q = &self.queues[qi];
-        let mut st = lock(&q.state);
-        loop {
-            // This request, not the global flag: a rescind and a reconnect
-            // may both have happened since `register`, freeing its buffers.
-            if !self.table.is_pending(id) {
-                drop(st);
-                self.table.withdraw(id);
-                return Err(ClientError::Rescinded);
-            }
-            match st.ring.add_chain(&chain) {
-                Ok(head) => {
-                    st.heads.insert(head, id);
-                    if st.ring.needs_kick() {
-                        let _ = q.kick.write(1);
-                    }
-                    return Ok(waiter);
-                }
-                Err(QueueError::Full { .. }) => {
-                    if let Some(d) = deadline.filter(|d| d.passed()) {
-                        drop(st);
-                        self.table.withdraw(id);
-                        return Err(d.error());
-                    }
-                    st = q.space.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
-                }
-                Err(e) => {
-                    drop(st);
-                    self.table.withdraw(id);
-                    return Err(e.into());
-                }
-            }
-        }
+        let q = &self.queues[self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len()];
+        submit::post_chain(&self.table, id, deadline, &q.state, &q.space, &chain, || {
+            let _ = q.kick.write(1);
+        })?;
+        Ok(waiter)
     }
 }
 
@@ -507,19 +436,6 @@ impl WaitAssist for Inner {
             self.reap(q, true);
         }
     }
-}
-
-/// Turn a used entry into the caller's completion.
-fn finish(b: OpBuffers, used_len: u32) -> Result<Completion, ClientError> {
-    if (used_len as usize) < RESPONSE_SIZE {
-        return Err(ProtocolError::UsedLength(used_len).into());
-    }
-    let mut raw = [0u8; RESPONSE_SIZE];
-    let at = b.header.response_buffer_length.get() as usize;
-    b.response.read_at(at, &mut raw)?;
-    let response = VspResponse::parse(&raw)?;
-    check_response(&response, &b)?;
-    Ok(Completion { response, buffers: b })
 }
 
 impl Transport for VirtioTransport {

@@ -9,6 +9,7 @@
 
 pub mod device_addr;
 pub mod split_queue;
+pub(crate) mod submit;
 
 pub use device_addr::{DeviceAddr, Identity};
 pub use split_queue::{MAX_QUEUE_SIZE, SplitQueue};

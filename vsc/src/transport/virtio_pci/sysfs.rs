@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::caps::{CONFIG_SPACE, VIRTIO_VENDOR};
 use crate::transport::region::{MappedRegion, RegionError};
+use crate::transport::uio_sysfs::find_driver;
 
 /// The kernel driver that hands a PCI function to user space.
 pub const UIO_PCI_DRIVER: &str = "uio_pci_generic";
@@ -100,33 +101,16 @@ fn read_id(path: &Path) -> Result<u16, PciSysfsError> {
     u16::try_from(v).map_err(|_| PciSysfsError::Parse { path: path.to_owned(), what: "a 16-bit id", text })
 }
 
+fn find_uio(dev_dir: &Path) -> Result<Option<String>, PciSysfsError> {
+    crate::transport::uio_sysfs::find_uio(dev_dir).map_err(|(path, source)| PciSysfsError::Read { path, source })
+}
+
 pub fn devices_dir(root: &Path) -> PathBuf {
     root.join("bus/pci/devices")
 }
 
 pub fn device_dir(root: &Path, bdf: &str) -> PathBuf {
     devices_dir(root).join(bdf)
-}
-
-fn find_driver(dev_dir: &Path) -> Option<String> {
-    let target = fs::read_link(dev_dir.join("driver")).ok()?;
-    target.file_name()?.to_str().map(str::to_owned)
-}
-
-/// The first `uioN` under `<device>/uio/`.
-fn find_uio(dev_dir: &Path) -> Result<Option<String>, PciSysfsError> {
-    let dir = dev_dir.join("uio");
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(PciSysfsError::Read { path: dir, source }),
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.strip_prefix("uio").is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())))
-        .collect();
-    names.sort();
-    Ok(names.into_iter().next())
 }
 
 /// Read one function's ids, driver and uio node.

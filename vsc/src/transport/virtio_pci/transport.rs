@@ -17,7 +17,6 @@
 //! restarts a queue at the used index after a backend restart, and a backend
 //! may complete a re-popped request again.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,10 +26,6 @@ use std::time::{Duration, Instant};
 
 use vm_memory::GuestAddress;
 use vmblob_protocol::config::DeviceConfig;
-use vmblob_protocol::framing::virtio::canonical_offsets;
-use vmblob_protocol::transport::{REQUEST_SIZE, RESPONSE_SIZE};
-use vmblob_protocol::{DataDirection, VspResponse};
-use zerocopy::IntoBytes;
 
 use super::addr::PhysMap;
 use super::common::{REMOVED_STATUS, features, status};
@@ -38,23 +33,18 @@ use super::device::PciDevice;
 use super::mmio::Window;
 use super::sysfs::{self, CMD_BUS_MASTER, CMD_INTX_DISABLE};
 use super::{CompletionMode, PciError, VirtioPciOptions, config};
-use crate::error::{ClientError, ProtocolError};
+use crate::error::ClientError;
 use crate::transport::dma::{DmaBuf, DmaPool, PAGE_SIZE};
 use crate::transport::pinned::{PinnedDma, PinnedDmaOptions};
 use crate::transport::table::RequestTable;
+use crate::transport::virtio::submit::{self, QueueState, finish};
 use crate::transport::virtio::{QueueError, SplitQueue};
 use crate::transport::vmbus::uio::UioError;
-use crate::transport::{Completion, OpBuffers, Ticket, Transport, check_response};
+use crate::transport::{Completion, OpBuffers, Ticket, Transport};
 
 /// Descriptors kept for the header+request, response and status of a data
 /// request when `max_data_len` is cut to what a split data buffer needs.
 const CONTROL_DESCRIPTORS: usize = 8;
-
-struct QueueState {
-    ring: SplitQueue,
-    /// Chain head -> request id.
-    heads: HashMap<u16, u64>,
-}
 
 struct Queue {
     index: u16,
@@ -262,12 +252,7 @@ impl Inner {
             let notify = usize::try_from(at).ok().and_then(|at| dev.notify.subwindow(at, 2)).ok_or_else(|| {
                 pci(PciError::NotifyOutside { bdf: dev.bdf.clone(), index, at, len: dev.notify.len() })
             })?;
-            queues.push(Queue {
-                index,
-                state: Mutex::new(QueueState { ring, heads: HashMap::new() }),
-                space: Condvar::new(),
-                notify,
-            });
+            queues.push(Queue { index, state: Mutex::new(QueueState::new(ring)), space: Condvar::new(), notify });
             rings.push(buf);
         }
         Ok((queues, rings, event_idx))
@@ -462,38 +447,8 @@ impl Inner {
     }
 
     fn chain_for(&self, b: &mut OpBuffers) -> Result<Vec<(GuestAddress, u32, bool)>, ClientError> {
-        let req_len = b.header.request_buffer_length.get();
-        let resp_len = b.header.response_buffer_length.get();
-        let data_len = b.header.data_buffer_length.get();
-        if b.request.len() < REQUEST_SIZE + req_len as usize || b.response.len() < resp_len as usize + RESPONSE_SIZE {
-            return Err(ClientError::InvalidBuffers("buffers smaller than their lengths"));
-        }
-        let data = match (&b.data, b.dir) {
-            (Some(d), DataDirection::ToHost | DataDirection::ToGuest) if data_len > 0 => {
-                if d.len() < data_len as usize {
-                    return Err(ClientError::InvalidBuffers("data buffer smaller than its length"));
-                }
-                Some((d.gpa(), data_len))
-            }
-            _ => {
-                b.header.data_buffer_length = 0.into();
-                b.header.data_buffer_valid = 0.into();
-                None
-            }
-        };
-        canonical_offsets(&mut b.header, b.dir);
-        b.request.write_at(0, b.header.as_bytes())?;
-        let (req, resp) = (b.request.gpa(), b.response.gpa());
         let mut chain = Vec::new();
-        self.push_runs(&mut chain, req, REQUEST_SIZE as u32 + req_len, false)?;
-        if let (Some((gpa, len)), DataDirection::ToHost) = (data, b.dir) {
-            self.push_runs(&mut chain, gpa, len, false)?;
-        }
-        self.push_runs(&mut chain, resp, resp_len, true)?;
-        if let (Some((gpa, len)), DataDirection::ToGuest) = (data, b.dir) {
-            self.push_runs(&mut chain, gpa, len, true)?;
-        }
-        self.push_runs(&mut chain, GuestAddress(resp.0 + u64::from(resp_len)), RESPONSE_SIZE as u32, true)?;
+        submit::lay_out_chain(b, |gpa, len, writable| self.push_runs(&mut chain, gpa, len, writable))?;
         let max = self.max_chain.load(Ordering::Relaxed);
         if chain.len() > max {
             return Err(pci(PciError::ChainTooLong { needed: chain.len(), max }));
@@ -505,59 +460,18 @@ impl Inner {
         let chain = self.chain_for(&mut b)?;
         let deadline = crate::transport::submit_deadline(&b.header);
         let (id, waiter) = self.table.register(b).map_err(|(e, _)| e)?;
-        let qi = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
-        let q = &self.queues[qi];
-        let mut st = lock(&q.state);
-        loop {
-            // This request, not a global flag: a rescind may have freed it.
-            if !self.table.is_pending(id) {
-                drop(st);
-                self.table.withdraw(id);
-                return Err(ClientError::Rescinded);
+        let q = &self.queues[self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len()];
+        submit::post_chain(&self.table, id, deadline, &q.state, &q.space, &chain, || {
+            if let Err(e) = q.notify.write16(0, q.index) {
+                log::warn!("queue {}: notify failed: {e}", q.index);
             }
-            match st.ring.add_chain(&chain) {
-                Ok(head) => {
-                    st.heads.insert(head, id);
-                    if st.ring.needs_kick()
-                        && let Err(e) = q.notify.write16(0, q.index)
-                    {
-                        log::warn!("queue {}: notify failed: {e}", q.index);
-                    }
-                    return Ok(waiter);
-                }
-                Err(QueueError::Full { .. }) => {
-                    if let Some(d) = deadline.filter(|d| d.passed()) {
-                        drop(st);
-                        self.table.withdraw(id);
-                        return Err(d.error());
-                    }
-                    st = q.space.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
-                }
-                Err(e) => {
-                    drop(st);
-                    self.table.withdraw(id);
-                    return Err(e.into());
-                }
-            }
-        }
+        })?;
+        Ok(waiter)
     }
 }
 
 fn prev_power_of_two(n: u16) -> u16 {
     if n == 0 { 0 } else { 1 << (15 - n.leading_zeros()) }
-}
-
-/// Turn a used entry into the caller's completion.
-fn finish(b: OpBuffers, used_len: u32) -> Result<Completion, ClientError> {
-    if (used_len as usize) < RESPONSE_SIZE {
-        return Err(ProtocolError::UsedLength(used_len).into());
-    }
-    let mut raw = [0u8; RESPONSE_SIZE];
-    let at = b.header.response_buffer_length.get() as usize;
-    b.response.read_at(at, &mut raw)?;
-    let response = VspResponse::parse(&raw)?;
-    check_response(&response, &b)?;
-    Ok(Completion { response, buffers: b })
 }
 
 impl Transport for VirtioPciTransport {

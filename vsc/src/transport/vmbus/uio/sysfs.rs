@@ -5,6 +5,7 @@
 //! can run against a fake tree.
 #![forbid(unsafe_code)]
 
+use crate::transport::uio_sysfs::find_driver;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,10 @@ fn parse_number(path: &Path, text: &str) -> Result<u64, SysfsError> {
     }
 }
 
+fn find_uio(dev_dir: &Path) -> Result<Option<String>, SysfsError> {
+    crate::transport::uio_sysfs::find_uio(dev_dir).map_err(|(path, source)| SysfsError::Read { path, source })
+}
+
 fn devices_dir(root: &Path) -> PathBuf {
     root.join("bus/vmbus/devices")
 }
@@ -113,28 +118,6 @@ fn driver_dir(root: &Path, driver: &str) -> PathBuf {
 /// Path of the character device for `uioN` (`/dev/uioN`).
 pub fn dev_path(uio: &str) -> PathBuf {
     Path::new("/dev").join(uio)
-}
-
-/// The first `uioN` entry under `<device>/uio/`, if the device is bound to uio.
-fn find_uio(dev_dir: &Path) -> Result<Option<String>, SysfsError> {
-    let dir = dev_dir.join("uio");
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(SysfsError::Read { path: dir, source }),
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.strip_prefix("uio").is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())))
-        .collect();
-    names.sort();
-    Ok(names.into_iter().next())
-}
-
-/// Name of the driver the `driver` symlink points at.
-fn find_driver(dev_dir: &Path) -> Option<String> {
-    let target = fs::read_link(dev_dir.join("driver")).ok()?;
-    target.file_name()?.to_str().map(str::to_owned)
 }
 
 /// Read one device directory (its class already matched).
