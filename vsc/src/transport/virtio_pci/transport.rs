@@ -359,10 +359,20 @@ impl Inner {
             Err(e) => return Some((Down::Removed, e.to_string())),
             Ok(_) => {}
         }
-        if let Some(irq) = &self.dev.irq
-            && let Err(UioError::Rescinded) = irq.wait(Some(Duration::ZERO)).map(|_| ())
-        {
-            return Some((Down::Removed, "uio device closed".into()));
+        if let Some(irq) = &self.dev.irq {
+            match irq.wait(Some(Duration::ZERO)) {
+                // The zero wait took an interrupt: uio_pci_generic masked INTx for it, and only
+                // the interrupt path unmasks it, so do that here or INTx stays off for good.
+                Ok(Some(_)) => {
+                    if let Some(down) = self.take_interrupt() {
+                        return Some(down);
+                    }
+                    self.reap_all(true);
+                }
+                Ok(None) => {}
+                Err(UioError::Rescinded) => return Some((Down::Removed, "uio device closed".into())),
+                Err(e) => return Some((Down::Broken, e.to_string())),
+            }
         }
         match self.dev.common.status() {
             Ok(REMOVED_STATUS) => Some((Down::Removed, "device status reads 0xff".into())),
@@ -412,10 +422,8 @@ impl Inner {
         };
         match irq.wait(Some(self.opts.wait_slice)) {
             Ok(Some(_)) => {
-                let isr = self.dev.isr.read8(0);
-                log::trace!("{}: INTx, ISR {isr:?}", self.dev.bdf);
-                if let Err(e) = self.dev.config.update_command(0, CMD_INTX_DISABLE) {
-                    self.go_down(Down::Removed, &format!("cannot unmask INTx: {e}"));
+                if let Some((why, reason)) = self.take_interrupt() {
+                    self.go_down(why, &reason);
                     return;
                 }
             }
@@ -425,11 +433,24 @@ impl Inner {
                 return;
             }
             Err(e) => {
-                self.go_down(Down::Removed, &e.to_string());
+                // Not a removal: the device may still do DMA, so it is reset on the way down.
+                self.go_down(Down::Broken, &e.to_string());
                 return;
             }
         }
         self.reap_all(true);
+    }
+
+    /// After uio reported an interrupt: ack the ISR (reading it lowers the line) and unmask
+    /// INTx in the command register (uio_pci_generic masked it).
+    fn take_interrupt(&self) -> Option<(Down, String)> {
+        let isr = self.dev.isr.read8(0);
+        log::trace!("{}: INTx, ISR {isr:?}", self.dev.bdf);
+        self.dev
+            .config
+            .update_command(0, CMD_INTX_DISABLE)
+            .err()
+            .map(|e| (Down::Broken, format!("cannot unmask INTx: {e}")))
     }
 
     /// Append `[addr, addr + len)` as physically contiguous descriptors.

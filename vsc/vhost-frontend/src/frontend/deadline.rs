@@ -20,7 +20,8 @@ pub(crate) fn bounded<T>(
     fallback: Step,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    let Some(limit) = limit else { return f() };
+    // A limit too large to add to now is no limit.
+    let Some(deadline) = limit.and_then(|l| Instant::now().checked_add(l)) else { return f() };
     let watched = socket.try_clone().map_err(Error::Watcher)?;
     let done = Arc::new((Mutex::new(false), Condvar::new()));
     let fired = Arc::new(AtomicBool::new(false));
@@ -28,7 +29,6 @@ pub(crate) fn bounded<T>(
     let watchdog = thread::Builder::new()
         .name("vhost-deadline".into())
         .spawn(move || {
-            let deadline = Instant::now() + limit;
             let (lock, cv) = &*d;
             let mut finished = lock.lock().unwrap_or_else(PoisonError::into_inner);
             while !*finished {
@@ -42,9 +42,19 @@ pub(crate) fn bounded<T>(
             }
         })
         .map_err(Error::Watcher)?;
+    // Set even if `f` panics, so the watchdog never shuts a connection that outlived it.
+    struct Finished(Arc<(Mutex<bool>, Condvar)>);
+    impl Drop for Finished {
+        fn drop(&mut self) {
+            *self.0.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            self.0.1.notify_all();
+        }
+    }
+    let finished = Finished(done);
     let result = f();
-    *done.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
-    done.1.notify_all();
+    drop(finished);
+    // A deadline that passed just after `f` returned Ok shut the connection: the hang-up
+    // watcher reports it, and the next request reconnects.
     let _ = watchdog.join();
     match result {
         Err(e) if fired.load(Ordering::SeqCst) => Err(Error::NoAnswer { step: step_of(&e).unwrap_or(fallback) }),
