@@ -59,6 +59,11 @@ fn a_ring_promised_to_slow_requests_stops_reading_until_they_post() {
         }
     }
     assert_eq!(seen, sent);
+    // The counter moves just after the completion is visible to the guest: give it a moment.
+    let until = std::time::Instant::now() + WAIT;
+    while g.service.report().completed < total as u64 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     assert_eq!(g.service.report().completed, total as u64);
 }
 
