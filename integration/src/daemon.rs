@@ -40,13 +40,25 @@ fn build_vsp() -> PathBuf {
     build_binary("vmblob-vsp", "vmblob-vsp")
 }
 
-fn build_binary(package: &str, name: &str) -> PathBuf {
+/// The running executable's profile directory (`target/<profile>`).
+fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test exe>
     let deps = exe.parent().expect("test executable has a directory");
-    let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") { deps.parent().unwrap() } else { deps };
+    let dir = if deps.file_name().is_some_and(|n| n == "deps") { deps.parent().unwrap() } else { deps };
+    dir.to_owned()
+}
+
+/// The cargo target directory the running executable was built into; rigs
+/// keep their caches (Azurite, the QEMU guest's kernel) under it.
+pub fn target_dir() -> PathBuf {
+    profile_dir().parent().expect("target directory").to_owned()
+}
+
+fn build_binary(package: &str, name: &str) -> PathBuf {
+    let profile_dir = profile_dir();
     let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile directory name").to_owned();
-    let target_dir = profile_dir.parent().expect("target directory");
+    let target_dir = target_dir();
     let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO")));
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
     let mut cmd = Command::new(cargo);
@@ -62,7 +74,7 @@ fn build_binary(package: &str, name: &str) -> PathBuf {
     }
     // An explicit --target-dir keeps the binary where we look for it, with or
     // without CARGO_TARGET_DIR.
-    cmd.arg("--target-dir").arg(target_dir);
+    cmd.arg("--target-dir").arg(&target_dir);
     let out = cmd.stdin(Stdio::null()).output().expect("run cargo build");
     assert!(
         out.status.success(),
@@ -76,7 +88,7 @@ fn build_binary(package: &str, name: &str) -> PathBuf {
 }
 
 /// util-linux `setpriv`, if present.
-fn setpriv() -> Option<&'static Path> {
+pub(crate) fn setpriv() -> Option<&'static Path> {
     static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
     SETPRIV
         .get_or_init(|| {

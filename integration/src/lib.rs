@@ -14,6 +14,7 @@ pub mod data;
 pub mod emulated;
 pub mod guest;
 pub mod ops;
+pub mod qemu;
 pub mod raw;
 pub mod vmbus;
 

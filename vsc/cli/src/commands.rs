@@ -5,7 +5,10 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use vmblob_vsc::{BlobClient, BlobHandle, BlobListItem, ListBlobsOptions, ListContainersOptions, PutOptions};
+use vmblob_protocol::ops::{Conditions, ETag};
+use vmblob_vsc::{
+    BlobClient, BlobHandle, BlobListItem, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions,
+};
 
 use super::paths::{blob, join, split};
 use super::{Cli, CliError, Cmd};
@@ -52,13 +55,14 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             let (container, name) = blob(dest)?;
             put_file(cli, &c.container(container).blob(name), file)
         }
-        Cmd::Get { src, file } => {
+        Cmd::Get { src, file, offset, length } => {
             let (container, name) = blob(src)?;
             let b = c.container(container).blob(name);
+            let range = (*offset != 0 || length.is_some()).then(|| Span { offset: *offset, length: *length });
             match file.as_deref() {
-                None => get_to_stdout(&b),
-                Some(p) if p == Path::new("-") => get_to_stdout(&b),
-                Some(p) => get_file(cli, &b, p),
+                None => get_to_stdout(&b, range),
+                Some(p) if p == Path::new("-") => get_to_stdout(&b, range),
+                Some(p) => get_file(cli, &b, p, range),
             }
         }
         Cmd::Stat { path } => {
@@ -94,13 +98,50 @@ pub fn put_file(cli: &Cli, b: &BlobHandle, file: &Path) -> Result<(), CliError> 
     Ok(())
 }
 
-fn get_file(cli: &Cli, b: &BlobHandle, path: &Path) -> Result<(), CliError> {
+/// Part of a blob: `length` bytes from `offset` (`None`: to the end).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    offset: u64,
+    length: Option<u64>,
+}
+
+/// Download `range` (or the whole blob) into `out`.
+fn download(b: &BlobHandle, range: Option<Span>, out: &mut dyn Write, progress: &dyn Fn(u64)) -> Result<(), CliError> {
+    match range {
+        None => b.get_to_writer(out, progress).map(|_| ()).map_err(CliError::from),
+        Some(span) => get_span(b, span, out, progress),
+    }
+}
+
+/// A ranged download: one version (pinned by its ETag, so an overwrite in the middle fails
+/// instead of mixing), read in device-sized pieces.
+fn get_span(b: &BlobHandle, span: Span, out: &mut dyn Write, progress: &dyn Fn(u64)) -> Result<(), CliError> {
+    let props = b.properties()?;
+    let end = span.length.map_or(props.content_length, |n| span.offset.saturating_add(n)).min(props.content_length);
+    let etag = ETag::new(&props.etag).map_err(|_| CliError::Usage(format!("the device sent a bad ETag {:?}", props.etag)))?;
+    let piece = b.client().block_size().max(1) as u64;
+    let mut at = span.offset;
+    while at < end {
+        let want = (end - at).min(piece);
+        let conditions = Conditions { if_match: Some(etag.clone()), if_none_match: None };
+        let got = b.get_opts(GetOptions { range: Some(at..at + want), conditions })?;
+        if got.data.len() as u64 != want {
+            return Err(CliError::Usage(format!("short read at {at}: {} of {want} bytes", got.data.len())));
+        }
+        out.write_all(&got.data)?;
+        at += want;
+        progress(at - span.offset);
+    }
+    Ok(())
+}
+
+fn get_file(cli: &Cli, b: &BlobHandle, path: &Path, range: Option<Span>) -> Result<(), CliError> {
     let props = b.properties()?;
     // Write beside the target and rename, so a failed download leaves no torn file.
     let tmp = path.with_extension("vmblob-partial");
     let mut out = BufWriter::new(File::create(&tmp)?);
     let pb = bar(cli, props.content_length, b.name());
-    let result = b.get_to_writer(&mut out, &|n| pb.set_position(n)).map_err(CliError::from);
+    let result = download(b, range, &mut out, &|n| pb.set_position(n));
     pb.finish_and_clear();
     if let Err(e) = result.and_then(|_| out.flush().map_err(CliError::Io)) {
         let _ = std::fs::remove_file(&tmp);
@@ -110,10 +151,10 @@ fn get_file(cli: &Cli, b: &BlobHandle, path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-fn get_to_stdout(b: &BlobHandle) -> Result<(), CliError> {
+fn get_to_stdout(b: &BlobHandle, range: Option<Span>) -> Result<(), CliError> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    b.get_to_writer(&mut out, &|_| {})?;
+    download(b, range, &mut out, &|_| {})?;
     out.flush()?;
     Ok(())
 }
@@ -165,7 +206,7 @@ fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Re
     let (container, prefix) = split(src);
     if !recursive {
         let (container, name) = blob(src)?;
-        return get_file(cli, &c.container(container).blob(name), Path::new(dest));
+        return get_file(cli, &c.container(container).blob(name), Path::new(dest), None);
     }
     let container = c.container(container);
     for item in container.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
@@ -177,7 +218,7 @@ fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Re
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            get_file(cli, &container.blob(&name), &target)?;
+            get_file(cli, &container.blob(&name), &target, None)?;
         }
     }
     Ok(())

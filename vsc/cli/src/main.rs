@@ -113,7 +113,16 @@ pub enum Cmd {
     /// Upload a file.
     Put { file: PathBuf, dest: String },
     /// Download a blob to a file, or to stdout with '-' or no file.
-    Get { src: String, file: Option<PathBuf> },
+    Get {
+        src: String,
+        file: Option<PathBuf>,
+        /// Only the bytes from this offset on.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// At most this many bytes (clipped to the blob's end); default to the end.
+        #[arg(long)]
+        length: Option<u64>,
+    },
     /// Show a blob's properties.
     Stat { path: String },
     /// Delete a blob.

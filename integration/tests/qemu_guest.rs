@@ -1,0 +1,181 @@
+//! The VSC inside a real guest: QEMU (TCG) boots Debian's kernel, the
+//! guest's `vmblob` CLI drives the device with the virtio-pci transport
+//! over `uio_pci_generic` (INTx and polling, two queues), the queues reach
+//! the real `vmblob-vsp` through QEMU's vhost-user frontend, and the host
+//! checks what landed in the store. Without QEMU these say SKIPPED
+//! (`.ci/install-qemu` installs it; CI requires it).
+
+use std::time::Duration;
+
+use vmblob_integration::data::pattern;
+use vmblob_integration::qemu::{self, GUEST_VMBLOB, VmOptions};
+use vmblob_integration::{Sandbox, Vsp, VspOptions, vmblob_binary};
+use vmblob_protocol::names::{BlobName, ContainerName};
+use vmblob_protocol::ops::{BlobRef, Conditions, GetBlob, ListContainers};
+use vmblob_vsp::store::fs::FsStore;
+use vmblob_vsp::store::{BlobStore, DataSink, StoreError};
+
+/// Over one 8 MiB block, with a ragged tail, so the put goes through parallel blocks.
+const BIG: usize = (20 << 20) + 4099;
+const SMALL: usize = 100 << 10;
+/// A range that crosses the first block boundary.
+const RANGE: (usize, usize) = ((8 << 20) - 1000, 1_000_000);
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// The guest's step runner: each step prints `@@step NAME ok` or
+/// `@@step NAME FAIL rc=N`, and its output as `@@out NAME: line`.
+const STEPS: &str = r#"
+step() {
+    name=$1; shift
+    "$@" > /tmp/step.out 2>&1
+    rc=$?
+    while IFS= read -r line; do echo "@@out $name: $line"; done < /tmp/step.out
+    if [ $rc = 0 ]; then echo "@@step $name ok"; else echo "@@step $name FAIL rc=$rc"; fi
+}
+now() { cut -d' ' -f1 /proc/uptime; }
+"#;
+
+struct Outcome {
+    serial: String,
+}
+
+impl Outcome {
+    fn step_ok(&self, name: &str) -> bool {
+        self.serial.lines().any(|l| l == format!("@@step {name} ok"))
+    }
+
+    fn output(&self, name: &str) -> Vec<String> {
+        let prefix = format!("@@out {name}: ");
+        self.serial.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_owned).collect()
+    }
+
+    fn value(&self, key: &str) -> Option<f64> {
+        let prefix = format!("@@value {key} ");
+        self.serial.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// A GET's buffer that grows as the store fills it.
+struct VecSink(Vec<u8>);
+
+impl DataSink for VecSink {
+    fn capacity(&self) -> u64 {
+        1 << 30
+    }
+    fn fill_from_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let start = self.0.len();
+        self.0.resize(start + len as usize, 0);
+        file.read_exact_at(&mut self.0[start..], offset)?;
+        Ok(())
+    }
+    fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+fn read_blob(store: &FsStore, container: &str, name: &str) -> Option<Vec<u8>> {
+    let target = BlobRef {
+        container: ContainerName::new(container).expect("container name"),
+        blob: BlobName::new(name).expect("blob name"),
+    };
+    let mut sink = VecSink(Vec::new());
+    let req = GetBlob { target, range: None, conditions: Conditions::none() };
+    store.get_blob(&req, &mut sink).ok().map(|_| sink.0)
+}
+
+fn assert_no_vsp_errors(vsp: &Vsp) {
+    let logs = vsp.logs();
+    let errors: Vec<&str> = logs.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "vmblob-vsp logged errors:\n{}", errors.join("\n"));
+}
+
+#[test]
+fn guest_round_trip_over_virtio_pci() {
+    let Some(rig) = qemu::rig_or_skip("guest_round_trip_over_virtio_pci") else { return };
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions { queues: 2, ..VspOptions::default() });
+    let big = pattern(1, 0, BIG);
+    let small = pattern(2, 0, SMALL);
+    let files = vec![
+        ("/data/big".to_owned(), big.clone()),
+        ("/data/small".to_owned(), small.clone()),
+        ("/data/range".to_owned(), big[RANGE.0..RANGE.0 + RANGE.1].to_vec()),
+        ("/data/tail".to_owned(), big[BIG - 100..].to_vec()),
+    ];
+    let v = format!("{GUEST_VMBLOB} -q --transport pci --queues 2 --ram-mib 64 --timeout-ms 30000");
+    let script = format!(
+        r#"{STEPS}
+V="{v}"
+P="$V --pci-poll-us 50"
+# Hugepages keep the DMA pool physically contiguous (the transport falls back to 4 KiB pages).
+echo 64 > /proc/sys/vm/nr_hugepages
+step mb $V mb cont1
+t0=$(now); step put $V put /data/big cont1/dir/big; t1=$(now)
+echo "@@value put_s $(echo "$t0 $t1" | awk '{{print $2 - $1}}')"
+t0=$(now); step get $V get cont1/dir/big /tmp/big; t1=$(now)
+echo "@@value get_s $(echo "$t0 $t1" | awk '{{print $2 - $1}}')"
+step get_equal cmp /data/big /tmp/big
+step range $V get --offset {ro} --length {rl} cont1/dir/big /tmp/range
+step range_equal cmp /data/range /tmp/range
+step tail $V get --offset {to} --length 1000 cont1/dir/big /tmp/tail
+step tail_equal cmp /data/tail /tmp/tail
+step ls $V ls cont1
+step ls_r $V ls -r cont1
+step stat $V stat cont1/dir/big
+step poll_put $P put /data/small cont1/small
+step poll_get $P get cont1/small /tmp/small
+step poll_equal cmp /data/small /tmp/small
+step poll_get_big $P get cont1/dir/big /tmp/big2
+step poll_big_equal cmp /data/big /tmp/big2
+step rm $V rm cont1/small
+step stat_gone sh -c "$V stat cont1/small 2>&1 | grep -qi 'not found'"
+step mb2 $V mb cont2
+step put2 $V put /data/small cont2/x
+step rb $V rb cont2
+step ls_top $V ls
+"#,
+        ro = RANGE.0,
+        rl = RANGE.1,
+        to = BIG - 100,
+    );
+    let image = rig.image(vmblob_binary(), files, script);
+    let mut vm = rig.boot(&sb.dir, vsp.socket(), &image, &VmOptions::default());
+    let up = vm.wait_line(qemu::image::MARK_UP, BOOT_LIMIT).unwrap_or_else(|e| panic!("{e}\n{}", vm.report()));
+    let boot = vm.started.elapsed();
+    let code = vm.wait_done(RUN_LIMIT).unwrap_or_else(|e| panic!("{e}\n{}", vm.report()));
+    let out = Outcome { serial: vm.serial() };
+    let report = vm.report();
+    let steps = [
+        "mb", "put", "get", "get_equal", "range", "range_equal", "tail", "tail_equal", "ls", "ls_r", "stat",
+        "poll_put", "poll_get", "poll_equal", "poll_get_big", "poll_big_equal", "rm", "stat_gone", "mb2", "put2",
+        "rb", "ls_top",
+    ];
+    let failed: Vec<&str> = steps.iter().copied().filter(|s| !out.step_ok(s)).collect();
+    assert!(failed.is_empty(), "guest steps failed: {failed:?} (script exit {code})\n{report}");
+    assert!(out.output("ls").iter().any(|l| l.contains("dir/")), "ls cont1 shows dir/\n{report}");
+    assert!(out.output("ls_r").iter().any(|l| l.contains("dir/big")), "ls -r cont1 shows dir/big\n{report}");
+    assert!(out.output("stat").iter().any(|l| l.contains(&BIG.to_string())), "stat shows the size\n{report}");
+    let top = out.output("ls_top");
+    assert!(top.iter().any(|l| l.contains("cont1")) && !top.iter().any(|l| l.contains("cont2")), "ls after rb\n{report}");
+    let (put_s, get_s) = (out.value("put_s").unwrap_or(0.0), out.value("get_s").unwrap_or(0.0));
+    eprintln!(
+        "qemu guest: {} boot to init {:.1} s ({up}); put {:.1} MiB/s, get {:.1} MiB/s under TCG",
+        rig.qemu_version,
+        boot.as_secs_f64(),
+        BIG as f64 / (1 << 20) as f64 / put_s.max(0.001),
+        BIG as f64 / (1 << 20) as f64 / get_s.max(0.001),
+    );
+
+    // The host's view: the store holds exactly what the guest wrote.
+    vsp.stop();
+    assert_no_vsp_errors(&vsp);
+    let store = FsStore::open(vsp.store()).expect("open the store the VSP served");
+    assert!(read_blob(&store, "cont1", "dir/big").is_some_and(|b| b == big), "cont1/dir/big in the store equals the file");
+    assert!(read_blob(&store, "cont1", "small").is_none(), "cont1/small was removed");
+    let page = store.list_containers(&ListContainers { prefix: String::new(), marker: String::new(), max_results: 0, include_metadata: false }).expect("list containers");
+    let names: Vec<String> = page.items.iter().map(|c| c.name.to_string()).collect();
+    assert_eq!(names, ["cont1"], "only cont1 is left");
+}
