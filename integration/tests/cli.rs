@@ -61,6 +61,15 @@ fn verbs_output_and_exit_codes() {
     let out = sb.dir.join("back.bin");
     ok(s, &["get", "photos/a/big.bin", out.to_str().unwrap()]);
     assert!(std::fs::read(&out).unwrap() == big, "downloaded file differs");
+    // Ranged: across the 8 MiB block boundary, then a length past the end (clipped).
+    let at = (8 << 20) - 10;
+    ok(s, &["get", "--offset", &at.to_string(), "--length", "100", "photos/a/big.bin", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == big[at..at + 100], "ranged download differs");
+    let tail = big.len() - 7;
+    let o = vmblob(Some(s), &["get", "--offset", &tail.to_string(), "--length", "1000", "photos/a/big.bin", "-"]);
+    assert_eq!(o.stdout, big[tail..], "a range past the end is clipped");
+    let o = vmblob(Some(s), &["get", "--offset", &big.len().to_string(), "photos/a/big.bin", "-"]);
+    assert!(code(&o) == 0 && o.stdout.is_empty(), "a range starting at the end is empty");
 
     let small = b"hello through the paravirtual path\n";
     let small_src = sb.dir.join("small.txt");

@@ -149,9 +149,28 @@ step ls_top $V ls
     let out = Outcome { serial: vm.serial() };
     let report = vm.report();
     let steps = [
-        "mb", "put", "get", "get_equal", "range", "range_equal", "tail", "tail_equal", "ls", "ls_r", "stat",
-        "poll_put", "poll_get", "poll_equal", "poll_get_big", "poll_big_equal", "rm", "stat_gone", "mb2", "put2",
-        "rb", "ls_top",
+        "mb",
+        "put",
+        "get",
+        "get_equal",
+        "range",
+        "range_equal",
+        "tail",
+        "tail_equal",
+        "ls",
+        "ls_r",
+        "stat",
+        "poll_put",
+        "poll_get",
+        "poll_equal",
+        "poll_get_big",
+        "poll_big_equal",
+        "rm",
+        "stat_gone",
+        "mb2",
+        "put2",
+        "rb",
+        "ls_top",
     ];
     let failed: Vec<&str> = steps.iter().copied().filter(|s| !out.step_ok(s)).collect();
     assert!(failed.is_empty(), "guest steps failed: {failed:?} (script exit {code})\n{report}");
@@ -159,7 +178,10 @@ step ls_top $V ls
     assert!(out.output("ls_r").iter().any(|l| l.contains("dir/big")), "ls -r cont1 shows dir/big\n{report}");
     assert!(out.output("stat").iter().any(|l| l.contains(&BIG.to_string())), "stat shows the size\n{report}");
     let top = out.output("ls_top");
-    assert!(top.iter().any(|l| l.contains("cont1")) && !top.iter().any(|l| l.contains("cont2")), "ls after rb\n{report}");
+    assert!(
+        top.iter().any(|l| l.contains("cont1")) && !top.iter().any(|l| l.contains("cont2")),
+        "ls after rb\n{report}"
+    );
     let (put_s, get_s) = (out.value("put_s").unwrap_or(0.0), out.value("get_s").unwrap_or(0.0));
     eprintln!(
         "qemu guest: {} boot to init {:.1} s ({up}); put {:.1} MiB/s, get {:.1} MiB/s under TCG",
@@ -173,9 +195,131 @@ step ls_top $V ls
     vsp.stop();
     assert_no_vsp_errors(&vsp);
     let store = FsStore::open(vsp.store()).expect("open the store the VSP served");
-    assert!(read_blob(&store, "cont1", "dir/big").is_some_and(|b| b == big), "cont1/dir/big in the store equals the file");
+    assert!(
+        read_blob(&store, "cont1", "dir/big").is_some_and(|b| b == big),
+        "cont1/dir/big in the store equals the file"
+    );
     assert!(read_blob(&store, "cont1", "small").is_none(), "cont1/small was removed");
-    let page = store.list_containers(&ListContainers { prefix: String::new(), marker: String::new(), max_results: 0, include_metadata: false }).expect("list containers");
+    let page = store
+        .list_containers(&ListContainers {
+            prefix: String::new(),
+            marker: String::new(),
+            max_results: 0,
+            include_metadata: false,
+        })
+        .expect("list containers");
     let names: Vec<String> = page.items.iter().map(|c| c.name.to_string()).collect();
     assert_eq!(names, ["cont1"], "only cont1 is left");
+}
+
+/// Iterations of the restart run's put loop.
+const ROUNDS: usize = 8;
+/// Big enough that a put has several blocks in flight for a while under TCG.
+const ROUND_BYTES: usize = 40 << 20;
+
+#[test]
+fn guest_requests_end_once_across_vsp_restarts() {
+    let Some(rig) = qemu::rig_or_skip("guest_requests_end_once_across_vsp_restarts") else { return };
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions { queues: 2, ..VspOptions::default() });
+    // Two versions, alternating by round, so a request re-run from another round would show.
+    let data = [pattern(11, 0, ROUND_BYTES), pattern(12, 0, ROUND_BYTES)];
+    let files = vec![("/data/a".to_owned(), data[0].clone()), ("/data/b".to_owned(), data[1].clone())];
+    let v = format!("{GUEST_VMBLOB} -q --transport pci --queues 2 --ram-mib 96 --timeout-ms 4000");
+    let script = format!(
+        r#"{STEPS}
+V="{v}"
+echo 64 > /proc/sys/vm/nr_hugepages
+step mb $V mb cont1
+i=0
+while [ $i -lt {ROUNDS} ]; do
+    i=$((i + 1))
+    f=/data/a; [ $((i % 2)) = 0 ] && f=/data/b
+    echo "@@round $i start"
+    timeout 60 $V put $f cont1/r$i > /tmp/put.out 2>&1
+    rc=$?
+    while IFS= read -r line; do echo "@@out put$i: $line"; done < /tmp/put.out
+    g=skipped
+    if [ $rc = 0 ]; then
+        timeout 60 $V get cont1/r$i /tmp/g > /dev/null 2>&1 && cmp -s $f /tmp/g && g=equal || g=bad
+        rm -f /tmp/g
+    fi
+    echo "@@round $i put=$rc get=$g"
+done
+"#
+    );
+    let image = rig.image(vmblob_binary(), files, script);
+    let options = VmOptions { reconnect_ms: Some(200), ..VmOptions::default() };
+    let mut vm = rig.boot(&sb.dir, vsp.socket(), &image, &options);
+    let fail = |vm: &qemu::GuestVm, e: String| -> ! { panic!("{e}\n{}", vm.report()) };
+    // A crash (SIGKILL) in round 3 and a clean restart (SIGTERM) in round 6, each while the VSP
+    // is writing a block of the put (a file in the store's tmp/) and others are in flight.
+    let tmp = vsp.store().join("tmp");
+    for (round, crash) in [(3, true), (6, false)] {
+        vm.wait_line(&format!("@@round {round} start"), BOOT_LIMIT + RUN_LIMIT).unwrap_or_else(|e| fail(&vm, e));
+        let writing = || std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !writing() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the VSP never wrote a block\n{}",
+                vm.report()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if crash {
+            vsp.kill();
+        } else {
+            vsp.stop();
+        }
+        vsp.restart();
+    }
+    let code = vm.wait_done(RUN_LIMIT).unwrap_or_else(|e| fail(&vm, e));
+    let serial = vm.serial();
+    let report = vm.report();
+    let rounds: Vec<(usize, String, String)> = serial
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("@@round ")?;
+            let mut f = rest.split_whitespace();
+            let n = f.next()?.parse().ok()?;
+            let put = f.next()?.strip_prefix("put=")?.to_owned();
+            let get = f.next()?.strip_prefix("get=")?.to_owned();
+            Some((n, put, get))
+        })
+        .collect();
+    assert_eq!(rounds.len(), ROUNDS, "every round ended (script exit {code})\n{report}");
+    for (n, put, get) in &rounds {
+        // 124: busybox timeout killed a CLI that hung. 0 or UNAVAILABLE (5) are the only ends.
+        assert!(put == "0" || put == "5", "round {n}: put exit {put}\n{report}");
+        assert!(put != "0" || get == "equal", "round {n}: acknowledged put reads back {get}\n{report}");
+    }
+    let failed = rounds.iter().filter(|r| r.1 != "0").count();
+    eprintln!(
+        "restart run: guest serial\n{}",
+        serial.lines().filter(|l| l.starts_with("@@")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(failed <= 2, "only the rounds with a restart may fail, {failed} did\n{report}");
+    assert!(rounds[ROUNDS - 1].1 == "0", "the device works after the restarts\n{report}");
+    eprintln!("restart run: {rounds:?}");
+    for (n, _, _) in &rounds {
+        let why: Vec<String> =
+            serial.lines().filter_map(|l| l.strip_prefix(&format!("@@out put{n}: "))).map(str::to_owned).collect();
+        if !why.is_empty() {
+            eprintln!("round {n}: {}", why.join(" | "));
+        }
+    }
+
+    // The store: every acknowledged round holds its own version; a failed one holds its own
+    // version or nothing, never the other.
+    vsp.stop();
+    assert_no_vsp_errors(&vsp);
+    let store = FsStore::open(vsp.store()).expect("open the store");
+    for (n, put, _) in &rounds {
+        let want = &data[(n + 1) % 2];
+        match read_blob(&store, "cont1", &format!("r{n}")) {
+            Some(b) => assert!(&b == want, "round {n}: the stored blob is not the version written"),
+            None => assert!(put != "0", "round {n}: acknowledged but missing"),
+        }
+    }
 }

@@ -101,14 +101,8 @@ impl Rig {
     pub fn boot(&self, dir: &Path, socket: &Path, image: &Image<'_>, options: &VmOptions) -> GuestVm {
         let initrd = dir.join("initramfs.cpio");
         std::fs::write(&initrd, image.build().expect("build the initramfs")).expect("write the initramfs");
-        let boot = Boot {
-            qemu: &self.qemu,
-            bios: &self.bios,
-            kernel: &self.kernel.vmlinuz,
-            initrd: &initrd,
-            socket,
-            dir,
-        };
+        let boot =
+            Boot { qemu: &self.qemu, bios: &self.bios, kernel: &self.kernel.vmlinuz, initrd: &initrd, socket, dir };
         GuestVm::boot(&boot, options)
     }
 

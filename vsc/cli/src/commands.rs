@@ -58,7 +58,7 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
         Cmd::Get { src, file, offset, length } => {
             let (container, name) = blob(src)?;
             let b = c.container(container).blob(name);
-            let range = (*offset != 0 || length.is_some()).then(|| Span { offset: *offset, length: *length });
+            let range = (*offset != 0 || length.is_some()).then_some(Span { offset: *offset, length: *length });
             match file.as_deref() {
                 None => get_to_stdout(&b, range),
                 Some(p) if p == Path::new("-") => get_to_stdout(&b, range),
@@ -118,7 +118,8 @@ fn download(b: &BlobHandle, range: Option<Span>, out: &mut dyn Write, progress: 
 fn get_span(b: &BlobHandle, span: Span, out: &mut dyn Write, progress: &dyn Fn(u64)) -> Result<(), CliError> {
     let props = b.properties()?;
     let end = span.length.map_or(props.content_length, |n| span.offset.saturating_add(n)).min(props.content_length);
-    let etag = ETag::new(&props.etag).map_err(|_| CliError::Usage(format!("the device sent a bad ETag {:?}", props.etag)))?;
+    let etag =
+        ETag::new(&props.etag).map_err(|_| CliError::Usage(format!("the device sent a bad ETag {:?}", props.etag)))?;
     let piece = b.client().block_size().max(1) as u64;
     let mut at = span.offset;
     while at < end {

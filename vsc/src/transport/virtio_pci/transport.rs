@@ -16,6 +16,14 @@
 //! A used entry for a head that is not in flight is logged and dropped: QEMU
 //! restarts a queue at the used index after a backend restart, and a backend
 //! may complete a re-popped request again.
+//!
+//! The same restart can lose requests the old backend had taken (QEMU
+//! re-offers from the used index, and vmblob completes out of order), and
+//! nothing on the bus says so. So a request with a timeout has an answer-by
+//! time: its timeout (which the VSP enforces itself) plus [`ANSWER_GRACE`].
+//! A request still unanswered then takes the device down as broken: it is
+//! reset, so it no longer owns any buffer, and every pending request fails
+//! once. Nothing waits forever on a lost request.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -45,6 +53,11 @@ use crate::transport::{Completion, OpBuffers, Ticket, Transport};
 /// Descriptors kept for the header+request, response and status of a data
 /// request when `max_data_len` is cut to what a split data buffer needs.
 const CONTROL_DESCRIPTORS: usize = 8;
+
+/// How long past its own timeout a request may stay unanswered before the
+/// device is taken to have lost it. The VSP answers a timed-out request
+/// itself, so only a lost one gets here.
+pub const ANSWER_GRACE: Duration = Duration::from_secs(5);
 
 struct Queue {
     index: u16,
@@ -76,6 +89,8 @@ struct Inner {
     /// Longest chain a request may use (ring size, then `max_segments`).
     max_chain: AtomicUsize,
     next_queue: AtomicUsize,
+    /// Answer-by time of each pending request that has a timeout.
+    answer_by: Mutex<std::collections::HashMap<u64, Instant>>,
     down: Mutex<Option<Down>>,
     stopping: AtomicBool,
     mode: CompletionMode,
@@ -208,6 +223,7 @@ impl Inner {
             config: OnceLock::new(),
             max_chain: AtomicUsize::new(max_chain),
             next_queue: AtomicUsize::new(0),
+            answer_by: Mutex::new(std::collections::HashMap::new()),
             down: Mutex::new(None),
             stopping: AtomicBool::new(false),
             mode: opts.mode,
@@ -338,6 +354,12 @@ impl Inner {
             q.space.notify_all();
         }
         let n = done.len();
+        if n > 0 {
+            let mut answer_by = lock(&self.answer_by);
+            for (id, _) in &done {
+                answer_by.remove(id);
+            }
+        }
         for (id, len) in done {
             self.table.complete(id, |b| finish(b, len));
         }
@@ -374,6 +396,9 @@ impl Inner {
                 Err(e) => return Some((Down::Broken, e.to_string())),
             }
         }
+        if let Some(lost) = self.overdue() {
+            return Some((Down::Broken, lost));
+        }
         match self.dev.common.status() {
             Ok(REMOVED_STATUS) => Some((Down::Removed, "device status reads 0xff".into())),
             Ok(s) if s & status::NEEDS_RESET != 0 => Some((Down::Broken, format!("status {s:#x}: needs reset"))),
@@ -381,6 +406,20 @@ impl Inner {
             Ok(_) => None,
             Err(e) => Some((Down::Broken, e.to_string())),
         }
+    }
+
+    /// A pending request past its answer-by time, as the reason to go down.
+    fn overdue(&self) -> Option<String> {
+        let now = Instant::now();
+        let mut answer_by = lock(&self.answer_by);
+        // Ids failed by a rescind or withdrawn are no longer waited for.
+        answer_by.retain(|id, _| self.table.is_pending(*id));
+        let (id, at) = answer_by.iter().filter(|(_, at)| **at <= now).min_by_key(|(_, at)| **at)?;
+        Some(format!(
+            "request {id} unanswered {:?} past its answer-by time: the device lost it \
+             (a VSP restart behind the VMM loses requests it had taken)",
+            now - *at
+        ))
     }
 
     fn run(self: Arc<Self>) {
@@ -480,13 +519,21 @@ impl Inner {
     fn submit(&self, mut b: OpBuffers) -> Result<Ticket, ClientError> {
         let chain = self.chain_for(&mut b)?;
         let deadline = crate::transport::submit_deadline(&b.header);
+        let timeout = Duration::from_millis(u64::from(b.header.timeout_ms.get()));
         let (id, waiter) = self.table.register(b).map_err(|(e, _)| e)?;
+        if !timeout.is_zero() {
+            lock(&self.answer_by).insert(id, Instant::now() + timeout + ANSWER_GRACE);
+        }
         let q = &self.queues[self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len()];
-        submit::post_chain(&self.table, id, deadline, &q.state, &q.space, &chain, || {
+        let posted = submit::post_chain(&self.table, id, deadline, &q.state, &q.space, &chain, || {
             if let Err(e) = q.notify.write16(0, q.index) {
                 log::warn!("queue {}: notify failed: {e}", q.index);
             }
-        })?;
+        });
+        if posted.is_err() {
+            lock(&self.answer_by).remove(&id);
+        }
+        posted?;
         Ok(waiter)
     }
 }
