@@ -52,14 +52,18 @@ pub struct SplitQueue {
     avail_ring: GuestAddress,
     used_ring: GuestAddress,
     /// Link of each descriptor: its free-list successor while free, its chain
-    /// successor while outstanding (chains are carved off the free list in
-    /// link order, and recycling only rewrites the freed tail's link).
+    /// successor while outstanding (chains are carved off the free list's
+    /// head in link order; recycling appends a chain at its tail).
     next: Vec<u16>,
     /// Per descriptor: length of the chain it heads while outstanding, else 0.
     chain_len: Vec<u16>,
     /// Per head: device-writable bytes of its chain (upper bound for used.len).
     writable_len: Vec<u32>,
+    /// The free list is FIFO: a completed chain is reused last, so a head a
+    /// restarted backend re-pops (see `recycle`) is still free, not carrying
+    /// a newer request, for as long as possible.
     free_head: u16,
+    free_tail: u16,
     num_free: u16,
     outstanding: usize,
     /// Next avail index to publish (== the avail.idx last stored).
@@ -135,6 +139,7 @@ impl SplitQueue {
             chain_len: vec![0; n],
             writable_len: vec![0; n],
             free_head: 0,
+            free_tail: size - 1,
             num_free: size,
             outstanding: 0,
             next_avail: 0,
@@ -363,15 +368,29 @@ impl SplitQueue {
         Ok(Some((head, len)))
     }
 
-    /// Return the chain headed by `head` (outstanding) to the free list.
+    /// Return the chain headed by `head` (outstanding) to the free list, its
+    /// descriptors zeroed. A backend restarted at the used index (QEMU,
+    /// protocol §11.2) can re-pop a head the guest has already completed: a
+    /// zeroed descriptor makes that an empty chain the VSP refuses, not a
+    /// re-run of buffers that may by now hold another request's bytes.
     fn recycle(&mut self, head: u16) {
         let n = self.chain_len[usize::from(head)];
         let mut tail = head;
-        for _ in 1..n {
-            tail = self.next[usize::from(tail)];
+        for i in 0..n {
+            let at = Self::at(self.desc_table, DESC_SIZE * u64::from(tail));
+            if let Err(e) = self.mem.write_slice(&[0u8; DESC_SIZE as usize], at) {
+                log::warn!("cannot clear descriptor {tail}: {e}");
+            }
+            if i + 1 < n {
+                tail = self.next[usize::from(tail)];
+            }
         }
-        self.next[usize::from(tail)] = self.free_head;
-        self.free_head = head;
+        if self.num_free == 0 {
+            self.free_head = head;
+        } else {
+            self.next[usize::from(self.free_tail)] = head;
+        }
+        self.free_tail = tail;
         self.num_free += n;
         self.chain_len[usize::from(head)] = 0;
         self.writable_len[usize::from(head)] = 0;
@@ -433,6 +452,7 @@ impl SplitQueue {
         self.chain_len.fill(0);
         self.writable_len.fill(0);
         self.free_head = 0;
+        self.free_tail = self.size - 1;
         self.num_free = self.size;
         self.outstanding = 0;
         self.kick_idx = self.next_avail;
@@ -702,6 +722,27 @@ pub(crate) mod tests {
         dev.add_used(&mem, h, 6 * 100).unwrap();
         assert_eq!(q.pop_used().unwrap(), Some((h, 600)));
         assert_eq!(q.free_descriptors(), 16);
+    }
+
+    #[test]
+    fn a_completed_chain_is_zeroed_and_reused_last() {
+        let (mem, mut q, mut dev) = pair(8, true);
+        let first = q.add_chain(&[buf(1, 64, false), buf(2, 64, true)]).unwrap();
+        device_pop(&mut dev, &mem).unwrap();
+        dev.add_used(&mem, first, 12).unwrap();
+        assert_eq!(q.pop_used().unwrap(), Some((first, 12)));
+        // A backend restarted at the used index re-reads the head: it finds nothing to run.
+        let d = mem.read_obj::<[u8; 16]>(q.desc_table()).unwrap();
+        assert_eq!(d, [0u8; 16], "the completed head's descriptor is cleared");
+        let d = mem.read_obj::<[u8; 16]>(GuestAddress(q.desc_table().0 + 16)).unwrap();
+        assert_eq!(d, [0u8; 16], "and the rest of its chain");
+        // Six descriptors are free before the recycled two: they go first.
+        let mut heads = Vec::new();
+        for i in 0..6 {
+            heads.push(q.add_chain(&[buf(10 + i, 32, true)]).unwrap());
+        }
+        assert!(!heads.contains(&first), "a recycled head is reused after every other free one: {heads:?}");
+        assert_eq!(q.add_chain(&[buf(20, 32, true)]).unwrap(), first);
     }
 
     /// xorshift64: deterministic randomness for the stress tests.
