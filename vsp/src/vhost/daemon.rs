@@ -28,7 +28,9 @@ pub enum DaemonError {
     #[error("cannot create the vhost-user daemon: {0}")]
     CreateDaemon(vhost_user_backend::Error),
     #[error("cannot accept a connection: {0}")]
-    Accept(vhost_user_backend::Error),
+    Accept(vhost::vhost_user::Error),
+    #[error("vhost-user tap: {0}")]
+    Tap(#[from] super::wire::TapError),
     #[error("event loop: {0}")]
     Poll(#[from] std::io::Error),
 }
@@ -149,15 +151,18 @@ pub fn serve(
     shutdown: &Shutdown,
     max_connections: Option<usize>,
 ) -> Result<(), DaemonError> {
-    let mut listener = listen(socket)?;
+    let listener = listen(socket)?;
     let mut served = 0usize;
     while max_connections.is_none_or(|m| served < m) && wait_for_connection(&listener, shutdown)? {
+        // A connection that went away before the accept is not one.
+        let Some(vmm) = listener.accept().map_err(DaemonError::Accept)? else { continue };
         served += 1;
         let backend = Arc::new(BlobBackend::new(engine.clone(), queues).map_err(DaemonError::Executor)?);
         let mut daemon =
             VhostUserDaemon::new("vmblob-vsp".into(), backend.clone(), GuestMemoryAtomic::new(GuestMemoryMmap::new()))
                 .map_err(DaemonError::CreateDaemon)?;
-        daemon.start(&mut listener).map_err(DaemonError::Accept)?;
+        // Every message passes the tap (trace log, ring-address guard) on its way to the backend.
+        let tap = super::wire::splice(vmm, |private| daemon.start(private))?;
         log::info!("VMM connected (connection {served})");
         shutdown.set_current(daemon.shutdown_handle().map(|h| (h, backend.clone())));
         let result = daemon.wait();
@@ -176,6 +181,7 @@ pub fn serve(
             log::info!("completed {n} in-flight requests after disconnect");
         }
         // Dropping the daemon signals the workers' exit events and joins them.
+        drop(tap);
         drop(daemon);
     }
     Ok(())

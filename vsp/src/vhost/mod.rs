@@ -8,6 +8,7 @@ mod daemon;
 mod queue;
 mod request;
 mod ring;
+pub mod wire;
 
 pub use backend::{BlobBackend, QueueOptions};
 pub use daemon::{DaemonError, Shutdown, SocketOptions, serve};
