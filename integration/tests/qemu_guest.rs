@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use vmblob_integration::data::pattern;
 use vmblob_integration::qemu::{self, GUEST_VMBLOB, VmOptions};
 use vmblob_integration::{Sandbox, Vsp, VspOptions, vmblob_binary};
 use vmblob_protocol::names::{BlobName, ContainerName};
@@ -15,11 +14,12 @@ use vmblob_protocol::ops::{BlobRef, Conditions, GetBlob, ListContainers};
 use vmblob_vsp::store::fs::FsStore;
 use vmblob_vsp::store::{BlobStore, DataSink, StoreError};
 
-/// Over one 8 MiB block, with a ragged tail, so the put goes through parallel blocks.
-const BIG: usize = (20 << 20) + 4099;
+/// Over one 8 MiB block, with a ragged tail, so the put goes through parallel blocks (a
+/// multiple of 4099, the guest's dd unit).
+const BIG: usize = 4099 * 5200;
 const SMALL: usize = 100 << 10;
-/// A range that crosses the first block boundary.
-const RANGE: (usize, usize) = ((8 << 20) - 1000, 1_000_000);
+/// A range that crosses the first block boundary (4 KiB units, for the guest's dd).
+const RANGE: (usize, usize) = ((8 << 20) - 4096, 1 << 20);
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
@@ -50,6 +50,11 @@ impl Outcome {
         self.serial.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_owned).collect()
     }
 
+    fn sha256(&self, key: &str) -> Option<String> {
+        let prefix = format!("@@sha256 {key} ");
+        self.serial.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().to_owned())
+    }
+
     fn value(&self, key: &str) -> Option<f64> {
         let prefix = format!("@@value {key} ");
         self.serial.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
@@ -76,6 +81,11 @@ impl DataSink for VecSink {
     }
 }
 
+fn hex_sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
 fn read_blob(store: &FsStore, container: &str, name: &str) -> Option<Vec<u8>> {
     let target = BlobRef {
         container: ContainerName::new(container).expect("container name"),
@@ -97,14 +107,9 @@ fn guest_round_trip_over_virtio_pci() {
     let Some(rig) = qemu::rig_or_skip("guest_round_trip_over_virtio_pci") else { return };
     let sb = Sandbox::new();
     let mut vsp = Vsp::start(&sb.dir, VspOptions { queues: 2, ..VspOptions::default() });
-    let big = pattern(1, 0, BIG);
-    let small = pattern(2, 0, SMALL);
-    let files = vec![
-        ("/data/big".to_owned(), big.clone()),
-        ("/data/small".to_owned(), small.clone()),
-        ("/data/range".to_owned(), big[RANGE.0..RANGE.0 + RANGE.1].to_vec()),
-        ("/data/tail".to_owned(), big[BIG - 100..].to_vec()),
-    ];
+    // The guest makes its data (an initramfs carrying it would slow every boot) and prints
+    // its SHA-256, which the host checks against the store.
+    let files = Vec::new();
     let v = format!("{GUEST_VMBLOB} -q --transport pci --queues 2 --ram-mib 64 --timeout-ms 30000");
     let script = format!(
         r#"{STEPS}
@@ -112,6 +117,12 @@ V="{v}"
 P="$V --pci-poll-us 50"
 # Hugepages keep the DMA pool physically contiguous (the transport falls back to 4 KiB pages).
 echo 64 > /proc/sys/vm/nr_hugepages
+mkdir -p /data
+dd if=/dev/urandom of=/data/big bs=4099 count={big_units} 2>/dev/null
+dd if=/dev/urandom of=/data/small bs=1024 count={small_k} 2>/dev/null
+dd if=/data/big of=/data/range bs=4096 skip={range_skip} count={range_count} 2>/dev/null
+tail -c 100 /data/big > /data/tail
+echo "@@sha256 big $(sha256sum /data/big | cut -d' ' -f1)"
 step mb $V mb cont1
 t0=$(now); step put $V put /data/big cont1/dir/big; t1=$(now)
 echo "@@value put_s $(echo "$t0 $t1" | awk '{{print $2 - $1}}')"
@@ -140,6 +151,10 @@ step ls_top $V ls
         ro = RANGE.0,
         rl = RANGE.1,
         to = BIG - 100,
+        big_units = BIG / 4099,
+        small_k = SMALL / 1024,
+        range_skip = RANGE.0 / 4096,
+        range_count = RANGE.1 / 4096,
     );
     let image = rig.image(vmblob_binary(), files, script);
     let mut vm = rig.boot(&sb.dir, vsp.socket(), &image, &VmOptions::default());
@@ -195,9 +210,11 @@ step ls_top $V ls
     vsp.stop();
     assert_no_vsp_errors(&vsp);
     let store = FsStore::open(vsp.store()).expect("open the store the VSP served");
-    assert!(
-        read_blob(&store, "cont1", "dir/big").is_some_and(|b| b == big),
-        "cont1/dir/big in the store equals the file"
+    let guest_sha = out.sha256("big").unwrap_or_else(|| panic!("the guest printed no SHA-256\n{report}"));
+    assert_eq!(
+        read_blob(&store, "cont1", "dir/big").map(|b| hex_sha256(&b)),
+        Some(guest_sha),
+        "cont1/dir/big in the store equals the guest's file"
     );
     assert!(read_blob(&store, "cont1", "small").is_none(), "cont1/small was removed");
     let page = store
@@ -223,13 +240,17 @@ fn guest_requests_end_once_across_vsp_restarts() {
     let sb = Sandbox::new();
     let mut vsp = Vsp::start(&sb.dir, VspOptions { queues: 2, ..VspOptions::default() });
     // Two versions, alternating by round, so a request re-run from another round would show.
-    let data = [pattern(11, 0, ROUND_BYTES), pattern(12, 0, ROUND_BYTES)];
-    let files = vec![("/data/a".to_owned(), data[0].clone()), ("/data/b".to_owned(), data[1].clone())];
+    let files = Vec::new();
     let v = format!("{GUEST_VMBLOB} -q --transport pci --queues 2 --ram-mib 96 --timeout-ms 4000");
     let script = format!(
         r#"{STEPS}
 V="{v}"
 echo 64 > /proc/sys/vm/nr_hugepages
+mkdir -p /data
+dd if=/dev/urandom of=/data/a bs=1M count={mib} 2>/dev/null
+dd if=/dev/urandom of=/data/b bs=1M count={mib} 2>/dev/null
+echo "@@sha256 a $(sha256sum /data/a | cut -d' ' -f1)"
+echo "@@sha256 b $(sha256sum /data/b | cut -d' ' -f1)"
 step mb $V mb cont1
 i=0
 while [ $i -lt {ROUNDS} ]; do
@@ -246,7 +267,8 @@ while [ $i -lt {ROUNDS} ]; do
     fi
     echo "@@round $i put=$rc get=$g"
 done
-"#
+"#,
+        mib = ROUND_BYTES >> 20,
     );
     let image = rig.image(vmblob_binary(), files, script);
     let options = VmOptions { reconnect_ms: Some(200), ..VmOptions::default() };
@@ -315,10 +337,12 @@ done
     vsp.stop();
     assert_no_vsp_errors(&vsp);
     let store = FsStore::open(vsp.store()).expect("open the store");
+    let out = Outcome { serial: serial.clone() };
+    let versions = [out.sha256("a"), out.sha256("b")].map(|v| v.unwrap_or_else(|| panic!("no SHA-256\n{report}")));
     for (n, put, _) in &rounds {
-        let want = &data[(n + 1) % 2];
+        let want = &versions[(n + 1) % 2];
         match read_blob(&store, "cont1", &format!("r{n}")) {
-            Some(b) => assert!(&b == want, "round {n}: the stored blob is not the version written"),
+            Some(b) => assert!(&hex_sha256(&b) == want, "round {n}: the stored blob is not the version written"),
             None => assert!(put != "0", "round {n}: acknowledged but missing"),
         }
     }
