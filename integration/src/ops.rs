@@ -61,7 +61,7 @@ pub fn put_block(c: &str, b: &str, id: &[u8], crc: Option<u64>) -> OpRequest {
 pub fn put_block_list(c: &str, b: &str, ids: &[&[u8]]) -> OpRequest {
     OpRequest::PutBlockList(PutBlockList {
         target: blob_ref(c, b),
-        blocks: ids.iter().map(|i| BlockId::new(i).expect("valid block id")).collect(),
+        blocks: ids.iter().map(|i| BlockId::new(i).expect("valid block id").into()).collect(),
         content_type: String::new(),
         metadata: Metadata::default(),
         conditions: Conditions::none(),

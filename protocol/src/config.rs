@@ -29,7 +29,10 @@ pub mod caps {
     pub const CONTENT_MD5: u64 = 1 << 3;
     /// CRC-64/NVME is computed for every write.
     pub const CONTENT_CRC64: u64 = 1 << 4;
-    pub const ALL: u64 = BLOCKS | CONDITIONAL | TXN_DEDUP | CONTENT_MD5 | CONTENT_CRC64;
+    /// PutBlockList takes a CRC-64 per block and refuses a block whose CRC
+    /// differs (a VSP without it refuses the CRC section as trailing bytes).
+    pub const BLOCK_LIST_CRC64: u64 = 1 << 5;
+    pub const ALL: u64 = BLOCKS | CONDITIONAL | TXN_DEDUP | CONTENT_MD5 | CONTENT_CRC64 | BLOCK_LIST_CRC64;
 }
 
 #[repr(C)]

@@ -409,7 +409,7 @@ fn limits_are_enforced_at_the_boundary() {
     let list = |n: usize| {
         OpRequest::PutBlockList(PutBlockList {
             target: target.clone(),
-            blocks: vec![BlockId::new(&[7]).unwrap(); n],
+            blocks: vec![BlockId::new(&[7]).unwrap().into(); n],
             content_type: String::new(),
             metadata: Metadata::default(),
             conditions: Conditions::none(),
@@ -471,6 +471,47 @@ fn block_list_ids_follow_the_block_id_rules() {
     assert!(decode(&list(&[&[]])).is_err());
     assert_eq!(decode(&list(&[&[], &[0xff; 64]])), Err(DecodeError::InvalidName));
     assert_eq!(decode(&list(&[&[0xff; 64], &[]])), Err(DecodeError::InvalidName));
+}
+
+#[test]
+fn block_list_crcs_are_an_optional_trailing_section() {
+    use vmblob_protocol::names::BlockId;
+    use vmblob_protocol::ops::{BlobRef, Conditions, ListedBlock, Metadata, PutBlockList};
+    let target = BlobRef { container: ContainerName::new("box").unwrap(), blob: BlobName::new("b").unwrap() };
+    let id = |b: u8| BlockId::new(&[b]).unwrap();
+    let list = |blocks: Vec<ListedBlock>| {
+        OpRequest::PutBlockList(PutBlockList {
+            target: target.clone(),
+            blocks,
+            content_type: String::new(),
+            metadata: Metadata::default(),
+            conditions: Conditions::none(),
+        })
+    };
+    // Without CRCs the body ends after the conditions, as before the section existed.
+    let old = list(vec![id(1).into(), id(2).into()]);
+    let old_bytes = old.encode();
+    // blob_ref 2+3 + 2+1, count 4, 2 ids of 1+1, content type 2, metadata 2, conditions 2.
+    assert_eq!(old_bytes.len(), OP_HEADER_SIZE + 8 + 4 + 4 + 2 + 2 + 2, "{old_bytes:02x?}");
+    // With one CRC, every entry gets an option<u64>, in list order.
+    let mixed = list(vec![ListedBlock::proven(id(1), 0x0102_0304_0506_0708), id(2).into()]);
+    let bytes = mixed.encode();
+    assert_eq!(&bytes[OP_HEADER_SIZE..old_bytes.len()], &old_bytes[OP_HEADER_SIZE..]);
+    assert_eq!(&bytes[old_bytes.len()..], &[1, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
+    assert_eq!(OpRequest::decode(&bytes), Ok(mixed));
+    // A section of absent CRCs only would be a second encoding of "none".
+    let mut all_absent = old_bytes[OP_HEADER_SIZE..].to_vec();
+    all_absent.extend_from_slice(&[0, 0]);
+    let input = with_header(REQUEST_MAGIC, OpCode::PutBlockList as u16, 0, &all_absent);
+    assert_eq!(OpRequest::decode(&input), Err(DecodeError::InvalidValue));
+    // A section shorter than the list is truncated; a longer one leaves bytes over.
+    let mut short = old_bytes[OP_HEADER_SIZE..].to_vec();
+    short.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let input = with_header(REQUEST_MAGIC, OpCode::PutBlockList as u16, 0, &short);
+    assert_eq!(OpRequest::decode(&input), Err(DecodeError::Truncated));
+    short.extend_from_slice(&[0, 0]);
+    let input = with_header(REQUEST_MAGIC, OpCode::PutBlockList as u16, 0, &short);
+    assert_eq!(OpRequest::decode(&input), Err(DecodeError::TrailingBytes(1)));
 }
 
 #[test]

@@ -20,6 +20,12 @@ pub enum ClientError {
     /// The VSP answered with a non-success status.
     #[error("{error}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
     Status { error: BlobError, message: String },
+    /// An upload's commit lost to another writer of the same name: that
+    /// writer's commit discarded this upload's staged blocks (or staged one
+    /// of its ids anew), so this upload committed nothing. The blob is the
+    /// other writer's; upload again to replace it.
+    #[error("upload superseded by a concurrent write of the blob; nothing committed{}", if .message.is_empty() { String::new() } else { format!(" ({})", .message) })]
+    Superseded { message: String },
     /// The device went away (rescind, backend exit, disconnect) before the
     /// request completed, or is not connected now.
     #[error("device rescinded")]
@@ -115,6 +121,7 @@ impl ClientError {
     pub fn blob_error(&self) -> Option<BlobError> {
         match self {
             ClientError::Status { error, .. } => Some(*error),
+            ClientError::Superseded { .. } => Some(BlobError::InvalidBlockList),
             _ => None,
         }
     }

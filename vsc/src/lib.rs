@@ -47,5 +47,5 @@ pub use vmblob_protocol::names::BlockId;
 /// Types of the operations' answers and conditions, from the wire format.
 pub use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobWritten, BlockInfo, BlockListType, Conditions, ContainerEntry,
-    ContainerProperties, ETag, Metadata,
+    ContainerProperties, ETag, ListedBlock, Metadata,
 };

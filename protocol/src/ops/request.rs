@@ -66,11 +66,38 @@ pub struct PutBlock {
     pub content_crc64: Option<u64>,
 }
 
+/// One entry of a PutBlockList.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListedBlock {
+    pub id: BlockId,
+    /// The CRC-64/NVME of the block the committer staged under `id`. If
+    /// given, the VSP commits nothing unless the block it holds has it: a
+    /// block another writer staged under the same id is not this commit's.
+    pub crc64: Option<u64>,
+}
+
+impl ListedBlock {
+    /// An entry without a CRC (what op-version-1 clients before the
+    /// `BLOCK_LIST_CRC64` capability send).
+    pub fn unproven(id: BlockId) -> Self {
+        Self { id, crc64: None }
+    }
+    pub fn proven(id: BlockId, crc64: u64) -> Self {
+        Self { id, crc64: Some(crc64) }
+    }
+}
+
+impl From<BlockId> for ListedBlock {
+    fn from(id: BlockId) -> Self {
+        Self::unproven(id)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutBlockList {
     pub target: BlobRef,
     /// The blob's content, in order. An id may repeat.
-    pub blocks: Vec<BlockId>,
+    pub blocks: Vec<ListedBlock>,
     pub content_type: String,
     pub metadata: Metadata,
     pub conditions: Conditions,
@@ -180,11 +207,18 @@ impl OpRequest {
                 encode_ref(w, &p.target);
                 w.u32(p.blocks.len() as u32);
                 for b in &p.blocks {
-                    w.bytes8(b.as_bytes());
+                    w.bytes8(b.id.as_bytes());
                 }
                 w.str16(&p.content_type);
                 p.metadata.encode(w);
                 p.conditions.encode(w);
+                // The CRC section is left out when empty, so a list without
+                // CRCs has the bytes it had before the section existed.
+                if p.blocks.iter().any(|b| b.crc64.is_some()) {
+                    for b in &p.blocks {
+                        w.option(b.crc64, Writer::u64);
+                    }
+                }
             }
             OpRequest::GetBlockList { target, list_type } => {
                 encode_ref(w, target);
@@ -272,21 +306,35 @@ impl OpRequest {
                 let n = r.count(MAX_BLOCKS, 2)?;
                 let mut blocks = Vec::with_capacity(n);
                 for _ in 0..n {
-                    blocks.push(BlockId::new(r.bytes8(BLOCK_ID_MAX)?)?);
+                    blocks.push(ListedBlock::unproven(BlockId::new(r.bytes8(BLOCK_ID_MAX)?)?));
                 }
-                OpRequest::PutBlockList(PutBlockList {
-                    target,
-                    blocks,
-                    content_type: text(r, names::CONTENT_TYPE_MAX)?,
-                    metadata: Metadata::decode(r)?,
-                    conditions: Conditions::decode(r)?,
-                })
+                let content_type = text(r, names::CONTENT_TYPE_MAX)?;
+                let metadata = Metadata::decode(r)?;
+                let conditions = Conditions::decode(r)?;
+                block_crcs(r, &mut blocks)?;
+                OpRequest::PutBlockList(PutBlockList { target, blocks, content_type, metadata, conditions })
             }
             OpCode::GetBlockList => {
                 OpRequest::GetBlockList { target: blob_ref(r)?, list_type: BlockListType::from_u8(r.u8()?)? }
             }
         })
     }
+}
+
+/// The optional CRC section that ends a PutBlockList body: absent (the body
+/// ends), or one `option<u64>` per block with at least one present (an
+/// all-absent section would be a second encoding of "no CRCs").
+fn block_crcs(r: &mut Reader<'_>, blocks: &mut [ListedBlock]) -> Result<(), DecodeError> {
+    if r.remaining() == 0 {
+        return Ok(());
+    }
+    for b in blocks.iter_mut() {
+        b.crc64 = r.option(Reader::u64)?;
+    }
+    if blocks.iter().all(|b| b.crc64.is_none()) {
+        return Err(DecodeError::InvalidValue);
+    }
+    Ok(())
 }
 
 fn encode_ref(w: &mut Writer, t: &BlobRef) {

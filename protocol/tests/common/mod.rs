@@ -9,8 +9,9 @@ use vmblob_protocol::config::DeviceConfig;
 use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
-    ContainerEntry, ContainerProperties, ETag, GetBlob, ListBlobs, ListContainers, MAX_LIST_RESULTS, Metadata, OpCode,
-    OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList, ResponseMessage, encode_error, encode_success,
+    ContainerEntry, ContainerProperties, ETag, GetBlob, ListBlobs, ListContainers, ListedBlock, MAX_LIST_RESULTS,
+    Metadata, OpCode, OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList, ResponseMessage, encode_error,
+    encode_success,
 };
 use vmblob_protocol::status::BlobError;
 
@@ -53,6 +54,11 @@ pub fn blob_ref() -> impl Strategy<Value = BlobRef> {
 
 pub fn block_id() -> impl Strategy<Value = BlockId> {
     vec(any::<u8>(), 1..=64).prop_map(|b| BlockId::new(&b).expect("1-64 bytes"))
+}
+
+/// A PutBlockList entry, with or without the committer's CRC.
+pub fn listed_block() -> impl Strategy<Value = ListedBlock> {
+    (block_id(), proptest::option::of(any::<u64>())).prop_map(|(id, crc64)| ListedBlock { id, crc64 })
 }
 
 /// Text without control characters, at most `max` bytes.
@@ -158,7 +164,7 @@ pub fn op_request() -> impl Strategy<Value = OpRequest> {
                 OpRequest::PutBlock(PutBlock { target, block_id, content_crc64 })
             })
             .boxed(),
-        (blob_ref(), vec(block_id(), 0..24), text(32), metadata(), conditions())
+        (blob_ref(), vec(listed_block(), 0..24), text(32), metadata(), conditions())
             .prop_map(|(target, blocks, content_type, metadata, conditions)| {
                 OpRequest::PutBlockList(PutBlockList { target, blocks, content_type, metadata, conditions })
             })

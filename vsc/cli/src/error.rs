@@ -57,6 +57,8 @@ pub fn client_exit_code(e: &ClientError) -> u8 {
     use ClientError as E;
     match e {
         E::Status { error, .. } => status_exit_code(*error),
+        // Another writer's upload of the name committed first: a conflict, like a failed condition.
+        E::Superseded { .. } => exit::CONFLICT,
         // The device is gone, not answering, or out of buffers for now: try again later.
         E::Rescinded | E::Timeout { .. } | E::ResourceExhausted { .. } => exit::UNAVAILABLE,
         E::Queue(_) | E::Channel(_) | E::Ring(_) | E::Frontend(_) | E::Setup(_) => exit::UNAVAILABLE,
@@ -95,6 +97,7 @@ mod tests {
         assert_eq!(code(status(BlobError::Busy)), exit::UNAVAILABLE);
         assert_eq!(code(status(BlobError::InvalidName)), exit::USAGE);
         assert_eq!(code(status(BlobError::Io)), exit::FAILED);
+        assert_eq!(code(ClientError::Superseded { message: String::new() }), exit::CONFLICT);
         assert_eq!(code(ClientError::Rescinded), exit::UNAVAILABLE);
         assert_eq!(code(ClientError::Timeout { waiting_for: "a completion", after: Duration::from_secs(1) }), 5);
         assert_eq!(code(ClientError::InvalidName { kind: "blob", name: "../x".into() }), exit::USAGE);

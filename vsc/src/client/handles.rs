@@ -4,10 +4,11 @@
 
 use std::fmt;
 
+use vmblob_protocol::config::caps;
 use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
-    ContainerProperties, GetBlob, ListBlobs, OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList,
+    ContainerProperties, GetBlob, ListBlobs, ListedBlock, OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList,
 };
 
 use super::{
@@ -336,8 +337,21 @@ impl BlobHandle {
         Ok(Pending::new(self.client.submit(&op, Data::OutBuf(buf, len))?, staged))
     }
 
-    /// Make `blocks` (staged or committed) the blob's content, if the conditions hold.
-    pub fn commit_blocks(&self, blocks: Vec<BlockId>, options: PutOptions) -> Result<BlobWritten, ClientError> {
+    /// Make `blocks` (staged or committed) the blob's content, if the
+    /// conditions hold. Entries with a CRC ([`ListedBlock::proven`]) commit
+    /// only if the device holds exactly that block under the id; a device
+    /// without the `BLOCK_LIST_CRC64` capability is sent the ids alone.
+    pub fn commit_blocks<B: Into<ListedBlock>>(
+        &self,
+        blocks: impl IntoIterator<Item = B>,
+        options: PutOptions,
+    ) -> Result<BlobWritten, ClientError> {
+        let proofs = self.client.device_config().capabilities & caps::BLOCK_LIST_CRC64 != 0;
+        let blocks = blocks
+            .into_iter()
+            .map(Into::into)
+            .map(|b: ListedBlock| if proofs { b } else { ListedBlock::unproven(b.id) })
+            .collect();
         let op = OpRequest::PutBlockList(PutBlockList {
             target: self.target()?.clone(),
             blocks,

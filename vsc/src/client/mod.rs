@@ -18,6 +18,7 @@ pub use options::{
     BlobContent, CreateContainerOptions, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions,
 };
 pub use upload::{BlockUploader, StagedBlocks};
+pub(crate) use upload::{superseded, upload_tag};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

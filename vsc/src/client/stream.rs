@@ -6,7 +6,6 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 
-use vmblob_protocol::names::BlockId;
 use vmblob_protocol::ops::{BlobProperties, BlobWritten, Conditions, ETag};
 
 use super::handles::read_into;
@@ -31,6 +30,11 @@ impl BlobHandle {
     /// Upload `len` bytes from `reader`. Up to one block goes in a single
     /// PutBlob; larger sources are staged with a [`super::BlockUploader`]
     /// and committed with PutBlockList. `options` apply to the commit.
+    ///
+    /// Uploads of one name at the same time (threads or clients) behave as
+    /// PUTs do on S3 or Azure: the blob is always exactly one upload's bytes,
+    /// the last to commit; an upload that loses while still staging fails
+    /// with [`ClientError::Superseded`] and commits nothing.
     pub fn put_stream(
         &self,
         reader: &mut dyn Read,
@@ -47,14 +51,12 @@ impl BlobHandle {
             return Ok(w);
         }
         let nblocks = len.div_ceil(block as u64);
-        let width = nblocks.to_string().len().max(6);
         let mut uploader = self.block_uploader();
         for i in 0..nblocks {
             let n = (len - i * block as u64).min(block as u64) as usize;
             read_full(reader, &mut staging[..n], i * block as u64, len)?;
-            // Same-length ids, as Azure requires within one blob.
-            let id = BlockId::new(format!("{i:0width$}").as_bytes()).expect("decimal ids are valid block ids");
-            uploader.stage(id, &[&staging[..n]])?;
+            // Ids of this upload's own: a concurrent put_stream of the name cannot overwrite them.
+            uploader.stage_next(&[&staging[..n]])?;
             progress(uploader.acknowledged());
         }
         uploader.commit_with(options, progress)

@@ -11,36 +11,48 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use object_store::{MultipartUpload, PutPayload, PutResult, UploadPart};
 use vmblob_protocol::names::BlockId;
-use vmblob_protocol::ops::Conditions;
+use vmblob_protocol::ops::{Conditions, ListedBlock};
 
 use super::attributes::BlobAttributes;
 use super::blocking;
 use super::error::{ObjStoreError, OnPrecondition};
-use super::write::{self, UploadTag};
+use super::write::{self, BLOCK_ID_LEN, UploadTag};
 use crate::client::BlobHandle;
 
-/// Block ids of one part, as `PartId::content_id`.
-pub(crate) fn part_id(ids: &[BlockId]) -> String {
-    let ids: Vec<&str> = ids.iter().map(|id| std::str::from_utf8(id.as_bytes()).unwrap_or_default()).collect();
-    ids.join(",")
+/// Blocks of one part, as `PartId::content_id`: `<id>:<crc64 hex>`, comma
+/// separated. The CRCs go to the commit, which proves the blocks are ours.
+pub(crate) fn part_id(blocks: &[ListedBlock]) -> String {
+    let entries: Vec<String> = blocks
+        .iter()
+        .map(|b| {
+            let id = std::str::from_utf8(b.id.as_bytes()).unwrap_or_default();
+            format!("{id}:{:016x}", b.crc64.unwrap_or_default())
+        })
+        .collect();
+    entries.join(",")
 }
 
-/// The block ids in a `PartId::content_id` of upload `tag`; anything else is refused.
-pub(crate) fn parse_part_id(tag: UploadTag, content_id: &str) -> Result<Vec<BlockId>, ObjStoreError> {
+/// The blocks in a `PartId::content_id` of upload `tag`; anything else is refused.
+pub(crate) fn parse_part_id(tag: UploadTag, content_id: &str) -> Result<Vec<ListedBlock>, ObjStoreError> {
     let ours = format!("{tag}-");
     content_id
         .split(',')
         .filter(|s| !s.is_empty())
         .map(|s| {
-            let id = BlockId::new(s.as_bytes()).ok().filter(|_| s.starts_with(&ours) && s.len() == 32);
-            id.ok_or_else(|| ObjStoreError::InvalidPartId(s.to_owned()))
+            let entry = s.split_once(':').and_then(|(id, crc)| {
+                let ok = id.starts_with(&ours) && id.len() == BLOCK_ID_LEN && crc.len() == 16;
+                let crc =
+                    u64::from_str_radix(crc, 16).ok().filter(|_| ok && crc.bytes().all(|c| c.is_ascii_hexdigit()))?;
+                Some(ListedBlock::proven(BlockId::new(id.as_bytes()).ok()?, crc))
+            });
+            entry.ok_or_else(|| ObjStoreError::InvalidPartId(s.to_owned()))
         })
         .collect()
 }
 
 pub(crate) async fn commit(
     blob: BlobHandle,
-    blocks: Vec<BlockId>,
+    blocks: Vec<ListedBlock>,
     attrs: BlobAttributes,
     path: &str,
 ) -> object_store::Result<PutResult> {
@@ -56,7 +68,7 @@ pub(crate) async fn stage(
     part: usize,
     data: PutPayload,
     path: &str,
-) -> object_store::Result<Vec<BlockId>> {
+) -> object_store::Result<Vec<ListedBlock>> {
     blocking::run(move || write::stage_part(&blob, tag, part, &data))
         .await
         .map_err(|e| e.into_os(path, OnPrecondition::Precondition))
@@ -69,7 +81,7 @@ pub(crate) struct BlockUpload {
     attrs: BlobAttributes,
     next_part: usize,
     /// Block ids of every part whose upload finished.
-    parts: Arc<Mutex<BTreeMap<usize, Vec<BlockId>>>>,
+    parts: Arc<Mutex<BTreeMap<usize, Vec<ListedBlock>>>>,
 }
 
 impl BlockUpload {
@@ -133,11 +145,24 @@ mod tests {
     #[test]
     fn part_ids_round_trip_and_refuse_foreign_blocks() {
         let tag = UploadTag::random();
-        let ids = vec![tag.block_id(3, 0).unwrap(), tag.block_id(3, 1).unwrap()];
+        let ids = vec![
+            ListedBlock::proven(tag.block_id(3, 0).unwrap(), 0x0123_4567_89ab_cdef),
+            ListedBlock::proven(tag.block_id(3, 1).unwrap(), 7),
+        ];
         assert_eq!(parse_part_id(tag, &part_id(&ids)).unwrap(), ids);
-        assert_eq!(parse_part_id(tag, "").unwrap(), Vec::<BlockId>::new(), "an empty part has no blocks");
-        let other = UploadTag::random().block_id(3, 0).unwrap();
-        for bad in [part_id(&[other]), format!("{tag}-x"), "x".repeat(100), format!("{},", "y".repeat(32))] {
+        assert_eq!(parse_part_id(tag, "").unwrap(), Vec::<ListedBlock>::new(), "an empty part has no blocks");
+        let other = ListedBlock::proven(UploadTag::random().block_id(3, 0).unwrap(), 1);
+        let ours = std::str::from_utf8(ids[0].id.as_bytes()).unwrap().to_owned();
+        for bad in [
+            part_id(&[other]),
+            format!("{tag}-x"),
+            "x".repeat(100),
+            format!("{},", "y".repeat(32)),
+            ours.clone(),
+            format!("{ours}:12"),
+            format!("{ours}:+123456789abcdef"),
+            format!("{ours}:0123456789abcdeg"),
+        ] {
             assert!(matches!(parse_part_id(tag, &bad), Err(ObjStoreError::InvalidPartId(_))), "{bad:?}");
         }
     }

@@ -5,44 +5,42 @@
 //! commits.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use object_store::PutPayload;
 use vmblob_protocol::names::BlockId;
-use vmblob_protocol::ops::{BlobWritten, Conditions};
+use vmblob_protocol::ops::{BlobWritten, Conditions, ListedBlock};
 
 use super::attributes::BlobAttributes;
 use super::error::ObjStoreError;
-use crate::client::{BlobHandle, BlockUploader};
+use crate::client::{BlobHandle, BlockUploader, superseded, upload_tag};
 
 const MAX_PARTS: usize = 100_000_000;
 const MAX_BLOCKS_PER_PART: usize = 1_000_000;
 
 /// Names the blocks of one upload. Blocks are staged per blob name, so two
-/// uploads to one name must not share ids: each upload draws a random tag.
-/// Every id has the same length, as Azure requires within one blob.
+/// uploads to one name must not share ids: each upload draws a random
+/// 128-bit tag. Every id has the same length, as Azure requires within one blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct UploadTag(u64);
+pub(crate) struct UploadTag(u128);
+
+/// Bytes of a block id: 32 hex digits, `-`, 8 digits, `-`, 6 digits.
+pub(crate) const BLOCK_ID_LEN: usize = 48;
 
 impl UploadTag {
     pub(crate) fn random() -> Self {
-        // The counter keeps tags distinct even if the random source fails.
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let mut b = [0u8; 8];
-        let _ = getrandom::fill(&mut b);
-        Self(u64::from_le_bytes(b) ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed))
+        Self(u128::from_le_bytes(upload_tag()))
     }
 
-    /// The tag in a `MultipartId` (16 lowercase hex digits).
+    /// The tag in a `MultipartId` (32 lowercase hex digits).
     pub(crate) fn parse(s: &str) -> Result<Self, ObjStoreError> {
-        let hex = s.len() == 16 && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
-        match hex.then(|| u64::from_str_radix(s, 16)) {
+        let hex = s.len() == 32 && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+        match hex.then(|| u128::from_str_radix(s, 16)) {
             Some(Ok(v)) => Ok(Self(v)),
             _ => Err(ObjStoreError::InvalidUploadId(s.to_owned())),
         }
     }
 
-    /// `<tag>-<part>-<block>`, 32 bytes.
+    /// `<tag>-<part>-<block>`, [`BLOCK_ID_LEN`] bytes.
     pub(crate) fn block_id(self, part: usize, block: usize) -> Result<BlockId, ObjStoreError> {
         if part >= MAX_PARTS {
             return Err(ObjStoreError::TooManyBlocks { what: "parts", max: MAX_PARTS });
@@ -56,7 +54,7 @@ impl UploadTag {
 
 impl fmt::Display for UploadTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        write!(f, "{:032x}", self.0)
     }
 }
 
@@ -108,27 +106,27 @@ fn stage_payload(
     Ok(())
 }
 
-/// Stage `payload` as part `part` of upload `tag`: its block ids, in order
-/// (none for an empty payload).
+/// Stage `payload` as part `part` of upload `tag`: its blocks with their
+/// CRCs, in order (none for an empty payload).
 pub(crate) fn stage_part(
     blob: &BlobHandle,
     tag: UploadTag,
     part: usize,
     payload: &PutPayload,
-) -> Result<Vec<BlockId>, ObjStoreError> {
+) -> Result<Vec<ListedBlock>, ObjStoreError> {
     let mut uploader = blob.block_uploader();
     stage_payload(&mut uploader, blob.client().block_size(), tag, part, payload)?;
-    Ok(uploader.finish()?.ids)
+    Ok(uploader.finish()?.blocks)
 }
 
 /// Make `blocks` the content of the blob, if `conditions` hold.
 pub(crate) fn commit(
     blob: &BlobHandle,
-    blocks: Vec<BlockId>,
+    blocks: Vec<ListedBlock>,
     attrs: &BlobAttributes,
     conditions: Conditions,
 ) -> Result<BlobWritten, ObjStoreError> {
-    Ok(blob.commit_blocks(blocks, attrs.put_options(conditions))?)
+    Ok(blob.commit_blocks(blocks, attrs.put_options(conditions)).map_err(superseded)?)
 }
 
 /// Write `payload` as the whole content of the blob, if `conditions` hold.
@@ -159,7 +157,7 @@ mod tests {
         assert_ne!(a, b);
         let ids = [a.block_id(0, 0), a.block_id(7, 12), a.block_id(MAX_PARTS - 1, MAX_BLOCKS_PER_PART - 1)];
         for id in ids {
-            assert_eq!(id.unwrap().as_bytes().len(), 32);
+            assert_eq!(id.unwrap().as_bytes().len(), BLOCK_ID_LEN);
         }
         assert_ne!(a.block_id(1, 0).unwrap(), b.block_id(1, 0).unwrap());
         assert_ne!(a.block_id(1, 0).unwrap(), a.block_id(0, 1).unwrap());
@@ -171,7 +169,11 @@ mod tests {
     fn upload_tags_parse_back_and_refuse_anything_else() {
         let t = UploadTag::random();
         assert_eq!(UploadTag::parse(&t.to_string()).unwrap(), t);
-        for bad in ["", "0123", "0123456789abcdeF", "0123456789abcdefa", "+123456789abcdef", "ghijklmnopqrstuv"] {
+        let ok = "0123456789abcdef0123456789abcdef";
+        assert_eq!(UploadTag::parse(ok).unwrap().to_string(), ok);
+        for bad in
+            ["", "0123", "0123456789abcdef", "0123456789abcdef0123456789abcdeF", "+123456789abcdef0123456789abcdef"]
+        {
             assert!(matches!(UploadTag::parse(bad), Err(ObjStoreError::InvalidUploadId(_))), "{bad:?}");
         }
     }

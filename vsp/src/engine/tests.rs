@@ -220,7 +220,7 @@ fn every_operation_round_trips() {
     }
     let commit = OpRequest::PutBlockList(PutBlockList {
         target: blob_ref("photos", "big"),
-        blocks: vec![BlockId::new(b"b2").unwrap(), BlockId::new(b"b1").unwrap()],
+        blocks: vec![BlockId::new(b"b2").unwrap().into(), BlockId::new(b"b1").unwrap().into()],
         content_type: String::new(),
         metadata: Metadata::default(),
         conditions: Conditions::none(),

@@ -10,7 +10,7 @@ use std::thread;
 use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions, ETag, GetBlob,
-    ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList,
+    ListBlobs, ListContainers, ListedBlock, Metadata, PutBlob, PutBlockList,
 };
 
 use super::{BlobStore, DataSink, DataSource, StoreError, TxnId, crc64};
@@ -169,7 +169,7 @@ pub fn stage(s: &dyn BlobStore, c: &str, b: &str, id: &[u8], data: &[u8]) -> u64
 pub fn block_list_req(c: &str, b: &str, ids: &[&[u8]]) -> PutBlockList {
     PutBlockList {
         target: bref(c, b),
-        blocks: ids.iter().map(|i| bid(i)).collect(),
+        blocks: ids.iter().map(|i| bid(i).into()).collect(),
         content_type: "text/plain".into(),
         metadata: Metadata::default(),
         conditions: Conditions::none(),
@@ -268,6 +268,7 @@ macro_rules! conformance_tests {
             blocks_recommit_mixes_committed_and_staged, blocks_invalid_lists, blocks_largest_list,
             blocks_replace_same_id, blocks_failed_stage_stores_nothing, block_list_conditions_and_replay,
             whole_writes_and_deletes_discard_staged, deleting_a_name_with_only_staged_blocks_removes_them,
+            block_list_crcs_must_match_the_staged_blocks, a_losing_writers_commit_fails_and_keeps_the_winner,
         );
         #[test]
         fn max_blob_size() {

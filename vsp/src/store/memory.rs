@@ -278,6 +278,9 @@ impl BlobStore for MemoryStore {
                 }),
             }
             .ok_or_else(|| StoreError::InvalidBlockList("block data missing".into()))?;
+            if p.listed_crc.is_some() {
+                p.check_crc(super::crc64(bytes))?;
+            }
             sums.update(bytes);
             data.extend_from_slice(bytes);
         }

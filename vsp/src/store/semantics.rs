@@ -12,8 +12,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use md5::Digest as _;
-use vmblob_protocol::BlockId;
-use vmblob_protocol::ops::{BlobProperties, BlobWritten, Conditions, ETag, MAX_BLOCKS, Metadata};
+use vmblob_protocol::ops::{BlobProperties, BlobWritten, Conditions, ETag, ListedBlock, MAX_BLOCKS, Metadata};
 
 use crate::store::{DataSource, StoreError, TxnId};
 
@@ -352,13 +351,30 @@ pub(crate) struct Part {
     pub id: Vec<u8>,
     pub size: u64,
     pub source: PartSource,
+    /// The CRC-64 the committer listed for the block, if it did.
+    pub listed_crc: Option<u64>,
+}
+
+impl Part {
+    /// A listed CRC must be that of the block the store holds (`held`):
+    /// otherwise the id was staged by another writer, and committing it
+    /// would make a blob nobody wrote. The store then commits nothing.
+    pub fn check_crc(&self, held: u64) -> Result<(), StoreError> {
+        match self.listed_crc {
+            Some(want) if want != held => Err(StoreError::InvalidBlockList(format!(
+                "block {} holds CRC-64 {held:016x}, not the listed {want:016x}: another writer staged it",
+                hex(&self.id)
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Resolves a PutBlockList: each id names a staged block of the blob, else
 /// one of its committed blocks (staged wins, as Azure's "Latest" does).
 /// Returns the parts in order and the new blob's size.
 pub(crate) fn resolve_block_list(
-    ids: &[BlockId],
+    ids: &[ListedBlock],
     staged_size: impl Fn(&[u8]) -> Option<u64>,
     committed: &[CommittedBlock],
     max_size: u64,
@@ -377,15 +393,15 @@ pub(crate) fn resolve_block_list(
     }
     let mut parts = Vec::with_capacity(ids.len());
     let mut total = 0u64;
-    for id in ids {
-        let id = id.as_bytes();
+    for listed in ids {
+        let id = listed.id.as_bytes();
         let (size, source) = match (staged_size(id), offsets.get(id)) {
             (Some(size), _) => (size, PartSource::Staged),
             (None, Some(&(offset, size))) => (size, PartSource::Committed { offset }),
             (None, None) => return Err(StoreError::InvalidBlockList(format!("unknown block id {}", hex(id)))),
         };
         total = total.saturating_add(size);
-        parts.push(Part { id: id.to_vec(), size, source });
+        parts.push(Part { id: id.to_vec(), size, source, listed_crc: listed.crc64 });
     }
     check_size(total, max_size)?;
     Ok((parts, total))
@@ -403,6 +419,7 @@ pub(crate) fn check_stage_room(staged: usize, replaces: bool) -> Result<(), Stor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmblob_protocol::BlockId;
 
     #[test]
     fn etags_are_unique_quoted_hex_and_increasing() {
@@ -442,17 +459,26 @@ mod tests {
     }
 
     #[test]
+    fn a_listed_crc_must_match_the_held_block() {
+        let part = |listed_crc| Part { id: b"a".to_vec(), size: 1, source: PartSource::Staged, listed_crc };
+        assert!(part(None).check_crc(7).is_ok());
+        assert!(part(Some(7)).check_crc(7).is_ok());
+        assert!(matches!(part(Some(7)).check_crc(8), Err(StoreError::InvalidBlockList(_))));
+    }
+
+    #[test]
     fn resolve_prefers_staged_and_checks_ids() {
         let committed =
             vec![CommittedBlock { id: b"a".to_vec(), size: 3 }, CommittedBlock { id: b"b".to_vec(), size: 4 }];
         let staged = |id: &[u8]| (id == b"b" || id == b"c").then_some(10);
-        let ids: Vec<BlockId> = [&b"b"[..], b"a", b"c", b"a"].iter().map(|i| BlockId::new(i).unwrap()).collect();
+        let ids: Vec<ListedBlock> =
+            [&b"b"[..], b"a", b"c", b"a"].iter().map(|i| BlockId::new(i).unwrap().into()).collect();
         let (parts, total) = resolve_block_list(&ids, staged, &committed, 1000).unwrap();
         assert_eq!(total, 10 + 3 + 10 + 3);
         assert_eq!(parts[0].source, PartSource::Staged);
         assert_eq!(parts[1].source, PartSource::Committed { offset: 0 });
         assert_eq!(parts[3].source, PartSource::Committed { offset: 0 });
-        let bad = [BlockId::new(b"zz").unwrap()];
+        let bad = [BlockId::new(b"zz").unwrap().into()];
         assert!(matches!(resolve_block_list(&bad, staged, &committed, 1000), Err(StoreError::InvalidBlockList(_))));
         assert!(matches!(resolve_block_list(&ids, staged, &committed, 25), Err(StoreError::TooLarge(_))));
     }

@@ -195,3 +195,66 @@ pub fn max_blob_size(s: &dyn BlobStore) {
     assert_err!(s.put_block_list(&block_list_req("box", "b", &[b"1", b"1"]), &txn()), StoreError::TooLarge(_));
     assert_eq!(get(s, "box", "b").unwrap().1, [1; 100]);
 }
+
+/// A list whose entries carry CRC-64s.
+fn proven_list_req(b: &str, blocks: &[(&[u8], u64)]) -> PutBlockList {
+    let mut req = block_list_req("box", b, &[]);
+    req.blocks = blocks.iter().map(|(id, crc)| ListedBlock::proven(bid(id), *crc)).collect();
+    req
+}
+
+/// The blob and its properties, to show a refused commit changed nothing.
+fn snapshot(s: &dyn BlobStore, b: &str) -> (BlobProperties, Vec<u8>) {
+    get(s, "box", b).unwrap()
+}
+
+pub fn block_list_crcs_must_match_the_staged_blocks(s: &dyn BlobStore) {
+    new_container(s, "box");
+    put(s, "box", "b", b"old");
+    let before = snapshot(s, "b");
+    // Two writers with the same ids: the second re-stages "1" after the first staged both.
+    let (a1, a2, b1) = (pattern(300_000, 1), pattern(70_000, 2), pattern(300_000, 3));
+    stage(s, "box", "b", b"1", &a1);
+    stage(s, "box", "b", b"2", &a2);
+    stage(s, "box", "b", b"1", &b1);
+    // The first writer's commit would mix b1 with a2: refused, nothing changes.
+    let first = proven_list_req("b", &[(b"1", crc64(&a1)), (b"2", crc64(&a2))]);
+    assert_err!(s.put_block_list(&first, &txn()), StoreError::InvalidBlockList(_));
+    assert_eq!(snapshot(s, "b"), before);
+    // A wrong CRC on the last entry alone is enough.
+    let last_wrong = proven_list_req("b", &[(b"1", crc64(&b1)), (b"2", crc64(&a2) ^ 1)]);
+    assert_err!(s.put_block_list(&last_wrong, &txn()), StoreError::InvalidBlockList(_));
+    assert_eq!(snapshot(s, "b"), before);
+    assert_eq!(block_list(s, "b", BlockListType::Uncommitted).len(), 2, "a refused list discards nothing");
+    // The CRCs of the blocks held commit, and so does a list mixing proven and unproven entries.
+    let mut ok = proven_list_req("b", &[(b"1", crc64(&b1)), (b"2", crc64(&a2))]);
+    ok.blocks.push(bid(b"2").into());
+    let w = s.put_block_list(&ok, &txn()).unwrap();
+    assert_eq!(snapshot(s, "b").1, [&b1[..], &a2, &a2].concat());
+    assert_eq!(w.content_crc64, crc64(&[&b1[..], &a2, &a2].concat()));
+    // Committed blocks are checked too.
+    let committed = snapshot(s, "b");
+    assert_err!(
+        s.put_block_list(&proven_list_req("b", &[(b"2", crc64(&b1))]), &txn()),
+        StoreError::InvalidBlockList(_)
+    );
+    assert_eq!(snapshot(s, "b"), committed);
+    s.put_block_list(&proven_list_req("b", &[(b"2", crc64(&a2)), (b"1", crc64(&b1))]), &txn()).unwrap();
+    assert_eq!(snapshot(s, "b").1, [&a2[..], &b1].concat());
+}
+
+pub fn a_losing_writers_commit_fails_and_keeps_the_winner(s: &dyn BlobStore) {
+    new_container(s, "box");
+    let (a, b) = (pattern(200_000, 4), pattern(200_000, 5));
+    // Per-upload ids: the loser is still staging when the winner commits.
+    stage(s, "box", "b", b"a-0", &a[..100_000]);
+    stage(s, "box", "b", b"b-0", &b[..100_000]);
+    stage(s, "box", "b", b"b-1", &b[100_000..]);
+    let winner = proven_list_req("b", &[(b"b-0", crc64(&b[..100_000])), (b"b-1", crc64(&b[100_000..]))]);
+    s.put_block_list(&winner, &txn()).unwrap();
+    stage(s, "box", "b", b"a-1", &a[100_000..]);
+    // The winner's commit discarded the loser's first block: its commit names a block that is gone.
+    let loser = proven_list_req("b", &[(b"a-0", crc64(&a[..100_000])), (b"a-1", crc64(&a[100_000..]))]);
+    assert_err!(s.put_block_list(&loser, &txn()), StoreError::InvalidBlockList(_));
+    assert!(snapshot(s, "b").1 == b);
+}

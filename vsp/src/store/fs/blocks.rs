@@ -74,6 +74,12 @@ pub(super) fn put_block_list(store: &FsStore, req: &PutBlockList, txn: &TxnId) -
     };
     let (parts, total) =
         resolve_block_list(&req.blocks, |id| staged.get(id).map(|s| s.size), &committed, store.max_blob_size)?;
+    // Staged CRCs are in the index: refuse a foreign block before copying anything.
+    for p in parts.iter().filter(|p| p.source == PartSource::Staged) {
+        if let Some(info) = staged.get(&p.id) {
+            p.check_crc(info.crc64)?;
+        }
+    }
     let new_blocks: Vec<CommittedBlock> =
         parts.iter().map(|p| CommittedBlock { id: p.id.clone(), size: p.size }).collect();
     let block_count = u32::try_from(new_blocks.len()).map_err(|_| StoreError::TooLarge("block count".into()))?;
@@ -101,7 +107,18 @@ pub(super) fn put_block_list(store: &FsStore, req: &PutBlockList, txn: &TxnId) -
             }
             PartSource::Committed { offset } => {
                 let (file, raw, _) = old.as_ref().ok_or_else(|| io::Error::other("committed block without blob"))?;
-                copy(file, raw.data_start + offset, &tmp.file, at, p.size, &mut buf, &mut [&mut sums])?;
+                // A committed block's CRC is not stored: it is known once copied.
+                let mut block_sums = Checksums::new(false);
+                copy(
+                    file,
+                    raw.data_start + offset,
+                    &tmp.file,
+                    at,
+                    p.size,
+                    &mut buf,
+                    &mut [&mut sums, &mut block_sums],
+                )?;
+                p.check_crc(block_sums.finish().crc64)?;
             }
         }
         at += p.size;

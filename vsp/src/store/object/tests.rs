@@ -57,6 +57,8 @@ macro_rules! cases_but_etag_format {
             block_list_conditions_and_replay,
             whole_writes_and_deletes_discard_staged,
             deleting_a_name_with_only_staged_blocks_removes_them,
+            block_list_crcs_must_match_the_staged_blocks,
+            a_losing_writers_commit_fails_and_keeps_the_winner,
         );
     };
 }

@@ -520,6 +520,9 @@ impl ObjectBlobStore {
                 crcs.insert(piece, c);
             }
         }
+        for (p, (piece, _)) in parts.iter().zip(&pieces) {
+            p.check_crc(crcs.get(piece).copied().unwrap_or_default())?;
+        }
         let listed: Vec<ListedBlock> = parts
             .iter()
             .zip(&pieces)

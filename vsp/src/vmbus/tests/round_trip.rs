@@ -78,7 +78,7 @@ fn every_operation_round_trips() {
     }
     let commit = OpRequest::PutBlockList(PutBlockList {
         target: blob_ref("photos", "big"),
-        blocks: blocks.clone(),
+        blocks: blocks.iter().cloned().map(Into::into).collect(),
         content_type: String::new(),
         metadata: Metadata::default(),
         conditions: Conditions::none(),
