@@ -310,7 +310,10 @@ fn blocks_stream_and_block_lists(store: StoreKind) {
     assert_eq!(w.content_crc64, crc64(&data));
     let blocks = g.container("blk").blob("big").block_list(BlockListType::Committed).unwrap();
     let ids: Vec<Vec<u8>> = blocks.iter().map(|b| b.id.clone()).collect();
-    assert_eq!(ids, (0..5).map(|i| format!("{i:06}").into_bytes()).collect::<Vec<_>>());
+    // Per-upload ids (protocol §6.4): one random 32-hex-digit prefix, then the block's index.
+    let prefix = String::from_utf8(ids[0][..32].to_vec()).expect("ascii ids");
+    assert!(prefix.bytes().all(|b| b.is_ascii_hexdigit()), "{prefix}");
+    assert_eq!(ids, (0..5).map(|i| format!("{prefix}-{i:08}").into_bytes()).collect::<Vec<_>>());
     let sizes: Vec<u64> = blocks.iter().map(|b| b.size).collect();
     assert_eq!(sizes, [65536, 65536, 65536, 65536, 65536 - 1234]);
     assert!(blocks.iter().all(|b| b.committed));
