@@ -336,6 +336,17 @@ done
     // version or nothing, never the other.
     vsp.stop();
     assert_no_vsp_errors(&vsp);
+    let logs = vsp.logs();
+    let seen: Vec<&str> = logs
+        .lines()
+        .filter(|l| {
+            ["vmblob-vsp life", "started at avail index", "is empty (completed", "in-flight requests"]
+                .iter()
+                .any(|k| l.contains(k))
+                && !l.contains(" 0 in-flight requests")
+        })
+        .collect();
+    eprintln!("restart run, the VSP's view:\n{}", seen.join("\n"));
     let store = FsStore::open(vsp.store()).expect("open the store");
     let out = Outcome { serial: serial.clone() };
     let versions = [out.sha256("a"), out.sha256("b")].map(|v| v.unwrap_or_else(|| panic!("no SHA-256\n{report}")));

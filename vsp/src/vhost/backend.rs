@@ -47,7 +47,7 @@ impl BlobBackend {
         let device = Arc::new(DeviceState::new(options.poll));
         let runner = Runner::new("vmblob-exec", options.workers)?;
         let queues = (0..options.queues)
-            .map(|_| Arc::new(QueueWorker::new(engine.clone(), device.clone(), runner.clone())))
+            .map(|i| Arc::new(QueueWorker::new(i, engine.clone(), device.clone(), runner.clone())))
             .collect();
         Ok(Self { engine, queue_size: options.queue_size, device, mem: RwLock::new(None), queues })
     }

@@ -79,10 +79,14 @@ pub struct QueueWorker {
     completions: Completions,
     /// Someone watches the avail ring (see the module comment).
     watching: AtomicBool,
+    index: usize,
+    /// The first batch after the queue started has been popped (it is logged when the queue
+    /// starts past index 0: what a restarted backend finds waiting).
+    started: AtomicBool,
 }
 
 impl QueueWorker {
-    pub fn new(engine: Arc<Engine>, device: Arc<DeviceState>, runner: Runner) -> Self {
+    pub fn new(index: usize, engine: Arc<Engine>, device: Arc<DeviceState>, runner: Runner) -> Self {
         let inflight = Arc::new(InflightTable::new(engine.limits().max_inflight));
         Self {
             completions: Completions::new(inflight.clone(), device.clone()),
@@ -91,6 +95,8 @@ impl QueueWorker {
             inflight,
             runner,
             watching: AtomicBool::new(false),
+            index,
+            started: AtomicBool::new(false),
         }
     }
 
@@ -224,6 +230,7 @@ impl QueueWorker {
                 return admitted;
             }
             suppress_kicks(&mut state, &mem, self.device.event_idx());
+            let base = state.get_queue().next_avail();
             for _ in 0..state.get_queue().size() {
                 match self.pop_one(&mut state, &mem) {
                     Popped::Admitted(a) => admitted.push(a),
@@ -231,6 +238,16 @@ impl QueueWorker {
                     Popped::Skipped => {}
                     Popped::Stop => break,
                 }
+            }
+            if !self.started.swap(true, Ordering::Relaxed) && base != 0 {
+                // A queue restarted past 0 (a VMM reconnecting to a restarted VSP): what it re-offers.
+                log::info!(
+                    "queue {}: started at avail index {base} with {} requests waiting: {} admitted, {refused} refused \
+                     (an empty chain is one the guest had completed, re-offered from the used index)",
+                    self.index,
+                    admitted.len() + refused,
+                    admitted.len()
+                );
             }
         }
         if refused > 0 {
@@ -262,7 +279,11 @@ impl QueueWorker {
         let frame = match VirtioFrame::new(descs.iter().copied(), max) {
             Ok(f) => f,
             Err(e) => {
-                log::debug!("queue chain {head} refused: {e}");
+                if descs.first().is_some_and(|d| d.len == 0 && d.addr == 0) {
+                    log::info!("queue {}: chain {head} is empty (completed before a restart); refused", self.index);
+                } else {
+                    log::debug!("queue chain {head} refused: {e}");
+                }
                 return refuse(state, BlobError::InvalidRequest);
             }
         };
