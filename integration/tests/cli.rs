@@ -96,7 +96,7 @@ fn verbs_output_and_exit_codes() {
     assert_eq!(code(&vmblob(Some(s), &["stat", "photos/small.txt"])), 3);
     ok(s, &["rb", "photos"]);
     assert_eq!(code(&vmblob(Some(s), &["ls", "photos"])), 3);
-    assert!(!sb.dir.join("back.vmblob-partial").exists(), "no partial file left behind");
+    assert!(!sb.dir.join("back.bin.vmblob-partial").exists(), "no partial file left behind");
 }
 
 #[test]
@@ -132,6 +132,85 @@ fn unreachable_daemon_fails_fast_with_exit_5() {
     let o = vmblob(Some(&sb.dir.join("nobody.sock")), &["ls"]);
     assert_eq!(code(&o), 5, "{}", String::from_utf8_lossy(&o.stderr));
     assert!(t.elapsed() < std::time::Duration::from_secs(10), "fails within the connect timeout");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "one line, no WARN before it: {err}");
+}
+
+/// `vmblob --socket S put SRC DEST` with `input` on stdin.
+fn put_from_stdin(socket: &Path, src: &str, dest: &str, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(vmblob_binary())
+        .env_remove("VMBLOB_SOCKET")
+        .args(["--quiet", "--socket"])
+        .arg(socket)
+        .args(["put", src, dest])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run vmblob");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("vmblob exits");
+    writer.join().expect("writer").expect("write stdin");
+    out
+}
+
+#[test]
+fn input_the_cli_cannot_size_is_streamed_to_its_end() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket();
+    ok(s, &["mb", "pipes"]);
+    // stdin as '-' and as /dev/stdin (a pipe: its metadata says 0 bytes), small and multi-block.
+    let big = bytes((9 << 20) + 77, 5);
+    for (src, name, data) in
+        [("-", "small", &b"hi\n"[..]), ("/dev/stdin", "dev-stdin", &b"hello"[..]), ("-", "big", &big[..])]
+    {
+        let o = put_from_stdin(s, src, &format!("pipes/{name}"), data);
+        assert_eq!(code(&o), 0, "put {src}: {}", String::from_utf8_lossy(&o.stderr));
+        let back = vmblob(Some(s), &["get", &format!("pipes/{name}"), "-"]);
+        assert!(back.stdout == data, "put {src} stored {} bytes, not {}", back.stdout.len(), data.len());
+    }
+    let o = vmblob(Some(s), &["put", sb.dir.to_str().unwrap(), "pipes/dir"]);
+    assert_eq!(code(&o), 2, "a directory is a usage error");
+}
+
+#[test]
+fn get_into_a_directory_and_bad_socket_paths() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket();
+    ok(s, &["mb", "downloads"]);
+    let src = sb.dir.join("one.txt");
+    std::fs::write(&src, b"one").unwrap();
+    ok(s, &["put", src.to_str().unwrap(), "downloads/sub/one.txt"]);
+    let dir = sb.dir.join("into");
+    std::fs::create_dir(&dir).unwrap();
+    ok(s, &["get", "downloads/sub/one.txt", dir.to_str().unwrap()]);
+    assert_eq!(std::fs::read(dir.join("one.txt")).unwrap(), b"one", "lands under the blob's last name");
+    let left: Vec<_> = std::fs::read_dir(&sb.dir).unwrap().filter_map(Result::ok).map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().contains("vmblob-partial")), "no partial file: {left:?}");
+
+    // A socket path that is a file or a directory fails at once as a usage error.
+    for not_socket in [src.as_path(), dir.as_path()] {
+        let t = std::time::Instant::now();
+        let o = vmblob(Some(not_socket), &["ls"]);
+        assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(t.elapsed() < std::time::Duration::from_millis(900), "no retries: {:?}", t.elapsed());
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("not a socket")
+                || String::from_utf8_lossy(&o.stderr).contains("a directory")
+        );
+    }
+
+    // An over-long name is refused without echoing all of it.
+    let long = "n".repeat(5000);
+    let o = vmblob(Some(s), &["put", src.to_str().unwrap(), &format!("downloads/{long}")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(code(&o), 2, "{err}");
+    assert!(err.lines().count() == 1 && err.len() < 300 && err.contains("5000 bytes"), "{err}");
 }
 
 #[test]

@@ -38,7 +38,7 @@ pub enum ClientError {
     #[error("no {len}-byte DMA buffer free within {waited:?}")]
     ResourceExhausted { len: usize, waited: Duration },
     /// A container or blob name the naming rules refuse; nothing was sent.
-    #[error("invalid {kind} name {name:?}")]
+    #[error("invalid {kind} name {}", shown(name))]
     InvalidName { kind: &'static str, name: String },
     /// The request cannot be expressed within the device's limits.
     #[error("{what} of {len} over the device limit of {max}")]
@@ -143,6 +143,16 @@ impl From<BlobError> for ClientError {
     fn from(error: BlobError) -> Self {
         ClientError::Status { error, message: String::new() }
     }
+}
+
+/// A name for an error message: quoted, and cut when long, so one bad argument cannot flood a log.
+pub fn shown(name: &str) -> String {
+    const MAX: usize = 64;
+    if name.chars().count() <= MAX {
+        return format!("{name:?}");
+    }
+    let cut: String = name.chars().take(MAX).collect();
+    format!("{cut:?}… ({} bytes)", name.len())
 }
 
 #[cfg(test)]

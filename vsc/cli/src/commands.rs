@@ -89,9 +89,23 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
     }
 }
 
+/// Upload `file`: a regular file by its length, `-` (stdin) or anything else (a pipe, a
+/// device) until it ends, since their metadata has no length to trust.
 pub fn put_file(cli: &Cli, b: &BlobHandle, file: &Path) -> Result<(), CliError> {
+    if file == Path::new("-") {
+        b.put_stream_to_end(&mut std::io::stdin().lock(), PutOptions::default(), &|_| {})?;
+        return Ok(());
+    }
     let f = File::open(file)?;
-    let len = f.metadata()?.len();
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        return Err(CliError::Usage(format!("{} is a directory (use cp -r)", file.display())));
+    }
+    if !meta.is_file() {
+        b.put_stream_to_end(&mut BufReader::new(f), PutOptions::default(), &|_| {})?;
+        return Ok(());
+    }
+    let len = meta.len();
     let pb = bar(cli, len, b.name());
     b.put_stream(&mut BufReader::new(f), len, PutOptions::default(), &|n| pb.set_position(n))?;
     pb.finish_and_clear();
@@ -137,9 +151,24 @@ fn get_span(b: &BlobHandle, span: Span, out: &mut dyn Write, progress: &dyn Fn(u
 }
 
 fn get_file(cli: &Cli, b: &BlobHandle, path: &Path, range: Option<Span>) -> Result<(), CliError> {
+    // Into a directory: under the blob's last name component, as cp does.
+    let target;
+    let path = if path.is_dir() {
+        let leaf = b.name().rsplit('/').next().filter(|l| !l.is_empty() && *l != "." && *l != "..");
+        let leaf = leaf.ok_or_else(|| CliError::Usage(format!("{} is a directory", path.display())))?;
+        target = path.join(leaf);
+        if target.is_dir() {
+            return Err(CliError::Usage(format!("{} is a directory", target.display())));
+        }
+        target.as_path()
+    } else {
+        path
+    };
     let props = b.properties()?;
     // Write beside the target and rename, so a failed download leaves no torn file.
-    let tmp = path.with_extension("vmblob-partial");
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".vmblob-partial");
+    let tmp = path.with_file_name(tmp_name);
     let mut out = BufWriter::new(File::create(&tmp)?);
     let pb = bar(cli, props.content_length, b.name());
     let result = download(b, range, &mut out, &|n| pb.set_position(n));
@@ -148,7 +177,10 @@ fn get_file(cli: &Cli, b: &BlobHandle, path: &Path, range: Option<Span>) -> Resu
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
     Ok(())
 }
 

@@ -93,6 +93,9 @@ pub struct Cli {
     /// No progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Log more on stderr: -v warnings, -vv info, -vvv debug (RUST_LOG overrides).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -199,9 +202,25 @@ pub fn connect_vmbus(cli: &Cli) -> Result<BlobClient, CliError> {
     Ok(BlobClient::new(Arc::new(transport), config, options))
 }
 
+/// Why `path` cannot be a vmblob-vsp socket, if something else is there (no point retrying it).
+fn not_a_socket(path: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let what = if meta.is_dir() {
+        "a directory"
+    } else if meta.file_type().is_socket() {
+        return None;
+    } else {
+        "not a socket"
+    };
+    Some(format!("--socket {}: {what}", path.display()))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // Errors are one line on stderr; -v shows the warnings (and more) that lead to them.
+    let level = ["error", "warn", "info", "debug", "trace"][usize::from(cli.verbose.min(4))];
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let name = format!("{:?}", cli.cmd).split([' ', '{']).next().unwrap_or("").to_lowercase();
     let result = match &cli.cmd {
         Cmd::Demo { size } => demo::run(&cli, *size),
@@ -212,7 +231,10 @@ fn main() -> ExitCode {
                 eprintln!("vmblob: {name}: no socket (use --socket PATH or VMBLOB_SOCKET)");
                 return ExitCode::from(exit::USAGE);
             }
-            (_, Some(socket)) => connect(&cli, socket).map_err(CliError::from).and_then(|c| commands::run(&cli, &c)),
+            (_, Some(socket)) => not_a_socket(socket)
+                .map_or(Ok(()), |why| Err(CliError::Usage(why)))
+                .and_then(|()| connect(&cli, socket).map_err(CliError::from))
+                .and_then(|c| commands::run(&cli, &c)),
         },
     };
     match result {

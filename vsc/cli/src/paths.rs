@@ -14,7 +14,7 @@ pub fn split(path: &str) -> (&str, &str) {
 pub fn blob(path: &str) -> Result<(&str, &str), CliError> {
     match split(path) {
         (c, b) if !c.is_empty() && !b.is_empty() => Ok((c, b)),
-        _ => Err(CliError::Usage(format!("{path:?} is not container/blob"))),
+        _ => Err(CliError::Usage(format!("{} is not container/blob", vmblob_vsc::error::shown(path)))),
     }
 }
 

@@ -26,6 +26,20 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8], at: u64, expected: u64) -> Result
     Ok(())
 }
 
+/// Fill `buf` from `r` unless it ends first; returns how much was read.
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> Result<usize, ClientError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(got)
+}
+
 impl BlobHandle {
     /// Upload `len` bytes from `reader`. Up to one block goes in a single
     /// PutBlob; larger sources are staged with a [`super::BlockUploader`]
@@ -58,6 +72,33 @@ impl BlobHandle {
             // Ids of this upload's own: a concurrent put_stream of the name cannot overwrite them.
             uploader.stage_next(&[&staging[..n]])?;
             progress(uploader.acknowledged());
+        }
+        uploader.commit_with(options, progress)
+    }
+
+    /// Upload everything `reader` yields until its end: for a pipe or stdin,
+    /// whose length is not known up front. A source that ends within one
+    /// block is one PutBlob; a longer one is staged block by block (same ids
+    /// and proofs as [`BlobHandle::put_stream`]) and committed.
+    pub fn put_stream_to_end(
+        &self,
+        reader: &mut dyn Read,
+        options: PutOptions,
+        progress: &dyn Fn(u64),
+    ) -> Result<BlobWritten, ClientError> {
+        let block = self.client().block_size();
+        let mut staging = vec![0u8; block];
+        let mut n = read_up_to(reader, &mut staging)?;
+        if n < block {
+            let w = self.put_opts(&staging[..n], options)?;
+            progress(n as u64);
+            return Ok(w);
+        }
+        let mut uploader = self.block_uploader();
+        while n > 0 {
+            uploader.stage_next(&[&staging[..n]])?;
+            progress(uploader.acknowledged());
+            n = read_up_to(reader, &mut staging)?;
         }
         uploader.commit_with(options, progress)
     }

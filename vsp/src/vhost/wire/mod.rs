@@ -21,7 +21,7 @@ mod message;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -177,9 +177,4 @@ impl Drop for Tap {
             let _ = p.join();
         }
     }
-}
-
-/// Whether `p` is inside a tap's private directory (for tests that look for leftovers).
-pub fn is_private_dir(p: &Path) -> bool {
-    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmblob-vsp-"))
 }
