@@ -358,3 +358,86 @@ done
         }
     }
 }
+
+#[test]
+fn guest_survives_a_surprise_removal_of_the_device() {
+    let Some(rig) = qemu::rig_or_skip("guest_survives_a_surprise_removal_of_the_device") else { return };
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions { queues: 2, ..VspOptions::default() });
+    // -v: the transport's warning says how many requests were pending when the device went.
+    let v = format!("{GUEST_VMBLOB} -q -v --transport pci --queues 2 --ram-mib 96 --timeout-ms 30000");
+    let script = format!(
+        r#"{STEPS}
+V="{v}"
+echo 64 > /proc/sys/vm/nr_hugepages
+mkdir -p /data
+dd if=/dev/urandom of=/data/f bs=1M count=96 2>/dev/null
+echo "@@sha256 f $(sha256sum /data/f | cut -d' ' -f1)"
+step mb $V mb cont1
+# Puts back to back, so the removal (pciehp powers the slot off 5 s after the button) comes
+# while one has blocks in flight; the loop ends at the first failure.
+(
+    i=0
+    while [ $i -lt 40 ]; do
+        i=$((i + 1))
+        timeout 60 $V put /data/f cont1/r$i > /tmp/o 2>&1
+        rc=$?
+        echo "@@put $i rc=$rc $(grep -v hugepages /tmp/o | tr '\n' ' ' | head -c 400)"
+        [ $rc = 0 ] || break
+    done
+) &
+pid=$!
+sleep 1
+echo "@@unplug now"
+wait $pid
+sleep 1
+t0=$(now)
+timeout 30 $V ls > /tmp/o 2>&1
+rc=$?
+t1=$(now)
+echo "@@after rc=$rc secs=$(echo "$t0 $t1" | awk '{{print $2 - $1}}') $(head -c 160 /tmp/o)"
+"#
+    );
+    let image = rig.image(vmblob_binary(), Vec::new(), script);
+    let mut vm = rig.boot(&sb.dir, vsp.socket(), &image, &VmOptions { hotplug: true, ..VmOptions::default() });
+    vm.wait_line("@@unplug now", BOOT_LIMIT).unwrap_or_else(|e| panic!("{e}\n{}", vm.report()));
+    let answer = vm.unplug().unwrap_or_else(|e| panic!("{e}\n{}", vm.report()));
+    assert!(answer.contains("\"return\""), "device_del: {answer}\n{}", vm.report());
+    let code = vm.wait_done(RUN_LIMIT).unwrap_or_else(|e| panic!("{e}\n{}", vm.report()));
+    let serial = vm.serial();
+    let report = vm.report();
+    eprintln!(
+        "removal run (script exit {code}):\n{}",
+        serial.lines().filter(|l| l.starts_with("@@")).collect::<Vec<_>>().join("\n")
+    );
+    let puts: Vec<(usize, String, String)> = serial
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("@@put ")?;
+            let (n, rest) = rest.split_once(' ')?;
+            let (rc, msg) = rest.split_once(' ').unwrap_or((rest, ""));
+            Some((n.parse().ok()?, rc.strip_prefix("rc=")?.to_owned(), msg.to_owned()))
+        })
+        .collect();
+    let (last, before) = puts.split_last().unwrap_or_else(|| panic!("no put ran\n{report}"));
+    assert!(before.iter().all(|p| p.1 == "0"), "puts before the removal succeed\n{report}");
+    // The put the removal interrupts (or the first after it) fails as unavailable: not a hang
+    // (124), not a crash (128 + signal).
+    assert_eq!(last.1, "5", "the interrupted put exits UNAVAILABLE\n{report}");
+    assert!(puts.len() < 40, "the device went away during the run\n{report}");
+    let after = serial.lines().find_map(|l| l.strip_prefix("@@after ")).unwrap_or_else(|| panic!("{report}"));
+    assert!(after.starts_with("rc=5 "), "with no device the CLI says unavailable at once: {after}\n{report}");
+    let secs: f64 = after.split("secs=").nth(1).and_then(|r| r.split_whitespace().next()?.parse().ok()).unwrap_or(99.0);
+    assert!(secs < 10.0, "and does not wait: {after}");
+
+    vsp.stop();
+    assert_no_vsp_errors(&vsp);
+    let store = FsStore::open(vsp.store()).expect("open the store");
+    let sha = Outcome { serial: serial.clone() }.sha256("f").unwrap_or_else(|| panic!("{report}"));
+    for (n, rc, _) in &puts {
+        match read_blob(&store, "cont1", &format!("r{n}")) {
+            Some(b) => assert_eq!(hex_sha256(&b), sha, "round {n}: the stored blob is the file"),
+            None => assert!(rc != "0", "round {n}: acknowledged but missing"),
+        }
+    }
+}

@@ -21,11 +21,14 @@ pub struct VmOptions {
     pub queue_size: u16,
     /// QEMU reconnects to a restarted VSP this often (`reconnect-ms`).
     pub reconnect_ms: Option<u32>,
+    /// Put the device behind a PCIe root port with a QMP socket, so [`GuestVm::unplug`] can
+    /// remove it as a hot-unplug would.
+    pub hotplug: bool,
 }
 
 impl Default for VmOptions {
     fn default() -> Self {
-        Self { memory_mib: 768, cpus: 2, queues: 2, queue_size: 256, reconnect_ms: None }
+        Self { memory_mib: 768, cpus: 2, queues: 2, queue_size: 256, reconnect_ms: None, hotplug: false }
     }
 }
 
@@ -44,8 +47,12 @@ pub struct GuestVm {
     child: Child,
     serial: PathBuf,
     qemu_log: PathBuf,
+    qmp: Option<PathBuf>,
     pub started: Instant,
 }
+
+/// The carrier's QEMU id (for `device_del`).
+const DEVICE_ID: &str = "vmblob0";
 
 impl GuestVm {
     pub fn boot(b: &Boot<'_>, o: &VmOptions) -> GuestVm {
@@ -56,10 +63,14 @@ impl GuestVm {
         if let Some(ms) = o.reconnect_ms {
             chardev.push_str(&format!(",reconnect-ms={ms}"));
         }
-        let device = format!(
-            "vhost-user-blk-pci,chardev=vu0,num-queues={},queue-size={},disable-legacy=on",
+        let mut device = format!(
+            "vhost-user-blk-pci,id={DEVICE_ID},chardev=vu0,num-queues={},queue-size={},disable-legacy=on",
             o.queues, o.queue_size
         );
+        let qmp = o.hotplug.then(|| b.dir.join("qmp.sock"));
+        if o.hotplug {
+            device.push_str(",bus=rp0");
+        }
         let mut cmd = match crate::daemon::setpriv() {
             Some(setpriv) => {
                 let mut c = Command::new(setpriv);
@@ -81,7 +92,13 @@ impl GuestVm {
             .arg("-initrd")
             .arg(b.initrd)
             .args(["-append", "console=ttyS0 quiet panic=-1 mitigations=off"])
-            .args(["-chardev", &chardev, "-device", &device]);
+            .args(["-chardev", &chardev]);
+        if let Some(qmp) = &qmp {
+            cmd.args(["-device", "pcie-root-port,id=rp0,slot=1,chassis=1"])
+                .arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        }
+        cmd.args(["-device", &device]);
         let log = File::create(&qemu_log).expect("create qemu log");
         let child = cmd
             .stdin(Stdio::null())
@@ -89,7 +106,7 @@ impl GuestVm {
             .stderr(log)
             .spawn()
             .expect("spawn qemu-system-x86_64");
-        GuestVm { child, serial, qemu_log, started: Instant::now() }
+        GuestVm { child, serial, qemu_log, qmp, started: Instant::now() }
     }
 
     /// Everything on the serial console so far, without carriage returns.
@@ -138,6 +155,36 @@ impl GuestVm {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Hot-unplug the device (QMP `device_del`): QEMU presses the slot's attention button, the
+    /// guest's pciehp powers the slot off after its 5 s grace and removes the function under
+    /// whoever has it open. Returns QEMU's answer.
+    pub fn unplug(&self) -> Result<String, String> {
+        use std::io::{BufRead, BufReader, Write};
+        let path = self.qmp.as_ref().ok_or("the VM was booted without hotplug")?;
+        let stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| format!("QMP connect: {e}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let mut writer = stream;
+        let mut line = String::new();
+        let mut read = |line: &mut String| {
+            line.clear();
+            reader.read_line(line).map_err(|e| format!("QMP read: {e}"))
+        };
+        read(&mut line)?; // greeting
+        writer.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").map_err(|e| e.to_string())?;
+        read(&mut line)?;
+        let del = format!("{{\"execute\":\"device_del\",\"arguments\":{{\"id\":\"{DEVICE_ID}\"}}}}\n");
+        writer.write_all(del.as_bytes()).map_err(|e| e.to_string())?;
+        // Events may come first; the answer is the line with "return" or "error".
+        for _ in 0..16 {
+            read(&mut line)?;
+            if line.contains("\"return\"") || line.contains("\"error\"") {
+                return Ok(line.trim().to_owned());
+            }
+        }
+        Err("no answer to device_del".into())
     }
 
     /// Serial console and QEMU's own log, for a failure message.

@@ -3,6 +3,7 @@
 
 use vmblob_protocol::BlobError;
 use vmblob_vsc::ClientError;
+use vmblob_vsc::transport::virtio_pci::PciError;
 
 /// Exit codes a script can rely on (README "The CLI").
 pub mod exit {
@@ -62,6 +63,8 @@ pub fn client_exit_code(e: &ClientError) -> u8 {
         // The device is gone, not answering, or out of buffers for now: try again later.
         E::Rescinded | E::Timeout { .. } | E::ResourceExhausted { .. } => exit::UNAVAILABLE,
         E::Queue(_) | E::Channel(_) | E::Ring(_) | E::Frontend(_) | E::Setup(_) => exit::UNAVAILABLE,
+        // No vmblob PCI function (none offered, or it was unplugged): unavailable, like a rescind.
+        E::Pci(PciError::NoDevice | PciError::Removed { .. }) => exit::UNAVAILABLE,
         // What the caller asked for cannot be sent.
         E::InvalidName { .. } | E::TooLarge { .. } | E::ShortSource { .. } | E::InvalidOptions(_) => exit::USAGE,
         E::InvalidBuffers(_) | E::Protocol(_) | E::Decode(_) | E::Response(_) | E::Dma(_) | E::Io(_) => exit::FAILED,

@@ -13,6 +13,10 @@ use crate::transport::region::RegionError;
 pub enum PciError {
     #[error("no vmblob virtio-pci device found")]
     NoDevice,
+    /// The function went away while it was being set up: whatever the setup
+    /// step reported (it reads garbage from a vanishing device) is not the cause.
+    #[error("{bdf} was removed (hot-unplugged) while being set up")]
+    Removed { bdf: String },
     #[error("opening {path}: {source}")]
     OpenUio {
         path: PathBuf,

@@ -197,6 +197,18 @@ pub fn bar_lengths(root: &Path, bdf: &str) -> Result<[u64; 6], PciSysfsError> {
     Ok(lens)
 }
 
+/// Whether `bdf` has left the bus (hot-unplugged, or on its way out): its
+/// sysfs directory is gone, or its config space reads all ones or ENODEV.
+pub fn is_gone(root: &Path, bdf: &str) -> bool {
+    if !device_dir(root, bdf).exists() {
+        return true;
+    }
+    match ConfigSpace::open(root, bdf).and_then(|c| c.read_u16(0)) {
+        Ok(vendor) => vendor == 0xffff,
+        Err(e) => e.is_removal(),
+    }
+}
+
 /// The function's configuration space through sysfs `config`.
 #[derive(Debug)]
 pub struct ConfigSpace {

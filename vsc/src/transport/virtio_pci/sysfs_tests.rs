@@ -128,3 +128,13 @@ fn removal_shows_in_the_error() {
     assert!(err.is_removal(), "{err}");
     assert_eq!(cfg.read_u16(0).unwrap(), 0x1af4);
 }
+
+#[test]
+fn a_function_is_gone_when_its_directory_goes_or_config_reads_all_ones() {
+    let t = tree();
+    assert!(!is_gone(t.root(), fake_bdf()));
+    assert!(is_gone(t.root(), "0000:00:09.0"), "no such directory");
+    let cfg = ConfigSpace::open(t.root(), fake_bdf()).unwrap();
+    cfg.write_u16(0, 0xffff).unwrap();
+    assert!(is_gone(t.root(), fake_bdf()), "config space of a removed function reads all ones");
+}

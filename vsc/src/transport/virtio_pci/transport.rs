@@ -134,9 +134,17 @@ impl VirtioPciTransport {
                 .map(|f| f.bdf)
                 .ok_or(pci(PciError::NoDevice))?,
         };
-        let uio = sysfs::bind_uio(&opts.sysfs_root, &bdf, opts.bind_timeout).map_err(pci)?;
+        let root = opts.sysfs_root.clone();
+        Self::open_function(&bdf, opts).map_err(|e| {
+            // A device unplugged mid-setup makes some step fail with nonsense (features 0, ...).
+            if sysfs::is_gone(&root, &bdf) { pci(PciError::Removed { bdf: bdf.clone() }) } else { e }
+        })
+    }
+
+    fn open_function(bdf: &str, opts: VirtioPciOptions) -> Result<Self, ClientError> {
+        let uio = sysfs::bind_uio(&opts.sysfs_root, bdf, opts.bind_timeout).map_err(pci)?;
         let irq = open_uio(&opts, &uio)?;
-        let dev = PciDevice::open(&opts.sysfs_root, &bdf, Some(irq)).map_err(pci)?;
+        let dev = PciDevice::open(&opts.sysfs_root, bdf, Some(irq)).map_err(pci)?;
         let dma = PinnedDma::with_options(
             opts.dma_size,
             PinnedDmaOptions { hugepages: opts.hugepages, pagemap: &opts.pagemap },
