@@ -638,3 +638,26 @@ vmblob_integration::both_stores!(
     sigterm_with_requests_in_flight_completes_each_once_and_exits_0,
     reconnecting_client_survives_a_crash_with_requests_in_flight,
 );
+
+#[test]
+fn a_corrupt_used_ring_fails_what_is_pending_then_reconnects() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let socket = vsp.socket().to_owned();
+    bounded(Duration::from_secs(60), "corrupt used ring", move || {
+        let g = Guest::connect(&socket, GuestOptions::default().queues(2).reconnect(true));
+        g.container("scribble").create().unwrap();
+        g.container("scribble").blob("before").put(b"before").unwrap();
+        let before = g.transport.reconnects();
+        g.transport.corrupt_used_ring(0).unwrap();
+        // The reaper finds it, fails what was pending and reconnects by itself.
+        wait_until(Duration::from_secs(20), "a reconnect after the corrupt used ring", || {
+            g.transport.reconnects() > before
+        });
+        g.container("scribble").blob("after").put(b"after").unwrap();
+        assert_eq!(g.container("scribble").blob("before").get().unwrap(), b"before");
+        assert_eq!(g.container("scribble").blob("after").get().unwrap(), b"after");
+        assert_eq!(g.transport.pending(), 0);
+    });
+    drop(vsp);
+}

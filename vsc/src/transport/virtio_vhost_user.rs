@@ -92,6 +92,10 @@ struct Inner {
     stop_evt: EventFd,
     reconnect: bool,
     reconnecting: AtomicBool,
+    /// A used ring was found corrupt: the reaper reconnects (the old backend is cut off first).
+    corrupt: AtomicBool,
+    /// Completed reconnects.
+    reconnects: AtomicUsize,
     poll: Duration,
     retry_interval: Duration,
 }
@@ -143,6 +147,8 @@ impl VirtioTransport {
             stop_evt: EventFd::new(EFD_NONBLOCK)?,
             reconnect: opts.reconnect,
             reconnecting: AtomicBool::new(false),
+            corrupt: AtomicBool::new(false),
+            reconnects: AtomicUsize::new(0),
             poll: opts.poll,
             retry_interval: opts.frontend.retry_interval,
         });
@@ -171,6 +177,21 @@ impl VirtioTransport {
         let mut dev = lock(&inner.device);
         let _ = dev.reconnect(&configs);
         Ok(())
+    }
+
+    /// Write a used index more than a ring ahead of the driver's into queue
+    /// `queue`'s used ring, as a broken device would, and wake the reaper (tests).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn corrupt_used_ring(&self, queue: usize) -> Result<(), ClientError> {
+        let q = self.inner.queues.get(queue).ok_or(ClientError::InvalidOptions("no such queue"))?;
+        lock(&q.state).ring.scribble_used_idx_for_test()?;
+        q.call.write(1)?;
+        Ok(())
+    }
+
+    /// How many times the transport has reconnected to a backend.
+    pub fn reconnects(&self) -> usize {
+        self.inner.reconnects.load(Ordering::Acquire)
     }
 
     /// Requests submitted and not completed.
@@ -227,8 +248,11 @@ impl Inner {
                         }
                     }
                     Err(e) => {
-                        // A device that corrupts the used ring is treated as gone.
-                        log::error!("used ring corrupt: {e}; treating the device as rescinded");
+                        // A device that corrupts the used ring is treated as gone: pending
+                        // requests fail now, and the reaper reconnects, which first cuts the
+                        // old connection off (so its late writes cannot land in a reopened ring).
+                        log::error!("used ring corrupt: {e}; failing pending requests and reconnecting");
+                        self.corrupt.store(true, Ordering::Release);
                         self.hangup_now();
                         break;
                     }
@@ -309,6 +333,9 @@ impl Inner {
                 log::warn!("device went away: {n} pending requests rescinded");
                 self.spawn_reconnect();
             }
+            if self.corrupt.swap(false, Ordering::AcqRel) {
+                self.spawn_reconnect();
+            }
             // Poll only after real completions: an idle client sleeps.
             if !down && reaped > 0 {
                 self.busy_poll();
@@ -370,23 +397,28 @@ impl Inner {
     fn reconnect_loop(&self) {
         while !self.stopping.load(Ordering::Acquire) {
             let configs = self.queue_configs();
-            let result = lock(&self.device).reconnect(&configs);
+            let result = lock(&self.device).reconnect_with(&configs, &mut || {
+                // The old backend is done (the new one answered): its late completions first,
+                // then the rings back to the driver's view before the new backend reads them
+                // (it reloads used.idx from the ring, which a corrupt device may have scribbled).
+                for q in &self.queues {
+                    self.reap_queue(q);
+                }
+                for q in &self.queues {
+                    let mut st = lock(&q.state);
+                    st.ring.reset_after_disconnect();
+                    st.heads.clear();
+                }
+                // The reset rewrote every used index: corruption the reap met is gone with it.
+                self.corrupt.store(false, Ordering::Release);
+            });
             match result {
                 Ok(()) => {
-                    // Late completions of the old backend first: the reset
-                    // below rewinds used.idx to the last popped entry.
-                    for q in &self.queues {
-                        self.reap_queue(q);
-                    }
-                    for q in &self.queues {
-                        let mut st = lock(&q.state);
-                        st.ring.reset_after_disconnect();
-                        st.heads.clear();
-                    }
                     // Clear the flag first: a hang-up handled right after
                     // reopen must be able to start the next reconnect.
                     self.reconnecting.store(false, Ordering::Release);
                     let released = self.table.reopen();
+                    self.reconnects.fetch_add(1, Ordering::AcqRel);
                     log::info!("device is back; {released} quarantined buffers released");
                     return;
                 }

@@ -397,6 +397,14 @@ impl SplitQueue {
         self.outstanding -= 1;
     }
 
+    /// Store a used index `size + 1` past the driver's, the way a corrupt
+    /// device would (tests of the recovery path).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn scribble_used_idx_for_test(&self) -> Result<(), QueueError> {
+        let bogus = self.last_used.wrapping_add(self.size).wrapping_add(1);
+        self.store_u16(bogus, self.used_idx_addr(), Ordering::Release)
+    }
+
     /// Ask the device for an interrupt on the next completion.
     ///
     /// Returns true if completions already arrived that `pop_used` has not

@@ -279,6 +279,15 @@ impl VhostUserDevice {
     /// May also be called while connected, which forces a new connection. On failure the
     /// device stays disconnected and `reconnect` may be called again.
     pub fn reconnect(&mut self, queues: &[QueueConfig]) -> Result<()> {
+        self.reconnect_with(queues, &mut || {})
+    }
+
+    /// As [`reconnect`](Self::reconnect), running `before_arm` after the new backend has
+    /// answered the handshake and before any ring is armed. A daemon that serves one connection
+    /// at a time has by then finished the old one, so the driver can take the old backend's late
+    /// completions and reset its rings to its own view (a backend reloads the used index from the
+    /// ring) without racing either backend.
+    pub fn reconnect_with(&mut self, queues: &[QueueConfig], before_arm: &mut dyn FnMut()) -> Result<()> {
         session::validate_queues(queues, self.num_queues, &self.ram)?;
         // Stop watching before closing, so the hang-up we cause is not reported twice.
         self.watch = None;
@@ -299,6 +308,7 @@ impl VhostUserDevice {
             |link| {
                 // `event_idx` is ignored with `previous`: the old acked set is replayed.
                 let negotiated = session::handshake(&mut link.frontend, ram, num_queues, false, Some(&previous))?;
+                before_arm();
                 session::arm_rings(&mut link.frontend, ram, queues, kicks, calls)?;
                 Ok(negotiated)
             },
