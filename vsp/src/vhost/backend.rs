@@ -172,7 +172,13 @@ impl VhostUserBackend for BlobBackend {
     /// frontend sets the device up again.
     fn reset_device(&self) {
         let n = self.close_queues();
-        log::info!("device reset: {n} in-flight requests completed");
+        // A guest driver resets the device each time it opens it: only a reset that cut requests
+        // short is news.
+        if n > 0 {
+            log::info!("device reset: {n} in-flight requests completed");
+        } else {
+            log::debug!("device reset with nothing in flight");
+        }
     }
 
     fn handle_event(
