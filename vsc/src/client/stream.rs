@@ -14,14 +14,9 @@ use crate::error::{ClientError, ProtocolError};
 
 /// Read exactly `buf.len()` bytes or fail: the caller promised the length.
 fn read_full(r: &mut dyn Read, buf: &mut [u8], at: u64, expected: u64) -> Result<(), ClientError> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => return Err(ClientError::ShortSource { got: at + got as u64, expected }),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
+    let got = read_up_to(r, buf)?;
+    if got < buf.len() {
+        return Err(ClientError::ShortSource { got: at + got as u64, expected });
     }
     Ok(())
 }

@@ -13,6 +13,9 @@ use vhost::vhost_user::message::FrontendReq;
 
 use super::message::Message;
 
+/// More regions than any VMM uses (vhost-user-backend offers 509 slots).
+const MAX_REGIONS: usize = 512;
+
 /// One region as the frontend describes it (`VhostUserMemoryRegion`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Region {
@@ -68,8 +71,11 @@ impl Guard {
                 Verdict::Forward
             }
             FrontendReq::ADD_MEM_REG => {
-                // u64 padding, then one region.
-                self.regions.extend(msg.body.get(8..).and_then(Region::parse));
+                // u64 padding, then one region. Bounded: a frontend adding regions forever must
+                // not grow the map (the backend refuses more than its slots anyway).
+                if self.regions.len() < MAX_REGIONS {
+                    self.regions.extend(msg.body.get(8..).and_then(Region::parse));
+                }
                 Verdict::Forward
             }
             FrontendReq::REM_MEM_REG => {
