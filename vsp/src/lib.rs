@@ -61,10 +61,14 @@ fn object_store(
         offset_listing,
         // A rescind waits `drain_timeout` for everything: leave commits half of it.
         commit_grace: limits.drain_timeout / 2,
+        staged_block_ttl: limits.staged_block_ttl,
+        janitor_interval: store::object::janitor::interval(limits.staged_block_ttl),
         ..Default::default()
     };
     let backend = backend.map_err(VspError::ObjectStore)?;
-    Ok(Arc::new(store::object::ObjectBlobStore::new(backend, root, options).map_err(VspError::ObjectStore)?))
+    let store = Arc::new(store::object::ObjectBlobStore::new(backend, root, options).map_err(VspError::ObjectStore)?);
+    store.start_janitor().map_err(|e| VspError::ObjectStore(e.into()))?;
+    Ok(store)
 }
 
 /// Run the daemon until `shutdown` is requested (or `max_connections` served).

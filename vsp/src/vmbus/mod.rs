@@ -81,6 +81,9 @@ pub struct ServiceReport {
     pub dropped: u64,
     /// Completions lost because the host→guest ring became unusable.
     pub undelivered: u64,
+    /// Completions of requests that outlived their channel's drain: dropped,
+    /// since a re-opened channel may reuse the rings.
+    pub late: u64,
     /// The last channel failure.
     pub failure: Option<ChannelFailure>,
     /// The last rescind or close.

@@ -39,7 +39,7 @@ struct State {
     waiting: bool,
     /// Completions cannot be written any more: they are dropped (and counted undelivered).
     broken: bool,
-    /// The channel is gone: a request that outlived its drain posts nothing, counts nothing.
+    /// The channel is gone: a request that outlived its drain posts nothing (counted late).
     detached: bool,
 }
 
@@ -149,7 +149,8 @@ impl Outbox {
         let packet = encode_blob_completion(transaction_id, response);
         let mut s = lock(&self.state);
         if s.detached {
-            log::warn!("vmbus: transaction {transaction_id} finished after its channel went away");
+            log::warn!("vmbus: transaction {transaction_id} finished after its channel went away; dropped");
+            self.report().late += 1;
             return;
         }
         s.reserved -= self.slot;

@@ -99,6 +99,23 @@ impl Keys {
         self.path(&format!("{HIDDEN}/blocks/{}/{}/{}", r.container.as_str(), name_hash(r), hex(txn)))
     }
 
+    /// The root itself: where guest containers' blob folders and `.vmblob` sit.
+    pub fn root_dir(&self) -> Option<Path> {
+        (!self.root.is_empty()).then(|| Path::from(self.root.as_str()))
+    }
+
+    pub fn staged_root(&self) -> Result<Path, StoreError> {
+        self.path(&format!("{HIDDEN}/staged"))
+    }
+
+    pub fn block_lists_root(&self) -> Result<Path, StoreError> {
+        self.path(&format!("{HIDDEN}/blocks"))
+    }
+
+    pub fn temp_dir(&self) -> Result<Path, StoreError> {
+        self.path(&format!("{HIDDEN}/tmp"))
+    }
+
     pub fn temp(&self) -> Result<Path, StoreError> {
         let mut r = [0u8; 16];
         getrandom::fill(&mut r).map_err(|e| StoreError::Remote(format!("no randomness for a temp name: {e}")))?;

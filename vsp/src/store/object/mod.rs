@@ -29,6 +29,8 @@ pub mod azurite;
 pub mod backend;
 mod bridge;
 mod crc;
+mod gate;
+pub mod janitor;
 mod keys;
 mod list;
 #[cfg(test)]
@@ -37,7 +39,7 @@ mod write;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -52,10 +54,11 @@ use vmblob_protocol::ops::{
 
 use self::attrs::{Decoded, Stored};
 use self::bridge::{Bridge, is_not_found, store_err};
+use self::gate::{Closed, Gate, Pass};
 use self::keys::Keys;
 use super::semantics::{
     BufPool, DEFAULT_MAX_BLOB_SIZE, NameGuard, NameLocks, check_conditions, check_write, clip_range,
-    deletes_uncommitted, now_ms, read, write,
+    deletes_uncommitted, now_ms,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
@@ -78,6 +81,10 @@ pub struct ObjectOptions {
     pub commit_grace: Duration,
     /// Threads of the store's runtime.
     pub worker_threads: usize,
+    /// A blob's uncommitted blocks go once none was staged for this long.
+    pub staged_block_ttl: Duration,
+    /// How often the janitor runs (see `janitor`).
+    pub janitor_interval: Duration,
 }
 
 impl Default for ObjectOptions {
@@ -90,6 +97,8 @@ impl Default for ObjectOptions {
             offset_listing: false,
             commit_grace: Duration::from_secs(2),
             worker_threads: 2,
+            staged_block_ttl: crate::store::fs::DEFAULT_STAGED_BLOCK_TTL,
+            janitor_interval: Duration::from_secs(600),
         }
     }
 }
@@ -105,8 +114,9 @@ pub struct ObjectBlobStore {
     keys: Keys,
     opts: ObjectOptions,
     names: NameLocks,
-    gates: Vec<RwLock<()>>,
+    gates: Vec<Gate>,
     bufs: BufPool,
+    janitor: OnceLock<janitor::Janitor>,
 }
 
 /// A blob as read by a HEAD.
@@ -144,19 +154,26 @@ impl ObjectBlobStore {
             keys: Keys::new(root)?,
             opts,
             names: NameLocks::new(),
-            gates: (0..GATE_STRIPES).map(|_| RwLock::new(())).collect(),
+            gates: (0..GATE_STRIPES).map(|_| Gate::default()).collect(),
             bufs: BufPool::new(),
+            janitor: OnceLock::new(),
         })
     }
 
-    fn gate(&self, c: &ContainerName) -> &RwLock<()> {
+    fn gate(&self, c: &ContainerName) -> &Gate {
         let mut h = DefaultHasher::new();
         c.as_str().hash(&mut h);
         &self.gates[(h.finish() % GATE_STRIPES as u64) as usize]
     }
 
-    fn write_gate(&self, c: &ContainerName) -> RwLockReadGuard<'_, ()> {
-        read(self.gate(c))
+    /// A blob write's pass through its container's gate; a cancelled request stops waiting.
+    fn write_gate(&self, c: &ContainerName) -> Result<Pass<'_>, StoreError> {
+        self.gate(c).pass(crate::store::context::current_cancel().as_ref())
+    }
+
+    /// Keeps every blob write of the container out; a cancelled request stops waiting.
+    fn close_gate(&self, c: &ContainerName) -> Result<Closed<'_>, StoreError> {
+        self.gate(c).close(crate::store::context::current_cancel().as_ref())
     }
 
     /// Locks a blob name for a check-then-write; a cancelled request stops waiting.
@@ -194,6 +211,25 @@ impl ObjectBlobStore {
         }
     }
 
+    /// Starts the background janitor (once; later calls do nothing).
+    pub fn start_janitor(self: &Arc<Self>) -> std::io::Result<()> {
+        if self.janitor.get().is_none() {
+            let j = janitor::Janitor::start(self, self.opts.janitor_interval)?;
+            // A racing second start loses here and its janitor stops on drop.
+            let _ = self.janitor.set(j);
+        }
+        Ok(())
+    }
+
+    /// Removes a container's blobs, staged blocks and block lists (not its marker).
+    fn clear_container_objects(&self, name: &ContainerName) -> Result<(), StoreError> {
+        self.delete_under(&self.keys.container_dir(name)?, None)?;
+        for dir in self.keys.hidden_dirs(name)? {
+            self.delete_under(&dir, None)?;
+        }
+        Ok(())
+    }
+
     /// Deletes every object under `dir` (except `keep`); awaited like a commit
     /// since it completes a write that already happened.
     fn delete_under(&self, dir: &Path, keep: Option<&Path>) -> Result<(), StoreError> {
@@ -222,6 +258,12 @@ impl BlobStore for ObjectBlobStore {
         txn: &TxnId,
     ) -> Result<ContainerProperties, StoreError> {
         let key = self.keys.marker(name)?;
+        let _gate = self.close_gate(name)?;
+        // A DeleteContainer that crashed after removing the marker left the
+        // old container's objects: a new container starts empty.
+        if self.head(&key)?.is_none() {
+            self.clear_container_objects(name)?;
+        }
         let mtime_ms = now_ms();
         let stored = Stored { content_type: "", metadata, txn, mtime_ms, crc64: None, md5: None, committed_blocks: 0 };
         let opts = PutOptions { mode: PutMode::Create, attributes: attrs::encode(&stored)?, ..Default::default() };
@@ -242,18 +284,14 @@ impl BlobStore for ObjectBlobStore {
     }
 
     fn delete_container(&self, name: &ContainerName) -> Result<(), StoreError> {
-        let _gate = write(self.gate(name));
+        let _gate = self.close_gate(name)?;
         let marker = self.keys.marker(name)?;
         self.ensure_container(name)?;
         // The marker goes first: from then on the container is gone for every
         // reader and writer, and what follows only reclaims space.
         let store = &*self.store;
         self.bridge.commit(async { store.delete(&marker).await.map_err(store_err) })?;
-        self.delete_under(&self.keys.container_dir(name)?, None)?;
-        for dir in self.keys.hidden_dirs(name)? {
-            self.delete_under(&dir, None)?;
-        }
-        Ok(())
+        self.clear_container_objects(name)
     }
 
     fn container_properties(&self, name: &ContainerName) -> Result<ContainerProperties, StoreError> {
@@ -313,7 +351,7 @@ impl BlobStore for ObjectBlobStore {
 
     fn delete_blob(&self, target: &BlobRef, conditions: &Conditions) -> Result<(), StoreError> {
         let key = self.keys.blob(target)?;
-        let _gate = self.write_gate(&target.container);
+        let _gate = self.write_gate(&target.container)?;
         let _name = self.lock_name(key.as_ref())?;
         let blob = match self.existing_blob(target, &key) {
             Ok(d) => d.blob,

@@ -143,6 +143,29 @@ mod azurite_suite {
         with_store(small_parts(100), |s| conformance::max_blob_size(s));
     }
 
+    /// The janitor on Azure: a container whose DeleteContainer crashed after
+    /// removing its marker is cleared (delimiter listing of the root), live ones stay.
+    #[test]
+    fn janitor_clears_a_dead_container() {
+        use object_store::ObjectStoreExt as _;
+
+        with_store(ObjectOptions::default(), |s| {
+            new_container(s, "dead");
+            new_container(s, "live");
+            conformance::put(s, "dead", "x/y", b"old");
+            conformance::put(s, "live", "kept", b"kept");
+            let marker = s.keys.marker(&cname("dead")).unwrap();
+            s.bridge
+                .run(async { s.store.delete(&marker).await.map_err(crate::store::object::bridge::store_err) })
+                .unwrap();
+            let swept = s.sweep(std::time::SystemTime::now()).unwrap();
+            assert_eq!(swept.dead_containers, 1, "{swept:?}");
+            new_container(s, "dead");
+            assert!(conformance::names(s, "dead").is_empty());
+            assert_eq!(get(s, "live", "kept").unwrap().1, b"kept");
+        });
+    }
+
     /// Wrong credentials are a clear "denied" (Io to the guest, logged as
     /// such), for the container creation and for every operation.
     #[test]

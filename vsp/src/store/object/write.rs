@@ -185,7 +185,7 @@ impl ObjectBlobStore {
     ) -> Result<BlobWritten, StoreError> {
         let key = self.keys.blob(&req.target)?;
         attrs::check_user_keys(&req.metadata)?;
-        let _gate = self.write_gate(&req.target.container);
+        let _gate = self.write_gate(&req.target.container)?;
         self.ensure_container(&req.target.container)?;
         let len = data.len();
         check_size(len, self.opts.max_blob_size)?;
@@ -304,7 +304,7 @@ impl ObjectBlobStore {
     ) -> Result<u64, StoreError> {
         let key = self.keys.staged(target, id.as_bytes())?;
         let blob_key = self.keys.blob(target)?;
-        let _gate = self.write_gate(&target.container);
+        let _gate = self.write_gate(&target.container)?;
         self.ensure_container(&target.container)?;
         let len = data.len();
         check_size(len, self.opts.max_blob_size)?;
@@ -458,7 +458,7 @@ impl ObjectBlobStore {
         let target = &req.target;
         let key = self.keys.blob(target)?;
         attrs::check_user_keys(&req.metadata)?;
-        let _gate = self.write_gate(&target.container);
+        let _gate = self.write_gate(&target.container)?;
         self.ensure_container(&target.container)?;
         let _name = self.lock_name(key.as_ref())?;
         let cur = self.head(&key)?;

@@ -121,6 +121,13 @@ fn a_drain_that_times_out_returns_and_says_so() {
     assert!(matches!(end, GuestError::Rescinded));
     assert!(seen.is_empty(), "nothing could complete while the store was stuck");
     store.open(); // let the stuck worker finish; it can post nothing any more
+    wait_until("the late completions", || g.service.report().late == 3);
+    // The next channel gets only its own completions.
+    let offer = g.ch.offer().generation;
+    g.emu.offer().unwrap();
+    let mut again = TestGuest::attach(g.emu.clone(), g.service.clone(), Some(offer));
+    assert!(again.call(&OpRequest::GetDeviceConfig, &[], 0).0.is_ok());
+    assert_eq!(g.service.report().late, 3);
 }
 
 /// Packets still unread in the guest→host ring (the host never took them).
