@@ -4,19 +4,20 @@
 //! top-level prefixes and removes:
 //! - a blob's staged blocks once none of them is younger than
 //!   `staged_block_ttl` (Azure's rule: uncommitted blocks go a week after the
-//!   blob's last PutBlock), and every staged block or block list of a
-//!   container that no longer exists;
+//!   blob's last PutBlock);
 //! - temp objects of whole-blob PUTs (`.vmblob/tmp/`) older than
 //!   [`TEMP_GRACE`]: a temp object is copied and removed as soon as its upload
 //!   completes, so an old one is the leftover of a crash;
-//! - blobs under a prefix whose container marker is gone: a `DeleteContainer`
-//!   removes the marker first, so a crash in its middle leaves them.
+//! - blobs, staged blocks and block lists of a container whose marker is
+//!   gone: a `DeleteContainer` removes the marker first, so a crash in its
+//!   middle leaves them. The marker is looked at again with the container's
+//!   gate closed, so a container created since the listing is left alone.
 //!
 //! Only objects the listing saw are removed, so a block staged after the
 //! listing stays. The daemon runs a pass at start and then every
 //! `interval` on a background thread that holds the store weakly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle, ThreadId};
@@ -43,12 +44,10 @@ pub fn interval(ttl: Duration) -> Duration {
 /// What one pass removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
-    /// Staged blocks (expired, or of a deleted container).
+    /// Expired staged blocks of live containers.
     pub staged: usize,
-    /// Committed block lists of a deleted container.
-    pub block_lists: usize,
     pub temps: usize,
-    /// Containers whose leftover blobs were removed.
+    /// Containers without a marker whose objects (blobs, staged blocks, block lists) were removed.
     pub dead_containers: usize,
 }
 
@@ -98,8 +97,9 @@ impl ObjectBlobStore {
     /// One garbage-collection pass as of `now` (the module comment says what goes).
     pub fn sweep(&self, now: SystemTime) -> Result<Swept, StoreError> {
         let ttl = self.opts.staged_block_ttl;
-        let live = self.live_containers()?;
-        let is_live = |c: &str| live.iter().any(|l| l == c);
+        let live: BTreeSet<String> = self.live_containers()?.into_iter().collect();
+        // Containers seen without a marker; each is checked again under its gate.
+        let mut dead = BTreeSet::new();
         let mut swept = Swept::default();
 
         let staged_root = self.keys.staged_root()?;
@@ -110,23 +110,24 @@ impl ObjectBlobStore {
             }
         }
         for ((container, _), blocks) in by_blob {
+            if !live.contains(&container) {
+                dead.insert(container);
+                continue;
+            }
             let newest = blocks.iter().map(modified).max().unwrap_or(now);
-            let expired = newest.checked_add(ttl).is_some_and(|t| t <= now);
-            if expired || !is_live(&container) {
+            if newest.checked_add(ttl).is_some_and(|t| t <= now) {
                 swept.staged += blocks.len();
                 self.delete_listed(blocks.into_iter().map(|m| m.location).collect())?;
             }
         }
 
         let lists_root = self.keys.block_lists_root()?;
-        let dead_lists: Vec<Path> = self
-            .list_all(&lists_root)?
-            .into_iter()
-            .filter(|m| owner(&lists_root, &m.location).is_some_and(|(c, _)| !is_live(c)))
-            .map(|m| m.location)
-            .collect();
-        swept.block_lists = dead_lists.len();
-        self.delete_listed(dead_lists)?;
+        for m in self.list_all(&lists_root)? {
+            if let Some((c, _)) = owner(&lists_root, &m.location).filter(|(c, _)| !live.contains(*c)) {
+                dead.insert(c.to_owned());
+            }
+        }
+        dead.extend(self.top_level_prefixes()?.into_iter().filter(|p| !live.contains(p)));
 
         let temps: Vec<Path> = self
             .list_all(&self.keys.temp_dir()?)?
@@ -137,9 +138,10 @@ impl ObjectBlobStore {
         swept.temps = temps.len();
         self.delete_listed(temps)?;
 
-        for name in self.top_level_prefixes()? {
+        for name in dead {
+            // `.vmblob` and anything else that is no container name is not ours to judge.
             let Ok(container) = ContainerName::new(&name) else { continue };
-            if !is_live(&name) && self.clear_dead_container(&container)? {
+            if self.clear_dead_container(&container)? {
                 swept.dead_containers += 1;
             }
         }
@@ -287,7 +289,7 @@ mod tests {
             stage(&s, "box", "half", b"1", b"staged");
             delete_raw(&backend, &p(".vmblob/containers/box"));
             let swept = s.sweep(SystemTime::now()).unwrap();
-            assert_eq!((swept.dead_containers, swept.staged), (1, 1), "{root:?}");
+            assert_eq!(swept, Swept { dead_containers: 1, ..Swept::default() }, "{root:?}");
             assert_eq!(all_keys(&backend), Vec::<String>::new(), "{root:?}");
         }
     }
