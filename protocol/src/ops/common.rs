@@ -81,6 +81,14 @@ impl ETag {
     pub fn is_any(&self) -> bool {
         self.0 == "*"
     }
+    /// The same entity tag, as Azure compares them: with or without the
+    /// surrounding double quotes (`"0x8D..."` and `0x8D...` are one tag).
+    pub fn matches(&self, other: &ETag) -> bool {
+        fn bare(s: &str) -> &str {
+            s.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(s)
+        }
+        bare(&self.0) == bare(&other.0)
+    }
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Self::new(r.str16(ETAG_MAX)?)
     }
@@ -103,11 +111,11 @@ impl Conditions {
         let m = match (&self.if_match, current) {
             (None, _) => true,
             (Some(_), None) => false,
-            (Some(want), Some(cur)) => want.is_any() || want == cur,
+            (Some(want), Some(cur)) => want.is_any() || want.matches(cur),
         };
         let n = match (&self.if_none_match, current) {
             (None, _) | (Some(_), None) => true,
-            (Some(not), Some(cur)) => !(not.is_any() || not == cur),
+            (Some(not), Some(cur)) => !(not.is_any() || not.matches(cur)),
         };
         m && n
     }

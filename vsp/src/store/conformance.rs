@@ -239,11 +239,13 @@ macro_rules! assert_err {
 mod blobs;
 mod blocks;
 mod containers;
+mod fidelity;
 mod listing;
 
 pub use blobs::*;
 pub use blocks::*;
 pub use containers::*;
+pub use fidelity::*;
 pub use listing::*;
 
 macro_rules! conformance_tests {
@@ -269,6 +271,10 @@ macro_rules! conformance_tests {
             blocks_replace_same_id, blocks_failed_stage_stores_nothing, block_list_conditions_and_replay,
             whole_writes_and_deletes_discard_staged, deleting_a_name_with_only_staged_blocks_removes_them,
             block_list_crcs_must_match_the_staged_blocks, a_losing_writers_commit_fails_and_keeps_the_winner,
+        );
+        $crate::store::conformance::conformance_tests!(@cases $make;
+            etags_match_with_or_without_quotes, block_ids_of_one_blob_have_one_length,
+            absent_content_type_reads_as_octet_stream,
         );
         #[test]
         fn max_blob_size() {

@@ -294,6 +294,14 @@ pub(crate) fn check_write(
     if conditions.check(cur.as_ref()) { Ok(None) } else { Err(StoreError::PreconditionFailed) }
 }
 
+/// What Azure answers for a blob written without a content type.
+pub(crate) const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// The content type a blob is stored with: the one given, or Azure's default.
+pub(crate) fn content_type_or_default(given: &str) -> &str {
+    if given.is_empty() { DEFAULT_CONTENT_TYPE } else { given }
+}
+
 /// Properties of a freshly written blob.
 pub(crate) fn new_props(
     content_type: &str,
@@ -306,7 +314,7 @@ pub(crate) fn new_props(
         etag: next_etag(),
         last_modified_ms: now_ms(),
         content_length: len,
-        content_type: content_type.to_owned(),
+        content_type: content_type_or_default(content_type).to_owned(),
         content_md5: digests.md5,
         content_crc64: digests.crc64,
         committed_blocks,
@@ -390,6 +398,17 @@ pub(crate) fn resolve_block_list(
     for b in committed {
         offsets.entry(&b.id).or_insert((at, b.size));
         at = at.saturating_add(b.size);
+    }
+    // Azure: all block ids of one blob have the same length (it refuses
+    // others with InvalidBlobOrBlock), so code that mixes them fails here too.
+    if let Some(first) = ids.first()
+        && let Some(other) = ids.iter().find(|b| b.id.as_bytes().len() != first.id.as_bytes().len())
+    {
+        return Err(StoreError::InvalidBlockList(format!(
+            "block ids of different lengths ({} and {} bytes) in one list",
+            first.id.as_bytes().len(),
+            other.id.as_bytes().len()
+        )));
     }
     let mut parts = Vec::with_capacity(ids.len());
     let mut total = 0u64;

@@ -12,19 +12,21 @@ fn block_list(s: &dyn BlobStore, b: &str, t: BlockListType) -> Vec<(Vec<u8>, u64
 
 pub fn blocks_stage_and_commit(s: &dyn BlobStore) {
     new_container(s, "box");
+    // The longest ids (one blob's ids all have one length, as in Azure).
+    let (id_a, id_c, id_f) = ([b'A'; 64], [b'C'; 64], [0xff; 64]);
     let (a, b, c) = (pattern(300_000, 1), pattern(5, 2), pattern(70_000, 3));
-    assert_eq!(stage(s, "box", "bb", b"A", &a), crc64(&a));
-    stage(s, "box", "bb", b"C", &c);
-    stage(s, "box", "bb", &[0xff; 64], &b);
+    assert_eq!(stage(s, "box", "bb", &id_a, &a), crc64(&a));
+    stage(s, "box", "bb", &id_c, &c);
+    stage(s, "box", "bb", &id_f, &b);
     // Not a blob yet: nothing to read or list, but its uncommitted blocks show.
     assert_err!(get(s, "box", "bb"), StoreError::BlobNotFound);
     assert!(names(s, "box").is_empty());
     assert_eq!(
         block_list(s, "bb", BlockListType::Uncommitted),
-        [(b"A".to_vec(), 300_000, false), (b"C".to_vec(), 70_000, false), (vec![0xff; 64], 5, false)]
+        [(id_a.to_vec(), 300_000, false), (id_c.to_vec(), 70_000, false), (id_f.to_vec(), 5, false)]
     );
     assert!(block_list(s, "bb", BlockListType::Committed).is_empty());
-    let mut req = block_list_req("box", "bb", &[b"A", &[0xff; 64], b"C"]);
+    let mut req = block_list_req("box", "bb", &[&id_a, &id_f, &id_c]);
     req.metadata = meta(&[("k", "v")]);
     let w = s.put_block_list(&req, &txn()).unwrap();
     let whole = [&a[..], &b, &c].concat();
@@ -35,7 +37,7 @@ pub fn blocks_stage_and_commit(s: &dyn BlobStore) {
     assert_eq!((p.etag, p.content_crc64, p.content_md5), (w.etag, crc64(&whole), None));
     assert_eq!(
         block_list(s, "bb", BlockListType::All),
-        [(b"A".to_vec(), 300_000, true), (vec![0xff; 64], 5, true), (b"C".to_vec(), 70_000, true)]
+        [(id_a.to_vec(), 300_000, true), (id_f.to_vec(), 5, true), (id_c.to_vec(), 70_000, true)]
     );
     assert!(block_list(s, "bb", BlockListType::Uncommitted).is_empty());
 }

@@ -358,7 +358,8 @@ impl BlobHeader {
             etag: WIDEST_ETAG.to_owned(),
             last_modified_ms: u64::MAX,
             content_length: len,
-            content_type: content_type.to_owned(),
+            // What `new_props` will store for it.
+            content_type: crate::store::semantics::content_type_or_default(content_type).to_owned(),
             content_md5: md5.then_some([0xff; 16]),
             content_crc64: u64::MAX,
             committed_blocks: 0,

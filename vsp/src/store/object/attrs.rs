@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use object_store::{Attribute, AttributeValue, Attributes, ObjectMeta};
 use vmblob_protocol::ops::{BlobProperties, ContainerProperties, Metadata};
 
-use crate::store::semantics::{hex, unhex};
+use crate::store::semantics::{content_type_or_default, hex, unhex};
 use crate::store::{StoreError, TxnId};
 
 const RESERVED: &str = "vmblob_";
@@ -95,11 +95,7 @@ pub(crate) fn encode(s: &Stored<'_>) -> Result<Attributes, StoreError> {
     if s.committed_blocks > 0 {
         put(BLOCKS, s.committed_blocks.to_string());
     }
-    if s.content_type.is_empty() {
-        put(NO_TYPE, "1".into());
-    } else {
-        a.insert(Attribute::ContentType, AttributeValue::from(s.content_type.to_owned()));
-    }
+    a.insert(Attribute::ContentType, AttributeValue::from(content_type_or_default(s.content_type).to_owned()));
     Ok(a)
 }
 
@@ -125,8 +121,9 @@ pub(crate) fn decode(meta: &ObjectMeta, attrs: &Attributes) -> Result<Decoded, S
             _ => {}
         }
     }
-    if md.contains_key(NO_TYPE) {
-        content_type.clear();
+    // Written without a type (`NO_TYPE`, by older VSPs), or by a tool that set none.
+    if md.contains_key(NO_TYPE) || content_type.is_empty() {
+        content_type = content_type_or_default("").to_owned();
     }
     let mut pairs = Vec::new();
     if let Some(keys) = md.get(KEYS).filter(|k| !k.is_empty()) {
@@ -226,7 +223,7 @@ mod tests {
                 etag: "\"0x1\"".into(),
                 last_modified_ms: 1234,
                 content_length: 10,
-                content_type: String::new(),
+                content_type: "application/octet-stream".into(),
                 content_md5: Some([9; 16]),
                 content_crc64: 0xdead_beef,
                 committed_blocks: 3,

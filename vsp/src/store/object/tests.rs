@@ -60,6 +60,12 @@ macro_rules! cases_but_etag_format {
             block_list_crcs_must_match_the_staged_blocks,
             a_losing_writers_commit_fails_and_keeps_the_winner,
         );
+        // Azure's answers (issue 15).
+        $run!(
+            etags_match_with_or_without_quotes,
+            block_ids_of_one_blob_have_one_length,
+            absent_content_type_reads_as_octet_stream,
+        );
     };
 }
 
@@ -191,7 +197,7 @@ mod azurite_suite {
             req.content_type = String::new();
             s.put_blob(&req, &mut VecSource::new(b"x"), &txn()).unwrap();
             let p = s.blob_properties(&bref("box", "m"), &Default::default()).unwrap();
-            assert_eq!((p.metadata, p.content_type.as_str()), (req.metadata, ""));
+            assert_eq!((p.metadata, p.content_type.as_str()), (req.metadata, "application/octet-stream"));
         });
     }
 
