@@ -153,13 +153,14 @@ fn link_parts(
     linked: &mut Linked,
 ) -> Result<Vec<Extent>, StoreError> {
     let staging = layout::staging_dir(&c.dir, name);
-    let mut by_id: HashMap<&[u8], Extent> = HashMap::new();
+    let mut linked_ids: HashMap<&[u8], Extent> = HashMap::new();
     let mut old_v1_link: Option<String> = None;
+    let old_extents = old.and_then(|o| o.extents.as_deref()).map(by_id);
     let mut buf = store.bufs.take();
     let mut list = Vec::with_capacity(parts.len());
     for p in parts {
         let extent = match p.source {
-            PartSource::Staged => match by_id.get(p.id.as_slice()) {
+            PartSource::Staged => match linked_ids.get(p.id.as_slice()) {
                 Some(e) => e.clone(),
                 None => {
                     let info = staged.get(&p.id).copied().ok_or_else(|| io::Error::other("staged block vanished"))?;
@@ -171,17 +172,18 @@ fn link_parts(
                     }
                     let file = linked.link(&path)?;
                     let e = Extent { id: p.id.clone(), size: p.size, crc64: info.crc64, file, offset: raw.data_start };
-                    by_id.insert(&p.id, e.clone());
+                    linked_ids.insert(&p.id, e.clone());
                     e
                 }
             },
             PartSource::Committed { offset } => {
                 let o = old.ok_or_else(|| io::Error::other("committed block without blob"))?;
-                match &o.extents {
-                    Some(list) => {
-                        let e = extent_at(list, offset).ok_or_else(|| io::Error::other("committed block not found"))?;
+                match &old_extents {
+                    Some(map) => {
+                        let e =
+                            map.get(p.id.as_slice()).ok_or_else(|| io::Error::other("committed block not found"))?;
                         p.check_crc(e.crc64)?;
-                        e.clone()
+                        (*e).clone()
                     }
                     None => {
                         // v1 keeps no per-block CRC: read it (a read costs no disk).
@@ -205,16 +207,14 @@ fn link_parts(
     Ok(list)
 }
 
-/// The extent of a v2 blob's block that starts at `offset` of its data.
-fn extent_at(list: &[Extent], offset: u64) -> Option<&Extent> {
-    let mut at = 0u64;
+/// A v2 blob's extents by block id, the first of each id: the one
+/// `resolve_block_list` took (by its offset) for a committed part.
+fn by_id(list: &[Extent]) -> HashMap<&[u8], &Extent> {
+    let mut map = HashMap::with_capacity(list.len());
     for e in list {
-        if at == offset {
-            return Some(e);
-        }
-        at = at.checked_add(e.size)?;
+        map.entry(e.id.as_slice()).or_insert(e);
     }
-    None
+    map
 }
 
 pub(super) fn get_block_list(

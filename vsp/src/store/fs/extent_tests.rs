@@ -94,6 +94,22 @@ fn reused_blocks_keep_their_extents_and_dropped_ones_go() {
     assert!(left.is_empty());
 }
 
+#[test]
+fn an_empty_block_reused_from_the_committed_list_keeps_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = FsStore::open(dir.path()).unwrap();
+    new_container(&s, "box");
+    // "e" and "b" start at the same offset: the id must pick the extent.
+    stage(&s, "box", "z", b"e", b"");
+    stage(&s, "box", "z", b"b", b"bytes");
+    s.put_block_list(&block_list_req("box", "z", &[b"e", b"b"]), &txn()).unwrap();
+    s.put_block_list(&block_list_req("box", "z", &[b"b", b"e", b"b"]), &txn()).unwrap();
+    assert_eq!(get(&s, "box", "z").unwrap().1, b"bytesbytes");
+    let blocks = s.get_block_list(&bref("box", "z"), BlockListType::Committed).unwrap();
+    let got: Vec<(&[u8], u64)> = blocks.iter().map(|b| (b.id.as_slice(), b.size)).collect();
+    assert_eq!(got, [(&b"b"[..], 5), (b"e", 0), (b"b", 5)]);
+}
+
 /// A hook that fails once at `at` while `armed`, like a crash there.
 fn crash_at(at: FaultPoint, armed: Arc<AtomicBool>) -> super::FaultHook {
     Arc::new(move |p| {

@@ -5,7 +5,8 @@
 //! write-temp, fsync, rename, fsync-directory: after a crash a blob is the old
 //! one or the new one. An in-memory index per container (see `index.rs`)
 //! answers listings and property reads; file data is read from one opened
-//! file, so a concurrent replace never shows a reader a mix. One store owns
+//! file (or the extents that file names, kept until its readers are done),
+//! so a concurrent replace never shows a reader a mix. One store owns
 //! its root (an exclusive lock on `vmblob.lock`, see `access.rs`): opening it
 //! clears what an earlier run left in `tmp/` and `trash/`.
 
