@@ -111,6 +111,8 @@ pub(super) fn put_block_list(store: &FsStore, req: &PutBlockList, txn: &TxnId) -
         let entry = IndexEntry { props: props.clone(), txn: *txn };
         let alive = store.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), false, || {
             c.set_entry(name, Some(entry));
+            // The blob on disk names them now, whatever fails after.
+            linked.keep();
         })?;
         Ok((props, alive))
     })();
@@ -124,7 +126,6 @@ pub(super) fn put_block_list(store: &FsStore, req: &PutBlockList, txn: &TxnId) -
             return Err(e);
         }
     };
-    linked.keep();
     // Uncommitted blocks left out of the list are discarded, as in Azure;
     // the listed ones live on as extents.
     c.discard_staged(name);

@@ -4,7 +4,8 @@
 //! An extent file is a staged block's own file (or, when a list reuses blocks
 //! of a v1 blob, that blob's file) hard-linked into `extents/<h>/<random
 //! hex>`; the v2 blob names a range of one per block. Extent files never
-//! change. Only the blob file at `h` names the extents under `extents/<h>/`,
+//! change. A linked v1 file stays whole while any of its blocks is named:
+//! space its dropped blocks take comes back when the last one goes. Only the blob file at `h` names the extents under `extents/<h>/`,
 //! so garbage is decided per blob: whatever the current blob file does not
 //! name ([`sweep`]). It goes under the blob's name lock after a commit
 //! replaced the blob (PutBlockList, PutBlob) or a delete removed it, and at
