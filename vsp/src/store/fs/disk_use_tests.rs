@@ -209,3 +209,29 @@ fn ranged_reads_cross_block_boundaries() {
     assert_eq!(s.get_blob(&req, &mut sink).unwrap().2, 3000);
     assert!(sink.data == data[4000..7000]);
 }
+
+#[test]
+fn a_commit_the_disk_refuses_unlinks_what_it_linked_and_keeps_the_blocks() {
+    use std::io::Write as _;
+    let Some(disk) = Tmpfs::mount("16m") else { return };
+    let root = disk.path().join("store");
+    let s = FsStore::open(&root).unwrap();
+    new_container(&s, "box");
+    let data = pattern(4 * MIB, 6);
+    stage(&s, "box", "b", b"0", &data[..2 * MIB]);
+    stage(&s, "box", "b", b"1", &data[2 * MIB..]);
+    // Fill the disk: not even the blob file's header page fits now.
+    let mut filler = fs::File::create(disk.path().join("filler")).unwrap();
+    for chunk in [MIB, 4096, 1] {
+        while filler.write_all(&vec![7u8; chunk]).is_ok() {}
+    }
+    let r = s.put_block_list(&block_list_req("box", "b", &[b"0", b"1"]), &txn());
+    assert!(matches!(r, Err(crate::store::StoreError::Io(_))), "{r:?}");
+    assert!(files(&root.join("containers/box/extents")).is_empty(), "a failed commit left links");
+    assert!(files(&root.join("tmp")).is_empty());
+    assert_eq!(files(&root.join("containers/box/staging")).len(), 2, "the staged blocks stay committable");
+    drop(filler);
+    fs::remove_file(disk.path().join("filler")).unwrap();
+    s.put_block_list(&block_list_req("box", "b", &[b"0", b"1"]), &txn()).unwrap();
+    assert!(get(&s, "box", "b").unwrap().1 == data);
+}
