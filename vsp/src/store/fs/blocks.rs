@@ -1,22 +1,25 @@
 //! Block blobs on disk: staging blocks and committing block lists.
 //!
 //! A staged block is a file in the blob's staging directory, written like a
-//! blob (temp, fsync, rename). Committing a list copies the listed blocks, in
-//! order, into a new blob file that replaces the old one with one rename.
+//! blob (temp, fsync, rename). Committing a list hard-links the listed blocks'
+//! files into the blob's extents directory and writes a small v2 blob file
+//! naming them, in order, that replaces the old one with one rename: the data
+//! is neither copied nor read (see `layout.rs`, `extents.rs`).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 
 use vmblob_protocol::BlockId;
 use vmblob_protocol::ops::{BlobRef, BlobWritten, BlockInfo, BlockListType, PutBlockList};
 
-use super::index::{IndexEntry, StagedInfo};
-use super::layout::{self, BLOB_MAGIC, BLOCK_MAGIC, BlobHeader, BlockHeader};
-use super::{FaultPoint, FsStore};
+use super::extents::{self, Extent, Linked};
+use super::index::{Container, IndexEntry, StagedInfo, StagedSet};
+use super::layout::{self, BLOB_MAGIC_V2, BLOCK_MAGIC, BlobHeader, BlockHeader};
+use super::{FaultPoint, FsStore, crc};
 use crate::store::semantics::{
-    Checksums, CommittedBlock, MAX_COMMITTED_BLOCKS, PartSource, check_size, check_stage_room, check_write, hex,
-    new_props, resolve_block_list, verify, written,
+    Digests, MAX_COMMITTED_BLOCKS, Part, PartSource, check_size, check_stage_room, check_write, hex, new_props,
+    resolve_block_list, verify, written,
 };
 use crate::store::{DataSource, StoreError, TxnId};
 
@@ -68,101 +71,151 @@ pub(super) fn put_block_list(store: &FsStore, req: &PutBlockList, txn: &TxnId) -
         Some(_) => store.open_blob(&c, name)?,
         None => None,
     };
+    let old = match old {
+        Some((file, raw, _)) => {
+            let extents = if raw.extents { Some(extents::read_list(&raw, &file)?) } else { None };
+            Some(OldBlob { file, raw, extents })
+        }
+        None => None,
+    };
     let committed = match &old {
-        Some((file, raw, _)) => raw.read_blocks(file)?,
+        Some(o) => o.raw.read_blocks(&o.file)?,
         None => Vec::new(),
     };
     let (parts, total) =
         resolve_block_list(&req.blocks, |id| staged.get(id).map(|s| s.size), &committed, store.max_blob_size)?;
-    // Staged CRCs are in the index: refuse a foreign block before copying anything.
+    // Staged CRCs are in the index: refuse a foreign block before linking anything.
     for p in parts.iter().filter(|p| p.source == PartSource::Staged) {
         if let Some(info) = staged.get(&p.id) {
             p.check_crc(info.crc64)?;
         }
     }
-    let new_blocks: Vec<CommittedBlock> =
-        parts.iter().map(|p| CommittedBlock { id: p.id.clone(), size: p.size }).collect();
-    let block_count = u32::try_from(new_blocks.len()).map_err(|_| StoreError::TooLarge("block count".into()))?;
+    let block_count = u32::try_from(parts.len()).map_err(|_| StoreError::TooLarge("block count".into()))?;
 
-    let res = layout::reserve(BlobHeader::room(name, &req.content_type, &req.metadata, total, false)?, &new_blocks)?;
-    let mut tmp = store.layout.temp_file("blocklist")?;
-    let mut buf = store.bufs.take();
-    let mut sums = Checksums::new(false);
-    let mut at = res.data_start;
-    let staging = layout::staging_dir(&c.dir, name);
-    for (i, p) in parts.iter().enumerate() {
-        match p.source {
-            PartSource::Staged => {
-                let info = staged.get(&p.id).copied().ok_or_else(|| io::Error::other("staged block vanished"))?;
-                // Opened per use: a list may name tens of thousands of blocks.
-                let file = File::open(layout::block_path(&staging, &p.id))?;
-                let raw = layout::read_header(&file, BLOCK_MAGIC)?;
-                let mut block_sums = Checksums::new(false);
-                copy(&file, raw.data_start, &tmp.file, at, p.size, &mut buf, &mut [&mut sums, &mut block_sums])?;
-                // Catches a block file damaged since it was staged.
-                if block_sums.finish().crc64 != info.crc64 {
-                    let msg = format!("staged block {} no longer matches its checksum", hex(&p.id));
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, msg).into());
-                }
-            }
-            PartSource::Committed { offset } => {
-                let (file, raw, _) = old.as_ref().ok_or_else(|| io::Error::other("committed block without blob"))?;
-                // A committed block's CRC is not stored: it is known once copied.
-                let mut block_sums = Checksums::new(false);
-                copy(
-                    file,
-                    raw.data_start + offset,
-                    &tmp.file,
-                    at,
-                    p.size,
-                    &mut buf,
-                    &mut [&mut sums, &mut block_sums],
-                )?;
-                p.check_crc(block_sums.finish().crc64)?;
-            }
+    let dir = extents::ensure_dir(&c.dir, name, store.layout.modes)?;
+    let mut linked = Linked::new(dir.clone());
+    let result = (|| {
+        let list = link_parts(store, &c, name, &parts, &staged, old.as_ref(), &mut linked)?;
+        if !linked.is_empty() {
+            // The links must be durable before a blob file names them.
+            layout::sync_dir(&dir)?;
         }
-        at += p.size;
-        if i == 0 {
-            store.checkpoint(FaultPoint::DataPartlyWritten, Some(&mut tmp))?;
+        store.checkpoint(FaultPoint::ExtentsLinked, None)?;
+        let crc64 = list.iter().fold(0, |crc, e| crc::combine(crc, e.crc64, e.size));
+        let props = new_props(&req.content_type, &req.metadata, total, &Digests { crc64, md5: None }, block_count);
+        let room = BlobHeader::room(name, &req.content_type, &req.metadata, total, false)?;
+        let res = layout::reserve_list(room, list.len(), extents::encode(&list)?)?;
+        let mut tmp = store.layout.temp_file("blocklist")?;
+        let json = layout::to_json(&BlobHeader::new(name, &props, txn))?;
+        store.finish_temp(&mut tmp, BLOB_MAGIC_V2, &res, &json)?;
+        let entry = IndexEntry { props: props.clone(), txn: *txn };
+        let alive = store.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), false, || {
+            c.set_entry(name, Some(entry));
+            // The blob on disk names them now, whatever fails after.
+            linked.keep();
+        })?;
+        Ok((props, alive))
+    })();
+    let (props, _alive) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // A simulated crash leaves the links for the next open to collect.
+            if store.crashed.load(std::sync::atomic::Ordering::Relaxed) {
+                linked.keep();
+            }
+            return Err(e);
         }
-    }
-    drop(buf);
-    let props = new_props(&req.content_type, &req.metadata, total, &sums.finish(), block_count);
-    let json = layout::to_json(&BlobHeader::new(name, &props, txn))?;
-    store.finish_temp(&mut tmp, BLOB_MAGIC, &res, &json)?;
-    let entry = IndexEntry { props: props.clone(), txn: *txn };
-    let _alive = store.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), false, || {
-        c.set_entry(name, Some(entry));
-    })?;
-    // Uncommitted blocks left out of the list are discarded, as in Azure.
+    };
+    // Uncommitted blocks left out of the list are discarded, as in Azure;
+    // the listed ones live on as extents.
     c.discard_staged(name);
+    store.sweep_extents(&c, name);
     Ok(written(&props))
 }
 
-/// Copies `len` bytes between files through `buf`, feeding every checksum.
-fn copy(
-    src: &File,
-    mut src_off: u64,
-    dst: &File,
-    mut dst_off: u64,
-    len: u64,
-    buf: &mut [u8],
-    sums: &mut [&mut Checksums],
-) -> io::Result<()> {
-    let mut left = len;
-    while left > 0 {
-        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        let chunk = &mut buf[..n];
-        src.read_exact_at(chunk, src_off)?;
-        for s in sums.iter_mut() {
-            s.update(chunk);
-        }
-        dst.write_all_at(chunk, dst_off)?;
-        src_off += n as u64;
-        dst_off += n as u64;
-        left -= n as u64;
+/// The blob a block list replaces, opened once for the blocks it reuses.
+struct OldBlob {
+    file: File,
+    raw: layout::RawHeader,
+    /// Its extents if it is a v2 blob; a v1 blob holds its data inline.
+    extents: Option<Vec<Extent>>,
+}
+
+/// The new blob's extents, one per part: staged blocks are linked (once per
+/// id), committed ones keep their extent, or for a v1 blob refer to its file,
+/// linked once. Nothing is copied.
+fn link_parts(
+    store: &FsStore,
+    c: &Container,
+    name: &str,
+    parts: &[Part],
+    staged: &StagedSet,
+    old: Option<&OldBlob>,
+    linked: &mut Linked,
+) -> Result<Vec<Extent>, StoreError> {
+    let staging = layout::staging_dir(&c.dir, name);
+    let mut linked_ids: HashMap<&[u8], Extent> = HashMap::new();
+    let mut old_v1_link: Option<String> = None;
+    let old_extents = old.and_then(|o| o.extents.as_deref()).map(by_id);
+    let mut buf = store.bufs.take();
+    let mut list = Vec::with_capacity(parts.len());
+    for p in parts {
+        let extent = match p.source {
+            PartSource::Staged => match linked_ids.get(p.id.as_slice()) {
+                Some(e) => e.clone(),
+                None => {
+                    let info = staged.get(&p.id).copied().ok_or_else(|| io::Error::other("staged block vanished"))?;
+                    let path = layout::block_path(&staging, &p.id);
+                    let raw = layout::read_header(&File::open(&path)?, BLOCK_MAGIC)?;
+                    if raw.data_len() < p.size {
+                        let msg = format!("staged block {} is shorter than staged", hex(&p.id));
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, msg).into());
+                    }
+                    let file = linked.link(&path)?;
+                    let e = Extent { id: p.id.clone(), size: p.size, crc64: info.crc64, file, offset: raw.data_start };
+                    linked_ids.insert(&p.id, e.clone());
+                    e
+                }
+            },
+            PartSource::Committed { offset } => {
+                let o = old.ok_or_else(|| io::Error::other("committed block without blob"))?;
+                match &old_extents {
+                    Some(map) => {
+                        let e =
+                            map.get(p.id.as_slice()).ok_or_else(|| io::Error::other("committed block not found"))?;
+                        p.check_crc(e.crc64)?;
+                        (*e).clone()
+                    }
+                    None => {
+                        // v1 keeps no per-block CRC: read it (a read costs no disk).
+                        let at = o.raw.data_start + offset;
+                        let crc64 = extents::crc_of_range(&o.file, at, p.size, &mut buf)?;
+                        p.check_crc(crc64)?;
+                        let file = match &old_v1_link {
+                            Some(n) => n.clone(),
+                            None => {
+                                let n = linked.link(&layout::blob_path(&c.dir, name))?;
+                                old_v1_link.insert(n).clone()
+                            }
+                        };
+                        Extent { id: p.id.clone(), size: p.size, crc64, file, offset: at }
+                    }
+                }
+            }
+        };
+        list.push(extent);
     }
-    Ok(())
+    Ok(list)
+}
+
+/// A v2 blob's extents by block id, the first of each id: the one
+/// `resolve_block_list` took (by its offset) for a committed part.
+fn by_id(list: &[Extent]) -> HashMap<&[u8], &Extent> {
+    let mut map = HashMap::with_capacity(list.len());
+    for e in list {
+        map.entry(e.id.as_slice()).or_insert(e);
+    }
+    map
 }
 
 pub(super) fn get_block_list(

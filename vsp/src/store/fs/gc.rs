@@ -14,7 +14,9 @@
 //!   blob (that write should have discarded them, and a crash came first).
 //!   Blocks of uploads that may still be going on stay: a guest does not see a
 //!   VSP restart (it reconnects and replays what was in flight), so it may
-//!   well commit blocks it staged before.
+//!   well commit blocks it staged before. It also removes the extent files
+//!   no blob file names ([`extents::sweep_hash`]): a crash between linking
+//!   them and the rename, or between the rename and the sweep, leaves some.
 //! - **While the store runs** a background thread makes a pass every
 //!   `gc_interval`, looking at no more than [`PASS_BUDGET`] staging
 //!   directories and resuming where the last pass stopped. It removes an
@@ -32,6 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use super::FsOptions;
+use super::extents::{self, Swept};
 use super::index::Container;
 use super::layout::{self, BLOCK_MAGIC, BlockHeader, Layout};
 use crate::store::semantics::{hex, read, unhex};
@@ -78,8 +81,18 @@ pub(super) fn collect_at_start(
 ) -> io::Result<(Containers, Gc)> {
     let ttl = options.staged_block_ttl;
     let mut freed = Freed::default();
+    let mut extents = Swept::default();
     for c in containers.values() {
         sweep_container_at_start(&c.dir, ttl, &mut freed)?;
+        sweep_extents_at_start(&c.dir, &mut extents)?;
+    }
+    if extents.files > 0 {
+        log::info!(
+            "removed {} extent files ({} bytes) no blob names under {}",
+            extents.files,
+            extents.bytes,
+            layout.containers().display()
+        );
     }
     if freed.files > 0 || freed.dirs > 0 {
         log::info!(
@@ -201,6 +214,38 @@ fn sweep_container_at_start(dir: &Path, ttl: Duration, freed: &mut Freed) -> io:
     }
     if (freed.files, freed.dirs) != before {
         layout::sync_dir(&root)?;
+    }
+    Ok(())
+}
+
+/// Removes the extent files of one container that no blob file names.
+fn sweep_extents_at_start(dir: &Path, swept: &mut Swept) -> io::Result<()> {
+    let entries = match fs::read_dir(layout::extents_root(dir)) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        let meta = fs::symlink_metadata(e.path())?;
+        if !meta.is_dir() {
+            fs::remove_file(e.path())?;
+            swept.files += 1;
+            swept.bytes += meta.len();
+            continue;
+        }
+        let hash = e.file_name().to_str().filter(|h| layout::blob_path_for_hash(dir, h).is_some()).map(str::to_owned);
+        let Some(h) = hash else {
+            // Not named by a blob's hash: no blob can name what is in there.
+            let (n, bytes) = dir_size(&e.path());
+            fs::remove_dir_all(e.path())?;
+            swept.files += n;
+            swept.bytes += bytes;
+            continue;
+        };
+        let s = extents::sweep_hash(dir, &h)?;
+        swept.files += s.files;
+        swept.bytes += s.bytes;
     }
     Ok(())
 }

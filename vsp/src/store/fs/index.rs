@@ -11,7 +11,8 @@ use std::sync::{Mutex, RwLock};
 use vmblob_protocol::ContainerName;
 use vmblob_protocol::ops::{BlobProperties, ContainerProperties};
 
-use super::layout::{self, BLOB_MAGIC, BLOCK_MAGIC, BlobHeader, BlockHeader, ContainerMeta};
+use super::extents::Pins;
+use super::layout::{self, BLOCK_MAGIC, BlobHeader, BlockHeader, ContainerMeta};
 use crate::store::semantics::{NameLocks, hex, lock, observe_etag, read, unhex, write};
 use crate::store::{StoreError, TxnId};
 
@@ -47,6 +48,8 @@ pub struct Container {
     staged: Mutex<HashMap<String, StagedSet>>,
     /// Held by every write to a blob name, check through commit.
     pub locks: NameLocks,
+    /// Readers that may still open a blob's extent files (see `extents.rs`).
+    pub pins: Pins,
 }
 
 impl Container {
@@ -59,6 +62,7 @@ impl Container {
             index: RwLock::new(None),
             staged: Mutex::new(HashMap::new()),
             locks: NameLocks::new(),
+            pins: Pins::default(),
         }
     }
 
@@ -176,7 +180,7 @@ fn scan_blobs(dir: &Path) -> io::Result<BTreeMap<String, IndexEntry>> {
 
 fn read_index_entry(path: &Path) -> io::Result<(String, IndexEntry)> {
     let file = File::open(path)?;
-    let raw = layout::read_header(&file, BLOB_MAGIC)?;
+    let raw = layout::read_blob_header(&file)?;
     let (h, props, txn) = BlobHeader::parse(&raw)?;
     // The file must be where its name hashes to (guards against misplaced copies).
     let expect = layout::name_hash(&h.name);

@@ -4,25 +4,43 @@
 //! root/containers/<container>/container.json
 //! root/containers/<container>/blobs/<h[0..2]>/<h>     h = hex SHA-256 of the blob name
 //! root/containers/<container>/staging/<h>/<hex id>    staged blocks of that blob (expire, see gc.rs)
+//! root/containers/<container>/extents/<h>/<name>      data files a block-list blob refers to (extents.rs)
 //! root/tmp/      files and directories being written (cleared on open)
 //! root/trash/    deleted containers being removed (cleared on open)
 //! ```
 //!
 //! Guest names never become path components: container names are validated
-//! `[a-z0-9-]`, blob names are hashed, block ids are hex-encoded.
+//! `[a-z0-9-]`, blob names are hashed, block ids are hex-encoded, extent
+//! names are random hex.
 //!
 //! A blob (or staged block) is one file: a fixed prefix, a JSON header padded
 //! to a reserved size, a binary committed-block list, then the data at a
 //! 4 KiB-aligned offset. Header and data therefore commit with one rename.
 //!
 //! ```text
-//! 0   magic (8)       "VMBLOB\0\x01" or "VMBLCK\0\x01"
+//! 0   magic (8)       "VMBLOB\0\x01" or "VMBLCK\0\x01" (data inline), "VMBLOB\0\x02" (extents)
 //! 8   u32 LE          header JSON length (the rest of its room is spaces)
 //! 12  u32 LE          committed block count
 //! 16  u64 LE          offset of the block list: per block u8 id length, id, u64 LE size
-//! 24  u64 LE          data offset
+//!                     (v2 adds per block: u64 LE CRC-64, u64 LE offset in its extent file,
+//!                     u8 extent name length, extent name)
+//! 24  u64 LE          data offset (v2: no data follows)
 //! 32  header JSON
 //! ```
+//!
+//! A v2 blob (written by PutBlockList) holds no data: each committed block is
+//! a range of an extent file, which is the staged block's own file hard-linked
+//! (link(2): atomic, no data copied) into the blob's extents directory before
+//! the blob file is renamed into place. So a commit needs no second copy of
+//! the data on disk, and is still one rename. Linking beats the alternatives:
+//! copy_file_range copies on most filesystems (tmpfs, ext4), reflinks exist
+//! only on a few, and renaming the staged files would break a crash between
+//! the renames (the old blob would lose nothing, but the staged blocks would
+//! be gone before the commit). The blob's CRC-64 is combined from the blocks'
+//! CRCs (`crc.rs`), so a commit reads no data either. v1 blob files (PutBlob,
+//! and stores written before v2) keep their data inline and read as before.
+//! Extent files are immutable; which of them are garbage, and when they go,
+//! is in `extents.rs`.
 
 use std::fs::{self, File};
 use std::io;
@@ -40,6 +58,8 @@ use crate::store::semantics::{CommittedBlock, hex, unhex};
 
 pub const BLOB_MAGIC: [u8; 8] = *b"VMBLOB\0\x01";
 pub const BLOCK_MAGIC: [u8; 8] = *b"VMBLCK\0\x01";
+/// A blob whose blocks live in extent files.
+pub const BLOB_MAGIC_V2: [u8; 8] = *b"VMBLOB\0\x02";
 const PREFIX_LEN: u64 = 32;
 const DATA_ALIGN: u64 = 4096;
 /// Headers are small (name ≤ 1 KiB, metadata ≤ 8 KiB, even if JSON-escaped);
@@ -50,6 +70,10 @@ const CONTAINER_META: &str = "container.json";
 /// gigabytes: the committed-list limit, and an entry with the longest id.
 const MAX_BLOCKS_IN_FILE: u32 = crate::store::semantics::MAX_COMMITTED_BLOCKS as u32;
 const MAX_BLOCK_ENTRY: u64 = 1 + vmblob_protocol::names::BLOCK_ID_MAX as u64 + 8;
+/// A v2 entry adds a CRC, an offset and an extent name.
+pub const MAX_EXTENT_NAME: usize = 64;
+const MAX_EXTENT_ENTRY: u64 = MAX_BLOCK_ENTRY + 8 + 8 + 1 + MAX_EXTENT_NAME as u64;
+const EXTENTS: &str = "extents";
 
 /// Paths under the store's root, and the modes of what is created there.
 #[derive(Debug, Clone)]
@@ -91,6 +115,9 @@ pub fn blobs_dir(dir: &Path) -> PathBuf {
 pub fn staging_root(dir: &Path) -> PathBuf {
     dir.join("staging")
 }
+pub fn extents_root(dir: &Path) -> PathBuf {
+    dir.join(EXTENTS)
+}
 
 /// Hex SHA-256 of a blob name: its file name on disk.
 pub fn name_hash(name: &str) -> String {
@@ -104,6 +131,14 @@ pub fn blob_path(dir: &Path, name: &str) -> PathBuf {
 }
 pub fn staging_dir(dir: &Path, name: &str) -> PathBuf {
     staging_root(dir).join(name_hash(name))
+}
+/// The blob's file by its name hash (what a directory under `extents/` is named).
+pub fn blob_path_for_hash(dir: &Path, h: &str) -> Option<PathBuf> {
+    let valid = h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    valid.then(|| blobs_dir(dir).join(&h[..2]).join(h))
+}
+pub fn extents_dir(dir: &Path, name: &str) -> PathBuf {
+    extents_root(dir).join(name_hash(name))
 }
 pub fn block_path(staging: &Path, id: &[u8]) -> PathBuf {
     staging.join(hex(id))
@@ -122,6 +157,7 @@ pub fn make_container_dirs(dir: &Path, modes: Modes) -> io::Result<()> {
         modes.create_dir(&blobs.join(hex(&[b])))?;
     }
     modes.create_dir(&staging_root(dir))?;
+    modes.create_dir(&extents_root(dir))?;
     sync_dir(&blobs)?;
     sync_dir(dir)
 }
@@ -200,16 +236,27 @@ pub struct Reservation {
 pub fn reserve(header_room: usize, blocks: &[CommittedBlock]) -> io::Result<Reservation> {
     let mut block_bytes = Vec::with_capacity(blocks.len() * 24);
     for b in blocks {
-        let len = u8::try_from(b.id.len()).map_err(|_| invalid("block id over 255 bytes"))?;
-        block_bytes.push(len);
-        block_bytes.extend_from_slice(&b.id);
-        block_bytes.extend_from_slice(&b.size.to_le_bytes());
+        push_block(&mut block_bytes, &b.id, b.size)?;
     }
+    reserve_list(header_room, blocks.len(), block_bytes)
+}
+
+/// One block-list entry's common part: u8 id length, id, u64 LE size.
+pub fn push_block(out: &mut Vec<u8>, id: &[u8], size: u64) -> io::Result<()> {
+    let len = u8::try_from(id.len()).map_err(|_| invalid("block id over 255 bytes"))?;
+    out.push(len);
+    out.extend_from_slice(id);
+    out.extend_from_slice(&size.to_le_bytes());
+    Ok(())
+}
+
+/// Plans a file with an already encoded block list of `count` entries.
+pub fn reserve_list(header_room: usize, count: usize, block_bytes: Vec<u8>) -> io::Result<Reservation> {
     let header_room = header_room as u64;
     let blocks_offset = PREFIX_LEN + header_room;
     let end = blocks_offset + block_bytes.len() as u64;
     let data_start = end.div_ceil(DATA_ALIGN) * DATA_ALIGN;
-    let block_count = u32::try_from(blocks.len()).map_err(|_| invalid("too many blocks"))?;
+    let block_count = u32::try_from(count).map_err(|_| invalid("too many blocks"))?;
     Ok(Reservation { header_room, blocks_offset, block_count, block_bytes, data_start })
 }
 
@@ -239,6 +286,8 @@ pub fn write_header(file: &File, magic: [u8; 8], res: &Reservation, json: &[u8])
 /// A header read back from a file.
 pub struct RawHeader {
     pub json: Vec<u8>,
+    /// A v2 blob: its blocks are in extent files, its list says where.
+    pub extents: bool,
     block_count: u32,
     blocks_offset: u64,
     pub data_start: u64,
@@ -246,27 +295,38 @@ pub struct RawHeader {
 }
 
 pub fn read_header(file: &File, magic: [u8; 8]) -> io::Result<RawHeader> {
+    read_header_of(file, &[magic])
+}
+
+/// A blob file's header, either version.
+pub fn read_blob_header(file: &File) -> io::Result<RawHeader> {
+    read_header_of(file, &[BLOB_MAGIC, BLOB_MAGIC_V2])
+}
+
+fn read_header_of(file: &File, magics: &[[u8; 8]]) -> io::Result<RawHeader> {
     let file_len = file.metadata()?.len();
     let mut prefix = [0u8; PREFIX_LEN as usize];
     file.read_exact_at(&mut prefix, 0).map_err(short)?;
     let u32_at = |i: usize| u32::from_le_bytes([prefix[i], prefix[i + 1], prefix[i + 2], prefix[i + 3]]);
     let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
-    if prefix[..8] != magic {
+    if !magics.iter().any(|m| prefix[..8] == *m) {
         return Err(invalid("bad magic"));
     }
+    let extents = prefix[..8] == BLOB_MAGIC_V2;
+    let max_entry = if extents { MAX_EXTENT_ENTRY } else { MAX_BLOCK_ENTRY };
     let (json_len, block_count, blocks_offset, data_start) = (u32_at(8), u32_at(12), u64_at(16), u64_at(24));
     if json_len > MAX_HEADER_JSON
         || block_count > MAX_BLOCKS_IN_FILE
         || blocks_offset < PREFIX_LEN + u64::from(json_len)
         || data_start < blocks_offset
-        || data_start - blocks_offset > u64::from(block_count) * MAX_BLOCK_ENTRY + DATA_ALIGN
+        || data_start - blocks_offset > u64::from(block_count) * max_entry + DATA_ALIGN
         || data_start > file_len
     {
         return Err(invalid("inconsistent header"));
     }
     let mut json = vec![0u8; json_len as usize];
     file.read_exact_at(&mut json, PREFIX_LEN).map_err(short)?;
-    Ok(RawHeader { json, block_count, blocks_offset, data_start, file_len })
+    Ok(RawHeader { json, extents, block_count, blocks_offset, data_start, file_len })
 }
 
 impl RawHeader {
@@ -274,24 +334,47 @@ impl RawHeader {
     pub fn data_len(&self) -> u64 {
         self.file_len - self.data_start
     }
-    pub fn read_blocks(&self, file: &File) -> io::Result<Vec<CommittedBlock>> {
+    pub fn block_count(&self) -> u32 {
+        self.block_count
+    }
+    /// The encoded block list, as `reserve_list` was given it (and padding).
+    pub fn list_bytes(&self, file: &File) -> io::Result<Vec<u8>> {
         let len = usize::try_from(self.data_start - self.blocks_offset).map_err(|_| invalid("block list too long"))?;
         let mut bytes = vec![0u8; len];
         file.read_exact_at(&mut bytes, self.blocks_offset).map_err(short)?;
+        Ok(bytes)
+    }
+    /// The committed block list, of either version.
+    pub fn read_blocks(&self, file: &File) -> io::Result<Vec<CommittedBlock>> {
+        if self.extents {
+            let list = super::extents::read_list(self, file)?;
+            return Ok(list.into_iter().map(|e| CommittedBlock { id: e.id, size: e.size }).collect());
+        }
+        let bytes = self.list_bytes(file)?;
         let mut blocks = Vec::with_capacity(self.block_count as usize);
         let mut rest = bytes.as_slice();
         for _ in 0..self.block_count {
-            let (&n, tail) = rest.split_first().ok_or_else(|| invalid("block list truncated"))?;
-            let n = usize::from(n);
-            let (id, tail) = tail.split_at_checked(n).ok_or_else(|| invalid("block list truncated"))?;
-            let (size, tail) = tail.split_at_checked(8).ok_or_else(|| invalid("block list truncated"))?;
-            let mut sz = [0u8; 8];
-            sz.copy_from_slice(size);
-            blocks.push(CommittedBlock { id: id.to_vec(), size: u64::from_le_bytes(sz) });
+            let (id, size, tail) = take_block(rest)?;
+            blocks.push(CommittedBlock { id: id.to_vec(), size });
             rest = tail;
         }
         Ok(blocks)
     }
+}
+
+/// Splits one entry's common part (id, size) off an encoded block list.
+pub fn take_block(rest: &[u8]) -> io::Result<(&[u8], u64, &[u8])> {
+    let (&n, tail) = rest.split_first().ok_or_else(|| invalid("block list truncated"))?;
+    let (id, tail) = tail.split_at_checked(usize::from(n)).ok_or_else(|| invalid("block list truncated"))?;
+    let (size, tail) = take_u64(tail)?;
+    Ok((id, size, tail))
+}
+
+pub fn take_u64(rest: &[u8]) -> io::Result<(u64, &[u8])> {
+    let (v, tail) = rest.split_at_checked(8).ok_or_else(|| invalid("block list truncated"))?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(v);
+    Ok((u64::from_le_bytes(b), tail))
 }
 
 /// A file too short for what its header promises is corrupt, not an I/O failure.
@@ -299,7 +382,7 @@ fn short(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::UnexpectedEof { invalid("file truncated") } else { e }
 }
 
-fn invalid(msg: &str) -> io::Error {
+pub fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
 }
 
@@ -378,7 +461,8 @@ impl BlobHeader {
             None => None,
             Some(s) => Some(unhex(s).and_then(|v| <[u8; 16]>::try_from(v).ok()).ok_or_else(|| invalid("bad md5"))?),
         };
-        if raw.data_len() < h.content_length {
+        // A v2 blob's length is checked against its extents when they are read.
+        if !raw.extents && raw.data_len() < h.content_length {
             return Err(invalid("data shorter than the header says"));
         }
         let props = BlobProperties {

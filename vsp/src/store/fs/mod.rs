@@ -1,15 +1,23 @@
 //! Filesystem store, the embedded default.
 //!
-//! Each blob is one file (header + data, see `layout.rs`) replaced by
+//! Each blob is one file (header + data, see `layout.rs`; a block-list blob's
+//! file names its blocks' extent files instead, see `extents.rs`) replaced by
 //! write-temp, fsync, rename, fsync-directory: after a crash a blob is the old
 //! one or the new one. An in-memory index per container (see `index.rs`)
 //! answers listings and property reads; file data is read from one opened
-//! file, so a concurrent replace never shows a reader a mix. One store owns
+//! file (or the extents that file names, kept until its readers are done),
+//! so a concurrent replace never shows a reader a mix. One store owns
 //! its root (an exclusive lock on `vmblob.lock`, see `access.rs`): opening it
 //! clears what an earlier run left in `tmp/` and `trash/`.
 
 mod access;
 mod blocks;
+mod crc;
+#[cfg(test)]
+mod disk_use_tests;
+#[cfg(test)]
+mod extent_tests;
+mod extents;
 mod gc;
 mod index;
 mod layout;
@@ -21,6 +29,7 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLockReadGuard};
 
 use vmblob_protocol::BlockId;
@@ -46,8 +55,12 @@ pub use super::semantics::DEFAULT_MAX_BLOB_SIZE;
 /// A step of a write at which a test can simulate a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FaultPoint {
-    /// The first chunk of data is in the temp file (not reached for 0 bytes).
+    /// The first chunk of data is in the temp file (not reached for 0 bytes,
+    /// nor by a block list, which writes no data).
     DataPartlyWritten,
+    /// A block list's extent files are linked (and durable); its blob file
+    /// is not yet written.
+    ExtentsLinked,
     /// All data and the header are in the temp file; it is not yet fsynced.
     TempWritten,
     /// The temp file is fsynced; it is not yet renamed into place.
@@ -63,8 +76,9 @@ pub enum FaultPoint {
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 7] = [
+    pub const ALL: [FaultPoint; 8] = [
         FaultPoint::DataPartlyWritten,
+        FaultPoint::ExtentsLinked,
         FaultPoint::TempWritten,
         FaultPoint::TempSynced,
         FaultPoint::Renamed,
@@ -112,6 +126,8 @@ pub struct FsStore {
     layout: Layout,
     max_blob_size: u64,
     faults: Option<FaultHook>,
+    /// The fault hook "crashed" a write: what it left stays, as a crash would leave it.
+    crashed: AtomicBool,
     /// Containers by name; write-locked only briefly, never across I/O.
     /// Shared with the collector of expired staged blocks.
     containers: gc::Containers,
@@ -171,6 +187,7 @@ impl FsStore {
             layout,
             max_blob_size: options.max_blob_size,
             faults: options.faults,
+            crashed: AtomicBool::new(false),
             containers,
             container_ops: Mutex::new(()),
             bufs: BufPool::new(),
@@ -188,6 +205,7 @@ impl FsStore {
         if let Some(hook) = &self.faults
             && let Err(e) = hook(point)
         {
+            self.crashed.store(true, Ordering::Relaxed);
             if let Some(t) = tmp {
                 t.abandon();
             }
@@ -264,6 +282,15 @@ impl FsStore {
         Ok(alive)
     }
 
+    /// Removes the extents the blob's current file no longer names (caller
+    /// holds the name lock and the liveness guard). A failure only leaves
+    /// garbage for the next open: the write it follows has succeeded.
+    fn sweep_extents(&self, c: &Container, name: &str) {
+        if let Err(e) = extents::sweep(c, name) {
+            log::warn!("removing stale extents of {name:?} in {}: {e}", c.dir.display());
+        }
+    }
+
     /// Builds a new container directory in `tmp/`: one rename then publishes it whole.
     fn prepare_container(&self, dir: &Path, meta: &ContainerMeta) -> io::Result<()> {
         let modes = self.layout.modes;
@@ -285,7 +312,7 @@ impl FsStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let raw = layout::read_header(&file, BLOB_MAGIC)?;
+        let raw = layout::read_blob_header(&file)?;
         let (h, props, _) = BlobHeader::parse(&raw)?;
         // Only a SHA-256 collision could put another name here.
         if h.name != name {
@@ -388,15 +415,28 @@ impl BlobStore for FsStore {
         })?;
         // A whole-blob write discards uncommitted blocks, as in Azure.
         c.discard_staged(name);
+        // And the extents of the block list it replaced, if it did.
+        self.sweep_extents(&c, name);
         Ok(written(&props))
     }
 
     fn get_blob(&self, req: &GetBlob, sink: &mut dyn DataSink) -> Result<(BlobProperties, u64, u64), StoreError> {
         let c = self.container(&req.target.container)?;
-        let (file, raw, props) = self.open_blob(&c, req.target.blob.as_str())?.ok_or(StoreError::BlobNotFound)?;
+        let name = req.target.blob.as_str();
+        // Before the blob file opens: its extents stay until the read is done.
+        let _pin = extents::Pin::new(&c, name);
+        let (file, raw, props) = self.open_blob(&c, name)?.ok_or(StoreError::BlobNotFound)?;
         check_conditions(&props, &req.conditions)?;
         let (offset, len) = clip_range(req.range, props.content_length, sink.capacity())?;
-        if len > 0 {
+        if raw.extents {
+            let list = extents::read_list(&raw, &file)?;
+            if list.iter().try_fold(0u64, |n, e| n.checked_add(e.size)) != Some(props.content_length) {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "extents do not add up to the blob").into());
+            }
+            if len > 0 {
+                extents::fill(&c, name, &list, offset, len, sink)?;
+            }
+        } else if len > 0 {
             // Header and data come from the same open file: a concurrent
             // replace swaps the name, not this inode.
             sink.fill_from_file(&file, raw.data_start + offset, len)?;
@@ -442,6 +482,7 @@ impl BlobStore for FsStore {
         if let Some(parent) = path.parent() {
             layout::sync_dir(parent)?;
         }
+        self.sweep_extents(&c, name);
         Ok(())
     }
 
