@@ -140,7 +140,7 @@ fn conditional_writes(store: StoreKind) {
     let none_match = || Conditions { if_match: None, if_none_match: Some(ETag::any()) };
     let if_match = |e: &str| Conditions { if_match: Some(ETag::new(e).unwrap()), if_none_match: None };
 
-    // Create-only: the first wins, the second is refused and changes nothing.
+    // Create-only: the first wins, the second is refused (Azure's 409) and changes nothing.
     let w1 = g
         .container("cond")
         .blob("b")
@@ -148,7 +148,7 @@ fn conditional_writes(store: StoreKind) {
         .unwrap();
     expect_status(
         g.container("cond").blob("b").put_opts(b"two", PutOptions { conditions: none_match(), ..Default::default() }),
-        BlobError::PreconditionFailed,
+        BlobError::AlreadyExists,
     );
     assert_eq!(g.container("cond").blob("b").get().unwrap(), b"one");
     // If-Match: only the current ETag (or *) may replace it.
@@ -417,10 +417,9 @@ fn handles_carry_options_conditions_and_pages(store: StoreKind) {
     expect_status(b.properties_opts(if_match(&stale)), BlobError::PreconditionFailed);
     let got = b.get_opts(GetOptions { range: None, conditions: if_match(&etag) }).unwrap();
     assert_eq!((got.data.as_slice(), got.properties.etag.as_str()), (&b"hello"[..], w.etag.as_str()));
-    expect_status(
-        b.get_opts(GetOptions { range: None, conditions: if_none_match(&etag) }),
-        BlobError::PreconditionFailed,
-    );
+    // The reader's copy is current: Azure's 304.
+    expect_status(b.get_opts(GetOptions { range: None, conditions: if_none_match(&etag) }), BlobError::NotModified);
+    expect_status(b.properties_opts(if_none_match(&etag)), BlobError::NotModified);
     let ranged = GetOptions { range: Some(1..3), conditions: if_match(&stale) };
     expect_status(b.get_opts(ranged), BlobError::PreconditionFailed);
     expect_status(b.delete_opts(if_match(&stale)), BlobError::PreconditionFailed);

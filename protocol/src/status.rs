@@ -45,6 +45,10 @@ pub enum BlobError {
     /// PutBlockList named a block that is not staged or committed.
     #[error("invalid block list")]
     InvalidBlockList,
+    /// A read's If-None-Match named the blob's current ETag (Azure's 304):
+    /// the reader's copy is current; no data or properties come back.
+    #[error("not modified")]
+    NotModified,
     /// The channel went away (rescind, reset, disconnect) before the request committed.
     #[error("request aborted: channel rescinded")]
     Rescinded,
@@ -76,6 +80,8 @@ const CODES: &[(u32, BlobError)] = &[
     (0x8007_0032, BlobError::Unsupported),
     (0x8007_0017, BlobError::ChecksumMismatch),
     (0x8007_000D, BlobError::InvalidBlockList),
+    // Win32 has no "not modified": a customer HRESULT (bit 29) with HTTP's 304.
+    (0xA000_0130, BlobError::NotModified),
     (0x8007_04D3, BlobError::Rescinded),
     (0x8007_00AA, BlobError::Busy),
     (0x8007_045D, BlobError::Io),

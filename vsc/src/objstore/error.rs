@@ -88,6 +88,7 @@ impl ObjStoreError {
                 E::NotFound { path, source: Box::new(e) }
             }
             (Some(BlobError::AlreadyExists), e) => E::AlreadyExists { path, source: Box::new(e) },
+            (Some(BlobError::NotModified), e) => E::NotModified { path, source: Box::new(e) },
             (Some(BlobError::PreconditionFailed), e) => match on_precondition {
                 OnPrecondition::Precondition => E::Precondition { path, source: Box::new(e) },
                 OnPrecondition::AlreadyExists => E::AlreadyExists { path, source: Box::new(e) },
@@ -120,6 +121,9 @@ mod tests {
         assert!(matches!(os(BlobError::PreconditionFailed, OnPrecondition::Precondition), E::Precondition { .. }));
         assert!(matches!(os(BlobError::PreconditionFailed, OnPrecondition::AlreadyExists), E::AlreadyExists { .. }));
         assert!(matches!(os(BlobError::PreconditionFailed, OnPrecondition::NotModified), E::NotModified { .. }));
+        // What a VSP answers since it speaks Azure's 304 and 409 itself.
+        assert!(matches!(os(BlobError::NotModified, OnPrecondition::Precondition), E::NotModified { .. }));
+        assert!(matches!(os(BlobError::AlreadyExists, OnPrecondition::Precondition), E::AlreadyExists { .. }));
         assert!(matches!(os(BlobError::Unsupported, OnPrecondition::Precondition), E::NotSupported { .. }));
         for other in [BlobError::Busy, BlobError::Io, BlobError::Rescinded, BlobError::Timeout, BlobError::InvalidRange]
         {

@@ -149,7 +149,10 @@ impl VmblobStore {
         };
         blocking::run(move || copy::copy(&f, &t, &conditions)).await.map_err(|e| {
             // Only the write to the destination carries conditions.
-            let at = if e.status() == Some(BlobError::PreconditionFailed) { to } else { from };
+            let at = match e.status() {
+                Some(BlobError::PreconditionFailed | BlobError::AlreadyExists) => to,
+                _ => from,
+            };
             e.into_os(at.as_ref(), on)
         })
     }

@@ -257,7 +257,7 @@ fn conditions_and_errors_map_to_statuses() {
     assert_eq!(h.run(&create, &[], 0).0, Err(BlobError::AlreadyExists));
     h.ok(&put_op("box", "x", Conditions::none()), b"one");
     let if_none = Conditions { if_match: None, if_none_match: Some(ETag::any()) };
-    assert_eq!(h.run(&put_op("box", "x", if_none), b"two", 0).0, Err(BlobError::PreconditionFailed));
+    assert_eq!(h.run(&put_op("box", "x", if_none), b"two", 0).0, Err(BlobError::AlreadyExists));
     let wrong = Conditions { if_match: Some(ETag::new("\"nope\"").unwrap()), if_none_match: None };
     assert_eq!(h.run(&put_op("box", "x", wrong), b"two", 0).0, Err(BlobError::PreconditionFailed));
     assert_eq!(h.get("box", "x", None, 10).unwrap(), b"one");

@@ -15,8 +15,8 @@ use vmblob_protocol::ops::{
 use super::listing;
 use super::semantics::{
     self, BufPool, Checksums, CommittedBlock, DEFAULT_MAX_BLOB_SIZE, MAX_COMMITTED_BLOCKS, NameLocks, PartSource,
-    check_conditions, check_size, check_stage_room, check_write, clip_range, deletes_uncommitted, ingest, lock,
-    new_props, next_etag, now_ms, read, resolve_block_list, verify, write, written,
+    check_conditions, check_read_conditions, check_size, check_stage_room, check_write, clip_range,
+    deletes_uncommitted, ingest, lock, new_props, next_etag, now_ms, read, resolve_block_list, verify, write, written,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
@@ -176,7 +176,7 @@ impl BlobStore for MemoryStore {
     fn get_blob(&self, req: &GetBlob, sink: &mut dyn DataSink) -> Result<(BlobProperties, u64, u64), StoreError> {
         let blob =
             self.container(&req.target.container)?.blob(req.target.blob.as_str()).ok_or(StoreError::BlobNotFound)?;
-        check_conditions(&blob.props, &req.conditions)?;
+        check_read_conditions(&blob.props, &req.conditions)?;
         let (offset, len) = clip_range(req.range, blob.props.content_length, sink.capacity())?;
         let bytes = usize::try_from(offset)
             .ok()
@@ -191,7 +191,7 @@ impl BlobStore for MemoryStore {
 
     fn blob_properties(&self, target: &BlobRef, conditions: &Conditions) -> Result<BlobProperties, StoreError> {
         let blob = self.container(&target.container)?.blob(target.blob.as_str()).ok_or(StoreError::BlobNotFound)?;
-        check_conditions(&blob.props, conditions)?;
+        check_read_conditions(&blob.props, conditions)?;
         Ok(blob.props.clone())
     }
 

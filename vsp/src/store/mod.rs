@@ -32,6 +32,9 @@ pub enum StoreError {
     AlreadyExists,
     #[error("precondition failed")]
     PreconditionFailed,
+    /// A read's If-None-Match matched: the caller's copy is current.
+    #[error("not modified")]
+    NotModified,
     #[error("range starts past the end of the blob")]
     InvalidRange,
     #[error("invalid block list: {0}")]
@@ -70,6 +73,7 @@ impl StoreError {
             StoreError::BlobNotFound => BlobError::BlobNotFound,
             StoreError::AlreadyExists => BlobError::AlreadyExists,
             StoreError::PreconditionFailed => BlobError::PreconditionFailed,
+            StoreError::NotModified => BlobError::NotModified,
             StoreError::InvalidRange => BlobError::InvalidRange,
             StoreError::InvalidBlockList(_) => BlobError::InvalidBlockList,
             StoreError::ChecksumMismatch => BlobError::ChecksumMismatch,

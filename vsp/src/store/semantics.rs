@@ -257,9 +257,18 @@ pub(crate) fn etag(s: &str) -> Option<ETag> {
     ETag::new(s).ok()
 }
 
-/// Reads (and deletes) of an existing blob: its conditions must hold.
+/// Deletes of an existing blob (and writes over one): its conditions must hold.
 pub(crate) fn check_conditions(props: &BlobProperties, conditions: &Conditions) -> Result<(), StoreError> {
     if conditions.check(etag(&props.etag).as_ref()) { Ok(()) } else { Err(StoreError::PreconditionFailed) }
+}
+
+/// Reads (GET, HEAD) of an existing blob, as Azure answers them: a failed
+/// If-Match is `PreconditionFailed` (412), a matching If-None-Match is
+/// `NotModified` (304).
+pub(crate) fn check_read_conditions(props: &BlobProperties, conditions: &Conditions) -> Result<(), StoreError> {
+    let if_match = Conditions { if_match: conditions.if_match.clone(), if_none_match: None };
+    check_conditions(props, &if_match)?;
+    if conditions.check(etag(&props.etag).as_ref()) { Ok(()) } else { Err(StoreError::NotModified) }
 }
 
 /// DeleteBlob of a name that has only uncommitted blocks deletes them, as in
@@ -290,8 +299,21 @@ pub(crate) fn check_write(
     {
         return Ok(Some(written(props)));
     }
-    let cur = current.and_then(|(p, _)| etag(&p.etag));
-    if conditions.check(cur.as_ref()) { Ok(None) } else { Err(StoreError::PreconditionFailed) }
+    check_write_conditions(current.map(|(p, _)| p), conditions).map(|()| None)
+}
+
+/// A write's conditions, as Azure answers them: If-None-Match `*` over an
+/// existing blob is `AlreadyExists` (409 BlobAlreadyExists), any other
+/// condition that fails is `PreconditionFailed` (412).
+pub(crate) fn check_write_conditions(
+    current: Option<&BlobProperties>,
+    conditions: &Conditions,
+) -> Result<(), StoreError> {
+    let cur = current.and_then(|p| etag(&p.etag));
+    if cur.is_some() && conditions.if_none_match.as_ref().is_some_and(|e| e.is_any()) {
+        return Err(StoreError::AlreadyExists);
+    }
+    if conditions.check(cur.as_ref()) { Ok(()) } else { Err(StoreError::PreconditionFailed) }
 }
 
 /// What Azure answers for a blob written without a content type.

@@ -173,7 +173,8 @@ pub fn conditional_writes(s: &dyn BlobStore) {
     assert_err!(put_if(if_match("*"), b"x"), StoreError::PreconditionFailed);
     assert_err!(put_if(if_match("\"0x1\""), b"x"), StoreError::PreconditionFailed);
     let w1 = put_if(if_none_match("*"), b"one").unwrap();
-    assert_err!(put_if(if_none_match("*"), b"two"), StoreError::PreconditionFailed);
+    // Azure's 409 BlobAlreadyExists for a create-only write over a blob.
+    assert_err!(put_if(if_none_match("*"), b"two"), StoreError::AlreadyExists);
     assert_err!(put_if(if_none_match(&w1.etag), b"two"), StoreError::PreconditionFailed);
     assert_err!(put_if(if_match("\"0x1\""), b"two"), StoreError::PreconditionFailed);
     assert_eq!(get(s, "box", "b").unwrap().1, b"one");
@@ -201,8 +202,14 @@ pub fn conditional_reads_and_deletes(s: &dyn BlobStore) {
     assert_eq!(get_if(if_match("*")).unwrap(), 4);
     assert_eq!(get_if(if_none_match("\"0x1\"")).unwrap(), 4);
     assert_err!(get_if(if_match("\"0x1\"")), StoreError::PreconditionFailed);
-    assert_err!(get_if(if_none_match(&w.etag)), StoreError::PreconditionFailed);
-    assert_err!(get_if(if_none_match("*")), StoreError::PreconditionFailed);
+    // Azure's 304 for a read whose copy is current.
+    assert_err!(get_if(if_none_match(&w.etag)), StoreError::NotModified);
+    assert_err!(get_if(if_none_match("*")), StoreError::NotModified);
+    assert_err!(s.blob_properties(&r, &if_none_match(&w.etag)), StoreError::NotModified);
+    // If-Match is checked first: 412 even when If-None-Match also matches.
+    let both =
+        Conditions { if_match: if_match("\"0x1\"").if_match, if_none_match: if_none_match(&w.etag).if_none_match };
+    assert_err!(get_if(both), StoreError::PreconditionFailed);
     assert_err!(s.blob_properties(&r, &if_match("\"0x1\"")), StoreError::PreconditionFailed);
     assert_eq!(s.blob_properties(&r, &if_match(&w.etag)).unwrap().etag, w.etag);
     assert_err!(s.delete_blob(&r, &if_match("\"0x1\"")), StoreError::PreconditionFailed);
@@ -245,7 +252,7 @@ pub fn racing_conditional_creates_one_winner(s: &dyn BlobStore) {
                     Ok(_) => {
                         wins.fetch_add(1, Ordering::SeqCst);
                     }
-                    Err(StoreError::PreconditionFailed) => {}
+                    Err(StoreError::AlreadyExists) => {}
                     Err(e) => panic!("{e}"),
                 }
             });

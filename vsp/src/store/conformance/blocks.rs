@@ -135,7 +135,7 @@ pub fn block_list_conditions_and_replay(s: &dyn BlobStore) {
     req.conditions = if_match("\"0x1\"");
     assert_err!(s.put_block_list(&req, &txn()), StoreError::PreconditionFailed);
     req.conditions = if_none_match("*");
-    assert_err!(s.put_block_list(&req, &txn()), StoreError::PreconditionFailed);
+    assert_err!(s.put_block_list(&req, &txn()), StoreError::AlreadyExists);
     assert_eq!(block_list(s, "b", BlockListType::Uncommitted).len(), 1, "failed commit keeps staged blocks");
     req.conditions = if_match(&old.etag);
     let t = txn();

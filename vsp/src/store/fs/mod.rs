@@ -44,8 +44,8 @@ use self::index::{Container, IndexEntry};
 use self::layout::{BLOB_MAGIC, BlobHeader, ContainerMeta, Layout, Reservation, TempFile};
 use super::listing;
 use super::semantics::{
-    BufPool, Digests, check_conditions, check_size, check_write, clip_range, deletes_uncommitted, ingest, lock,
-    new_props, next_etag, now_ms, read, verify, write, written,
+    BufPool, Digests, check_conditions, check_read_conditions, check_size, check_write, clip_range,
+    deletes_uncommitted, ingest, lock, new_props, next_etag, now_ms, read, verify, write, written,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
@@ -426,7 +426,7 @@ impl BlobStore for FsStore {
         // Before the blob file opens: its extents stay until the read is done.
         let _pin = extents::Pin::new(&c, name);
         let (file, raw, props) = self.open_blob(&c, name)?.ok_or(StoreError::BlobNotFound)?;
-        check_conditions(&props, &req.conditions)?;
+        check_read_conditions(&props, &req.conditions)?;
         let (offset, len) = clip_range(req.range, props.content_length, sink.capacity())?;
         if raw.extents {
             let list = extents::read_list(&raw, &file)?;
@@ -447,7 +447,7 @@ impl BlobStore for FsStore {
     fn blob_properties(&self, target: &BlobRef, conditions: &Conditions) -> Result<BlobProperties, StoreError> {
         let c = self.container(&target.container)?;
         let entry = c.entry(target.blob.as_str())?.ok_or(StoreError::BlobNotFound)?;
-        check_conditions(&entry.props, conditions)?;
+        check_read_conditions(&entry.props, conditions)?;
         Ok(entry.props)
     }
 

@@ -57,8 +57,8 @@ use self::bridge::{Bridge, is_not_found, store_err};
 use self::gate::{Closed, Gate, Pass};
 use self::keys::Keys;
 use super::semantics::{
-    BufPool, DEFAULT_MAX_BLOB_SIZE, NameGuard, NameLocks, check_conditions, check_write, clip_range,
-    deletes_uncommitted, now_ms,
+    BufPool, DEFAULT_MAX_BLOB_SIZE, NameGuard, NameLocks, check_conditions, check_read_conditions, check_write,
+    check_write_conditions, clip_range, deletes_uncommitted, now_ms,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
@@ -126,7 +126,7 @@ type Current = Option<Decoded>;
 /// has no transaction id: it is never a replay, but its conditions apply.
 fn decide_write(cur: &Current, conditions: &Conditions, txn: &TxnId) -> Result<Option<BlobWritten>, StoreError> {
     match cur {
-        Some(Decoded { txn: None, blob }) => check_conditions(blob, conditions).map(|()| None),
+        Some(Decoded { txn: None, blob }) => check_write_conditions(Some(blob), conditions).map(|()| None),
         Some(Decoded { txn: Some(t), blob }) => check_write(Some((blob, t)), conditions, txn),
         None => check_write(None, conditions, txn),
     }
@@ -312,7 +312,7 @@ impl BlobStore for ObjectBlobStore {
         // in between, start over with the new one.
         for _ in 0..3 {
             let blob = self.existing_blob(&req.target, &key)?.blob;
-            check_conditions(&blob, &req.conditions)?;
+            check_read_conditions(&blob, &req.conditions)?;
             let (offset, len) = clip_range(req.range, blob.content_length, sink.capacity())?;
             if len == 0 {
                 return Ok((blob, offset, 0));
@@ -345,7 +345,7 @@ impl BlobStore for ObjectBlobStore {
 
     fn blob_properties(&self, target: &BlobRef, conditions: &Conditions) -> Result<BlobProperties, StoreError> {
         let blob = self.existing_blob(target, &self.keys.blob(target)?)?.blob;
-        check_conditions(&blob, conditions)?;
+        check_read_conditions(&blob, conditions)?;
         Ok(blob)
     }
 

@@ -294,7 +294,7 @@ fn objects_written_by_other_tools_are_blobs() {
     let mut req = put_req("box", "foreign");
     req.conditions = conformance::if_none_match("*");
     let r = s.put_blob(&req, &mut VecSource::new(b"mine"), &[0; 16]);
-    assert!(matches!(r, Err(StoreError::PreconditionFailed)), "{r:?}");
+    assert!(matches!(r, Err(StoreError::AlreadyExists)), "{r:?}");
     req.conditions = conformance::if_match(&p.etag);
     s.put_blob(&req, &mut VecSource::new(b"mine"), &[0; 16]).unwrap();
     assert_eq!(get(&s, "box", "foreign").unwrap().1, b"mine");

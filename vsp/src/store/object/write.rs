@@ -163,10 +163,16 @@ impl ObjectBlobStore {
         attributes: Attributes,
     ) -> Result<String, StoreError> {
         let store = &*self.store;
+        // A create-only write that lost to another writer: Azure's 409, as the pre-check answers.
+        let create = matches!(mode, object_store::PutMode::Create);
         let opts = PutOptions { mode, attributes, ..Default::default() };
         let r = self
             .bridge
-            .commit(async { store.put_opts(key, PutPayload::from(bytes), opts).await.map_err(store_err) })?;
+            .commit(async { store.put_opts(key, PutPayload::from(bytes), opts).await.map_err(store_err) })
+            .map_err(|e| match e {
+                StoreError::PreconditionFailed if create => StoreError::AlreadyExists,
+                e => e,
+            })?;
         match r.e_tag {
             Some(e) => Ok(e),
             None => self.etag_of(key),
