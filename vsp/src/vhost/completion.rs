@@ -62,12 +62,14 @@ impl Completions {
             let detached = self.device.detached.load(Ordering::SeqCst);
             let epoch = self.session.epoch();
             let (live, stale): (Vec<&Done>, Vec<&Done>) = batch.iter().partition(|d| d.epoch == epoch);
+            // Detached: the connection is gone; nothing is written, the
+            // region included (a VSP recovering from it resubmits these).
             if !detached {
                 let entries: Vec<(u16, u32)> = live.iter().map(|d| (d.head, d.used_len)).collect();
                 self.session.add_used(&mut state, &entries);
-            }
-            for d in &stale {
-                let _logged = self.session.drop_stale(d.head);
+                for d in &stale {
+                    let _logged = self.session.drop_stale(d.head);
+                }
             }
             for d in &batch {
                 // Retired under the vring lock: the guest may reuse the head

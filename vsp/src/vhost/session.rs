@@ -65,12 +65,8 @@ impl QueueSession {
                 self.index
             );
         }
-        // Its head is no longer this backend's to complete.
-        if let Some(r) = self.region()
-            && let Err(e) = r.abandon(head)
-        {
-            log::debug!("queue {}: inflight region: {e}", self.index);
-        }
+        // Its region flag stays: the guest never saw it complete, so a VSP
+        // that recovers from this region resubmits it.
         first
     }
 

@@ -109,13 +109,6 @@ impl QueueRegion {
         self.write_u16(USED_IDX, used_idx)
     }
 
-    /// A head whose completion will never be posted by this backend (it came
-    /// after the queue was stopped): no longer in flight.
-    pub fn abandon(&self, head: u16) -> Result<(), InflightError> {
-        self.check_head(head)?;
-        self.write(layout::desc(head) + INFLIGHT, 0u8)
-    }
-
     /// At queue start after SET_INFLIGHT_FD. `ring_used` is the used ring's
     /// index as the guest memory holds it; `ring_size` the queue size set
     /// for this connection.
