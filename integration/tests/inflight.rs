@@ -76,7 +76,7 @@ fn start_queue(f: &mut Frontend, ram: &GuestRam, base: u16, kick: &EventFd, call
 #[test]
 fn the_vsp_offers_inflight_shmfd_and_answers_get_and_set_itself() {
     let sb = Sandbox::new();
-    let mut vsp = Vsp::start(&sb.dir, VspOptions::default().queues(2));
+    let mut vsp = Vsp::start(&sb.dir, VspOptions { log_level: "debug", ..VspOptions::default().queues(2) });
     let ram = GuestRam::new(4 << 20).expect("guest RAM");
     let (mut f, offered) = handshake(vsp.socket(), &ram);
     assert!(offered.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD), "offered: {offered:?}");

@@ -258,6 +258,7 @@ impl QueueWorker {
             }
             // After a restart: the heads the dead backend took come first, in their order.
             let resubmit = self.session.attach(&mut state, &mem);
+            let resubmitted = resubmit.len();
             for head in resubmit {
                 match self.resubmit(&mut state, &mem, head) {
                     Popped::Admitted(a) => admitted.push(a),
@@ -283,8 +284,9 @@ impl QueueWorker {
             if !self.started.swap(true, Ordering::Relaxed) && base != 0 {
                 // A queue restarted past 0 (a VMM reconnecting to a restarted VSP): what it re-offers.
                 log::info!(
-                    "queue {}: started at avail index {base} with {} requests waiting: {} admitted, {refused} refused \
-                     (an empty chain is one the guest had completed, re-offered from the used index)",
+                    "queue {}: started at avail index {base} with {} requests waiting ({resubmitted} resubmitted from \
+                     the inflight region): {} admitted, {refused} refused (an empty chain is one the guest had \
+                     completed, re-offered from the used index)",
                     self.index,
                     admitted.len() + refused,
                     admitted.len()

@@ -47,7 +47,8 @@ impl InflightWire {
             Ok(FrontendReq::SET_INFLIGHT_FD) => {
                 let ok = match self.set(msg) {
                     Ok(g) => {
-                        log::info!("inflight region set: {} queues of {} descriptors", g.num_queues, g.queue_size);
+                        // At every device start (QEMU takes a new region after each guest reset).
+                        log::debug!("inflight region set: {} queues of {} descriptors", g.num_queues, g.queue_size);
                         true
                     }
                     Err(e) => {
