@@ -340,9 +340,15 @@ done
     let seen: Vec<&str> = logs
         .lines()
         .filter(|l| {
-            ["vmblob-vsp life", "started at avail index", "is empty (completed", "in-flight requests"]
-                .iter()
-                .any(|k| l.contains(k))
+            [
+                "vmblob-vsp life",
+                "started at avail index",
+                "is empty (completed",
+                "in-flight requests",
+                "inflight region",
+            ]
+            .iter()
+            .any(|k| l.contains(k))
                 && !l.contains(" 0 in-flight requests")
         })
         .collect();

@@ -15,6 +15,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
 
+use super::inflight::InflightSlot;
 use super::queue::{DeviceState, QueueWorker};
 use super::ring::Ring;
 use crate::engine::Engine;
@@ -43,11 +44,13 @@ pub struct BlobBackend {
 }
 
 impl BlobBackend {
-    pub fn new(engine: Arc<Engine>, options: &QueueOptions) -> io::Result<Self> {
+    /// `inflight` is where the wire tap puts the region the frontend sets
+    /// (SET_INFLIGHT_FD); the queues record admits and completions in it.
+    pub fn new(engine: Arc<Engine>, options: &QueueOptions, inflight: Arc<InflightSlot>) -> io::Result<Self> {
         let device = Arc::new(DeviceState::new(options.poll));
         let runner = Runner::new("vmblob-exec", options.workers)?;
         let queues = (0..options.queues)
-            .map(|i| Arc::new(QueueWorker::new(i, engine.clone(), device.clone(), runner.clone())))
+            .map(|i| Arc::new(QueueWorker::new(i, engine.clone(), device.clone(), runner.clone(), inflight.clone())))
             .collect();
         Ok(Self { engine, queue_size: options.queue_size, device, mem: RwLock::new(None), queues })
     }
@@ -79,7 +82,16 @@ impl BlobBackend {
     fn close_queues(&self) -> usize {
         let n = self.queues.iter().map(|q| q.inflight().close()).sum();
         self.drain();
+        // Whatever did not drain completes into nothing.
+        for q in &self.queues {
+            q.session().next_epoch();
+        }
         n
+    }
+
+    /// Completions that came after their queue was stopped, dropped.
+    pub fn stale_completions(&self) -> u64 {
+        self.queues.iter().map(|q| q.session().stale()).sum()
     }
 
     /// Requests in flight on all queues.
@@ -111,9 +123,8 @@ impl VhostUserBackend for BlobBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        // Not INFLIGHT_SHMFD (vhost-user-backend rejects its messages) and no
-        // IN_ORDER feature: replays after reconnect are handled by transaction
-        // id instead.
+        // INFLIGHT_SHMFD is added by the wire tap, which also answers its
+        // messages (vhost-user-backend rejects them). No IN_ORDER feature.
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
@@ -158,7 +169,15 @@ impl VhostUserBackend for BlobBackend {
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         let q = self.queues.get(queue_index as usize).ok_or_else(|| io::Error::other("no such queue"))?;
         let n = q.inflight().rescind_all();
-        if !q.inflight().wait_empty(self.engine.limits().drain_timeout) {
+        let drained = q.inflight().wait_empty(self.engine.limits().drain_timeout);
+        // The VMM may re-base the ring once this returns: a request still
+        // running must not post into it.
+        q.session().next_epoch();
+        if !drained {
+            log::error!(
+                "queue {queue_index} stopped with {} requests still running; their completions will be dropped",
+                q.inflight().len()
+            );
             return Err(io::Error::other("in-flight requests did not drain"));
         }
         if n > 0 {

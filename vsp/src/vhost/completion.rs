@@ -9,25 +9,29 @@ use vhost_user_backend::VringT;
 
 use super::queue::DeviceState;
 use super::ring::Ring;
+use super::session::QueueSession;
 use crate::engine::InflightTable;
 
 /// A request whose status is written: only its used entry is missing.
 pub struct Done {
     pub head: u16,
     pub used_len: u32,
+    /// The queue's epoch when the request was admitted.
+    pub epoch: u64,
 }
 
 pub struct Completions {
     inflight: Arc<InflightTable<u16>>,
     device: Arc<DeviceState>,
+    session: Arc<QueueSession>,
     queued: Mutex<Vec<Done>>,
     /// One thread posts at a time; others leave their entry to it.
     posting: AtomicBool,
 }
 
 impl Completions {
-    pub fn new(inflight: Arc<InflightTable<u16>>, device: Arc<DeviceState>) -> Self {
-        Self { inflight, device, queued: Mutex::new(Vec::new()), posting: AtomicBool::new(false) }
+    pub fn new(inflight: Arc<InflightTable<u16>>, device: Arc<DeviceState>, session: Arc<QueueSession>) -> Self {
+        Self { inflight, device, session, queued: Mutex::new(Vec::new()), posting: AtomicBool::new(false) }
     }
 
     fn queued(&self) -> MutexGuard<'_, Vec<Done>> {
@@ -56,10 +60,18 @@ impl Completions {
         let notify = {
             let mut state = ring.vring.get_mut();
             let detached = self.device.detached.load(Ordering::SeqCst);
-            for d in &batch {
-                if !detached && let Err(e) = state.add_used(d.head, d.used_len) {
-                    log::debug!("cannot post completion of head {}: {e}", d.head);
+            let epoch = self.session.epoch();
+            let (live, stale): (Vec<&Done>, Vec<&Done>) = batch.iter().partition(|d| d.epoch == epoch);
+            // Detached: the connection is gone; nothing is written, the
+            // region included (a VSP recovering from it resubmits these).
+            if !detached {
+                let entries: Vec<(u16, u32)> = live.iter().map(|d| (d.head, d.used_len)).collect();
+                self.session.add_used(&mut state, &entries);
+                for d in &stale {
+                    let _logged = self.session.drop_stale(d.head);
                 }
+            }
+            for d in &batch {
                 // Retired under the vring lock: the guest may reuse the head
                 // as soon as it sees the used entry, and the next pop of it
                 // must find it gone from the table.
@@ -67,7 +79,9 @@ impl Completions {
                     log::error!("completion for head {} not in flight", d.head);
                 }
             }
-            !detached && (!self.device.event_idx.load(Ordering::Acquire) || state.needs_notification().unwrap_or(true))
+            !detached
+                && !live.is_empty()
+                && (!self.device.event_idx.load(Ordering::Acquire) || state.needs_notification().unwrap_or(true))
         };
         if notify {
             signal(ring);

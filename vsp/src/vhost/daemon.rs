@@ -15,6 +15,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::backend::{BlobBackend, QueueOptions};
+use super::inflight::InflightSlot;
 use crate::engine::Engine;
 
 #[derive(Debug, thiserror::Error)]
@@ -157,12 +158,16 @@ pub fn serve(
         // A connection that went away before the accept is not one.
         let Some(vmm) = listener.accept().map_err(DaemonError::Accept)? else { continue };
         served += 1;
-        let backend = Arc::new(BlobBackend::new(engine.clone(), queues).map_err(DaemonError::Executor)?);
+        // The inflight region this connection's frontend sets (SET_INFLIGHT_FD, answered by the tap).
+        let inflight = Arc::new(InflightSlot::default());
+        let backend =
+            Arc::new(BlobBackend::new(engine.clone(), queues, inflight.clone()).map_err(DaemonError::Executor)?);
         let mut daemon =
             VhostUserDaemon::new("vmblob-vsp".into(), backend.clone(), GuestMemoryAtomic::new(GuestMemoryMmap::new()))
                 .map_err(DaemonError::CreateDaemon)?;
         // Every message passes the tap (trace log, ring-address guard) on its way to the backend.
-        let tap = super::wire::splice(vmm, |private| daemon.start(private))?;
+        let queue_count = u16::try_from(queues.queues).unwrap_or(u16::MAX);
+        let tap = super::wire::splice(vmm, inflight, queue_count, |private| daemon.start(private))?;
         log::info!("VMM connected (connection {served})");
         shutdown.set_current(daemon.shutdown_handle().map(|h| (h, backend.clone())));
         let result = daemon.wait();

@@ -3,11 +3,14 @@
 //! connection at a time.
 
 mod backend;
+mod chain;
 mod completion;
 mod daemon;
+mod inflight;
 mod queue;
 mod request;
 mod ring;
+mod session;
 pub mod wire;
 
 pub use backend::{BlobBackend, QueueOptions};

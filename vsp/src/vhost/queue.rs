@@ -24,9 +24,12 @@ use vmblob_protocol::transport::{REQUEST_SIZE, RESPONSE_SIZE, VspRequest};
 use vmblob_protocol::{BlobError, Segment, VspResponse};
 use zerocopy::IntoBytes;
 
+use super::chain::read_chain;
 use super::completion::{Completions, Done};
+use super::inflight::InflightSlot;
 use super::request::VirtioRequest;
 use super::ring::{Ring, rearm_kicks, suppress_kicks};
+use super::session::QueueSession;
 use crate::engine::guest_io::{read_exact, write_all};
 use crate::engine::{AdmitError, CancelToken, Engine, InflightTable};
 use crate::runner::{self, Runner};
@@ -69,12 +72,24 @@ struct Admitted {
     head: u16,
     request: VirtioRequest,
     cancel: CancelToken,
+    /// The queue's epoch at admission (see `session`).
+    epoch: u64,
+}
+
+/// Where a chain came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Popped from the avail ring.
+    Avail,
+    /// Resubmitted from the inflight region after a restart.
+    Region,
 }
 
 pub struct QueueWorker {
     engine: Arc<Engine>,
     device: Arc<DeviceState>,
     inflight: Arc<InflightTable<u16>>,
+    session: Arc<QueueSession>,
     runner: Runner,
     completions: Completions,
     /// Someone watches the avail ring (see the module comment).
@@ -86,13 +101,21 @@ pub struct QueueWorker {
 }
 
 impl QueueWorker {
-    pub fn new(index: usize, engine: Arc<Engine>, device: Arc<DeviceState>, runner: Runner) -> Self {
+    pub fn new(
+        index: usize,
+        engine: Arc<Engine>,
+        device: Arc<DeviceState>,
+        runner: Runner,
+        slot: Arc<InflightSlot>,
+    ) -> Self {
         let inflight = Arc::new(InflightTable::new(engine.limits().max_inflight));
+        let session = Arc::new(QueueSession::new(index, slot));
         Self {
-            completions: Completions::new(inflight.clone(), device.clone()),
+            completions: Completions::new(inflight.clone(), device.clone(), session.clone()),
             engine,
             device,
             inflight,
+            session,
             runner,
             watching: AtomicBool::new(false),
             index,
@@ -102,6 +125,10 @@ impl QueueWorker {
 
     pub fn inflight(&self) -> &InflightTable<u16> {
         &self.inflight
+    }
+
+    pub fn session(&self) -> &QueueSession {
+        &self.session
     }
 
     /// The guest kicked: pop everything and hand it to the pool. The kick
@@ -171,8 +198,8 @@ impl QueueWorker {
                 // request, which the poll below picks up without a kick.
                 suppress_kicks(&mut ring.vring.get_mut(), &ring.mem.memory(), self.device.event_idx());
             }
-            let used_len = self.write_status(ring, &job.request.frame.status(), &resp);
-            self.completions.post(ring, Done { head: job.head, used_len });
+            let used_len = self.write_status(ring, &job.request.frame.status(), &resp, job.epoch);
+            self.completions.post(ring, Done { head: job.head, used_len, epoch: job.epoch });
             if watch {
                 next = self.poll(ring);
             }
@@ -229,6 +256,21 @@ impl QueueWorker {
             if self.device.closing() || !state.get_queue().ready() {
                 return admitted;
             }
+            // After a restart: the heads the dead backend took come first, in their order.
+            let resubmit = self.session.attach(&mut state, &mem);
+            let resubmitted = resubmit.len();
+            for head in resubmit {
+                match self.resubmit(&mut state, &mem, head) {
+                    Popped::Admitted(a) => admitted.push(a),
+                    Popped::Refused => refused += 1,
+                    Popped::Skipped => {}
+                    Popped::Stop => {
+                        // Closed (a reset): recover again when the queue is set up anew.
+                        self.session.forget();
+                        break;
+                    }
+                }
+            }
             suppress_kicks(&mut state, &mem, self.device.event_idx());
             let base = state.get_queue().next_avail();
             for _ in 0..state.get_queue().size() {
@@ -242,8 +284,9 @@ impl QueueWorker {
             if !self.started.swap(true, Ordering::Relaxed) && base != 0 {
                 // A queue restarted past 0 (a VMM reconnecting to a restarted VSP): what it re-offers.
                 log::info!(
-                    "queue {}: started at avail index {base} with {} requests waiting: {} admitted, {refused} refused \
-                     (an empty chain is one the guest had completed, re-offered from the used index)",
+                    "queue {}: started at avail index {base} with {} requests waiting ({resubmitted} resubmitted from \
+                     the inflight region): {} admitted, {refused} refused (an empty chain is one the guest had \
+                     completed, re-offered from the used index)",
                     self.index,
                     admitted.len() + refused,
                     admitted.len()
@@ -266,16 +309,50 @@ impl QueueWorker {
             .take(max + 1)
             .map(|d| ChainDescriptor { addr: d.addr().0, len: d.len(), writable: d.is_write_only() })
             .collect();
-        let refuse = |state: &mut VringState, status: BlobError| {
-            let writable: Vec<Segment> =
-                descs.iter().filter(|d| d.writable).map(|d| Segment { addr: d.addr, len: d.len }).collect();
-            // The last 12 writable bytes, if there are that many.
-            let used_len = post_status(mem, &tail(&writable, RESPONSE_SIZE as u64), &Engine::refused(status));
-            if let Err(e) = state.add_used(head, used_len) {
-                log::debug!("cannot post refused chain {head}: {e}");
+        self.accept(state, mem, head, &descs, Origin::Avail)
+    }
+
+    /// A head the inflight region says the previous backend took: read its
+    /// chain from the descriptor table and admit it again.
+    fn resubmit(&self, state: &mut VringState, mem: &GuestMemoryMmap, head: u16) -> Popped {
+        let queue = state.get_queue();
+        let limit = self.engine.limits().max_descriptors + 1;
+        match read_chain(mem, queue.desc_table(), queue.size(), head, limit) {
+            Ok(descs) => self.accept(state, mem, head, &descs, Origin::Region),
+            Err(e) => {
+                log::warn!("queue {}: resubmitted head {head} refused: {e}", self.index);
+                self.refuse(state, mem, head, &[], BlobError::InvalidRequest)
             }
-            Popped::Refused
-        };
+        }
+    }
+
+    /// Answer a chain with an error status at once, in the last 12 writable
+    /// bytes if there are that many.
+    fn refuse(
+        &self,
+        state: &mut VringState,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        descs: &[ChainDescriptor],
+        status: BlobError,
+    ) -> Popped {
+        let writable: Vec<Segment> =
+            descs.iter().filter(|d| d.writable).map(|d| Segment { addr: d.addr, len: d.len }).collect();
+        let used_len = post_status(mem, &tail(&writable, RESPONSE_SIZE as u64), &Engine::refused(status));
+        self.session.add_used(state, &[(head, used_len)]);
+        Popped::Refused
+    }
+
+    fn accept(
+        &self,
+        state: &mut VringState,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        descs: &[ChainDescriptor],
+        origin: Origin,
+    ) -> Popped {
+        let max = self.engine.limits().max_descriptors;
+        let refuse = |state: &mut VringState, status: BlobError| self.refuse(state, mem, head, descs, status);
         let frame = match VirtioFrame::new(descs.iter().copied(), max) {
             Ok(f) => f,
             Err(e) => {
@@ -294,12 +371,21 @@ impl QueueWorker {
             None => return refuse(state, BlobError::InvalidRequest),
         };
         match self.inflight.admit(head, header.timeout_ms.get()) {
-            Ok(cancel) => Popped::Admitted(Admitted { head, request: VirtioRequest { frame, header }, cancel }),
+            Ok(cancel) => {
+                if origin == Origin::Avail {
+                    // A resubmitted head is still marked, with its original order.
+                    self.session.mark(head);
+                }
+                let epoch = self.session.epoch();
+                Popped::Admitted(Admitted { head, request: VirtioRequest { frame, header }, cancel, epoch })
+            }
             Err(AdmitError::Full) => refuse(state, BlobError::Busy),
             Err(AdmitError::Closed) => {
                 // Not accepted: leave the chain in the ring for whoever runs
                 // the device next; the guest fails it if nobody does.
-                state.get_queue_mut().go_to_previous_position();
+                if origin == Origin::Avail {
+                    state.get_queue_mut().go_to_previous_position();
+                }
                 Popped::Stop
             }
             Err(AdmitError::Duplicate) => {
@@ -313,8 +399,9 @@ impl QueueWorker {
 
     /// Write the 12-byte response unless the connection is gone; returns the
     /// used length to report.
-    fn write_status(&self, ring: &Ring, status: &[Segment], resp: &VspResponse) -> u32 {
-        if self.device.detached.load(Ordering::SeqCst) {
+    fn write_status(&self, ring: &Ring, status: &[Segment], resp: &VspResponse, epoch: u64) -> u32 {
+        // A request from before a stop must not touch buffers the guest has taken back.
+        if self.device.detached.load(Ordering::SeqCst) || epoch != self.session.epoch() {
             return 0;
         }
         post_status(&ring.mem.memory(), status, resp)

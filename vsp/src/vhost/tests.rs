@@ -1,6 +1,8 @@
 //! The backend over a hand-driven split ring: a reset with requests inside
 //! executors completes each exactly once, and admits nothing until the
-//! frontend sets the device up again.
+//! frontend sets the device up again; a restarted backend resubmits what the
+//! inflight region says the dead one took; a completion after a stop that
+//! timed out is dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmblob_protocol::framing::virtio::canonical_offsets;
 use vmblob_protocol::names::{BlobName, ContainerName};
@@ -18,12 +21,14 @@ use vmblob_protocol::{BlobError, DataDirection, VspRequest, VspResponse};
 use vmm_sys_util::epoll::EventSet;
 use zerocopy::IntoBytes;
 
+use super::inflight::{self, Geometry, InflightSlot};
 use super::{BlobBackend, QueueOptions};
 use crate::engine::{Engine, Limits};
 use crate::store::BlobStore;
 use crate::store::fs::{FaultPoint, FsStore};
 
-const SIZE: u16 = 16;
+/// Room for 8 chains of 4 descriptors.
+const SIZE: u16 = 32;
 const DESC: u64 = 0x1000;
 const AVAIL: u64 = 0x2000;
 const USED: u64 = 0x3000;
@@ -54,6 +59,35 @@ impl Gate {
     }
 }
 
+/// How a rig starts: fresh guest RAM or one left by a dead backend, and the inflight region.
+struct Setup {
+    workers: usize,
+    ram: Option<GuestMemoryMmap>,
+    /// Chains the guest had posted before (a restart).
+    posted: u16,
+    /// Where the ring restarts, as QEMU sets it after a reconnect: the used index.
+    base: u16,
+    slot: Arc<InflightSlot>,
+    drain_timeout: Duration,
+}
+
+impl Setup {
+    fn workers(workers: usize) -> Setup {
+        Setup {
+            workers,
+            ram: None,
+            posted: 0,
+            base: 0,
+            slot: Default::default(),
+            drain_timeout: Limits::default().drain_timeout,
+        }
+    }
+}
+
+fn ram() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+}
+
 struct Rig {
     backend: BlobBackend,
     vring: VringRwLock,
@@ -65,6 +99,10 @@ struct Rig {
 
 impl Rig {
     fn new(workers: usize) -> Rig {
+        Rig::build(Setup::workers(workers))
+    }
+
+    fn build(setup: Setup) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let gate = Arc::new(Gate::default());
         let g = gate.clone();
@@ -76,19 +114,22 @@ impl Rig {
         });
         let store = Arc::new(FsStore::with_faults(dir.path(), hook).unwrap());
         store.create_container(&ContainerName::new("box").unwrap(), &Metadata::default(), &[0; 16]).unwrap();
-        let engine = Arc::new(Engine::new(store, Limits::default(), 1));
-        let opts = QueueOptions { queues: 1, queue_size: SIZE, workers, poll: Duration::ZERO };
-        let backend = BlobBackend::new(engine, &opts).unwrap();
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let limits = Limits { drain_timeout: setup.drain_timeout, ..Limits::default() };
+        let engine = Arc::new(Engine::new(store, limits, 1));
+        let opts = QueueOptions { queues: 1, queue_size: SIZE, workers: setup.workers, poll: Duration::ZERO };
+        let backend = BlobBackend::new(engine, &opts, setup.slot).unwrap();
+        let mem = GuestMemoryAtomic::new(setup.ram.unwrap_or_else(ram));
         let vring = VringRwLock::new(mem.clone(), SIZE).unwrap();
         vring.set_queue_size(SIZE);
         vring.set_queue_info(DESC, AVAIL, USED).unwrap();
         vring.set_queue_event_idx(true);
+        vring.set_queue_next_avail(setup.base);
+        vring.set_queue_next_used(setup.base);
         vring.set_queue_ready(true);
         vring.set_enabled(true);
         backend.update_memory(mem.clone()).unwrap();
         backend.set_event_idx(true);
-        Rig { backend, vring, mem, gate, _dir: dir, posted: 0 }
+        Rig { backend, vring, mem, gate, _dir: dir, posted: setup.posted }
     }
 
     fn base(i: u16) -> u64 {
@@ -153,6 +194,21 @@ impl Rig {
 
     fn used_idx(&self) -> u16 {
         u16::from_le(self.mem.memory().load(GuestAddress(USED + 2), Ordering::Acquire).unwrap())
+    }
+
+    /// The used entries' heads, in ring order.
+    fn used_heads(&self) -> Vec<u32> {
+        let m = self.mem.memory();
+        (0..self.used_idx()).map(|k| m.read_obj(GuestAddress(USED + 4 + 8 * u64::from(k))).unwrap()).collect()
+    }
+
+    /// A copy of guest RAM as it is now.
+    fn snapshot(&self) -> GuestMemoryMmap {
+        let mut bytes = vec![0u8; 1 << 20];
+        self.mem.memory().read_slice(&mut bytes, GuestAddress(0)).unwrap();
+        let copy = ram();
+        copy.write_slice(&bytes, GuestAddress(0)).unwrap();
+        copy
     }
 
     /// Head -> status of every used entry.
@@ -221,4 +277,86 @@ fn reset_completes_requests_inside_executors_once_and_admits_nothing_until_set_u
     rig.kick();
     wait_for("the chain posted after the reset is served", || rig.used_idx() == 4);
     assert_eq!(rig.used().get(&12), Some(&0));
+}
+
+/// A slot holding a region on `fd` (laid out for one queue of `SIZE`).
+fn slot_on(fd: &std::os::fd::OwnedFd) -> Arc<InflightSlot> {
+    let g = Geometry::new(1, SIZE).unwrap();
+    let slot = Arc::new(InflightSlot::default());
+    slot.set(inflight::map(fd.try_clone().unwrap(), 0, g.size() as u64, g).unwrap());
+    slot
+}
+
+/// The region's bytes copied into a fresh memfd: what the VMM holds at the instant of a crash.
+fn copy_region(fd: &std::os::fd::OwnedFd) -> std::os::fd::OwnedFd {
+    use std::os::unix::fs::FileExt;
+    let g = Geometry::new(1, SIZE).unwrap();
+    let mut bytes = vec![0u8; g.size()];
+    std::fs::File::from(fd.try_clone().unwrap()).read_exact_at(&mut bytes, 0).unwrap();
+    let copy = inflight::create(g).unwrap();
+    std::fs::File::from(copy.try_clone().unwrap()).write_all_at(&bytes, 0).unwrap();
+    copy
+}
+
+#[test]
+fn a_restarted_backend_resubmits_what_the_dead_one_took_in_order_then_pops_on() {
+    let g = Geometry::new(1, SIZE).unwrap();
+    let region = inflight::create(g).unwrap();
+    let mut first = Rig::build(Setup { slot: slot_on(&region), ..Setup::workers(2) });
+    first.post_put(0);
+    first.post_put(1);
+    first.kick();
+    wait_for("two PUTs held in the store", || first.gate.held.load(Ordering::SeqCst) == 2);
+    // Out of order: chain 2 (head 8) is refused at once (its first descriptor is empty), then chain 3
+    // waits for a worker.
+    first.post_put(2);
+    first.mem.memory().write_slice(&[0u8; 12], GuestAddress(DESC + 16 * 8)).unwrap();
+    first.kick();
+    assert_eq!(first.used_heads(), vec![8]);
+    first.post_put(3);
+    first.kick();
+    assert_eq!(first.backend.inflight(), 3, "two running, one waiting for a worker");
+
+    // The crash: guest RAM and the region as they are at this instant. The
+    // first backend never touches either copy again.
+    let (ram, kept) = (first.snapshot(), copy_region(&region));
+    let mut second =
+        Rig::build(Setup { ram: Some(ram), posted: 4, base: 1, slot: slot_on(&kept), ..Setup::workers(1) });
+    second.gate.open();
+    second.post_put(4);
+    second.kick();
+    wait_for("the three resubmitted and the new one served", || second.used_idx() == 5);
+    // One worker serves in submission order: the dead backend's heads in the
+    // order it took them, then the chain after them in the avail ring. From
+    // the used index alone the refused chain would be served again and head 0
+    // never.
+    assert_eq!(second.used_heads(), vec![8, 0, 4, 12, 16]);
+    let used = second.used();
+    assert_eq!(used[&8], BlobError::InvalidRequest.code());
+    assert!([0, 4, 12, 16].iter().all(|h| used[h] == 0), "each served once, successfully: {used:?}");
+    assert_eq!(second.vring.get_ref().get_queue().next_avail(), 5, "used index 1 + 3 in flight, then one popped");
+    let left = inflight::map(kept, 0, g.size() as u64, g).unwrap().queue(0).unwrap().recover(5, SIZE).unwrap();
+    assert_eq!(left.heads, Vec::<u16>::new(), "nothing left in flight in the region");
+
+    first.gate.open();
+    wait_for("the first backend's requests finish into its own RAM", || first.backend.inflight() == 0);
+}
+
+#[test]
+fn a_completion_after_a_stop_that_timed_out_is_dropped_and_counted() {
+    let mut rig = Rig::build(Setup { drain_timeout: Duration::from_millis(20), ..Setup::workers(2) });
+    rig.post_put(0);
+    rig.post_put(1);
+    rig.kick();
+    wait_for("two PUTs held in the store", || rig.gate.held.load(Ordering::SeqCst) == 2);
+    // GET_VRING_BASE: vhost-user-backend marks the ring not ready, then asks the backend to stop it.
+    rig.vring.set_queue_ready(false);
+    assert!(rig.backend.stop_vring(0).is_err(), "the drain cannot finish while the store holds both");
+    rig.gate.open();
+    wait_for("both late requests retired", || rig.backend.inflight() == 0 && rig.gate.held.load(Ordering::SeqCst) == 0);
+    assert_eq!(rig.used_idx(), 0, "nothing posted into a ring the VMM may have re-based");
+    assert_eq!(rig.backend.stale_completions(), 2);
+    let mut status = [0u8; RESPONSE_SIZE];
+    rig.mem.memory().read_slice(&mut status, GuestAddress(Rig::base(0) + 0x2000 + u64::from(RESP_CAP))).unwrap();
+    assert_eq!(status, [0u8; RESPONSE_SIZE], "the guest's status buffer is not written either");
 }

@@ -6,6 +6,9 @@
 //! handshake with a real VMM is otherwise unreadable. The tap is also where
 //! a ring address outside guest memory is refused for its queue alone
 //! ([`guard`]): forwarded, it would make the handler drop the connection.
+//! And it is where INFLIGHT_SHMFD is implemented ([`inflight`]): offered,
+//! and GET/SET_INFLIGHT_FD answered here, never forwarded, because
+//! vhost-user-backend refuses both.
 //!
 //! Why a tap and not a patch: vhost-user-backend's request handler is
 //! crate-private, so the messages can only be seen on the socket. The
@@ -17,6 +20,7 @@
 //! path (shared memory and eventfds) never passes through.
 
 mod guard;
+mod inflight;
 mod message;
 
 use std::os::unix::fs::DirBuilderExt;
@@ -27,7 +31,10 @@ use std::thread::JoinHandle;
 
 use vhost::vhost_user::Listener;
 
+use crate::vhost::inflight::InflightSlot;
+
 use guard::{Guard, Verdict};
+use inflight::{Handled, InflightWire};
 pub use message::WireError;
 use message::{Message, recv, send};
 
@@ -67,9 +74,12 @@ impl Drop for PrivateDir {
 }
 
 /// Start the backend with `start` (which accepts one connection on the
-/// listener it is given) behind a tap on `vmm`.
+/// listener it is given) behind a tap on `vmm`. An inflight region the
+/// frontend sets lands in `slot`; `queues` is how many the backend serves.
 pub fn splice(
     vmm: UnixStream,
+    slot: Arc<InflightSlot>,
+    queues: u16,
     start: impl FnOnce(&mut Listener) -> Result<(), vhost_user_backend::Error>,
 ) -> Result<Tap, TapError> {
     let dir = PrivateDir::new()
@@ -90,7 +100,7 @@ pub fn splice(
         let (vmm, backend, writes) = (vmm.clone(), backend.clone(), vmm_writes.clone());
         std::thread::Builder::new()
             .name("vhost-user tap: vmm→vsp".into())
-            .spawn(move || pump_requests(&vmm, &backend, &writes))
+            .spawn(move || pump_requests(&vmm, &backend, &writes, InflightWire::new(slot, queues)))
     };
     let to_vmm = {
         let (vmm, backend, writes) = (vmm.clone(), backend.clone(), vmm_writes);
@@ -109,10 +119,15 @@ fn close_both(a: &UnixStream, b: &UnixStream) {
     let _ = b.shutdown(std::net::Shutdown::Both);
 }
 
-fn pump_requests(vmm: &UnixStream, backend: &UnixStream, vmm_writes: &Mutex<()>) {
+fn pump_requests(vmm: &UnixStream, backend: &UnixStream, vmm_writes: &Mutex<()>, mut inflight: InflightWire) {
     let mut guard = Guard::default();
+    let answer = |reply: &Message| {
+        trace("vsp → vmm (tap)", reply);
+        let _w = vmm_writes.lock().unwrap_or_else(|e| e.into_inner());
+        send(vmm, reply)
+    };
     loop {
-        let msg = match recv(vmm) {
+        let mut msg = match recv(vmm) {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
@@ -121,15 +136,13 @@ fn pump_requests(vmm: &UnixStream, backend: &UnixStream, vmm_writes: &Mutex<()>)
             }
         };
         trace("vmm → vsp", &msg);
-        let sent = match guard.check(&msg) {
-            Verdict::Forward => send(backend, &msg),
-            Verdict::Answer(None) => Ok(()),
-            Verdict::Answer(Some(body)) => {
-                let reply = Message::reply(&msg, body);
-                trace("vsp → vmm (tap)", &reply);
-                let _w = vmm_writes.lock().unwrap_or_else(|e| e.into_inner());
-                send(vmm, &reply)
-            }
+        let sent = match inflight.check(&mut msg) {
+            Handled::Reply(reply) => reply.as_ref().map_or(Ok(()), answer),
+            Handled::No => match guard.check(&msg) {
+                Verdict::Forward => send(backend, &msg),
+                Verdict::Answer(None) => Ok(()),
+                Verdict::Answer(Some(body)) => answer(&Message::reply(&msg, body)),
+            },
         };
         if let Err(e) = sent {
             log::debug!("vhost-user tap: forwarding {} failed: {e}", msg.frontend_name());
@@ -141,7 +154,7 @@ fn pump_requests(vmm: &UnixStream, backend: &UnixStream, vmm_writes: &Mutex<()>)
 
 fn pump_replies(backend: &UnixStream, vmm: &UnixStream, vmm_writes: &Mutex<()>) {
     loop {
-        let msg = match recv(backend) {
+        let mut msg = match recv(backend) {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
@@ -149,6 +162,7 @@ fn pump_replies(backend: &UnixStream, vmm: &UnixStream, vmm_writes: &Mutex<()>) 
                 break;
             }
         };
+        inflight::offer(&mut msg);
         trace("vsp → vmm", &msg);
         let _w = vmm_writes.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = send(vmm, &msg) {
