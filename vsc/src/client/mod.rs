@@ -85,7 +85,9 @@ const RESEND_WINDOW: Duration = Duration::from_secs(60);
 /// What it takes to ask again, with the same transaction id, when the answer
 /// was lost with the channel (PROTOCOL.md §11.3).
 struct Resend {
-    client: BlobClient,
+    /// Weak: a pending request must not keep the transport alive (dropping
+    /// the last client stops the rings, and the device completes what it holds).
+    client: std::sync::Weak<Inner>,
     body: Vec<u8>,
     txn: [u8; 16],
     data: ResendData,
@@ -160,7 +162,9 @@ impl PendingOp {
         let lost = || {
             if has_outcome(self.op) { ClientError::OutcomeUnknown { op: self.op } } else { ClientError::Rescinded }
         };
-        let transport = r.client.transport();
+        let Some(inner) = r.client.upgrade() else { return Err(lost()) };
+        let client = BlobClient { inner };
+        let transport = client.transport();
         loop {
             let left = r.until.saturating_duration_since(Instant::now());
             if left.is_zero() || !transport.wait_connected(left) {
@@ -170,12 +174,12 @@ impl PendingOp {
                 (ResendData::None, _) => Data::None,
                 (ResendData::In(cap), _) => Data::In(cap),
                 (ResendData::Out(len), Some(parts)) if parts.iter().map(|p| p.len()).sum::<usize>() == len => {
-                    let buf = r.client.alloc_data(len)?;
+                    let buf = client.alloc_data(len)?;
                     Data::OutBuf(handles::fill(buf, parts)?, len)
                 }
                 (ResendData::Out(_), _) => return Err(lost()),
             };
-            match r.client.send(self.op, &r.body, r.txn, data) {
+            match client.send(self.op, &r.body, r.txn, data) {
                 Ok(ticket) => {
                     log::info!("re-sent {:?} with its transaction id after the device came back", self.op);
                     return Ok(ticket.0);
@@ -288,7 +292,7 @@ impl BlobClient {
         let until = Instant::now() + window;
         let (ticket, data) = self.send(code, &body, txn, data)?;
         let backstop = (timeout_ms != 0).then(|| Duration::from_millis(u64::from(timeout_ms)) + BACKSTOP_GRACE);
-        let resend = Resend { client: self.clone(), body, txn, data, until };
+        let resend = Resend { client: Arc::downgrade(&self.inner), body, txn, data, until };
         Ok(PendingOp { ticket, op: code, backstop, resend })
     }
 
