@@ -45,7 +45,11 @@ impl CrashHook {
     /// The hook the environment asks for, if any.
     pub fn from_env() -> Result<Option<Self>, BadFault> {
         match std::env::var(ENV) {
-            Ok(v) if !v.is_empty() => Self::parse(&v).map(Some),
+            Ok(v) if !v.is_empty() => {
+                let hook = Self::parse(&v)?;
+                log::warn!("{ENV}={v}: this daemon will kill itself on purpose (a test hook)");
+                Ok(Some(hook))
+            }
             _ => Ok(None),
         }
     }
