@@ -126,6 +126,8 @@ pub struct VspOptions {
     pub log_level: &'static str,
     /// Anything else, passed as is.
     pub extra: Vec<String>,
+    /// Environment of the daemon's next lives (e.g. `VMBLOB_FAULT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for VspOptions {
@@ -141,6 +143,7 @@ impl Default for VspOptions {
             max_connections: None,
             log_level: "info",
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -153,6 +156,12 @@ impl VspOptions {
 
     pub fn store(mut self, store: StoreKind) -> Self {
         self.store = store;
+        self
+    }
+
+    /// Set `key=value` in the daemon's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -240,6 +249,11 @@ impl Vsp {
         &self.dir
     }
 
+    /// The flags and environment the next [`Vsp::restart`] uses.
+    pub fn options_mut(&mut self) -> &mut VspOptions {
+        &mut self.options
+    }
+
     /// The log files of every life so far.
     pub fn log_paths(&self) -> Vec<PathBuf> {
         (0..self.lives).map(|i| self.dir.join(format!("vsp-{i}.log"))).collect()
@@ -288,6 +302,7 @@ impl Vsp {
             .arg(&self.socket)
             .args(self.options.store_args(&self.store))
             .args(self.options.args())
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

@@ -108,6 +108,7 @@ pub fn is_transport_failure(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::Timeout { .. }
+            | ClientError::OutcomeUnknown { .. }
             | ClientError::Frontend(_)
             | ClientError::Queue(_)
             | ClientError::Dma(_)

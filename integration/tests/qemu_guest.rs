@@ -312,8 +312,9 @@ done
         .collect();
     assert_eq!(rounds.len(), ROUNDS, "every round ended (script exit {code})\n{report}");
     for (n, put, get) in &rounds {
-        // 124: busybox timeout killed a CLI that hung. 0 or UNAVAILABLE (5) are the only ends.
-        assert!(put == "0" || put == "5", "round {n}: put exit {put}\n{report}");
+        // 124: busybox timeout killed a CLI that hung. 0, UNAVAILABLE (5) or OUTCOME_UNKNOWN (6:
+        // sent, answer lost with the VSP) are the only ends.
+        assert!(put == "0" || put == "5" || put == "6", "round {n}: put exit {put}\n{report}");
         assert!(put != "0" || get == "equal", "round {n}: acknowledged put reads back {get}\n{report}");
     }
     let failed = rounds.iter().filter(|r| r.1 != "0").count();
@@ -429,7 +430,8 @@ echo "@@after rc=$rc secs=$(echo "$t0 $t1" | awk '{{print $2 - $1}}') $(head -c 
     assert!(before.iter().all(|p| p.1 == "0"), "puts before the removal succeed\n{report}");
     // The put the removal interrupts (or the first after it) fails as unavailable: not a hang
     // (124), not a crash (128 + signal).
-    assert_eq!(last.1, "5", "the interrupted put exits UNAVAILABLE\n{report}");
+    // 5 when it was refused, 6 when it was sent and its answer was lost with the device.
+    assert!(last.1 == "5" || last.1 == "6", "the interrupted put exits UNAVAILABLE or OUTCOME_UNKNOWN\n{report}");
     assert!(puts.len() < 40, "the device went away during the run\n{report}");
     let after = serial.lines().find_map(|l| l.strip_prefix("@@after ")).unwrap_or_else(|| panic!("{report}"));
     assert!(after.starts_with("rc=5 "), "with no device the CLI says unavailable at once: {after}\n{report}");

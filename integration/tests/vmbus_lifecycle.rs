@@ -148,7 +148,9 @@ fn random_rescinds_under_load_complete_every_request_exactly_once() {
     let ok = results.iter().filter(|r| r.2.is_ok()).count();
     for (name, _, r) in results.iter() {
         if let Err(e) = r {
-            assert!(is_rescinded(e), "{name}: {e}");
+            // Refused (not sent), rescinded by the host, or sent with its answer lost: the VMBus
+            // transport does not ask again after a re-offer yet, so that outcome is unknown.
+            assert!(is_rescinded(e) || matches!(e, ClientError::OutcomeUnknown { .. }), "{name}: {e}");
         }
     }
     let rescinded = results.len() - ok;
@@ -197,7 +199,8 @@ fn reoffer_with_old_handles_still_held() {
     assert_eq!(rig.transport.generation(), 2);
     match held.wait() {
         Ok(_) => assert_eq!(client.container("keep").blob("racing").get().unwrap(), b"maybe"),
-        Err(e) => assert!(is_rescinded(&e), "{e}"),
+        // Sent before the rescind and not re-asked (VMBus): either a host rescind or unknown.
+        Err(e) => assert!(is_rescinded(&e) || matches!(e, ClientError::OutcomeUnknown { .. }), "{e}"),
     }
     assert_eq!(client.container("keep").blob("before").get().unwrap(), b"written before the rescind");
     client.container("keep").blob("after").put(b"written after the re-offer").unwrap();

@@ -30,6 +30,14 @@ pub enum ClientError {
     /// request completed, or is not connected now.
     #[error("device rescinded")]
     Rescinded,
+    /// The device went away after this write was sent and did not come back
+    /// within the request's timeout (or the transport cannot send it again),
+    /// so whether it was applied is not known: read the blob or container to
+    /// find out, or repeat the write if it is idempotent for the caller.
+    #[error(
+        "outcome unknown: the device went away with the {op:?} in flight and did not come back in time; it may or may not have been applied"
+    )]
+    OutcomeUnknown { op: vmblob_protocol::OpCode },
     /// Nothing came back within a bound: the device is not responding.
     #[error("timed out after {after:?} waiting for {waiting_for}")]
     Timeout { waiting_for: &'static str, after: Duration },

@@ -48,9 +48,17 @@ pub struct Args {
     /// How long a rescind waits for in-flight requests, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub drain_timeout_ms: u64,
-    /// Completed writes remembered to answer replays.
-    #[arg(long, default_value_t = 4096)]
-    pub dedup_capacity: usize,
+    /// Write outcomes the transaction record keeps to answer replays (0: none;
+    /// replays then rely on the store's current-txn check).
+    #[arg(long, alias = "dedup-capacity", default_value_t = 100_000)]
+    pub txn_record_capacity: usize,
+    /// Write outcomes older than this many seconds are forgotten.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub txn_record_max_age_secs: u64,
+    /// Directory the transaction record persists in. Default: `<store>/txn` for
+    /// the embedded store; none (memory only, lost on restart) for az:// and s3://.
+    #[arg(long)]
+    pub txn_record_dir: Option<PathBuf>,
     /// Largest blob, in bytes.
     #[arg(long, default_value_t = 1 << 40)]
     pub max_blob_size: u64,
@@ -159,6 +167,8 @@ pub struct VspConfig {
     /// Group allowed on the socket (`None`: owner only).
     pub socket_group: Option<u32>,
     pub store_group_access: bool,
+    /// Where the transaction record persists (`None`: in memory).
+    pub txn_record_dir: Option<PathBuf>,
 }
 
 impl TryFrom<Args> for VspConfig {
@@ -200,7 +210,6 @@ impl TryFrom<Args> for VspConfig {
         }
         Ok(Self {
             socket_path: a.socket_path,
-            store,
             queues: a.queues,
             queue_size: a.queue_size,
             workers: a.workers,
@@ -210,7 +219,10 @@ impl TryFrom<Args> for VspConfig {
                 max_descriptors: a.max_descriptors,
                 max_inflight: a.max_inflight,
                 drain_timeout: Duration::from_millis(a.drain_timeout_ms),
-                dedup_capacity: a.dedup_capacity,
+                txn_record: crate::engine::TxnRecordLimits {
+                    capacity: a.txn_record_capacity,
+                    max_age: Duration::from_secs(a.txn_record_max_age_secs),
+                },
                 max_blob_size: a.max_blob_size,
                 staged_block_ttl: Duration::from_secs(a.staged_block_ttl_secs),
                 ..Limits::default()
@@ -218,6 +230,11 @@ impl TryFrom<Args> for VspConfig {
             max_connections: a.max_connections,
             socket_group: a.socket_group.as_deref().map(resolve_group).transpose()?,
             store_group_access: a.store_group_access,
+            txn_record_dir: a.txn_record_dir.or_else(|| match &store {
+                StoreSpec::Dir(root) => Some(root.join("txn")),
+                _ => None,
+            }),
+            store,
         })
     }
 }
@@ -256,6 +273,9 @@ mod tests {
         assert_eq!((c.queues, c.queue_size), (2, 256));
         assert_eq!((c.workers, c.poll), (16, Duration::ZERO));
         assert_eq!(c.store, StoreSpec::Dir("/tmp/store".into()));
+        assert_eq!(c.txn_record_dir, Some("/tmp/store/txn".into()), "the embedded store keeps its record inside");
+        assert_eq!(c.limits.txn_record.capacity, 100_000);
+        assert_eq!(parse(&["--dedup-capacity", "7"]).unwrap().limits.txn_record.capacity, 7, "the old name");
         assert_eq!(parse(&["--queues", "0"]).unwrap_err(), ConfigError::Queues(0));
         assert_eq!(parse(&["--queue-size", "100"]).unwrap_err(), ConfigError::QueueSize(100));
         assert_eq!(parse(&["--max-inflight", "0"]).unwrap_err(), ConfigError::Zero("max-inflight"));
@@ -277,6 +297,7 @@ mod tests {
         let StoreSpec::Azure(az) = c.store else { panic!("{:?}", c.store) };
         assert_eq!((az.container.as_str(), az.prefix.as_str(), az.emulator), ("box", "some/prefix", true));
         assert_eq!(az.endpoint.as_deref(), Some("http://127.0.0.1:1/devstoreaccount1"));
+        assert_eq!(c.txn_record_dir, None, "an object store's record is local state only when asked for");
         assert_eq!(
             "s3://bucket".parse::<StoreSpec>(),
             Ok(StoreSpec::S3(S3Spec { bucket: "bucket".into(), prefix: String::new(), endpoint: None }))

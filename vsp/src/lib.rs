@@ -21,6 +21,10 @@ pub enum VspError {
     Store(std::io::Error),
     #[error("cannot open object store: {0}")]
     ObjectStore(store::StoreError),
+    #[error("cannot open the transaction record in {0}: {1}")]
+    TxnRecord(std::path::PathBuf, std::io::Error),
+    #[error(transparent)]
+    Fault(#[from] engine::fault::BadFault),
     #[error(transparent)]
     Daemon(#[from] vhost::DaemonError),
 }
@@ -71,10 +75,29 @@ fn object_store(
     Ok(store)
 }
 
+/// The transaction record, persisted where the config says (opened after the
+/// store, so the embedded store's lock already guards `<root>/txn`).
+fn open_txn_record(config: &VspConfig) -> Result<engine::TxnRecord, VspError> {
+    let limits = config.limits.txn_record;
+    match &config.txn_record_dir {
+        Some(dir) => {
+            let mode = if config.store_group_access { 0o770 } else { 0o700 };
+            engine::TxnRecord::open(dir, mode, limits).map_err(|e| VspError::TxnRecord(dir.clone(), e))
+        }
+        None => {
+            log::warn!("no --txn-record-dir: write outcomes are remembered in memory only (lost on restart)");
+            Ok(engine::TxnRecord::in_memory(limits))
+        }
+    }
+}
+
 /// Run the daemon until `shutdown` is requested (or `max_connections` served).
 pub fn run(config: &VspConfig, shutdown: &Shutdown) -> Result<(), VspError> {
     let store = open_store(&config.store, &config.limits, config.store_group_access)?;
-    let engine = Arc::new(engine::Engine::new(store, config.limits.clone(), config.queues as u16));
+    let record = open_txn_record(config)?;
+    let crash = engine::fault::CrashHook::from_env()?;
+    let engine = engine::Engine::with_record(store, config.limits.clone(), config.queues as u16, record);
+    let engine = Arc::new(engine.with_crash_hook(crash));
     let queues = vhost::QueueOptions {
         queues: config.queues,
         queue_size: config.queue_size,

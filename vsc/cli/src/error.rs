@@ -13,6 +13,9 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 3;
     pub const CONFLICT: u8 = 4;
     pub const UNAVAILABLE: u8 = 5;
+    /// A write was sent, the device went away before answering and did not
+    /// come back in time: it may or may not have been applied.
+    pub const OUTCOME_UNKNOWN: u8 = 6;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,7 @@ pub fn client_exit_code(e: &ClientError) -> u8 {
         // Another writer's upload of the name committed first: a conflict, like a failed condition.
         E::Superseded { .. } => exit::CONFLICT,
         // The device is gone, not answering, or out of buffers for now: try again later.
+        E::OutcomeUnknown { .. } => exit::OUTCOME_UNKNOWN,
         E::Rescinded | E::Timeout { .. } | E::ResourceExhausted { .. } => exit::UNAVAILABLE,
         E::Queue(_) | E::Channel(_) | E::Ring(_) | E::Frontend(_) | E::Setup(_) => exit::UNAVAILABLE,
         // No vmblob PCI function (none offered, or it was unplugged): unavailable, like a rescind.
@@ -102,6 +106,7 @@ mod tests {
         assert_eq!(code(status(BlobError::Io)), exit::FAILED);
         assert_eq!(code(ClientError::Superseded { message: String::new() }), exit::CONFLICT);
         assert_eq!(code(ClientError::Rescinded), exit::UNAVAILABLE);
+        assert_eq!(code(ClientError::OutcomeUnknown { op: vmblob_protocol::OpCode::PutBlob }), 6);
         assert_eq!(code(ClientError::Timeout { waiting_for: "a completion", after: Duration::from_secs(1) }), 5);
         assert_eq!(code(ClientError::InvalidName { kind: "blob", name: "../x".into() }), exit::USAGE);
         assert_eq!(code(ClientError::TooLarge { what: "data buffer bytes", len: 2, max: 1 }), exit::USAGE);

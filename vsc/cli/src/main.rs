@@ -57,7 +57,14 @@ pub fn resolve_transport(kind: TransportKind, sysfs_root: &Path, socket_given: b
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "vmblob", version, about = "Blob storage through the vmblob paravirtual device")]
+#[command(
+    name = "vmblob",
+    version,
+    about = "Blob storage through the vmblob paravirtual device",
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage or invalid name, 3 not found, 4 already exists, \
+precondition failed or upload superseded, 5 device unavailable (nothing was done), 6 outcome unknown \
+(a write was sent and the device went away before answering: it may or may not have been applied)."
+)]
 pub struct Cli {
     /// vmbus, pci, virtio or auto (vmbus when a vmblob VMBus device exists, then pci, then virtio).
     #[arg(long, global = true, value_enum, default_value_t = TransportKind::Auto)]

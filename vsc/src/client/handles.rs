@@ -148,6 +148,12 @@ impl<T> Pending<T> {
         (self.finish)(self.op.wait()?)
     }
 
+    /// [`Pending::wait`] for a request submitted with `parts` as its data,
+    /// so it can be re-sent if its answer is lost ([`PendingOp::wait_with_data`]).
+    pub fn wait_with_data(self, parts: &[&[u8]]) -> Result<T, ClientError> {
+        (self.finish)(self.op.wait_with_data(parts)?)
+    }
+
     /// The raw operation, for callers that read the data buffer in place.
     pub fn into_raw(self) -> PendingOp {
         self.op
@@ -219,7 +225,7 @@ impl BlobHandle {
     /// Like [`BlobHandle::put_opts`] with the bytes of `parts` in order.
     pub fn put_vectored_opts(&self, parts: &[&[u8]], options: PutOptions) -> Result<BlobWritten, ClientError> {
         let crc = parts_crc(parts);
-        let w = self.submit_put_vectored(parts, crc, options)?.wait()?;
+        let w = self.submit_put_vectored(parts, crc, options)?.wait_with_data(parts)?;
         if w.content_crc64 != crc {
             return Err(ClientError::checksum_mismatch("stored blob differs from the source"));
         }
@@ -385,7 +391,7 @@ pub(super) fn parts_crc(parts: &[&[u8]]) -> u64 {
 }
 
 /// `buf` with the bytes of `parts` copied in, in order.
-fn fill(mut buf: crate::dma::DmaBuf, parts: &[&[u8]]) -> Result<crate::dma::DmaBuf, ClientError> {
+pub(super) fn fill(mut buf: crate::dma::DmaBuf, parts: &[&[u8]]) -> Result<crate::dma::DmaBuf, ClientError> {
     let mut at = 0;
     for p in parts {
         buf.write_at(at, p)?;

@@ -22,7 +22,7 @@ pub(crate) use upload::{superseded, upload_tag};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmblob_protocol::config::DeviceConfig;
 use vmblob_protocol::ops::{ContainerEntry, ListContainers, OpRequest, OpResponse, ResponseMessage};
@@ -73,10 +73,36 @@ pub struct PendingOp {
     /// The VSP completes a request by its `timeout_ms`; past this backstop
     /// the caller stops waiting (the buffers stay owned by the table).
     backstop: Option<Duration>,
+    resend: Resend,
 }
 
 /// Grace beyond a request's own timeout before the caller gives up.
 const BACKSTOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a request without a timeout waits for the device to come back
+/// before its lost answer is given up on.
+const RESEND_WINDOW: Duration = Duration::from_secs(60);
+
+/// What it takes to ask again, with the same transaction id, when the answer
+/// was lost with the channel (PROTOCOL.md §11.3).
+struct Resend {
+    /// Weak: a pending request must not keep the transport alive (dropping
+    /// the last client stops the rings, and the device completes what it holds).
+    client: std::sync::Weak<Inner>,
+    body: Vec<u8>,
+    txn: [u8; 16],
+    data: ResendData,
+    /// The request's own deadline: past it, nothing is re-sent.
+    until: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ResendData {
+    None,
+    In(usize),
+    /// Data the caller must hand over again ([`PendingOp::wait_with_data`]):
+    /// the DMA buffer sent the first time may still be the old device's.
+    Out(usize),
+}
 
 /// A finished operation: the decoded answer and, for GetBlob, the data buffer.
 pub struct OpResult {
@@ -84,15 +110,85 @@ pub struct OpResult {
     pub data: Option<DmaBuf>,
 }
 
+/// Writes whose lost answer leaves the caller not knowing whether they
+/// happened. PutBlock is not one: a staged block is invisible until a
+/// block list commits it, so a lost one is simply `Rescinded` (stage it again).
+fn has_outcome(op: OpCode) -> bool {
+    matches!(
+        op,
+        OpCode::CreateContainer | OpCode::DeleteContainer | OpCode::PutBlob | OpCode::DeleteBlob | OpCode::PutBlockList
+    )
+}
+
 impl PendingOp {
+    /// Wait for the answer. If the channel goes away with the request in
+    /// flight, it is asked again with the same transaction id once the device
+    /// is back (within the request's timeout); a PutBlob or PutBlock submitted
+    /// with data can be re-sent only through [`PendingOp::wait_with_data`].
     pub fn wait(self) -> Result<OpResult, ClientError> {
-        let completion = match self.backstop {
-            None => self.ticket.wait()?,
-            Some(after) => {
-                self.ticket.wait_timeout(after).ok_or(ClientError::Timeout { waiting_for: "a completion", after })??
+        self.wait_resending(None)
+    }
+
+    /// [`PendingOp::wait`] for a request submitted with outgoing data: `parts`
+    /// are those bytes again, copied into a fresh DMA buffer if the request
+    /// must be re-sent.
+    pub fn wait_with_data(self, parts: &[&[u8]]) -> Result<OpResult, ClientError> {
+        self.wait_resending(Some(parts))
+    }
+
+    fn wait_resending(mut self, parts: Option<&[&[u8]]>) -> Result<OpResult, ClientError> {
+        loop {
+            match self.wait_once() {
+                Err(ClientError::Rescinded) => {}
+                r => return r.and_then(|c| decode(c, self.op)),
             }
+            // The answer was lost: the request may or may not have run.
+            self.ticket = self.ask_again(parts)?;
+        }
+    }
+
+    fn wait_once(&self) -> Result<Completion, ClientError> {
+        match self.backstop {
+            None => self.ticket.wait(),
+            Some(after) => {
+                self.ticket.wait_timeout(after).ok_or(ClientError::Timeout { waiting_for: "a completion", after })?
+            }
+        }
+    }
+
+    /// Re-send the request once the device is back; the error when it cannot be.
+    fn ask_again(&self, parts: Option<&[&[u8]]>) -> Result<Ticket, ClientError> {
+        let r = &self.resend;
+        let lost = || {
+            if has_outcome(self.op) { ClientError::OutcomeUnknown { op: self.op } } else { ClientError::Rescinded }
         };
-        decode(completion, self.op)
+        let Some(inner) = r.client.upgrade() else { return Err(lost()) };
+        let client = BlobClient { inner };
+        let transport = client.transport();
+        loop {
+            let left = r.until.saturating_duration_since(Instant::now());
+            if left.is_zero() || !transport.wait_connected(left) {
+                return Err(lost());
+            }
+            let data = match (r.data, parts) {
+                (ResendData::None, _) => Data::None,
+                (ResendData::In(cap), _) => Data::In(cap),
+                (ResendData::Out(len), Some(parts)) if parts.iter().map(|p| p.len()).sum::<usize>() == len => {
+                    let buf = client.alloc_data(len)?;
+                    Data::OutBuf(handles::fill(buf, parts)?, len)
+                }
+                (ResendData::Out(_), _) => return Err(lost()),
+            };
+            match client.send(self.op, &r.body, r.txn, data) {
+                Ok(ticket) => {
+                    log::info!("re-sent {:?} with its transaction id after the device came back", self.op);
+                    return Ok(ticket.0);
+                }
+                // Refused because the device left again: nothing was sent; wait for it again.
+                Err(ClientError::Rescinded) => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -190,25 +286,44 @@ impl BlobClient {
             let (len, max) = (body.len() as u64, u64::from(config.max_request_len));
             return Err(ClientError::TooLarge { what: "request body bytes", len, max });
         }
+        let txn = self.next_txn();
+        let timeout_ms = self.inner.options.timeout_ms;
+        let window = if timeout_ms == 0 { RESEND_WINDOW } else { Duration::from_millis(u64::from(timeout_ms)) };
+        let until = Instant::now() + window;
+        let (ticket, data) = self.send(code, &body, txn, data)?;
+        let backstop = (timeout_ms != 0).then(|| Duration::from_millis(u64::from(timeout_ms)) + BACKSTOP_GRACE);
+        let resend = Resend { client: Arc::downgrade(&self.inner), body, txn, data, until };
+        Ok(PendingOp { ticket, op: code, backstop, resend })
+    }
+
+    /// Hand one request to the transport under transaction id `txn`.
+    fn send(
+        &self,
+        code: OpCode,
+        body: &[u8],
+        txn: [u8; 16],
+        data: Data<'_>,
+    ) -> Result<(Ticket, ResendData), ClientError> {
+        let config = &self.inner.config;
         let resp_len = match code {
             OpCode::ListBlobs | OpCode::ListContainers | OpCode::GetBlockList => LIST_RESPONSE,
             _ => SMALL_RESPONSE,
         };
         let mut request = self.alloc_data(REQUEST_PREFIX + body.len())?;
-        request.write_at(REQUEST_PREFIX, &body)?;
+        request.write_at(REQUEST_PREFIX, body)?;
         let response = self.alloc_data(resp_len + RESPONSE_SUFFIX)?;
-        let (data, data_len, valid) = match data {
-            Data::None => (None, 0, 0),
+        let (data, data_len, valid, resend) = match data {
+            Data::None => (None, 0, 0, ResendData::None),
             Data::Out(bytes) => {
                 let mut b = self.alloc_data(bytes.len())?;
                 b.write_at(0, bytes)?;
-                (Some(b), bytes.len(), bytes.len())
+                (Some(b), bytes.len(), bytes.len(), ResendData::Out(bytes.len()))
             }
             Data::OutBuf(b, valid) => {
                 let len = b.len();
-                (Some(b), len, valid)
+                (Some(b), len, valid, ResendData::Out(valid))
             }
-            Data::In(cap) => (Some(self.alloc_data(cap)?), cap, 0),
+            Data::In(cap) => (Some(self.alloc_data(cap)?), cap, 0, ResendData::In(cap)),
         };
         if data_len > config.max_data_len as usize {
             let (len, max) = (data_len as u64, u64::from(config.max_data_len));
@@ -222,18 +337,21 @@ impl BlobClient {
             operation_type: (OperationType::UserRequest as u32).into(),
             request_buffer_length: (body.len() as u32).into(),
             response_buffer_length: (resp_len as u32).into(),
-            transaction_id: self.next_txn(),
+            transaction_id: txn,
             ..Default::default()
         };
         let dir = code.data_direction();
         let ticket = self.inner.transport.submit(OpBuffers { header, request, response, data, dir })?;
-        let backstop = (timeout_ms != 0).then(|| Duration::from_millis(u64::from(timeout_ms)) + BACKSTOP_GRACE);
-        Ok(PendingOp { ticket, op: code, backstop })
+        Ok((ticket, resend))
     }
 
-    /// Run one raw operation and wait for it.
+    /// Run one raw operation and wait for it (asking again with the same
+    /// transaction id if the answer is lost with the channel).
     pub fn call(&self, op: &OpRequest, data: Data<'_>) -> Result<OpResult, ClientError> {
-        self.submit(op, data)?.wait()
+        match data {
+            Data::Out(bytes) => self.submit(op, Data::Out(bytes))?.wait_with_data(&[bytes]),
+            data => self.submit(op, data)?.wait(),
+        }
     }
 
     /// Containers whose names start with `options.prefix`, page by page.

@@ -62,6 +62,14 @@ pub trait Transport: Send + Sync {
     fn num_queues(&self) -> usize;
     /// Whether the device is there now.
     fn is_connected(&self) -> bool;
+    /// After the device went away: wait up to `timeout` for it to be back
+    /// (requests submitted from then on reach a live device). `false` when it
+    /// is not back in time, or when this transport never comes back on its
+    /// own; then a request whose answer was lost cannot be asked again.
+    fn wait_connected(&self, timeout: std::time::Duration) -> bool {
+        let _ = timeout;
+        false
+    }
 }
 
 /// How long past a request's own timeout a submitter waits for ring space

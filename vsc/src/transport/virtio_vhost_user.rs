@@ -96,6 +96,9 @@ struct Inner {
     corrupt: AtomicBool,
     /// Completed reconnects.
     reconnects: AtomicUsize,
+    /// Signalled when a reconnect completed (callers re-asking lost requests wait on it).
+    back: Condvar,
+    back_lock: Mutex<()>,
     poll: Duration,
     retry_interval: Duration,
 }
@@ -149,6 +152,8 @@ impl VirtioTransport {
             reconnecting: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
             reconnects: AtomicUsize::new(0),
+            back: Condvar::new(),
+            back_lock: Mutex::new(()),
             poll: opts.poll,
             retry_interval: opts.frontend.retry_interval,
         });
@@ -420,6 +425,8 @@ impl Inner {
                     let released = self.table.reopen();
                     self.reconnects.fetch_add(1, Ordering::AcqRel);
                     log::info!("device is back; {released} quarantined buffers released");
+                    let _g = lock(&self.back_lock);
+                    self.back.notify_all();
                     return;
                 }
                 Err(e) => {
@@ -485,6 +492,27 @@ impl Transport for VirtioTransport {
 
     fn is_connected(&self) -> bool {
         !self.inner.table.is_removing() && !self.inner.hangup.is_disconnected()
+    }
+
+    fn wait_connected(&self, timeout: Duration) -> bool {
+        let inner = &self.inner;
+        if !inner.reconnect {
+            return self.is_connected();
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = lock(&inner.back_lock);
+        loop {
+            if self.is_connected() {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline || inner.stopping.load(Ordering::Acquire) {
+                return false;
+            }
+            // Slices bound a wake-up that raced the check above.
+            let slice = (deadline - now).min(Duration::from_millis(50));
+            g = inner.back.wait_timeout(g, slice).unwrap_or_else(|e| e.into_inner()).0;
+        }
     }
 }
 

@@ -8,16 +8,17 @@
 //! guest input.
 
 mod cancel;
-mod dedup;
 mod execute;
+pub mod fault;
 mod frame;
 pub mod guest_io;
 mod inflight;
+mod txn_record;
 
 pub use cancel::{CancelReason, CancelToken};
-pub use dedup::{DedupCache, Outcome};
 pub use frame::Frame;
 pub use inflight::{AdmitError, InflightTable};
+pub use txn_record::{Outcome, TxnRecord, TxnRecordLimits};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,8 +42,8 @@ pub struct Limits {
     pub max_inflight: usize,
     /// How long a rescind waits for in-flight work to finish.
     pub drain_timeout: Duration,
-    /// Completed writes remembered for replay detection.
-    pub dedup_capacity: usize,
+    /// Write outcomes remembered to answer replays (the transaction record).
+    pub txn_record: TxnRecordLimits,
     pub max_blob_size: u64,
     /// How long the embedded store keeps a blob's uncommitted blocks after
     /// its last PutBlock.
@@ -58,7 +59,7 @@ impl Default for Limits {
             max_descriptors: 1024,
             max_inflight: 256,
             drain_timeout: Duration::from_secs(5),
-            dedup_capacity: 4096,
+            txn_record: TxnRecordLimits::default(),
             max_blob_size: 1 << 40,
             staged_block_ttl: crate::store::fs::DEFAULT_STAGED_BLOCK_TTL,
             block_size_hint: 8 << 20,
@@ -69,7 +70,8 @@ impl Default for Limits {
 pub struct Engine {
     store: Arc<dyn BlobStore>,
     limits: Limits,
-    dedup: DedupCache,
+    record: TxnRecord,
+    crash: Option<fault::CrashHook>,
     num_queues: u16,
 }
 
@@ -82,16 +84,24 @@ fn transport_status(e: &TransportError) -> BlobError {
     }
 }
 
-/// Writes that must not run twice when a request is replayed.
-fn is_write(op: &OpRequest) -> bool {
+/// Writes whose outcome goes into the transaction record: replayed, they
+/// must answer their first result. PutBlock is not among them: staging the
+/// same bytes under the same id again changes nothing a reader sees.
+fn is_recorded_write(op: &OpRequest) -> bool {
     matches!(
         op.op(),
-        OpCode::CreateContainer
-            | OpCode::DeleteContainer
-            | OpCode::PutBlob
-            | OpCode::DeleteBlob
-            | OpCode::PutBlock
-            | OpCode::PutBlockList
+        OpCode::CreateContainer | OpCode::DeleteContainer | OpCode::PutBlob | OpCode::DeleteBlob | OpCode::PutBlockList
+    )
+}
+
+/// Whether a write's status is its outcome. Not so for those that say the
+/// write did not run to a decision (rescinded, timed out, busy, the store
+/// failing): a replay of those must run again.
+fn is_definite(status: u32) -> bool {
+    !matches!(
+        BlobError::from_code(status),
+        Some(BlobError::Rescinded | BlobError::Timeout | BlobError::Busy | BlobError::Io | BlobError::Internal)
+            | Some(BlobError::Unknown(_))
     )
 }
 
@@ -100,9 +110,25 @@ fn status_only(e: BlobError) -> VspResponse {
 }
 
 impl Engine {
+    /// An engine whose transaction record lives in memory only.
     pub fn new(store: Arc<dyn BlobStore>, limits: Limits, num_queues: u16) -> Self {
-        let dedup = DedupCache::new(limits.dedup_capacity);
-        Self { store, limits, dedup, num_queues }
+        let record = TxnRecord::in_memory(limits.txn_record);
+        Self::with_record(store, limits, num_queues, record)
+    }
+
+    /// An engine answering replays from `record` (persistent: [`TxnRecord::open`]).
+    pub fn with_record(store: Arc<dyn BlobStore>, limits: Limits, num_queues: u16, record: TxnRecord) -> Self {
+        Self { store, limits, record, crash: None, num_queues }
+    }
+
+    /// Abort the process at `hook`'s point (end-to-end crash tests).
+    pub fn with_crash_hook(mut self, hook: Option<fault::CrashHook>) -> Self {
+        self.crash = hook;
+        self
+    }
+
+    pub fn txn_record(&self) -> &TxnRecord {
+        &self.record
     }
 
     pub fn limits(&self) -> &Limits {
@@ -182,10 +208,11 @@ impl Engine {
             }
         };
         let txn = hdr.transaction_id;
-        // Only writes are remembered for replay, so only they pay for a digest.
-        let digest = is_write(&op).then(|| crate::store::crc64(&req_bytes) ^ (req_bytes.len() as u64).rotate_left(32));
+        // Only recorded writes are looked up, so only they pay for a digest.
+        let digest =
+            is_recorded_write(&op).then(|| crate::store::crc64(&req_bytes) ^ (req_bytes.len() as u64).rotate_left(32));
         if let Some(digest) = digest
-            && let Some(prev) = self.dedup.get(&txn).filter(|p| p.request_digest == digest)
+            && let Some(prev) = self.record.get(&txn).filter(|p| p.request_digest == digest)
         {
             log::debug!("replayed transaction answered from its first run");
             return match guest_io::write_all(mem, &layout.response, &prev.response) {
@@ -196,10 +223,21 @@ impl Engine {
         let resp_cap = hdr.response_buffer_length.get() as usize;
         let result = self.execute(mem, &op, &layout, &txn, cancel, resp_cap);
         let (resp, written) = self.reply_bytes(mem, &layout.response, op.op(), result);
+        // Recorded after the store committed, before the answer leaves (it
+        // leaves when this returns). A crash in between falls back to the
+        // store's current-txn check.
         if let Some(digest) = digest
-            && resp.error.get() == 0
+            && is_definite(resp.error.get())
         {
-            self.dedup.insert(txn, Outcome { request_digest: digest, status: 0, response: written });
+            let committed = resp.error.get() == 0;
+            let crash = |at| {
+                if let Some(hook) = self.crash.as_ref().filter(|_| committed) {
+                    hook.reached(at);
+                }
+            };
+            crash(fault::CrashPoint::BeforeRecord);
+            self.record.insert(txn, Outcome { request_digest: digest, status: resp.error.get(), response: written });
+            crash(fault::CrashPoint::AfterRecord);
         }
         resp
     }

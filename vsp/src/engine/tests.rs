@@ -59,9 +59,12 @@ impl Harness {
     }
 
     fn with_limits(limits: Limits) -> Self {
+        Self::with_engine(Engine::new(Arc::new(MemoryStore::new()), limits, 1))
+    }
+
+    fn with_engine(engine: Engine) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
-        let engine = Arc::new(Engine::new(Arc::new(MemoryStore::new()), limits, 1));
-        Self { mem, engine, next: 0x1000, txn: 1 }
+        Self { mem, engine: Arc::new(engine), next: 0x1000, txn: 1 }
     }
 
     fn alloc(&mut self, len: u64) -> u64 {
@@ -161,6 +164,8 @@ impl Harness {
         self.ok(&OpRequest::CreateContainer { container: name(c), metadata: Metadata::default() }, &[]);
     }
 }
+
+mod replay;
 
 #[test]
 fn every_operation_round_trips() {
