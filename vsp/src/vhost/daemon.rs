@@ -21,7 +21,7 @@ use crate::engine::Engine;
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot listen on {path}: {source}")]
-    Listen { path: String, source: vhost::vhost_user::Error },
+    Listen { path: String, source: std::io::Error },
     #[error("socket {path}: {source}")]
     Socket { path: String, source: std::io::Error },
     #[error("cannot start the executor pool: {0}")]
@@ -118,9 +118,21 @@ pub struct SocketOptions {
     pub group: Option<u32>,
 }
 
-/// Creates the listening socket, owner-only (or for `group`). The mode is set right after
-/// `bind`, before anything is accepted.
-fn listen(socket: &SocketOptions) -> Result<Listener, DaemonError> {
+/// The socket's path, removed when the daemon stops serving.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Creates the listening socket, owner-only (or for `group`). It is bound and
+/// listening under a temporary name, given its mode, and only then renamed to
+/// `path`: a VMM (or a test) that sees the path can connect at once. Bound in
+/// place, the path existed a moment before `listen(2)`, and a connect in that
+/// moment was refused.
+fn listen(socket: &SocketOptions) -> Result<(Listener, SocketFile), DaemonError> {
     let path = &socket.path;
     let err = |source: std::io::Error| DaemonError::Socket { path: path.display().to_string(), source };
     match std::fs::symlink_metadata(path) {
@@ -133,14 +145,28 @@ fn listen(socket: &SocketOptions) -> Result<Listener, DaemonError> {
         }
         _ => {}
     }
-    let listener =
-        Listener::new(path, true).map_err(|source| DaemonError::Listen { path: path.display().to_string(), source })?;
-    let mode = if socket.group.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
-    if let Some(gid) = socket.group {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    let name = path.file_name().ok_or_else(|| err(std::io::Error::other("no file name")))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".binding-{}", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let _ = std::fs::remove_file(&temp);
+    let bound = std::os::unix::net::UnixListener::bind(&temp)
+        .map_err(|source| DaemonError::Listen { path: path.display().to_string(), source })?;
+    let placed = (|| {
+        let mode = if socket.group.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = socket.group {
+            std::os::unix::fs::chown(&temp, None, Some(gid))?;
+        }
+        // Replaces a stale socket of an earlier daemon (checked above to be a socket).
+        std::fs::rename(&temp, path)
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temp);
+        return Err(err(e));
     }
-    Ok(listener)
+    Ok((Listener::from(bound), SocketFile(path.clone())))
 }
 
 /// Serve VMM connections on `socket` until shutdown. `max_connections` bounds
@@ -152,7 +178,7 @@ pub fn serve(
     shutdown: &Shutdown,
     max_connections: Option<usize>,
 ) -> Result<(), DaemonError> {
-    let listener = listen(socket)?;
+    let (listener, _socket_file) = listen(socket)?;
     let mut served = 0usize;
     while max_connections.is_none_or(|m| served < m) && wait_for_connection(&listener, shutdown)? {
         // A connection that went away before the accept is not one.
