@@ -99,6 +99,43 @@ fn verbs_output_and_exit_codes() {
     assert!(!sb.dir.join("back.bin.vmblob-partial").exists(), "no partial file left behind");
 }
 
+/// `get --if-match` / `--if-none-match`: Azure's 412 and 304 as exit codes 4 and 7, and
+/// a download that does not happen writes nothing.
+#[test]
+fn conditional_downloads() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket();
+    ok(s, &["mb", "docs"]);
+    let src = sb.dir.join("v1.txt");
+    std::fs::write(&src, b"version one").unwrap();
+    ok(s, &["put", src.to_str().unwrap(), "docs/f"]);
+    let stat = ok(s, &["stat", "docs/f"]);
+    let etag = stat.lines().find_map(|l| l.strip_prefix("etag:")).expect("stat shows the etag").trim().to_owned();
+    let out = sb.dir.join("local.txt");
+    let out_s = out.to_str().unwrap();
+
+    let current = vmblob(Some(s), &["get", "--if-none-match", &etag, "docs/f", out_s]);
+    assert_eq!(code(&current), 7, "{}", String::from_utf8_lossy(&current.stderr));
+    assert!(!out.exists(), "a current local copy is not written over");
+    let unquoted = etag.trim_matches('"');
+    assert_eq!(code(&vmblob(Some(s), &["get", "--if-none-match", unquoted, "docs/f", "-"])), 7, "unquoted ETag");
+    assert_eq!(code(&vmblob(Some(s), &["get", "--if-match", "\"0xdead\"", "docs/f", out_s])), 4);
+    assert!(!out.exists(), "a failed If-Match writes nothing");
+
+    ok(s, &["get", "--if-match", &etag, "docs/f", out_s]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"version one");
+    std::fs::write(&src, b"version two").unwrap();
+    ok(s, &["put", src.to_str().unwrap(), "docs/f"]);
+    ok(s, &["get", "--if-none-match", &etag, "docs/f", out_s]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"version two", "a changed blob is downloaded");
+    assert_eq!(
+        code(&vmblob(Some(s), &["get", "--if-match", &etag, "docs/f", "-"])),
+        4,
+        "the old ETag no longer matches"
+    );
+}
+
 #[test]
 fn directory_copies_round_trip() {
     let sb = Sandbox::new();

@@ -55,14 +55,18 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             let (container, name) = blob(dest)?;
             put_file(cli, &c.container(container).blob(name), file)
         }
-        Cmd::Get { src, file, offset, length } => {
+        Cmd::Get { src, file, offset, length, if_match, if_none_match } => {
             let (container, name) = blob(src)?;
             let b = c.container(container).blob(name);
-            let range = (*offset != 0 || length.is_some()).then_some(Span { offset: *offset, length: *length });
+            let conditions = Conditions { if_match: etag_arg(if_match)?, if_none_match: etag_arg(if_none_match)? };
+            // A conditional download goes the pinned, ranged way: the version the conditions
+            // held for is the one read, even if the blob is replaced meanwhile.
+            let ranged = *offset != 0 || length.is_some() || conditions != Conditions::none();
+            let range = ranged.then_some(Span { offset: *offset, length: *length });
             match file.as_deref() {
-                None => get_to_stdout(&b, range),
-                Some(p) if p == Path::new("-") => get_to_stdout(&b, range),
-                Some(p) => get_file(cli, &b, p, range),
+                None => get_to_stdout(&b, range, &conditions),
+                Some(p) if p == Path::new("-") => get_to_stdout(&b, range, &conditions),
+                Some(p) => get_file(cli, &b, p, range, &conditions),
             }
         }
         Cmd::Stat { path } => {
@@ -119,18 +123,34 @@ struct Span {
     length: Option<u64>,
 }
 
-/// Download `range` (or the whole blob) into `out`.
-fn download(b: &BlobHandle, range: Option<Span>, out: &mut dyn Write, progress: &dyn Fn(u64)) -> Result<(), CliError> {
+fn etag_arg(arg: &Option<String>) -> Result<Option<ETag>, CliError> {
+    arg.as_deref().map(|e| ETag::new(e).map_err(|_| CliError::Usage(format!("{e:?} is not an ETag")))).transpose()
+}
+
+/// Download `range` (or the whole blob) into `out`, if `conditions` hold (a ranged download).
+fn download(
+    b: &BlobHandle,
+    range: Option<Span>,
+    conditions: &Conditions,
+    out: &mut dyn Write,
+    progress: &dyn Fn(u64),
+) -> Result<(), CliError> {
     match range {
         None => b.get_to_writer(out, progress).map(|_| ()).map_err(CliError::from),
-        Some(span) => get_span(b, span, out, progress),
+        Some(span) => get_span(b, span, conditions, out, progress),
     }
 }
 
 /// A ranged download: one version (pinned by its ETag, so an overwrite in the middle fails
 /// instead of mixing), read in device-sized pieces.
-fn get_span(b: &BlobHandle, span: Span, out: &mut dyn Write, progress: &dyn Fn(u64)) -> Result<(), CliError> {
-    let props = b.properties()?;
+fn get_span(
+    b: &BlobHandle,
+    span: Span,
+    conditions: &Conditions,
+    out: &mut dyn Write,
+    progress: &dyn Fn(u64),
+) -> Result<(), CliError> {
+    let props = b.properties_opts(conditions.clone())?;
     let end = span.length.map_or(props.content_length, |n| span.offset.saturating_add(n)).min(props.content_length);
     let etag =
         ETag::new(&props.etag).map_err(|_| CliError::Usage(format!("the device sent a bad ETag {:?}", props.etag)))?;
@@ -150,7 +170,13 @@ fn get_span(b: &BlobHandle, span: Span, out: &mut dyn Write, progress: &dyn Fn(u
     Ok(())
 }
 
-fn get_file(cli: &Cli, b: &BlobHandle, path: &Path, range: Option<Span>) -> Result<(), CliError> {
+fn get_file(
+    cli: &Cli,
+    b: &BlobHandle,
+    path: &Path,
+    range: Option<Span>,
+    conditions: &Conditions,
+) -> Result<(), CliError> {
     // Into a directory: under the blob's last name component, as cp does.
     let target;
     let path = if path.is_dir() {
@@ -164,14 +190,15 @@ fn get_file(cli: &Cli, b: &BlobHandle, path: &Path, range: Option<Span>) -> Resu
     } else {
         path
     };
-    let props = b.properties()?;
+    // Conditions first: a current local copy (or a failed If-Match) leaves nothing behind.
+    let props = b.properties_opts(conditions.clone())?;
     // Write beside the target and rename, so a failed download leaves no torn file.
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".vmblob-partial");
     let tmp = path.with_file_name(tmp_name);
     let mut out = BufWriter::new(File::create(&tmp)?);
     let pb = bar(cli, props.content_length, b.name());
-    let result = download(b, range, &mut out, &|n| pb.set_position(n));
+    let result = download(b, range, conditions, &mut out, &|n| pb.set_position(n));
     pb.finish_and_clear();
     if let Err(e) = result.and_then(|_| out.flush().map_err(CliError::Io)) {
         let _ = std::fs::remove_file(&tmp);
@@ -184,10 +211,10 @@ fn get_file(cli: &Cli, b: &BlobHandle, path: &Path, range: Option<Span>) -> Resu
     Ok(())
 }
 
-fn get_to_stdout(b: &BlobHandle, range: Option<Span>) -> Result<(), CliError> {
+fn get_to_stdout(b: &BlobHandle, range: Option<Span>, conditions: &Conditions) -> Result<(), CliError> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    download(b, range, &mut out, &|_| {})?;
+    download(b, range, conditions, &mut out, &|_| {})?;
     out.flush()?;
     Ok(())
 }
@@ -239,7 +266,7 @@ fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Re
     let (container, prefix) = split(src);
     if !recursive {
         let (container, name) = blob(src)?;
-        return get_file(cli, &c.container(container).blob(name), Path::new(dest), None);
+        return get_file(cli, &c.container(container).blob(name), Path::new(dest), None, &Conditions::none());
     }
     let container = c.container(container);
     for item in container.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
@@ -251,7 +278,7 @@ fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Re
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            get_file(cli, &container.blob(&name), &target, None)?;
+            get_file(cli, &container.blob(&name), &target, None, &Conditions::none())?;
         }
     }
     Ok(())

@@ -16,6 +16,8 @@ pub mod exit {
     /// A write was sent, the device went away before answering and did not
     /// come back in time: it may or may not have been applied.
     pub const OUTCOME_UNKNOWN: u8 = 6;
+    /// A conditional read found the caller's copy current (Azure's 304).
+    pub const NOT_MODIFIED: u8 = 7;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,7 @@ impl CliError {
 fn status_exit_code(error: BlobError) -> u8 {
     match error {
         BlobError::BlobNotFound | BlobError::ContainerNotFound => exit::NOT_FOUND,
+        BlobError::NotModified => exit::NOT_MODIFIED,
         BlobError::AlreadyExists | BlobError::PreconditionFailed => exit::CONFLICT,
         BlobError::Rescinded | BlobError::Busy | BlobError::Timeout => exit::UNAVAILABLE,
         BlobError::InvalidName | BlobError::InvalidRequest => exit::USAGE,
@@ -101,6 +104,7 @@ mod tests {
         assert_eq!(code(status(BlobError::ContainerNotFound)), exit::NOT_FOUND);
         assert_eq!(code(status(BlobError::AlreadyExists)), exit::CONFLICT);
         assert_eq!(code(status(BlobError::PreconditionFailed)), exit::CONFLICT);
+        assert_eq!(code(status(BlobError::NotModified)), exit::NOT_MODIFIED);
         assert_eq!(code(status(BlobError::Busy)), exit::UNAVAILABLE);
         assert_eq!(code(status(BlobError::InvalidName)), exit::USAGE);
         assert_eq!(code(status(BlobError::Io)), exit::FAILED);

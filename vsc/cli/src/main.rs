@@ -63,7 +63,8 @@ pub fn resolve_transport(kind: TransportKind, sysfs_root: &Path, socket_given: b
     about = "Blob storage through the vmblob paravirtual device",
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage or invalid name, 3 not found, 4 already exists, \
 precondition failed or upload superseded, 5 device unavailable (nothing was done), 6 outcome unknown \
-(a write was sent and the device went away before answering: it may or may not have been applied)."
+(a write was sent and the device went away before answering: it may or may not have been applied), \
+7 not modified (get --if-none-match named the blob's current ETag; nothing was written)."
 )]
 pub struct Cli {
     /// vmbus, pci, virtio or auto (vmbus when a vmblob VMBus device exists, then pci, then virtio).
@@ -132,6 +133,13 @@ pub enum Cmd {
         /// At most this many bytes (clipped to the blob's end); default to the end.
         #[arg(long)]
         length: Option<u64>,
+        /// Only if the blob's ETag is this one (else exit 4); the download is of that version.
+        #[arg(long, value_name = "ETAG")]
+        if_match: Option<String>,
+        /// Only if the blob's ETag is not this one: a local copy of that version is current,
+        /// so nothing is written and the exit code is 7.
+        #[arg(long, value_name = "ETAG")]
+        if_none_match: Option<String>,
     },
     /// Show a blob's properties.
     Stat { path: String },
