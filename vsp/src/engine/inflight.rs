@@ -2,9 +2,10 @@
 //! the posting of their completion. Rescind, reset, disconnect and exit all go
 //! through [`InflightTable::rescind_all`] + [`InflightTable::wait_empty`].
 //!
-//! Keys are transport ids (a virtio head index, a VMBus transaction id). The
-//! table is the natural thing to move into the vhost-user inflight shared
-//! memory later: it already records exactly which heads are outstanding.
+//! Keys are transport ids (a virtio head index, a VMBus transaction id). On
+//! vhost-user the inflight region (`vhost/inflight/`) is this table's durable
+//! copy, updated at the same two points (admit, completion), so a restarted
+//! VSP knows which heads the dead one had taken.
 
 use std::collections::HashMap;
 use std::hash::Hash;
