@@ -3,7 +3,9 @@
 //!
 //! One channel thread per transport reaps completions on interrupts, and
 //! handles a rescind on its own: it hands out the completions the host
-//! already posted, fails every other pending request at once (never waiting
+//! already posted (only where the rings outlive the rescind: not on uio,
+//! whose kernel frees them, so there no ring is touched after the first
+//! EIO/POLLERR), fails every other pending request at once (never waiting
 //! for the callers), closes the channel and waits for the re-offer. The
 //! transport object, its request table and its DMA pool outlive every
 //! channel, so clients keep their handles across a rescind.
