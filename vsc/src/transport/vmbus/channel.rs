@@ -75,6 +75,14 @@ pub trait ChannelSource: Send + Sync {
     /// for an offer (`Ok(None)`: none yet). A re-offer after a rescind is
     /// opened the same way.
     fn open(&self, timeout: Duration) -> Result<Option<RawChannel>, ChannelError>;
+    /// Whether a channel's rings stay mapped memory the guest may read once
+    /// the host rescinded it, so that completions posted before the rescind
+    /// can still be reaped (an emulator's rings in guest RAM: yes).
+    /// `uio_hv_generic` frees them right after telling the guest (6.11+,
+    /// notes/vmbus.md "Corrections", §3.8): no.
+    fn rings_outlive_rescind(&self) -> bool {
+        true
+    }
 }
 
 /// The page numbers of `[addr, addr + len)` when pool addresses are

@@ -75,6 +75,7 @@ fn uio_source_without_a_device_reports_no_offer() {
     let (_pagemap, dma) = fake_pool(spread);
     let source = UioChannelSource::new(root.path(), vmblob_protocol::transport::VMBUS_CLASS_GUID, dma);
     assert!(source.open(std::time::Duration::from_millis(30)).unwrap().is_none());
+    assert!(!source.rings_outlive_rescind(), "hv_uio_rescind frees the rings: nothing is reaped after it");
     let pb = source.page_buffer(GuestAddress(0), 10).unwrap();
     assert_eq!(pb.pfns, vec![0x1000]);
 }

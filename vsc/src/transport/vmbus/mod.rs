@@ -3,7 +3,9 @@
 //!
 //! One channel thread per transport reaps completions on interrupts, and
 //! handles a rescind on its own: it hands out the completions the host
-//! already posted, fails every other pending request at once (never waiting
+//! already posted (only where the rings outlive the rescind: not on uio,
+//! whose kernel frees them, so there no ring is touched after the first
+//! EIO/POLLERR), fails every other pending request at once (never waiting
 //! for the callers), closes the channel and waits for the re-offer. The
 //! transport object, its request table and its DMA pool outlive every
 //! channel, so clients keep their handles across a rescind.
@@ -77,6 +79,8 @@ struct Inner {
     stopping: AtomicBool,
     /// Completions accepted from the host (each id once).
     completions: AtomicU64,
+    /// [`ChannelSource::rings_outlive_rescind`] of `source`.
+    rings_outlive_rescind: bool,
     opts: VmbusOptions,
 }
 
@@ -101,6 +105,7 @@ impl VmbusTransport {
             .open(opts.open_timeout)?
             .ok_or(ClientError::Timeout { waiting_for: "a VMBus channel offer", after: opts.open_timeout })?;
         let inner = Arc::new(Inner {
+            rings_outlive_rescind: source.rings_outlive_rescind(),
             source,
             table: RequestTable::new(),
             link: Mutex::new(Link::default()),
@@ -190,6 +195,14 @@ struct Pages {
 }
 
 impl Inner {
+    /// Whether `channel`'s rings may be touched now. Checked under the link
+    /// lock before every ring read or write, by the channel thread and the
+    /// senders alike: once a uio channel reports the rescind its ring pages
+    /// are freed, and any access would be a use-after-free.
+    fn rings_usable(&self, channel: &RawChannel) -> bool {
+        self.rings_outlive_rescind || !channel.signal.is_rescinded()
+    }
+
     /// Check the buffers against their lengths and translate them to pages.
     fn pages(&self, b: &mut OpBuffers) -> Result<Pages, ClientError> {
         let req_len = b.header.request_buffer_length.get() as usize;
@@ -259,6 +272,12 @@ impl Inner {
             let max_inflight = link.max_inflight;
             let generation = link.generation;
             let Some(live) = link.live.as_mut() else { return Err(ClientError::Rescinded) };
+            if !self.rings_usable(&live.channel) {
+                drop(link);
+                // Fail everyone now rather than when the channel thread notices.
+                self.take_down(generation, "rescinded, rings freed");
+                return Err(ClientError::Rescinded);
+            }
             if live.sent.len() < max_inflight {
                 match live.out.poll_ready(packet.len()) {
                     Ok(true) => match live.out.write(packet) {
@@ -299,6 +318,9 @@ impl Inner {
 
     /// Make `channel` the live one; returns its generation.
     fn install(&self, channel: RawChannel) -> Result<u64, crate::transport::vmbus::ChannelError> {
+        if !self.rings_usable(&channel) {
+            return Err(crate::transport::vmbus::ChannelError::Rescinded);
+        }
         let out = OutgoingRing::new(channel.outgoing.clone())?;
         let generation = {
             let mut link = lock(&self.link);

@@ -1,12 +1,13 @@
 //! The channel thread: reap completions on interrupts, handle rescind and
 //! host failures, pick up the re-offered channel.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 
 use vmblob_protocol::framing::vmbus::{Packet, parse_blob_completion, parse_packet};
 use vmblob_vmbus::{IncomingRing, ReadError, RingMem};
 
+use super::link::Link;
 use super::{Inner, lock};
 use crate::error::ProtocolError;
 use crate::transport::Completion;
@@ -22,6 +23,9 @@ enum Down {
     /// Rescinded by the host, or the host broke the protocol.
     Failed(String),
 }
+
+/// Why a uio channel's rings are left alone after its rescind.
+const RINGS_FREED: &str = "rescinded; the kernel freed the rings, nothing more is read from them";
 
 /// Completions handled before the read index is released.
 const BATCH: usize = 64;
@@ -52,8 +56,26 @@ impl Inner {
         self.stopping.load(Ordering::Acquire)
     }
 
+    /// The link lock, to hold across an access to channel `generation`'s
+    /// rings; `Err` once it is not the live channel any more, or its rings
+    /// went with a rescind (see [`Inner::rings_usable`]).
+    fn lock_rings(&self, generation: u64, channel: &RawChannel) -> Result<MutexGuard<'_, Link>, Down> {
+        let link = lock(&self.link);
+        if link.generation != generation || link.live.is_none() {
+            return Err(Down::Replaced);
+        }
+        if !self.rings_usable(channel) {
+            return Err(Down::Failed(RINGS_FREED.into()));
+        }
+        Ok(link)
+    }
+
     fn serve(&self, generation: u64, channel: &RawChannel) -> Down {
-        let mut incoming = match IncomingRing::new(channel.incoming.clone()) {
+        let attached = match self.lock_rings(generation, channel) {
+            Ok(_rings) => IncomingRing::new(channel.incoming.clone()),
+            Err(down) => return down,
+        };
+        let mut incoming = match attached {
             Ok(r) => r,
             Err(e) => return Down::Failed(format!("host-to-guest ring unusable: {e}")),
         };
@@ -61,21 +83,19 @@ impl Inner {
             if self.stopping() {
                 return Down::Stopping;
             }
-            {
-                let link = lock(&self.link);
-                if link.generation != generation || link.live.is_none() {
-                    return Down::Replaced;
-                }
-            }
-            if let Err(why) = self.drain(generation, channel, &mut incoming) {
-                return Down::Failed(why);
+            if let Err(down) = self.drain(generation, channel, &mut incoming) {
+                return down;
             }
             if channel.signal.is_rescinded() {
                 return self.rescinded(generation, channel, &mut incoming);
             }
             // Unmask, then look again: a completion posted before the host
             // saw the mask cleared is not signalled.
-            match incoming.unmask_and_check() {
+            let posted = match self.lock_rings(generation, channel) {
+                Ok(_rings) => incoming.unmask_and_check(),
+                Err(down) => return down,
+            };
+            match posted {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => return Down::Failed(format!("host-to-guest ring corrupt: {e}")),
@@ -104,53 +124,64 @@ impl Inner {
         }
     }
 
-    /// The host rescinded the channel. It completed what it could before
-    /// (completion on rescind): hand those out, then fail the rest. Waits for
-    /// nothing else, least of all for the clients.
+    /// The host rescinded the channel. Where its rings outlive the rescind,
+    /// the host completed what it could before (completion on rescind):
+    /// hand those out. A uio channel's rings are freed already, so nothing
+    /// is read. Then fail the rest. Waits for nothing else, least of all for
+    /// the clients.
     fn rescinded(&self, generation: u64, channel: &RawChannel, incoming: &mut IncomingRing<Arc<dyn RingMem>>) -> Down {
-        if let Err(why) = self.drain(generation, channel, incoming) {
-            log::warn!("after the rescind: {why}");
+        if !self.rings_outlive_rescind {
+            return Down::Failed(RINGS_FREED.into());
+        }
+        match self.drain(generation, channel, incoming) {
+            Ok(()) => {}
+            Err(Down::Failed(why)) => log::warn!("after the rescind: {why}"),
+            Err(down) => return down,
         }
         Down::Failed("rescinded".into())
     }
 
     /// Read every posted completion and complete its request. `Err` when the
-    /// host broke the protocol; the channel must then go.
+    /// host broke the protocol (the channel must then go), or the channel
+    /// is no longer live or its rings went with a rescind.
     fn drain(
         &self,
         generation: u64,
         channel: &RawChannel,
         incoming: &mut IncomingRing<Arc<dyn RingMem>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Down> {
         loop {
             let mut batch = Vec::new();
             let mut corrupt = None;
-            while batch.len() < BATCH {
-                match incoming.read() {
-                    Ok(p) => batch.push(p),
-                    Err(ReadError::Empty) => break,
-                    Err(ReadError::Corrupt(e)) => {
-                        corrupt = Some(format!("host-to-guest ring corrupt: {e}"));
-                        break;
+            {
+                let _rings = self.lock_rings(generation, channel)?;
+                while batch.len() < BATCH {
+                    match incoming.read() {
+                        Ok(p) => batch.push(p),
+                        Err(ReadError::Empty) => break,
+                        Err(ReadError::Corrupt(e)) => {
+                            corrupt = Some(format!("host-to-guest ring corrupt: {e}"));
+                            break;
+                        }
                     }
+                }
+                if incoming.commit_read()
+                    && let Err(e) = channel.signal.signal_peer()
+                {
+                    log::debug!("signalling the host failed: {e}");
                 }
             }
             let more = batch.len() == BATCH;
-            if incoming.commit_read()
-                && let Err(e) = channel.signal.signal_peer()
-            {
-                log::debug!("signalling the host failed: {e}");
-            }
             let n = batch.len();
             for bytes in batch {
-                self.complete(generation, &bytes)?;
+                self.complete(generation, &bytes).map_err(Down::Failed)?;
             }
             if n > 0 {
                 // In-flight slots were freed.
                 self.space.notify_all();
             }
             if let Some(why) = corrupt {
-                return Err(why);
+                return Err(Down::Failed(why));
             }
             if !more {
                 return Ok(());

@@ -2,7 +2,7 @@
 //! in guest RAM (uio map 0 layout), and a host end that reads requests and
 //! writes completions, honest or not.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,8 @@ use vmblob_protocol::transport::MAX_BUFFER_LEN;
 use vmblob_protocol::{BlobError, OpCode, Segment, VspRequest, VspResponse};
 use vmblob_vhost_frontend::GuestRam;
 use vmblob_vmbus::{
-    ChannelPair, ChannelRings, ChannelSignal, ChannelState, ChannelStatus, Doorbell, IncomingRing, MappedRingMem,
-    OutgoingRing, RawChannel, ReadError, RingMem,
+    ChannelEnded, ChannelPair, ChannelRings, ChannelSignal, ChannelState, ChannelStatus, ControlWord, Doorbell,
+    IncomingRing, MappedRingMem, OutgoingRing, RawChannel, ReadError, RingMem,
 };
 
 use crate::transport::dma::DmaPool;
@@ -52,15 +52,43 @@ pub struct FakeSource {
     offer: Mutex<Option<RawChannel>>,
     offered: Condvar,
     ring_size: usize,
+    /// Like `uio_hv_generic` since 6.11: the rings are freed once the guest
+    /// has been told of the rescind (see [`FreedOnRescind`]).
+    frees_rings_on_rescind: bool,
+    /// Guest accesses to freed rings, over every channel offered.
+    touched_after_rescind: Arc<AtomicUsize>,
 }
 
 impl FakeSource {
     /// `ring_size`: bytes per direction, control page included.
     pub fn new(ring_size: usize) -> Arc<Self> {
+        Self::build(ring_size, false)
+    }
+
+    /// A source whose rings are freed on rescind, as `hv_uio_rescind` does.
+    pub fn freeing_rings_on_rescind(ring_size: usize) -> Arc<Self> {
+        Self::build(ring_size, true)
+    }
+
+    fn build(ring_size: usize, frees_rings_on_rescind: bool) -> Arc<Self> {
         let ram = GuestRam::new(64 << 20).unwrap();
         let pool = DmaPool::new(ram.memory().clone(), GuestAddress(RINGS_AREA), (64 << 20) - RINGS_AREA).unwrap();
         assert!(2 * ring_size as u64 <= RINGS_AREA);
-        Arc::new(Self { ram, pool, offer: Mutex::new(None), offered: Condvar::new(), ring_size })
+        Arc::new(Self {
+            ram,
+            pool,
+            offer: Mutex::new(None),
+            offered: Condvar::new(),
+            ring_size,
+            frees_rings_on_rescind,
+            touched_after_rescind: Arc::default(),
+        })
+    }
+
+    /// Ring accesses the guest made after it learned of a rescind (each one
+    /// a use-after-free on a real kernel).
+    pub fn touched_after_rescind(&self) -> usize {
+        self.touched_after_rescind.load(Ordering::SeqCst)
     }
 
     /// Offer a fresh channel (zeroed rings, as the kernel's open leaves
@@ -82,7 +110,20 @@ impl FakeSource {
             g2h,
             h2g,
         };
-        *self.offer.lock().unwrap() = Some(pair.guest);
+        let guest = if self.frees_rings_on_rescind {
+            let told = Arc::new(AtomicBool::new(false));
+            let freed = |ring: Arc<dyn RingMem>| -> Arc<dyn RingMem> {
+                Arc::new(FreedOnRescind { ring, told: told.clone(), touched: self.touched_after_rescind.clone() })
+            };
+            RawChannel {
+                incoming: freed(pair.guest.incoming),
+                outgoing: freed(pair.guest.outgoing),
+                signal: Arc::new(TellsRescind { signal: pair.guest.signal, told }),
+            }
+        } else {
+            pair.guest
+        };
+        *self.offer.lock().unwrap() = Some(guest);
         self.offered.notify_all();
         host
     }
@@ -108,6 +149,92 @@ impl ChannelSource for FakeSource {
             }
             offer = self.offered.wait_timeout(offer, left).unwrap().0;
         }
+    }
+    fn rings_outlive_rescind(&self) -> bool {
+        !self.frees_rings_on_rescind
+    }
+}
+
+/// A guest ring as the kernel leaves it after `hv_uio_rescind` (6.11+):
+/// the pages are freed while still mapped. From the moment the guest was
+/// told of the rescind (`told`), every access counts in `touched` and sees
+/// garbage; writes go nowhere.
+struct FreedOnRescind {
+    ring: Arc<dyn RingMem>,
+    told: Arc<AtomicBool>,
+    touched: Arc<AtomicUsize>,
+}
+
+impl FreedOnRescind {
+    fn freed(&self) -> bool {
+        let freed = self.told.load(Ordering::SeqCst);
+        if freed {
+            self.touched.fetch_add(1, Ordering::SeqCst);
+        }
+        freed
+    }
+}
+
+/// Whatever the allocator put there since.
+const POISON: u8 = 0xa5;
+
+impl RingMem for FreedOnRescind {
+    fn len(&self) -> usize {
+        self.ring.len()
+    }
+    fn load(&self, word: ControlWord, order: Ordering) -> u32 {
+        if self.freed() { u32::from_ne_bytes([POISON; 4]) } else { self.ring.load(word, order) }
+    }
+    fn store(&self, word: ControlWord, value: u32, order: Ordering) {
+        if !self.freed() {
+            self.ring.store(word, value, order)
+        }
+    }
+    fn read_at(&self, off: usize, buf: &mut [u8]) {
+        if self.freed() { buf.fill(POISON) } else { self.ring.read_at(off, buf) }
+    }
+    fn write_at(&self, off: usize, buf: &[u8]) {
+        if !self.freed() {
+            self.ring.write_at(off, buf)
+        }
+    }
+}
+
+/// The guest's signal, noting when the guest first learns of the rescind
+/// (EIO / POLLERR on `/dev/uioN`): from then on its rings are freed.
+struct TellsRescind {
+    signal: Arc<dyn ChannelSignal>,
+    told: Arc<AtomicBool>,
+}
+
+impl TellsRescind {
+    fn note<T>(&self, r: Result<T, ChannelEnded>) -> Result<T, ChannelEnded> {
+        if matches!(r, Err(ChannelEnded::Rescinded)) {
+            self.told.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+impl ChannelSignal for TellsRescind {
+    fn signal_peer(&self) -> Result<(), ChannelEnded> {
+        self.note(self.signal.signal_peer())
+    }
+    fn wait(&self, timeout: Option<Duration>) -> Result<bool, ChannelEnded> {
+        self.note(self.signal.wait(timeout))
+    }
+    fn unmask(&self) -> Result<(), ChannelEnded> {
+        self.note(self.signal.unmask())
+    }
+    fn wake_self(&self) {
+        self.signal.wake_self()
+    }
+    fn is_rescinded(&self) -> bool {
+        let rescinded = self.signal.is_rescinded();
+        if rescinded {
+            self.told.store(true, Ordering::SeqCst);
+        }
+        rescinded
     }
 }
 
@@ -221,7 +348,6 @@ impl HostEnd {
 
     /// Put `packet` into the ring as is, with no check, and publish it.
     pub fn send_raw_unchecked(&mut self, packet: &[u8]) {
-        use vmblob_vmbus::ControlWord;
         let at = self.h2g.load(ControlWord::WriteIndex, Ordering::SeqCst) as usize;
         self.h2g.write_at(at, packet);
         self.set_host_write_index(((at + packet.len() + 8) % self.h2g.len()) as u32);

@@ -241,6 +241,51 @@ fn rescind_fails_pending_at_once_and_old_handles_work_after_the_reoffer() {
     server.stop();
 }
 
+/// `uio_hv_generic` since 6.11 frees the rings right after it tells the
+/// guest of the rescind (EIO / POLLERR), while they are still mapped. The
+/// guest must not touch them from then on: no draining, no `read_index`
+/// commit, no send. Every pending request fails at once (answers the host
+/// posted are lost with the rings), the channel is unmapped, and the
+/// re-offer is served as usual.
+#[test]
+fn after_a_uio_rescind_the_guest_never_touches_the_freed_rings() {
+    let source = FakeSource::freeing_rings_on_rescind(RING);
+    let config = fake::config(64);
+    let (t, mut host) = open(&source, config);
+    let c = client(&t);
+    let pending: Vec<PendingOp> = (0..4).map(|i| create(&c, &format!("freed{i}")).unwrap()).collect();
+    let reqs: Vec<_> = (0..4).map(|_| host.next_request(LONG).unwrap()).collect();
+    // Posted before the rescind: reaped before it, or lost with the rings.
+    host.answer(&reqs[0], &config);
+    host.complete(reqs[1].id, VspResponse::new(BlobError::Rescinded.code(), 0));
+    host.rescind();
+    let results: Vec<_> = pending.into_iter().map(|p| etag_of(p.wait())).collect();
+    assert!(
+        matches!(&results[0], Ok(e) if e == "freed0") || matches!(&results[0], Err(ClientError::OutcomeUnknown { .. })),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        matches!(&results[1], Err(e) if is_rescinded(e) || matches!(e, ClientError::OutcomeUnknown { .. })),
+        "{:?}",
+        results[1]
+    );
+    for r in &results[2..] {
+        assert!(matches!(r, Err(ClientError::OutcomeUnknown { .. })), "{r:?}");
+    }
+    wait_until(|| host.guest_closed(), "old channel closed (unmapped)");
+    assert!(matches!(create(&c, "early"), Err(ClientError::Rescinded)));
+    assert_eq!(t.pending(), 0);
+    assert_eq!(source.touched_after_rescind(), 0, "ring accesses after the guest learned of the rescind");
+
+    let server = Server::start(source.offer(), config);
+    wait_until(|| t.is_connected(), "re-offer picked up");
+    assert_eq!(t.generation(), 2);
+    assert_eq!(etag_of(create(&c, "later").unwrap().wait()).unwrap(), "later");
+    server.stop();
+    assert_eq!(source.touched_after_rescind(), 0);
+}
+
 #[test]
 fn submit_after_close_never_reaches_the_ring() {
     let source = FakeSource::new(RING);

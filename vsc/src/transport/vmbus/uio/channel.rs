@@ -156,4 +156,10 @@ impl ChannelSource for UioChannelSource {
             std::thread::sleep(left.min(OFFER_POLL));
         }
     }
+
+    /// `hv_uio_rescind` unregisters the device right after it notifies,
+    /// which frees the ring pages under the still-mapped region.
+    fn rings_outlive_rescind(&self) -> bool {
+        false
+    }
 }
