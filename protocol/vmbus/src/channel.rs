@@ -33,8 +33,9 @@ pub trait ChannelSignal: Send + Sync {
     /// Wake the peer. Fails once the channel ended.
     fn signal_peer(&self) -> Result<(), ChannelEnded>;
     /// Sleep until the peer signals (`Ok(true)`) or `timeout` passes (`Ok(false)`; `None`:
-    /// forever). Fails once the channel ended; the rings stay readable, so a reader drains
-    /// what the peer committed before it ended.
+    /// forever). Fails once the channel ended. Whether the rings stay readable after that is
+    /// the provider's: an emulated bus keeps them, so a reader may drain what the peer
+    /// committed; Linux's `uio_hv_generic` frees them on a rescind, so its reader must not.
     fn wait(&self, timeout: Option<Duration>) -> Result<bool, ChannelEnded>;
     /// Re-enable interrupt delivery outside the rings, where the provider has such a switch;
     /// the rings' own `interrupt_mask` is the ring user's job.
