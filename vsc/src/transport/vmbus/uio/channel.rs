@@ -13,6 +13,7 @@ use vmblob_protocol::framing::vmbus::PageBuffer;
 use vmblob_vmbus::{ChannelEnded, ChannelSignal, MappedRingMem, RawChannel, SharedMemory};
 
 use super::device::{UioDevice, UioError};
+use super::kernel::{KernelRelease, check_kernel};
 use super::sysfs::{UIO_DRIVER, bind_uio, find_devices};
 use crate::transport::dma::DmaPool;
 use crate::transport::pinned::PinnedDma;
@@ -109,11 +110,19 @@ pub struct UioChannelSource {
     class_guid: String,
     dma: PinnedDma,
     bind_timeout: Duration,
+    /// The running kernel, which decides what `uio_hv_generic` can bind.
+    kernel: Option<KernelRelease>,
 }
 
 impl UioChannelSource {
     pub fn new(sysfs_root: impl Into<PathBuf>, class_guid: &str, dma: PinnedDma) -> Self {
-        Self { sysfs_root: sysfs_root.into(), class_guid: class_guid.into(), dma, bind_timeout: Duration::from_secs(5) }
+        Self {
+            sysfs_root: sysfs_root.into(),
+            class_guid: class_guid.into(),
+            dma,
+            bind_timeout: Duration::from_secs(5),
+            kernel: KernelRelease::running(),
+        }
     }
 
     pub fn dma(&self) -> &PinnedDma {
@@ -127,6 +136,7 @@ impl UioChannelSource {
             return Ok(None);
         };
         if dev.uio.is_none() || dev.driver.as_deref() != Some(UIO_DRIVER) {
+            check_kernel(&dev, self.kernel.as_ref())?;
             dev.uio = Some(bind_uio(&self.sysfs_root, &dev, self.bind_timeout)?);
         }
         let uio = UioDevice::open_vmbus(&self.sysfs_root, &dev).map_err(uio_error)?;

@@ -12,10 +12,12 @@
 
 pub mod channel;
 pub mod device;
+pub mod kernel;
 pub mod sysfs;
 
 pub use channel::{UioChannel, UioChannelSource};
 pub use device::{ChannelIds, RescindWatch, UioDevice, UioError, UioInterrupt};
+pub use kernel::{KernelRelease, check_kernel};
 pub use sysfs::{SysfsError, UioMap, VmbusDevice, bind_uio, find_devices, read_maps};
 
 #[cfg(test)]

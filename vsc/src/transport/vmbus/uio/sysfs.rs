@@ -32,6 +32,11 @@ pub enum SysfsError {
     BindTimeout { instance: String, timeout: Duration, bind_error: Option<String> },
     #[error("uio {uio} has no map {index} (maps present: {present})")]
     MissingMap { uio: String, index: usize, present: usize },
+    #[error(
+        "VMBus channel {instance} has no monitor, and uio_hv_generic serves such channels only since \
+         Linux {min} (this kernel: {release}); use a newer guest kernel"
+    )]
+    KernelTooOld { instance: String, release: String, min: String },
 }
 
 fn bind_note(bind_error: &Option<String>) -> String {
@@ -201,7 +206,14 @@ pub fn bind_uio(sysfs_root: &Path, dev: &VmbusDevice, timeout: Duration) -> Resu
     // only the uio node appearing counts, the bind error is reported if it never does.
     let bind_error = match find_driver(&dev_dir).as_deref() {
         Some(UIO_DRIVER) => None,
-        _ => write_attr(&uio_drv.join("bind"), &dev.instance).err().map(|e| e.to_string()),
+        _ => match write_attr(&uio_drv.join("bind"), &dev.instance) {
+            // The pre-6.10 probe's refusal of a channel without a monitor: it will never bind.
+            Err(SysfsError::Write { source, .. }) if source.raw_os_error() == Some(super::kernel::ENOTSUPP) => {
+                let release = super::kernel::KernelRelease::running().map_or_else(|| "unknown".into(), |k| k.text);
+                return Err(super::kernel::too_old(dev, &release));
+            }
+            r => r.err().map(|e| e.to_string()),
+        },
     };
 
     let deadline = Instant::now() + timeout;
