@@ -60,11 +60,13 @@ pub enum UioError {
 }
 
 /// Map an fd error to `Rescinded` when it means the device is gone: uio
-/// answers EIO after `hv_uio_rescind` (and after unregistering); ENODEV is
-/// treated the same defensively.
+/// answers EIO after `hv_uio_rescind`; once the device is unregistered (6.11+)
+/// a `write` answers EINVAL (our writes are always the 4 bytes uio wants, so
+/// EINVAL means nothing else there); ENODEV is treated the same defensively.
 pub fn classify_io_error(op: &'static str, source: io::Error) -> UioError {
     match source.raw_os_error() {
         Some(libc::EIO | libc::ENODEV) => UioError::Rescinded,
+        Some(libc::EINVAL) if op == "write" => UioError::Rescinded,
         _ => UioError::Io { op, source },
     }
 }

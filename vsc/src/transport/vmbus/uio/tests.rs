@@ -187,9 +187,11 @@ fn pollerr_without_data_is_a_rescind() {
 }
 
 #[test]
-fn eio_and_enodev_classify_as_rescind() {
+fn eio_enodev_and_a_writes_einval_classify_as_rescind() {
     assert!(matches!(classify_io_error("read", io::Error::from_raw_os_error(libc::EIO)), UioError::Rescinded));
     assert!(matches!(classify_io_error("write", io::Error::from_raw_os_error(libc::ENODEV)), UioError::Rescinded));
+    // A write to an unregistered device (6.11+) answers EINVAL.
+    assert!(matches!(classify_io_error("write", io::Error::from_raw_os_error(libc::EINVAL)), UioError::Rescinded));
     let other = classify_io_error("read", io::Error::from_raw_os_error(libc::EINVAL));
     assert!(matches!(other, UioError::Io { op: "read", .. }), "{other}");
     let other = classify_io_error("read", io::Error::other("no errno"));
