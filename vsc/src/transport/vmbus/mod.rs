@@ -115,6 +115,7 @@ impl VmbusTransport {
             completions: AtomicU64::new(0),
             opts,
         });
+        let ring_data = channel.outgoing.len();
         let generation = inner.install(channel.clone())?;
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
@@ -122,14 +123,15 @@ impl VmbusTransport {
             .spawn(move || worker.run(generation, channel))
             .map_err(ClientError::Io)?;
         let transport = Self { inner, thread: Mutex::new(Some(thread)) };
-        let config = fit_to_packet(transport.fetch_config()?);
+        let config = fit_to_ring(transport.fetch_config()?, ring_data);
         let _ = transport.inner.config.set(config);
         lock(&transport.inner.link).max_inflight = (config.max_inflight as usize).max(1);
         Ok(transport)
     }
 
     /// The device's limits and capabilities, as fetched at open, with
-    /// `max_data_len` cut so that any data request fits one packet.
+    /// `max_data_len` cut so that the largest data request takes at most a
+    /// quarter of the guest→host ring (`fit_to_ring`).
     pub fn device_config(&self) -> DeviceConfig {
         *self.inner.config.get().expect("set by open")
     }
@@ -177,11 +179,25 @@ impl VmbusTransport {
 /// as the config allows.
 const CONTROL_PAGES: usize = 8;
 
-/// The config as this transport can honour it: one packet carries at most
-/// 8,192 pages for data, request and response together, so the largest data
-/// buffer is smaller than the 32 MiB a device may advertise.
-fn fit_to_packet(mut config: DeviceConfig) -> DeviceConfig {
-    let max_data = ((MAX_PACKET_PAGES - CONTROL_PAGES) * crate::transport::dma::PAGE_SIZE as usize) as u32;
+/// Ring bytes of a GPA-direct blob request besides its page numbers: packet
+/// header, range header and the 56-byte in-band header (88), and the ring's
+/// 8-byte trailer. Each page number takes 8 more.
+pub(super) const REQUEST_OVERHEAD: usize = 88 + 8;
+
+/// The largest request takes at most this share of the guest→host ring, so
+/// that this many of the largest fit in it at once.
+const RING_SHARE: usize = 4;
+
+/// The config as this transport can honour it on a guest→host ring of
+/// `ring_data` bytes. Linux gives a class it does not know (vmblob's) a
+/// `0x11000`-byte ring per direction: 64 KiB of data, far less than the
+/// 8,192 pages (64 KiB of page numbers alone) a packet may carry, so the
+/// largest data buffer follows from the ring, not from the packet limit.
+/// `BlobClient` splits larger transfers at `max_data_len`.
+fn fit_to_ring(mut config: DeviceConfig, ring_data: usize) -> DeviceConfig {
+    let pages = ((ring_data / RING_SHARE).saturating_sub(REQUEST_OVERHEAD) / 8).min(MAX_PACKET_PAGES);
+    let data_pages = pages.saturating_sub(CONTROL_PAGES).max(1);
+    let max_data = u32::try_from(data_pages * crate::transport::dma::PAGE_SIZE as usize).unwrap_or(u32::MAX);
     config.max_data_len = config.max_data_len.min(max_data);
     config
 }

@@ -94,9 +94,9 @@ fn requests_are_gpa_direct_with_data_request_response_pages_in_order() {
     let source = FakeSource::new(RING);
     let config = fake::config(64);
     let (t, mut host) = open(&source, config);
-    // As fetched, but with room for the request and response pages beside
-    // the largest data buffer in one 8,192-page packet.
-    assert_eq!(t.device_config(), DeviceConfig { max_data_len: (8192 - 8) * 4096, ..config });
+    // As fetched, but with the largest data request a quarter of the 60 KiB ring.
+    let max_data_len = ((60 << 10) / 4 - 96) / 8 * 4096 - 8 * 4096;
+    assert_eq!(t.device_config(), DeviceConfig { max_data_len: max_data_len as u32, ..config });
     assert_eq!(t.num_queues(), 1);
     let c = client(&t);
     let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
@@ -130,6 +130,35 @@ fn requests_are_gpa_direct_with_data_request_response_pages_in_order() {
     host.answer(&req2, &config);
     assert_eq!(etag_of(second.wait()).unwrap(), "second");
     assert_eq!(t.pending(), 0);
+}
+
+/// The ring Linux gives a class it does not know (0x11000 bytes per direction,
+/// 64 KiB of data): the largest data request the config allows is written and
+/// answered. Before, the config allowed 8,184 data pages, whose packet (64 KiB
+/// of page numbers alone) could never fit that ring.
+#[test]
+fn the_largest_request_fits_the_kernels_default_ring() {
+    let source = FakeSource::new(0x11000);
+    let config = fake::config(64);
+    let (t, mut host) = open(&source, config);
+    let max = t.device_config().max_data_len as usize;
+    assert_eq!(max, ((64 << 10) / 4 - 96) / 8 * 4096 - 8 * 4096, "a quarter of the ring");
+    let c = client(&t);
+    assert_eq!(c.block_size(), max, "the client splits transfers at the ring's limit");
+    let data = vec![0x5a; max];
+    let put = OpRequest::PutBlock(vmblob_protocol::ops::PutBlock {
+        target: vmblob_protocol::ops::BlobRef {
+            container: vmblob_protocol::ContainerName::new("cont").unwrap(),
+            blob: vmblob_protocol::BlobName::new("blob").unwrap(),
+        },
+        block_id: vmblob_protocol::BlockId::new(b"blk").unwrap(),
+        content_crc64: None,
+    });
+    let pending = c.submit(&put, Data::Out(&data)).expect("the largest request is written into the ring");
+    let req = host.next_request(LONG).expect("the host sees it");
+    assert_eq!(req.header.data_buffer_length.get() as usize, max);
+    host.answer(&req, &config);
+    assert!(matches!(pending.wait(), Err(e) if e.is_not_found()));
 }
 
 /// Each lie fails the pending request with an error (never a hang), takes
@@ -464,4 +493,19 @@ fn a_submission_the_host_never_makes_room_for_times_out() {
         assert!(started.elapsed() >= crate::transport::SUBMIT_GRACE, "gave up early: {:?}", started.elapsed());
     });
     assert!(host.next_request(Duration::from_millis(100)).is_none(), "the timed-out request never reached the ring");
+}
+
+/// `REQUEST_OVERHEAD` is what a blob request really takes in the ring besides its page numbers.
+#[test]
+fn the_request_overhead_matches_the_encoder() {
+    use vmblob_protocol::framing::vmbus::{PageBuffer, encode_blob_request};
+    let pages = |n: usize| PageBuffer { first_page_offset: 0, len: (n * 4096) as u32, pfns: (0..n as u64).collect() };
+    for data_pages in [0usize, 1, 100, 2028] {
+        let mut hdr = vmblob_protocol::VspRequest::default();
+        let data = (data_pages > 0).then(|| pages(data_pages));
+        let packet = encode_blob_request(7, &mut hdr, data.as_ref(), &pages(1), &pages(4));
+        let pfns = data_pages + 1 + 4;
+        // The ring adds its 8-byte trailer to every packet.
+        assert_eq!(packet.len() + 8, super::REQUEST_OVERHEAD + 8 * pfns, "{data_pages} data pages");
+    }
 }
