@@ -354,8 +354,13 @@ impl UioDevice {
         let word = INT_PAGE_SEND_OFFSET + relid as usize / 32 * 4;
         self.int_page.fetch_or_u32(word, 1 << (relid % 32), Ordering::SeqCst)?;
         if let (Some(id), Some(page)) = (monitor_id, &self.monitor_page) {
+            // As the kernel's vmbus_setevent: a monitored channel is signalled by the
+            // trigger bit alone (the host polls the monitor page); no write(1), which
+            // on newer kernels takes a global mutex per signal.
             page.fetch_or_u32(8 + 8 * (usize::from(id) / 32), 1 << (id % 32), Ordering::SeqCst)?;
+            return Ok(());
         }
+        // No monitor: the write has the kernel signal the host (a hypercall, 6.10+).
         self.irq.signal()
     }
 }

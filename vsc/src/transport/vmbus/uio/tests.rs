@@ -80,7 +80,7 @@ fn signal_host_sets_the_send_bitmap_bit_then_writes_one() {
 }
 
 #[test]
-fn monitored_channel_also_sets_the_trigger_group_bit() {
+fn a_monitored_channel_is_signalled_by_its_bits_alone() {
     let maps = standard_maps();
     let fake = fake_uio(&maps);
     let page = host_page_size().unwrap() as u64;
@@ -91,6 +91,8 @@ fn monitored_channel_also_sets_the_trigger_group_bit() {
     // monitor 70: trigger_group[2].pending at 8 + 16, bit 6.
     assert_eq!(read_u32_at(fake.as_file(), 2 * page + 24), 1 << 6);
     assert_eq!(read_u32_at(fake.as_file(), page + 2048), 1 << 3);
+    // As the kernel does: no write(1) for a monitored channel (the fake records one at offset 0).
+    assert_eq!(read_u32_at(fake.as_file(), 0), 0, "a monitored channel is signalled without a write");
 }
 
 #[test]
