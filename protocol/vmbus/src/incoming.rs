@@ -119,11 +119,9 @@ impl<M: RingMem> IncomingRing<M> {
         // Full barrier (StoreLoad): the writer stores pending_send_sz, fences, then re-checks
         // read_index. One of us sees the other's store, so a blocked writer is never forgotten.
         fence(Ordering::SeqCst);
-        // write_index first (Acquire): a request the writer withdrew before its latest packets
-        // is then seen withdrawn, not judged against free space those packets already used.
-        let Ok(write) = load_index(&self.mem, ControlWord::WriteIndex, self.dsize) else {
-            return false;
-        };
+        // The kernel's order (hv_pkt_iter_close): pending_send_sz, then write_index. A signal
+        // this order makes needlessly (the writer withdrew its request meanwhile) costs one
+        // wake-up; a reader that disagreed with the peer's own reader could lose one.
         if !self.supports_pending_send_size() {
             return false;
         }
@@ -131,6 +129,9 @@ impl<M: RingMem> IncomingRing<M> {
         if pending == 0 {
             return false;
         }
+        let Ok(write) = load_index(&self.mem, ControlWord::WriteIndex, self.dsize) else {
+            return false;
+        };
         let released = avail_to_read(before, self.committed, self.dsize);
         let now = avail_to_write(self.committed, write, self.dsize);
         // If the writer already refilled part of the released space, `now - released` underflows:

@@ -129,6 +129,8 @@ pub(super) enum Access {
     Stored(ControlWord, u32),
     /// Before `len` data bytes are read at `off`.
     Reading { off: usize, len: usize },
+    /// Before a control word is loaded.
+    Loading(ControlWord),
 }
 
 type Hook = Box<dyn FnMut(&FlatRingMem, Access) + Send>;
@@ -155,6 +157,7 @@ impl RingMem for HookMem {
         self.inner.len()
     }
     fn load(&self, word: ControlWord, order: Ordering) -> u32 {
+        self.call(Access::Loading(word));
         self.inner.load(word, order)
     }
     fn store(&self, word: ControlWord, value: u32, order: Ordering) {

@@ -151,6 +151,37 @@ fn poll_ready_rechecks_after_setting_pending() {
     out.write(&p).unwrap();
 }
 
+/// After moving read_index the reader looks at pending_send_sz, then at write_index, as
+/// Linux's hv_pkt_iter_close does (issue 17 item 5); before, it read write_index first.
+#[test]
+fn the_reader_reads_pending_send_size_before_the_write_index() {
+    let flat = flat(16384);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mem = {
+        let (seen, mut after_commit) = (seen.clone(), false);
+        HookMem::new(flat.clone(), move |_, access| match access {
+            Access::Stored(ControlWord::ReadIndex, _) => after_commit = true,
+            Access::Loading(w @ (ControlWord::PendingSendSize | ControlWord::WriteIndex)) if after_commit => {
+                seen.lock().unwrap().push(w)
+            }
+            _ => {}
+        })
+    };
+    let (mut out, mut inc) = rings_at(mem.clone(), 0);
+    let p = encode_inband(0, false, &[1; 4000]);
+    for _ in 0..4 {
+        out.write(&p).unwrap();
+    }
+    out.commit_write();
+    out.set_pending_send_size(4024);
+    inc.read().unwrap();
+    // Only the commit's own loads (the set-up stored read_index too).
+    seen.lock().unwrap().clear();
+    assert!(inc.commit_read(), "the blocked writer is signalled");
+    let order = seen.lock().unwrap().clone();
+    assert_eq!(order, [ControlWord::PendingSendSize, ControlWord::WriteIndex], "{order:?}");
+}
+
 #[test]
 fn reader_never_signals_without_the_feature_bit() {
     let mem = flat(16384);
