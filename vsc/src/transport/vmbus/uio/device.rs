@@ -49,6 +49,11 @@ pub enum UioError {
     MonitorIdOutOfRange(u8),
     #[error("cannot determine the page size: {0}")]
     PageSize(io::Error),
+    #[error(
+        "this guest's pages are {0} bytes: the VMBus transport supports 4 KiB pages only (a 64 KiB-page \
+         kernel pads the ring control page to its page size)"
+    )]
+    UnsupportedPageSize(usize),
     #[error(transparent)]
     Region(#[from] RegionError),
     #[error(transparent)]
@@ -69,6 +74,13 @@ pub fn classify_io_error(op: &'static str, source: io::Error) -> UioError {
         Some(libc::EINVAL) if op == "write" => UioError::Rescinded,
         _ => UioError::Io { op, source },
     }
+}
+
+/// The guest page size, if the ring layout this transport reads is the one the kernel maps
+/// with it: 4 KiB. On a 64 KiB-page guest (arm64) the kernel pads each ring's control page
+/// to 64 KiB, which this transport does not support: refused clearly rather than misread.
+pub fn supported_page_size(page: usize) -> Result<usize, UioError> {
+    if page == HV_PAGE { Ok(page) } else { Err(UioError::UnsupportedPageSize(page)) }
 }
 
 /// Cheap, cloneable view of whether the channel has been rescinded.
@@ -266,7 +278,7 @@ impl UioDevice {
         if let Some(m) = ids.monitor_id.filter(|&m| usize::from(m) / 32 >= MONITOR_TRIGGER_GROUPS) {
             return Err(UioError::MonitorIdOutOfRange(m));
         }
-        let page = host_page_size().map_err(UioError::PageSize)? as u64;
+        let page = supported_page_size(host_page_size().map_err(UioError::PageSize)?)? as u64;
         let map_at = |map: &UioMap, len| MappedRegion::map_file(&file, map.index as u64 * page, len);
 
         let rings = find_map(maps, RINGS_MAP)?;

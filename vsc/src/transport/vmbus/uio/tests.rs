@@ -199,3 +199,11 @@ fn eio_enodev_and_a_writes_einval_classify_as_rescind() {
     let other = classify_io_error("read", io::Error::other("no errno"));
     assert!(matches!(other, UioError::Io { .. }));
 }
+
+#[test]
+fn only_4k_pages_are_supported() {
+    assert_eq!(super::supported_page_size(4096).unwrap(), 4096);
+    let err = super::supported_page_size(65536).unwrap_err();
+    assert!(matches!(err, UioError::UnsupportedPageSize(65536)));
+    assert!(err.to_string().contains("4 KiB pages only"), "{err}");
+}
