@@ -297,7 +297,8 @@ fn submit_mix(g: &Guest, container: &str, n: usize, attempts: &mut Vec<Attempt>)
     pending
 }
 
-/// Wait for every op; each must end in success or a rescind. Returns (ok, rescinded). A put
+/// Wait for every op; each must end in success, a rescind or an unknown outcome. Returns (ok,
+/// rescinded or unknown). A put
 /// whose answer was lost is re-sent with its data (`wait_with_data`), so it ends in success.
 fn settle(pending: Vec<(PendingOp, Option<usize>)>, attempts: &mut [Attempt], seed_blob: &[u8]) -> (usize, usize) {
     let (ok, by_vsp, by_client) = settle_counting(pending, attempts, seed_blob);
@@ -305,7 +306,8 @@ fn settle(pending: Vec<(PendingOp, Option<usize>)>, attempts: &mut [Attempt], se
 }
 
 /// [`settle`], telling a rescind the VSP answered (it had not committed the
-/// request: a definite answer) from one the client gave (the answer was lost).
+/// request: a definite answer) from one the client gave (the answer was lost:
+/// `Rescinded`, or `OutcomeUnknown` for a write).
 fn settle_counting(
     pending: Vec<(PendingOp, Option<usize>)>,
     attempts: &mut [Attempt],
@@ -328,7 +330,9 @@ fn settle_counting(
                 ok += 1;
             }
             (Err(ClientError::Status { error: BlobError::Rescinded, .. }), _) => by_vsp += 1,
-            (Err(e), _) if is_rescinded(&e) => by_client += 1,
+            // The device went away with the request unanswered and did not come back (a daemon
+            // that stopped): the client cannot know whether it ran. A write says so.
+            (Err(e), _) if is_rescinded(&e) || matches!(e, ClientError::OutcomeUnknown { .. }) => by_client += 1,
             (Err(e), _) => panic!("a request ended with neither success nor a rescind: {e:?}"),
         }
     }
