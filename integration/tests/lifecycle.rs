@@ -298,8 +298,8 @@ fn submit_mix(g: &Guest, container: &str, n: usize, attempts: &mut Vec<Attempt>)
 }
 
 /// Wait for every op; each must end in success, a rescind or an unknown outcome. Returns (ok,
-/// rescinded or unknown). A put
-/// whose answer was lost is re-sent with its data (`wait_with_data`), so it ends in success.
+/// rescinded or unknown). A put whose answer was lost is re-sent with its data
+/// (`wait_with_data`), so it ends in success if the device comes back.
 fn settle(pending: Vec<(PendingOp, Option<usize>)>, attempts: &mut [Attempt], seed_blob: &[u8]) -> (usize, usize) {
     let (ok, by_vsp, by_client) = settle_counting(pending, attempts, seed_blob);
     (ok, by_vsp + by_client)
