@@ -83,7 +83,13 @@ impl Container {
         }
         let mut guard = write(&self.index);
         if guard.is_none() {
-            *guard = Some(scan_blobs(&self.dir)?);
+            match scan_blobs(&self.dir) {
+                Ok(map) => *guard = Some(map),
+                // A delete moved the directory away under the first scan: the container is
+                // gone, not broken (a delete marks it dead before it renames).
+                Err(_) if !*read(&self.alive) => return Err(StoreError::ContainerNotFound),
+                Err(e) => return Err(e.into()),
+            }
         }
         let map = guard.as_ref().ok_or_else(|| StoreError::Io(io::Error::other("index not loaded")))?;
         Ok(f(map))
@@ -110,7 +116,12 @@ impl Container {
         let loaded = lock(&self.staged).contains_key(name);
         if !loaded {
             // Scan outside the map's lock: it is disk I/O.
-            let set = scan_staged(&layout::staging_dir(&self.dir, name), name)?;
+            let set = match scan_staged(&layout::staging_dir(&self.dir, name), name) {
+                Ok(set) => set,
+                // As in `with_index`: a delete moved the directory away mid-scan.
+                Err(_) if !*read(&self.alive) => return Err(StoreError::ContainerNotFound),
+                Err(e) => return Err(e.into()),
+            };
             lock(&self.staged).insert(name.to_owned(), set);
         }
         let mut staged = lock(&self.staged);
@@ -220,4 +231,25 @@ fn scan_staged(dir: &Path, blob: &str) -> io::Result<StagedSet> {
         }
     }
     Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A container a delete moved away before its index was first loaded answers
+    /// ContainerNotFound, not the I/O error of the failed scan (seen once in CI as
+    /// `Io(NotFound)` from a put racing a container delete).
+    #[test]
+    fn a_scan_of_a_deleted_container_is_container_not_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("gone");
+        let c = Container::new(dir, ContainerProperties::default(), [0; 16]);
+        *write(&c.alive) = false;
+        assert!(matches!(c.entry("b"), Err(StoreError::ContainerNotFound)));
+        assert!(matches!(c.with_staged("b", |_| ()), Ok(()) | Err(StoreError::ContainerNotFound)));
+        // A live container whose directory is missing is a real I/O error.
+        *write(&c.alive) = true;
+        assert!(matches!(c.entry("b"), Err(StoreError::Io(_))));
+    }
 }
