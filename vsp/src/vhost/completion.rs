@@ -61,13 +61,15 @@ impl Completions {
             let mut state = ring.vring.get_mut();
             let detached = self.device.detached.load(Ordering::SeqCst);
             let epoch = self.session.epoch();
-            let (live, stale): (Vec<&Done>, Vec<&Done>) = batch.iter().partition(|d| d.epoch == epoch);
+            let live = |d: &&Done| d.epoch == epoch;
             // Detached: the connection is gone; nothing is written, the
             // region included (a VSP recovering from it resubmits these).
+            let mut any_live = false;
             if !detached {
-                let entries: Vec<(u16, u32)> = live.iter().map(|d| (d.head, d.used_len)).collect();
+                let entries: Vec<(u16, u32)> = batch.iter().filter(live).map(|d| (d.head, d.used_len)).collect();
+                any_live = !entries.is_empty();
                 self.session.add_used(&mut state, &entries);
-                for d in &stale {
+                for d in batch.iter().filter(|d| !live(d)) {
                     let _logged = self.session.drop_stale(d.head);
                 }
             }
@@ -79,9 +81,7 @@ impl Completions {
                     log::error!("completion for head {} not in flight", d.head);
                 }
             }
-            !detached
-                && !live.is_empty()
-                && (!self.device.event_idx.load(Ordering::Acquire) || state.needs_notification().unwrap_or(true))
+            any_live && (!self.device.event_idx.load(Ordering::Acquire) || state.needs_notification().unwrap_or(true))
         };
         if notify {
             signal(ring);
