@@ -23,9 +23,9 @@ use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, SystemTime};
 
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
+use object_store::ObjectMeta;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStoreExt as _};
 use vmblob_protocol::names::ContainerName;
 
 use super::ObjectBlobStore;
@@ -75,17 +75,24 @@ impl ObjectBlobStore {
         self.bridge.run(async { store.list(Some(dir)).try_collect().await.map_err(store_err) })
     }
 
+    /// Deletes exactly `keys`, batched by the backend (`delete_stream`, as `delete_under`).
     fn delete_listed(&self, keys: Vec<Path>) -> Result<(), StoreError> {
-        for key in keys {
-            let store = &*self.store;
-            self.bridge.commit(async {
-                match store.delete(&key).await {
-                    Err(e) if !is_not_found(&e) => Err(store_err(e)),
-                    _ => Ok(()),
-                }
-            })?;
+        if keys.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let store = Arc::clone(&self.store);
+        let listed = futures::stream::iter(keys.into_iter().map(Ok)).boxed();
+        self.bridge.commit(async move {
+            let mut results = store.delete_stream(listed);
+            // Every key is tried: one already gone does not stop the rest.
+            while let Some(r) = results.next().await {
+                match r {
+                    Err(e) if !is_not_found(&e) => return Err(store_err(e)),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Names of the live containers (those with a marker).
