@@ -40,6 +40,18 @@ fn open(source: &Arc<FakeSource>, config: DeviceConfig) -> (Arc<VmbusTransport>,
     (Arc::new(opener.join().unwrap().unwrap()), host)
 }
 
+/// A PutBlock (its data goes in the data buffer) for `cont/blob`.
+fn put_block() -> OpRequest {
+    OpRequest::PutBlock(vmblob_protocol::ops::PutBlock {
+        target: vmblob_protocol::ops::BlobRef {
+            container: vmblob_protocol::ContainerName::new("cont").unwrap(),
+            blob: vmblob_protocol::BlobName::new("blob").unwrap(),
+        },
+        block_id: vmblob_protocol::BlockId::new(b"blk").unwrap(),
+        content_crc64: None,
+    })
+}
+
 fn client(t: &Arc<VmbusTransport>) -> BlobClient {
     BlobClient::new(t.clone(), t.device_config(), ClientOptions { timeout_ms: 0, ..Default::default() })
 }
@@ -100,14 +112,7 @@ fn requests_are_gpa_direct_with_data_request_response_pages_in_order() {
     assert_eq!(t.num_queues(), 1);
     let c = client(&t);
     let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-    let put = OpRequest::PutBlock(vmblob_protocol::ops::PutBlock {
-        target: vmblob_protocol::ops::BlobRef {
-            container: vmblob_protocol::ContainerName::new("cont").unwrap(),
-            blob: vmblob_protocol::BlobName::new("blob").unwrap(),
-        },
-        block_id: vmblob_protocol::BlockId::new(b"blk").unwrap(),
-        content_crc64: None,
-    });
+    let put = put_block();
     let pending = c.submit(&put, Data::Out(&data)).unwrap();
     let req = host.next_request(LONG).unwrap();
     assert!(req.id >= 1, "requestor ids are never 0");
@@ -146,14 +151,7 @@ fn the_largest_request_fits_the_kernels_default_ring() {
     let c = client(&t);
     assert_eq!(c.block_size(), max, "the client splits transfers at the ring's limit");
     let data = vec![0x5a; max];
-    let put = OpRequest::PutBlock(vmblob_protocol::ops::PutBlock {
-        target: vmblob_protocol::ops::BlobRef {
-            container: vmblob_protocol::ContainerName::new("cont").unwrap(),
-            blob: vmblob_protocol::BlobName::new("blob").unwrap(),
-        },
-        block_id: vmblob_protocol::BlockId::new(b"blk").unwrap(),
-        content_crc64: None,
-    });
+    let put = put_block();
     let pending = c.submit(&put, Data::Out(&data)).expect("the largest request is written into the ring");
     let req = host.next_request(LONG).expect("the host sees it");
     assert_eq!(req.header.data_buffer_length.get() as usize, max);
