@@ -1,8 +1,8 @@
 //! vhost-user inflight I/O tracking against the real daemon, driven by the
 //! raw vhost `Frontend` (what QEMU's vhost-user-blk does): the VSP offers
 //! INFLIGHT_SHMFD and answers GET/SET_INFLIGHT_FD itself, and after a
-//! SIGKILL a restarted VSP given the kept region completes every request the
-//! dead one had taken, each exactly once.
+//! SIGKILL or a SIGTERM a restarted VSP given the kept region completes every
+//! request the old one had taken and not answered, each exactly once.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -194,11 +194,38 @@ fn put(container: &str, name: &str, data: &[u8]) -> RawRequest {
 
 #[test]
 fn after_a_sigkill_the_restarted_vsp_completes_every_request_in_flight_exactly_once() {
+    let logs = survive_a_restart(&[], |vsp| {
+        vsp.kill();
+    });
+    assert!(!logs.contains("shutdown:"), "a SIGKILL'd VSP did nothing at its exit");
+}
+
+/// An upgrade: SIGTERM with requests in flight. The VSP finishes what it can
+/// (answered normally, not rescinded: the guest sees no error) and leaves the
+/// rest, still running at its drain timeout, in the region for its successor.
+#[test]
+fn after_a_sigterm_the_guest_sees_no_error_and_the_successor_finishes_the_rest() {
+    let logs = survive_a_restart(&["--drain-timeout-ms", "20"], |vsp| {
+        vsp.stop();
+    });
+    let line = logs.lines().find(|l| l.contains("shutdown: ")).unwrap_or_default();
+    eprintln!("stopped VSP: {line}");
+    assert!(line.contains("left in the inflight region"), "the stop left requests to the successor\n{logs}");
+    assert!(!logs.contains("shutdown: completed"), "nothing rescinded\n{logs}");
+}
+
+/// 32 PutBlobs on one queue with an inflight region; `stop` ends the VSP after
+/// the first completion; a restarted VSP given the kept region completes the
+/// rest. Every request completes exactly once, with success, and every blob
+/// holds its bytes. Returns the logs of both lives.
+fn survive_a_restart(flags: &[&str], stop: impl FnOnce(&mut Vsp)) -> String {
     const N: u16 = 32;
     let sb = Sandbox::new();
     // One executor: the kick thread takes all N at once, they run one by one,
-    // so the kill finds most of them taken and not yet run.
-    let opts = VspOptions { extra: vec!["--workers".into(), "1".into()], ..VspOptions::default().queues(1) };
+    // so the stop finds most of them taken and not yet run.
+    let mut extra: Vec<String> = vec!["--workers".into(), "1".into()];
+    extra.extend(flags.iter().map(|f| f.to_string()));
+    let opts = VspOptions { extra, ..VspOptions::default().queues(1) };
     let mut vsp = Vsp::start(&sb.dir, opts);
     {
         let g = Guest::connect(vsp.socket(), GuestOptions::default().queues(1));
@@ -219,10 +246,10 @@ fn after_a_sigkill_the_restarted_vsp_completes_every_request_in_flight_exactly_o
         d.post(k as u16, c, &kick);
     }
     d.wait_used(1, "the first completion");
-    vsp.kill();
+    stop(&mut vsp);
     let done_before = d.used_idx();
-    eprintln!("SIGKILL with {} of {N} requests completed", done_before);
-    assert!(done_before < N, "the kill came with requests in flight");
+    eprintln!("stopped with {} of {N} requests completed", done_before);
+    assert!(done_before < N, "the stop came with requests in flight");
 
     // The VMM reconnects to the restarted VSP, hands back the region it kept,
     // and restarts the ring at the used index (as QEMU does).
@@ -255,4 +282,5 @@ fn after_a_sigkill_the_restarted_vsp_completes_every_request_in_flight_exactly_o
     let line = logs.lines().find(|l| l.contains("requests in flight at the restart")).unwrap_or_default();
     eprintln!("restarted VSP: {line}");
     assert!(line.contains(&format!("{} requests in flight", N - done_before)), "{logs}");
+    logs
 }

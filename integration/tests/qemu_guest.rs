@@ -230,18 +230,25 @@ step ls_top $V ls
 }
 
 /// Iterations of the restart run's put loop.
-const ROUNDS: usize = 8;
+const ROUNDS: usize = 12;
+/// VSP restarts, one in each of rounds 2..=RESTARTS+1: SIGKILL and SIGTERM by turns.
+const RESTARTS: usize = 10;
 /// Big enough that a put has several blocks in flight for a while under TCG.
 const ROUND_BYTES: usize = 40 << 20;
 
+/// QEMU keeps the vhost-user inflight region across the VSP's restarts (crash
+/// or upgrade), so the guest never notices one: every put and get of the loop
+/// succeeds, the guest's driver sees no completion twice (a duplicate is a
+/// corrupt used ring to it, failing requests) and none goes missing (a missing
+/// one times out).
 #[test]
-fn guest_requests_end_once_across_vsp_restarts() {
-    let Some(rig) = qemu::rig_or_skip("guest_requests_end_once_across_vsp_restarts") else { return };
+fn guest_sees_no_error_across_vsp_restarts() {
+    let Some(rig) = qemu::rig_or_skip("guest_sees_no_error_across_vsp_restarts") else { return };
     let sb = Sandbox::new();
     let mut vsp = Vsp::start(&sb.dir, VspOptions { queues: 2, ..VspOptions::default() });
     // Two versions, alternating by round, so a request re-run from another round would show.
     let files = Vec::new();
-    let v = format!("{GUEST_VMBLOB} -q --transport pci --queues 2 --ram-mib 96 --timeout-ms 4000");
+    let v = format!("{GUEST_VMBLOB} -q --transport pci --queues 2 --ram-mib 96 --timeout-ms 15000");
     let script = format!(
         r#"{STEPS}
 V="{v}"
@@ -260,11 +267,12 @@ while [ $i -lt {ROUNDS} ]; do
     timeout 60 $V put $f cont1/r$i > /tmp/put.out 2>&1
     rc=$?
     while IFS= read -r line; do echo "@@out put$i: $line"; done < /tmp/put.out
-    g=skipped
-    if [ $rc = 0 ]; then
-        timeout 60 $V get cont1/r$i /tmp/g > /dev/null 2>&1 && cmp -s $f /tmp/g && g=equal || g=bad
-        rm -f /tmp/g
-    fi
+    echo "@@round $i get"
+    timeout 60 $V get cont1/r$i /tmp/g > /tmp/get.out 2>&1
+    grc=$?
+    while IFS= read -r line; do echo "@@out get$i: $line"; done < /tmp/get.out
+    g=bad; [ $grc = 0 ] && cmp -s $f /tmp/g && g=equal
+    rm -f /tmp/g
     echo "@@round $i put=$rc get=$g"
 done
 "#,
@@ -274,10 +282,11 @@ done
     let options = VmOptions { reconnect_ms: Some(200), ..VmOptions::default() };
     let mut vm = rig.boot(&sb.dir, vsp.socket(), &image, &options);
     let fail = |vm: &qemu::GuestVm, e: String| -> ! { panic!("{e}\n{}", vm.report()) };
-    // A crash (SIGKILL) in round 3 and a clean restart (SIGTERM) in round 6, each while the VSP
-    // is writing a block of the put (a file in the store's tmp/) and others are in flight.
+    // Each restart comes while the VSP is writing a block of the round's put (a file in the
+    // store's tmp/), or a little into the round's get; SIGKILL and SIGTERM by turns.
     let tmp = vsp.store().join("tmp");
-    for (round, crash) in [(3, true), (6, false)] {
+    for k in 0..RESTARTS {
+        let round = k + 2;
         vm.wait_line(&format!("@@round {round} start"), BOOT_LIMIT + RUN_LIMIT).unwrap_or_else(|e| fail(&vm, e));
         let writing = || std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some());
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -289,7 +298,14 @@ done
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        if crash {
+        if k % 4 >= 2 {
+            // Or somewhere in the get phase: between two CLI runs, during the device's reset, or
+            // with reads in flight (under TCG the put seldom has more than one block in flight,
+            // the guest copying each; the put-phase restarts are the ones that catch requests).
+            vm.wait_line(&format!("@@round {round} get"), RUN_LIMIT).unwrap_or_else(|e| fail(&vm, e));
+            std::thread::sleep(Duration::from_millis(300 + 100 * (k as u64 % 3)));
+        }
+        if k % 2 == 0 {
             vsp.kill();
         } else {
             vsp.stop();
@@ -299,6 +315,10 @@ done
     let code = vm.wait_done(RUN_LIMIT).unwrap_or_else(|e| fail(&vm, e));
     let serial = vm.serial();
     let report = vm.report();
+    eprintln!(
+        "restart run: guest serial\n{}",
+        serial.lines().filter(|l| l.starts_with("@@")).collect::<Vec<_>>().join("\n")
+    );
     let rounds: Vec<(usize, String, String)> = serial
         .lines()
         .filter_map(|l| {
@@ -312,57 +332,39 @@ done
         .collect();
     assert_eq!(rounds.len(), ROUNDS, "every round ended (script exit {code})\n{report}");
     for (n, put, get) in &rounds {
-        // 124: busybox timeout killed a CLI that hung. 0, UNAVAILABLE (5) or OUTCOME_UNKNOWN (6:
-        // sent, answer lost with the VSP) are the only ends.
-        assert!(put == "0" || put == "5" || put == "6", "round {n}: put exit {put}\n{report}");
-        assert!(put != "0" || get == "equal", "round {n}: acknowledged put reads back {get}\n{report}");
+        assert!(put == "0" && get == "equal", "round {n}: put exit {put}, get {get}: the guest saw an error\n{report}");
     }
-    let failed = rounds.iter().filter(|r| r.1 != "0").count();
-    eprintln!(
-        "restart run: guest serial\n{}",
-        serial.lines().filter(|l| l.starts_with("@@")).collect::<Vec<_>>().join("\n")
-    );
-    assert!(failed <= 2, "only the rounds with a restart may fail, {failed} did\n{report}");
-    assert!(rounds[ROUNDS - 1].1 == "0", "the device works after the restarts\n{report}");
-    eprintln!("restart run: {rounds:?}");
-    for (n, _, _) in &rounds {
-        let why: Vec<String> =
-            serial.lines().filter_map(|l| l.strip_prefix(&format!("@@out put{n}: "))).map(str::to_owned).collect();
-        if !why.is_empty() {
-            eprintln!("round {n}: {}", why.join(" | "));
-        }
-    }
+    let complaints: Vec<&str> = serial.lines().filter(|l| l.starts_with("@@out ")).collect();
+    assert!(complaints.is_empty(), "the CLI reported nothing: {complaints:?}\n{report}");
 
-    // The store: every acknowledged round holds its own version; a failed one holds its own
-    // version or nothing, never the other.
+    // The VSP's view: each restart found the requests the old VSP had taken in the region.
     vsp.stop();
     assert_no_vsp_errors(&vsp);
     let logs = vsp.logs();
     let seen: Vec<&str> = logs
         .lines()
         .filter(|l| {
-            [
-                "vmblob-vsp life",
-                "started at avail index",
-                "is empty (completed",
-                "in-flight requests",
-                "inflight region",
-            ]
-            .iter()
-            .any(|k| l.contains(k))
+            ["vmblob-vsp life", "in flight at the restart", "shutdown: "].iter().any(|k| l.contains(k))
                 && !l.contains(" 0 in-flight requests")
         })
         .collect();
     eprintln!("restart run, the VSP's view:\n{}", seen.join("\n"));
+    let resubmitted: usize = logs
+        .lines()
+        .filter_map(|l| l.split("inflight region: ").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
+        .sum();
+    eprintln!("restart run: {RESTARTS} restarts, {resubmitted} requests resubmitted from the region");
+    assert!(resubmitted > 0, "some restart caught requests in flight\n{logs}");
+    assert!(!logs.contains("shutdown: completed"), "no request was rescinded at a stop\n{logs}");
+
+    // The store: every round holds its own version.
     let store = FsStore::open(vsp.store()).expect("open the store");
     let out = Outcome { serial: serial.clone() };
     let versions = [out.sha256("a"), out.sha256("b")].map(|v| v.unwrap_or_else(|| panic!("no SHA-256\n{report}")));
-    for (n, put, _) in &rounds {
+    for (n, _, _) in &rounds {
         let want = &versions[(n + 1) % 2];
-        match read_blob(&store, "cont1", &format!("r{n}")) {
-            Some(b) => assert!(&hex_sha256(&b) == want, "round {n}: the stored blob is not the version written"),
-            None => assert!(put != "0", "round {n}: acknowledged but missing"),
-        }
+        let got = read_blob(&store, "cont1", &format!("r{n}")).unwrap_or_else(|| panic!("round {n}: blob missing"));
+        assert!(&hex_sha256(&got) == want, "round {n}: the stored blob is not the version written");
     }
 }
 

@@ -103,8 +103,14 @@ impl<K: Eq + Hash + Copy> InflightTable<K> {
 
     /// Admit nothing more, then rescind what is in flight.
     pub fn close(&self) -> usize {
-        self.lock().closed = true;
+        self.seal();
         self.rescind_all()
+    }
+
+    /// Admit nothing more; what is in flight runs on (a stop that leaves
+    /// the requests to a successor, `BlobBackend::shut_down`).
+    pub fn seal(&self) {
+        self.lock().closed = true;
     }
 
     /// Whether `close` shut the table (until `reopen`).

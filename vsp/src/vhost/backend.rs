@@ -34,6 +34,17 @@ pub struct QueueOptions {
     pub poll: Duration,
 }
 
+/// What [`BlobBackend::shut_down`] did with the requests in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutDown {
+    /// Answered `Rescinded` (queues without an inflight region).
+    pub rescinded: usize,
+    /// Completed normally before the exit (queues with a region).
+    pub finished: usize,
+    /// Still running at the drain timeout: the region keeps them for the next VSP.
+    pub left_in_region: usize,
+}
+
 /// The blob device's vhost-user backend; a fresh one per VMM connection.
 pub struct BlobBackend {
     engine: Arc<Engine>,
@@ -75,6 +86,43 @@ impl BlobBackend {
         // post into rings a reconnecting VMM may be reusing.
         self.device.detached.store(true, Ordering::SeqCst);
         n
+    }
+
+    /// The daemon is stopping (SIGTERM) while the VMM stays. A queue whose
+    /// frontend keeps an inflight region survives us: the next VSP resubmits
+    /// what is in it and pops what we never took, so rescinding would only
+    /// turn an upgrade into errors in the guest. Such a queue stops popping,
+    /// lets what it took finish (bounded by the drain timeout) and leaves the
+    /// rest in the region. A queue without a region is closed as on a
+    /// hang-up: every accepted request is answered, rescinded if need be.
+    pub fn shut_down(&self) -> ShutDown {
+        self.device.closing.store(true, Ordering::SeqCst);
+        let mut done = ShutDown::default();
+        let kept: Vec<bool> = self.queues.iter().map(|q| q.session().region().is_some()).collect();
+        for (q, &kept) in self.queues.iter().zip(&kept) {
+            q.inflight().seal();
+            if !kept {
+                done.rescinded += q.inflight().rescind_all();
+            }
+        }
+        let timeout = self.engine.limits().drain_timeout;
+        for (i, (q, &kept)) in self.queues.iter().zip(&kept).enumerate() {
+            let running = q.inflight().len();
+            let drained = q.inflight().wait_empty(timeout);
+            let left = if drained { 0 } else { q.inflight().len() };
+            if kept {
+                done.finished += running.saturating_sub(left);
+                done.left_in_region += left;
+            } else if left > 0 {
+                log::error!("queue {i}: {left} rescinded requests did not drain within {timeout:?}");
+            }
+        }
+        // What is still running must not post into rings the next VSP owns.
+        self.device.detached.store(true, Ordering::SeqCst);
+        for q in &self.queues {
+            q.session().next_epoch();
+        }
+        done
     }
 
     /// Close every queue's table (nothing more admitted, even by a worker

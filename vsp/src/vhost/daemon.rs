@@ -65,10 +65,18 @@ impl Shutdown {
         let _ = self.inner.wake.write(1);
         let current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some((handle, backend)) = current {
-            // Complete accepted requests before the guest sees the hang-up.
-            let n = backend.close();
-            if n > 0 {
-                log::info!("shutdown: completed {n} in-flight requests");
+            // Answer (or, with an inflight region, finish) accepted requests
+            // before the guest sees the hang-up.
+            let done = backend.shut_down();
+            if done.rescinded > 0 {
+                log::info!("shutdown: completed {} in-flight requests", done.rescinded);
+            }
+            if done.finished > 0 || done.left_in_region > 0 {
+                log::info!(
+                    "shutdown: {} in-flight requests finished, {} left in the inflight region for the next VSP",
+                    done.finished,
+                    done.left_in_region
+                );
             }
             handle.shutdown();
         }

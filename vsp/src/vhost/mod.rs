@@ -13,7 +13,7 @@ mod ring;
 mod session;
 pub mod wire;
 
-pub use backend::{BlobBackend, QueueOptions};
+pub use backend::{BlobBackend, QueueOptions, ShutDown};
 pub use daemon::{DaemonError, Shutdown, SocketOptions, serve};
 pub use request::VirtioRequest;
 
