@@ -90,7 +90,9 @@ fn find_binary(env: &str, candidates: &[PathBuf], name: &str) -> Result<PathBuf,
 /// Start s3s-fs serving the directory `dir` (one bucket per subdirectory).
 pub fn start_s3s_fs(dir: &Path) -> Result<Server, String> {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    let bin = find_binary("VMBLOB_S3S_FS", &[home.join(".cargo/bin/s3s-fs")], "s3s-fs")?;
+    // Where `.ci/install-s3s-fs` puts it, then where a plain `cargo install` does.
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/s3s-fs/bin/s3s-fs");
+    let bin = find_binary("VMBLOB_S3S_FS", &[installed, home.join(".cargo/bin/s3s-fs")], "s3s-fs")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("s3s-fs dir: {e}"))?;
     let port = free_port().map_err(|e| format!("no free port: {e}"))?;
     let log = dir.with_extension("log");
