@@ -307,6 +307,102 @@ mod s3s_suite {
     }
 }
 
+/// An S3 look-alike that ignores If-Match on GET (s3s-fs does), with the blob
+/// replaced between the store's HEAD and its first GET.
+#[derive(Debug)]
+struct IgnoresIfMatch {
+    inner: InMemory,
+    replace_with: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl std::fmt::Display for IgnoresIfMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IgnoresIfMatch({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for IgnoresIfMatch {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        mut options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        if !options.head && options.if_match.take().is_some() {
+            let replacement = self.replace_with.lock().unwrap().take();
+            if let Some(bytes) = replacement {
+                // Keep the attributes (the store's CRC and content type): only the bytes change.
+                let old = self.inner.get_opts(location, object_store::GetOptions::default()).await?;
+                let opts = object_store::PutOptions { attributes: old.attributes, ..Default::default() };
+                self.inner.put_opts(location, bytes.into(), opts).await?;
+            }
+        }
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// The ranged GET is pinned by If-Match, and by the ETag the server answers
+/// with too: a server that ignores the condition cannot make a read return
+/// another version's bytes under the version the HEAD saw.
+#[test]
+fn a_read_meeting_an_overwrite_on_a_server_ignoring_if_match_starts_over() {
+    let backend = Arc::new(IgnoresIfMatch { inner: InMemory::new(), replace_with: Default::default() });
+    let s = ObjectBlobStore::new(backend.clone(), "", ObjectOptions::default()).unwrap();
+    new_container(&s, "box");
+    conformance::put(&s, "box", "b", b"old bytes");
+    *backend.replace_with.lock().unwrap() = Some(b"NEW".to_vec());
+    let (p, got) = get(&s, "box", "b").unwrap();
+    assert!(backend.replace_with.lock().unwrap().is_none(), "the blob was replaced mid-read");
+    assert_eq!((got.as_slice(), p.content_length), (&b"NEW"[..], 3), "one version, whole: the new one");
+}
+
 #[test]
 fn reserved_metadata_keys_are_refused() {
     let (s, ()) = in_memory(ObjectOptions::default());
