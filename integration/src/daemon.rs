@@ -110,6 +110,8 @@ pub enum StoreKind {
     Embedded,
     /// Azure Blob Storage (Azurite): `az://CONTAINER` at `endpoint`.
     Azure { endpoint: String, container: String },
+    /// S3 (s3s-fs): `s3://BUCKET` at `endpoint`, credentials in the daemon's environment.
+    S3 { endpoint: String, bucket: String },
 }
 
 /// Daemon flags (the defaults are the daemon's own, except the log level).
@@ -175,6 +177,17 @@ impl VspOptions {
                 "--azure-endpoint".into(),
                 endpoint.clone(),
             ],
+            StoreKind::S3 { endpoint, bucket } => {
+                vec!["--store".into(), format!("s3://{bucket}"), "--s3-endpoint".into(), endpoint.clone()]
+            }
+        }
+    }
+
+    /// What the store needs in the daemon's environment (S3 credentials).
+    fn store_env(&self) -> Vec<(&'static str, &'static str)> {
+        match self.store {
+            StoreKind::S3 { .. } => vmblob_vsp::store::object::s3s::S3sFs::credentials_env().to_vec(),
+            _ => Vec::new(),
         }
     }
 
@@ -302,7 +315,8 @@ impl Vsp {
             .arg(&self.socket)
             .args(self.options.store_args(&self.store))
             .args(self.options.args())
-            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.options.store_env())
+            .envs(self.options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

@@ -16,6 +16,7 @@ pub mod guest;
 pub mod ops;
 pub mod qemu;
 pub mod raw;
+pub mod s3s;
 pub mod vmbus;
 
 use std::path::{Path, PathBuf};

@@ -453,7 +453,7 @@ fn handles_carry_options_conditions_and_pages(store: StoreKind) {
     assert_eq!(big.properties().unwrap().committed_blocks, 2);
 }
 
-vmblob_integration::both_stores!(
+vmblob_integration::all_stores!(
     handles_carry_options_conditions_and_pages,
     device_config_and_containers,
     blobs_round_trip_with_ranges_overwrites_and_deletes,

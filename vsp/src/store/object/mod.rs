@@ -33,8 +33,7 @@ mod gate;
 pub mod janitor;
 mod keys;
 mod list;
-#[cfg(test)]
-mod s3s;
+pub mod s3s;
 #[cfg(test)]
 mod tests;
 mod write;

@@ -1,5 +1,5 @@
 //! s3s-fs (an S3 server over a directory, from crates.io) for the conformance
-//! suite: started on a free port over a temporary directory, one bucket per
+//! suite and the end-to-end tests: started on a free port over a temporary directory, one bucket per
 //! subdirectory, killed when the test binary's static instance goes away
 //! with the process (a watchdog shell, as for Azurite).
 //!
@@ -17,8 +17,9 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 
-const ACCESS_KEY: &str = "vmblob-test";
-const SECRET_KEY: &str = "vmblob-test-secret";
+/// The credentials s3s-fs is started with.
+pub const ACCESS_KEY: &str = "vmblob-test";
+pub const SECRET_KEY: &str = "vmblob-test-secret";
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
 pub struct S3sFs {
@@ -79,6 +80,8 @@ impl S3sFs {
             .args([ACCESS_KEY, SECRET_KEY])
             .arg(&log)
             .stdin(Stdio::null())
+            // The shell's own "Terminated" when it stops the server; the server logs to `log`.
+            .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         let mut me = Self { watchdog, port, root };
@@ -96,14 +99,29 @@ impl S3sFs {
         Ok(Some(me))
     }
 
+    /// The endpoint a client (or `vmblob-vsp --s3-endpoint`) reaches it at.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Create a new, empty bucket (s3s-fs: a subdirectory).
+    pub fn create_bucket(&self, name: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(self.root.join(name))
+    }
+
+    /// The environment `AmazonS3Builder::from_env` (the daemon's) reads these credentials from.
+    pub fn credentials_env() -> [(&'static str, &'static str); 3] {
+        [("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY), ("AWS_REGION", "us-east-1")]
+    }
+
     /// A new, empty bucket (s3s-fs: a subdirectory) as an object_store
     /// backend, configured as `S3Spec::build` configures one for a custom
     /// endpoint (path-style requests, plain HTTP on loopback).
     pub fn bucket(&self, name: &str) -> Arc<dyn ObjectStore> {
-        std::fs::create_dir_all(self.root.join(name)).expect("create the bucket directory");
+        self.create_bucket(name).expect("create the bucket directory");
         let backend = AmazonS3Builder::new()
             .with_bucket_name(name)
-            .with_endpoint(format!("http://127.0.0.1:{}", self.port))
+            .with_endpoint(self.endpoint())
             .with_allow_http(true)
             .with_region("us-east-1")
             .with_access_key_id(ACCESS_KEY)
