@@ -11,6 +11,7 @@ pub mod azurite;
 pub mod bench;
 pub mod daemon;
 pub mod data;
+pub mod differential;
 pub mod emulated;
 pub mod guest;
 pub mod ops;
