@@ -36,7 +36,7 @@ pub fn fresh_store() -> Option<StoreKind> {
 /// has no such limit): it names a key's metadata file after the whole key in
 /// base64, which exceeds a file name's 255 bytes for keys over ~190 bytes,
 /// and a staged block's key (`.vmblob/staged/<container>/<name hash>/<id>`,
-/// 40-byte ids in hex) is longer. The store conformance suite stages blocks
+/// 48-byte ids in hex) is longer. The store conformance suite stages blocks
 /// on s3s-fs with short ids.
 pub const NOT_ON_S3S_FS: &[&str] = &["blocks_stream_and_block_lists", "max_blob_size_is_advertised_and_enforced"];
 

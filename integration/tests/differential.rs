@@ -43,11 +43,7 @@ const DOCUMENTED_OF_STORE: &[(&str, &str, usize, &str)] = &[
 
 /// Differences that are bugs still open (issue 15), so the suite stays green
 /// while saying exactly where vmblob is still wrong: (scenario, op, which bug).
-const OPEN_BUGS: &[(&str, usize, &str)] = &[
-    // Bug 3, the stage half: Azure refuses a PutBlock whose id length differs
-    // from the blob's other ids (400 InvalidBlobOrBlock); vmblob only at commit.
-    ("blocks", 16, "issue 15 bug 3: id length checked at commit only"),
-];
+const OPEN_BUGS: &[(&str, usize, &str)] = &[];
 
 /// Open bugs that only some stores have: (store label, scenario, op, which bug).
 const OPEN_BUGS_OF_STORE: &[(&str, &str, usize, &str)] = &[

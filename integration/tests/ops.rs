@@ -313,7 +313,7 @@ fn blocks_stream_and_block_lists(store: StoreKind) {
     // Per-upload ids (protocol §6.4): one random 32-hex-digit prefix, then the block's index.
     let prefix = String::from_utf8(ids[0][..32].to_vec()).expect("ascii ids");
     assert!(prefix.bytes().all(|b| b.is_ascii_hexdigit()), "{prefix}");
-    assert_eq!(ids, (0..5).map(|i| format!("{prefix}-{i:08}").into_bytes()).collect::<Vec<_>>());
+    assert_eq!(ids, (0..5).map(|i| format!("{prefix}-{i:015}").into_bytes()).collect::<Vec<_>>());
     let sizes: Vec<u64> = blocks.iter().map(|b| b.size).collect();
     assert_eq!(sizes, [65536, 65536, 65536, 65536, 65536 - 1234]);
     assert!(blocks.iter().all(|b| b.committed));

@@ -10,7 +10,7 @@ mod handles;
 mod list;
 mod options;
 mod stream;
-mod upload;
+pub(crate) mod upload;
 
 pub use handles::{BlobHandle, ContainerClient, Pending};
 pub use list::{Items, Page, Pages};

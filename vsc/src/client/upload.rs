@@ -36,16 +36,22 @@ pub(crate) fn upload_tag() -> [u8; 16] {
     tag
 }
 
-/// The id of block `index` of the upload `tag`: 32 hex digits, `-`, 8 decimal
-/// digits (41 bytes; one length for every block, as Azure requires).
+/// Bytes of every block id vmblob's clients make, this uploader's and
+/// `objstore`'s multipart ones alike: Azure (and the VSP) refuse a block whose
+/// id length differs from the name's uncommitted blocks', so two kinds of
+/// upload of one name must not differ in it.
+pub(crate) const BLOCK_ID_LEN: usize = 48;
+
+/// The id of block `index` of the upload `tag`: 32 hex digits, `-`, 15 decimal
+/// digits ([`BLOCK_ID_LEN`] bytes for every block).
 pub(crate) fn block_id(tag: &[u8; 16], index: usize) -> BlockId {
     use std::fmt::Write as _;
-    let mut s = String::with_capacity(41);
+    let mut s = String::with_capacity(BLOCK_ID_LEN);
     tag.iter().for_each(|b| {
         let _ = write!(s, "{b:02x}");
     });
-    let _ = write!(s, "-{:08}", index % 100_000_000);
-    BlockId::new(s.as_bytes()).unwrap_or_else(|_| unreachable!("41 ASCII bytes are a valid block id"))
+    let _ = write!(s, "-{:015}", index as u64 % 1_000_000_000_000_000);
+    BlockId::new(s.as_bytes()).unwrap_or_else(|_| unreachable!("48 ASCII bytes are a valid block id"))
 }
 
 /// The device's answer to a commit of blocks this upload staged: an
@@ -194,8 +200,8 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(block_id(&a, 0), block_id(&b, 0));
         assert_ne!(block_id(&a, 0), block_id(&a, 1));
-        for i in [0, 7, 99_999_999] {
-            assert_eq!(block_id(&a, i).as_bytes().len(), 41);
+        for i in [0, 7, 99_999_999, usize::MAX] {
+            assert_eq!(block_id(&a, i).as_bytes().len(), BLOCK_ID_LEN);
         }
     }
 

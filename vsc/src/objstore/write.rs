@@ -23,8 +23,9 @@ const MAX_BLOCKS_PER_PART: usize = 1_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct UploadTag(u128);
 
-/// Bytes of a block id: 32 hex digits, `-`, 8 digits, `-`, 6 digits.
-pub(crate) const BLOCK_ID_LEN: usize = 48;
+/// Bytes of a block id: 32 hex digits, `-`, 8 digits, `-`, 6 digits (the
+/// client uploader's length too).
+pub(crate) use crate::client::upload::BLOCK_ID_LEN;
 
 impl UploadTag {
     pub(crate) fn random() -> Self {

@@ -233,7 +233,8 @@ impl BlobStore for MemoryStore {
         let room = || {
             let staged = lock(&c.staged);
             let set = staged.get(name);
-            check_stage_room(set.map_or(0, BTreeMap::len), set.is_some_and(|s| s.contains_key(id)))
+            let other = set.and_then(|s| s.keys().next()).map(Vec::as_slice);
+            check_stage_room(set.map_or(0, BTreeMap::len), set.is_some_and(|s| s.contains_key(id)), other, id)
         };
         room()?;
         let (bytes, digests) = self.read_all(data, false)?;

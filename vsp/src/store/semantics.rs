@@ -449,11 +449,26 @@ pub(crate) fn resolve_block_list(
 }
 
 /// The staging limit: a new id may not push a blob past `MAX_STAGED_BLOCKS`.
-pub(crate) fn check_stage_room(staged: usize, replaces: bool) -> Result<(), StoreError> {
+/// Whether block `id` may be staged next to the blob's `staged` uncommitted
+/// blocks, of which `other` is one (any: they share one length).
+pub(crate) fn check_stage_room(
+    staged: usize,
+    replaces: bool,
+    other: Option<&[u8]>,
+    id: &[u8],
+) -> Result<(), StoreError> {
     if !replaces && staged >= MAX_STAGED_BLOCKS {
-        Err(StoreError::TooLarge(format!("blob already has {MAX_STAGED_BLOCKS} uncommitted blocks")))
-    } else {
-        Ok(())
+        return Err(StoreError::TooLarge(format!("blob already has {MAX_STAGED_BLOCKS} uncommitted blocks")));
+    }
+    // Azure refuses a block whose id length differs from the uncommitted
+    // ones' (400 InvalidBlobOrBlock) at the PutBlock, not only at the commit.
+    match other {
+        Some(o) if o.len() != id.len() => Err(StoreError::InvalidBlockList(format!(
+            "block id of {} bytes, the blob's uncommitted blocks have {}-byte ids",
+            id.len(),
+            o.len()
+        ))),
+        _ => Ok(()),
     }
 }
 

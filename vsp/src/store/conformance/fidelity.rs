@@ -1,6 +1,6 @@
 //! Answers that must be Azure's (issue 15's differences), on every store.
 
-use vmblob_protocol::ops::Conditions;
+use vmblob_protocol::ops::{BlockListType, Conditions};
 
 use super::*;
 
@@ -36,7 +36,12 @@ pub fn etags_match_with_or_without_quotes(s: &dyn BlobStore) {
 pub fn block_ids_of_one_blob_have_one_length(s: &dyn BlobStore) {
     new_container(s, "box");
     stage(s, "box", "b", b"aa", b"first");
-    stage(s, "box", "b", b"bbb", b"second");
+    // Azure refuses the PutBlock itself (InvalidBlobOrBlock), staging nothing.
+    let other = s.put_block(&bref("box", "b"), &bid(b"bbb"), &mut VecSource::new(b"second"), None);
+    assert_err!(other, StoreError::InvalidBlockList(_));
+    let ids: Vec<Vec<u8>> =
+        s.get_block_list(&bref("box", "b"), BlockListType::All).unwrap().into_iter().map(|b| b.id).collect();
+    assert_eq!(ids, [b"aa".to_vec()], "the refused block was not staged");
     assert_err!(
         s.put_block_list(&block_list_req("box", "b", &[b"aa", b"bbb"]), &txn()),
         StoreError::InvalidBlockList(_)
@@ -45,6 +50,13 @@ pub fn block_ids_of_one_blob_have_one_length(s: &dyn BlobStore) {
     stage(s, "box", "b", b"cc", b"third");
     s.put_block_list(&block_list_req("box", "b", &[b"aa", b"cc"]), &txn()).unwrap();
     assert_eq!(get(s, "box", "b").unwrap().1, b"firstthird");
+    // Only uncommitted ids count at a PutBlock (none are left after the commit);
+    // the commit still refuses a list that mixes lengths.
+    stage(s, "box", "b", b"dddd", b"fourth");
+    assert_err!(
+        s.put_block_list(&block_list_req("box", "b", &[b"aa", b"dddd"]), &txn()),
+        StoreError::InvalidBlockList(_)
+    );
 }
 
 /// A blob written without a content type reads as Azure's default.

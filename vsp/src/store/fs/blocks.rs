@@ -34,7 +34,9 @@ pub(super) fn put_block(
     let (name, id) = (target.blob.as_str(), id.as_bytes());
     let len = data.len();
     check_size(len, store.max_blob_size)?;
-    let room_check = |set: &mut super::index::StagedSet| check_stage_room(set.len(), set.contains_key(id));
+    let room_check = |set: &mut super::index::StagedSet| {
+        check_stage_room(set.len(), set.contains_key(id), set.keys().next().map(Vec::as_slice), id)
+    };
     // Refuse a blob that is full before reading data; checked again at commit.
     {
         let _g = c.locks.lock(name);

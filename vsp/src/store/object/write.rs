@@ -315,7 +315,8 @@ impl ObjectBlobStore {
         let len = data.len();
         check_size(len, self.opts.max_blob_size)?;
         let staged = self.staged(target)?;
-        check_stage_room(staged.len(), staged.contains_key(id.as_bytes()))?;
+        let other = staged.keys().next().map(Vec::as_slice);
+        check_stage_room(staged.len(), staged.contains_key(id.as_bytes()), other, id.as_bytes())?;
         let crc_attr = |crc| {
             let mut a = Attributes::new();
             a.insert(object_store::Attribute::Metadata("vmblob_crc64".into()), format!("{crc:016x}").into());
