@@ -16,6 +16,9 @@ pub struct GuestOptions {
     pub queue_size: u16,
     pub ram_size: u64,
     pub reconnect: bool,
+    /// Offer the vhost-user inflight region (the frontend's default, as QEMU's blk and CH):
+    /// with `reconnect`, a VSP crash then pauses the guest's requests instead of failing them.
+    pub inflight: bool,
     /// Busy-poll window after a completion (zero: interrupts only).
     pub poll: Duration,
     pub client: ClientOptions,
@@ -28,6 +31,7 @@ impl Default for GuestOptions {
             queue_size: 256,
             ram_size: 256 << 20,
             reconnect: false,
+            inflight: true,
             poll: Duration::ZERO,
             // Short enough that the client's own backstop (timeout + 10 s)
             // would end a wedged wait well inside the suite's budget.
@@ -48,6 +52,10 @@ impl GuestOptions {
 
     pub fn reconnect(mut self, on: bool) -> Self {
         self.reconnect = on;
+        self
+    }
+    pub fn inflight(mut self, on: bool) -> Self {
+        self.inflight = on;
         self
     }
     pub fn block_size(mut self, bytes: u32) -> Self {
@@ -76,6 +84,11 @@ impl Guest {
         v.reconnect = opts.reconnect;
         v.poll = opts.poll;
         v.frontend.connect_timeout = Duration::from_secs(10);
+        v.frontend.inflight = opts.inflight;
+        // Kept across a hang-up as long as the requests' own timeout.
+        if opts.client.timeout_ms != 0 {
+            v.hold_for = Duration::from_millis(opts.client.timeout_ms.into());
+        }
         let transport = Arc::new(VirtioTransport::connect(v)?);
         let config = transport.device_config();
         let client = BlobClient::new(transport.clone(), config, opts.client);

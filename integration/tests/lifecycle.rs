@@ -64,10 +64,12 @@ fn verify_attempts(g: &Guest, container: &str, attempts: &[Attempt]) -> (usize, 
     (present, absent)
 }
 
+/// Without an inflight region (a frontend that does not offer it): the device is away between
+/// the lives, and the client says so at once.
 fn restart_between_operations_rescinds_then_reconnects(store: StoreKind) {
     let sb = Sandbox::new();
     let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store));
-    let g = Guest::connect(vsp.socket(), GuestOptions::default().reconnect(true));
+    let g = Guest::connect(vsp.socket(), GuestOptions::default().reconnect(true).inflight(false));
     g.container("keep").create().unwrap();
     let before = pattern(41, 0, 100_000);
     g.container("keep").blob("before").put(&before).unwrap();
@@ -121,7 +123,8 @@ fn until_back(g: &Guest, vsp: &Vsp, blob: &str) {
 fn back_to_back_restarts_are_each_noticed(store: StoreKind) {
     let sb = Sandbox::new();
     let mut vsp = Vsp::start(&sb.dir, VspOptions::default().store(store));
-    let g = Arc::new(Guest::connect(vsp.socket(), GuestOptions::default().reconnect(true)));
+    // Without an inflight region, so each stop is a visible hang-up.
+    let g = Arc::new(Guest::connect(vsp.socket(), GuestOptions::default().reconnect(true).inflight(false)));
     g.container("keep").create().unwrap();
     for round in 0..3 {
         assert_eq!(vsp.stop().code(), Some(0), "round {round}\n{}", vsp.logs());

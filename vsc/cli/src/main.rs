@@ -166,7 +166,12 @@ pub fn connect(cli: &Cli, socket: &std::path::Path) -> Result<BlobClient, Client
     let mut opts = VirtioOptions::new(socket);
     opts.queues = cli.queues;
     opts.ram_size = cli.ram_mib << 20;
-    opts.reconnect = false;
+    // A VSP that restarts (crash or upgrade) is waited for, within the request timeout: with
+    // the inflight region the requests simply complete after it; without, they are asked again.
+    opts.reconnect = true;
+    if cli.timeout_ms != 0 {
+        opts.hold_for = std::time::Duration::from_millis(cli.timeout_ms.into());
+    }
     opts.frontend.connect_timeout = std::time::Duration::from_millis(cli.connect_timeout_ms);
     // A stopped or busy daemon must not hold the CLI past its own timeout (0: none).
     opts.frontend.reply_timeout =

@@ -5,7 +5,15 @@
 //! One reaper thread waits on every queue's call eventfd and the hang-up
 //! event, pops used entries and completes requests. On hang-up it hands out
 //! real completions already posted, then rescinds the rest at once; a
-//! reconnect thread re-arms the rings when the backend comes back. With
+//! reconnect thread re-arms the rings when the backend comes back.
+//!
+//! With a vhost-user inflight region (the backend acked INFLIGHT_SHMFD) a
+//! hang-up is a pause instead: pending requests stay pending and the rings
+//! stay as they are, the reconnect hands the region to the new backend and
+//! restarts each ring at its used index (as QEMU does), and the new backend
+//! completes, each once, what the old one had taken; what it never took is
+//! still in the avail ring. Only a backend away for longer than
+//! [`VirtioOptions::hold_for`] gets the rescind. With
 //! polling on, a caller waiting on its request first reaps the used rings
 //! itself for up to the poll window (interrupts off meanwhile), so a quick
 //! completion reaches it without waking the reaper.
@@ -31,6 +39,10 @@ use crate::transport::virtio::submit::{self, QueueState, finish};
 use crate::transport::{Completion, OpBuffers, Ticket, Transport};
 
 const PAGE: u64 = 4096;
+/// How long pending requests are kept across a hang-up with an inflight
+/// region before they are rescinded after all (the default of
+/// [`VirtioOptions::hold_for`]).
+pub const HOLD_FOR: Duration = Duration::from_secs(30);
 const HANGUP_TOKEN: u64 = u64::MAX;
 const STOP_TOKEN: u64 = u64::MAX - 1;
 
@@ -49,6 +61,10 @@ pub struct VirtioOptions {
     /// sleeping on the call eventfds (zero: interrupts only). Polling stops
     /// when idle, so an idle client burns no CPU.
     pub poll: Duration,
+    /// With an inflight region, how long a hang-up keeps pending requests
+    /// for the backend's return before rescinding them; about the requests'
+    /// own timeout is right (a caller stops waiting then anyway).
+    pub hold_for: Duration,
 }
 
 impl VirtioOptions {
@@ -65,6 +81,7 @@ impl VirtioOptions {
             },
             reconnect: true,
             poll: Duration::ZERO,
+            hold_for: HOLD_FOR,
         }
     }
 }
@@ -96,6 +113,11 @@ struct Inner {
     corrupt: AtomicBool,
     /// Completed reconnects.
     reconnects: AtomicUsize,
+    /// The backend keeps an inflight region (fixed at connect).
+    inflight: bool,
+    /// A hang-up is being ridden out with pending requests kept (inflight).
+    holding: AtomicBool,
+    hold_for: Duration,
     /// Signalled when a reconnect completed (callers re-asking lost requests wait on it).
     back: Condvar,
     back_lock: Mutex<()>,
@@ -136,6 +158,7 @@ impl VirtioTransport {
             queues.push(Queue { state: Mutex::new(QueueState::new(ring)), space: Condvar::new(), kick, call });
         }
         device.activate(&configs)?;
+        let inflight = device.has_inflight();
         let pool = DmaPool::new(ram.memory().clone(), GuestAddress(rings_total), opts.ram_size - rings_total)?;
         let inner = Arc::new(Inner {
             hangup: device.disconnect_handle(),
@@ -152,6 +175,9 @@ impl VirtioTransport {
             reconnecting: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
             reconnects: AtomicUsize::new(0),
+            inflight,
+            holding: AtomicBool::new(false),
+            hold_for: opts.hold_for,
             back: Condvar::new(),
             back_lock: Mutex::new(()),
             poll: opts.poll,
@@ -325,17 +351,23 @@ impl Inner {
             // `removing` is the "hang-up handled" state and only a completed
             // reconnect clears it, so a second hang-up right after a
             // reconnect is never missed.
-            if down && !self.table.is_removing() {
-                // Completions the backend posted before it left are real;
-                // everything else fails now, without waiting for anyone.
+            if down && !self.table.is_removing() && !self.holding.load(Ordering::Acquire) {
+                // Completions the backend posted before it left are real.
                 for q in &self.queues {
                     self.reap_queue(q);
                 }
-                let n = self.table.rescind().len();
-                for q in &self.queues {
-                    q.space.notify_all();
+                if self.inflight && self.reconnect {
+                    // The region says what the next backend must finish: keep everything.
+                    self.holding.store(true, Ordering::Release);
+                    log::warn!("device went away: {} pending requests kept for its return", self.table.pending());
+                } else {
+                    // Everything else fails now, without waiting for anyone.
+                    let n = self.table.rescind().len();
+                    for q in &self.queues {
+                        q.space.notify_all();
+                    }
+                    log::warn!("device went away: {n} pending requests rescinded");
                 }
-                log::warn!("device went away: {n} pending requests rescinded");
                 self.spawn_reconnect();
             }
             if self.corrupt.swap(false, Ordering::AcqRel) {
@@ -400,7 +432,32 @@ impl Inner {
     /// then release the quarantine (the old backend is gone: the daemon
     /// accepts a new connection only after finishing the old one).
     fn reconnect_loop(&self) {
+        let since = std::time::Instant::now();
         while !self.stopping.load(Ordering::Acquire) {
+            if self.holding.load(Ordering::Acquire) && self.table.is_removing() {
+                // A corrupt used ring met while holding: rescinded already, so back as without a region.
+                self.holding.store(false, Ordering::Release);
+            }
+            if self.holding.load(Ordering::Acquire) {
+                if since.elapsed() < self.hold_for {
+                    match self.reconnect_holding() {
+                        Ok(()) => return,
+                        Err(e) => {
+                            log::debug!("reconnect failed: {e}");
+                            std::thread::sleep(self.retry_interval);
+                            continue;
+                        }
+                    }
+                }
+                // Away too long: what is pending fails after all, and the device comes back
+                // (if ever) with rings reset to the driver's view, as without a region.
+                let n = self.table.rescind().len();
+                self.holding.store(false, Ordering::Release);
+                for q in &self.queues {
+                    q.space.notify_all();
+                }
+                log::warn!("device away for {:?}: {n} kept requests rescinded", self.hold_for);
+            }
             let configs = self.queue_configs();
             let result = lock(&self.device).reconnect_with(&configs, &mut || {
                 // The old backend is done (the new one answered): its late completions first,
@@ -436,6 +493,32 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// The reconnect of a held hang-up: the old backend's last completions,
+    /// then each ring re-armed at its used index, rings and requests as they
+    /// are; the new backend resubmits from the region what the old one took.
+    fn reconnect_holding(&self) -> Result<(), vmblob_vhost_frontend::Error> {
+        lock(&self.device).reconnect_then(&mut || {
+            for q in &self.queues {
+                self.reap_queue(q);
+            }
+            self.queues
+                .iter()
+                .enumerate()
+                .map(|(i, q)| {
+                    let st = lock(&q.state);
+                    queue_config(i, &st.ring, st.ring.last_used_idx())
+                })
+                .collect()
+        })?;
+        self.reconnecting.store(false, Ordering::Release);
+        self.holding.store(false, Ordering::Release);
+        self.reconnects.fetch_add(1, Ordering::AcqRel);
+        log::info!("device is back; {} kept requests left to it", self.table.pending());
+        let _g = lock(&self.back_lock);
+        self.back.notify_all();
+        Ok(())
     }
 
     fn submit(&self, mut b: OpBuffers) -> Result<Ticket, ClientError> {
@@ -490,8 +573,11 @@ impl Transport for VirtioTransport {
         self.inner.queues.len()
     }
 
+    /// A held hang-up (inflight region) is a pause: submissions go into the
+    /// rings, and the backend that comes back takes them.
     fn is_connected(&self) -> bool {
-        !self.inner.table.is_removing() && !self.inner.hangup.is_disconnected()
+        !self.inner.table.is_removing()
+            && (!self.inner.hangup.is_disconnected() || self.inner.holding.load(Ordering::Acquire))
     }
 
     fn wait_connected(&self, timeout: Duration) -> bool {

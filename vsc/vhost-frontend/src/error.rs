@@ -30,6 +30,8 @@ pub enum Step {
     GetVringBase(usize),
     GetConfig,
     SetConfig,
+    GetInflightFd,
+    SetInflightFd,
 }
 
 impl fmt::Display for Step {
@@ -51,6 +53,8 @@ impl fmt::Display for Step {
             Step::GetVringBase(q) => ("GET_VRING_BASE", Some(q)),
             Step::GetConfig => ("GET_CONFIG", None),
             Step::SetConfig => ("SET_CONFIG", None),
+            Step::GetInflightFd => ("GET_INFLIGHT_FD", None),
+            Step::SetInflightFd => ("SET_INFLIGHT_FD", None),
         };
         match queue {
             Some(q) => write!(f, "VHOST_USER_{name} (queue {q})"),

@@ -17,6 +17,7 @@ fn opts(reply: Duration) -> FrontendOptions {
         retry_interval: Duration::from_millis(20),
         reply_timeout: Some(reply),
         event_idx: true,
+        inflight: true,
     }
 }
 

@@ -15,6 +15,7 @@ fn fast_opts() -> FrontendOptions {
         retry_interval: Duration::from_millis(20),
         reply_timeout: Some(Duration::from_secs(10)),
         event_idx: true,
+        inflight: true,
     }
 }
 

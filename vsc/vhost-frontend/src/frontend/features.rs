@@ -20,12 +20,23 @@ pub const DEVICE_SPECIFIC_FEATURES: u64 = (1 << 24) - 1;
 /// (needed for `SET_VRING_ENABLE`, config space and MQ).
 pub const REQUIRED_VIRTIO_FEATURES: u64 = VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES;
 
-/// Protocol features the frontend offers: CH's generic device set minus the ones this frontend
-/// does not implement (INFLIGHT_SHMFD, LOG_SHMFD, DEVICE_STATE, BACKEND_REQ).
+/// Protocol features the frontend always offers: CH's generic device set minus the ones this
+/// frontend does not implement (LOG_SHMFD, DEVICE_STATE, BACKEND_REQ) and INFLIGHT_SHMFD,
+/// which [`offered_protocol_features`] adds when asked to.
 pub const OFFERED_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::CONFIG
     .union(VhostUserProtocolFeatures::MQ)
     .union(VhostUserProtocolFeatures::REPLY_ACK)
     .union(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+
+/// What the frontend offers: [`OFFERED_PROTOCOL_FEATURES`], plus INFLIGHT_SHMFD with `inflight`
+/// (it then keeps the backend's inflight region across reconnects, as QEMU's vhost-user-blk).
+pub const fn offered_protocol_features(inflight: bool) -> VhostUserProtocolFeatures {
+    if inflight {
+        OFFERED_PROTOCOL_FEATURES.union(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    } else {
+        OFFERED_PROTOCOL_FEATURES
+    }
+}
 
 /// Virtio features the frontend offers: the subset of CH's `DEFAULT_VIRTIO_FEATURES` that the
 /// in-process split-ring driver honours. Like CH's generic device, no device-specific bit

@@ -15,12 +15,14 @@ mod disconnect;
 mod features;
 mod session;
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use log::info;
-use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserInflight};
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -30,7 +32,7 @@ use self::disconnect::DisconnectWatch;
 pub use self::features::{
     DEVICE_SPECIFIC_FEATURES, Negotiated, OFFERED_PROTOCOL_FEATURES, REQUIRED_VIRTIO_FEATURES,
     VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC, offered_virtio_features,
+    VIRTIO_RING_F_INDIRECT_DESC, offered_protocol_features, offered_virtio_features,
 };
 use self::session::Link;
 use crate::{Error, GuestRam, Result, Step};
@@ -55,6 +57,11 @@ pub struct FrontendOptions {
     /// Offer `VIRTIO_RING_F_EVENT_IDX` (CH always does). The guest driver must then maintain
     /// `used_event` and honour `avail_event` whenever [`Negotiated::event_idx`] says it was acked.
     pub event_idx: bool,
+    /// Offer `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD` (CH and QEMU's vhost-user-blk do): when the
+    /// backend acks it, [`VhostUserDevice::activate`] gets the backend's inflight region and
+    /// every reconnect hands the same region to the new backend, which then completes the
+    /// requests the old one had taken ([`VhostUserDevice::has_inflight`]).
+    pub inflight: bool,
 }
 
 impl Default for FrontendOptions {
@@ -65,6 +72,7 @@ impl Default for FrontendOptions {
             retry_interval: Duration::from_millis(100),
             reply_timeout: Some(Duration::from_secs(30)),
             event_idx: true,
+            inflight: true,
         }
     }
 }
@@ -107,6 +115,9 @@ pub struct VhostUserDevice {
     // Queues armed by the last activate/reconnect and not stopped since, in that order.
     active: Vec<usize>,
     hangup: DisconnectHandle,
+    /// The backend's inflight region (GET_INFLIGHT_FD at the first activate), kept across
+    /// reconnects as QEMU keeps it.
+    inflight: Option<(VhostUserInflight, File)>,
 }
 
 impl VhostUserDevice {
@@ -141,7 +152,7 @@ impl VhostUserDevice {
             opts.connect_timeout,
             opts.retry_interval,
             opts.reply_timeout,
-            |link| session::handshake(&mut link.frontend, ram, num_queues, opts.event_idx, None),
+            |link| session::handshake(&mut link.frontend, ram, num_queues, opts.event_idx, opts.inflight, None),
         )?;
         info!(
             "vhost-user backend {} connected: features {:#x}, protocol features {:?}",
@@ -162,6 +173,7 @@ impl VhostUserDevice {
             calls,
             active: Vec::new(),
             hangup,
+            inflight: None,
         })
     }
 
@@ -217,12 +229,46 @@ impl VhostUserDevice {
     /// last `activate`/`reconnect`.
     pub fn activate(&mut self, queues: &[QueueConfig]) -> Result<()> {
         session::validate_queues(queues, self.num_queues, &self.ram)?;
+        self.share_inflight(queues)?;
         let Link { frontend, socket } = &mut self.link;
         deadline::bounded(socket, self.opts.reply_timeout, Step::SetVringNum(0), || {
             session::arm_rings(frontend, &self.ram, queues, &self.kicks, &self.calls)
         })?;
         self.active = queues.iter().map(|q| q.index).collect();
         Ok(())
+    }
+
+    /// With INFLIGHT_SHMFD acked: the first time, GET_INFLIGHT_FD for every queue at the largest
+    /// ring size (QEMU's vhost-user-blk asks once, before its first vring set-up), then
+    /// SET_INFLIGHT_FD so the backend uses the region.
+    fn share_inflight(&mut self, queues: &[QueueConfig]) -> Result<()> {
+        if !self.negotiated.has_protocol_features(VhostUserProtocolFeatures::INFLIGHT_SHMFD) {
+            return Ok(());
+        }
+        let Link { frontend, socket } = &mut self.link;
+        if self.inflight.is_none() {
+            let want = VhostUserInflight {
+                mmap_size: 0,
+                mmap_offset: 0,
+                num_queues: self.num_queues as u16,
+                queue_size: queues.iter().map(|q| q.size).max().unwrap_or(0),
+            };
+            let got = deadline::bounded(socket, self.opts.reply_timeout, Step::GetInflightFd, || {
+                frontend.get_inflight_fd(&want).map_err(session::failed(Step::GetInflightFd))
+            })?;
+            self.inflight = Some(got);
+        }
+        let Some((info, file)) = &self.inflight else { return Ok(()) };
+        deadline::bounded(socket, self.opts.reply_timeout, Step::SetInflightFd, || {
+            frontend.set_inflight_fd(info, file.as_raw_fd()).map_err(session::failed(Step::SetInflightFd))
+        })
+    }
+
+    /// Whether the backend keeps an inflight region this device holds: a backend that crashes
+    /// and comes back then completes the requests the old one had taken, so the guest driver
+    /// must keep them pending (and its rings as they are) across the reconnect.
+    pub fn has_inflight(&self) -> bool {
+        self.inflight.is_some()
     }
 
     /// Stops the armed queues, as CH's `reset_vhost_user`: per queue `SET_VRING_ENABLE(0)` then
@@ -289,6 +335,18 @@ impl VhostUserDevice {
     /// ring) without racing either backend.
     pub fn reconnect_with(&mut self, queues: &[QueueConfig], before_arm: &mut dyn FnMut()) -> Result<()> {
         session::validate_queues(queues, self.num_queues, &self.ram)?;
+        self.reconnect_then(&mut || {
+            before_arm();
+            queues.to_vec()
+        })
+    }
+
+    /// As [`reconnect_with`](Self::reconnect_with), with the queues (and so their bases) taken
+    /// from `before_arm` once the old backend is done: a driver keeping its requests across the
+    /// reconnect ([`has_inflight`](Self::has_inflight)) restarts each ring at its used index,
+    /// as QEMU does, which only then is final. The inflight region, if any, is handed to the new
+    /// backend (SET_INFLIGHT_FD) before any ring is armed.
+    pub fn reconnect_then(&mut self, before_arm: &mut dyn FnMut() -> Vec<QueueConfig>) -> Result<()> {
         // Stop watching before closing, so the hang-up we cause is not reported twice.
         self.watch = None;
         // shutdown() acts on the connection, not just this fd: the old backend sees a hang-up
@@ -299,6 +357,8 @@ impl VhostUserDevice {
 
         let previous = self.negotiated;
         let (ram, kicks, calls, num_queues) = (&self.ram, &self.kicks, &self.calls, self.num_queues);
+        let inflight = &self.inflight;
+        let mut armed = Vec::new();
         let (link, negotiated) = session::connect_retrying(
             &self.socket_path,
             num_queues,
@@ -307,16 +367,24 @@ impl VhostUserDevice {
             self.opts.reply_timeout,
             |link| {
                 // `event_idx` is ignored with `previous`: the old acked set is replayed.
-                let negotiated = session::handshake(&mut link.frontend, ram, num_queues, false, Some(&previous))?;
-                before_arm();
-                session::arm_rings(&mut link.frontend, ram, queues, kicks, calls)?;
+                let negotiated =
+                    session::handshake(&mut link.frontend, ram, num_queues, false, false, Some(&previous))?;
+                if let Some((info, file)) = inflight {
+                    link.frontend
+                        .set_inflight_fd(info, file.as_raw_fd())
+                        .map_err(session::failed(Step::SetInflightFd))?;
+                }
+                let queues = before_arm();
+                session::validate_queues(&queues, num_queues, ram)?;
+                session::arm_rings(&mut link.frontend, ram, &queues, kicks, calls)?;
+                armed = queues;
                 Ok(negotiated)
             },
         )?;
 
         self.link = link;
         self.negotiated = negotiated;
-        self.active = queues.iter().map(|q| q.index).collect();
+        self.active = armed.iter().map(|q| q.index).collect();
         // Clear before watching, so a hang-up of the new backend cannot be wiped out.
         self.hangup.clear();
         match DisconnectWatch::spawn(&self.link.socket, self.hangup.clone()) {
@@ -327,7 +395,7 @@ impl VhostUserDevice {
                 return Err(Error::Watcher(e));
             }
         }
-        session::kick_pending(&self.ram, queues, &self.kicks)?;
+        session::kick_pending(&self.ram, &armed, &self.kicks)?;
         info!("vhost-user backend {} reconnected", self.socket_path.display());
         Ok(())
     }

@@ -18,7 +18,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::QueueConfig;
-use super::features::{Negotiated, OFFERED_PROTOCOL_FEATURES, REQUIRED_VIRTIO_FEATURES, offered_virtio_features};
+use super::features::{Negotiated, REQUIRED_VIRTIO_FEATURES, offered_protocol_features, offered_virtio_features};
 use crate::error::io_error_is_connection_lost;
 use crate::{Error, GuestRam, Result, Step};
 
@@ -91,6 +91,7 @@ pub(crate) fn handshake(
     ram: &GuestRam,
     num_queues: usize,
     event_idx: bool,
+    inflight: bool,
     previous: Option<&Negotiated>,
 ) -> Result<Negotiated> {
     frontend.set_owner().map_err(failed(Step::SetOwner))?;
@@ -116,7 +117,7 @@ pub(crate) fn handshake(
             }
             p.acked_protocol_features
         }
-        None => OFFERED_PROTOCOL_FEATURES & backend_protocol_features,
+        None => offered_protocol_features(inflight) & backend_protocol_features,
     };
     frontend.set_protocol_features(acked_protocol_features).map_err(failed(Step::SetProtocolFeatures))?;
     // CH sets NEED_REPLY right after SET_PROTOCOL_FEATURES when REPLY_ACK was negotiated, so
