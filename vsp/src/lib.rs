@@ -48,21 +48,30 @@ pub fn open_store(
         StoreSpec::Azure(az) => {
             az.ensure_container().map_err(VspError::ObjectStore)?;
             // Listing from an offset needs `startFrom`, which Azurite lacks.
-            object_store(az.build(), &az.prefix, false, limits)
+            object_store(az.build(), &az.prefix, ListingOrder::Azure, limits)
         }
-        StoreSpec::S3(s3) => object_store(s3.build(), &s3.prefix, true, limits),
+        StoreSpec::S3(s3) => object_store(s3.build(), &s3.prefix, ListingOrder::S3, limits),
     }
+}
+
+/// How a backend lists: Azure by UTF-16 code units, scanned from the start
+/// (`startFrom` is missing in Azurite); S3 by bytes, from an offset (start-after).
+#[derive(PartialEq, Eq)]
+enum ListingOrder {
+    Azure,
+    S3,
 }
 
 fn object_store(
     backend: Result<Arc<dyn object_store::ObjectStore>, store::StoreError>,
     root: &str,
-    offset_listing: bool,
+    order: ListingOrder,
     limits: &engine::Limits,
 ) -> Result<Arc<dyn store::BlobStore>, VspError> {
     let options = store::object::ObjectOptions {
         max_blob_size: limits.max_blob_size,
-        offset_listing,
+        offset_listing: order == ListingOrder::S3,
+        utf16_order: order == ListingOrder::Azure,
         // A rescind waits `drain_timeout` for everything: leave commits half of it.
         commit_grace: limits.drain_timeout / 2,
         staged_block_ttl: limits.staged_block_ttl,

@@ -1,6 +1,7 @@
 //! Listings both stores share: Azure's prefix, delimiter and marker rules
-//! over names held in byte order.
+//! over names held in Azure's order (UTF-16 code units, [`NameKey`]).
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
@@ -18,16 +19,46 @@ fn page_limit(max_results: u32) -> usize {
     }
 }
 
+/// Azure's name order: by UTF-16 code units, so U+1F600 (surrogates
+/// D83D DE00) sorts before U+FF01, where UTF-8 bytes would put it after.
+pub(crate) fn azure_cmp(a: &str, b: &str) -> Ordering {
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
+/// A blob name as a map key, ordered as Azure lists names. It cannot be
+/// `Borrow<str>` (str's order is byte order), so a lookup builds one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct NameKey(pub String);
+
+impl NameKey {
+    pub fn of(name: &str) -> Self {
+        Self(name.to_owned())
+    }
+}
+
+impl Ord for NameKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        azure_cmp(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for NameKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// The smallest string above every name that starts with `prefix` except
-/// those continuing with U+10FFFF (skipped one by one by the caller).
+/// those continuing with U+FFFF (skipped one by one by the caller): in UTF-16
+/// order U+FFFF is the largest code unit, above every surrogate.
 fn past_prefix(prefix: &str) -> String {
-    let mut s = String::with_capacity(prefix.len() + 4);
+    let mut s = String::with_capacity(prefix.len() + 3);
     s.push_str(prefix);
-    s.push(char::MAX);
+    s.push('\u{FFFF}');
     s
 }
 
-/// One page of a blob listing over names held in byte order.
+/// One page of a blob listing over names held in Azure's order.
 ///
 /// Azure's delimiter semantics: a name whose remainder after `prefix` holds
 /// the delimiter is rolled up into one `Prefix` entry (up to and including the
@@ -35,7 +66,7 @@ fn past_prefix(prefix: &str) -> String {
 /// marker by their emitted string, so a marker equal to a returned prefix
 /// skips every name under it.
 pub(crate) fn list_blobs_page<E>(
-    map: &BTreeMap<String, E>,
+    map: &BTreeMap<NameKey, E>,
     req: &ListBlobs,
     props: impl Fn(&E) -> BlobProperties,
 ) -> Page<BlobListItem> {
@@ -43,16 +74,16 @@ pub(crate) fn list_blobs_page<E>(
     let (prefix, delim, marker) = (req.prefix.as_str(), req.delimiter.as_str(), req.marker.as_str());
     let mut items = Vec::new();
     let mut more = false;
-    let mut start = if !marker.is_empty() && marker >= prefix {
-        Bound::Excluded(marker.to_owned())
+    let mut start = if !marker.is_empty() && azure_cmp(marker, prefix).is_ge() {
+        Bound::Excluded(NameKey::of(marker))
     } else {
-        Bound::Included(prefix.to_owned())
+        Bound::Included(NameKey::of(prefix))
     };
     // The last rolled-up prefix: names under it are skipped.
     let mut skip: Option<String> = None;
     'scan: loop {
         let mut reseek = None;
-        for (name, entry) in map.range::<str, _>((start.as_ref().map(String::as_str), Bound::Unbounded)) {
+        for (NameKey(name), entry) in map.range((start.as_ref(), Bound::Unbounded)) {
             if !name.starts_with(prefix) {
                 break 'scan;
             }
@@ -63,7 +94,7 @@ pub(crate) fn list_blobs_page<E>(
             let rolled = if delim.is_empty() { None } else { rest.find(delim) };
             if let Some(at) = rolled {
                 let p = &name[..prefix.len() + at + delim.len()];
-                if marker.is_empty() || p > marker {
+                if marker.is_empty() || azure_cmp(p, marker).is_gt() {
                     if items.len() == limit {
                         more = true;
                         break 'scan;
@@ -71,7 +102,7 @@ pub(crate) fn list_blobs_page<E>(
                     items.push(BlobListItem::Prefix(p.to_owned()));
                 }
                 skip = Some(p.to_owned());
-                reseek = Some(past_prefix(p));
+                reseek = Some(NameKey(past_prefix(p)));
                 break;
             }
             if items.len() == limit {
@@ -140,9 +171,11 @@ mod tests {
 
     /// The listing as a naive model sees it: names in order, each rolled-up
     /// prefix once, where its first name sorts.
-    fn model(names: &BTreeMap<String, ()>, prefix: &str, delim: &str) -> Vec<String> {
+    fn model(names: &BTreeMap<NameKey, ()>, prefix: &str, delim: &str) -> Vec<String> {
+        let mut sorted: Vec<&String> = names.keys().map(|k| &k.0).collect();
+        sorted.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
         let mut out: Vec<String> = Vec::new();
-        for n in names.keys().filter(|n| n.starts_with(prefix)) {
+        for n in sorted.into_iter().filter(|n| n.starts_with(prefix)) {
             let rest = &n[prefix.len()..];
             match rest.find(delim).filter(|_| !delim.is_empty()) {
                 Some(i) => {
@@ -157,7 +190,7 @@ mod tests {
         out
     }
 
-    fn paged(names: &BTreeMap<String, ()>, prefix: &str, delim: &str, page: u32) -> Vec<String> {
+    fn paged(names: &BTreeMap<NameKey, ()>, prefix: &str, delim: &str, page: u32) -> Vec<String> {
         let mut req = ListBlobs {
             container: vmblob_protocol::ContainerName::new("box").unwrap(),
             prefix: prefix.into(),
@@ -181,7 +214,7 @@ mod tests {
             if !more {
                 return out;
             }
-            assert!(p.next_marker > req.marker, "marker must advance (else paging never ends)");
+            assert!(azure_cmp(&p.next_marker, &req.marker).is_gt(), "marker must advance (else paging never ends)");
             req.marker = p.next_marker;
         }
     }
@@ -190,15 +223,15 @@ mod tests {
         #[test]
         fn listing_pages_match_the_model(
             names in proptest::collection::btree_set(
-                proptest::collection::vec(proptest::sample::select(vec!['a', 'b', '/', 'é', char::MAX]), 1..7)
+                proptest::collection::vec(proptest::sample::select(vec!['a', 'b', '/', 'é', '\u{FF01}', '\u{FFFF}', '😀', char::MAX]), 1..7)
                     .prop_map(String::from_iter),
                 0..60,
             ),
             prefix in proptest::sample::select(vec!["", "a", "a/", "é", "b/"]),
-            delim in proptest::sample::select(vec!["", "/", "b/", "é", "\u{10FFFF}"]),
+            delim in proptest::sample::select(vec!["", "/", "b/", "é", "\u{10FFFF}", "\u{FFFF}", "😀"]),
             page in 1u32..8,
         ) {
-            let names: BTreeMap<String, ()> = names.into_iter().map(|n| (n, ())).collect();
+            let names: BTreeMap<NameKey, ()> = names.into_iter().map(|n| (NameKey(n), ())).collect();
             let want = model(&names, prefix, delim);
             proptest::prop_assert_eq!(paged(&names, prefix, delim, 5000), want.clone());
             proptest::prop_assert_eq!(paged(&names, prefix, delim, page), want);

@@ -12,7 +12,7 @@ use vmblob_protocol::ops::{
     ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList,
 };
 
-use super::listing;
+use super::listing::{self, NameKey};
 use super::semantics::{
     self, BufPool, Checksums, CommittedBlock, DEFAULT_MAX_BLOB_SIZE, MAX_COMMITTED_BLOCKS, NameLocks, PartSource,
     check_conditions, check_read_conditions, check_size, check_stage_room, check_write, clip_range,
@@ -34,7 +34,7 @@ struct MemContainer {
     dead: AtomicBool,
     /// Blobs are immutable once stored; a write swaps in a new `Arc`, so a
     /// reader holding the old one never sees a mix.
-    blobs: RwLock<BTreeMap<String, Arc<MemBlob>>>,
+    blobs: RwLock<BTreeMap<NameKey, Arc<MemBlob>>>,
     staged: Mutex<HashMap<String, StagedBlocks>>,
     /// Held by every write to a blob name, check through commit.
     locks: NameLocks,
@@ -87,7 +87,7 @@ impl MemoryStore {
 
 impl MemContainer {
     fn blob(&self, name: &str) -> Option<Arc<MemBlob>> {
-        read(&self.blobs).get(name).cloned()
+        read(&self.blobs).get(&NameKey::of(name)).cloned()
     }
 
     /// Stores a blob unless the container was deleted meanwhile; the caller
@@ -97,7 +97,7 @@ impl MemContainer {
         if self.dead.load(Ordering::SeqCst) {
             return Err(StoreError::ContainerNotFound);
         }
-        blobs.insert(name.to_owned(), Arc::new(blob));
+        blobs.insert(NameKey::of(name), Arc::new(blob));
         drop(blobs);
         lock(&self.staged).remove(name);
         Ok(())
@@ -209,7 +209,7 @@ impl BlobStore for MemoryStore {
             };
         };
         check_conditions(&blob.props, conditions)?;
-        write(&c.blobs).remove(name);
+        write(&c.blobs).remove(&NameKey::of(name));
         lock(&c.staged).remove(name);
         Ok(())
     }

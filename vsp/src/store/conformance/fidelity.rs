@@ -74,3 +74,24 @@ pub fn absent_content_type_reads_as_octet_stream(s: &dyn BlobStore) {
         assert_eq!(p.content_type, "application/octet-stream", "{name}");
     }
 }
+
+/// Azure lists names by UTF-16 code units: U+1F600 (surrogates D83D DE00)
+/// before U+E000 and U+FF01, where UTF-8 byte order puts it after them. Every
+/// page size and the delimiter's rolled-up prefixes follow that order, so a
+/// marker resumes where the page ended.
+pub fn listing_is_in_utf16_order(s: &dyn BlobStore) {
+    new_container(s, "box");
+    for n in ["\u{FF01}", "😀", "\u{E000}x", "a", "a\u{FF01}/b", "a😀/c", "a😀/d", "z"] {
+        put(s, "box", n, b"");
+    }
+    let flat = ["a", "a😀/c", "a😀/d", "a\u{FF01}/b", "z", "😀", "\u{E000}x", "\u{FF01}"];
+    assert_eq!(names(s, "box"), flat, "not UTF-16 order");
+    let rolled = ["a", "P:a😀/", "P:a\u{FF01}/", "z", "😀", "\u{E000}x", "\u{FF01}"];
+    for page in [1, 2, 3, 5000] {
+        assert_eq!(keys(&list_all(s, "box", "", "", page)), flat, "flat, page size {page}");
+        assert_eq!(keys(&list_all(s, "box", "", "/", page)), rolled, "delimited, page size {page}");
+    }
+    assert_eq!(keys(&list_all(s, "box", "a", "/", 1)), ["a", "P:a😀/", "P:a\u{FF01}/"]);
+    // A marker from a page boundary: after "😀" come the BMP names above it.
+    assert_eq!(keys(&s.list_blobs(&list_req("box", "", "", "😀", 5000)).unwrap().items), ["\u{E000}x", "\u{FF01}"]);
+}

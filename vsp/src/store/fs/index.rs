@@ -13,6 +13,7 @@ use vmblob_protocol::ops::{BlobProperties, ContainerProperties};
 
 use super::extents::Pins;
 use super::layout::{self, BLOCK_MAGIC, BlobHeader, BlockHeader, ContainerMeta};
+use crate::store::listing::NameKey;
 use crate::store::semantics::{NameLocks, hex, lock, observe_etag, read, unhex, write};
 use crate::store::{StoreError, TxnId};
 
@@ -42,7 +43,7 @@ pub struct Container {
     /// renaming into a directory that went to the trash.
     pub alive: RwLock<bool>,
     /// Blob index; `None` until first use.
-    index: RwLock<Option<BTreeMap<String, IndexEntry>>>,
+    index: RwLock<Option<BTreeMap<NameKey, IndexEntry>>>,
     /// Staged blocks of the blobs touched so far; a blob not in the map is
     /// loaded from its staging directory on first use.
     staged: Mutex<HashMap<String, StagedSet>>,
@@ -77,7 +78,7 @@ impl Container {
     }
 
     /// Runs `f` on the blob index, loading it first if needed.
-    pub fn with_index<R>(&self, f: impl FnOnce(&BTreeMap<String, IndexEntry>) -> R) -> Result<R, StoreError> {
+    pub fn with_index<R>(&self, f: impl FnOnce(&BTreeMap<NameKey, IndexEntry>) -> R) -> Result<R, StoreError> {
         if let Some(map) = read(&self.index).as_ref() {
             return Ok(f(map));
         }
@@ -96,7 +97,7 @@ impl Container {
     }
 
     pub fn entry(&self, name: &str) -> Result<Option<IndexEntry>, StoreError> {
-        self.with_index(|m| m.get(name).cloned())
+        self.with_index(|m| m.get(&NameKey::of(name)).cloned())
     }
 
     /// Records a committed write (or, with `None`, a delete). The caller holds
@@ -104,8 +105,8 @@ impl Container {
     pub fn set_entry(&self, name: &str, entry: Option<IndexEntry>) {
         if let Some(map) = write(&self.index).as_mut() {
             match entry {
-                Some(e) => map.insert(name.to_owned(), e),
-                None => map.remove(name),
+                Some(e) => map.insert(NameKey::of(name), e),
+                None => map.remove(&NameKey::of(name)),
             };
         }
     }
@@ -165,7 +166,7 @@ impl Container {
 
 /// Builds a container's blob index from the headers of its files. Files that
 /// don't parse are skipped (and logged): one bad file must not hide the rest.
-fn scan_blobs(dir: &Path) -> io::Result<BTreeMap<String, IndexEntry>> {
+fn scan_blobs(dir: &Path) -> io::Result<BTreeMap<NameKey, IndexEntry>> {
     let mut map = BTreeMap::new();
     for fan in fs::read_dir(layout::blobs_dir(dir))? {
         let fan = fan?;
@@ -177,7 +178,7 @@ fn scan_blobs(dir: &Path) -> io::Result<BTreeMap<String, IndexEntry>> {
             match read_index_entry(&path) {
                 Ok((name, entry)) => {
                     observe_etag(&entry.props.etag);
-                    map.insert(name, entry);
+                    map.insert(NameKey(name), entry);
                 }
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     log::warn!("skipping unreadable blob file {}: {e}", path.display());

@@ -12,6 +12,7 @@ use vmblob_protocol::ops::{
 
 use super::bridge::store_err;
 use super::{ObjectBlobStore, attrs};
+use crate::store::listing::azure_cmp;
 use crate::store::{Page, StoreError};
 
 /// HEADs in flight while filling in a page's properties.
@@ -70,16 +71,17 @@ impl ObjectBlobStore {
         let mut more = false;
         // The last rolled-up prefix: names under it are skipped.
         let mut skip: Option<String> = None;
+        let cmp = |a: &str, b: &str| if self.opts.utf16_order { azure_cmp(a, b) } else { a.cmp(b) };
         while let Some(meta) = self.bridge.run(async { keys.next().await.transpose().map_err(store_err) })? {
             let Some(name) = self.keys.blob_name(&dir, &meta.location) else { continue };
             if !name.starts_with(prefix) {
                 // Keys come in order: once past the prefix, nothing more matches.
-                if name > prefix {
+                if cmp(name, prefix).is_gt() {
                     break;
                 }
                 continue;
             }
-            if name <= marker || skip.as_deref().is_some_and(|s| name.starts_with(s)) {
+            if cmp(name, marker).is_le() || skip.as_deref().is_some_and(|s| name.starts_with(s)) {
                 continue;
             }
             let rest = &name[prefix.len()..];
@@ -88,7 +90,7 @@ impl ObjectBlobStore {
                 Some(at) => {
                     let p = name[..prefix.len() + at + delim.len()].to_owned();
                     skip = Some(p.clone());
-                    if !marker.is_empty() && p.as_str() <= marker {
+                    if !marker.is_empty() && cmp(&p, marker).is_le() {
                         continue;
                     }
                     Entry::Prefix(p)

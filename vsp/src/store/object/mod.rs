@@ -78,6 +78,9 @@ pub struct ObjectOptions {
     /// The backend lists efficiently from an offset (S3's start-after).
     /// Without it listings scan from the start of the container.
     pub offset_listing: bool,
+    /// The backend lists keys by UTF-16 code units (Azure), not by bytes
+    /// (S3, object_store's in-memory store); markers compare in that order.
+    pub utf16_order: bool,
     /// How long a cancelled request still waits for a commit already sent.
     pub commit_grace: Duration,
     /// Threads of the store's runtime.
@@ -96,6 +99,7 @@ impl Default for ObjectOptions {
             part_size: 8 << 20,
             parallel_parts: 4,
             offset_listing: false,
+            utf16_order: false,
             commit_grace: Duration::from_secs(2),
             worker_threads: 2,
             staged_block_ttl: crate::store::fs::DEFAULT_STAGED_BLOCK_TTL,
