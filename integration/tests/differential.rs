@@ -46,17 +46,7 @@ const DOCUMENTED_OF_STORE: &[(&str, &str, usize, &str)] = &[
 const OPEN_BUGS: &[(&str, usize, &str)] = &[];
 
 /// Open bugs that only some stores have: (store label, scenario, op, which bug).
-const OPEN_BUGS_OF_STORE: &[(&str, &str, usize, &str)] = &[
-    // Bug 4: the embedded store lists in UTF-8 byte order, Azure in UTF-16 code
-    // units (U+1F600 before U+FF01).
-    ("embedded store", "listing", 14, "issue 15 bug 4: byte order"),
-    ("embedded store", "listing", 15, "issue 15 bug 4: byte order"),
-    ("embedded store", "listing", 17, "issue 15 bug 4: byte order"),
-    // Bug 4 on the Azure-backed store: the service's order comes through, but the
-    // next page resumes after the marker in byte order and so skips U+FF01.
-    ("Azure-backed store", "listing", 15, "issue 15 bug 4: a page boundary loses a name"),
-    ("Azure-backed store", "listing", 17, "issue 15 bug 4: a page boundary loses a name"),
-];
+const OPEN_BUGS_OF_STORE: &[(&str, &str, usize, &str)] = &[];
 
 /// The same class for the same kind of answer on both sides: vmblob's status
 /// names, and Azure's error codes mapped onto them.

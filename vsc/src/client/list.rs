@@ -40,6 +40,11 @@ impl<T> Pages<T> {
     }
 }
 
+/// Whether `next` comes after `marker` in either listing order a device may use.
+fn advances(next: &str, marker: &str) -> bool {
+    next > marker || next.encode_utf16().cmp(marker.encode_utf16()).is_gt()
+}
+
 impl<T> Iterator for Pages<T> {
     type Item = Result<Page<T>, ClientError>;
 
@@ -50,8 +55,11 @@ impl<T> Iterator for Pages<T> {
             Err(e) => return Some(Err(e)),
         };
         match &page.next_marker {
-            // Markers are names in byte order: one that does not advance would loop forever.
-            Some(next) if *next <= marker => return Some(Err(ProtocolError::StuckMarker(next.clone()).into())),
+            // Markers are names, in Azure's order (UTF-16 code units) or, on an S3-backed device,
+            // in byte order: one that advances in neither would loop forever.
+            Some(next) if !advances(next, &marker) => {
+                return Some(Err(ProtocolError::StuckMarker(next.clone()).into()));
+            }
             next => self.marker = next.clone(),
         }
         Some(Ok(page))
@@ -109,5 +117,21 @@ mod tests {
         let e = p.next().unwrap().unwrap_err();
         assert!(matches!(e, ClientError::Protocol(ProtocolError::StuckMarker(_))), "{e:?}");
         assert!(p.next().is_none(), "done after an error");
+    }
+
+    /// U+FF01 after U+1F600 advances in Azure's order (UTF-16), not in bytes;
+    /// the reverse advances in bytes (an S3-backed device). Both are fine.
+    #[test]
+    fn a_marker_may_advance_in_utf16_or_byte_order() {
+        let all: Vec<u32> = pages(vec![(vec![1], "\u{1F600}"), (vec![2], "\u{FF01}"), (vec![3], "")])
+            .items()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(all, [1, 2, 3]);
+        let all: Vec<u32> = pages(vec![(vec![1], "\u{FF01}"), (vec![2], "\u{1F600}"), (vec![3], "")])
+            .items()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(all, [1, 2, 3]);
     }
 }
