@@ -13,7 +13,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 use vmblob_protocol::transport::VMBUS_CLASS_GUID;
 
-use vmblob_vsc::transport::pinned::PinnedDma;
+use vmblob_vsc::transport::pinned::{PinnedDma, PinnedDmaOptions};
 use vmblob_vsc::transport::vmbus::uio::{UioChannelSource, find_devices};
 use vmblob_vsc::{
     BlobClient, ClientError, ClientOptions, CompletionMode, VirtioOptions, VirtioPciOptions, VirtioPciTransport,
@@ -89,9 +89,16 @@ pub struct Cli {
     /// Per-request timeout the VSP enforces, in milliseconds (0: none).
     #[arg(long, global = true, default_value_t = 60_000)]
     pub timeout_ms: u32,
-    /// Guest RAM for rings and buffers (virtio), or pinned DMA memory (vmbus), in MiB.
+    /// Guest RAM for rings and buffers (virtio), or pinned DMA memory (pci, vmbus), in MiB.
+    /// pci and vmbus take it from hugepages: reserve ram-mib / 2 of the 2 MiB kind
+    /// (`sysctl vm.nr_hugepages=N`) or pass --allow-4k-pages.
     #[arg(long, global = true, default_value_t = 256)]
     pub ram_mib: u64,
+    /// pci, vmbus: when no hugepages are free, pin normal 4 KiB pages instead of refusing.
+    /// They stay locked but the kernel may migrate them (compaction); the frames are
+    /// re-checked every second and the device is taken down if one moved.
+    #[arg(long, global = true)]
+    pub allow_4k_pages: bool,
     /// How long to wait for the socket to accept, in milliseconds.
     #[arg(long, global = true, default_value_t = 3000)]
     pub connect_timeout_ms: u64,
@@ -195,6 +202,7 @@ pub fn connect_pci(cli: &Cli) -> Result<BlobClient, CliError> {
         device: cli.pci_device.clone(),
         queues: cli.queues,
         dma_size,
+        allow_small_pages: cli.allow_4k_pages,
         mode,
         config_timeout: std::time::Duration::from_millis(cli.connect_timeout_ms),
         ..Default::default()
@@ -209,7 +217,8 @@ pub fn connect_pci(cli: &Cli) -> Result<BlobClient, CliError> {
 /// DMA memory, open the channel.
 pub fn connect_vmbus(cli: &Cli) -> Result<BlobClient, CliError> {
     let len = usize::try_from(cli.ram_mib << 20).map_err(|_| CliError::Usage("--ram-mib too large".into()))?;
-    let dma = PinnedDma::new(len).map_err(|e| ClientError::Channel(e.into()))?;
+    let dma_opts = PinnedDmaOptions { allow_small_pages: cli.allow_4k_pages, ..Default::default() };
+    let dma = PinnedDma::with_options(len, dma_opts).map_err(|e| ClientError::Channel(e.into()))?;
     let source = UioChannelSource::new("/sys", VMBUS_CLASS_GUID, dma);
     let opts = VmbusOptions {
         open_timeout: std::time::Duration::from_millis(cli.connect_timeout_ms),
@@ -303,6 +312,9 @@ mod tests {
         assert_eq!(cli.transport, TransportKind::Auto);
         let cli = Cli::try_parse_from(["vmblob", "--transport", "pci", "--pci-poll-us", "50", "ls"]).unwrap();
         assert_eq!((cli.transport, cli.pci_poll_us), (TransportKind::Pci, Some(50)));
+        assert!(!cli.allow_4k_pages, "hugepages unless normal pages are asked for");
+        let cli = Cli::try_parse_from(["vmblob", "--transport", "pci", "ls", "--allow-4k-pages"]).unwrap();
+        assert!(cli.allow_4k_pages);
         assert!(Cli::try_parse_from(["vmblob", "--transport", "usb", "ls"]).is_err());
     }
 }

@@ -1,4 +1,5 @@
 use std::os::unix::fs::FileExt;
+use std::time::Duration;
 
 use super::*;
 
@@ -13,6 +14,12 @@ pub(crate) fn fake_pool(pfn_of: impl Fn(usize) -> u64) -> (tempfile::NamedTempFi
     file.as_file().write_all_at(&entries, region.virt_addr() / 4096 * 8).unwrap();
     let dma = PinnedDma::from_region(region, false, Pagemap::open(file.path()).unwrap(), 4096).unwrap();
     (file, dma)
+}
+
+/// Rewrite page `i`'s entry in a [`fake_pool`]'s pagemap: the kernel migrated it to `frame`.
+pub(crate) fn move_page(pagemap: &tempfile::NamedTempFile, dma: &PinnedDma, i: usize, frame: u64) {
+    let at = dma.region.virt_addr() / 4096 * 8 + i as u64 * 8;
+    pagemap.as_file().write_all_at(&(PRESENT | frame).to_le_bytes(), at).unwrap();
 }
 
 pub(crate) fn spread(i: usize) -> u64 {
@@ -87,12 +94,55 @@ fn a_moved_page_fails_verification() {
     assert!(matches!(err, PinnedDmaError::Moved { page: 5, was: 0x100f, now: 0x9999 }), "{err}");
 }
 
-/// On this machine: succeeds (root: real PFNs; hugepages only if reserved) or fails with the clear errors.
+/// `verify_if_due` re-reads the pagemap only once its interval has passed,
+/// and then catches the move; the transports poll it from their health checks.
+#[test]
+fn the_periodic_check_catches_a_move_once_due() {
+    let (file, mut dma) = fake_pool(spread);
+    dma.set_verify_every(Duration::from_secs(3600));
+    move_page(&file, &dma, 2, 0x7777);
+    // Checked at construction, so not due: the pagemap is not read.
+    dma.verify_if_due().unwrap();
+    dma.set_verify_every(Duration::ZERO);
+    let err = dma.verify_if_due().unwrap_err();
+    assert!(matches!(err, PinnedDmaError::Moved { page: 2, was: 0x1006, now: 0x7777 }), "{err}");
+}
+
+const MEMINFO: &str = "MemTotal:       24555720 kB\nHugePages_Total:      20\nHugePages_Free:       12\n\
+HugePages_Rsvd:        4\nHugePages_Surp:        0\nHugepagesize:       2048 kB\nHugetlb:           40960 kB\n";
+
+#[test]
+fn meminfo_gives_the_hugepage_size_and_what_is_free() {
+    let info = HugepageInfo::parse(MEMINFO).unwrap();
+    assert_eq!(info, HugepageInfo { size: 2 << 20, total: 20, free: 8 }, "free less reserved");
+    assert_eq!(info.pages_for(64 << 20), 32);
+    assert_eq!(info.pages_for((64 << 20) + 1), 33);
+    assert_eq!(HugepageInfo::parse("MemTotal: 1 kB\n"), None, "no hugetlbfs");
+    assert_eq!(HugepageInfo::parse("Hugepagesize: lots\n"), None);
+    let none_reserved = HugepageInfo::parse("Hugepagesize:    1048576 kB\n").unwrap();
+    assert_eq!(none_reserved, HugepageInfo { size: 1 << 30, total: 0, free: 0 });
+}
+
+/// The refusal says how many pages the pool needs and what to set.
+#[test]
+fn the_shortfall_names_the_pages_and_the_setting() {
+    let info = HugepageInfo::parse(MEMINFO).unwrap();
+    let why = info.shortfall(64 << 20, "Cannot allocate memory");
+    assert!(why.contains("needs 32 free 2048 KiB hugepages and 8 of 20 are free"), "{why}");
+    assert!(why.contains("vm.nr_hugepages=44"), "20 reserved + the 24 missing: {why}");
+    let err = PinnedDmaError::NoHugepages { len: 64 << 20, why };
+    let msg = err.to_string();
+    assert!(msg.contains("--allow-4k-pages") && msg.contains("hugepages=N"), "{msg}");
+}
+
+/// On this machine: hugepages when reserved, else the refusal (or, allowed,
+/// normal pages); as root real PFNs, else the clear errors.
 #[test]
 fn real_pool_from_proc_self_pagemap() {
     assert!(matches!(PinnedDma::new(0), Err(PinnedDmaError::ZeroLength)));
-    for hugepages in [true, false] {
-        let opts = PinnedDmaOptions { hugepages, ..PinnedDmaOptions::default() };
+    let free = HugepageInfo::read().map_or(0, |h| h.free as usize * h.size);
+    for allow_small_pages in [false, true] {
+        let opts = PinnedDmaOptions { allow_small_pages, ..PinnedDmaOptions::default() };
         match PinnedDma::with_options(100_000, opts) {
             Ok(dma) => {
                 eprintln!(
@@ -103,7 +153,9 @@ fn real_pool_from_proc_self_pagemap() {
                 );
                 assert!(dma.len() >= 100_000 && dma.len().is_multiple_of(HV_PAGE));
                 if dma.hugepages() {
-                    assert!(hugepages && dma.len().is_multiple_of(default_hugepage_size().unwrap()));
+                    assert!(dma.len().is_multiple_of(HugepageInfo::read().unwrap().size));
+                } else {
+                    assert!(allow_small_pages, "normal pages only when allowed");
                 }
                 assert_eq!(dma.pfns().len(), dma.len() / HV_PAGE);
                 assert!(dma.pfns().iter().all(|&p| p != 0));
@@ -118,6 +170,10 @@ fn real_pool_from_proc_self_pagemap() {
                 assert_eq!(&out, b"0123456789");
                 assert_eq!(dma.gpa_range(&buf).unwrap().pfns.len(), 3);
                 dma.verify_pinned().unwrap();
+            }
+            Err(e @ PinnedDmaError::NoHugepages { .. }) => {
+                assert!(!allow_small_pages && free < 100_000, "refused with {free} bytes of hugepages free: {e}");
+                eprintln!("no hugepages here, refused as it should be: {e}");
             }
             Err(e @ (PinnedDmaError::Pagemap(PagemapError::NoPfn { .. }) | PinnedDmaError::MemlockLimit { .. })) => {
                 eprintln!("real pool unavailable here (accepted): {e}");

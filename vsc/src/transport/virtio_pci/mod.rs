@@ -18,8 +18,9 @@
 //! 34–35 and reads 0xff past byte 57.
 //!
 //! **DMA addressing.** Rings and buffers live in one [`PinnedDma`] region
-//! (locked, populated, hugepages when reserved; physical frames read once
-//! from `/proc/self/pagemap`). The split-queue driver keeps working in pool
+//! (locked, populated, hugepages unless normal pages are allowed; physical
+//! frames read from `/proc/self/pagemap` once and re-checked every second
+//! from the health check, which resets the device if one moved). The split-queue driver keeps working in pool
 //! addresses (its `GuestMemoryMmap` view of the region, where every buffer
 //! is checked) and writes device addresses through a [`DeviceAddr`]: here
 //! [`addr::PhysMap`], identity for vhost-user. A buffer that crosses a
@@ -85,7 +86,9 @@ pub struct VirtioPciOptions {
     pub queue_size: u16,
     /// Pinned memory for rings and buffers.
     pub dma_size: usize,
-    pub hugepages: bool,
+    /// Accept locked normal pages when no hugepages are free (see
+    /// [`crate::transport::pinned`] for why that is not the default).
+    pub allow_small_pages: bool,
     pub pagemap: PathBuf,
     pub mode: CompletionMode,
     pub bind_timeout: Duration,
@@ -105,7 +108,7 @@ impl Default for VirtioPciOptions {
             queues: 1,
             queue_size: 256,
             dma_size: 64 << 20,
-            hugepages: true,
+            allow_small_pages: false,
             pagemap: crate::transport::pagemap::SELF_PAGEMAP.into(),
             mode: CompletionMode::Interrupts,
             bind_timeout: Duration::from_secs(5),

@@ -75,6 +75,9 @@ enum Down {
     Removed,
     /// Misbehaved: reset it so it stops using our memory.
     Broken,
+    /// A pool frame moved: reset it, and trust nothing it posted (the used
+    /// ring or a buffer may have been written somewhere else).
+    Unpinned,
 }
 
 struct Inner {
@@ -147,7 +150,7 @@ impl VirtioPciTransport {
         let dev = PciDevice::open(&opts.sysfs_root, bdf, Some(irq)).map_err(pci)?;
         let dma = PinnedDma::with_options(
             opts.dma_size,
-            PinnedDmaOptions { hugepages: opts.hugepages, pagemap: &opts.pagemap },
+            PinnedDmaOptions { allow_small_pages: opts.allow_small_pages, pagemap: &opts.pagemap },
         )
         .map_err(pci)?;
         Self::start(dev, dma, opts)
@@ -309,7 +312,7 @@ impl Inner {
             }
             *down = Some(why);
         }
-        if why == Down::Broken {
+        if why != Down::Removed {
             self.quiesce();
         }
         let n = self.table.rescind().len();
@@ -406,6 +409,10 @@ impl Inner {
         }
         if let Some(lost) = self.overdue() {
             return Some((Down::Broken, lost));
+        }
+        // A frame that moved is memory the device must stop writing at once.
+        if let Err(moved) = self.dma.verify_if_due() {
+            return Some((Down::Unpinned, moved.to_string()));
         }
         match self.dev.common.status() {
             Ok(REMOVED_STATUS) => Some((Down::Removed, "device status reads 0xff".into())),

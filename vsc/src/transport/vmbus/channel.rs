@@ -43,6 +43,9 @@ pub enum ChannelError {
     Ring(#[from] RingError),
     #[error("buffer [{addr:#x}, +{len:#x}) is not inside the DMA pool")]
     BadBuffer { addr: u64, len: usize },
+    /// No device of the class can ever be offered to this guest.
+    #[error("no vmblob VMBus device: {0}")]
+    NeverOffered(String),
     /// Anything else a provider reports (an emulator's own errors).
     #[error("{0}")]
     Other(String),
@@ -82,6 +85,12 @@ pub trait ChannelSource: Send + Sync {
     /// notes/vmbus.md "Corrections", §3.8): no.
     fn rings_outlive_rescind(&self) -> bool {
         true
+    }
+    /// `Err` once the memory the host was given page numbers of is no longer
+    /// where they point (a pinned page migrated). Polled by the channel
+    /// thread; cheap when nothing is due. Rig memory never moves.
+    fn check_pinned(&self) -> Result<(), ChannelError> {
+        Ok(())
     }
 }
 

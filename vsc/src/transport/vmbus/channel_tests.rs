@@ -4,7 +4,7 @@ use vmblob_protocol::framing::vmbus::{encode_completion, encode_inband};
 use vmblob_vmbus::{IncomingRing, OutgoingRing, ReadError};
 
 use super::*;
-use crate::transport::pinned::tests::{fake_pool, spread};
+use crate::transport::pinned::tests::{fake_pool, move_page, spread};
 use crate::transport::region::host_page_size;
 use crate::transport::vmbus::ChannelSource;
 use crate::transport::vmbus::uio::channel::UioChannel;
@@ -73,9 +73,40 @@ fn uio_source_without_a_device_reports_no_offer() {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("bus/vmbus/devices")).unwrap();
     let (_pagemap, dma) = fake_pool(spread);
-    let source = UioChannelSource::new(root.path(), vmblob_protocol::transport::VMBUS_CLASS_GUID, dma);
+    let source =
+        UioChannelSource::new(root.path(), vmblob_protocol::transport::VMBUS_CLASS_GUID, dma).with_isolation(None);
     assert!(source.open(std::time::Duration::from_millis(30)).unwrap().is_none());
     assert!(!source.rings_outlive_rescind(), "hv_uio_rescind frees the rings: nothing is reaped after it");
     let pb = source.page_buffer(GuestAddress(0), 10).unwrap();
     assert_eq!(pb.pfns, vec![0x1000]);
+}
+
+/// The uio source re-checks the pool's frames for the channel thread: a
+/// moved page is an error (the thread then closes the transport for good).
+#[test]
+fn uio_source_reports_a_moved_pool_page() {
+    let root = tempfile::tempdir().unwrap();
+    let (pagemap, mut dma) = fake_pool(spread);
+    dma.set_verify_every(std::time::Duration::ZERO);
+    move_page(&pagemap, &dma, 3, 0x4242);
+    let source = UioChannelSource::new(root.path(), vmblob_protocol::transport::VMBUS_CLASS_GUID, dma);
+    let err = source.check_pinned().unwrap_err();
+    assert!(matches!(err, ChannelError::Dma(PinnedDmaError::Moved { page: 3, now: 0x4242, .. })), "{err}");
+}
+
+/// An isolated (SEV-SNP/TDX) guest's kernel drops vmblob's offer, so with
+/// no device in sysfs the source says why at once instead of waiting out
+/// the open timeout.
+#[test]
+fn an_isolated_guest_is_told_why_no_device_appears() {
+    use crate::transport::vmbus::uio::Isolation;
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("bus/vmbus/devices")).unwrap();
+    let (_pagemap, dma) = fake_pool(spread);
+    let source = UioChannelSource::new(root.path(), vmblob_protocol::transport::VMBUS_CLASS_GUID, dma)
+        .with_isolation(Some(Isolation::Tdx));
+    let started = std::time::Instant::now();
+    let err = source.open(std::time::Duration::from_secs(10)).unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "no wait for an offer that cannot come");
+    assert!(matches!(&err, ChannelError::NeverOffered(why) if why.contains("TDX")), "{err}");
 }

@@ -357,6 +357,13 @@ impl Inner {
         Ok(generation)
     }
 
+    /// Take channel `generation` down and refuse every later offer: the
+    /// transport is over (its callers see `Rescinded`, as after `close`).
+    fn close_for_good(&self, generation: u64, why: &str) {
+        lock(&self.link).closed = true;
+        self.take_down(generation, why);
+    }
+
     /// Take channel `generation` down (if still live): nothing more is sent
     /// on it, and every pending request fails with `Rescinded` at once.
     fn take_down(&self, generation: u64, why: &str) {

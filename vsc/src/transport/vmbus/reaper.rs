@@ -22,6 +22,10 @@ enum Down {
     Replaced,
     /// Rescinded by the host, or the host broke the protocol.
     Failed(String),
+    /// The DMA pool moved under the host's page numbers: nothing it posted
+    /// can be trusted, and a re-offered channel would get the same stale
+    /// numbers, so the transport closes for good.
+    Unpinned(String),
 }
 
 /// Why a uio channel's rings are left alone after its rescind.
@@ -38,6 +42,11 @@ impl Inner {
                 Down::Stopping => return,
                 Down::Replaced => {}
                 Down::Failed(why) => self.take_down(generation, &why),
+                Down::Unpinned(why) => {
+                    log::error!("VMBus transport closed: {why}");
+                    self.close_for_good(generation, &why);
+                    return;
+                }
             }
             // Close it before anything else: the host must stop touching the
             // quarantined buffers before they are released.
@@ -82,6 +91,10 @@ impl Inner {
         loop {
             if self.stopping() {
                 return Down::Stopping;
+            }
+            // Before reaping: a completion from moved memory is not one.
+            if let Err(e) = self.source.check_pinned() {
+                return Down::Unpinned(format!("DMA pool not pinned: {e}"));
             }
             if let Err(down) = self.drain(generation, channel, &mut incoming) {
                 return down;

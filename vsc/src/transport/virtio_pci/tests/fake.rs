@@ -112,7 +112,9 @@ impl FakeTree {
 /// buffers are split into runs and only runs are contiguous.
 pub struct FakeDma {
     pub backing: tempfile::NamedTempFile,
-    _pagemap: tempfile::NamedTempFile,
+    pagemap: tempfile::NamedTempFile,
+    /// Where the region's entries start in `pagemap`.
+    entries_at: u64,
     pub pfns: Vec<u64>,
 }
 
@@ -128,9 +130,15 @@ impl FakeDma {
         let pagemap = tempfile::NamedTempFile::new().unwrap();
         let pfns: Vec<u64> = (0..pages).map(pfn_of).collect();
         let entries: Vec<u8> = pfns.iter().flat_map(|p| (PRESENT | p).to_le_bytes()).collect();
-        pagemap.as_file().write_all_at(&entries, region.virt_addr() / PAGE * 8).unwrap();
+        let entries_at = region.virt_addr() / PAGE * 8;
+        pagemap.as_file().write_all_at(&entries, entries_at).unwrap();
         let dma = PinnedDma::from_region(region, false, Pagemap::open(pagemap.path()).unwrap(), PAGE).unwrap();
-        (Self { backing, _pagemap: pagemap, pfns }, dma)
+        (Self { backing, pagemap, entries_at, pfns }, dma)
+    }
+
+    /// The kernel migrated page `i` to `frame` (what the pagemap now says).
+    pub fn move_page(&self, i: usize, frame: u64) {
+        self.pagemap.as_file().write_all_at(&(PRESENT | frame).to_le_bytes(), self.entries_at + i as u64 * 8).unwrap();
     }
 
     /// The device's view: each run of consecutive frames mapped at its

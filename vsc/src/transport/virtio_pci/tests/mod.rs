@@ -29,7 +29,7 @@ const POLL: CompletionMode = CompletionMode::Poll { idle_sleep: Duration::from_m
 struct Rig {
     tree: FakeTree,
     model: Arc<Model>,
-    _dma: FakeDma,
+    dma: FakeDma,
     server: Server,
     /// The kernel's end of `/dev/uioN` (INTx mode).
     uio: Option<UnixStream>,
@@ -58,7 +58,9 @@ fn rig_with(
     let tree = FakeTree::new(&Config::standard()).bound();
     let model = Model::new(2, 256, offered);
     prepare(&model);
-    let (dma_files, dma) = FakeDma::new(512);
+    let (dma_files, mut dma) = FakeDma::new(512);
+    // Every health check re-reads the (fake) frames, so a move is seen at once.
+    dma.set_verify_every(Duration::ZERO);
     let (irq, uio, intx) = match mode {
         CompletionMode::Interrupts => {
             let (guest, kernel) = UnixStream::pair().unwrap();
@@ -73,7 +75,7 @@ fn rig_with(
     let dev =
         PciDevice::open_with(tree.root(), BDF, irq, &move |_, bar| Arc::new(Trap { bar, model: m.clone() })).unwrap();
     let t = VirtioPciTransport::start(dev, dma, opts(&tree, mode));
-    (Rig { tree, model, _dma: dma_files, server, uio }, t)
+    (Rig { tree, model, dma: dma_files, server, uio }, t)
 }
 
 fn rig(mode: CompletionMode, behaviour: Behaviour) -> (Rig, Arc<VirtioPciTransport>) {
@@ -217,6 +219,22 @@ fn a_garbage_used_ring_fails_requests_and_resets_the_device() {
     let resets = r.model.resets.load(std::sync::atomic::Ordering::SeqCst);
     assert_all_rescinded(&t, pending);
     assert_eq!(r.model.resets.load(std::sync::atomic::Ordering::SeqCst), resets + 1, "reset once, when it broke");
+    assert_eq!(r.model.status(), 0);
+}
+
+/// A pool page whose frame changes (the kernel migrated it under the
+/// device's DMA) is caught by the periodic re-check: the device is reset at
+/// once, so it stops writing where the page was, and every pending request
+/// fails once. Before, the frames were never looked at again.
+#[test]
+fn a_moved_dma_frame_resets_the_device_and_fails_pending_requests() {
+    let (r, t) = rig(POLL, Behaviour::Silent);
+    let c = client(&t);
+    let pending: Vec<PendingOp> = (0..3).map(|i| create(&c, &format!("box{i}")).unwrap()).collect();
+    let resets = r.model.resets.load(std::sync::atomic::Ordering::SeqCst);
+    r.dma.move_page(100, 0x9_9999);
+    assert_all_rescinded(&t, pending);
+    assert_eq!(r.model.resets.load(std::sync::atomic::Ordering::SeqCst), resets + 1, "reset when the frame moved");
     assert_eq!(r.model.status(), 0);
 }
 

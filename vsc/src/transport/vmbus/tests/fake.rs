@@ -57,6 +57,8 @@ pub struct FakeSource {
     frees_rings_on_rescind: bool,
     /// Guest accesses to freed rings, over every channel offered.
     touched_after_rescind: Arc<AtomicUsize>,
+    /// The pool's pages moved (what a uio source's pagemap check reports).
+    moved: AtomicBool,
 }
 
 impl FakeSource {
@@ -82,7 +84,13 @@ impl FakeSource {
             ring_size,
             frees_rings_on_rescind,
             touched_after_rescind: Arc::default(),
+            moved: AtomicBool::new(false),
         })
+    }
+
+    /// From now on the pool is not where the host's page numbers point.
+    pub fn move_pool(&self) {
+        self.moved.store(true, Ordering::SeqCst);
     }
 
     /// Ring accesses the guest made after it learned of a rescind (each one
@@ -152,6 +160,12 @@ impl ChannelSource for FakeSource {
     }
     fn rings_outlive_rescind(&self) -> bool {
         !self.frees_rings_on_rescind
+    }
+    fn check_pinned(&self) -> Result<(), ChannelError> {
+        match self.moved.load(Ordering::SeqCst) {
+            true => Err(ChannelError::Other("page 5 moved".into())),
+            false => Ok(()),
+        }
     }
 }
 

@@ -313,6 +313,32 @@ fn after_a_uio_rescind_the_guest_never_touches_the_freed_rings() {
     assert_eq!(source.touched_after_rescind(), 0);
 }
 
+/// A pool page that moved under the host's page numbers (a uio source's
+/// pagemap check fails) closes the transport for good: pending requests
+/// fail at once, what the host posts is not reaped, and a re-offer is not
+/// taken, since the host would be handed the same stale numbers.
+#[test]
+fn a_moved_dma_page_closes_the_transport_for_good() {
+    let source = FakeSource::new(RING);
+    let config = fake::config(64);
+    let (t, mut host) = open(&source, config);
+    let c = client(&t);
+    let pending: Vec<PendingOp> = (0..3).map(|i| create(&c, &format!("moved{i}")).unwrap()).collect();
+    let _sent: Vec<_> = (0..3).map(|_| host.next_request(LONG).unwrap()).collect();
+    source.move_pool();
+    for p in pending {
+        assert!(matches!(p.wait(), Err(ClientError::OutcomeUnknown { .. })), "sent creates: outcome unknown");
+    }
+    wait_until(|| host.guest_closed(), "channel closed");
+    let mut reoffer = source.offer();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!t.is_connected());
+    assert_eq!(t.generation(), 1, "the re-offer is not taken");
+    assert!(matches!(create(&c, "later"), Err(ClientError::Rescinded)));
+    assert!(reoffer.next_packet(Duration::from_millis(50)).is_none(), "nothing sent on the re-offer");
+    assert_eq!(t.pending(), 0);
+}
+
 #[test]
 fn submit_after_close_never_reaches_the_ring() {
     let source = FakeSource::new(RING);

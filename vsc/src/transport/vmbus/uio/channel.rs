@@ -13,6 +13,7 @@ use vmblob_protocol::framing::vmbus::PageBuffer;
 use vmblob_vmbus::{ChannelEnded, ChannelSignal, MappedRingMem, RawChannel, SharedMemory};
 
 use super::device::{UioDevice, UioError};
+use super::isolation::{self, Isolation};
 use super::kernel::{KernelRelease, check_kernel};
 use super::sysfs::{UIO_DRIVER, bind_uio, find_devices};
 use crate::transport::dma::DmaPool;
@@ -112,6 +113,8 @@ pub struct UioChannelSource {
     bind_timeout: Duration,
     /// The running kernel, which decides what `uio_hv_generic` can bind.
     kernel: Option<KernelRelease>,
+    /// An isolated guest's kernel drops vmblob's offers (see [`isolation`]).
+    isolation: Option<Isolation>,
 }
 
 impl UioChannelSource {
@@ -122,7 +125,14 @@ impl UioChannelSource {
             dma,
             bind_timeout: Duration::from_secs(5),
             kernel: KernelRelease::running(),
+            isolation: isolation::running(),
         }
+    }
+
+    /// As if the guest ran with `isolation` (tests; the default is read from CPUID).
+    pub fn with_isolation(mut self, isolation: Option<Isolation>) -> Self {
+        self.isolation = isolation;
+        self
     }
 
     pub fn dma(&self) -> &PinnedDma {
@@ -133,7 +143,11 @@ impl UioChannelSource {
     /// `None` while there is none (not offered yet, or rescinded).
     fn try_open(&self) -> Result<Option<RawChannel>, ChannelError> {
         let Some(mut dev) = find_devices(&self.sysfs_root, &self.class_guid)?.into_iter().next() else {
-            return Ok(None);
+            // Not yet offered, or never: an isolated guest's kernel drops the offer.
+            return match self.isolation {
+                Some(i) => Err(ChannelError::NeverOffered(isolation::no_offer_reason(i))),
+                None => Ok(None),
+            };
         };
         if dev.uio.is_none() || dev.driver.as_deref() != Some(UIO_DRIVER) {
             check_kernel(&dev, self.kernel.as_ref())?;
@@ -171,5 +185,9 @@ impl ChannelSource for UioChannelSource {
     /// which frees the ring pages under the still-mapped region.
     fn rings_outlive_rescind(&self) -> bool {
         false
+    }
+
+    fn check_pinned(&self) -> Result<(), ChannelError> {
+        Ok(self.dma.verify_if_due()?)
     }
 }

@@ -12,11 +12,13 @@
 
 pub mod channel;
 pub mod device;
+pub mod isolation;
 pub mod kernel;
 pub mod sysfs;
 
 pub use channel::{UioChannel, UioChannelSource};
 pub use device::{ChannelIds, RescindWatch, UioDevice, UioError, UioInterrupt};
+pub use isolation::Isolation;
 pub use kernel::{KernelRelease, check_kernel};
 pub use sysfs::{SysfsError, UioMap, VmbusDevice, bind_uio, find_devices, read_maps};
 
