@@ -235,7 +235,7 @@ step ls_top $V ls
         })
         .expect("list containers");
     let names: Vec<String> = page.items.iter().map(|c| c.name.to_string()).collect();
-    assert_eq!(names, ["cont1"], "only cont1 is left");
+    assert_eq!(names, ["cont0", "cont1"], "cont0 (made on 4 KiB pages) and cont1 are left, cont2 is gone");
 }
 
 /// Iterations of the restart run's put loop.
