@@ -6,10 +6,12 @@
 //! so `cargo test` works on a fresh machine. A test that needs it skips, with
 //! a message, only when Node.js or npm is absent.
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::child_server::ChildServer;
 
 /// The `azurite-blob` script `.ci/install-azurite` installs.
 pub fn default_bin() -> PathBuf {
@@ -55,10 +57,8 @@ fn install(bin: &Path) -> Result<(), String> {
 const READY_WITHIN: Duration = Duration::from_secs(60);
 
 pub struct Azurite {
-    /// The shell that runs Azurite and kills it if this process dies first.
-    watchdog: Child,
-    port: u16,
-    location: PathBuf,
+    /// Azurite under the watchdog that stops it if this process dies first.
+    server: ChildServer,
 }
 
 fn present(tool: &str) -> bool {
@@ -88,63 +88,25 @@ impl Azurite {
             }
             install(&bin)?;
         }
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let location = std::env::temp_dir().join(format!("vmblob-azurite-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&location).map_err(|e| format!("{}: {e}", location.display()))?;
-        // Azurite is a node process tree; a static (never dropped) instance
-        // must not outlive the test binary, so a shell watches our pid.
-        let script = r#"
-            "$1" --blobHost 127.0.0.1 --blobPort "$2" --location "$3" --silent --skipApiVersionCheck --loose --disableTelemetry &
-            a=$!
-            trap 'kill $a 2>/dev/null; wait $a; rm -rf "$3"; exit 0' TERM INT
-            while kill -0 "$4" 2>/dev/null && kill -0 $a 2>/dev/null; do sleep 0.5; done
-            kill $a 2>/dev/null
-            wait $a
-            rm -rf "$3"
-
-        "#;
-        let watchdog = Command::new("sh")
-            .args(["-c", script, "azurite-watchdog"])
-            .arg(&bin)
-            .arg(port.to_string())
-            .arg(&location)
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let mut me = Self { watchdog, port, location };
-        let start = Instant::now();
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-            if let Ok(Some(status)) = me.watchdog.try_wait() {
-                return Err(format!("Azurite exited before listening: {status}"));
-            }
-            if start.elapsed() > READY_WITHIN {
-                return Err(format!("Azurite did not listen on port {port} within {READY_WITHIN:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Some(me))
+        let (port, location) = ChildServer::reserve("azurite")?;
+        let mut command: Vec<OsString> = vec![bin.into(), "--blobHost".into(), "127.0.0.1".into()];
+        command.extend(["--blobPort".into(), port.to_string().into(), "--location".into(), location.clone().into()]);
+        command.extend(["--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry"].map(OsString::from));
+        let server = ChildServer::start("azurite", (port, location), &command, None, READY_WITHIN)?;
+        Ok(Some(Self { server }))
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// Azurite's own process (the watchdog's child), e.g. to read its memory use.
     pub fn server_pid(&self) -> Option<u32> {
-        let w = self.watchdog.id();
-        let children = std::fs::read_to_string(format!("/proc/{w}/task/{w}/children")).ok()?;
-        children.split_whitespace().next()?.parse().ok()
+        self.server.server_pid()
     }
 
     fn signal(&self, name: &str) {
-        if let Some(pid) = self.server_pid() {
-            let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
-        }
+        self.server.signal(name);
     }
 
     /// Stops the emulator (SIGSTOP): connections stay open, nothing answers.
@@ -159,7 +121,7 @@ impl Azurite {
 
     /// The blob endpoint, path-style with the emulator account.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/{}", self.port, super::backend::EMULATOR_ACCOUNT)
+        format!("http://127.0.0.1:{}/{}", self.port(), super::backend::EMULATOR_ACCOUNT)
     }
 
     /// A `--store` URL for a container of this Azurite (`az://CONTAINER`,
@@ -178,9 +140,7 @@ impl Azurite {
 
 impl Drop for Azurite {
     fn drop(&mut self) {
+        // A paused emulator would not take the watchdog's SIGTERM.
         self.resume();
-        let _ = Command::new("kill").arg(self.watchdog.id().to_string()).status();
-        let _ = self.watchdog.wait();
-        let _ = std::fs::remove_dir_all(&self.location);
     }
 }

@@ -28,6 +28,7 @@ mod attrs;
 pub mod azurite;
 pub mod backend;
 mod bridge;
+mod child_server;
 mod crc;
 mod gate;
 pub mod janitor;

@@ -7,10 +7,11 @@
 //! CI runs. Without it the suite skips with a message, unless
 //! `VMBLOB_REQUIRE_S3S=1` (CI) makes that a failure.
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::child_server::ChildServer;
 
 use std::sync::Arc;
 
@@ -23,9 +24,8 @@ pub const SECRET_KEY: &str = "vmblob-test-secret";
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
 pub struct S3sFs {
-    watchdog: Child,
-    port: u16,
-    root: PathBuf,
+    /// s3s-fs under the watchdog that stops it if this process dies first.
+    server: ChildServer,
 }
 
 /// Where `.ci/install-s3s-fs` puts the binary, then `~/.cargo/bin`, then `PATH`.
@@ -54,59 +54,24 @@ impl S3sFs {
             );
             return Ok(None);
         };
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let root = std::env::temp_dir().join(format!("vmblob-s3s-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let (port, root) = ChildServer::reserve("s3s")?;
         let log = root.with_extension("log");
-        // The server must not outlive the test binary, which never drops a static.
-        let script = r#"
-            "$1" --host 127.0.0.1 --port "$2" --access-key "$5" --secret-key "$6" "$3" >"$7" 2>&1 &
-            s=$!
-            trap 'kill $s 2>/dev/null; wait $s; rm -rf "$3"; exit 0' TERM INT
-            while kill -0 "$4" 2>/dev/null && kill -0 $s 2>/dev/null; do sleep 0.5; done
-            kill $s 2>/dev/null
-            wait $s
-            rm -rf "$3"
-        "#;
-        let watchdog = Command::new("sh")
-            .args(["-c", script, "s3s-watchdog"])
-            .arg(&bin)
-            .arg(port.to_string())
-            .arg(&root)
-            .arg(std::process::id().to_string())
-            .args([ACCESS_KEY, SECRET_KEY])
-            .arg(&log)
-            .stdin(Stdio::null())
-            // The shell's own "Terminated" when it stops the server; the server logs to `log`.
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let mut me = Self { watchdog, port, root };
-        let start = Instant::now();
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-            if let Ok(Some(status)) = me.watchdog.try_wait() {
-                let said = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("s3s-fs exited before listening: {status}\n{said}"));
-            }
-            if start.elapsed() > READY_WITHIN {
-                return Err(format!("s3s-fs did not listen on port {port} within {READY_WITHIN:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Some(me))
+        let mut command: Vec<OsString> = vec![bin.into(), "--host".into(), "127.0.0.1".into()];
+        command.extend(["--port".into(), port.to_string().into()]);
+        command.extend(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY].map(OsString::from));
+        command.push(root.clone().into());
+        let server = ChildServer::start("s3s-fs", (port, root), &command, Some(log), READY_WITHIN)?;
+        Ok(Some(Self { server }))
     }
 
     /// The endpoint a client (or `vmblob-vsp --s3-endpoint`) reaches it at.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.server.port())
     }
 
     /// Create a new, empty bucket (s3s-fs: a subdirectory).
     pub fn create_bucket(&self, name: &str) -> std::io::Result<()> {
-        std::fs::create_dir_all(self.root.join(name))
+        std::fs::create_dir_all(self.server.dir().join(name))
     }
 
     /// The environment `AmazonS3Builder::from_env` (the daemon's) reads these credentials from.
@@ -129,13 +94,5 @@ impl S3sFs {
             .build()
             .expect("an S3 client for s3s-fs");
         Arc::new(backend)
-    }
-}
-
-impl Drop for S3sFs {
-    fn drop(&mut self) {
-        // SIGTERM: the watchdog's trap stops the server and removes the data.
-        let _ = Command::new("kill").arg(self.watchdog.id().to_string()).status();
-        let _ = self.watchdog.wait();
     }
 }
