@@ -87,7 +87,7 @@ fn verbs_output_and_exit_codes() {
     assert_eq!(ok(s, &["ls"]).trim(), "photos");
 
     assert_eq!(code(&vmblob(Some(s), &["get", "photos/missing", "-"])), 3, "not found");
-    assert_eq!(code(&vmblob(Some(s), &["stat", "nope/x"])), 3, "container not found");
+    assert_eq!(code(&vmblob(Some(s), &["stat", "nope/x"])), 8, "container not found");
     assert_eq!(code(&vmblob(Some(s), &["put", small_src.to_str().unwrap(), "photos/../x"])), 2, "invalid name");
     assert_eq!(code(&vmblob(Some(s), &["get", "photos"])), 2, "not container/blob");
     assert_eq!(code(&vmblob(None, &["ls"])), 2, "no socket");
@@ -95,11 +95,11 @@ fn verbs_output_and_exit_codes() {
     ok(s, &["rm", "photos/small.txt"]);
     assert_eq!(code(&vmblob(Some(s), &["stat", "photos/small.txt"])), 3);
     ok(s, &["rb", "photos"]);
-    assert_eq!(code(&vmblob(Some(s), &["ls", "photos"])), 3);
+    assert_eq!(code(&vmblob(Some(s), &["ls", "photos"])), 8);
     assert!(!sb.dir.join("back.bin.vmblob-partial").exists(), "no partial file left behind");
 }
 
-/// `get --if-match` / `--if-none-match`: Azure's 412 and 304 as exit codes 4 and 7, and
+/// `get --if-match` / `--if-none-match`: Azure's 412 and 304 as exit codes 9 and 7, and
 /// a download that does not happen writes nothing.
 #[test]
 fn conditional_downloads() {
@@ -120,7 +120,7 @@ fn conditional_downloads() {
     assert!(!out.exists(), "a current local copy is not written over");
     let unquoted = etag.trim_matches('"');
     assert_eq!(code(&vmblob(Some(s), &["get", "--if-none-match", unquoted, "docs/f", "-"])), 7, "unquoted ETag");
-    assert_eq!(code(&vmblob(Some(s), &["get", "--if-match", "\"0xdead\"", "docs/f", out_s])), 4);
+    assert_eq!(code(&vmblob(Some(s), &["get", "--if-match", "\"0xdead\"", "docs/f", out_s])), 9);
     assert!(!out.exists(), "a failed If-Match writes nothing");
 
     ok(s, &["get", "--if-match", &etag, "docs/f", out_s]);
@@ -131,9 +131,87 @@ fn conditional_downloads() {
     assert_eq!(std::fs::read(&out).unwrap(), b"version two", "a changed blob is downloaded");
     assert_eq!(
         code(&vmblob(Some(s), &["get", "--if-match", &etag, "docs/f", "-"])),
-        4,
+        9,
         "the old ETag no longer matches"
     );
+}
+
+/// The azcopy-like flags: content type (given, or guessed from the extension), metadata,
+/// create-only and If-Match uploads, inclusive ranges, RFC 3339 dates, long and JSON
+/// listings, `rm -r` behind `--yes`, and exit codes that tell 409 from 412.
+#[test]
+fn upload_properties_listings_and_recursive_removal() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket();
+    ok(s, &["mb", "site"]);
+    let page = sb.dir.join("index.html");
+    std::fs::write(&page, b"<html>0123456789</html>").unwrap();
+    let page_s = page.to_str().unwrap();
+    ok(s, &["put", page_s, "site/index.html", "--metadata", "owner=ops", "--metadata", "build=42"]);
+    let stat: serde_json::Value = serde_json::from_str(&ok(s, &["stat", "--json", "site/index.html"])).unwrap();
+    assert_eq!(stat["content_type"], "text/html", "guessed from the extension: {stat}");
+    assert_eq!(stat["content_length"], 23);
+    assert_eq!((stat["metadata"]["owner"].as_str(), stat["metadata"]["build"].as_str()), (Some("ops"), Some("42")));
+    let modified = stat["last_modified"].as_str().unwrap().to_owned();
+    assert!(modified.len() == 24 && modified.ends_with('Z') && modified.as_bytes()[10] == b'T', "{modified}");
+    let text = ok(s, &["stat", "site/index.html"]);
+    assert!(
+        text.contains(&format!("last-modified:  {modified}")) && text.contains("content-type:   text/html"),
+        "{text}"
+    );
+
+    ok(s, &["put", page_s, "site/raw", "--content-type", "application/x-custom"]);
+    let raw: serde_json::Value = serde_json::from_str(&ok(s, &["stat", "--json", "site/raw"])).unwrap();
+    assert_eq!(raw["content_type"], "application/x-custom");
+    let o = vmblob(Some(s), &["put", page_s, "site/x", "--metadata", "no-equals"]);
+    assert_eq!(code(&o), 2, "metadata must be KEY=VALUE");
+
+    // Create-only: 409 (exit 4); If-Match with another ETag: 412 (exit 9); with its own: done.
+    let again = vmblob(Some(s), &["put", page_s, "site/index.html", "--no-overwrite"]);
+    assert_eq!(code(&again), 4, "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(code(&vmblob(Some(s), &["put", page_s, "site/index.html", "--if-match", "\"0xdead\""])), 9);
+    let etag = stat["etag"].as_str().unwrap();
+    ok(s, &["put", page_s, "site/index.html", "--if-match", etag]);
+    assert_eq!(code(&vmblob(Some(s), &["put", page_s, "site/index.html", "--if-match", etag])), 9, "ETag changed");
+    ok(s, &["put", page_s, "site/new.html", "--no-overwrite"]);
+
+    // Inclusive ranges, as HTTP's.
+    let o = vmblob(Some(s), &["get", "--range", "6-15", "site/index.html", "-"]);
+    assert_eq!((code(&o), o.stdout.as_slice()), (0, &b"0123456789"[..]));
+    let o = vmblob(Some(s), &["get", "--range", "16-", "site/index.html", "-"]);
+    assert_eq!(o.stdout, b"</html>");
+    assert_eq!(code(&vmblob(Some(s), &["get", "--range", "9-3", "site/index.html", "-"])), 2);
+    assert_eq!(code(&vmblob(Some(s), &["get", "--range", "0-1", "--offset", "3", "site/index.html", "-"])), 2);
+
+    // Long and JSON listings.
+    ok(s, &["put", page_s, "site/docs/a.txt", "--metadata", "kind=doc"]);
+    let long = ok(s, &["ls", "-l", "site"]);
+    let line = long.lines().find(|l| l.ends_with("  index.html")).expect("index.html listed");
+    assert!(line.contains("text/html") && line.contains('Z') && line.contains("0x"), "{long}");
+    assert!(long.lines().any(|l| l.trim() == "DIR  docs/"), "{long}");
+    let json = ok(s, &["ls", "--json", "-r", "site"]);
+    let entries: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let names: Vec<&str> = entries.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["docs/a.txt", "index.html", "new.html", "raw"], "{json}");
+    assert_eq!(entries[0]["metadata"]["kind"], "doc", "JSON listings carry the metadata");
+    assert_eq!(entries[0]["content_type"], "text/html", "guessed from the source file, as azcopy does");
+    assert_eq!(entries[1]["metadata"], serde_json::json!({}), "the --if-match put replaced the metadata too");
+    let containers = ok(s, &["ls", "--json"]);
+    let c: serde_json::Value = serde_json::from_str(containers.trim()).unwrap();
+    assert_eq!(c["name"], "site");
+
+    // rm -r: refused without --yes (saying how many), then every blob under the prefix.
+    let refused = vmblob(Some(s), &["rm", "-r", "site/"]);
+    assert_eq!(code(&refused), 2);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("would delete 4 blob(s)"), "{refused:?}");
+    assert_eq!(ok(s, &["ls", "-r", "site"]).lines().count(), 4, "nothing deleted without --yes");
+    ok(s, &["rm", "-r", "--yes", "site/docs/"]);
+    assert_eq!(ok(s, &["ls", "-r", "site"]).lines().count(), 3);
+    ok(s, &["rm", "-r", "--yes", "site"]);
+    assert_eq!(ok(s, &["ls", "-r", "site"]), "");
+    assert_eq!(code(&vmblob(Some(s), &["rm", "site/index.html"])), 3, "blob not found");
+    assert_eq!(code(&vmblob(Some(s), &["rm", "-r", "--yes", "gone/"])), 8, "container not found");
 }
 
 #[test]

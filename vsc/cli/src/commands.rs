@@ -5,13 +5,14 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use vmblob_protocol::ops::{Conditions, ETag};
+use vmblob_protocol::ops::{Conditions, ETag, Metadata};
 use vmblob_vsc::{
     BlobClient, BlobHandle, BlobListItem, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions,
 };
 
+use super::listing::{Listing, hex, props_json, rfc3339};
 use super::paths::{blob, join, split};
-use super::{Cli, CliError, Cmd};
+use super::{Cli, CliError, Cmd, PutArgs};
 
 /// Transfers above this get a progress bar.
 const PROGRESS_MIN: u64 = 4 << 20;
@@ -32,51 +33,77 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
     match &cli.cmd {
         Cmd::Mb { container } => Ok(c.container(container).create().map(|_| ())?),
         Cmd::Rb { container } => Ok(c.container(container).delete()?),
-        Cmd::Ls { path: None, .. } => {
-            for e in c.list_containers(ListContainersOptions::default()).items() {
-                println!("{}", e?.name);
+        Cmd::Ls { path: None, long, json, .. } => {
+            let format = if *json {
+                Listing::Json
+            } else if *long {
+                Listing::Long
+            } else {
+                Listing::Short
+            };
+            let options = ListContainersOptions { include_metadata: *json, ..ListContainersOptions::default() };
+            for e in c.list_containers(options).items() {
+                println!("{}", format.container_line(&e?));
             }
             Ok(())
         }
-        Cmd::Ls { path: Some(p), recursive } => {
+        Cmd::Ls { path: Some(p), recursive, long, json } => {
             let (container, prefix) = split(p);
             let delim = if *recursive { "" } else { "/" };
-            let options = ListBlobsOptions::prefix(prefix).with_delimiter(delim);
+            let options = ListBlobsOptions { include_metadata: *json, ..ListBlobsOptions::prefix(prefix) };
+            let options = options.with_delimiter(delim);
+            let format = if *json {
+                Listing::Json
+            } else if *long {
+                Listing::Long
+            } else {
+                Listing::Short
+            };
             // Printed as the pages come: a large container is never held whole.
             for item in c.container(container).list_blobs(options).items() {
-                match item? {
-                    BlobListItem::Blob { name, properties } => println!("{:>14}  {name}", properties.content_length),
-                    BlobListItem::Prefix(p) => println!("{:>14}  {p}", "DIR"),
-                }
+                println!("{}", format.line(&item?));
             }
             Ok(())
         }
-        Cmd::Put { file, dest } => {
+        Cmd::Put { file, dest, props, no_overwrite, if_match } => {
             let (container, name) = blob(dest)?;
-            put_file(cli, &c.container(container).blob(name), file)
+            let conditions = Conditions { if_match: etag_arg(if_match)?, if_none_match: no_overwrite.then(ETag::any) };
+            let options = put_options(props, name_for_type(file, name), conditions)?;
+            put_file(cli, &c.container(container).blob(name), file, options)
         }
-        Cmd::Get { src, file, offset, length, if_match, if_none_match } => {
+        Cmd::Get { src, file, offset, length, range, if_match, if_none_match } => {
             let (container, name) = blob(src)?;
             let b = c.container(container).blob(name);
             let conditions = Conditions { if_match: etag_arg(if_match)?, if_none_match: etag_arg(if_none_match)? };
+            let (offset, length) = match range {
+                Some(r) => parse_range(r)?,
+                None => (*offset, *length),
+            };
             // A conditional download goes the pinned, ranged way: the version the conditions
             // held for is the one read, even if the blob is replaced meanwhile.
-            let ranged = *offset != 0 || length.is_some() || conditions != Conditions::none();
-            let range = ranged.then_some(Span { offset: *offset, length: *length });
+            let ranged = offset != 0 || length.is_some() || conditions != Conditions::none();
+            let range = ranged.then_some(Span { offset, length });
             match file.as_deref() {
                 None => get_to_stdout(&b, range, &conditions),
                 Some(p) if p == Path::new("-") => get_to_stdout(&b, range, &conditions),
                 Some(p) => get_file(cli, &b, p, range, &conditions),
             }
         }
-        Cmd::Stat { path } => {
+        Cmd::Stat { path, json } => {
             let (container, name) = blob(path)?;
             let p = c.container(container).blob(name).properties()?;
+            if *json {
+                println!("{}", props_json(&format!("{container}/{name}"), &p));
+                return Ok(());
+            }
             println!("name:           {container}/{name}");
             println!("content-length: {}", p.content_length);
-            println!("etag:           {}", p.etag);
-            println!("last-modified:  {} ms", p.last_modified_ms);
             println!("content-type:   {}", p.content_type);
+            println!("etag:           {}", p.etag);
+            println!("last-modified:  {}", rfc3339(p.last_modified_ms));
+            if let Some(md5) = p.content_md5 {
+                println!("content-md5:    {}", hex(&md5));
+            }
             println!("crc64:          {:016x}", p.content_crc64);
             println!("blocks:         {}", p.committed_blocks);
             for (k, v) in &p.metadata.0 {
@@ -84,10 +111,11 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Cmd::Rm { path } => {
+        Cmd::Rm { path, recursive: false, .. } => {
             let (container, name) = blob(path)?;
             Ok(c.container(container).blob(name).delete()?)
         }
+        Cmd::Rm { path, recursive: true, yes } => remove_under(c, path, *yes),
         Cmd::Cp { src, dest, recursive } => copy(cli, c, src, dest, *recursive),
         Cmd::Demo { .. } => Err(CliError::Usage("demo needs no socket".into())),
     }
@@ -95,9 +123,9 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
 
 /// Upload `file`: a regular file by its length, `-` (stdin) or anything else (a pipe, a
 /// device) until it ends, since their metadata has no length to trust.
-pub fn put_file(cli: &Cli, b: &BlobHandle, file: &Path) -> Result<(), CliError> {
+pub fn put_file(cli: &Cli, b: &BlobHandle, file: &Path, options: PutOptions) -> Result<(), CliError> {
     if file == Path::new("-") {
-        b.put_stream_to_end(&mut std::io::stdin().lock(), PutOptions::default(), &|_| {})?;
+        b.put_stream_to_end(&mut std::io::stdin().lock(), options, &|_| {})?;
         return Ok(());
     }
     let f = File::open(file)?;
@@ -106,12 +134,12 @@ pub fn put_file(cli: &Cli, b: &BlobHandle, file: &Path) -> Result<(), CliError> 
         return Err(CliError::Usage(format!("{} is a directory (use cp -r)", file.display())));
     }
     if !meta.is_file() {
-        b.put_stream_to_end(&mut BufReader::new(f), PutOptions::default(), &|_| {})?;
+        b.put_stream_to_end(&mut BufReader::new(f), options, &|_| {})?;
         return Ok(());
     }
     let len = meta.len();
     let pb = bar(cli, len, b.name());
-    b.put_stream(&mut BufReader::new(f), len, PutOptions::default(), &|n| pb.set_position(n))?;
+    b.put_stream(&mut BufReader::new(f), len, options, &|n| pb.set_position(n))?;
     pb.finish_and_clear();
     Ok(())
 }
@@ -255,12 +283,15 @@ fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Re
             let (container, prefix) = split(dest);
             let container = c.container(container);
             for (path, rel) in walk(src_path)? {
-                put_file(cli, &container.blob(&join(prefix, &rel)), &path)?;
+                let name = join(prefix, &rel);
+                let options = put_options(&PutArgs::default(), &path, Conditions::none())?;
+                put_file(cli, &container.blob(&name), &path, options)?;
             }
             return Ok(());
         }
         let (container, name) = blob(dest)?;
-        return put_file(cli, &c.container(container).blob(name), src_path);
+        let options = put_options(&PutArgs::default(), src_path, Conditions::none())?;
+        return put_file(cli, &c.container(container).blob(name), src_path, options);
     }
     // Download: src is container/prefix.
     let (container, prefix) = split(src);
@@ -282,4 +313,105 @@ fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Re
         }
     }
     Ok(())
+}
+
+/// The path whose extension names the content type: the file's, or for stdin the blob's.
+fn name_for_type<'a>(file: &'a Path, blob: &'a str) -> &'a Path {
+    if file == Path::new("-") { Path::new(blob) } else { file }
+}
+
+/// What `put` stores: the given content type or the one `path`'s extension suggests, the
+/// metadata pairs, the conditions.
+fn put_options(args: &PutArgs, path: &Path, conditions: Conditions) -> Result<PutOptions, CliError> {
+    let content_type = match &args.content_type {
+        Some(t) => t.clone(),
+        // Nothing guessed: the device's default (application/octet-stream).
+        None => mime_guess::from_path(path).first_raw().unwrap_or_default().to_owned(),
+    };
+    let pairs = args
+        .metadata
+        .iter()
+        .map(|kv| {
+            let (k, v) =
+                kv.split_once('=').ok_or_else(|| CliError::Usage(format!("--metadata {kv:?}: not KEY=VALUE")))?;
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let metadata = Metadata::new(pairs).map_err(|e| CliError::Usage(format!("--metadata: {e}")))?;
+    Ok(PutOptions { content_type, metadata, conditions })
+}
+
+/// `START-END` (both included, as in an HTTP Range) or `START-`: the offset and length.
+fn parse_range(range: &str) -> Result<(u64, Option<u64>), CliError> {
+    let bad = || CliError::Usage(format!("--range {range:?}: expected START-END or START-"));
+    let (start, end) = range.split_once('-').ok_or_else(bad)?;
+    let start: u64 = start.trim().parse().map_err(|_| bad())?;
+    match end.trim() {
+        "" => Ok((start, None)),
+        end => {
+            let end: u64 = end.parse().map_err(|_| bad())?;
+            let len = end.checked_sub(start).and_then(|n| n.checked_add(1)).ok_or_else(bad)?;
+            Ok((start, Some(len)))
+        }
+    }
+}
+
+/// `rm -r`: every blob under container/prefix, only with `--yes` (else how many would go).
+fn remove_under(c: &BlobClient, path: &str, yes: bool) -> Result<(), CliError> {
+    let (container, prefix) = split(path);
+    let container = c.container(container);
+    let mut names = Vec::new();
+    for item in container.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
+        if let BlobListItem::Blob { name, .. } = item? {
+            names.push(name);
+        }
+    }
+    if !yes {
+        return Err(CliError::Usage(format!(
+            "rm -r {path} would delete {} blob(s); add --yes to delete them",
+            names.len()
+        )));
+    }
+    for name in &names {
+        match container.blob(name).delete() {
+            // Someone else deleted it meanwhile: it is gone either way.
+            Err(e) if e.is_not_found() => {}
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_inclusive_like_http() {
+        assert_eq!(parse_range("0-99").unwrap(), (0, Some(100)));
+        assert_eq!(parse_range("10-10").unwrap(), (10, Some(1)));
+        assert_eq!(parse_range("4096-").unwrap(), (4096, None));
+        for bad in ["", "5", "9-3", "a-b", "-5", "1-18446744073709551615x"] {
+            assert!(matches!(parse_range(bad), Err(CliError::Usage(_))), "{bad:?}");
+        }
+        assert_eq!(parse_range("0-18446744073709551615").ok(), None, "length overflows");
+    }
+
+    #[test]
+    fn content_type_is_given_or_guessed_and_metadata_parsed() {
+        let args = PutArgs { content_type: None, metadata: vec!["a=1".into(), "b=x=y".into()] };
+        let o = put_options(&args, Path::new("dir/cat.JPG"), Conditions::none()).unwrap();
+        assert_eq!(o.content_type, "image/jpeg");
+        assert_eq!(o.metadata.0, vec![("a".into(), "1".into()), ("b".into(), "x=y".into())]);
+        let o = put_options(&PutArgs::default(), Path::new("data.unknownext"), Conditions::none()).unwrap();
+        assert_eq!(o.content_type, "", "nothing guessed: the device's default");
+        let given = PutArgs { content_type: Some("text/csv".into()), metadata: vec![] };
+        assert_eq!(put_options(&given, Path::new("x.json"), Conditions::none()).unwrap().content_type, "text/csv");
+        for bad in ["novalue", "a=1,a=2", "bad key=1"] {
+            let meta = bad.split(',').map(str::to_owned).collect();
+            let args = PutArgs { content_type: None, metadata: meta };
+            assert!(matches!(put_options(&args, Path::new("x"), Conditions::none()), Err(CliError::Usage(_))), "{bad}");
+        }
+        assert_eq!(name_for_type(Path::new("-"), "c/x.html"), Path::new("c/x.html"));
+    }
 }

@@ -18,6 +18,10 @@ pub mod exit {
     pub const OUTCOME_UNKNOWN: u8 = 6;
     /// A conditional read found the caller's copy current (Azure's 304).
     pub const NOT_MODIFIED: u8 = 7;
+    /// The container does not exist (`NOT_FOUND` is for a blob).
+    pub const CONTAINER_NOT_FOUND: u8 = 8;
+    /// An If-Match condition failed (Azure's 412; `CONFLICT` is its 409).
+    pub const CONDITION_FAILED: u8 = 9;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +54,11 @@ impl CliError {
 
 fn status_exit_code(error: BlobError) -> u8 {
     match error {
-        BlobError::BlobNotFound | BlobError::ContainerNotFound => exit::NOT_FOUND,
+        BlobError::BlobNotFound => exit::NOT_FOUND,
+        BlobError::ContainerNotFound => exit::CONTAINER_NOT_FOUND,
         BlobError::NotModified => exit::NOT_MODIFIED,
-        BlobError::AlreadyExists | BlobError::PreconditionFailed => exit::CONFLICT,
+        BlobError::AlreadyExists => exit::CONFLICT,
+        BlobError::PreconditionFailed => exit::CONDITION_FAILED,
         BlobError::Rescinded | BlobError::Busy | BlobError::Timeout => exit::UNAVAILABLE,
         BlobError::InvalidName | BlobError::InvalidRequest => exit::USAGE,
         _ => exit::FAILED,
@@ -101,9 +107,9 @@ mod tests {
     fn client_errors_map_to_exit_codes_by_kind() {
         let status = |error| ClientError::Status { error, message: String::new() };
         assert_eq!(code(status(BlobError::BlobNotFound)), exit::NOT_FOUND);
-        assert_eq!(code(status(BlobError::ContainerNotFound)), exit::NOT_FOUND);
+        assert_eq!(code(status(BlobError::ContainerNotFound)), exit::CONTAINER_NOT_FOUND);
         assert_eq!(code(status(BlobError::AlreadyExists)), exit::CONFLICT);
-        assert_eq!(code(status(BlobError::PreconditionFailed)), exit::CONFLICT);
+        assert_eq!(code(status(BlobError::PreconditionFailed)), exit::CONDITION_FAILED);
         assert_eq!(code(status(BlobError::NotModified)), exit::NOT_MODIFIED);
         assert_eq!(code(status(BlobError::Busy)), exit::UNAVAILABLE);
         assert_eq!(code(status(BlobError::InvalidName)), exit::USAGE);

@@ -4,6 +4,7 @@
 mod commands;
 mod demo;
 mod error;
+mod listing;
 mod paths;
 
 use std::path::{Path, PathBuf};
@@ -61,10 +62,11 @@ pub fn resolve_transport(kind: TransportKind, sysfs_root: &Path, socket_given: b
     name = "vmblob",
     version,
     about = "Blob storage through the vmblob paravirtual device",
-    after_help = "Exit codes: 0 ok, 1 failure, 2 usage or invalid name, 3 not found, 4 already exists, \
-precondition failed or upload superseded, 5 device unavailable (nothing was done), 6 outcome unknown \
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage or invalid name, 3 blob not found, 4 already exists \
+or upload superseded (Azure's 409), 5 device unavailable (nothing was done), 6 outcome unknown \
 (a write was sent and the device went away before answering: it may or may not have been applied), \
-7 not modified (get --if-none-match named the blob's current ETag; nothing was written)."
+7 not modified (get --if-none-match named the blob's current ETag; nothing was written), \
+8 container not found, 9 condition failed (--if-match named another ETag: Azure's 412)."
 )]
 pub struct Cli {
     /// vmbus, pci, virtio or auto (vmbus when a vmblob VMBus device exists, then pci, then virtio).
@@ -115,6 +117,18 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+/// Properties an upload stores with the blob.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PutArgs {
+    /// The blob's Content-Type; default guessed from the file's extension (else the
+    /// device's default, application/octet-stream), as azcopy does.
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// User metadata, repeatable: --metadata project=x --metadata owner=y.
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Make a container.
@@ -127,9 +141,26 @@ pub enum Cmd {
         /// List every blob instead of rolling up at '/'.
         #[arg(short, long)]
         recursive: bool,
+        /// Long format: size, last-modified, ETag, content type, name.
+        #[arg(short, long)]
+        long: bool,
+        /// One JSON object per line (JSON Lines) with every property, for scripts.
+        #[arg(long, conflicts_with = "long")]
+        json: bool,
     },
-    /// Upload a file.
-    Put { file: PathBuf, dest: String },
+    /// Upload a file ('-' reads stdin to its end).
+    Put {
+        file: PathBuf,
+        dest: String,
+        #[command(flatten)]
+        props: PutArgs,
+        /// Only if no blob of that name exists (If-None-Match: *); else exit 4.
+        #[arg(long, conflicts_with = "if_match")]
+        no_overwrite: bool,
+        /// Only if the blob's ETag is this one; else exit 9.
+        #[arg(long, value_name = "ETAG")]
+        if_match: Option<String>,
+    },
     /// Download a blob to a file, or to stdout with '-' or no file.
     Get {
         src: String,
@@ -140,6 +171,9 @@ pub enum Cmd {
         /// At most this many bytes (clipped to the blob's end); default to the end.
         #[arg(long)]
         length: Option<u64>,
+        /// Bytes START to END, both included, as in an HTTP Range ("START-" to the end).
+        #[arg(long, value_name = "START-END", conflicts_with_all = ["offset", "length"])]
+        range: Option<String>,
         /// Only if the blob's ETag is this one (else exit 4); the download is of that version.
         #[arg(long, value_name = "ETAG")]
         if_match: Option<String>,
@@ -149,9 +183,22 @@ pub enum Cmd {
         if_none_match: Option<String>,
     },
     /// Show a blob's properties.
-    Stat { path: String },
-    /// Delete a blob.
-    Rm { path: String },
+    Stat {
+        path: String,
+        /// As one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a blob, or with -r every blob under container/prefix.
+    Rm {
+        path: String,
+        /// Every blob whose name starts with the prefix (the whole container for none).
+        #[arg(short, long)]
+        recursive: bool,
+        /// Needed with -r: without it the CLI only says how many blobs would go.
+        #[arg(long, requires = "recursive")]
+        yes: bool,
+    },
     /// Copy a directory to container/prefix, or container/prefix to a directory.
     Cp {
         src: String,
