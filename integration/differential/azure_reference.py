@@ -94,6 +94,13 @@ def run(svc, op, results):
     if kind == "delete":
         b.delete_blob(**conditions(op, results))
         return {}
+    if kind == "set_metadata":
+        r = b.set_blob_metadata(metadata=op.get("metadata") or {}, **conditions(op, results))
+        return {"etag": r["etag"]}
+    if kind == "set_content_type":
+        settings = ContentSettings(content_type=op["content_type"])
+        r = b.set_http_headers(content_settings=settings, **conditions(op, results))
+        return {"etag": r["etag"]}
     if kind == "stage":
         b.stage_block(op["id"], data_of(op))
         return {}

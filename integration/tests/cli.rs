@@ -201,6 +201,25 @@ fn upload_properties_listings_and_recursive_removal() {
     let c: serde_json::Value = serde_json::from_str(containers.trim()).unwrap();
     assert_eq!(c["name"], "site");
 
+    // set: content type and metadata without uploading again; a new ETag, the same bytes.
+    let before: serde_json::Value = serde_json::from_str(&ok(s, &["stat", "--json", "site/raw"])).unwrap();
+    ok(s, &["set", "site/raw", "--content-type", "text/csv", "--metadata", "a=1", "--metadata", "b=2"]);
+    let after: serde_json::Value = serde_json::from_str(&ok(s, &["stat", "--json", "site/raw"])).unwrap();
+    assert_eq!(after["content_type"], "text/csv");
+    assert_eq!(after["metadata"], serde_json::json!({ "a": "1", "b": "2" }));
+    assert_ne!(after["etag"], before["etag"]);
+    assert_eq!(
+        (&after["content_crc64"], &after["content_length"]),
+        (&before["content_crc64"], &before["content_length"])
+    );
+    assert_eq!(vmblob(Some(s), &["get", "site/raw", "-"]).stdout, std::fs::read(&page).unwrap());
+    ok(s, &["set", "site/raw", "--clear-metadata", "--if-match", after["etag"].as_str().unwrap()]);
+    let cleared: serde_json::Value = serde_json::from_str(&ok(s, &["stat", "--json", "site/raw"])).unwrap();
+    assert_eq!((&cleared["metadata"], &cleared["content_type"]), (&serde_json::json!({}), &after["content_type"]));
+    assert_eq!(code(&vmblob(Some(s), &["set", "site/raw", "--metadata", "x=1", "--if-match", "\"0xdead\""])), 9);
+    assert_eq!(code(&vmblob(Some(s), &["set", "site/raw"])), 2, "nothing to set");
+    assert_eq!(code(&vmblob(Some(s), &["set", "site/none", "--content-type", "a/b"])), 3);
+
     // rm -r: refused without --yes (saying how many), then every blob under the prefix.
     let refused = vmblob(Some(s), &["rm", "-r", "site/"]);
     assert_eq!(code(&refused), 2);

@@ -126,6 +126,13 @@ impl BlobStore for GatedStore {
     fn get_block_list(&self, t: &BlobRef, l: BlockListType) -> Result<Vec<BlockInfo>, StoreError> {
         self.inner.get_block_list(t, l)
     }
+    fn set_blob_properties(
+        &self,
+        r: &vmblob_protocol::ops::SetBlobProperties,
+        t: &TxnId,
+    ) -> Result<BlobWritten, StoreError> {
+        self.inner.set_blob_properties(r, t)
+    }
 }
 
 /// The daemon's serve loop on a thread of this process, one queue.

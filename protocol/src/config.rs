@@ -32,7 +32,11 @@ pub mod caps {
     /// PutBlockList takes a CRC-64 per block and refuses a block whose CRC
     /// differs (a VSP without it refuses the CRC section as trailing bytes).
     pub const BLOCK_LIST_CRC64: u64 = 1 << 5;
-    pub const ALL: u64 = BLOCKS | CONDITIONAL | TXN_DEDUP | CONTENT_MD5 | CONTENT_CRC64 | BLOCK_LIST_CRC64;
+    /// SetBlobMetadata / SetBlobProperties replace a blob's metadata or
+    /// content type without rewriting it through the guest.
+    pub const SET_PROPERTIES: u64 = 1 << 6;
+    pub const ALL: u64 =
+        BLOCKS | CONDITIONAL | TXN_DEDUP | CONTENT_MD5 | CONTENT_CRC64 | BLOCK_LIST_CRC64 | SET_PROPERTIES;
 }
 
 #[repr(C)]

@@ -48,10 +48,12 @@ pub enum OpCode {
     PutBlock = 21,
     PutBlockList = 22,
     GetBlockList = 23,
+    SetBlobMetadata = 24,
+    SetBlobProperties = 25,
 }
 
 impl OpCode {
-    pub const ALL: [OpCode; 13] = [
+    pub const ALL: [OpCode; 15] = [
         OpCode::GetDeviceConfig,
         OpCode::CreateContainer,
         OpCode::DeleteContainer,
@@ -65,10 +67,30 @@ impl OpCode {
         OpCode::PutBlock,
         OpCode::PutBlockList,
         OpCode::GetBlockList,
+        OpCode::SetBlobMetadata,
+        OpCode::SetBlobProperties,
     ];
 
     pub fn from_u16(v: u16) -> Option<OpCode> {
         Self::ALL.into_iter().find(|op| *op as u16 == v)
+    }
+
+    /// Whether the op changes what a reader sees, so that a lost answer leaves
+    /// the caller not knowing whether it happened, and a replay (same
+    /// transaction id) must be answered from the first execution. PutBlock
+    /// is not one: a staged block is invisible until a block list commits
+    /// it, and staging it again changes nothing.
+    pub fn has_outcome(self) -> bool {
+        matches!(
+            self,
+            OpCode::CreateContainer
+                | OpCode::DeleteContainer
+                | OpCode::PutBlob
+                | OpCode::DeleteBlob
+                | OpCode::PutBlockList
+                | OpCode::SetBlobMetadata
+                | OpCode::SetBlobProperties
+        )
     }
 
     /// Which way the data buffer moves for this op.

@@ -103,6 +103,25 @@ pub struct PutBlockList {
     pub conditions: Conditions,
 }
 
+/// What a SetBlobMetadata or SetBlobProperties replaces, leaving the data
+/// and the other properties as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobUpdate {
+    /// All user metadata (SetBlobMetadata; an empty set removes it all).
+    Metadata(Metadata),
+    /// The Content-Type (SetBlobProperties; empty: cleared, as Azure clears it).
+    ContentType(String),
+}
+
+/// SetBlobMetadata / SetBlobProperties: a committed blob gets a new ETag and
+/// last-modified time, keeps its bytes and its uncommitted blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetBlobProperties {
+    pub target: BlobRef,
+    pub update: BlobUpdate,
+    pub conditions: Conditions,
+}
+
 /// One blob operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpRequest {
@@ -119,6 +138,7 @@ pub enum OpRequest {
     PutBlock(PutBlock),
     PutBlockList(PutBlockList),
     GetBlockList { target: BlobRef, list_type: BlockListType },
+    SetBlobProperties(SetBlobProperties),
 }
 
 impl OpRequest {
@@ -137,6 +157,10 @@ impl OpRequest {
             OpRequest::PutBlock(_) => OpCode::PutBlock,
             OpRequest::PutBlockList(_) => OpCode::PutBlockList,
             OpRequest::GetBlockList { .. } => OpCode::GetBlockList,
+            OpRequest::SetBlobProperties(s) => match s.update {
+                BlobUpdate::Metadata(_) => OpCode::SetBlobMetadata,
+                BlobUpdate::ContentType(_) => OpCode::SetBlobProperties,
+            },
         }
     }
 
@@ -223,6 +247,14 @@ impl OpRequest {
             OpRequest::GetBlockList { target, list_type } => {
                 encode_ref(w, target);
                 w.u8(*list_type as u8);
+            }
+            OpRequest::SetBlobProperties(s) => {
+                encode_ref(w, &s.target);
+                match &s.update {
+                    BlobUpdate::Metadata(m) => m.encode(w),
+                    BlobUpdate::ContentType(t) => w.str16(t),
+                }
+                s.conditions.encode(w);
             }
         }
     }
@@ -317,6 +349,16 @@ impl OpRequest {
             OpCode::GetBlockList => {
                 OpRequest::GetBlockList { target: blob_ref(r)?, list_type: BlockListType::from_u8(r.u8()?)? }
             }
+            OpCode::SetBlobMetadata => OpRequest::SetBlobProperties(SetBlobProperties {
+                target: blob_ref(r)?,
+                update: BlobUpdate::Metadata(Metadata::decode(r)?),
+                conditions: Conditions::decode(r)?,
+            }),
+            OpCode::SetBlobProperties => OpRequest::SetBlobProperties(SetBlobProperties {
+                target: blob_ref(r)?,
+                update: BlobUpdate::ContentType(text(r, names::CONTENT_TYPE_MAX)?),
+                conditions: Conditions::decode(r)?,
+            }),
         })
     }
 }

@@ -96,7 +96,10 @@ impl OpResponse {
                 | (OpResponse::Deleted, OpCode::DeleteContainer | OpCode::DeleteBlob)
                 | (OpResponse::ContainerList { .. }, OpCode::ListContainers)
                 | (OpResponse::ContainerProperties(_), OpCode::GetContainerProperties)
-                | (OpResponse::BlobWritten(_), OpCode::PutBlob | OpCode::PutBlockList)
+                | (
+                    OpResponse::BlobWritten(_),
+                    OpCode::PutBlob | OpCode::PutBlockList | OpCode::SetBlobMetadata | OpCode::SetBlobProperties
+                )
                 | (OpResponse::BlobData { .. }, OpCode::GetBlob)
                 | (OpResponse::BlobProperties(_), OpCode::GetBlobProperties)
                 | (OpResponse::BlobList { .. }, OpCode::ListBlobs)
@@ -163,11 +166,13 @@ impl OpResponse {
                 }
                 OpResponse::ContainerList { containers, next_marker: r.str16(MAX_MARKER)?.to_owned() }
             }
-            OpCode::PutBlob | OpCode::PutBlockList => OpResponse::BlobWritten(BlobWritten {
-                etag: r.str16(ETAG_MAX)?.to_owned(),
-                last_modified_ms: r.u64()?,
-                content_crc64: r.u64()?,
-            }),
+            OpCode::PutBlob | OpCode::PutBlockList | OpCode::SetBlobMetadata | OpCode::SetBlobProperties => {
+                OpResponse::BlobWritten(BlobWritten {
+                    etag: r.str16(ETAG_MAX)?.to_owned(),
+                    last_modified_ms: r.u64()?,
+                    content_crc64: r.u64()?,
+                })
+            }
             OpCode::GetBlob => {
                 OpResponse::BlobData { properties: BlobProperties::decode(r)?, offset: r.u64()?, length: r.u64()? }
             }

@@ -8,10 +8,10 @@ use proptest::strategy::Union;
 use vmblob_protocol::config::DeviceConfig;
 use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
 use vmblob_protocol::ops::{
-    BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
+    BlobListItem, BlobProperties, BlobRef, BlobUpdate, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
     ContainerEntry, ContainerProperties, ETag, GetBlob, ListBlobs, ListContainers, ListedBlock, MAX_LIST_RESULTS,
-    Metadata, OpCode, OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList, ResponseMessage, encode_error,
-    encode_success,
+    Metadata, OpCode, OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList, ResponseMessage, SetBlobProperties,
+    encode_error, encode_success,
 };
 use vmblob_protocol::status::BlobError;
 
@@ -175,6 +175,20 @@ pub fn op_request() -> impl Strategy<Value = OpRequest> {
         )
             .prop_map(|(target, list_type)| OpRequest::GetBlockList { target, list_type })
             .boxed(),
+        (blob_ref(), metadata(), conditions())
+            .prop_map(|(target, m, conditions)| {
+                OpRequest::SetBlobProperties(SetBlobProperties { target, update: BlobUpdate::Metadata(m), conditions })
+            })
+            .boxed(),
+        (blob_ref(), text(64), conditions())
+            .prop_map(|(target, t, conditions)| {
+                OpRequest::SetBlobProperties(SetBlobProperties {
+                    target,
+                    update: BlobUpdate::ContentType(t),
+                    conditions,
+                })
+            })
+            .boxed(),
     ];
     assert_eq!(arms.len(), OpCode::ALL.len());
     Union::new(arms)
@@ -294,7 +308,17 @@ pub fn op_response() -> impl Strategy<Value = (OpCode, OpResponse)> {
         container_properties()
             .prop_map(|p| (OpCode::GetContainerProperties, OpResponse::ContainerProperties(p)))
             .boxed(),
-        (prop_oneof![Just(OpCode::PutBlob), Just(OpCode::PutBlockList)], any_text(24), any::<u64>(), any::<u64>())
+        (
+            prop_oneof![
+                Just(OpCode::PutBlob),
+                Just(OpCode::PutBlockList),
+                Just(OpCode::SetBlobMetadata),
+                Just(OpCode::SetBlobProperties)
+            ],
+            any_text(24),
+            any::<u64>(),
+            any::<u64>(),
+        )
             .prop_map(|(op, etag, last_modified_ms, content_crc64)| {
                 (op, OpResponse::BlobWritten(BlobWritten { etag, last_modified_ms, content_crc64 }))
             })

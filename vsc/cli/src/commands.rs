@@ -111,6 +111,23 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Cmd::Set { path, content_type, metadata, clear_metadata, if_match } => {
+            let (container, name) = blob(path)?;
+            let b = c.container(container).blob(name);
+            if content_type.is_none() && metadata.is_empty() && !clear_metadata {
+                return Err(CliError::Usage("set needs --content-type, --metadata or --clear-metadata".into()));
+            }
+            let mut conditions = Conditions { if_match: etag_arg(if_match)?, if_none_match: None };
+            if let Some(t) = content_type {
+                let w = b.set_content_type(t, conditions)?;
+                // The metadata change below applies to this version only.
+                conditions = Conditions { if_match: Some(device_etag(&w.etag)?), if_none_match: None };
+            }
+            if !metadata.is_empty() || *clear_metadata {
+                b.set_metadata(metadata_arg(metadata)?, conditions)?;
+            }
+            Ok(())
+        }
         Cmd::Rm { path, recursive: false, .. } => {
             let (container, name) = blob(path)?;
             Ok(c.container(container).blob(name).delete()?)
@@ -180,8 +197,7 @@ fn get_span(
 ) -> Result<(), CliError> {
     let props = b.properties_opts(conditions.clone())?;
     let end = span.length.map_or(props.content_length, |n| span.offset.saturating_add(n)).min(props.content_length);
-    let etag =
-        ETag::new(&props.etag).map_err(|_| CliError::Usage(format!("the device sent a bad ETag {:?}", props.etag)))?;
+    let etag = device_etag(&props.etag)?;
     let piece = b.client().block_size().max(1) as u64;
     let mut at = span.offset;
     while at < end {
@@ -328,8 +344,12 @@ fn put_options(args: &PutArgs, path: &Path, conditions: Conditions) -> Result<Pu
         // Nothing guessed: the device's default (application/octet-stream).
         None => mime_guess::from_path(path).first_raw().unwrap_or_default().to_owned(),
     };
+    Ok(PutOptions { content_type, metadata: metadata_arg(&args.metadata)?, conditions })
+}
+
+/// `--metadata KEY=VALUE` arguments as metadata (the value may hold '=').
+fn metadata_arg(args: &[String]) -> Result<Metadata, CliError> {
     let pairs = args
-        .metadata
         .iter()
         .map(|kv| {
             let (k, v) =
@@ -337,8 +357,12 @@ fn put_options(args: &PutArgs, path: &Path, conditions: Conditions) -> Result<Pu
             Ok((k.to_owned(), v.to_owned()))
         })
         .collect::<Result<Vec<_>, CliError>>()?;
-    let metadata = Metadata::new(pairs).map_err(|e| CliError::Usage(format!("--metadata: {e}")))?;
-    Ok(PutOptions { content_type, metadata, conditions })
+    Metadata::new(pairs).map_err(|e| CliError::Usage(format!("--metadata: {e}")))
+}
+
+/// An ETag the device answered with, as a condition.
+fn device_etag(etag: &str) -> Result<ETag, CliError> {
+    ETag::new(etag).map_err(|_| CliError::Usage(format!("the device sent a bad ETag {etag:?}")))
 }
 
 /// `START-END` (both included, as in an HTTP Range) or `START-`: the offset and length.

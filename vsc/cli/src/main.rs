@@ -189,6 +189,23 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Change a blob's content type or metadata without uploading it again
+    /// (Azure's Set Blob Properties / Set Blob Metadata); its ETag changes.
+    Set {
+        path: String,
+        /// The new Content-Type ("" clears it).
+        #[arg(long, value_name = "TYPE")]
+        content_type: Option<String>,
+        /// The new metadata, all of it (repeatable KEY=VALUE): what is not named goes.
+        #[arg(long = "metadata", value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
+        /// Remove all metadata.
+        #[arg(long, conflicts_with = "metadata")]
+        clear_metadata: bool,
+        /// Only if the blob's ETag is this one; else exit 9.
+        #[arg(long, value_name = "ETAG")]
+        if_match: Option<String>,
+    },
     /// Delete a blob, or with -r every blob under container/prefix.
     Rm {
         path: String,

@@ -7,8 +7,9 @@ use std::fmt;
 use vmblob_protocol::config::caps;
 use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
 use vmblob_protocol::ops::{
-    BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
-    ContainerProperties, GetBlob, ListBlobs, ListedBlock, OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList,
+    BlobListItem, BlobProperties, BlobRef, BlobUpdate, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
+    ContainerProperties, GetBlob, ListBlobs, ListedBlock, Metadata, OpRequest, OpResponse, PutBlob, PutBlock,
+    PutBlockList, SetBlobProperties,
 };
 
 use super::{
@@ -320,6 +321,27 @@ impl BlobHandle {
     pub fn delete_opts(&self, conditions: Conditions) -> Result<(), ClientError> {
         let op = OpRequest::DeleteBlob { target: self.target()?.clone(), conditions };
         self.client.call(&op, Data::None).map(|_| ())
+    }
+
+    /// Replace all of the blob's metadata (Azure's Set Blob Metadata): its
+    /// bytes and blocks stay, its ETag changes. Needs the device's
+    /// `SET_PROPERTIES` capability (else `Unsupported`).
+    pub fn set_metadata(&self, metadata: Metadata, conditions: Conditions) -> Result<BlobWritten, ClientError> {
+        self.set(BlobUpdate::Metadata(metadata), conditions)
+    }
+
+    /// Replace the blob's Content-Type (Azure's Set Blob Properties; "" clears
+    /// it, as on Azure: the blob then has none).
+    pub fn set_content_type(&self, content_type: &str, conditions: Conditions) -> Result<BlobWritten, ClientError> {
+        self.set(BlobUpdate::ContentType(content_type.to_owned()), conditions)
+    }
+
+    fn set(&self, update: BlobUpdate, conditions: Conditions) -> Result<BlobWritten, ClientError> {
+        let op = OpRequest::SetBlobProperties(SetBlobProperties { target: self.target()?.clone(), update, conditions });
+        match self.client.call(&op, Data::None)?.response {
+            OpResponse::BlobWritten(w) => Ok(w),
+            r => Err(ClientError::unexpected(r)),
+        }
     }
 
     pub fn block_list(&self, list_type: BlockListType) -> Result<Vec<BlockInfo>, ClientError> {

@@ -111,13 +111,9 @@ pub struct OpResult {
 }
 
 /// Writes whose lost answer leaves the caller not knowing whether they
-/// happened. PutBlock is not one: a staged block is invisible until a
-/// block list commits it, so a lost one is simply `Rescinded` (stage it again).
+/// happened; a lost PutBlock is simply `Rescinded` (stage it again).
 fn has_outcome(op: OpCode) -> bool {
-    matches!(
-        op,
-        OpCode::CreateContainer | OpCode::DeleteContainer | OpCode::PutBlob | OpCode::DeleteBlob | OpCode::PutBlockList
-    )
+    op.has_outcome()
 }
 
 impl PendingOp {

@@ -112,6 +112,7 @@ impl Engine {
             OpRequest::GetBlockList { target, list_type } => {
                 OpResponse::BlockList { blocks: store.get_block_list(target, *list_type).map_err(se)? }
             }
+            OpRequest::SetBlobProperties(s) => OpResponse::BlobWritten(store.set_blob_properties(s, txn).map_err(se)?),
         })
     }
 

@@ -85,13 +85,9 @@ fn transport_status(e: &TransportError) -> BlobError {
 }
 
 /// Writes whose outcome goes into the transaction record: replayed, they
-/// must answer their first result. PutBlock is not among them: staging the
-/// same bytes under the same id again changes nothing a reader sees.
+/// must answer their first result ([`OpCode::has_outcome`]).
 fn is_recorded_write(op: &OpRequest) -> bool {
-    matches!(
-        op.op(),
-        OpCode::CreateContainer | OpCode::DeleteContainer | OpCode::PutBlob | OpCode::DeleteBlob | OpCode::PutBlockList
-    )
+    op.op().has_outcome()
 }
 
 /// Whether a write's status is its outcome. Not so for those that say the

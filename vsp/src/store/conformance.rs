@@ -244,12 +244,14 @@ mod blocks;
 mod containers;
 mod fidelity;
 mod listing;
+mod properties;
 
 pub use blobs::*;
 pub use blocks::*;
 pub use containers::*;
 pub use fidelity::*;
 pub use listing::*;
+pub use properties::*;
 
 macro_rules! conformance_tests {
     ($make:expr, $make_limited:expr) => {
@@ -278,6 +280,8 @@ macro_rules! conformance_tests {
         $crate::store::conformance::conformance_tests!(@cases $make;
             etags_match_with_or_without_quotes, block_ids_of_one_blob_have_one_length,
             absent_content_type_reads_as_octet_stream, listing_is_in_utf16_order,
+            set_metadata_and_content_type_keep_the_bytes, set_properties_conditions_missing_blobs_and_replays,
+            set_properties_keeps_committed_and_staged_blocks,
         );
         #[test]
         fn max_blob_size() {

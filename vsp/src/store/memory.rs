@@ -9,14 +9,15 @@ use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, Conditions, ContainerEntry,
-    ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList,
+    ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList, SetBlobProperties,
 };
 
 use super::listing::{self, NameKey};
 use super::semantics::{
     self, BufPool, Checksums, CommittedBlock, DEFAULT_MAX_BLOB_SIZE, MAX_COMMITTED_BLOCKS, NameLocks, PartSource,
     check_conditions, check_read_conditions, check_size, check_stage_room, check_write, clip_range,
-    deletes_uncommitted, ingest, lock, new_props, next_etag, now_ms, read, resolve_block_list, verify, write, written,
+    deletes_uncommitted, ingest, lock, new_props, next_etag, now_ms, read, resolve_block_list, update_condition,
+    updated_props, verify, write, written,
 };
 use super::{BlobStore, DataSink, DataSource, Page, StoreError, TxnId};
 
@@ -46,7 +47,8 @@ type StagedBlocks = BTreeMap<Vec<u8>, Arc<Vec<u8>>>;
 struct MemBlob {
     props: BlobProperties,
     txn: TxnId,
-    data: Vec<u8>,
+    /// Shared with the next version when only its properties change.
+    data: Arc<Vec<u8>>,
     blocks: Vec<CommittedBlock>,
 }
 
@@ -90,16 +92,22 @@ impl MemContainer {
         read(&self.blobs).get(&NameKey::of(name)).cloned()
     }
 
-    /// Stores a blob unless the container was deleted meanwhile; the caller
-    /// holds the name lock and has checked conditions.
+    /// Stores a blob unless the container was deleted meanwhile and drops
+    /// its uncommitted blocks; the caller holds the name lock and has checked
+    /// conditions.
     fn commit(&self, name: &str, blob: MemBlob) -> Result<(), StoreError> {
+        self.replace(name, blob)?;
+        lock(&self.staged).remove(name);
+        Ok(())
+    }
+
+    /// [`MemContainer::commit`] keeping the uncommitted blocks.
+    fn replace(&self, name: &str, blob: MemBlob) -> Result<(), StoreError> {
         let mut blobs = write(&self.blobs);
         if self.dead.load(Ordering::SeqCst) {
             return Err(StoreError::ContainerNotFound);
         }
         blobs.insert(NameKey::of(name), Arc::new(blob));
-        drop(blobs);
-        lock(&self.staged).remove(name);
         Ok(())
     }
 }
@@ -169,7 +177,7 @@ impl BlobStore for MemoryStore {
             return Ok(w);
         }
         let out = written(&props);
-        c.commit(name, MemBlob { props, txn: *txn, data: bytes, blocks: Vec::new() })?;
+        c.commit(name, MemBlob { props, txn: *txn, data: Arc::new(bytes), blocks: Vec::new() })?;
         Ok(out)
     }
 
@@ -290,7 +298,23 @@ impl BlobStore for MemoryStore {
         let count = u32::try_from(blocks.len()).map_err(|_| StoreError::TooLarge("block count".into()))?;
         let props = new_props(&req.content_type, &req.metadata, total, &sums.finish(), count);
         let out = written(&props);
-        c.commit(name, MemBlob { props, txn: *txn, data, blocks })?;
+        c.commit(name, MemBlob { props, txn: *txn, data: Arc::new(data), blocks })?;
+        Ok(out)
+    }
+
+    fn set_blob_properties(&self, req: &SetBlobProperties, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        let c = self.container(&req.target.container)?;
+        let name = req.target.blob.as_str();
+        let _g = c.locks.lock(name);
+        let old = c.blob(name);
+        if let Some(w) = check_write(current(&old), &req.conditions, txn).map_err(update_condition)? {
+            return Ok(w);
+        }
+        let old = old.ok_or(StoreError::BlobNotFound)?;
+        let props = updated_props(&old.props, &req.update);
+        let out = written(&props);
+        let blob = MemBlob { props, txn: *txn, data: Arc::clone(&old.data), blocks: old.blocks.clone() };
+        c.replace(name, blob)?;
         Ok(out)
     }
 

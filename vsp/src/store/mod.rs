@@ -14,7 +14,7 @@ use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, Conditions, ContainerEntry,
-    ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList,
+    ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList, SetBlobProperties,
 };
 use vmblob_protocol::status::BlobError;
 
@@ -162,6 +162,12 @@ pub trait BlobStore: Send + Sync {
     /// Commits the listed blocks (staged or already committed) as the blob.
     fn put_block_list(&self, req: &PutBlockList, txn: &TxnId) -> Result<BlobWritten, StoreError>;
     fn get_block_list(&self, target: &BlobRef, list_type: BlockListType) -> Result<Vec<BlockInfo>, StoreError>;
+    /// Replaces a committed blob's metadata or content type ("" clears it) under its write
+    /// conditions: a new ETag and last-modified time, the same bytes, CRC,
+    /// MD5 and committed blocks, its uncommitted blocks kept (Azure's Set Blob
+    /// Metadata / Set Blob Properties). A name with only staged blocks is
+    /// `BlobNotFound`.
+    fn set_blob_properties(&self, req: &SetBlobProperties, txn: &TxnId) -> Result<BlobWritten, StoreError>;
 }
 
 /// CRC-64/NVME, the polynomial of Azure's `x-ms-content-crc64`.

@@ -12,7 +12,9 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use md5::Digest as _;
-use vmblob_protocol::ops::{BlobProperties, BlobWritten, Conditions, ETag, ListedBlock, MAX_BLOCKS, Metadata};
+use vmblob_protocol::ops::{
+    BlobProperties, BlobUpdate, BlobWritten, Conditions, ETag, ListedBlock, MAX_BLOCKS, Metadata,
+};
 
 use crate::store::{DataSource, StoreError, TxnId};
 
@@ -316,6 +318,15 @@ pub(crate) fn check_write_conditions(
     if conditions.check(cur.as_ref()) { Ok(()) } else { Err(StoreError::PreconditionFailed) }
 }
 
+/// A failed condition of a SetBlobMetadata / SetBlobProperties: Azure's 412
+/// for If-None-Match `*` too (409 BlobAlreadyExists is a create's answer).
+pub(crate) fn update_condition(e: StoreError) -> StoreError {
+    match e {
+        StoreError::AlreadyExists => StoreError::PreconditionFailed,
+        e => e,
+    }
+}
+
 /// What Azure answers for a blob written without a content type.
 pub(crate) const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
@@ -342,6 +353,20 @@ pub(crate) fn new_props(
         committed_blocks,
         metadata: metadata.clone(),
     }
+}
+
+/// A committed blob's properties after a SetBlobMetadata / SetBlobProperties:
+/// a new ETag and last-modified time, the update applied, the rest as it was.
+pub(crate) fn updated_props(props: &BlobProperties, update: &BlobUpdate) -> BlobProperties {
+    let mut p = props.clone();
+    p.etag = next_etag();
+    p.last_modified_ms = now_ms();
+    match update {
+        BlobUpdate::Metadata(m) => p.metadata = m.clone(),
+        // Cleared, not defaulted: Azure's Set Blob Properties without a type leaves none.
+        BlobUpdate::ContentType(t) => p.content_type = t.clone(),
+    }
+    p
 }
 
 /// The bytes a GET returns: `(offset, length)` clipped to the blob's end and

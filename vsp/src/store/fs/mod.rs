@@ -21,6 +21,7 @@ mod extents;
 mod gc;
 mod index;
 mod layout;
+mod props;
 #[cfg(test)]
 mod tests;
 
@@ -36,7 +37,7 @@ use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, Conditions, ContainerEntry,
-    ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList,
+    ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList, SetBlobProperties,
 };
 
 use self::access::Modes;
@@ -507,5 +508,9 @@ impl BlobStore for FsStore {
 
     fn get_block_list(&self, target: &BlobRef, list_type: BlockListType) -> Result<Vec<BlockInfo>, StoreError> {
         blocks::get_block_list(self, target, list_type)
+    }
+
+    fn set_blob_properties(&self, req: &SetBlobProperties, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        props::set_blob_properties(self, req, txn)
     }
 }

@@ -9,7 +9,7 @@
 //!   trailing spaces, or starting with `=?`) are stored as an RFC 2047
 //!   encoded word, `=?UTF-8?B?<base64 of the UTF-8 bytes>?=`;
 //! - our own fields under `vmblob_*` (a prefix user keys may not use):
-//!   `vmblob_txn`, `vmblob_crc64`, `vmblob_md5`, `vmblob_mtime` (ms), `vmblob_blocks`.
+//!   `vmblob_txn`, `vmblob_crc64`, `vmblob_md5`, `vmblob_mtime` (ms), `vmblob_blocks`, `vmblob_typecleared`.
 
 use std::collections::HashMap;
 
@@ -30,6 +30,9 @@ const MTIME: &str = "vmblob_mtime";
 const BLOCKS: &str = "vmblob_blocks";
 /// Set when the content type is empty (services fill in a default otherwise).
 const NO_TYPE: &str = "vmblob_notype";
+/// Set when a SetBlobProperties cleared the content type: it reads as none
+/// (Azure's answer), where a blob written without one reads as the default.
+const CLEARED_TYPE: &str = "vmblob_typecleared";
 
 const WORD_START: &str = "=?UTF-8?B?";
 const WORD_END: &str = "?=";
@@ -99,6 +102,11 @@ pub(crate) fn encode(s: &Stored<'_>) -> Result<Attributes, StoreError> {
     Ok(a)
 }
 
+/// Mark `a` (from [`encode`]) as having had its content type cleared.
+pub(crate) fn mark_type_cleared(a: &mut Attributes) {
+    a.insert(meta_key(CLEARED_TYPE), AttributeValue::from("1".to_owned()));
+}
+
 /// Properties read back from a HEAD.
 pub(crate) struct Decoded {
     pub txn: Option<TxnId>,
@@ -122,7 +130,9 @@ pub(crate) fn decode(meta: &ObjectMeta, attrs: &Attributes) -> Result<Decoded, S
         }
     }
     // Written without a type (`NO_TYPE`, by older VSPs), or by a tool that set none.
-    if md.contains_key(NO_TYPE) || content_type.is_empty() {
+    if md.contains_key(CLEARED_TYPE) {
+        content_type.clear();
+    } else if md.contains_key(NO_TYPE) || content_type.is_empty() {
         content_type = content_type_or_default("").to_owned();
     }
     let mut pairs = Vec::new();

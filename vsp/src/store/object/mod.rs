@@ -51,7 +51,7 @@ use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, Conditions, ContainerEntry,
-    ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList,
+    ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList, SetBlobProperties,
 };
 
 use self::attrs::{Decoded, Stored};
@@ -392,6 +392,10 @@ impl BlobStore for ObjectBlobStore {
 
     fn put_block_list(&self, req: &PutBlockList, txn: &TxnId) -> Result<BlobWritten, StoreError> {
         self.commit_block_list(req, txn)
+    }
+
+    fn set_blob_properties(&self, req: &SetBlobProperties, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        self.set_properties(req, txn)
     }
 
     fn get_block_list(&self, target: &BlobRef, list_type: BlockListType) -> Result<Vec<BlockInfo>, StoreError> {

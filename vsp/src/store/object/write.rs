@@ -11,7 +11,9 @@ use object_store::{Attributes, GetOptions, GetRange, MultipartUpload, PutMultipa
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use vmblob_protocol::BlockId;
-use vmblob_protocol::ops::{BlobRef, BlobWritten, BlockInfo, BlockListType, PutBlob, PutBlockList};
+use vmblob_protocol::ops::{
+    BlobRef, BlobUpdate, BlobWritten, BlockInfo, BlockListType, PutBlob, PutBlockList, SetBlobProperties,
+};
 
 use super::attrs::{self, Stored};
 use super::bridge::{is_not_found, store_err};
@@ -19,7 +21,7 @@ use super::crc::combine;
 use super::{Current, ObjectBlobStore, decide_write, put_mode};
 use crate::store::semantics::{
     CommittedBlock, Digests, PartSource, check_size, check_stage_room, ingest, now_ms, resolve_block_list, unhex,
-    verify,
+    update_condition, updated_props, verify,
 };
 use crate::store::{DataSource, StoreError, TxnId, crc64};
 
@@ -577,5 +579,79 @@ impl ObjectBlobStore {
         };
         self.discard_blocks(target, Some(txn))?;
         Ok(BlobWritten { etag, last_modified_ms: mtime_ms, content_crc64: crc })
+    }
+
+    /// SetBlobMetadata / SetBlobProperties. object_store cannot change an
+    /// object's attributes in place, and a service-side copy keeps the old
+    /// ones, so the blob is written again with the new attributes: its bytes
+    /// move between the VSP and the service (read pinned to the version the
+    /// conditions were checked on), never through the guest. Its block list
+    /// is carried over under the new transaction id; staged blocks stay.
+    pub(super) fn set_properties(&self, req: &SetBlobProperties, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        let target = &req.target;
+        let key = self.keys.blob(target)?;
+        if let BlobUpdate::Metadata(m) = &req.update {
+            attrs::check_user_keys(m)?;
+        }
+        let _gate = self.write_gate(&target.container)?;
+        self.ensure_container(&target.container)?;
+        let _name = self.lock_name(key.as_ref())?;
+        let cur = self.head(&key)?;
+        if let Some(w) = decide_write(&cur, &req.conditions, txn).map_err(update_condition)? {
+            return Ok(w);
+        }
+        let Some(d) = cur.as_ref() else { return Err(StoreError::BlobNotFound) };
+        let props = updated_props(&d.blob, &req.update);
+        let listed = self.read_block_list(target, &cur)?;
+        let list_key = self.keys.block_list(target, txn)?;
+        if !listed.is_empty() {
+            let bytes = serde_json::to_vec(&listed).map_err(|e| StoreError::Remote(e.to_string()))?;
+            self.put_once(&list_key, bytes.into(), object_store::PutMode::Overwrite, Attributes::new())?;
+        }
+        let stored = Stored {
+            content_type: &props.content_type,
+            metadata: &props.metadata,
+            txn,
+            mtime_ms: props.last_modified_ms,
+            // An object another tool wrote has no CRC of ours to carry over.
+            crc64: d.txn.is_some().then_some(d.blob.content_crc64),
+            md5: d.blob.content_md5,
+            committed_blocks: if listed.is_empty() { 0 } else { d.blob.committed_blocks },
+        };
+        let mut attributes = attrs::encode(&stored)?;
+        if props.content_type.is_empty() {
+            attrs::mark_type_cleared(&mut attributes);
+        }
+        let len = d.blob.content_length;
+        let piece = Piece { key: key.clone(), range: 0..len, etag: Some(d.blob.etag.clone()) };
+        let written = if len <= self.opts.single_put_max {
+            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+            self.read_piece(&piece, |c| {
+                bytes.extend_from_slice(c);
+                Ok(())
+            })
+            .and_then(|()| {
+                // Only over the version read: a writer in another process must not be undone.
+                let version = object_store::UpdateVersion { e_tag: Some(d.blob.etag.clone()), version: None };
+                self.put_once(&key, bytes.into(), object_store::PutMode::Update(version), attributes)
+            })
+        } else {
+            self.copy_pieces(&key, attributes, &[piece])
+        };
+        let etag = match written {
+            Ok(e) => e,
+            Err(e) => {
+                if !listed.is_empty() {
+                    let store = &*self.store;
+                    let _ = self.bridge.commit(async {
+                        object_store::ObjectStoreExt::delete(store, &list_key).await.map_err(store_err)
+                    });
+                }
+                return Err(e);
+            }
+        };
+        // The old block list names the old transaction; the staged blocks stay.
+        self.delete_under(&self.keys.block_lists_dir(target)?, (!listed.is_empty()).then_some(&list_key))?;
+        Ok(BlobWritten { etag, last_modified_ms: props.last_modified_ms, content_crc64: d.blob.content_crc64 })
     }
 }

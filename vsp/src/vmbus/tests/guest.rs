@@ -384,4 +384,11 @@ impl BlobStore for GateStore {
     ) -> Result<Vec<vmblob_protocol::ops::BlockInfo>, StoreError> {
         self.inner.get_block_list(target, list_type)
     }
+    fn set_blob_properties(
+        &self,
+        req: &vmblob_protocol::ops::SetBlobProperties,
+        txn: &TxnId,
+    ) -> Result<vmblob_protocol::ops::BlobWritten, StoreError> {
+        self.inner.set_blob_properties(req, txn)
+    }
 }

@@ -1,0 +1,67 @@
+//! SetBlobMetadata / SetBlobProperties: the blob file is replaced like any
+//! write (temp file, fsync, rename, fsync the directory), so a crash leaves
+//! the old properties or the new ones. A block-list blob's new file names
+//! the same extents, so nothing of its data moves; a blob written whole has
+//! its bytes copied file to file inside the kernel (`copy_file_range`,
+//! shared extents where the filesystem reflinks), never through the guest.
+
+use std::fs::File;
+use std::io::{self, Read as _, Seek as _, SeekFrom};
+
+use vmblob_protocol::ops::{BlobWritten, SetBlobProperties};
+
+use super::index::IndexEntry;
+use super::layout::{self, BLOB_MAGIC, BLOB_MAGIC_V2, BlobHeader, RawHeader};
+use super::{FsStore, extents};
+use crate::store::semantics::{check_write, update_condition, updated_props, written};
+use crate::store::{StoreError, TxnId};
+
+pub(super) fn set_blob_properties(
+    store: &FsStore,
+    req: &SetBlobProperties,
+    txn: &TxnId,
+) -> Result<BlobWritten, StoreError> {
+    let c = store.container(&req.target.container)?;
+    let name = req.target.blob.as_str();
+    let _g = c.locks.lock(name);
+    let current = c.entry(name)?;
+    let checked = check_write(current.as_ref().map(|e| (&e.props, &e.txn)), &req.conditions, txn);
+    if let Some(w) = checked.map_err(update_condition)? {
+        return Ok(w);
+    }
+    // Only staged blocks, or nothing: Azure's BlobNotFound.
+    if current.is_none() {
+        return Err(StoreError::BlobNotFound);
+    }
+    let (file, raw, old) = store.open_blob(&c, name)?.ok_or(StoreError::BlobNotFound)?;
+    let props = updated_props(&old, &req.update);
+    let json = layout::to_json(&BlobHeader::new(name, &props, txn))?;
+    let mut tmp = store.layout.temp_file("blob")?;
+    if raw.extents {
+        let list = extents::read_list(&raw, &file)?;
+        let res = layout::reserve_list(json.len(), list.len(), extents::encode(&list)?)?;
+        store.finish_temp(&mut tmp, BLOB_MAGIC_V2, &res, &json)?;
+    } else {
+        let res = layout::reserve(json.len(), &[])?;
+        copy_data(&file, &raw, props.content_length, &tmp.file, res.data_start)?;
+        store.finish_temp(&mut tmp, BLOB_MAGIC, &res, &json)?;
+    }
+    let entry = IndexEntry { props: props.clone(), txn: *txn };
+    let _alive = store.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), false, || {
+        c.set_entry(name, Some(entry));
+    })?;
+    // Unlike a write, the uncommitted blocks stay (Azure keeps them too).
+    Ok(written(&props))
+}
+
+/// The `len` data bytes of a whole-written blob into `to` at `at`.
+fn copy_data(from: &File, raw: &RawHeader, len: u64, mut to: &File, at: u64) -> Result<(), StoreError> {
+    let mut src = from;
+    src.seek(SeekFrom::Start(raw.data_start))?;
+    to.seek(SeekFrom::Start(at))?;
+    let copied = io::copy(&mut src.take(len), &mut to)?;
+    if copied != len {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "blob data shorter than its header says").into());
+    }
+    Ok(())
+}
