@@ -46,6 +46,11 @@ pub(super) fn set_blob_properties(
         copy_data(&file, &raw, props.content_length, &tmp.file, res.data_start)?;
         store.finish_temp(&mut tmp, BLOB_MAGIC, &res, &json)?;
     }
+    // The new file keeps the old one's mtime: at open, blocks staged before a
+    // blob file's mtime count as discarded by that write (gc.rs), and this
+    // one discards none.
+    tmp.file.set_modified(file.metadata()?.modified()?)?;
+    tmp.file.sync_all()?;
     let entry = IndexEntry { props: props.clone(), txn: *txn };
     let _alive = store.commit(&c, &mut tmp, &layout::blob_path(&c.dir, name), false, || {
         c.set_entry(name, Some(entry));

@@ -228,6 +228,54 @@ fn crash_at_every_step_leaves_old_or_new() {
     }
 }
 
+/// A SetBlobMetadata cut short at any step leaves the old properties or the
+/// new ones after a reopen, with the bytes and the staged blocks whole, for a
+/// whole-written blob (its data copied) and a block-list one (same extents).
+#[test]
+fn crash_while_setting_properties_leaves_old_or_new() {
+    use vmblob_protocol::ops::{BlobUpdate, SetBlobProperties};
+    let data = pattern(300_000, 9);
+    for block_list in [false, true] {
+        for at in [FaultPoint::TempWritten, FaultPoint::TempSynced, FaultPoint::Renamed, FaultPoint::DirSynced] {
+            let dir = tempfile::tempdir().unwrap();
+            let armed = Arc::new(AtomicBool::new(false));
+            let old = {
+                let s = FsStore::with_faults(dir.path(), crash_at(at, armed.clone())).unwrap();
+                new_container(&s, "box");
+                let old = if block_list {
+                    stage(&s, "box", "b", b"1", &data[..100_000]);
+                    stage(&s, "box", "b", b"2", &data[100_000..]);
+                    s.put_block_list(&block_list_req("box", "b", &[b"1", b"2"]), &txn()).unwrap()
+                } else {
+                    s.put_blob(&put_req("box", "b"), &mut conformance::VecSource::new(&data), &txn()).unwrap()
+                };
+                stage(&s, "box", "b", b"3", b"staged");
+                armed.store(true, Ordering::SeqCst);
+                let req = SetBlobProperties {
+                    target: bref("box", "b"),
+                    update: BlobUpdate::Metadata(meta(&[("k", "new")])),
+                    conditions: Conditions::none(),
+                };
+                let r = s.set_blob_properties(&req, &txn());
+                assert!(matches!(r, Err(StoreError::Io(_))), "at {at:?}: {r:?}");
+                old
+            };
+            let s = FsStore::open(dir.path()).unwrap();
+            let (p, got) = get(&s, "box", "b").unwrap();
+            assert!(got == data, "block list {block_list} at {at:?}: the bytes changed");
+            let renamed = matches!(at, FaultPoint::Renamed | FaultPoint::DirSynced);
+            if renamed {
+                assert_eq!(p.metadata, meta(&[("k", "new")]), "at {at:?}");
+                assert_ne!(p.etag, old.etag);
+            } else {
+                assert_eq!((p.metadata.0.len(), p.etag.as_str()), (0, old.etag.as_str()), "at {at:?}");
+            }
+            let staged = s.get_block_list(&bref("box", "b"), BlockListType::Uncommitted).unwrap();
+            assert_eq!(staged.len(), 1, "the staged block stays");
+        }
+    }
+}
+
 #[test]
 fn crash_during_container_create_or_delete() {
     let dir = tempfile::tempdir().unwrap();
