@@ -101,6 +101,16 @@ def run(svc, op, results):
         settings = ContentSettings(content_type=op["content_type"])
         r = b.set_http_headers(content_settings=settings, **conditions(op, results))
         return {"etag": r["etag"]}
+    if kind == "copy":
+        src = svc.get_container_client(op["from_c"]).get_blob_client(op["from_b"])
+        kw = conditions(op, results)
+        if "source_if_match" in op:
+            kw["source_etag"] = etag_of(results, op["source_if_match"])
+            kw["source_match_condition"] = MatchConditions.IfNotModified
+        r = b.start_copy_from_url(src.url, metadata=op.get("metadata"), **kw)
+        if r.get("copy_status") != "success":
+            raise ValueError(f"copy did not complete at once: {r}")
+        return {"etag": r["etag"]}
     if kind == "stage":
         b.stage_block(op["id"], data_of(op))
         return {}

@@ -233,6 +233,37 @@ fn upload_properties_listings_and_recursive_removal() {
     assert_eq!(code(&vmblob(Some(s), &["rm", "-r", "--yes", "gone/"])), 8, "container not found");
 }
 
+/// `cp` between two device paths runs inside the device (CopyBlob); `vmblob://`
+/// also marks a device path for uploads and downloads.
+#[test]
+fn copies_inside_the_device() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket();
+    ok(s, &["mb", "aaa"]);
+    ok(s, &["mb", "bbb"]);
+    let big = bytes(9 << 20, 3);
+    let src = sb.dir.join("big.bin");
+    std::fs::write(&src, &big).unwrap();
+    ok(s, &["cp", src.to_str().unwrap(), "vmblob://aaa/dir/big.bin"]);
+    ok(s, &["put", src.to_str().unwrap(), "aaa/dir/other", "--metadata", "k=v"]);
+    ok(s, &["cp", "vmblob://aaa/dir/big.bin", "vmblob://aaa/copy.bin"]);
+    assert!(vmblob(Some(s), &["get", "aaa/copy.bin", "-"]).stdout == big, "the copy holds the source's bytes");
+    let copy: serde_json::Value = serde_json::from_str(&ok(s, &["stat", "--json", "aaa/copy.bin"])).unwrap();
+    assert_eq!(copy["committed_blocks"], 2, "a block-list source's blocks go along");
+    ok(s, &["cp", "-r", "vmblob://aaa/dir/", "vmblob://bbb/backup/"]);
+    let listed = ok(s, &["ls", "-r", "bbb"]);
+    let names: Vec<&str> = listed.lines().map(|l| l.split_whitespace().last().unwrap()).collect();
+    assert_eq!(names, ["backup/big.bin", "backup/other"], "{listed}");
+    let other: serde_json::Value = serde_json::from_str(&ok(s, &["stat", "--json", "bbb/backup/other"])).unwrap();
+    assert_eq!(other["metadata"]["k"], "v", "metadata is copied");
+    assert_eq!(code(&vmblob(Some(s), &["cp", "vmblob://aaa/missing", "vmblob://aaa/z"])), 3);
+    assert_eq!(code(&vmblob(Some(s), &["cp", "vmblob://aaa/copy.bin", "vmblob://nope/z"])), 8);
+    let out = sb.dir.join("down.bin");
+    ok(s, &["cp", "vmblob://bbb/backup/big.bin", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == big);
+}
+
 #[test]
 fn directory_copies_round_trip() {
     let sb = Sandbox::new();

@@ -13,7 +13,8 @@
 //! `get {range?: [offset, length]}`, `head`, `delete`, `stage {id, data}`,
 //! `commit {ids, content_type?, metadata?}`, `block_list`,
 //! `list {prefix?, delimiter?, max?}` (every page), `list_containers {prefix?}`,
-//! `set_metadata {metadata?}` (all of it), `set_content_type {content_type}`.
+//! `set_metadata {metadata?}` (all of it), `set_content_type {content_type}`,
+//! `copy {from_c, from_b, metadata?, source_if_match?}` (into `c`/`b`).
 //! `data` is a string or `{len, seed}`. Conditions: `if_match` / `if_none_match`
 //! = `"*"`, `"$k"` (the ETag op k answered) or `"$k~"` (the same, unquoted).
 
@@ -21,7 +22,9 @@ use serde_json::{Value, json};
 use vmblob_integration::differential::{Azurite, python_with_sdk, run_reference};
 use vmblob_integration::{Guest, GuestOptions, Sandbox, StoreKind, Vsp, VspOptions, azurite};
 use vmblob_protocol::ops::{BlobListItem, BlockListType, Conditions, ETag, ListedBlock, Metadata};
-use vmblob_vsc::{BlockId, ClientError, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions, crc64};
+use vmblob_vsc::{
+    BlockId, ClientError, CopyOptions, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions, crc64,
+};
 
 /// Differences from Azure that are deliberate, each with the PROTOCOL.md
 /// section that gives the reason: (scenario, op index, where).
@@ -169,6 +172,18 @@ fn run_vmblob(g: &Guest, op: &Value, results: &[Value]) -> Result<Value, ClientE
         }
         "set_metadata" => json!({ "etag": b.set_metadata(metadata_of(op), conditions(op, results))?.etag }),
         "set_content_type" => json!({ "etag": b.set_content_type(&s("content_type"), conditions(op, results))?.etag }),
+        "copy" => {
+            let from = g.container(&s("from_c")).blob(&s("from_b"));
+            let options = CopyOptions {
+                source_conditions: Conditions {
+                    if_match: op["source_if_match"].as_str().map(|r| etag_ref(results, r)),
+                    if_none_match: None,
+                },
+                conditions: conditions(op, results),
+                metadata: op["metadata"].is_object().then(|| metadata_of(op)),
+            };
+            json!({ "etag": b.copy_from(&from, options)?.etag })
+        }
         "stage" => {
             let data = data_of(op);
             let id = BlockId::new(s("id").as_bytes()).unwrap();
@@ -373,6 +388,34 @@ fn scenarios() -> Vec<Scenario> {
                 // Last, since Azurite lets it through and what follows would differ by cascade.
                 json!({"op": "set_metadata", "c": "props", "b": "b", "if_none_match": "*"}),
                 json!({"op": "delete_container", "c": "props"}),
+            ],
+        },
+        Scenario {
+            name: "copy",
+            ops: vec![
+                json!({"op": "create_container", "c": "cpa"}),
+                json!({"op": "create_container", "c": "cpb"}),
+                json!({"op": "put", "c": "cpa", "b": "src", "data": {"len": 70000, "seed": 9},
+                       "content_type": "image/png", "metadata": {"camera": "x100"}}),
+                json!({"op": "copy", "c": "cpb", "b": "dst", "from_c": "cpa", "from_b": "src"}),
+                json!({"op": "get", "c": "cpb", "b": "dst"}),
+                json!({"op": "copy", "c": "cpa", "b": "meta", "from_c": "cpa", "from_b": "src",
+                       "metadata": {"new": "set"}}),
+                json!({"op": "head", "c": "cpa", "b": "meta"}),
+                json!({"op": "copy", "c": "cpb", "b": "dst", "from_c": "cpa", "from_b": "src", "if_none_match": "*"}),
+                json!({"op": "copy", "c": "cpb", "b": "dst", "from_c": "cpa", "from_b": "src", "if_match": "$2"}),
+                json!({"op": "copy", "c": "cpb", "b": "dst", "from_c": "cpa", "from_b": "src", "if_match": "$3"}),
+                json!({"op": "copy", "c": "cpb", "b": "x", "from_c": "cpa", "from_b": "src", "source_if_match": "$3"}),
+                json!({"op": "copy", "c": "cpb", "b": "y", "from_c": "cpa", "from_b": "src", "source_if_match": "$2"}),
+                json!({"op": "copy", "c": "cpb", "b": "z", "from_c": "cpa", "from_b": "missing"}),
+                json!({"op": "stage", "c": "cpa", "b": "blk", "id": "id-01", "data": "block one"}),
+                json!({"op": "stage", "c": "cpa", "b": "blk", "id": "id-02", "data": "block two"}),
+                json!({"op": "commit", "c": "cpa", "b": "blk", "ids": ["id-01", "id-02"]}),
+                json!({"op": "copy", "c": "cpb", "b": "blk", "from_c": "cpa", "from_b": "blk"}),
+                json!({"op": "block_list", "c": "cpb", "b": "blk"}),
+                json!({"op": "get", "c": "cpb", "b": "blk"}),
+                json!({"op": "delete_container", "c": "cpa"}),
+                json!({"op": "delete_container", "c": "cpb"}),
             ],
         },
         Scenario {

@@ -362,7 +362,6 @@ fn frontend_disconnect_with_requests_in_flight(store: StoreKind) {
         let (ok, by_vsp, by_client) = settle_counting(pending, &mut attempts, &seed_blob);
         assert_eq!(by_client, 0, "a lost answer was not asked again");
         assert_eq!(ok + by_vsp, N, "every request completed exactly once");
-        assert!(g.transport.reconnects() > 0, "the disconnect happened");
         assert_eq!(g.transport.pending(), 0);
         // The same client comes back by itself.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -376,6 +375,9 @@ fn frontend_disconnect_with_requests_in_flight(store: StoreKind) {
             }
         }
         assert_eq!(g.container("sever").blob("again").get().unwrap(), pattern(3, 0, 1000));
+        // Checked only now: when the VSP answered everything before the client saw the
+        // hang-up, the client may count its reconnect after the answers are settled.
+        assert!(g.transport.reconnects() > 0, "the disconnect happened");
         (attempts, seed_blob)
     });
     assert!(vsp.is_running(), "the daemon survives a VMM hang-up");

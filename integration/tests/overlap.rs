@@ -133,6 +133,13 @@ impl BlobStore for GatedStore {
     ) -> Result<BlobWritten, StoreError> {
         self.inner.set_blob_properties(r, t)
     }
+    fn copy_blob(
+        &self,
+        r: &vmblob_protocol::ops::CopyBlob,
+        t: &TxnId,
+    ) -> Result<vmblob_protocol::ops::BlobWritten, StoreError> {
+        self.inner.copy_blob(r, t)
+    }
 }
 
 /// The daemon's serve loop on a thread of this process, one queue.

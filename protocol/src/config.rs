@@ -35,8 +35,10 @@ pub mod caps {
     /// SetBlobMetadata / SetBlobProperties replace a blob's metadata or
     /// content type without rewriting it through the guest.
     pub const SET_PROPERTIES: u64 = 1 << 6;
+    /// CopyBlob copies a blob inside the device.
+    pub const COPY: u64 = 1 << 7;
     pub const ALL: u64 =
-        BLOCKS | CONDITIONAL | TXN_DEDUP | CONTENT_MD5 | CONTENT_CRC64 | BLOCK_LIST_CRC64 | SET_PROPERTIES;
+        BLOCKS | CONDITIONAL | TXN_DEDUP | CONTENT_MD5 | CONTENT_CRC64 | BLOCK_LIST_CRC64 | SET_PROPERTIES | COPY;
 }
 
 #[repr(C)]

@@ -30,9 +30,9 @@ pub mod objstore;
 pub mod transport;
 
 pub use client::{
-    BlobClient, BlobContent, BlobHandle, BlockUploader, ClientOptions, ContainerClient, CreateContainerOptions, Data,
-    GetOptions, Items, ListBlobsOptions, ListContainersOptions, OpResult, Page, Pages, Pending, PendingOp, PutOptions,
-    StagedBlocks,
+    BlobClient, BlobContent, BlobHandle, BlockUploader, ClientOptions, ContainerClient, CopyOptions,
+    CreateContainerOptions, Data, GetOptions, Items, ListBlobsOptions, ListContainersOptions, OpResult, Page, Pages,
+    Pending, PendingOp, PutOptions, StagedBlocks,
 };
 pub use error::{ClientError, ProtocolError};
 pub use transport::dma;

@@ -50,10 +50,11 @@ pub enum OpCode {
     GetBlockList = 23,
     SetBlobMetadata = 24,
     SetBlobProperties = 25,
+    CopyBlob = 26,
 }
 
 impl OpCode {
-    pub const ALL: [OpCode; 15] = [
+    pub const ALL: [OpCode; 16] = [
         OpCode::GetDeviceConfig,
         OpCode::CreateContainer,
         OpCode::DeleteContainer,
@@ -69,6 +70,7 @@ impl OpCode {
         OpCode::GetBlockList,
         OpCode::SetBlobMetadata,
         OpCode::SetBlobProperties,
+        OpCode::CopyBlob,
     ];
 
     pub fn from_u16(v: u16) -> Option<OpCode> {
@@ -90,6 +92,7 @@ impl OpCode {
                 | OpCode::PutBlockList
                 | OpCode::SetBlobMetadata
                 | OpCode::SetBlobProperties
+                | OpCode::CopyBlob
         )
     }
 

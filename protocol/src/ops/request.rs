@@ -122,6 +122,22 @@ pub struct SetBlobProperties {
     pub conditions: Conditions,
 }
 
+/// CopyBlob (Azure's synchronous Copy Blob within the account): the
+/// source's committed content, content type, MD5 and blocks become the
+/// target's, without crossing the guest. The target's uncommitted blocks go,
+/// as with any write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyBlob {
+    pub source: BlobRef,
+    pub target: BlobRef,
+    /// Checked on the source (failing: `PreconditionFailed`).
+    pub source_conditions: Conditions,
+    /// Checked on the target, as a write's.
+    pub conditions: Conditions,
+    /// `None`: the source's metadata is copied (Azure's rule when none is given).
+    pub metadata: Option<Metadata>,
+}
+
 /// One blob operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpRequest {
@@ -139,6 +155,7 @@ pub enum OpRequest {
     PutBlockList(PutBlockList),
     GetBlockList { target: BlobRef, list_type: BlockListType },
     SetBlobProperties(SetBlobProperties),
+    CopyBlob(CopyBlob),
 }
 
 impl OpRequest {
@@ -161,6 +178,7 @@ impl OpRequest {
                 BlobUpdate::Metadata(_) => OpCode::SetBlobMetadata,
                 BlobUpdate::ContentType(_) => OpCode::SetBlobProperties,
             },
+            OpRequest::CopyBlob(_) => OpCode::CopyBlob,
         }
     }
 
@@ -255,6 +273,13 @@ impl OpRequest {
                     BlobUpdate::ContentType(t) => w.str16(t),
                 }
                 s.conditions.encode(w);
+            }
+            OpRequest::CopyBlob(c) => {
+                encode_ref(w, &c.source);
+                encode_ref(w, &c.target);
+                c.source_conditions.encode(w);
+                c.conditions.encode(w);
+                w.option(c.metadata.as_ref(), |w, m| m.encode(w));
             }
         }
     }
@@ -358,6 +383,13 @@ impl OpRequest {
                 target: blob_ref(r)?,
                 update: BlobUpdate::ContentType(text(r, names::CONTENT_TYPE_MAX)?),
                 conditions: Conditions::decode(r)?,
+            }),
+            OpCode::CopyBlob => OpRequest::CopyBlob(CopyBlob {
+                source: blob_ref(r)?,
+                target: blob_ref(r)?,
+                source_conditions: Conditions::decode(r)?,
+                conditions: Conditions::decode(r)?,
+                metadata: r.option(Metadata::decode)?,
             }),
         })
     }

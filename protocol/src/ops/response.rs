@@ -98,7 +98,11 @@ impl OpResponse {
                 | (OpResponse::ContainerProperties(_), OpCode::GetContainerProperties)
                 | (
                     OpResponse::BlobWritten(_),
-                    OpCode::PutBlob | OpCode::PutBlockList | OpCode::SetBlobMetadata | OpCode::SetBlobProperties
+                    OpCode::PutBlob
+                        | OpCode::PutBlockList
+                        | OpCode::SetBlobMetadata
+                        | OpCode::SetBlobProperties
+                        | OpCode::CopyBlob
                 )
                 | (OpResponse::BlobData { .. }, OpCode::GetBlob)
                 | (OpResponse::BlobProperties(_), OpCode::GetBlobProperties)
@@ -166,13 +170,15 @@ impl OpResponse {
                 }
                 OpResponse::ContainerList { containers, next_marker: r.str16(MAX_MARKER)?.to_owned() }
             }
-            OpCode::PutBlob | OpCode::PutBlockList | OpCode::SetBlobMetadata | OpCode::SetBlobProperties => {
-                OpResponse::BlobWritten(BlobWritten {
-                    etag: r.str16(ETAG_MAX)?.to_owned(),
-                    last_modified_ms: r.u64()?,
-                    content_crc64: r.u64()?,
-                })
-            }
+            OpCode::PutBlob
+            | OpCode::PutBlockList
+            | OpCode::SetBlobMetadata
+            | OpCode::SetBlobProperties
+            | OpCode::CopyBlob => OpResponse::BlobWritten(BlobWritten {
+                etag: r.str16(ETAG_MAX)?.to_owned(),
+                last_modified_ms: r.u64()?,
+                content_crc64: r.u64()?,
+            }),
             OpCode::GetBlob => {
                 OpResponse::BlobData { properties: BlobProperties::decode(r)?, offset: r.u64()?, length: r.u64()? }
             }

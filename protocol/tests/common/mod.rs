@@ -9,9 +9,9 @@ use vmblob_protocol::config::DeviceConfig;
 use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobUpdate, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
-    ContainerEntry, ContainerProperties, ETag, GetBlob, ListBlobs, ListContainers, ListedBlock, MAX_LIST_RESULTS,
-    Metadata, OpCode, OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList, ResponseMessage, SetBlobProperties,
-    encode_error, encode_success,
+    ContainerEntry, ContainerProperties, CopyBlob, ETag, GetBlob, ListBlobs, ListContainers, ListedBlock,
+    MAX_LIST_RESULTS, Metadata, OpCode, OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList, ResponseMessage,
+    SetBlobProperties, encode_error, encode_success,
 };
 use vmblob_protocol::status::BlobError;
 
@@ -189,6 +189,11 @@ pub fn op_request() -> impl Strategy<Value = OpRequest> {
                 })
             })
             .boxed(),
+        (blob_ref(), blob_ref(), conditions(), conditions(), proptest::option::of(metadata()))
+            .prop_map(|(source, target, source_conditions, conditions, metadata)| {
+                OpRequest::CopyBlob(CopyBlob { source, target, source_conditions, conditions, metadata })
+            })
+            .boxed(),
     ];
     assert_eq!(arms.len(), OpCode::ALL.len());
     Union::new(arms)
@@ -313,7 +318,8 @@ pub fn op_response() -> impl Strategy<Value = (OpCode, OpResponse)> {
                 Just(OpCode::PutBlob),
                 Just(OpCode::PutBlockList),
                 Just(OpCode::SetBlobMetadata),
-                Just(OpCode::SetBlobProperties)
+                Just(OpCode::SetBlobProperties),
+                Just(OpCode::CopyBlob)
             ],
             any_text(24),
             any::<u64>(),

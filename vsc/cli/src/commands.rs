@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use vmblob_protocol::ops::{Conditions, ETag, Metadata};
 use vmblob_vsc::{
-    BlobClient, BlobHandle, BlobListItem, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions,
+    BlobClient, BlobHandle, BlobListItem, CopyOptions, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions,
 };
 
 use super::listing::{Listing, hex, props_json, rfc3339};
-use super::paths::{blob, join, split};
+use super::paths::{blob, device_path, join, split};
 use super::{Cli, CliError, Cmd, PutArgs};
 
 /// Transfers above this get a progress bar.
@@ -290,8 +290,20 @@ fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>, CliError> {
 }
 
 fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Result<(), CliError> {
+    if let Some(dest) = device_path(dest) {
+        // Into the device: from it too (a device path, or no local file of that name) ...
+        let src_remote = device_path(src).or_else(|| (!Path::new(src).exists()).then_some(src));
+        if let Some(src) = src_remote {
+            return copy_in_device(c, src, dest, recursive);
+        }
+        return copy(cli, c, src, dest, recursive);
+    }
+    let (src, src_on_device) = match device_path(src) {
+        Some(s) => (s, true),
+        None => (src, false),
+    };
     let src_path = Path::new(src);
-    if src_path.exists() {
+    if !src_on_device && src_path.exists() {
         if src_path.is_dir() {
             if !recursive {
                 return Err(CliError::Usage(format!("{src} is a directory (use -r)")));
@@ -401,6 +413,27 @@ fn remove_under(c: &BlobClient, path: &str, yes: bool) -> Result<(), CliError> {
             // Someone else deleted it meanwhile: it is gone either way.
             Err(e) if e.is_not_found() => {}
             r => r?,
+        }
+    }
+    Ok(())
+}
+
+/// `cp vmblob://c/a vmblob://c/b` (`-r`: every blob under the prefix) inside
+/// the device: CopyBlob, the source pinned to the ETag it was listed with.
+fn copy_in_device(c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Result<(), CliError> {
+    if !recursive {
+        let ((sc, sb), (dc, db)) = (blob(src)?, blob(dest)?);
+        c.container(dc).blob(db).copy_from(&c.container(sc).blob(sb), CopyOptions::default())?;
+        return Ok(());
+    }
+    let ((sc, prefix), (dc, dest_prefix)) = (split(src), split(dest));
+    let (from, to) = (c.container(sc), c.container(dc));
+    for item in from.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
+        if let BlobListItem::Blob { name, properties } = item? {
+            let rel = name.strip_prefix(prefix).unwrap_or(&name).trim_start_matches('/');
+            let pin = Conditions { if_match: Some(device_etag(&properties.etag)?), if_none_match: None };
+            let options = CopyOptions { source_conditions: pin, ..CopyOptions::default() };
+            to.blob(&join(dest_prefix, rel)).copy_from(&from.blob(&name), options)?;
         }
     }
     Ok(())

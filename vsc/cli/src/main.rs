@@ -217,6 +217,9 @@ pub enum Cmd {
         yes: bool,
     },
     /// Copy a directory to container/prefix, or container/prefix to a directory.
+    /// (An argument written vmblob://container/... is on the device; with both on
+    /// the device the copy runs inside it, Azure's Copy Blob, and no byte crosses
+    /// the guest.)
     Cp {
         src: String,
         dest: String,

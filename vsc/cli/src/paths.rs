@@ -18,6 +18,14 @@ pub fn blob(path: &str) -> Result<(&str, &str), CliError> {
     }
 }
 
+/// What marks a `cp` argument as a device path, never a local one.
+pub const DEVICE_SCHEME: &str = "vmblob://";
+
+/// `vmblob://container/...` as `container/...`; `None` for any other argument.
+pub fn device_path(arg: &str) -> Option<&str> {
+    arg.strip_prefix(DEVICE_SCHEME)
+}
+
 /// Join a prefix and a relative name with exactly one '/'.
 pub fn join(prefix: &str, name: &str) -> String {
     let p = prefix.trim_end_matches('/');
@@ -37,5 +45,7 @@ mod tests {
         assert_eq!(blob("c/x").unwrap(), ("c", "x"));
         assert_eq!(join("p/", "x"), "p/x");
         assert_eq!(join("", "x"), "x");
+        assert_eq!(device_path("vmblob://c/a"), Some("c/a"));
+        assert_eq!(device_path("c/a"), None);
     }
 }

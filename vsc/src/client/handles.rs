@@ -8,13 +8,13 @@ use vmblob_protocol::config::caps;
 use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobUpdate, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
-    ContainerProperties, GetBlob, ListBlobs, ListedBlock, Metadata, OpRequest, OpResponse, PutBlob, PutBlock,
+    ContainerProperties, CopyBlob, GetBlob, ListBlobs, ListedBlock, Metadata, OpRequest, OpResponse, PutBlob, PutBlock,
     PutBlockList, SetBlobProperties,
 };
 
 use super::{
-    BlobClient, BlobContent, BlockUploader, CreateContainerOptions, Data, GetOptions, ListBlobsOptions, OpResult, Page,
-    Pages, PendingOp, PutOptions,
+    BlobClient, BlobContent, BlockUploader, CopyOptions, CreateContainerOptions, Data, GetOptions, ListBlobsOptions,
+    OpResult, Page, Pages, PendingOp, PutOptions,
 };
 use crate::error::{ClientError, ProtocolError};
 
@@ -334,6 +334,24 @@ impl BlobHandle {
     /// it, as on Azure: the blob then has none).
     pub fn set_content_type(&self, content_type: &str, conditions: Conditions) -> Result<BlobWritten, ClientError> {
         self.set(BlobUpdate::ContentType(content_type.to_owned()), conditions)
+    }
+
+    /// Make this blob a copy of `source` inside the device (Azure's
+    /// synchronous Copy Blob): the bytes never cross the guest. Needs the
+    /// `COPY` capability (else `Unsupported`).
+    pub fn copy_from(&self, source: &BlobHandle, options: CopyOptions) -> Result<BlobWritten, ClientError> {
+        let CopyOptions { source_conditions, conditions, metadata } = options;
+        let op = OpRequest::CopyBlob(CopyBlob {
+            source: source.target()?.clone(),
+            target: self.target()?.clone(),
+            source_conditions,
+            conditions,
+            metadata,
+        });
+        match self.client.call(&op, Data::None)?.response {
+            OpResponse::BlobWritten(w) => Ok(w),
+            r => Err(ClientError::unexpected(r)),
+        }
     }
 
     fn set(&self, update: BlobUpdate, conditions: Conditions) -> Result<BlobWritten, ClientError> {

@@ -17,6 +17,17 @@ pub struct PutOptions {
     pub conditions: Conditions,
 }
 
+/// How a blob is copied inside the device ([`crate::BlobHandle::copy_from`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyOptions {
+    /// Checked on the source (a failing one is `PreconditionFailed`).
+    pub source_conditions: Conditions,
+    /// Checked on the target as a write's.
+    pub conditions: Conditions,
+    /// `None`: the source's metadata goes along.
+    pub metadata: Option<Metadata>,
+}
+
 /// How a blob is read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GetOptions {

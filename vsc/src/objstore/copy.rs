@@ -1,18 +1,22 @@
-//! Copy and rename. The protocol has no copy: the bytes pass through the
-//! guest, read pinned to the source's ETag and written to the destination
-//! in one commit that carries the destination's conditions, so
-//! `copy_if_not_exists` is atomic (If-None-Match `*` checked at commit).
+//! Copy and rename. A device with the `COPY` capability copies inside
+//! itself (CopyBlob, pinned to the source's ETag, the destination's
+//! conditions checked in the same write). Without it the bytes pass through
+//! the guest, read pinned to the source's ETag and written to the
+//! destination in one commit that carries the destination's conditions.
+//! Either way `copy_if_not_exists` is atomic (If-None-Match `*` checked at
+//! commit).
 
 use bytes::Bytes;
 use object_store::PutPayload;
 use vmblob_protocol::BlobError;
+use vmblob_protocol::config::caps;
 use vmblob_protocol::ops::{Conditions, ETag};
 
 use super::attributes::BlobAttributes;
 use super::error::ObjStoreError;
 use super::read::read_pinned;
 use super::write::{self, UploadTag};
-use crate::client::BlobHandle;
+use crate::client::{BlobHandle, CopyOptions};
 use crate::error::{ClientError, ProtocolError};
 
 /// Attempts when the source is replaced while it is copied.
@@ -34,6 +38,18 @@ fn copy_once(from: &BlobHandle, to: &BlobHandle, to_conditions: Conditions) -> R
     let props = from.properties()?;
     let etag = ETag::new(&props.etag).map_err(|_| ClientError::from(ProtocolError::BadETag(props.etag.clone())))?;
     let pin = Conditions { if_match: Some(etag.clone()), if_none_match: None };
+    if from.client().device_config().capabilities & caps::COPY != 0 {
+        let ambiguous = to_conditions.if_match.is_some();
+        let options = CopyOptions { source_conditions: pin, conditions: to_conditions, metadata: None };
+        return match to.copy_from(from, options) {
+            Ok(_) => Ok(etag),
+            // The source changed since its ETag was read (unless the target's own If-Match failed).
+            Err(e) if !ambiguous && e.blob_error() == Some(BlobError::PreconditionFailed) => {
+                Err(ObjStoreError::Changed)
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
     let attrs = BlobAttributes::from_properties(&props);
     let size = props.content_length;
     let block = from.client().block_size() as u64;

@@ -113,6 +113,7 @@ impl Engine {
                 OpResponse::BlockList { blocks: store.get_block_list(target, *list_type).map_err(se)? }
             }
             OpRequest::SetBlobProperties(s) => OpResponse::BlobWritten(store.set_blob_properties(s, txn).map_err(se)?),
+            OpRequest::CopyBlob(c) => OpResponse::BlobWritten(store.copy_blob(c, txn).map_err(se)?),
         })
     }
 

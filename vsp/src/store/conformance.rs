@@ -242,6 +242,7 @@ macro_rules! assert_err {
 mod blobs;
 mod blocks;
 mod containers;
+mod copy;
 mod fidelity;
 mod listing;
 mod properties;
@@ -249,6 +250,7 @@ mod properties;
 pub use blobs::*;
 pub use blocks::*;
 pub use containers::*;
+pub use copy::*;
 pub use fidelity::*;
 pub use listing::*;
 pub use properties::*;
@@ -281,7 +283,8 @@ macro_rules! conformance_tests {
             etags_match_with_or_without_quotes, block_ids_of_one_blob_have_one_length,
             absent_content_type_reads_as_octet_stream, listing_is_in_utf16_order,
             set_metadata_and_content_type_keep_the_bytes, set_properties_conditions_missing_blobs_and_replays,
-            set_properties_keeps_committed_and_staged_blocks,
+            set_properties_keeps_committed_and_staged_blocks, copy_blob_copies_content_and_properties,
+            copy_blob_conditions_missing_blobs_and_replays,
         );
         #[test]
         fn max_blob_size() {

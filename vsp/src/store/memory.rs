@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
+use vmblob_protocol::ops::CopyBlob;
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, Conditions, ContainerEntry,
     ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList, SetBlobProperties,
@@ -15,7 +16,7 @@ use vmblob_protocol::ops::{
 use super::listing::{self, NameKey};
 use super::semantics::{
     self, BufPool, Checksums, CommittedBlock, DEFAULT_MAX_BLOB_SIZE, MAX_COMMITTED_BLOCKS, NameLocks, PartSource,
-    check_conditions, check_read_conditions, check_size, check_stage_room, check_write, clip_range,
+    check_conditions, check_read_conditions, check_size, check_stage_room, check_write, clip_range, copied_props,
     deletes_uncommitted, ingest, lock, new_props, next_etag, now_ms, read, resolve_block_list, update_condition,
     updated_props, verify, write, written,
 };
@@ -299,6 +300,22 @@ impl BlobStore for MemoryStore {
         let props = new_props(&req.content_type, &req.metadata, total, &sums.finish(), count);
         let out = written(&props);
         c.commit(name, MemBlob { props, txn: *txn, data: Arc::new(data), blocks })?;
+        Ok(out)
+    }
+
+    fn copy_blob(&self, req: &CopyBlob, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        let from = self.container(&req.source.container)?;
+        let to = self.container(&req.target.container)?;
+        let src = from.blob(req.source.blob.as_str()).ok_or(StoreError::BlobNotFound)?;
+        check_conditions(&src.props, &req.source_conditions)?;
+        let name = req.target.blob.as_str();
+        let _g = to.locks.lock(name);
+        if let Some(w) = check_write(current(&to.blob(name)), &req.conditions, txn)? {
+            return Ok(w);
+        }
+        let props = copied_props(&src.props, req.metadata.as_ref());
+        let out = written(&props);
+        to.commit(name, MemBlob { props, txn: *txn, data: Arc::clone(&src.data), blocks: src.blocks.clone() })?;
         Ok(out)
     }
 

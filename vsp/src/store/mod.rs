@@ -12,6 +12,7 @@ mod semantics;
 
 use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
+use vmblob_protocol::ops::CopyBlob;
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, Conditions, ContainerEntry,
     ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList, SetBlobProperties,
@@ -168,6 +169,11 @@ pub trait BlobStore: Send + Sync {
     /// Metadata / Set Blob Properties). A name with only staged blocks is
     /// `BlobNotFound`.
     fn set_blob_properties(&self, req: &SetBlobProperties, txn: &TxnId) -> Result<BlobWritten, StoreError>;
+    /// Copies the source's committed blob (checked against
+    /// `source_conditions`: `PreconditionFailed`) over the target as one write
+    /// under the target's conditions: all-or-nothing, the target's staged
+    /// blocks discarded, its committed blocks the source's.
+    fn copy_blob(&self, req: &CopyBlob, txn: &TxnId) -> Result<BlobWritten, StoreError>;
 }
 
 /// CRC-64/NVME, the polynomial of Azure's `x-ms-content-crc64`.

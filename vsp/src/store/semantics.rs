@@ -369,6 +369,18 @@ pub(crate) fn updated_props(props: &BlobProperties, update: &BlobUpdate) -> Blob
     p
 }
 
+/// A CopyBlob target's properties: the source's content, type, digests and
+/// blocks, its metadata unless new metadata is given, a new ETag and time.
+pub(crate) fn copied_props(source: &BlobProperties, metadata: Option<&Metadata>) -> BlobProperties {
+    let mut p = source.clone();
+    p.etag = next_etag();
+    p.last_modified_ms = now_ms();
+    if let Some(m) = metadata {
+        p.metadata = m.clone();
+    }
+    p
+}
+
 /// The bytes a GET returns: `(offset, length)` clipped to the blob's end and
 /// the sink's capacity.
 pub(crate) fn clip_range(

@@ -12,6 +12,7 @@
 
 mod access;
 mod blocks;
+mod copy;
 mod crc;
 #[cfg(test)]
 mod disk_use_tests;
@@ -512,5 +513,9 @@ impl BlobStore for FsStore {
 
     fn set_blob_properties(&self, req: &SetBlobProperties, txn: &TxnId) -> Result<BlobWritten, StoreError> {
         props::set_blob_properties(self, req, txn)
+    }
+
+    fn copy_blob(&self, req: &vmblob_protocol::ops::CopyBlob, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        copy::copy_blob(self, req, txn)
     }
 }

@@ -60,7 +60,7 @@ pub(super) fn set_blob_properties(
 }
 
 /// The `len` data bytes of a whole-written blob into `to` at `at`.
-fn copy_data(from: &File, raw: &RawHeader, len: u64, mut to: &File, at: u64) -> Result<(), StoreError> {
+pub(super) fn copy_data(from: &File, raw: &RawHeader, len: u64, mut to: &File, at: u64) -> Result<(), StoreError> {
     let mut src = from;
     src.seek(SeekFrom::Start(raw.data_start))?;
     to.seek(SeekFrom::Start(at))?;

@@ -398,6 +398,10 @@ impl BlobStore for ObjectBlobStore {
         self.set_properties(req, txn)
     }
 
+    fn copy_blob(&self, req: &vmblob_protocol::ops::CopyBlob, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        self.copy(req, txn)
+    }
+
     fn get_block_list(&self, target: &BlobRef, list_type: BlockListType) -> Result<Vec<BlockInfo>, StoreError> {
         self.block_list(target, list_type)
     }

@@ -72,6 +72,8 @@ macro_rules! cases_but_etag_format {
             set_metadata_and_content_type_keep_the_bytes,
             set_properties_conditions_missing_blobs_and_replays,
             set_properties_keeps_committed_and_staged_blocks,
+            copy_blob_copies_content_and_properties,
+            copy_blob_conditions_missing_blobs_and_replays,
         );
     };
 }
@@ -276,6 +278,10 @@ mod s3s_suite {
         (
             "set_properties_conditions_missing_blobs_and_replays",
             "S3's ETag is the MD5 of the bytes: a property change keeps it (a documented S3-backend difference)",
+        ),
+        (
+            "copy_blob_copies_content_and_properties",
+            "S3's ETag is the MD5 of the bytes: a copy has its source's (a documented S3-backend difference)",
         ),
         (
             "etags_unique_across_blobs",

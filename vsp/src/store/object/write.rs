@@ -12,16 +12,17 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use vmblob_protocol::BlockId;
 use vmblob_protocol::ops::{
-    BlobRef, BlobUpdate, BlobWritten, BlockInfo, BlockListType, PutBlob, PutBlockList, SetBlobProperties,
+    BlobProperties, BlobRef, BlobUpdate, BlobWritten, BlockInfo, BlockListType, CopyBlob, PutBlob, PutBlockList,
+    SetBlobProperties,
 };
 
-use super::attrs::{self, Stored};
+use super::attrs::{self, Decoded, Stored};
 use super::bridge::{is_not_found, store_err};
 use super::crc::combine;
 use super::{Current, ObjectBlobStore, decide_write, put_mode};
 use crate::store::semantics::{
-    CommittedBlock, Digests, PartSource, check_size, check_stage_room, ingest, now_ms, resolve_block_list, unhex,
-    update_condition, updated_props, verify,
+    CommittedBlock, Digests, PartSource, check_conditions, check_size, check_stage_room, copied_props, ingest, now_ms,
+    resolve_block_list, unhex, update_condition, updated_props, verify,
 };
 use crate::store::{DataSource, StoreError, TxnId, crc64};
 
@@ -583,10 +584,8 @@ impl ObjectBlobStore {
 
     /// SetBlobMetadata / SetBlobProperties. object_store cannot change an
     /// object's attributes in place, and a service-side copy keeps the old
-    /// ones, so the blob is written again with the new attributes: its bytes
-    /// move between the VSP and the service (read pinned to the version the
-    /// conditions were checked on), never through the guest. Its block list
-    /// is carried over under the new transaction id; staged blocks stay.
+    /// ones, so the blob is written again with the new attributes ([`Self::rewrite`]);
+    /// its staged blocks stay.
     pub(super) fn set_properties(&self, req: &SetBlobProperties, txn: &TxnId) -> Result<BlobWritten, StoreError> {
         let target = &req.target;
         let key = self.keys.blob(target)?;
@@ -602,8 +601,55 @@ impl ObjectBlobStore {
         }
         let Some(d) = cur.as_ref() else { return Err(StoreError::BlobNotFound) };
         let props = updated_props(&d.blob, &req.update);
-        let listed = self.read_block_list(target, &cur)?;
-        let list_key = self.keys.block_list(target, txn)?;
+        // Only over the version read: a writer in another process must not be undone.
+        let version = object_store::UpdateVersion { e_tag: Some(d.blob.etag.clone()), version: None };
+        let (etag, _) =
+            self.rewrite((target, &key, d), (target, &key), &props, txn, object_store::PutMode::Update(version))?;
+        // The old block list names the old transaction; the staged blocks stay.
+        self.delete_under(&self.keys.block_lists_dir(target)?, Some(&self.keys.block_list(target, txn)?))?;
+        Ok(BlobWritten { etag, last_modified_ms: props.last_modified_ms, content_crc64: d.blob.content_crc64 })
+    }
+
+    /// CopyBlob. A service-side copy would keep the source's attributes (its
+    /// transaction id, time and block count) and name no block list of the
+    /// target, so the target is written with its own ([`Self::rewrite`]).
+    pub(super) fn copy(&self, req: &CopyBlob, txn: &TxnId) -> Result<BlobWritten, StoreError> {
+        let (source, target) = (&req.source, &req.target);
+        let (src_key, key) = (self.keys.blob(source)?, self.keys.blob(target)?);
+        if let Some(m) = &req.metadata {
+            attrs::check_user_keys(m)?;
+        }
+        let src = self.existing_blob(source, &src_key)?;
+        check_conditions(&src.blob, &req.source_conditions)?;
+        let _gate = self.write_gate(&target.container)?;
+        self.ensure_container(&target.container)?;
+        let _name = self.lock_name(key.as_ref())?;
+        let cur = self.head(&key)?;
+        if let Some(w) = decide_write(&cur, &req.conditions, txn)? {
+            return Ok(w);
+        }
+        let props = copied_props(&src.blob, req.metadata.as_ref());
+        let mode = put_mode(&req.conditions, &cur);
+        let (etag, _) = self.rewrite((source, &src_key, &src), (target, &key), &props, txn, mode)?;
+        self.discard_blocks(target, Some(txn))?;
+        Ok(BlobWritten { etag, last_modified_ms: props.last_modified_ms, content_crc64: src.blob.content_crc64 })
+    }
+
+    /// Writes the bytes of `from` (read pinned to its ETag, streamed through
+    /// the VSP, never the guest) as `to` with `props` and transaction `txn`,
+    /// under `mode`; its block list goes along under `txn`. Returns the new
+    /// ETag and whether a block list was written.
+    fn rewrite(
+        &self,
+        from: (&BlobRef, &Path, &Decoded),
+        to: (&BlobRef, &Path),
+        props: &BlobProperties,
+        txn: &TxnId,
+        mode: object_store::PutMode,
+    ) -> Result<(String, bool), StoreError> {
+        let ((from_ref, from_key, d), (to_ref, to_key)) = (from, to);
+        let listed = self.read_block_list(from_ref, &Some(d.clone()))?;
+        let list_key = self.keys.block_list(to_ref, txn)?;
         if !listed.is_empty() {
             let bytes = serde_json::to_vec(&listed).map_err(|e| StoreError::Remote(e.to_string()))?;
             self.put_once(&list_key, bytes.into(), object_store::PutMode::Overwrite, Attributes::new())?;
@@ -623,23 +669,19 @@ impl ObjectBlobStore {
             attrs::mark_type_cleared(&mut attributes);
         }
         let len = d.blob.content_length;
-        let piece = Piece { key: key.clone(), range: 0..len, etag: Some(d.blob.etag.clone()) };
+        let piece = Piece { key: from_key.clone(), range: 0..len, etag: Some(d.blob.etag.clone()) };
         let written = if len <= self.opts.single_put_max {
             let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
             self.read_piece(&piece, |c| {
                 bytes.extend_from_slice(c);
                 Ok(())
             })
-            .and_then(|()| {
-                // Only over the version read: a writer in another process must not be undone.
-                let version = object_store::UpdateVersion { e_tag: Some(d.blob.etag.clone()), version: None };
-                self.put_once(&key, bytes.into(), object_store::PutMode::Update(version), attributes)
-            })
+            .and_then(|()| self.put_once(to_key, bytes.into(), mode, attributes))
         } else {
-            self.copy_pieces(&key, attributes, &[piece])
+            self.copy_pieces(to_key, attributes, &[piece])
         };
-        let etag = match written {
-            Ok(e) => e,
+        match written {
+            Ok(etag) => Ok((etag, !listed.is_empty())),
             Err(e) => {
                 if !listed.is_empty() {
                     let store = &*self.store;
@@ -647,11 +689,8 @@ impl ObjectBlobStore {
                         object_store::ObjectStoreExt::delete(store, &list_key).await.map_err(store_err)
                     });
                 }
-                return Err(e);
+                Err(e)
             }
-        };
-        // The old block list names the old transaction; the staged blocks stay.
-        self.delete_under(&self.keys.block_lists_dir(target)?, (!listed.is_empty()).then_some(&list_key))?;
-        Ok(BlobWritten { etag, last_modified_ms: props.last_modified_ms, content_crc64: d.blob.content_crc64 })
+        }
     }
 }

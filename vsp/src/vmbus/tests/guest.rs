@@ -391,4 +391,11 @@ impl BlobStore for GateStore {
     ) -> Result<vmblob_protocol::ops::BlobWritten, StoreError> {
         self.inner.set_blob_properties(req, txn)
     }
+    fn copy_blob(
+        &self,
+        req: &vmblob_protocol::ops::CopyBlob,
+        txn: &TxnId,
+    ) -> Result<vmblob_protocol::ops::BlobWritten, StoreError> {
+        self.inner.copy_blob(req, txn)
+    }
 }
