@@ -1,18 +1,19 @@
-//! One function per verb.
+//! One function per verb, and the single-blob transfers (`tree.rs` has
+//! the verbs over many).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use vmblob_protocol::ops::{Conditions, ETag, Metadata};
-use vmblob_vsc::{
-    BlobClient, BlobHandle, BlobListItem, CopyOptions, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions,
-};
+use vmblob_protocol::ops::{Conditions, ETag};
+use vmblob_vsc::{BlobClient, BlobHandle, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions};
 
+use super::args::{device_etag, etag_arg, metadata_arg, name_for_type, parse_range, put_options};
 use super::listing::{Listing, hex, props_json, rfc3339};
-use super::paths::{blob, device_path, join, split};
-use super::{Cli, CliError, Cmd, PutArgs};
+use super::paths::{blob, split};
+use super::tree::{copy, remove_under};
+use super::{Cli, CliError, Cmd};
 
 /// Transfers above this get a progress bar.
 const PROGRESS_MIN: u64 = 4 << 20;
@@ -163,13 +164,9 @@ pub fn put_file(cli: &Cli, b: &BlobHandle, file: &Path, options: PutOptions) -> 
 
 /// Part of a blob: `length` bytes from `offset` (`None`: to the end).
 #[derive(Debug, Clone, Copy)]
-struct Span {
+pub(crate) struct Span {
     offset: u64,
     length: Option<u64>,
-}
-
-fn etag_arg(arg: &Option<String>) -> Result<Option<ETag>, CliError> {
-    arg.as_deref().map(|e| ETag::new(e).map_err(|_| CliError::Usage(format!("{e:?} is not an ETag")))).transpose()
 }
 
 /// Download `range` (or the whole blob) into `out`, if `conditions` hold (a ranged download).
@@ -214,7 +211,7 @@ fn get_span(
     Ok(())
 }
 
-fn get_file(
+pub(crate) fn get_file(
     cli: &Cli,
     b: &BlobHandle,
     path: &Path,
@@ -261,214 +258,4 @@ fn get_to_stdout(b: &BlobHandle, range: Option<Span>, conditions: &Conditions) -
     download(b, range, conditions, &mut out, &|_| {})?;
     out.flush()?;
     Ok(())
-}
-
-/// Files under `dir`, relative paths with '/' separators, sorted.
-fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>, CliError> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let path = entry.path();
-            let ty = entry.file_type()?;
-            if ty.is_dir() {
-                stack.push(path);
-            } else if ty.is_file() {
-                let rel = path.strip_prefix(dir).map_err(|e| CliError::Usage(e.to_string()))?;
-                let name = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                out.push((path, name));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    Ok(out)
-}
-
-fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Result<(), CliError> {
-    if let Some(dest) = device_path(dest) {
-        // Into the device: from it too (a device path, or no local file of that name) ...
-        let src_remote = device_path(src).or_else(|| (!Path::new(src).exists()).then_some(src));
-        if let Some(src) = src_remote {
-            return copy_in_device(c, src, dest, recursive);
-        }
-        return copy(cli, c, src, dest, recursive);
-    }
-    let (src, src_on_device) = match device_path(src) {
-        Some(s) => (s, true),
-        None => (src, false),
-    };
-    let src_path = Path::new(src);
-    if !src_on_device && src_path.exists() {
-        if src_path.is_dir() {
-            if !recursive {
-                return Err(CliError::Usage(format!("{src} is a directory (use -r)")));
-            }
-            let (container, prefix) = split(dest);
-            let container = c.container(container);
-            for (path, rel) in walk(src_path)? {
-                let name = join(prefix, &rel);
-                let options = put_options(&PutArgs::default(), &path, Conditions::none())?;
-                put_file(cli, &container.blob(&name), &path, options)?;
-            }
-            return Ok(());
-        }
-        let (container, name) = blob(dest)?;
-        let options = put_options(&PutArgs::default(), src_path, Conditions::none())?;
-        return put_file(cli, &c.container(container).blob(name), src_path, options);
-    }
-    // Download: src is container/prefix.
-    let (container, prefix) = split(src);
-    if !recursive {
-        let (container, name) = blob(src)?;
-        return get_file(cli, &c.container(container).blob(name), Path::new(dest), None, &Conditions::none());
-    }
-    let container = c.container(container);
-    for item in container.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
-        if let BlobListItem::Blob { name, .. } = item? {
-            let rel = name.strip_prefix(prefix).unwrap_or(&name).trim_start_matches('/');
-            // Blob names never contain '..' or empty segments (protocol rule),
-            // so `rel` stays inside `dest`.
-            let target = Path::new(dest).join(rel);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            get_file(cli, &container.blob(&name), &target, None, &Conditions::none())?;
-        }
-    }
-    Ok(())
-}
-
-/// The path whose extension names the content type: the file's, or for stdin the blob's.
-fn name_for_type<'a>(file: &'a Path, blob: &'a str) -> &'a Path {
-    if file == Path::new("-") { Path::new(blob) } else { file }
-}
-
-/// What `put` stores: the given content type or the one `path`'s extension suggests, the
-/// metadata pairs, the conditions.
-fn put_options(args: &PutArgs, path: &Path, conditions: Conditions) -> Result<PutOptions, CliError> {
-    let content_type = match &args.content_type {
-        Some(t) => t.clone(),
-        // Nothing guessed: the device's default (application/octet-stream).
-        None => mime_guess::from_path(path).first_raw().unwrap_or_default().to_owned(),
-    };
-    Ok(PutOptions { content_type, metadata: metadata_arg(&args.metadata)?, conditions })
-}
-
-/// `--metadata KEY=VALUE` arguments as metadata (the value may hold '=').
-fn metadata_arg(args: &[String]) -> Result<Metadata, CliError> {
-    let pairs = args
-        .iter()
-        .map(|kv| {
-            let (k, v) =
-                kv.split_once('=').ok_or_else(|| CliError::Usage(format!("--metadata {kv:?}: not KEY=VALUE")))?;
-            Ok((k.to_owned(), v.to_owned()))
-        })
-        .collect::<Result<Vec<_>, CliError>>()?;
-    Metadata::new(pairs).map_err(|e| CliError::Usage(format!("--metadata: {e}")))
-}
-
-/// An ETag the device answered with, as a condition.
-fn device_etag(etag: &str) -> Result<ETag, CliError> {
-    ETag::new(etag).map_err(|_| CliError::Usage(format!("the device sent a bad ETag {etag:?}")))
-}
-
-/// `START-END` (both included, as in an HTTP Range) or `START-`: the offset and length.
-fn parse_range(range: &str) -> Result<(u64, Option<u64>), CliError> {
-    let bad = || CliError::Usage(format!("--range {range:?}: expected START-END or START-"));
-    let (start, end) = range.split_once('-').ok_or_else(bad)?;
-    let start: u64 = start.trim().parse().map_err(|_| bad())?;
-    match end.trim() {
-        "" => Ok((start, None)),
-        end => {
-            let end: u64 = end.parse().map_err(|_| bad())?;
-            let len = end.checked_sub(start).and_then(|n| n.checked_add(1)).ok_or_else(bad)?;
-            Ok((start, Some(len)))
-        }
-    }
-}
-
-/// `rm -r`: every blob under container/prefix, only with `--yes` (else how many would go).
-fn remove_under(c: &BlobClient, path: &str, yes: bool) -> Result<(), CliError> {
-    let (container, prefix) = split(path);
-    let container = c.container(container);
-    let mut names = Vec::new();
-    for item in container.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
-        if let BlobListItem::Blob { name, .. } = item? {
-            names.push(name);
-        }
-    }
-    if !yes {
-        return Err(CliError::Usage(format!(
-            "rm -r {path} would delete {} blob(s); add --yes to delete them",
-            names.len()
-        )));
-    }
-    for name in &names {
-        match container.blob(name).delete() {
-            // Someone else deleted it meanwhile: it is gone either way.
-            Err(e) if e.is_not_found() => {}
-            r => r?,
-        }
-    }
-    Ok(())
-}
-
-/// `cp vmblob://c/a vmblob://c/b` (`-r`: every blob under the prefix) inside
-/// the device: CopyBlob, the source pinned to the ETag it was listed with.
-fn copy_in_device(c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Result<(), CliError> {
-    if !recursive {
-        let ((sc, sb), (dc, db)) = (blob(src)?, blob(dest)?);
-        c.container(dc).blob(db).copy_from(&c.container(sc).blob(sb), CopyOptions::default())?;
-        return Ok(());
-    }
-    let ((sc, prefix), (dc, dest_prefix)) = (split(src), split(dest));
-    let (from, to) = (c.container(sc), c.container(dc));
-    for item in from.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
-        if let BlobListItem::Blob { name, properties } = item? {
-            let rel = name.strip_prefix(prefix).unwrap_or(&name).trim_start_matches('/');
-            let pin = Conditions { if_match: Some(device_etag(&properties.etag)?), if_none_match: None };
-            let options = CopyOptions { source_conditions: pin, ..CopyOptions::default() };
-            to.blob(&join(dest_prefix, rel)).copy_from(&from.blob(&name), options)?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_are_inclusive_like_http() {
-        assert_eq!(parse_range("0-99").unwrap(), (0, Some(100)));
-        assert_eq!(parse_range("10-10").unwrap(), (10, Some(1)));
-        assert_eq!(parse_range("4096-").unwrap(), (4096, None));
-        for bad in ["", "5", "9-3", "a-b", "-5", "1-18446744073709551615x"] {
-            assert!(matches!(parse_range(bad), Err(CliError::Usage(_))), "{bad:?}");
-        }
-        assert_eq!(parse_range("0-18446744073709551615").ok(), None, "length overflows");
-    }
-
-    #[test]
-    fn content_type_is_given_or_guessed_and_metadata_parsed() {
-        let args = PutArgs { content_type: None, metadata: vec!["a=1".into(), "b=x=y".into()] };
-        let o = put_options(&args, Path::new("dir/cat.JPG"), Conditions::none()).unwrap();
-        assert_eq!(o.content_type, "image/jpeg");
-        assert_eq!(o.metadata.0, vec![("a".into(), "1".into()), ("b".into(), "x=y".into())]);
-        let o = put_options(&PutArgs::default(), Path::new("data.unknownext"), Conditions::none()).unwrap();
-        assert_eq!(o.content_type, "", "nothing guessed: the device's default");
-        let given = PutArgs { content_type: Some("text/csv".into()), metadata: vec![] };
-        assert_eq!(put_options(&given, Path::new("x.json"), Conditions::none()).unwrap().content_type, "text/csv");
-        for bad in ["novalue", "a=1,a=2", "bad key=1"] {
-            let meta = bad.split(',').map(str::to_owned).collect();
-            let args = PutArgs { content_type: None, metadata: meta };
-            assert!(matches!(put_options(&args, Path::new("x"), Conditions::none()), Err(CliError::Usage(_))), "{bad}");
-        }
-        assert_eq!(name_for_type(Path::new("-"), "c/x.html"), Path::new("c/x.html"));
-    }
 }

@@ -1,11 +1,13 @@
 //! The `vmblob` command line: azcopy/az-storage-like verbs over a vhost-user
 //! socket. In this mode the CLI plays both the VMM and the guest.
 
+mod args;
 mod commands;
 mod demo;
 mod error;
 mod listing;
 mod paths;
+mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,0 +1,96 @@
+//! Command-line values as protocol values: ETags, ranges, metadata, the
+//! options an upload stores.
+
+use std::path::Path;
+
+use vmblob_protocol::ops::{Conditions, ETag, Metadata};
+use vmblob_vsc::PutOptions;
+
+use super::{CliError, PutArgs};
+
+pub(crate) fn etag_arg(arg: &Option<String>) -> Result<Option<ETag>, CliError> {
+    arg.as_deref().map(|e| ETag::new(e).map_err(|_| CliError::Usage(format!("{e:?} is not an ETag")))).transpose()
+}
+
+/// The path whose extension names the content type: the file's, or for stdin the blob's.
+pub(crate) fn name_for_type<'a>(file: &'a Path, blob: &'a str) -> &'a Path {
+    if file == Path::new("-") { Path::new(blob) } else { file }
+}
+
+/// What `put` stores: the given content type or the one `path`'s extension suggests, the
+/// metadata pairs, the conditions.
+pub(crate) fn put_options(args: &PutArgs, path: &Path, conditions: Conditions) -> Result<PutOptions, CliError> {
+    let content_type = match &args.content_type {
+        Some(t) => t.clone(),
+        // Nothing guessed: the device's default (application/octet-stream).
+        None => mime_guess::from_path(path).first_raw().unwrap_or_default().to_owned(),
+    };
+    Ok(PutOptions { content_type, metadata: metadata_arg(&args.metadata)?, conditions })
+}
+
+/// `--metadata KEY=VALUE` arguments as metadata (the value may hold '=').
+pub(crate) fn metadata_arg(args: &[String]) -> Result<Metadata, CliError> {
+    let pairs = args
+        .iter()
+        .map(|kv| {
+            let (k, v) =
+                kv.split_once('=').ok_or_else(|| CliError::Usage(format!("--metadata {kv:?}: not KEY=VALUE")))?;
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    Metadata::new(pairs).map_err(|e| CliError::Usage(format!("--metadata: {e}")))
+}
+
+/// An ETag the device answered with, as a condition.
+pub(crate) fn device_etag(etag: &str) -> Result<ETag, CliError> {
+    ETag::new(etag).map_err(|_| CliError::Usage(format!("the device sent a bad ETag {etag:?}")))
+}
+
+/// `START-END` (both included, as in an HTTP Range) or `START-`: the offset and length.
+pub(crate) fn parse_range(range: &str) -> Result<(u64, Option<u64>), CliError> {
+    let bad = || CliError::Usage(format!("--range {range:?}: expected START-END or START-"));
+    let (start, end) = range.split_once('-').ok_or_else(bad)?;
+    let start: u64 = start.trim().parse().map_err(|_| bad())?;
+    match end.trim() {
+        "" => Ok((start, None)),
+        end => {
+            let end: u64 = end.parse().map_err(|_| bad())?;
+            let len = end.checked_sub(start).and_then(|n| n.checked_add(1)).ok_or_else(bad)?;
+            Ok((start, Some(len)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_inclusive_like_http() {
+        assert_eq!(parse_range("0-99").unwrap(), (0, Some(100)));
+        assert_eq!(parse_range("10-10").unwrap(), (10, Some(1)));
+        assert_eq!(parse_range("4096-").unwrap(), (4096, None));
+        for bad in ["", "5", "9-3", "a-b", "-5", "1-18446744073709551615x"] {
+            assert!(matches!(parse_range(bad), Err(CliError::Usage(_))), "{bad:?}");
+        }
+        assert_eq!(parse_range("0-18446744073709551615").ok(), None, "length overflows");
+    }
+
+    #[test]
+    fn content_type_is_given_or_guessed_and_metadata_parsed() {
+        let args = PutArgs { content_type: None, metadata: vec!["a=1".into(), "b=x=y".into()] };
+        let o = put_options(&args, Path::new("dir/cat.JPG"), Conditions::none()).unwrap();
+        assert_eq!(o.content_type, "image/jpeg");
+        assert_eq!(o.metadata.0, vec![("a".into(), "1".into()), ("b".into(), "x=y".into())]);
+        let o = put_options(&PutArgs::default(), Path::new("data.unknownext"), Conditions::none()).unwrap();
+        assert_eq!(o.content_type, "", "nothing guessed: the device's default");
+        let given = PutArgs { content_type: Some("text/csv".into()), metadata: vec![] };
+        assert_eq!(put_options(&given, Path::new("x.json"), Conditions::none()).unwrap().content_type, "text/csv");
+        for bad in ["novalue", "a=1,a=2", "bad key=1"] {
+            let meta = bad.split(',').map(str::to_owned).collect();
+            let args = PutArgs { content_type: None, metadata: meta };
+            assert!(matches!(put_options(&args, Path::new("x"), Conditions::none()), Err(CliError::Usage(_))), "{bad}");
+        }
+        assert_eq!(name_for_type(Path::new("-"), "c/x.html"), Path::new("c/x.html"));
+    }
+}

@@ -1,0 +1,139 @@
+//! Verbs over many blobs or files: `cp` (uploads, downloads, copies inside
+//! the device, `-r` for trees) and `rm -r`.
+
+use std::path::{Path, PathBuf};
+
+use vmblob_protocol::ops::Conditions;
+use vmblob_vsc::{BlobClient, BlobListItem, CopyOptions, ListBlobsOptions};
+
+use super::args::{device_etag, put_options};
+use super::commands::{get_file, put_file};
+use super::paths::{blob, device_path, join, split};
+use super::{Cli, CliError, PutArgs};
+
+/// Files under `dir`, relative paths with '/' separators, sorted.
+fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>, CliError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let path = entry.path();
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                stack.push(path);
+            } else if ty.is_file() {
+                let rel = path.strip_prefix(dir).map_err(|e| CliError::Usage(e.to_string()))?;
+                let name = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.push((path, name));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+pub(crate) fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Result<(), CliError> {
+    if let Some(dest) = device_path(dest) {
+        // Into the device: from it too (a device path, or no local file of that name) ...
+        let src_remote = device_path(src).or_else(|| (!Path::new(src).exists()).then_some(src));
+        if let Some(src) = src_remote {
+            return copy_in_device(c, src, dest, recursive);
+        }
+        return copy(cli, c, src, dest, recursive);
+    }
+    let (src, src_on_device) = match device_path(src) {
+        Some(s) => (s, true),
+        None => (src, false),
+    };
+    let src_path = Path::new(src);
+    if !src_on_device && src_path.exists() {
+        if src_path.is_dir() {
+            if !recursive {
+                return Err(CliError::Usage(format!("{src} is a directory (use -r)")));
+            }
+            let (container, prefix) = split(dest);
+            let container = c.container(container);
+            for (path, rel) in walk(src_path)? {
+                let name = join(prefix, &rel);
+                let options = put_options(&PutArgs::default(), &path, Conditions::none())?;
+                put_file(cli, &container.blob(&name), &path, options)?;
+            }
+            return Ok(());
+        }
+        let (container, name) = blob(dest)?;
+        let options = put_options(&PutArgs::default(), src_path, Conditions::none())?;
+        return put_file(cli, &c.container(container).blob(name), src_path, options);
+    }
+    // Download: src is container/prefix.
+    let (container, prefix) = split(src);
+    if !recursive {
+        let (container, name) = blob(src)?;
+        return get_file(cli, &c.container(container).blob(name), Path::new(dest), None, &Conditions::none());
+    }
+    let container = c.container(container);
+    for item in container.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
+        if let BlobListItem::Blob { name, .. } = item? {
+            let rel = name.strip_prefix(prefix).unwrap_or(&name).trim_start_matches('/');
+            // Blob names never contain '..' or empty segments (protocol rule),
+            // so `rel` stays inside `dest`.
+            let target = Path::new(dest).join(rel);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            get_file(cli, &container.blob(&name), &target, None, &Conditions::none())?;
+        }
+    }
+    Ok(())
+}
+
+/// `rm -r`: every blob under container/prefix, only with `--yes` (else how many would go).
+pub(crate) fn remove_under(c: &BlobClient, path: &str, yes: bool) -> Result<(), CliError> {
+    let (container, prefix) = split(path);
+    let container = c.container(container);
+    let mut names = Vec::new();
+    for item in container.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
+        if let BlobListItem::Blob { name, .. } = item? {
+            names.push(name);
+        }
+    }
+    if !yes {
+        return Err(CliError::Usage(format!(
+            "rm -r {path} would delete {} blob(s); add --yes to delete them",
+            names.len()
+        )));
+    }
+    for name in &names {
+        match container.blob(name).delete() {
+            // Someone else deleted it meanwhile: it is gone either way.
+            Err(e) if e.is_not_found() => {}
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
+/// `cp vmblob://c/a vmblob://c/b` (`-r`: every blob under the prefix) inside
+/// the device: CopyBlob, the source pinned to the ETag it was listed with.
+fn copy_in_device(c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Result<(), CliError> {
+    if !recursive {
+        let ((sc, sb), (dc, db)) = (blob(src)?, blob(dest)?);
+        c.container(dc).blob(db).copy_from(&c.container(sc).blob(sb), CopyOptions::default())?;
+        return Ok(());
+    }
+    let ((sc, prefix), (dc, dest_prefix)) = (split(src), split(dest));
+    let (from, to) = (c.container(sc), c.container(dc));
+    for item in from.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
+        if let BlobListItem::Blob { name, properties } = item? {
+            let rel = name.strip_prefix(prefix).unwrap_or(&name).trim_start_matches('/');
+            let pin = Conditions { if_match: Some(device_etag(&properties.etag)?), if_none_match: None };
+            let options = CopyOptions { source_conditions: pin, ..CopyOptions::default() };
+            to.blob(&join(dest_prefix, rel)).copy_from(&from.blob(&name), options)?;
+        }
+    }
+    Ok(())
+}
