@@ -87,6 +87,23 @@ fn conformance_copy_and_rename() {
     });
 }
 
+/// On a device without the `COPY` capability (an older VSP), copies go
+/// through the guest and keep the same guarantees.
+#[test]
+fn copy_and_rename_through_the_guest_where_the_device_cannot_copy() {
+    let r = rig(GuestOptions::default());
+    let mut config = *r.guest.client.device_config();
+    config.capabilities &= !vmblob_protocol::config::caps::COPY;
+    let options = r.guest.client.options().clone();
+    let client = vmblob_vsc::BlobClient::new(r.guest.transport.clone(), config, options);
+    let store = VmblobStoreBuilder::new().with_client(client).with_container_name("objects").build().expect("store");
+    run("copy and rename through the guest", async move {
+        conformance::rename_and_copy(&store).await;
+        conformance::copy_if_not_exists(&store).await;
+        conformance::copy_rename_nonexistent_object(&store).await;
+    });
+}
+
 #[test]
 fn conformance_multipart() {
     // Blocks of 1 MiB: every 5 MiB part becomes several blocks.

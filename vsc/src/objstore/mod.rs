@@ -24,7 +24,7 @@
 //! | `get_opts` | ranged GetBlobs (bounded, offset, suffix); If-Match / If-None-Match on the device, dates checked on the properties read; `head` = GetBlobProperties; versions `NotSupported` |
 //! | `delete` | DeleteBlob; a missing object is `NotFound` (as Azure) |
 //! | `list*` | ListBlobs by pages; `list_with_offset` passes the offset as the marker; [`PaginatedListStore`]: one ListBlobs, page token = marker, any delimiter up to 16 bytes |
-//! | `copy*` / `rename*` | read through the guest and rewritten with one commit; `copy_if_not_exists` is atomic (If-None-Match `*` at commit); rename deletes the source only if it is still the version copied |
+//! | `copy*` / `rename*` | CopyBlob inside the device where it has the `COPY` capability, else read through the guest and rewritten with one commit; either way pinned to the source's ETag, `copy_if_not_exists` atomic (If-None-Match `*` at commit), and rename deletes the source only if it is still the version copied |
 //!
 //! Every request goes through the client's handles ([`ContainerClient`],
 //! [`crate::BlobHandle`], [`crate::BlockUploader`]); every client call runs
