@@ -264,6 +264,53 @@ fn copies_inside_the_device() {
     assert!(std::fs::read(&out).unwrap() == big);
 }
 
+/// `cp -r --include/--exclude` and `sync` in both directions: only what is
+/// missing or differs (by size or CRC-64) is copied.
+#[test]
+fn filtered_copies_and_sync() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket();
+    ok(s, &["mb", "tree"]);
+    let local = sb.dir.join("local");
+    for (rel, body) in [("a.jpg", "A"), ("b.png", "B"), ("docs/c.jpg", "C"), ("docs/d.tmp", "D"), ("e.txt", "E")] {
+        let p = local.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+    }
+    let local_s = local.to_str().unwrap();
+    ok(s, &["cp", "-r", local_s, "tree/jpg", "--include", "*.jpg"]);
+    let names = |prefix: &str| -> Vec<String> {
+        ok(s, &["ls", "-r", prefix]).lines().map(|l| l.split_whitespace().last().unwrap().to_owned()).collect()
+    };
+    assert_eq!(names("tree/jpg"), ["jpg/a.jpg", "jpg/docs/c.jpg"], "a name pattern at any depth");
+    ok(s, &["cp", "-r", local_s, "tree/nodocs", "--exclude", "docs/**"]);
+    assert_eq!(names("tree/nodocs"), ["nodocs/a.jpg", "nodocs/b.png", "nodocs/e.txt"]);
+    assert_eq!(code(&vmblob(Some(s), &["cp", local_s, "tree/x", "--include", "*"])), 2, "filters need -r");
+
+    // Upload sync: all at first, then only what changed (same size, other bytes: the CRC tells).
+    let o = vmblob(Some(s), &["sync", local_s, "tree/sync", "--exclude", "*.tmp"]);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("sync: 4 copied, 0 already current"), "{o:?}");
+    std::fs::write(local.join("b.png"), "b").unwrap();
+    let o = vmblob(Some(s), &["sync", local_s, "tree/sync", "--exclude", "*.tmp"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("sync: 1 copied, 3 already current"), "{o:?}");
+    assert_eq!(vmblob(Some(s), &["get", "tree/sync/b.png", "-"]).stdout, b"b");
+
+    // Download sync into a fresh directory, then after a change on the device.
+    let back = sb.dir.join("back");
+    let back_s = back.to_str().unwrap();
+    let o = vmblob(Some(s), &["sync", "vmblob://tree/sync", back_s]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("sync: 4 copied, 0 already current"), "{o:?}");
+    assert_eq!(std::fs::read(back.join("docs/c.jpg")).unwrap(), b"C");
+    let e = sb.dir.join("e2.txt");
+    std::fs::write(&e, "E2").unwrap();
+    ok(s, &["put", e.to_str().unwrap(), "tree/sync/e.txt"]);
+    let o = vmblob(Some(s), &["sync", "tree/sync", back_s]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("sync: 1 copied, 3 already current"), "{o:?}");
+    assert_eq!(std::fs::read(back.join("e.txt")).unwrap(), b"E2");
+}
+
 #[test]
 fn directory_copies_round_trip() {
     let sb = Sandbox::new();

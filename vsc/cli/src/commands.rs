@@ -10,8 +10,10 @@ use vmblob_protocol::ops::{Conditions, ETag};
 use vmblob_vsc::{BlobClient, BlobHandle, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions};
 
 use super::args::{device_etag, etag_arg, metadata_arg, name_for_type, parse_range, put_options};
+use super::filter::Filter;
 use super::listing::{Listing, hex, props_json, rfc3339};
 use super::paths::{blob, split};
+use super::sync::sync;
 use super::tree::{copy, remove_under};
 use super::{Cli, CliError, Cmd};
 
@@ -134,7 +136,15 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             Ok(c.container(container).blob(name).delete()?)
         }
         Cmd::Rm { path, recursive: true, yes } => remove_under(c, path, *yes),
-        Cmd::Cp { src, dest, recursive } => copy(cli, c, src, dest, *recursive),
+        Cmd::Cp { src, dest, recursive, filter } => {
+            if !recursive && !(filter.include.is_empty() && filter.exclude.is_empty()) {
+                return Err(CliError::Usage("--include and --exclude need -r".into()));
+            }
+            copy(cli, c, src, dest, *recursive, &Filter::new(&filter.include, &filter.exclude)?)
+        }
+        Cmd::Sync { src, dest, filter } => {
+            sync(cli, c, src, dest, &Filter::new(&filter.include, &filter.exclude)?).map(|_| ())
+        }
         Cmd::Demo { .. } => Err(CliError::Usage("demo needs no socket".into())),
     }
 }

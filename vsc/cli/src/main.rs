@@ -5,8 +5,10 @@ mod args;
 mod commands;
 mod demo;
 mod error;
+mod filter;
 mod listing;
 mod paths;
+mod sync;
 mod tree;
 
 use std::path::{Path, PathBuf};
@@ -131,6 +133,18 @@ pub struct PutArgs {
     pub metadata: Vec<String>,
 }
 
+/// Which files or blobs a tree verb takes (glob patterns; a pattern without '/'
+/// matches the last name component at any depth, one with '/' the relative path).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Only these (repeatable), e.g. --include '*.jpg' --include 'docs/**'.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Not these (repeatable; wins over --include).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Make a container.
@@ -228,6 +242,16 @@ pub enum Cmd {
         /// Required for directories, as with cp.
         #[arg(short, long)]
         recursive: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Make DEST hold SRC's files (a local directory and container/prefix, either way),
+    /// copying only those missing there or differing by size or CRC-64.
+    Sync {
+        src: String,
+        dest: String,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Start a vmblob-vsp with a temporary store, round-trip a blob through
     /// it and say what happened.

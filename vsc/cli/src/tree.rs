@@ -1,5 +1,5 @@
 //! Verbs over many blobs or files: `cp` (uploads, downloads, copies inside
-//! the device, `-r` for trees) and `rm -r`.
+//! the device, `-r` for trees, `--include`/`--exclude`) and `rm -r`.
 
 use std::path::{Path, PathBuf};
 
@@ -8,11 +8,12 @@ use vmblob_vsc::{BlobClient, BlobListItem, CopyOptions, ListBlobsOptions};
 
 use super::args::{device_etag, put_options};
 use super::commands::{get_file, put_file};
+use super::filter::Filter;
 use super::paths::{blob, device_path, join, split};
 use super::{Cli, CliError, PutArgs};
 
 /// Files under `dir`, relative paths with '/' separators, sorted.
-fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>, CliError> {
+pub(crate) fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>, CliError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -37,14 +38,21 @@ fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>, CliError> {
     Ok(out)
 }
 
-pub(crate) fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Result<(), CliError> {
+pub(crate) fn copy(
+    cli: &Cli,
+    c: &BlobClient,
+    src: &str,
+    dest: &str,
+    recursive: bool,
+    filter: &Filter,
+) -> Result<(), CliError> {
     if let Some(dest) = device_path(dest) {
         // Into the device: from it too (a device path, or no local file of that name) ...
         let src_remote = device_path(src).or_else(|| (!Path::new(src).exists()).then_some(src));
         if let Some(src) = src_remote {
-            return copy_in_device(c, src, dest, recursive);
+            return copy_in_device(c, src, dest, recursive, filter);
         }
-        return copy(cli, c, src, dest, recursive);
+        return copy(cli, c, src, dest, recursive, filter);
     }
     let (src, src_on_device) = match device_path(src) {
         Some(s) => (s, true),
@@ -59,6 +67,9 @@ pub(crate) fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: 
             let (container, prefix) = split(dest);
             let container = c.container(container);
             for (path, rel) in walk(src_path)? {
+                if !filter.allows(&rel) {
+                    continue;
+                }
                 let name = join(prefix, &rel);
                 let options = put_options(&PutArgs::default(), &path, Conditions::none())?;
                 put_file(cli, &container.blob(&name), &path, options)?;
@@ -79,6 +90,9 @@ pub(crate) fn copy(cli: &Cli, c: &BlobClient, src: &str, dest: &str, recursive: 
     for item in container.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
         if let BlobListItem::Blob { name, .. } = item? {
             let rel = name.strip_prefix(prefix).unwrap_or(&name).trim_start_matches('/');
+            if !filter.allows(rel) {
+                continue;
+            }
             // Blob names never contain '..' or empty segments (protocol rule),
             // so `rel` stays inside `dest`.
             let target = Path::new(dest).join(rel);
@@ -119,7 +133,7 @@ pub(crate) fn remove_under(c: &BlobClient, path: &str, yes: bool) -> Result<(), 
 
 /// `cp vmblob://c/a vmblob://c/b` (`-r`: every blob under the prefix) inside
 /// the device: CopyBlob, the source pinned to the ETag it was listed with.
-fn copy_in_device(c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Result<(), CliError> {
+fn copy_in_device(c: &BlobClient, src: &str, dest: &str, recursive: bool, filter: &Filter) -> Result<(), CliError> {
     if !recursive {
         let ((sc, sb), (dc, db)) = (blob(src)?, blob(dest)?);
         c.container(dc).blob(db).copy_from(&c.container(sc).blob(sb), CopyOptions::default())?;
@@ -130,6 +144,9 @@ fn copy_in_device(c: &BlobClient, src: &str, dest: &str, recursive: bool) -> Res
     for item in from.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
         if let BlobListItem::Blob { name, properties } = item? {
             let rel = name.strip_prefix(prefix).unwrap_or(&name).trim_start_matches('/');
+            if !filter.allows(rel) {
+                continue;
+            }
             let pin = Conditions { if_match: Some(device_etag(&properties.etag)?), if_none_match: None };
             let options = CopyOptions { source_conditions: pin, ..CopyOptions::default() };
             to.blob(&join(dest_prefix, rel)).copy_from(&from.blob(&name), options)?;
