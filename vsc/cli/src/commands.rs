@@ -137,7 +137,8 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
         }
         Cmd::Rm { path, recursive: true, yes } => remove_under(c, path, *yes),
         Cmd::Cp { src, dest, recursive, filter } => {
-            if !recursive && !(filter.include.is_empty() && filter.exclude.is_empty()) {
+            let filtered = !filter.include.is_empty() || !filter.exclude.is_empty();
+            if filtered && !recursive {
                 return Err(CliError::Usage("--include and --exclude need -r".into()));
             }
             copy(cli, c, src, dest, *recursive, &Filter::new(&filter.include, &filter.exclude)?)
