@@ -630,7 +630,10 @@ impl ObjectBlobStore {
         }
         let props = copied_props(&src.blob, req.metadata.as_ref());
         let mode = put_mode(&req.conditions, &cur);
-        let (etag, _) = self.rewrite((source, &src_key, &src), (target, &key), &props, txn, mode)?;
+        let (etag, _) = self
+            .rewrite((source, &src_key, &src), (target, &key), &props, txn, mode)
+            // The source went away under the copy (another process deleted it).
+            .map_err(|e| if matches!(e, StoreError::InvalidBlockList(_)) { StoreError::BlobNotFound } else { e })?;
         self.discard_blocks(target, Some(txn))?;
         Ok(BlobWritten { etag, last_modified_ms: props.last_modified_ms, content_crc64: src.blob.content_crc64 })
     }
