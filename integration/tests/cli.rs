@@ -309,6 +309,15 @@ fn filtered_copies_and_sync() {
     let o = vmblob(Some(s), &["sync", "tree/sync", back_s]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("sync: 1 copied, 3 already current"), "{o:?}");
     assert_eq!(std::fs::read(back.join("e.txt")).unwrap(), b"E2");
+
+    // Tree verbs take their prefix as a directory, and list before they write.
+    ok(s, &["put", e.to_str().unwrap(), "tree/syncx"]);
+    ok(s, &["cp", "-r", "vmblob://tree/sync", "vmblob://tree/sync/bak"]);
+    assert_eq!(names("tree/sync/bak").len(), 4, "copied once into its own tree, no more");
+    let refused = vmblob(Some(s), &["rm", "-r", "tree/sync"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("would delete 8 blob(s)"), "{refused:?}");
+    ok(s, &["rm", "-r", "--yes", "tree/sync"]);
+    assert_eq!(names("tree/sync"), ["syncx"], "tree/syncx is not under tree/sync/");
 }
 
 #[test]

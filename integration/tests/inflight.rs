@@ -281,6 +281,14 @@ fn survive_a_restart(flags: &[&str], stop: impl FnOnce(&mut Vsp)) -> String {
     let logs = vsp.logs();
     let line = logs.lines().find(|l| l.contains("requests in flight at the restart")).unwrap_or_default();
     eprintln!("restarted VSP: {line}");
-    assert!(line.contains(&format!("{} requests in flight", N - done_before)), "{logs}");
+    // What the killed VSP had taken and not answered is in the region; under load it may not
+    // have taken every posted request yet (those are still in the avail ring, and were served too).
+    let in_region: u16 = line
+        .split(" requests in flight")
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of requests in flight: {logs}"));
+    assert!(in_region <= N - done_before, "{in_region} in the region, {done_before} done: {logs}");
     logs
 }

@@ -213,6 +213,7 @@ pub enum Cmd {
         #[arg(long, value_name = "TYPE")]
         content_type: Option<String>,
         /// The new metadata, all of it (repeatable KEY=VALUE): what is not named goes.
+        /// With --content-type too these are two writes, the second pinned to the first's ETag.
         #[arg(long = "metadata", value_name = "KEY=VALUE")]
         metadata: Vec<String>,
         /// Remove all metadata.
@@ -225,7 +226,7 @@ pub enum Cmd {
     /// Delete a blob, or with -r every blob under container/prefix.
     Rm {
         path: String,
-        /// Every blob whose name starts with the prefix (the whole container for none).
+        /// Every blob under the prefix as a directory (`logs` means `logs/...`; none: the whole container).
         #[arg(short, long)]
         recursive: bool,
         /// Needed with -r: without it the CLI only says how many blobs would go.

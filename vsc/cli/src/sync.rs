@@ -9,13 +9,13 @@ use std::io::Read as _;
 use std::path::Path;
 
 use vmblob_protocol::ops::Conditions;
-use vmblob_vsc::{BlobClient, BlobListItem, Crc64, ListBlobsOptions};
+use vmblob_vsc::{BlobClient, Crc64};
 
 use super::args::put_options;
 use super::commands::{get_file, put_file};
 use super::filter::Filter;
 use super::paths::{device_path, join, split};
-use super::tree::walk;
+use super::tree::{blobs_under, walk};
 use super::{Cli, CliError, PutArgs};
 
 /// What one sync did.
@@ -43,14 +43,11 @@ pub(crate) fn sync(cli: &Cli, c: &BlobClient, src: &str, dest: &str, filter: &Fi
 /// A blob a sync compares: its full name, size and CRC-64.
 type Remote = (String, u64, u64);
 
-/// Blobs under `prefix` of `container`, by name relative to the prefix.
+/// Blobs under the directory `prefix` of `container`, by name relative to it.
 fn remote(c: &BlobClient, container: &str, prefix: &str) -> Result<HashMap<String, Remote>, CliError> {
     let mut out = HashMap::new();
-    for item in c.container(container).list_blobs(ListBlobsOptions::prefix(prefix)).items() {
-        if let BlobListItem::Blob { name, properties } = item? {
-            let rel = name.strip_prefix(prefix).unwrap_or(&name).trim_start_matches('/').to_owned();
-            out.insert(rel, (name, properties.content_length, properties.content_crc64));
-        }
+    for (name, rel, p) in blobs_under(c, container, prefix, &Filter::new(&[], &[])?)? {
+        out.insert(rel, (name, p.content_length, p.content_crc64));
     }
     Ok(out)
 }

@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use vmblob_protocol::ops::Conditions;
-use vmblob_vsc::{BlobClient, BlobListItem, CopyOptions, ListBlobsOptions};
+use vmblob_vsc::{BlobClient, BlobListItem, BlobProperties, CopyOptions, ListBlobsOptions};
 
 use super::args::{device_etag, put_options};
 use super::commands::{get_file, put_file};
 use super::filter::Filter;
-use super::paths::{blob, device_path, join, split};
+use super::paths::{blob, device_path, dir_prefix, join, relative, split};
 use super::{Cli, CliError, PutArgs};
 
 /// Files under `dir`, relative paths with '/' separators, sorted.
@@ -87,41 +87,55 @@ pub(crate) fn copy(
         return get_file(cli, &c.container(container).blob(name), Path::new(dest), None, &Conditions::none());
     }
     let container = c.container(container);
-    for item in container.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
-        if let BlobListItem::Blob { name, .. } = item? {
-            let rel = name.strip_prefix(prefix).unwrap_or(&name).trim_start_matches('/');
-            if !filter.allows(rel) {
-                continue;
-            }
-            // Blob names never contain '..' or empty segments (protocol rule),
-            // so `rel` stays inside `dest`.
-            let target = Path::new(dest).join(rel);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            get_file(cli, &container.blob(&name), &target, None, &Conditions::none())?;
+    for (name, rel, _) in blobs_under(c, container.name(), prefix, filter)? {
+        // `relative` refused names that could leave `dest`.
+        let target = Path::new(dest).join(&rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
         }
+        get_file(cli, &container.blob(&name), &target, None, &Conditions::none())?;
     }
     Ok(())
 }
 
-/// `rm -r`: every blob under container/prefix, only with `--yes` (else how many would go).
-pub(crate) fn remove_under(c: &BlobClient, path: &str, yes: bool) -> Result<(), CliError> {
-    let (container, prefix) = split(path);
-    let container = c.container(container);
-    let mut names = Vec::new();
-    for item in container.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
-        if let BlobListItem::Blob { name, .. } = item? {
-            names.push(name);
+/// The blobs under the directory `prefix` that `filter` takes, listed whole
+/// before anything is written (a copy into the listed tree must not list its
+/// own output): (name, name relative to the prefix, properties).
+pub(crate) fn blobs_under(
+    c: &BlobClient,
+    container: &str,
+    prefix: &str,
+    filter: &Filter,
+) -> Result<Vec<(String, String, BlobProperties)>, CliError> {
+    let prefix = dir_prefix(prefix);
+    let mut out = Vec::new();
+    for item in c.container(container).list_blobs(ListBlobsOptions::prefix(&prefix)).items() {
+        if let BlobListItem::Blob { name, properties } = item? {
+            let Some(rel) = relative(&name, &prefix).map(str::to_owned) else {
+                log::warn!("skipping {name:?}: not a name under {prefix:?} a local path can hold");
+                continue;
+            };
+            if filter.allows(&rel) {
+                out.push((name, rel, properties));
+            }
         }
     }
+    Ok(out)
+}
+
+/// `rm -r`: every blob under the directory container/prefix, only with
+/// `--yes` (else how many would go).
+pub(crate) fn remove_under(c: &BlobClient, path: &str, yes: bool) -> Result<(), CliError> {
+    let (container, prefix) = split(path);
+    let names = blobs_under(c, container, prefix, &Filter::new(&[], &[])?)?;
     if !yes {
         return Err(CliError::Usage(format!(
             "rm -r {path} would delete {} blob(s); add --yes to delete them",
             names.len()
         )));
     }
-    for name in &names {
+    let container = c.container(container);
+    for (name, _, _) in &names {
         match container.blob(name).delete() {
             // Someone else deleted it meanwhile: it is gone either way.
             Err(e) if e.is_not_found() => {}
@@ -141,16 +155,10 @@ fn copy_in_device(c: &BlobClient, src: &str, dest: &str, recursive: bool, filter
     }
     let ((sc, prefix), (dc, dest_prefix)) = (split(src), split(dest));
     let (from, to) = (c.container(sc), c.container(dc));
-    for item in from.list_blobs(ListBlobsOptions::prefix(prefix)).items() {
-        if let BlobListItem::Blob { name, properties } = item? {
-            let rel = name.strip_prefix(prefix).unwrap_or(&name).trim_start_matches('/');
-            if !filter.allows(rel) {
-                continue;
-            }
-            let pin = Conditions { if_match: Some(device_etag(&properties.etag)?), if_none_match: None };
-            let options = CopyOptions { source_conditions: pin, ..CopyOptions::default() };
-            to.blob(&join(dest_prefix, rel)).copy_from(&from.blob(&name), options)?;
-        }
+    for (name, rel, props) in blobs_under(c, sc, prefix, filter)? {
+        let pin = Conditions { if_match: Some(device_etag(&props.etag)?), if_none_match: None };
+        let options = CopyOptions { source_conditions: pin, ..CopyOptions::default() };
+        to.blob(&join(dest_prefix, &rel)).copy_from(&from.blob(&name), options)?;
     }
     Ok(())
 }

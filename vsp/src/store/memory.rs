@@ -304,15 +304,17 @@ impl BlobStore for MemoryStore {
     }
 
     fn copy_blob(&self, req: &CopyBlob, txn: &TxnId) -> Result<BlobWritten, StoreError> {
-        let from = self.container(&req.source.container)?;
         let to = self.container(&req.target.container)?;
-        let src = from.blob(req.source.blob.as_str()).ok_or(StoreError::BlobNotFound)?;
-        check_conditions(&src.props, &req.source_conditions)?;
         let name = req.target.blob.as_str();
         let _g = to.locks.lock(name);
+        // A replay first (its source may be gone by now); the source read under the
+        // target's lock, so a copy onto itself reads the version it replaces.
         if let Some(w) = check_write(current(&to.blob(name)), &req.conditions, txn)? {
             return Ok(w);
         }
+        let from = self.container(&req.source.container)?;
+        let src = from.blob(req.source.blob.as_str()).ok_or(StoreError::BlobNotFound)?;
+        check_conditions(&src.props, &req.source_conditions)?;
         let props = copied_props(&src.props, req.metadata.as_ref());
         let out = written(&props);
         to.commit(name, MemBlob { props, txn: *txn, data: Arc::clone(&src.data), blocks: src.blocks.clone() })?;

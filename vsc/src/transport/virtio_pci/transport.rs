@@ -387,6 +387,11 @@ impl Inner {
     /// Removal or breakage, as far as can be seen without waiting. Config
     /// space is read first: a removed function's BAR must not be touched.
     fn check_health(&self) -> Option<(Down, String)> {
+        // First: a frame that moved is memory the device must stop writing at
+        // once, and nothing it posted (reaped below) can be trusted.
+        if let Err(moved) = self.dma.verify_if_due() {
+            return Some((Down::Unpinned, moved.to_string()));
+        }
         match self.dev.config.read_u16(0) {
             Ok(0xffff) => return Some((Down::Removed, "config space reads all ones".into())),
             Err(e) => return Some((Down::Removed, e.to_string())),
@@ -409,10 +414,6 @@ impl Inner {
         }
         if let Some(lost) = self.overdue() {
             return Some((Down::Broken, lost));
-        }
-        // A frame that moved is memory the device must stop writing at once.
-        if let Err(moved) = self.dma.verify_if_due() {
-            return Some((Down::Unpinned, moved.to_string()));
         }
         match self.dev.common.status() {
             Ok(REMOVED_STATUS) => Some((Down::Removed, "device status reads 0xff".into())),

@@ -20,15 +20,17 @@ pub(super) fn copy_blob(store: &FsStore, req: &CopyBlob, txn: &TxnId) -> Result<
     let to = store.container(&req.target.container)?;
     let (src_name, name) = (req.source.blob.as_str(), req.target.blob.as_str());
     // Before the source file opens: its extents stay until the copy is done.
+    // Taken before the name lock, since dropping the last pin takes it.
     let _pin = extents::Pin::new(&from, src_name);
-    let (file, raw, src) = store.open_blob(&from, src_name)?.ok_or(StoreError::BlobNotFound)?;
-    check_conditions(&src, &req.source_conditions)?;
-
     let _g = to.locks.lock(name);
+    // A replay is answered before the source is looked at: it may be gone by now.
     let current = to.entry(name)?;
     if let Some(w) = check_write(current.as_ref().map(|e| (&e.props, &e.txn)), &req.conditions, txn)? {
         return Ok(w);
     }
+    // Opened under the target's lock: a copy onto itself reads the version it replaces.
+    let (file, raw, src) = store.open_blob(&from, src_name)?.ok_or(StoreError::BlobNotFound)?;
+    check_conditions(&src, &req.source_conditions)?;
     let props = copied_props(&src, req.metadata.as_ref());
     let json = layout::to_json(&BlobHeader::new(name, &props, txn))?;
     let mut tmp = store.layout.temp_file("copy")?;
@@ -48,7 +50,8 @@ pub(super) fn copy_blob(store: &FsStore, req: &CopyBlob, txn: &TxnId) -> Result<
         store.finish_temp(&mut tmp, BLOB_MAGIC_V2, &res, &json)?;
         linked = Some(links);
     } else {
-        let res = layout::reserve(json.len(), &[])?;
+        // A v1 block-list source (stores from before extents) keeps its list.
+        let res = layout::reserve(json.len(), &raw.read_blocks(&file)?)?;
         copy_data(&file, &raw, props.content_length, &tmp.file, res.data_start)?;
         store.finish_temp(&mut tmp, BLOB_MAGIC, &res, &json)?;
     }

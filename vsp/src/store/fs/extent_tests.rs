@@ -241,6 +241,51 @@ fn write_v1_block_list(root: &Path, name: &str, blocks: &[(&[u8], &[u8])]) {
     layout::write_header(&f, BLOB_MAGIC, &res, &json).unwrap();
 }
 
+/// A v1 block-list blob keeps its committed blocks through SetBlobMetadata
+/// and lends them to a copy (the review found them dropped: the new file was
+/// written as a whole blob).
+#[test]
+fn a_v1_block_list_blob_keeps_its_blocks_through_set_metadata_and_copy() {
+    use vmblob_protocol::ops::{BlobUpdate, CopyBlob, SetBlobProperties};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    drop({
+        let s = FsStore::open(root).unwrap();
+        new_container(&s, "box");
+        s
+    });
+    let (one, two) = (pattern(10_000, 1), pattern(20_000, 2));
+    write_v1_block_list(root, "old", &[(b"1", &one), (b"2", &two)]);
+    let s = FsStore::open(root).unwrap();
+    let meta = crate::store::conformance::meta(&[("k", "v")]);
+    let set = SetBlobProperties {
+        target: bref("box", "old"),
+        update: BlobUpdate::Metadata(meta.clone()),
+        conditions: Conditions::none(),
+    };
+    s.set_blob_properties(&set, &txn()).unwrap();
+    let copy = CopyBlob {
+        source: bref("box", "old"),
+        target: bref("box", "copy"),
+        source_conditions: Conditions::none(),
+        conditions: Conditions::none(),
+        metadata: None,
+    };
+    s.copy_blob(&copy, &txn()).unwrap();
+    drop(s);
+    let s = FsStore::open(root).unwrap();
+    for name in ["old", "copy"] {
+        let (p, data) = get(&s, "box", name).unwrap();
+        assert!(data == [&one[..], &two].concat(), "{name}");
+        assert_eq!((p.committed_blocks, &p.metadata), (2, &meta), "{name}");
+        let ids: Vec<Vec<u8>> =
+            s.get_block_list(&bref("box", name), BlockListType::Committed).unwrap().into_iter().map(|b| b.id).collect();
+        assert_eq!(ids, [b"1".to_vec(), b"2".to_vec()], "{name}");
+    }
+    s.put_block_list(&block_list_req("box", "copy", &[b"2", b"1"]), &txn()).unwrap();
+    assert!(get(&s, "box", "copy").unwrap().1 == [&two[..], &one].concat());
+}
+
 #[test]
 fn a_v1_block_list_blob_reads_and_lends_its_blocks_without_a_copy() {
     let dir = tempfile::tempdir().unwrap();

@@ -42,7 +42,8 @@ pub(super) fn set_blob_properties(
         let res = layout::reserve_list(json.len(), list.len(), extents::encode(&list)?)?;
         store.finish_temp(&mut tmp, BLOB_MAGIC_V2, &res, &json)?;
     } else {
-        let res = layout::reserve(json.len(), &[])?;
+        // A v1 block-list blob (stores from before extents) keeps its list.
+        let res = layout::reserve(json.len(), &raw.read_blocks(&file)?)?;
         copy_data(&file, &raw, props.content_length, &tmp.file, res.data_start)?;
         store.finish_temp(&mut tmp, BLOB_MAGIC, &res, &json)?;
     }

@@ -26,6 +26,9 @@ use crate::store::semantics::{
 };
 use crate::store::{DataSource, StoreError, TxnId, crc64};
 
+/// Reads of a CopyBlob source that another writer keeps replacing.
+const COPY_ATTEMPTS: usize = 3;
+
 /// One committed block as the block-list object records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ListedBlock {
@@ -603,8 +606,10 @@ impl ObjectBlobStore {
         let props = updated_props(&d.blob, &req.update);
         // Only over the version read: a writer in another process must not be undone.
         let version = object_store::UpdateVersion { e_tag: Some(d.blob.etag.clone()), version: None };
-        let (etag, _) =
-            self.rewrite((target, &key, d), (target, &key), &props, txn, object_store::PutMode::Update(version))?;
+        let (etag, _) = self
+            .rewrite((target, &key, d), (target, &key), &props, txn, object_store::PutMode::Update(version))
+            // Deleted by another process since the HEAD.
+            .map_err(|e| if matches!(e, StoreError::InvalidBlockList(_)) { StoreError::BlobNotFound } else { e })?;
         // The old block list names the old transaction; the staged blocks stay.
         self.delete_under(&self.keys.block_lists_dir(target)?, Some(&self.keys.block_list(target, txn)?))?;
         Ok(BlobWritten { etag, last_modified_ms: props.last_modified_ms, content_crc64: d.blob.content_crc64 })
@@ -619,29 +624,51 @@ impl ObjectBlobStore {
         if let Some(m) = &req.metadata {
             attrs::check_user_keys(m)?;
         }
-        let src = self.existing_blob(source, &src_key)?;
-        check_conditions(&src.blob, &req.source_conditions)?;
         let _gate = self.write_gate(&target.container)?;
         self.ensure_container(&target.container)?;
         let _name = self.lock_name(key.as_ref())?;
+        // A replay first: its source may be gone by now.
         let cur = self.head(&key)?;
         if let Some(w) = decide_write(&cur, &req.conditions, txn)? {
             return Ok(w);
         }
-        let props = copied_props(&src.blob, req.metadata.as_ref());
         let mode = put_mode(&req.conditions, &cur);
-        let (etag, _) = self
-            .rewrite((source, &src_key, &src), (target, &key), &props, txn, mode)
-            // The source went away under the copy (another process deleted it).
-            .map_err(|e| if matches!(e, StoreError::InvalidBlockList(_)) { StoreError::BlobNotFound } else { e })?;
-        self.discard_blocks(target, Some(txn))?;
-        Ok(BlobWritten { etag, last_modified_ms: props.last_modified_ms, content_crc64: src.blob.content_crc64 })
+        let mut attempt = 1;
+        loop {
+            // Read under the target's lock: a copy onto itself reads the version it replaces.
+            let src = self.existing_blob(source, &src_key)?;
+            check_conditions(&src.blob, &req.source_conditions)?;
+            let props = copied_props(&src.blob, req.metadata.as_ref());
+            match self.rewrite((source, &src_key, &src), (target, &key), &props, txn, mode.clone()) {
+                Ok((etag, _)) => {
+                    self.discard_blocks(target, Some(txn))?;
+                    return Ok(BlobWritten {
+                        etag,
+                        last_modified_ms: props.last_modified_ms,
+                        content_crc64: src.blob.content_crc64,
+                    });
+                }
+                // The source went away under the copy (another process deleted it).
+                Err(StoreError::InvalidBlockList(_)) => return Err(StoreError::BlobNotFound),
+                // The source was replaced between its HEAD and its pinned read: read it again.
+                Err(StoreError::PreconditionFailed)
+                    if attempt < COPY_ATTEMPTS
+                        && self.head(&src_key)?.is_some_and(|now| now.blob.etag != src.blob.etag) =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Writes the bytes of `from` (read pinned to its ETag, streamed through
     /// the VSP, never the guest) as `to` with `props` and transaction `txn`,
     /// under `mode`; its block list goes along under `txn`. Returns the new
-    /// ETag and whether a block list was written.
+    /// ETag and whether a block list was written. `mode` holds for a single
+    /// PUT only: a blob over `single_put_max` goes up as a multipart upload,
+    /// which object_store cannot make conditional, so there (as for a large
+    /// block-list commit) only this process's name lock guards it.
     fn rewrite(
         &self,
         from: (&BlobRef, &Path, &Decoded),
