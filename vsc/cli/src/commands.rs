@@ -37,13 +37,7 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
         Cmd::Mb { container } => Ok(c.container(container).create().map(|_| ())?),
         Cmd::Rb { container } => Ok(c.container(container).delete()?),
         Cmd::Ls { path: None, long, json, .. } => {
-            let format = if *json {
-                Listing::Json
-            } else if *long {
-                Listing::Long
-            } else {
-                Listing::Short
-            };
+            let format = Listing::of(*long, *json);
             let options = ListContainersOptions { include_metadata: *json, ..ListContainersOptions::default() };
             for e in c.list_containers(options).items() {
                 println!("{}", format.container_line(&e?));
@@ -55,13 +49,7 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             let delim = if *recursive { "" } else { "/" };
             let options = ListBlobsOptions { include_metadata: *json, ..ListBlobsOptions::prefix(prefix) };
             let options = options.with_delimiter(delim);
-            let format = if *json {
-                Listing::Json
-            } else if *long {
-                Listing::Long
-            } else {
-                Listing::Short
-            };
+            let format = Listing::of(*long, *json);
             // Printed as the pages come: a large container is never held whole.
             for item in c.container(container).list_blobs(options).items() {
                 println!("{}", format.line(&item?));

@@ -14,6 +14,15 @@ pub enum Listing {
 }
 
 impl Listing {
+    /// The format `-l` / `--json` ask for (`--json` wins).
+    pub fn of(long: bool, json: bool) -> Self {
+        match (long, json) {
+            (_, true) => Listing::Json,
+            (true, false) => Listing::Long,
+            (false, false) => Listing::Short,
+        }
+    }
+
     /// One listing entry as one line.
     pub fn line(self, item: &BlobListItem) -> String {
         match (self, item) {

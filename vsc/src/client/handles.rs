@@ -348,18 +348,12 @@ impl BlobHandle {
             conditions,
             metadata,
         });
-        match self.client.call(&op, Data::None)?.response {
-            OpResponse::BlobWritten(w) => Ok(w),
-            r => Err(ClientError::unexpected(r)),
-        }
+        written(self.client.call(&op, Data::None)?)
     }
 
     fn set(&self, update: BlobUpdate, conditions: Conditions) -> Result<BlobWritten, ClientError> {
         let op = OpRequest::SetBlobProperties(SetBlobProperties { target: self.target()?.clone(), update, conditions });
-        match self.client.call(&op, Data::None)?.response {
-            OpResponse::BlobWritten(w) => Ok(w),
-            r => Err(ClientError::unexpected(r)),
-        }
+        written(self.client.call(&op, Data::None)?)
     }
 
     pub fn block_list(&self, list_type: BlockListType) -> Result<Vec<BlockInfo>, ClientError> {

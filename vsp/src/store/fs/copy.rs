@@ -7,11 +7,11 @@
 
 use vmblob_protocol::ops::{BlobWritten, CopyBlob};
 
+use super::FsStore;
 use super::extents::{self, Extent, Linked};
 use super::index::IndexEntry;
-use super::layout::{self, BLOB_MAGIC, BLOB_MAGIC_V2, BlobHeader};
-use super::props::copy_data;
-use super::{FaultPoint, FsStore};
+use super::layout::{self, BlobHeader};
+use super::props::temp_with_content;
 use crate::store::semantics::{check_conditions, check_write, copied_props, written};
 use crate::store::{StoreError, TxnId};
 
@@ -33,28 +33,21 @@ pub(super) fn copy_blob(store: &FsStore, req: &CopyBlob, txn: &TxnId) -> Result<
     check_conditions(&src, &req.source_conditions)?;
     let props = copied_props(&src, req.metadata.as_ref());
     let json = layout::to_json(&BlobHeader::new(name, &props, txn))?;
-    let mut tmp = store.layout.temp_file("copy")?;
     let mut linked = None;
-    if raw.extents {
+    let mut tmp = if raw.extents {
         let dir = extents::ensure_dir(&to.dir, name, store.layout.modes)?;
         let src_dir = layout::extents_dir(&from.dir, src_name);
         let mut links = Linked::new(dir.clone());
-        let list = extents::read_list(&raw, &file)?
-            .into_iter()
-            .map(|e| Ok(Extent { file: links.link(&src_dir.join(&e.file))?, ..e }))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        // The links must be durable before a blob file names them.
+        let tmp = temp_with_content(store, "copy", (&file, &raw), &json, props.content_length, |e| {
+            Ok(Extent { file: links.link(&src_dir.join(&e.file))?, ..e })
+        })?;
+        // The links must be durable before a blob file names them (at the rename).
         layout::sync_dir(&dir)?;
-        store.checkpoint(FaultPoint::ExtentsLinked, None)?;
-        let res = layout::reserve_list(json.len(), list.len(), extents::encode(&list)?)?;
-        store.finish_temp(&mut tmp, BLOB_MAGIC_V2, &res, &json)?;
         linked = Some(links);
+        tmp
     } else {
-        // A v1 block-list source (stores from before extents) keeps its list.
-        let res = layout::reserve(json.len(), &raw.read_blocks(&file)?)?;
-        copy_data(&file, &raw, props.content_length, &tmp.file, res.data_start)?;
-        store.finish_temp(&mut tmp, BLOB_MAGIC, &res, &json)?;
-    }
+        temp_with_content(store, "copy", (&file, &raw), &json, props.content_length, Ok)?
+    };
     let entry = IndexEntry { props: props.clone(), txn: *txn };
     let result = store.commit(&to, &mut tmp, &layout::blob_path(&to.dir, name), false, || {
         to.set_entry(name, Some(entry));

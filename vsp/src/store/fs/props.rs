@@ -10,8 +10,9 @@ use std::io::{self, Read as _, Seek as _, SeekFrom};
 
 use vmblob_protocol::ops::{BlobWritten, SetBlobProperties};
 
+use super::extents::Extent;
 use super::index::IndexEntry;
-use super::layout::{self, BLOB_MAGIC, BLOB_MAGIC_V2, BlobHeader, RawHeader};
+use super::layout::{self, BLOB_MAGIC, BLOB_MAGIC_V2, BlobHeader, RawHeader, TempFile};
 use super::{FsStore, extents};
 use crate::store::semantics::{check_write, update_condition, updated_props, written};
 use crate::store::{StoreError, TxnId};
@@ -36,17 +37,8 @@ pub(super) fn set_blob_properties(
     let (file, raw, old) = store.open_blob(&c, name)?.ok_or(StoreError::BlobNotFound)?;
     let props = updated_props(&old, &req.update);
     let json = layout::to_json(&BlobHeader::new(name, &props, txn))?;
-    let mut tmp = store.layout.temp_file("blob")?;
-    if raw.extents {
-        let list = extents::read_list(&raw, &file)?;
-        let res = layout::reserve_list(json.len(), list.len(), extents::encode(&list)?)?;
-        store.finish_temp(&mut tmp, BLOB_MAGIC_V2, &res, &json)?;
-    } else {
-        // A v1 block-list blob (stores from before extents) keeps its list.
-        let res = layout::reserve(json.len(), &raw.read_blocks(&file)?)?;
-        copy_data(&file, &raw, props.content_length, &tmp.file, res.data_start)?;
-        store.finish_temp(&mut tmp, BLOB_MAGIC, &res, &json)?;
-    }
+    // The same extents, named as they are.
+    let mut tmp = temp_with_content(store, "blob", (&file, &raw), &json, props.content_length, Ok)?;
     // The new file keeps the old one's mtime: at open, blocks staged before a
     // blob file's mtime count as discarded by that write (gc.rs), and this
     // one discards none.
@@ -60,8 +52,33 @@ pub(super) fn set_blob_properties(
     Ok(written(&props))
 }
 
+/// A finished temp file with header `json` and the content of the blob open
+/// as `file`: a v2 blob's extents as `relink` names them (the same ones for a
+/// property change, links into the target's directory for a copy), or a v1
+/// blob's `len` data bytes and block list (stores from before extents), copied.
+pub(super) fn temp_with_content(
+    store: &FsStore,
+    kind: &str,
+    (file, raw): (&File, &RawHeader),
+    json: &[u8],
+    len: u64,
+    relink: impl FnMut(Extent) -> Result<Extent, StoreError>,
+) -> Result<TempFile, StoreError> {
+    let mut tmp = store.layout.temp_file(kind)?;
+    if raw.extents {
+        let list = extents::read_list(raw, file)?.into_iter().map(relink).collect::<Result<Vec<_>, _>>()?;
+        let res = layout::reserve_list(json.len(), list.len(), extents::encode(&list)?)?;
+        store.finish_temp(&mut tmp, BLOB_MAGIC_V2, &res, json)?;
+    } else {
+        let res = layout::reserve(json.len(), &raw.read_blocks(file)?)?;
+        copy_data(file, raw, len, &tmp.file, res.data_start)?;
+        store.finish_temp(&mut tmp, BLOB_MAGIC, &res, json)?;
+    }
+    Ok(tmp)
+}
+
 /// The `len` data bytes of a whole-written blob into `to` at `at`.
-pub(super) fn copy_data(from: &File, raw: &RawHeader, len: u64, mut to: &File, at: u64) -> Result<(), StoreError> {
+fn copy_data(from: &File, raw: &RawHeader, len: u64, mut to: &File, at: u64) -> Result<(), StoreError> {
     let mut src = from;
     src.seek(SeekFrom::Start(raw.data_start))?;
     to.seek(SeekFrom::Start(at))?;

@@ -108,7 +108,6 @@ pub(crate) fn mark_type_cleared(a: &mut Attributes) {
 }
 
 /// Properties read back from a HEAD.
-#[derive(Clone)]
 pub(crate) struct Decoded {
     pub txn: Option<TxnId>,
     pub blob: BlobProperties,

@@ -19,7 +19,9 @@ use vmblob_protocol::ops::{
 use super::attrs::{self, Decoded, Stored};
 use super::bridge::{is_not_found, store_err};
 use super::crc::combine;
+use super::gate::Pass;
 use super::{Current, ObjectBlobStore, decide_write, put_mode};
+use crate::store::semantics::NameGuard;
 use crate::store::semantics::{
     CommittedBlock, Digests, PartSource, check_conditions, check_size, check_stage_room, copied_props, ingest, now_ms,
     resolve_block_list, unhex, update_condition, updated_props, verify,
@@ -185,6 +187,13 @@ impl ObjectBlobStore {
         }
     }
 
+    /// Deletes `key`, an object a failed write left behind; a failure only
+    /// leaves it to the janitor.
+    fn forget(&self, key: &Path) {
+        let store = &*self.store;
+        let _ = self.bridge.commit(async { object_store::ObjectStoreExt::delete(store, key).await.map_err(store_err) });
+    }
+
     fn etag_of(&self, key: &Path) -> Result<String, StoreError> {
         self.head(key)?.map(|d| d.blob.etag).ok_or_else(|| StoreError::Remote("written object vanished".into()))
     }
@@ -273,10 +282,7 @@ impl ObjectBlobStore {
                 let etag = self.copy_pieces(&key, attrs::encode(&stored(d.crc64, d.md5))?, &[piece])?;
                 Ok(Ok(etag))
             });
-            let store = &*self.store;
-            let _ = self
-                .bridge
-                .commit(async { object_store::ObjectStoreExt::delete(store, &temp).await.map_err(store_err) });
+            self.forget(&temp);
             match r? {
                 Ok(etag) => (etag, d.crc64),
                 Err(replayed) => return Ok(replayed),
@@ -352,8 +358,8 @@ impl ObjectBlobStore {
         Ok(d.crc64)
     }
 
-    fn read_block_list(&self, target: &BlobRef, cur: &Current) -> Result<Vec<ListedBlock>, StoreError> {
-        let Some(d) = cur.as_ref().filter(|d| d.blob.committed_blocks > 0) else { return Ok(Vec::new()) };
+    fn read_block_list(&self, target: &BlobRef, cur: Option<&Decoded>) -> Result<Vec<ListedBlock>, StoreError> {
+        let Some(d) = cur.filter(|d| d.blob.committed_blocks > 0) else { return Ok(Vec::new()) };
         let Some(txn) = d.txn else { return Ok(Vec::new()) };
         let key = self.keys.block_list(target, &txn)?;
         let store = &*self.store;
@@ -383,7 +389,7 @@ impl ObjectBlobStore {
         }
         let mut out = Vec::new();
         if list_type != BlockListType::Uncommitted {
-            for b in self.read_block_list(target, &cur)? {
+            for b in self.read_block_list(target, cur.as_ref())? {
                 let id = unhex(&b.id).ok_or_else(|| StoreError::Remote("block list object: bad id".into()))?;
                 out.push(BlockInfo { id, size: b.size, committed: true });
             }
@@ -467,19 +473,26 @@ impl ObjectBlobStore {
         self.complete(up)?.map_or_else(|| self.etag_of(key), Ok)
     }
 
+    /// The start of every checked write of `target`: its container's gate, the
+    /// container still there, the name locked, and what the name holds now.
+    fn lock_for_write(&self, target: &BlobRef, key: &Path) -> Result<(Pass<'_>, NameGuard<'_>, Current), StoreError> {
+        let gate = self.write_gate(&target.container)?;
+        self.ensure_container(&target.container)?;
+        let name = self.lock_name(key.as_ref())?;
+        let cur = self.head(key)?;
+        Ok((gate, name, cur))
+    }
+
     pub(super) fn commit_block_list(&self, req: &PutBlockList, txn: &TxnId) -> Result<BlobWritten, StoreError> {
         let target = &req.target;
         let key = self.keys.blob(target)?;
         attrs::check_user_keys(&req.metadata)?;
-        let _gate = self.write_gate(&target.container)?;
-        self.ensure_container(&target.container)?;
-        let _name = self.lock_name(key.as_ref())?;
-        let cur = self.head(&key)?;
+        let (_gate, _name, cur) = self.lock_for_write(target, &key)?;
         if let Some(w) = decide_write(&cur, &req.conditions, txn)? {
             return Ok(w);
         }
         let staged = self.staged(target)?;
-        let old = self.read_block_list(target, &cur)?;
+        let old = self.read_block_list(target, cur.as_ref())?;
         let committed: Vec<CommittedBlock> =
             old.iter().map(|b| CommittedBlock { id: unhex(&b.id).unwrap_or_default(), size: b.size }).collect();
         let (parts, total) =
@@ -574,10 +587,7 @@ impl ObjectBlobStore {
         let etag = match written {
             Ok(e) => e,
             Err(e) => {
-                let store = &*self.store;
-                let _ = self
-                    .bridge
-                    .commit(async { object_store::ObjectStoreExt::delete(store, &list_key).await.map_err(store_err) });
+                self.forget(&list_key);
                 return Err(e);
             }
         };
@@ -595,10 +605,7 @@ impl ObjectBlobStore {
         if let BlobUpdate::Metadata(m) = &req.update {
             attrs::check_user_keys(m)?;
         }
-        let _gate = self.write_gate(&target.container)?;
-        self.ensure_container(&target.container)?;
-        let _name = self.lock_name(key.as_ref())?;
-        let cur = self.head(&key)?;
+        let (_gate, _name, cur) = self.lock_for_write(target, &key)?;
         if let Some(w) = decide_write(&cur, &req.conditions, txn).map_err(update_condition)? {
             return Ok(w);
         }
@@ -606,10 +613,8 @@ impl ObjectBlobStore {
         let props = updated_props(&d.blob, &req.update);
         // Only over the version read: a writer in another process must not be undone.
         let version = object_store::UpdateVersion { e_tag: Some(d.blob.etag.clone()), version: None };
-        let (etag, _) = self
-            .rewrite((target, &key, d), (target, &key), &props, txn, object_store::PutMode::Update(version))
-            // Deleted by another process since the HEAD.
-            .map_err(|e| if matches!(e, StoreError::InvalidBlockList(_)) { StoreError::BlobNotFound } else { e })?;
+        let etag =
+            self.rewrite((target, &key, d), (target, &key), &props, txn, object_store::PutMode::Update(version))?;
         // The old block list names the old transaction; the staged blocks stay.
         self.delete_under(&self.keys.block_lists_dir(target)?, Some(&self.keys.block_list(target, txn)?))?;
         Ok(BlobWritten { etag, last_modified_ms: props.last_modified_ms, content_crc64: d.blob.content_crc64 })
@@ -624,11 +629,8 @@ impl ObjectBlobStore {
         if let Some(m) = &req.metadata {
             attrs::check_user_keys(m)?;
         }
-        let _gate = self.write_gate(&target.container)?;
-        self.ensure_container(&target.container)?;
-        let _name = self.lock_name(key.as_ref())?;
+        let (_gate, _name, cur) = self.lock_for_write(target, &key)?;
         // A replay first: its source may be gone by now.
-        let cur = self.head(&key)?;
         if let Some(w) = decide_write(&cur, &req.conditions, txn)? {
             return Ok(w);
         }
@@ -640,7 +642,7 @@ impl ObjectBlobStore {
             check_conditions(&src.blob, &req.source_conditions)?;
             let props = copied_props(&src.blob, req.metadata.as_ref());
             match self.rewrite((source, &src_key, &src), (target, &key), &props, txn, mode.clone()) {
-                Ok((etag, _)) => {
+                Ok(etag) => {
                     self.discard_blocks(target, Some(txn))?;
                     return Ok(BlobWritten {
                         etag,
@@ -648,8 +650,6 @@ impl ObjectBlobStore {
                         content_crc64: src.blob.content_crc64,
                     });
                 }
-                // The source went away under the copy (another process deleted it).
-                Err(StoreError::InvalidBlockList(_)) => return Err(StoreError::BlobNotFound),
                 // The source was replaced between its HEAD and its pinned read: read it again.
                 Err(StoreError::PreconditionFailed)
                     if attempt < COPY_ATTEMPTS
@@ -665,7 +665,7 @@ impl ObjectBlobStore {
     /// Writes the bytes of `from` (read pinned to its ETag, streamed through
     /// the VSP, never the guest) as `to` with `props` and transaction `txn`,
     /// under `mode`; its block list goes along under `txn`. Returns the new
-    /// ETag and whether a block list was written. `mode` holds for a single
+    /// ETag; a source deleted meanwhile is `BlobNotFound`. `mode` holds for a single
     /// PUT only: a blob over `single_put_max` goes up as a multipart upload,
     /// which object_store cannot make conditional, so there (as for a large
     /// block-list commit) only this process's name lock guards it.
@@ -676,9 +676,9 @@ impl ObjectBlobStore {
         props: &BlobProperties,
         txn: &TxnId,
         mode: object_store::PutMode,
-    ) -> Result<(String, bool), StoreError> {
+    ) -> Result<String, StoreError> {
         let ((from_ref, from_key, d), (to_ref, to_key)) = (from, to);
-        let listed = self.read_block_list(from_ref, &Some(d.clone()))?;
+        let listed = self.read_block_list(from_ref, Some(d))?;
         let list_key = self.keys.block_list(to_ref, txn)?;
         if !listed.is_empty() {
             let bytes = serde_json::to_vec(&listed).map_err(|e| StoreError::Remote(e.to_string()))?;
@@ -710,17 +710,10 @@ impl ObjectBlobStore {
         } else {
             self.copy_pieces(to_key, attributes, &[piece])
         };
-        match written {
-            Ok(etag) => Ok((etag, !listed.is_empty())),
-            Err(e) => {
-                if !listed.is_empty() {
-                    let store = &*self.store;
-                    let _ = self.bridge.commit(async {
-                        object_store::ObjectStoreExt::delete(store, &list_key).await.map_err(store_err)
-                    });
-                }
-                Err(e)
-            }
+        if written.is_err() && !listed.is_empty() {
+            self.forget(&list_key);
         }
+        // Reading a piece whose object is gone says "block data missing": here the source went.
+        written.map_err(|e| if matches!(e, StoreError::InvalidBlockList(_)) { StoreError::BlobNotFound } else { e })
     }
 }
