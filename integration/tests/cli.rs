@@ -320,6 +320,49 @@ fn filtered_copies_and_sync() {
     assert_eq!(names("tree/sync"), ["syncx"], "tree/syncx is not under tree/sync/");
 }
 
+/// `sync --delete-destination`: what only the destination has goes, among
+/// the names the filters pass, and only with `--yes`.
+#[test]
+fn sync_deletes_what_only_the_destination_has() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket();
+    ok(s, &["mb", "tree"]);
+    let local = sb.dir.join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    for (rel, body) in [("a.txt", "A"), ("b.txt", "B"), ("keep.tmp", "K")] {
+        std::fs::write(local.join(rel), body).unwrap();
+    }
+    let local_s = local.to_str().unwrap();
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let names = |prefix: &str| -> Vec<String> {
+        ok(s, &["ls", "-r", prefix]).lines().map(|l| l.split_whitespace().last().unwrap().to_owned()).collect()
+    };
+    ok(s, &["sync", local_s, "tree/s"]);
+    std::fs::remove_file(local.join("b.txt")).unwrap();
+    let z = sb.dir.join("z");
+    std::fs::write(&z, "Z").unwrap();
+    ok(s, &["put", z.to_str().unwrap(), "tree/s/z.txt"]);
+    ok(s, &["put", z.to_str().unwrap(), "tree/s/x.tmp"]);
+
+    let o = vmblob(Some(s), &["sync", local_s, "tree/s", "--delete-destination"]);
+    assert!(out(&o).contains("3 would be deleted (add --yes"), "{o:?}");
+    assert_eq!(names("tree/s").len(), 5, "nothing deleted unconfirmed");
+    let o = vmblob(Some(s), &["sync", local_s, "tree/s", "--delete-destination", "--yes", "--exclude", "*.tmp"]);
+    assert!(out(&o).contains("sync: 0 copied, 1 already current, 2 deleted"), "{o:?}");
+    assert_eq!(names("tree/s"), ["s/a.txt", "s/keep.tmp", "s/x.tmp"], "excluded names are not deleted");
+
+    // Downloading: local files the device does not have go.
+    let back = sb.dir.join("back");
+    std::fs::create_dir_all(back.join("old")).unwrap();
+    std::fs::write(back.join("old/gone.txt"), "G").unwrap();
+    let back_s = back.to_str().unwrap();
+    let o = vmblob(Some(s), &["sync", "tree/s", back_s, "--delete-destination", "--yes"]);
+    assert!(out(&o).contains("sync: 3 copied, 0 already current, 1 deleted"), "{o:?}");
+    assert!(!back.join("old/gone.txt").exists());
+    assert_eq!(std::fs::read(back.join("x.tmp")).unwrap(), b"Z");
+}
+
 #[test]
 fn directory_copies_round_trip() {
     let sb = Sandbox::new();

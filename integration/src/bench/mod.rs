@@ -59,7 +59,7 @@ impl Config {
                 queues: 2,
                 guest_poll: Duration::from_micros(50),
                 vsp_args: Vec::new(),
-                copy_out: true,
+                copy_out: false,
             },
             only: None,
             workdir: None,

@@ -178,7 +178,7 @@ impl Report {
         let _ = writeln!(
             s,
             "vmblob-bench ({mode}): {} cores, kernel {}, {} reps x {:.2} s, vmblob queues {}, guest poll {} us, \
-             vsp args [{}], GET copy-out {}, {:.0} s in all; load average at start {}, at end {}\n",
+             vsp args [{}], GET bytes {}, {:.0} s in all; load average at start {}, at end {}\n",
             self.cores,
             self.kernel,
             self.reps,
@@ -186,7 +186,7 @@ impl Report {
             self.vmblob_queues,
             self.guest_poll_us,
             self.vsp_args.join(" "),
-            if self.vmblob_copy_out { "on" } else { "OFF" },
+            if self.vmblob_copy_out { "copied out" } else { "read in place" },
             self.elapsed_s,
             self.loadavg_start,
             self.loadavg_end

@@ -39,10 +39,11 @@ struct Args {
     /// Extra `vmblob-vsp` flag (repeatable), e.g. --vsp-arg=--poll-us=50.
     #[arg(long = "vsp-arg", allow_hyphen_values = true)]
     vsp_args: Vec<String>,
-    /// vmblob GETs leave the data in the DMA buffer instead of copying it out
-    /// (the transport alone; today's client API needs the copy).
+    /// vmblob GETs copy their bytes out of the DMA buffer into the caller's
+    /// memory (`submit_get`/`get_opts`) instead of reading them in place
+    /// (`submit_get_bytes`/`get_bytes`, the default).
     #[arg(long)]
-    no_copy_out: bool,
+    copy_out: bool,
     /// Run only the workloads whose label contains this text (e.g. "1 MiB Get").
     #[arg(long)]
     only: Option<String>,
@@ -69,7 +70,7 @@ fn main() -> ExitCode {
     cfg.vmblob.vsp_args = args.vsp_args;
     cfg.workdir = args.workdir;
     cfg.only = args.only;
-    cfg.vmblob.copy_out = !args.no_copy_out;
+    cfg.vmblob.copy_out = args.copy_out;
     let report = bench::run(&cfg);
     println!("{}", report.to_markdown());
     if let Some(path) = args.json {

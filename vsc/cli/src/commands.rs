@@ -13,7 +13,7 @@ use super::args::{device_etag, etag_arg, metadata_arg, name_for_type, parse_rang
 use super::filter::Filter;
 use super::listing::{Listing, hex, props_json, rfc3339};
 use super::paths::{blob, split};
-use super::sync::sync;
+use super::sync::{Extra, sync};
 use super::tree::{copy, remove_under};
 use super::{Cli, CliError, Cmd};
 
@@ -131,8 +131,13 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             }
             copy(cli, c, src, dest, *recursive, &Filter::new(&filter.include, &filter.exclude)?)
         }
-        Cmd::Sync { src, dest, filter } => {
-            sync(cli, c, src, dest, &Filter::new(&filter.include, &filter.exclude)?).map(|_| ())
+        Cmd::Sync { src, dest, filter, delete_destination, yes } => {
+            let delete = match (delete_destination, yes) {
+                (false, _) => Extra::Keep,
+                (true, false) => Extra::Count,
+                (true, true) => Extra::Delete,
+            };
+            sync(cli, c, src, dest, &Filter::new(&filter.include, &filter.exclude)?, delete).map(|_| ())
         }
         Cmd::Demo { .. } => Err(CliError::Usage("demo needs no socket".into())),
     }

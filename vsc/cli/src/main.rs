@@ -253,6 +253,13 @@ pub enum Cmd {
         dest: String,
         #[command(flatten)]
         filter: FilterArgs,
+        /// Also delete what DEST has and SRC does not (among the names the filters
+        /// pass), as azcopy's --delete-destination; only with --yes, else it says how many.
+        #[arg(long)]
+        delete_destination: bool,
+        /// Confirm --delete-destination.
+        #[arg(long)]
+        yes: bool,
     },
     /// Start a vmblob-vsp with a temporary store, round-trip a blob through
     /// it and say what happened.

@@ -13,10 +13,11 @@ use vmblob_protocol::ops::{
 };
 
 use super::{
-    BlobClient, BlobContent, BlockUploader, CopyOptions, CreateContainerOptions, Data, GetOptions, ListBlobsOptions,
-    OpResult, Page, Pages, PendingOp, PutOptions,
+    BlobBytes, BlobClient, BlobContent, BlockUploader, CopyOptions, CreateContainerOptions, Data, GetOptions,
+    ListBlobsOptions, OpResult, Page, Pages, PendingOp, PutOptions,
 };
 use crate::error::{ClientError, ProtocolError};
+use crate::transport::dma::DmaBytes;
 
 /// A name as given, and whether the rules accept it.
 #[derive(Clone, PartialEq, Eq)]
@@ -176,25 +177,24 @@ fn staged(r: OpResult) -> Result<u64, ClientError> {
 }
 
 fn content(r: OpResult) -> Result<BlobContent, ClientError> {
-    let mut data = Vec::new();
-    let properties = read_into(r, &mut data)?;
-    Ok(BlobContent { properties, data })
+    let got = in_place(r)?;
+    Ok(BlobContent { properties: got.properties, data: got.data.to_vec() })
 }
 
-/// The properties of a GetBlob answer; its bytes go into `data` (resized to them).
-pub(super) fn read_into(r: OpResult, data: &mut Vec<u8>) -> Result<BlobProperties, ClientError> {
+/// A GetBlob answer with its bytes left in the DMA buffer.
+pub(super) fn in_place(r: OpResult) -> Result<BlobBytes, ClientError> {
     match r.response {
         OpResponse::BlobData { properties, length, .. } => {
-            // The device says how much it wrote: check before allocating.
+            // The device says how much it wrote: check it against the buffer it was given.
             let cap = r.data.as_ref().map_or(0, |b| b.len() as u64);
             if length > cap {
                 return Err(ProtocolError::DataOverrun { length, cap }.into());
             }
-            data.resize(length as usize, 0);
-            if let Some(buf) = r.data {
-                buf.read_at(0, data)?;
-            }
-            Ok(properties)
+            let data = match r.data {
+                Some(buf) => DmaBytes::new(buf, length as usize)?,
+                None => DmaBytes::empty(),
+            };
+            Ok(BlobBytes { properties, data })
         }
         r => Err(ClientError::unexpected(r)),
     }
@@ -300,6 +300,23 @@ impl BlobHandle {
         });
         let cap = usize::try_from(length).unwrap_or(usize::MAX);
         Ok(Pending::new(self.client.submit(&op, Data::In(cap))?, content))
+    }
+
+    /// One ranged GetBlob whose bytes stay in the DMA buffer the device
+    /// wrote: no copy, the buffer is the caller's until it drops the answer.
+    /// For reads the caller consumes at once or hands on as `bytes::Bytes`
+    /// ([`DmaBytes::into_bytes`]); [`BlobHandle::get_opts`] copies instead.
+    pub fn get_bytes(&self, range: std::ops::Range<u64>, conditions: Conditions) -> Result<BlobBytes, ClientError> {
+        self.submit_get_bytes(range, conditions)?.wait()
+    }
+
+    /// [`BlobHandle::get_bytes`] without waiting.
+    pub fn submit_get_bytes(
+        &self,
+        range: std::ops::Range<u64>,
+        conditions: Conditions,
+    ) -> Result<Pending<BlobBytes>, ClientError> {
+        Ok(Pending::new(self.submit_get(range, conditions)?.into_raw(), in_place))
     }
 
     pub fn properties(&self) -> Result<BlobProperties, ClientError> {

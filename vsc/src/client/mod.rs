@@ -15,7 +15,8 @@ pub(crate) mod upload;
 pub use handles::{BlobHandle, ContainerClient, Pending};
 pub use list::{Items, Page, Pages};
 pub use options::{
-    BlobContent, CopyOptions, CreateContainerOptions, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions,
+    BlobBytes, BlobContent, CopyOptions, CreateContainerOptions, GetOptions, ListBlobsOptions, ListContainersOptions,
+    PutOptions,
 };
 pub use upload::{BlockUploader, StagedBlocks};
 pub(crate) use upload::{superseded, upload_tag};

@@ -6,6 +6,8 @@ use std::ops::Range;
 
 use vmblob_protocol::ops::{BlobProperties, Conditions, Metadata};
 
+use crate::transport::dma::DmaBytes;
+
 /// How a blob is written.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutOptions {
@@ -50,6 +52,15 @@ impl GetOptions {
 pub struct BlobContent {
     pub properties: BlobProperties,
     pub data: Vec<u8>,
+}
+
+/// What a read returned, its bytes left where the device wrote them
+/// ([`crate::BlobHandle::get_bytes`]); the DMA buffer is the caller's until
+/// `data` is dropped.
+#[derive(Debug)]
+pub struct BlobBytes {
+    pub properties: BlobProperties,
+    pub data: DmaBytes,
 }
 
 /// How a container is created.

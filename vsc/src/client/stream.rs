@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 
 use vmblob_protocol::ops::{BlobProperties, BlobWritten, Conditions, ETag};
 
-use super::handles::read_into;
+use super::handles::in_place;
 use super::{BlobHandle, PutOptions};
 use crate::error::{ClientError, ProtocolError};
 
@@ -131,8 +131,6 @@ impl BlobHandle {
         let mut window = VecDeque::new();
         let mut next = 0u64;
         let mut done = 0u64;
-        // One scratch buffer for every range instead of a fresh one each.
-        let mut data = Vec::with_capacity(chunk.min(size) as usize);
         loop {
             while next < size && window.len() < self.client().options().parallel.max(1) {
                 let n = (size - next).min(chunk);
@@ -140,7 +138,8 @@ impl BlobHandle {
                 next += n;
             }
             let Some((op, n)) = window.pop_front() else { break };
-            read_into(op.wait()?, &mut data)?;
+            // Checked and written straight from the DMA buffer the device filled.
+            let data = in_place(op.wait()?)?.data;
             if data.len() as u64 != n {
                 return Err(ProtocolError::ShortRead { got: data.len() as u64, want: n }.into());
             }

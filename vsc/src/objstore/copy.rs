@@ -54,8 +54,8 @@ fn copy_once(from: &BlobHandle, to: &BlobHandle, to_conditions: Conditions) -> R
     let size = props.content_length;
     let block = from.client().block_size() as u64;
     let written = if size <= block {
-        let data = if size == 0 { Vec::new() } else { read_pinned(from, 0, size as usize, pin)? };
-        write::put_whole(to, &PutPayload::from(Bytes::from(data)), &attrs, to_conditions)?
+        let data = if size == 0 { Bytes::new() } else { read_pinned(from, 0, size as usize, pin)? };
+        write::put_whole(to, &PutPayload::from(data), &attrs, to_conditions)?
     } else {
         let tag = UploadTag::random();
         let mut uploader = to.block_uploader();

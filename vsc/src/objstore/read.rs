@@ -43,15 +43,17 @@ fn pinned(props: &BlobProperties) -> Result<Conditions, ObjStoreError> {
     Ok(Conditions { if_match: Some(etag), if_none_match: None })
 }
 
-/// Up to `len` bytes at `offset`, if `conditions` hold.
+/// Up to `len` bytes at `offset`, if `conditions` hold: `Bytes` that own
+/// the DMA buffer the device filled while the pool has room, else a copy
+/// ([`crate::dma::DmaBytes::into_bytes`]).
 fn read(
     blob: &BlobHandle,
     offset: u64,
     len: usize,
     conditions: Conditions,
-) -> Result<(BlobProperties, Vec<u8>), ObjStoreError> {
-    let got = blob.get_opts(crate::GetOptions { range: Some(offset..offset + len as u64), conditions })?;
-    Ok((got.properties, got.data))
+) -> Result<(BlobProperties, Bytes), ObjStoreError> {
+    let got = blob.get_bytes(offset..offset + len as u64, conditions)?;
+    Ok((got.properties, got.data.into_bytes()))
 }
 
 /// Exactly `len` bytes at `offset` of the version `conditions` pins.
@@ -60,7 +62,7 @@ pub(crate) fn read_pinned(
     offset: u64,
     len: usize,
     conditions: Conditions,
-) -> Result<Vec<u8>, ObjStoreError> {
+) -> Result<Bytes, ObjStoreError> {
     match read(blob, offset, len, conditions) {
         Ok((_, data)) if data.len() == len => Ok(data),
         Ok((_, data)) => {
@@ -77,7 +79,7 @@ pub(crate) fn read_pinned(
 struct FirstRead {
     props: BlobProperties,
     start: u64,
-    data: Vec<u8>,
+    data: Bytes,
 }
 
 fn first_read(blob: &BlobHandle, range: Option<&GetRange>, conditions: Conditions) -> Result<FirstRead, ObjStoreError> {
@@ -153,7 +155,7 @@ pub(crate) async fn get(blob: BlobHandle, location: Path, options: GetOptions) -
     let whole = range == (0..first.props.content_length);
     let body = rest_of(blob, &first, range.end, location.to_string())?;
     let crc = first.props.content_crc64;
-    let head = stream::iter((!first.data.is_empty()).then(|| Ok(Bytes::from(first.data))));
+    let head = stream::iter((!first.data.is_empty()).then_some(Ok(first.data)));
     let mut payload = head.chain(body).boxed();
     if whole {
         payload = verify_crc(payload, crc, location.to_string());
@@ -186,10 +188,9 @@ fn rest_of(
         .map(move |(off, len)| {
             let (b, cond, path) = (blob.clone(), conditions.clone(), path.clone());
             async move {
-                let data = blocking::run(move || read_pinned(&b, off, len, cond))
+                blocking::run(move || read_pinned(&b, off, len, cond))
                     .await
-                    .map_err(|e| e.into_os(&path, OnPrecondition::Precondition))?;
-                Ok(Bytes::from(data))
+                    .map_err(|e| e.into_os(&path, OnPrecondition::Precondition))
             }
         })
         .buffered(ahead)

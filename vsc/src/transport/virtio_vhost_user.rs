@@ -14,9 +14,9 @@
 //! completes, each once, what the old one had taken; what it never took is
 //! still in the avail ring. Only a backend away for longer than
 //! [`VirtioOptions::hold_for`] gets the rescind. With
-//! polling on, a caller waiting on its request first reaps the used rings
+//! polling on, a caller waiting on a lone request first reaps the used rings
 //! itself for up to the poll window (interrupts off meanwhile), so a quick
-//! completion reaches it without waking the reaper.
+//! completion reaches it without waking the reaper; one thread spins at most.
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -57,9 +57,10 @@ pub struct VirtioOptions {
     pub frontend: FrontendOptions,
     /// Reconnect after the backend goes away.
     pub reconnect: bool,
-    /// Busy-poll the used rings this long after the last completion before
-    /// sleeping on the call eventfds (zero: interrupts only). Polling stops
-    /// when idle, so an idle client burns no CPU.
+    /// How long a caller waiting on a lone request busy-polls the used rings
+    /// before sleeping until the reaper wakes it (zero: interrupts only).
+    /// Only one thread spins at a time, and only at queue depth 1: deeper,
+    /// completions come from notifications. An idle client burns no CPU.
     pub poll: Duration,
     /// With an inflight region, how long a hang-up keeps pending requests
     /// for the backend's return before rescinding them; about the requests'
@@ -122,6 +123,8 @@ struct Inner {
     back: Condvar,
     back_lock: Mutex<()>,
     poll: Duration,
+    /// Threads busy-polling the used rings now (at most one: see `Inner::may_spin`).
+    spinning: AtomicUsize,
     retry_interval: Duration,
 }
 
@@ -129,6 +132,15 @@ struct Inner {
 pub struct VirtioTransport {
     inner: Arc<Inner>,
     reaper: Option<JoinHandle<()>>,
+}
+
+/// The busy-poll slot, given back on drop.
+struct SpinSlot<'a>(&'a AtomicUsize);
+
+impl Drop for SpinSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -181,6 +193,7 @@ impl VirtioTransport {
             back: Condvar::new(),
             back_lock: Mutex::new(()),
             poll: opts.poll,
+            spinning: AtomicUsize::new(0),
             retry_interval: opts.frontend.retry_interval,
         });
         inner.table.set_assist(Arc::downgrade(&(inner.clone() as Arc<dyn WaitAssist>)));
@@ -300,28 +313,21 @@ impl Inner {
         n
     }
 
-    /// Spin on the used rings while completions keep coming, for at most
-    /// `poll` after the last one.
-    fn busy_poll(&self) {
-        if self.poll.is_zero() {
-            return;
+    /// Claim the one busy-poll slot if spinning pays: polling is for a lone
+    /// request (queue depth 1), whose completion it catches without a
+    /// wake-up. With more in flight completions keep coming and their
+    /// notifications keep waiters fed, while a spinning thread would take a
+    /// core from the device (on two cores it halved large reads); and a second
+    /// spinner only competes with the first. `None`: sleep instead.
+    fn may_spin(&self) -> Option<SpinSlot<'_>> {
+        if self.poll.is_zero() || self.table.pending() > 1 {
+            return None;
         }
-        for q in &self.queues {
-            lock(&q.state).ring.disable_interrupts();
+        if self.spinning.fetch_add(1, Ordering::AcqRel) > 0 {
+            self.spinning.fetch_sub(1, Ordering::AcqRel);
+            return None;
         }
-        let mut deadline = std::time::Instant::now() + self.poll;
-        while std::time::Instant::now() < deadline && !self.stopping.load(Ordering::Relaxed) {
-            let n: usize = self.queues.iter().map(|q| self.reap(q, false)).sum();
-            if n > 0 {
-                deadline = std::time::Instant::now() + self.poll;
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-        // Idle: back to interrupts, re-checking for what raced in.
-        for q in &self.queues {
-            self.reap(q, true);
-        }
+        Some(SpinSlot(&self.spinning))
     }
 
     fn spin_budget_left(&self, deadline: std::time::Instant) -> bool {
@@ -346,7 +352,9 @@ impl Inner {
         };
         let mut events = vec![EpollEvent::default(); self.queues.len() + 2];
         while !self.stopping.load(Ordering::Acquire) {
-            let reaped: usize = self.queues.iter().map(|q| self.reap_queue(q)).sum();
+            for q in &self.queues {
+                self.reap_queue(q);
+            }
             let down = self.hangup.is_disconnected();
             // `removing` is the "hang-up handled" state and only a completed
             // reconnect clears it, so a second hang-up right after a
@@ -373,10 +381,8 @@ impl Inner {
             if self.corrupt.swap(false, Ordering::AcqRel) {
                 self.spawn_reconnect();
             }
-            // Poll only after real completions: an idle client sleeps.
-            if !down && reaped > 0 {
-                self.busy_poll();
-            }
+            // The reaper never spins: a waiting caller does (`assist`), and
+            // a second spinner would only compete with it for a core.
             match epoll.wait(100, &mut events) {
                 Ok(n) => {
                     for ev in &events[..n] {
@@ -542,9 +548,10 @@ impl Inner {
 /// other waiter's completion signalled, whoever spins and stops when.
 impl WaitAssist for Inner {
     fn assist(&self, done: &dyn Fn() -> bool) {
-        if self.poll.is_zero() || done() {
+        if done() {
             return;
         }
+        let Some(_slot) = self.may_spin() else { return };
         for q in &self.queues {
             lock(&q.state).ring.disable_interrupts();
         }

@@ -67,6 +67,10 @@ impl Default for Limits {
     }
 }
 
+/// The largest GET [`Engine::is_quick`] lets a transport run inline: a
+/// few microseconds of copying from the page cache.
+pub const QUICK_READ_MAX: u32 = 64 << 10;
+
 pub struct Engine {
     store: Arc<dyn BlobStore>,
     limits: Limits,
@@ -157,6 +161,26 @@ impl Engine {
     /// before it ran, or refused at admission).
     pub fn refused(reason: BlobError) -> VspResponse {
         status_only(reason)
+    }
+
+    /// Whether `frame` is a read cheap enough to run on the thread that popped
+    /// it: a GET of at most [`QUICK_READ_MAX`] bytes, a properties read or a
+    /// block list, on a store whose reads are quick. Only the op code (bytes
+    /// 6..8 of the request) is looked at; [`Engine::serve`] checks the rest.
+    pub fn is_quick(&self, mem: &GuestMemoryMmap, frame: &dyn Frame) -> bool {
+        if !self.store.reads_are_quick() || frame.header().data_buffer_length.get() > QUICK_READ_MAX {
+            return false;
+        }
+        let Ok(segs) = frame.request() else { return false };
+        let Ok(code_at) = vmblob_protocol::sg::sub_range(&segs, 6, 2) else { return false };
+        let mut code = [0u8; 2];
+        if guest_io::read_exact(mem, &code_at, &mut code).is_err() {
+            return false;
+        }
+        matches!(
+            OpCode::from_u16(u16::from_le_bytes(code)),
+            Some(OpCode::GetBlob | OpCode::GetBlobProperties | OpCode::GetContainerProperties | OpCode::GetBlockList)
+        )
     }
 
     /// Serve one accepted request. Always returns its single response.

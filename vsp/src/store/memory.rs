@@ -118,6 +118,10 @@ fn current(blob: &Option<Arc<MemBlob>>) -> Option<(&BlobProperties, &TxnId)> {
 }
 
 impl BlobStore for MemoryStore {
+    fn reads_are_quick(&self) -> bool {
+        true
+    }
+
     fn create_container(
         &self,
         name: &ContainerName,

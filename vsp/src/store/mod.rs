@@ -174,6 +174,12 @@ pub trait BlobStore: Send + Sync {
     /// under the target's conditions: all-or-nothing, the target's staged
     /// blocks discarded, its committed blocks the source's.
     fn copy_blob(&self, req: &CopyBlob, txn: &TxnId) -> Result<BlobWritten, StoreError>;
+    /// Whether a small read is answered from this process's memory or the
+    /// page cache, in microseconds: a transport may then run it on the thread
+    /// that popped it instead of handing it to a pool thread.
+    fn reads_are_quick(&self) -> bool {
+        false
+    }
 }
 
 /// CRC-64/NVME, the polynomial of Azure's `x-ms-content-crc64`.

@@ -8,7 +8,9 @@
 //! what raced in, so a chain is never left unseen. A watcher that finds work
 //! keeps one request to run itself (no thread hop at queue depth 1) and
 //! passes the rest to the pool; before running it, it stops watching, so a
-//! slow request never holds up the ring.
+//! slow request never holds up the ring. The kick thread itself runs only a
+//! quick read that is alone in flight (a small GET or a properties read on
+//! the embedded store), which costs less than the hand-off to a pool thread.
 
 use std::io;
 use std::sync::Arc;
@@ -76,6 +78,13 @@ struct Admitted {
     epoch: u64,
 }
 
+/// Which thread runs a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Here {
+    Pool,
+    KickThread,
+}
+
 /// Where a chain came from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -131,20 +140,29 @@ impl QueueWorker {
         &self.session
     }
 
-    /// The guest kicked: pop everything and hand it to the pool. The kick
-    /// thread never runs a request itself, so it is always free for the
-    /// next kick.
+    /// The guest kicked: pop everything and hand it to the pool, except a
+    /// quick read alone in flight, which runs right here
+    /// ([`QueueWorker::take_quick`]).
     pub fn on_kick(self: &Arc<Self>, ring: &Ring) -> io::Result<()> {
         if !self.try_watch() {
             // The watcher polls, or re-checks the ring when it stops.
             return Ok(());
         }
         loop {
-            let work = self.pop_batch(ring);
+            let mut work = self.pop_batch(ring);
             if work.is_empty() {
                 break;
             }
+            let quick = self.take_quick(ring, &mut work);
             self.dispatch(ring, work);
+            if let Some(job) = quick {
+                // Stop watching first, as a pool thread does before it runs
+                // a request: with polling on, `run` then watches the ring for
+                // the guest's next request from this thread.
+                self.unwatch(ring);
+                self.run(ring, job, Here::KickThread);
+                return Ok(());
+            }
         }
         self.unwatch(ring);
         Ok(())
@@ -179,16 +197,31 @@ impl QueueWorker {
         rearm_kicks(&mut state)
     }
 
+    /// The batch's one request if it is alone in flight and a quick read
+    /// ([`Engine::is_quick`]): handing that to a pool thread would cost a
+    /// wake-up and a context switch, several times the read itself. With
+    /// anything else in flight it goes to the pool like the rest, so a
+    /// deep queue keeps overlapping.
+    fn take_quick(&self, ring: &Ring, work: &mut Vec<Admitted>) -> Option<Admitted> {
+        if work.len() == 1 && self.quick_alone(ring, &work[0]) { work.pop() } else { None }
+    }
+
+    fn quick_alone(&self, ring: &Ring, job: &Admitted) -> bool {
+        self.inflight.len() == 1 && self.engine.is_quick(&ring.mem.memory(), &job.request)
+    }
+
     fn dispatch(self: &Arc<Self>, ring: &Ring, work: Vec<Admitted>) {
         for job in work {
             let (me, ring) = (self.clone(), ring.clone());
-            self.runner.spawn(move || me.run(&ring, job));
+            self.runner.spawn(move || me.run(&ring, job, Here::Pool));
         }
     }
 
     /// Run a request, post its completion, then (polling enabled) watch the
-    /// ring for the guest's next request and run that one too.
-    fn run(self: &Arc<Self>, ring: &Ring, first: Admitted) {
+    /// ring for the guest's next request and run that one too; on the kick
+    /// thread only if it is again a quick read alone in flight, so a slow
+    /// request never keeps that thread from the next kick.
+    fn run(self: &Arc<Self>, ring: &Ring, first: Admitted, here: Here) {
         let mut next = Some(first);
         while let Some(job) = next.take() {
             let resp = self.serve(ring, &job);
@@ -202,6 +235,11 @@ impl QueueWorker {
             self.completions.post(ring, Done { head: job.head, used_len, epoch: job.epoch });
             if watch {
                 next = self.poll(ring);
+                if here == Here::KickThread
+                    && let Some(job) = next.take_if(|job| !self.quick_alone(ring, job))
+                {
+                    self.dispatch(ring, vec![job]);
+                }
             }
         }
     }

@@ -136,45 +136,61 @@ impl Rig {
         0x10000 + u64::from(i) * 0x4000
     }
 
+    fn target(i: u16) -> BlobRef {
+        BlobRef { container: ContainerName::new("box").unwrap(), blob: BlobName::new(&format!("b{i}")).unwrap() }
+    }
+
     /// Lay out PutBlob `i` in descriptors `4i..4i+4` and publish it.
     fn post_put(&mut self, i: u16) {
-        let m = self.mem.memory();
-        let target =
-            BlobRef { container: ContainerName::new("box").unwrap(), blob: BlobName::new(&format!("b{i}")).unwrap() };
         let op = OpRequest::PutBlob(PutBlob {
-            target,
+            target: Self::target(i),
             content_type: String::new(),
             metadata: Metadata::default(),
             conditions: Conditions::none(),
             content_md5: None,
             content_crc64: None,
-        })
-        .encode();
+        });
+        self.post(i, &op, Some(DATA));
+    }
+
+    /// Lay out a GetBlobProperties of blob `blob` in descriptors `4i..4i+3` and publish it.
+    fn post_properties(&mut self, i: u16, blob: u16) {
+        let op = OpRequest::GetBlobProperties { target: Self::target(blob), conditions: Conditions::none() };
+        self.post(i, &op, None);
+    }
+
+    /// Request `i`: header and op, then `data` (sent to the host), the
+    /// response buffer and the status, from descriptor `4i` on.
+    fn post(&mut self, i: u16, op: &OpRequest, data: Option<&[u8]>) {
+        let m = self.mem.memory();
+        let op = op.encode();
         let mut txn = [0u8; 16];
         txn[..2].copy_from_slice(&(i + 1).to_le_bytes());
+        let data_len = data.map_or(0, |d| d.len() as u32);
         let mut hdr = VspRequest {
             operation_type: (OperationType::UserRequest as u32).into(),
             request_buffer_length: (op.len() as u32).into(),
             response_buffer_length: RESP_CAP.into(),
-            data_buffer_length: (DATA.len() as u32).into(),
-            data_buffer_valid: (DATA.len() as u32).into(),
+            data_buffer_length: data_len.into(),
+            data_buffer_valid: data_len.into(),
             transaction_id: txn,
             ..Default::default()
         };
-        canonical_offsets(&mut hdr, DataDirection::ToHost);
+        canonical_offsets(&mut hdr, if data.is_some() { DataDirection::ToHost } else { DataDirection::None });
         let base = Self::base(i);
         m.write_slice(hdr.as_bytes(), GuestAddress(base)).unwrap();
         m.write_slice(&op, GuestAddress(base + 56)).unwrap();
-        m.write_slice(DATA, GuestAddress(base + 0x1000)).unwrap();
-        let descs = [
-            (base, 56 + op.len() as u32, false),
-            (base + 0x1000, DATA.len() as u32, false),
-            (base + 0x2000, RESP_CAP, true),
-            (base + 0x2000 + u64::from(RESP_CAP), RESPONSE_SIZE as u32, true),
-        ];
+        let mut descs = vec![(base, 56 + op.len() as u32, false)];
+        if let Some(data) = data {
+            m.write_slice(data, GuestAddress(base + 0x1000)).unwrap();
+            descs.push((base + 0x1000, data_len, false));
+        }
+        descs.push((base + 0x2000, RESP_CAP, true));
+        descs.push((base + 0x2000 + u64::from(RESP_CAP), RESPONSE_SIZE as u32, true));
+        let last = descs.len() - 1;
         for (k, (addr, len, writable)) in descs.iter().enumerate() {
             let idx = 4 * i + k as u16;
-            let flags: u16 = if *writable { 2 } else { 0 } | if k < 3 { 1 } else { 0 };
+            let flags: u16 = if *writable { 2 } else { 0 } | if k < last { 1 } else { 0 };
             let mut raw = [0u8; 16];
             raw[0..8].copy_from_slice(&addr.to_le_bytes());
             raw[8..12].copy_from_slice(&len.to_le_bytes());
@@ -359,4 +375,28 @@ fn a_completion_after_a_stop_that_timed_out_is_dropped_and_counted() {
     let mut status = [0u8; RESPONSE_SIZE];
     rig.mem.memory().read_slice(&mut status, GuestAddress(Rig::base(0) + 0x2000 + u64::from(RESP_CAP))).unwrap();
     assert_eq!(status, [0u8; RESPONSE_SIZE], "the guest's status buffer is not written either");
+}
+
+#[test]
+fn a_quick_read_alone_in_flight_runs_on_the_kick_thread_and_one_behind_other_work_waits_for_the_pool() {
+    let mut rig = Rig::new(1);
+    rig.post_properties(0, 0);
+    rig.kick();
+    // Served before the kick handler returned: no pool thread involved.
+    assert_eq!(rig.used_idx(), 1, "the quick read completed inside the kick");
+    assert_eq!(rig.used()[&0], BlobError::BlobNotFound.code());
+
+    // The one pool thread holds a PUT at the gate; a read behind it is not
+    // alone in flight, so it goes to the pool and waits there.
+    rig.post_put(1);
+    rig.kick();
+    wait_for("the PUT at the gate", || rig.gate.held.load(Ordering::SeqCst) == 1);
+    rig.post_properties(2, 1);
+    rig.kick();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(rig.used_idx(), 1, "the read waited for the pool");
+    rig.gate.open();
+    wait_for("both completions", || rig.used_idx() == 3);
+    let used = rig.used();
+    assert_eq!((used[&4], used[&8]), (0, 0), "the read ran after the PUT it queued behind");
 }

@@ -1,14 +1,15 @@
 //! vmblob over vhost-user: the real `vmblob-vsp` daemon with its fs store,
 //! driven by the real client stack (`BlobClient` on `VirtioTransport`).
 //! `qd` operations in flight are pipelined from one thread with
-//! `submit`/`wait`, the way an asynchronous guest driver issues them.
+//! `submit`/`wait`, the way an asynchronous guest driver issues them; GETs
+//! are read in place (`submit_get_bytes`) unless `copy_out` is set.
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vmblob_protocol::OpResponse;
-use vmblob_vsc::{BlobHandle, ClientOptions, Conditions, ContainerClient, OpResult, PendingOp, PutOptions};
+use vmblob_protocol::ops::BlobWritten;
+use vmblob_vsc::{BlobBytes, BlobContent, BlobHandle, ClientOptions, Conditions, ContainerClient, Pending, PutOptions};
 
 use super::{BenchError, BenchPath, CHUNK, CONTAINER, OpKind, OpsSample, OpsSpec, Result, TRANSFER_PARALLEL};
 use crate::{Guest, GuestOptions, Vsp, VspOptions};
@@ -22,9 +23,9 @@ pub struct VmblobOptions {
     pub guest_poll: Duration,
     /// Extra daemon flags, passed as given.
     pub vsp_args: Vec<String>,
-    /// Copy each GET's bytes out of the DMA buffer, as a caller of today's
-    /// client must to use them. Off: the transport alone (the data stays in
-    /// guest memory), to see what a zero-copy client API would gain.
+    /// GETs through the copying API (`submit_get`: the bytes copied out of
+    /// the DMA buffer into a `Vec`). Off: `submit_get_bytes`, which leaves
+    /// them in the DMA buffer for the caller to read in place.
     pub copy_out: bool,
 }
 
@@ -63,32 +64,42 @@ impl VmblobPath {
         self.container.blob(name)
     }
 
-    /// The raw operation: its data buffer is read in place (or not at all).
-    fn submit_get(&self, blob: &str, offset: u64, len: usize) -> Result<PendingOp> {
+    /// A GET through the API `copy_out` picks; waiting checks its length.
+    fn submit_get(&self, blob: &str, offset: u64, len: usize) -> Result<InFlight> {
         let range = offset..offset + len as u64;
-        Ok(self.blob(blob).submit_get(range, Conditions::none())?.into_raw())
+        let blob = self.blob(blob);
+        Ok(if self.copy_out {
+            InFlight::Copied(blob.submit_get(range, Conditions::none())?, len)
+        } else {
+            InFlight::InPlace(blob.submit_get_bytes(range, Conditions::none())?, len)
+        })
     }
 
-    fn submit_put(&self, blob: &str, data: &[u8]) -> Result<PendingOp> {
-        Ok(self.blob(blob).submit_put(data, PutOptions::default())?.into_raw())
+    fn submit_put(&self, blob: &str, data: &[u8]) -> Result<InFlight> {
+        Ok(InFlight::Put(self.blob(blob).submit_put(data, PutOptions::default())?))
     }
 }
 
-/// Check a completed GET or PUT; a GET's bytes are copied out of the DMA
-/// buffer into `scratch` (if given), as a caller would consume them.
-fn finish(r: OpResult, want: usize, scratch: Option<&mut Vec<u8>>) -> Result<()> {
-    match r.response {
-        OpResponse::BlobData { length, .. } => {
-            let buf = r.data.ok_or_else(|| BenchError::Other("GET without a data buffer".into()))?;
-            if length != want as u64 || buf.len() < want {
-                return Err(BenchError::Other(format!("GET returned {length} of {want} bytes")));
-            }
-            let Some(scratch) = scratch else { return Ok(()) };
-            scratch.resize(want, 0);
-            buf.read_at(0, scratch).map_err(|e| BenchError::Other(e.to_string()))
+/// A submitted operation of a workload, and the GET length it must return.
+enum InFlight {
+    InPlace(Pending<BlobBytes>, usize),
+    Copied(Pending<BlobContent>, usize),
+    Put(Pending<BlobWritten>),
+}
+
+impl InFlight {
+    /// Wait for the answer and check a GET's length; its bytes are dropped
+    /// unread, as the direct store's are (both end up in caller memory).
+    fn finish(self) -> Result<()> {
+        let (got, want) = match self {
+            InFlight::InPlace(op, want) => (op.wait()?.data.len(), want),
+            InFlight::Copied(op, want) => (op.wait()?.data.len(), want),
+            InFlight::Put(op) => return Ok(op.wait().map(drop)?),
+        };
+        if got != want {
+            return Err(BenchError::Other(format!("GET returned {got} of {want} bytes")));
         }
-        OpResponse::BlobWritten(_) => Ok(()),
-        other => Err(BenchError::Other(format!("unexpected response {other:?}"))),
+        Ok(())
     }
 }
 
@@ -104,8 +115,7 @@ impl BenchPath for VmblobPath {
 
     fn ops(&self, spec: &OpsSpec, data: &[u8]) -> Result<OpsSample> {
         let mut out = OpsSample::default();
-        let mut window: VecDeque<(PendingOp, Instant)> = VecDeque::with_capacity(spec.qd);
-        let mut scratch = Vec::with_capacity(spec.size);
+        let mut window: VecDeque<(InFlight, Instant)> = VecDeque::with_capacity(spec.qd);
         let start = Instant::now();
         let deadline = start + spec.duration;
         let mut i = 0u64;
@@ -120,7 +130,7 @@ impl BenchPath for VmblobPath {
                 i += 1;
             }
             let Some((op, t0)) = window.pop_front() else { break };
-            finish(op.wait()?, spec.size, self.copy_out.then_some(&mut scratch))?;
+            op.finish()?;
             out.latencies.push(t0.elapsed());
             out.ops += 1;
         }
@@ -146,10 +156,8 @@ impl BenchPath for VmblobPath {
 
     fn readers(&self, blobs: &[String], blob_size: u64, range: usize) -> Result<Duration> {
         let sample = super::on_threads(blobs.len(), Duration::ZERO, |t, _| {
-            let mut scratch = Vec::with_capacity(range);
             for (off, len) in super::ranges(blob_size, range) {
-                let scratch = self.copy_out.then_some(&mut scratch);
-                finish(self.submit_get(&blobs[t], off, len)?.wait()?, len, scratch)?;
+                self.submit_get(&blobs[t], off, len)?.finish()?;
             }
             Ok(OpsSample::default())
         })?;

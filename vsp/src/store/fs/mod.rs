@@ -325,6 +325,10 @@ impl FsStore {
 }
 
 impl BlobStore for FsStore {
+    fn reads_are_quick(&self) -> bool {
+        true
+    }
+
     fn create_container(
         &self,
         name: &ContainerName,

@@ -4,9 +4,15 @@
 //! with a first-fit allocator over free extents that coalesces on free.
 //! [`DmaBuf`] is an RAII lease: dropping it returns its pages, so a request
 //! keeps its buffer alive simply by owning it until the device completes.
+//! A completed buffer can be read in place ([`view`]).
+
+mod view;
+
+pub use view::DmaBytes;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -74,6 +80,8 @@ struct PoolInner {
     pages: u64,
     free: Mutex<FreeMap>,
     freed: Condvar,
+    /// Bytes of completed buffers lent out as `bytes::Bytes` ([`DmaBytes::into_bytes`]).
+    lent: AtomicU64,
 }
 
 impl PoolInner {
@@ -106,7 +114,16 @@ impl DmaPool {
         }
         let pages = len / PAGE_SIZE;
         let free = FreeMap { extents: BTreeMap::from([(0, pages)]), free_pages: pages };
-        Ok(Self { inner: Arc::new(PoolInner { mem, base, pages, free: Mutex::new(free), freed: Condvar::new() }) })
+        Ok(Self {
+            inner: Arc::new(PoolInner {
+                mem,
+                base,
+                pages,
+                free: Mutex::new(free),
+                freed: Condvar::new(),
+                lent: AtomicU64::new(0),
+            }),
+        })
     }
 
     /// The memory the pool's addresses refer to (rings placed in a pool
@@ -291,7 +308,7 @@ mod tests {
 
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-    use super::{DmaError, DmaPool, PAGE_SIZE};
+    use super::{DmaBytes, DmaError, DmaPool, PAGE_SIZE};
 
     const BASE: GuestAddress = GuestAddress(0x20_0000);
 
@@ -475,5 +492,45 @@ mod tests {
         other.read_at(0, &mut back).unwrap();
         assert_eq!(back, data);
         assert!(other.fill_from_volatile(1, &mut file, 200_000).is_err(), "past the end");
+    }
+
+    #[test]
+    fn a_completed_buffer_reads_in_place() {
+        let pool = pool(4);
+        let mut buf = pool.alloc(5000).unwrap();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        buf.write_at(0, &data).unwrap();
+        assert_eq!(buf.as_slice().unwrap(), &data[..]);
+        let too_long = DmaBytes::new(pool.alloc(10).unwrap(), 11);
+        assert!(matches!(too_long, Err(DmaError::OutOfBounds { len: 11, buf_len: 10, .. })));
+        let bytes = DmaBytes::new(buf, 4000).unwrap();
+        assert!(bytes.is_in_place());
+        assert_eq!(&bytes[..], &data[..4000]);
+        assert_eq!(pool.free_bytes(), 2 * PAGE_SIZE, "the view holds the buffer's pages");
+        drop(bytes);
+        assert_eq!(pool.free_bytes(), 4 * PAGE_SIZE);
+        assert!(DmaBytes::empty().is_empty());
+    }
+
+    #[test]
+    fn at_most_a_quarter_of_the_pool_is_lent_as_bytes() {
+        let pool = pool(16);
+        let filled = |i: u8| {
+            let mut buf = pool.alloc(4096).unwrap();
+            buf.write_at(0, &[i; 4096]).unwrap();
+            DmaBytes::new(buf, 4096).unwrap().into_bytes()
+        };
+        let mut held: Vec<_> = (0..5).map(filled).collect();
+        for (i, b) in held.iter().enumerate() {
+            assert_eq!(&b[..], &[i as u8; 4096][..]);
+        }
+        assert_eq!(pool.free_bytes(), 12 * PAGE_SIZE, "four lent in place, the fifth copied and its buffer freed");
+        held.remove(0);
+        assert_eq!(pool.free_bytes(), 13 * PAGE_SIZE, "dropping the Bytes frees the buffer");
+        held.push(filled(9));
+        assert_eq!(pool.free_bytes(), 12 * PAGE_SIZE, "and makes room to lend again");
+        assert_eq!(&held[4][..], &[9u8; 4096][..]);
+        drop(held);
+        assert_eq!(pool.free_bytes(), pool.capacity());
     }
 }
