@@ -1,8 +1,10 @@
 //! vmblob over vhost-user: the real `vmblob-vsp` daemon with its fs store,
 //! driven by the real client stack (`BlobClient` on `VirtioTransport`).
-//! `qd` operations in flight are pipelined from one thread with
-//! `submit`/`wait`, the way an asynchronous guest driver issues them; GETs
-//! are read in place (`submit_get_bytes`) unless `copy_out` is set.
+//! `qd` small operations in flight are pipelined from one thread with
+//! `submit`/`wait`, the way an asynchronous guest driver issues them; MiB-sized
+//! ones run on `qd` threads, one request each, as an application moving large
+//! objects would. GETs are read in place (`submit_get_bytes`) unless
+//! `copy_out` is set.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -78,7 +80,55 @@ impl VmblobPath {
     fn submit_put(&self, blob: &str, data: &[u8]) -> Result<InFlight> {
         Ok(InFlight::Put(self.blob(blob).submit_put(data, PutOptions::default())?))
     }
+
+    fn ops_pipelined(&self, spec: &OpsSpec, data: &[u8]) -> Result<OpsSample> {
+        let mut out = OpsSample::default();
+        let mut window: VecDeque<(InFlight, Instant)> = VecDeque::with_capacity(spec.qd);
+        let start = Instant::now();
+        let deadline = start + spec.duration;
+        let mut i = 0u64;
+        loop {
+            while window.len() < spec.qd.max(1) && Instant::now() < deadline {
+                let t0 = Instant::now();
+                let op = match spec.kind {
+                    OpKind::Get => self.submit_get(&spec.blob(i), 0, spec.size)?,
+                    OpKind::Put => self.submit_put(&spec.blob(i), data)?,
+                };
+                window.push_back((op, t0));
+                i += 1;
+            }
+            let Some((op, t0)) = window.pop_front() else { break };
+            op.finish()?;
+            out.latencies.push(t0.elapsed());
+            out.ops += 1;
+        }
+        out.wall = start.elapsed();
+        Ok(out)
+    }
+
+    fn ops_threaded(&self, spec: &OpsSpec, data: &[u8]) -> Result<OpsSample> {
+        let qd = spec.qd.max(1);
+        super::on_threads(qd, spec.duration, |t, deadline| {
+            let mut out = OpsSample::default();
+            let mut i = t as u64;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                match spec.kind {
+                    OpKind::Get => self.submit_get(&spec.blob(i), 0, spec.size)?,
+                    OpKind::Put => self.submit_put(&spec.blob(i), data)?,
+                }
+                .finish()?;
+                out.latencies.push(t0.elapsed());
+                out.ops += 1;
+                i += qd as u64;
+            }
+            Ok(out)
+        })
+    }
 }
+
+/// Requests of at least this size run on `qd` threads (see `ops`).
+const THREADED_FROM: usize = 1 << 20;
 
 /// A submitted operation of a workload, and the GET length it must return.
 enum InFlight {
@@ -113,29 +163,11 @@ impl BenchPath for VmblobPath {
         Ok(())
     }
 
+    /// Small requests pipelined from one thread (an asynchronous driver);
+    /// MiB-sized ones from `qd` threads with one request each, as an
+    /// application moving large objects does (and as the direct path runs).
     fn ops(&self, spec: &OpsSpec, data: &[u8]) -> Result<OpsSample> {
-        let mut out = OpsSample::default();
-        let mut window: VecDeque<(InFlight, Instant)> = VecDeque::with_capacity(spec.qd);
-        let start = Instant::now();
-        let deadline = start + spec.duration;
-        let mut i = 0u64;
-        loop {
-            while window.len() < spec.qd.max(1) && Instant::now() < deadline {
-                let t0 = Instant::now();
-                let op = match spec.kind {
-                    OpKind::Get => self.submit_get(&spec.blob(i), 0, spec.size)?,
-                    OpKind::Put => self.submit_put(&spec.blob(i), data)?,
-                };
-                window.push_back((op, t0));
-                i += 1;
-            }
-            let Some((op, t0)) = window.pop_front() else { break };
-            op.finish()?;
-            out.latencies.push(t0.elapsed());
-            out.ops += 1;
-        }
-        out.wall = start.elapsed();
-        Ok(out)
+        if spec.size >= THREADED_FROM { self.ops_threaded(spec, data) } else { self.ops_pipelined(spec, data) }
     }
 
     fn transfer(&self, kind: OpKind, blob: &str, data: &[u8]) -> Result<Duration> {
