@@ -128,22 +128,9 @@ impl BenchPath for DirectPath {
     }
 
     fn ops(&self, spec: &OpsSpec, data: &[u8]) -> Result<OpsSample> {
-        let qd = spec.qd.max(1);
-        super::on_threads(qd, spec.duration, |t, deadline| {
-            let mut out = OpsSample::default();
-            let mut buf = Vec::with_capacity(spec.size);
-            let mut i = t as u64;
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                match spec.kind {
-                    OpKind::Get => self.get(&spec.blob(i), 0, spec.size, &mut buf)?,
-                    OpKind::Put => self.put(&spec.blob(i), data)?,
-                }
-                out.latencies.push(t0.elapsed());
-                out.ops += 1;
-                i += qd as u64;
-            }
-            Ok(out)
+        super::ops_on_threads(spec, |i, buf| match spec.kind {
+            OpKind::Get => self.get(&spec.blob(i), 0, spec.size, buf),
+            OpKind::Put => self.put(&spec.blob(i), data),
         })
     }
 

@@ -124,6 +124,26 @@ pub fn on_threads(
     Ok(total)
 }
 
+/// An ops workload on `qd` threads, one operation at a time each: thread `t`
+/// runs `op(i, scratch)` for `i = t, t + qd, ...` until the deadline, timing
+/// every call (`scratch` is the thread's own buffer).
+pub fn ops_on_threads(spec: &OpsSpec, op: impl Fn(u64, &mut Vec<u8>) -> Result<()> + Sync) -> Result<OpsSample> {
+    let qd = spec.qd.max(1);
+    on_threads(qd, spec.duration, |t, deadline| {
+        let mut out = OpsSample::default();
+        let mut scratch = Vec::with_capacity(spec.size);
+        let mut i = t as u64;
+        while Instant::now() < deadline {
+            let t0 = Instant::now();
+            op(i, &mut scratch)?;
+            out.latencies.push(t0.elapsed());
+            out.ops += 1;
+            i += qd as u64;
+        }
+        Ok(out)
+    })
+}
+
 /// Byte ranges `(offset, len)` covering `size` bytes in `chunk`-byte pieces.
 pub fn ranges(size: u64, chunk: usize) -> impl Iterator<Item = (u64, usize)> {
     (0..size.div_ceil(chunk as u64)).map(move |i| {

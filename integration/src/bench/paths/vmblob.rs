@@ -107,22 +107,12 @@ impl VmblobPath {
     }
 
     fn ops_threaded(&self, spec: &OpsSpec, data: &[u8]) -> Result<OpsSample> {
-        let qd = spec.qd.max(1);
-        super::on_threads(qd, spec.duration, |t, deadline| {
-            let mut out = OpsSample::default();
-            let mut i = t as u64;
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                match spec.kind {
-                    OpKind::Get => self.submit_get(&spec.blob(i), 0, spec.size)?,
-                    OpKind::Put => self.submit_put(&spec.blob(i), data)?,
-                }
-                .finish()?;
-                out.latencies.push(t0.elapsed());
-                out.ops += 1;
-                i += qd as u64;
+        super::ops_on_threads(spec, |i, _| {
+            match spec.kind {
+                OpKind::Get => self.submit_get(&spec.blob(i), 0, spec.size)?,
+                OpKind::Put => self.submit_put(&spec.blob(i), data)?,
             }
-            Ok(out)
+            .finish()
         })
     }
 }
