@@ -80,7 +80,7 @@ struct PoolInner {
     pages: u64,
     free: Mutex<FreeMap>,
     freed: Condvar,
-    /// Bytes of completed buffers lent out as `bytes::Bytes` ([`DmaBytes::into_bytes`]).
+    /// Pool bytes (whole buffers) lent out as `bytes::Bytes` ([`DmaBytes::into_bytes`]).
     lent: AtomicU64,
 }
 
@@ -532,5 +532,26 @@ mod tests {
         assert_eq!(&held[4][..], &[9u8; 4096][..]);
         drop(held);
         assert_eq!(pool.free_bytes(), pool.capacity());
+    }
+
+    #[test]
+    fn lending_counts_whole_buffers_and_copies_short_answers() {
+        let pool = pool(16);
+        let answer = |size: usize, len: usize| {
+            let mut buf = pool.alloc(size).unwrap();
+            buf.write_at(0, &vec![7; len]).unwrap();
+            DmaBytes::new(buf, len).unwrap().into_bytes()
+        };
+        let short = answer(4 * 4096, 10);
+        assert_eq!(&short[..], &[7; 10][..]);
+        assert_eq!(pool.free_bytes(), pool.capacity(), "10 bytes in four pages are copied, the pages freed");
+        // 5000 bytes take two pages: two such buffers fill the quarter (four pages), the third is copied.
+        let held: Vec<_> = (0..3).map(|_| answer(5000, 5000)).collect();
+        assert_eq!(pool.free_bytes(), 12 * PAGE_SIZE);
+        drop(held);
+        assert_eq!(pool.free_bytes(), pool.capacity());
+        let again: Vec<_> = (0..2).map(|_| answer(5000, 5000)).collect();
+        assert_eq!(pool.free_bytes(), 12 * PAGE_SIZE, "the budget came back whole");
+        drop(again);
     }
 }

@@ -29,6 +29,11 @@ use vm_memory::GuestMemoryBackend;
 use super::{DmaBuf, DmaError};
 
 impl DmaBuf {
+    /// Pool bytes the buffer takes: its whole pages.
+    fn footprint(&self) -> u64 {
+        self.pages * super::PAGE_SIZE
+    }
+
     /// The buffer's bytes in place, or None if they do not lie in one
     /// mapping (a pool spanning two memory regions); read them with
     /// [`DmaBuf::read_at`] then.
@@ -91,17 +96,22 @@ impl DmaBytes {
     /// As `bytes::Bytes` that own this buffer, while the pool has room for
     /// them: such buffers may be kept for as long as the caller likes
     /// (an `object_store` consumer collecting chunks), so at most a quarter
-    /// of the pool is lent out this way and past that the bytes are copied,
-    /// leaving the pool to the requests in flight.
+    /// of the pool (counted in whole buffers, not in the bytes they hold) is
+    /// lent out this way, and past that the bytes are copied, leaving the pool
+    /// to the requests in flight. A short answer in a large buffer (less than
+    /// half of it used) is copied too: lending it would pin far more of the
+    /// pool than it returns.
     pub fn into_bytes(mut self) -> bytes::Bytes {
         let len = self.len as u64;
         match &mut self.held {
             Held::Copied(copy) => bytes::Bytes::from(std::mem::take(copy)),
             Held::InPlace { buf, lent } => {
+                let footprint = buf.footprint();
                 let pool = &buf.pool;
                 let cap = pool.pages * super::PAGE_SIZE / 4;
-                let room = |held: u64| (held + len <= cap).then_some(held + len);
-                *lent = pool.lent.fetch_update(Ordering::AcqRel, Ordering::Acquire, room).is_ok();
+                let room = |held: u64| (held + footprint <= cap).then_some(held + footprint);
+                *lent =
+                    len * 2 >= footprint && pool.lent.fetch_update(Ordering::AcqRel, Ordering::Acquire, room).is_ok();
                 if *lent { bytes::Bytes::from_owner(self) } else { bytes::Bytes::copy_from_slice(&self) }
             }
         }
@@ -111,7 +121,7 @@ impl DmaBytes {
 impl Drop for DmaBytes {
     fn drop(&mut self) {
         if let Held::InPlace { buf, lent: true } = &self.held {
-            buf.pool.lent.fetch_sub(self.len as u64, Ordering::AcqRel);
+            buf.pool.lent.fetch_sub(buf.footprint(), Ordering::AcqRel);
         }
     }
 }
