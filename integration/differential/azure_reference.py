@@ -9,6 +9,7 @@ in differential.rs. stdout: a JSON list, one entry per op: {"http": status,
 "code": the service's error code or null, ...the op's observations}.
 """
 
+import datetime
 import hashlib
 import json
 import sys
@@ -27,8 +28,24 @@ def etag_of(results, ref):
     return etag.strip('"') if unquoted else etag
 
 
+def time_of(results, ref):
+    """`$k` is the last-modified time op k answered, in whole seconds; `$k-1` a second before."""
+    k, _, minus = ref.strip("$").partition("-")
+    secs = results[int(k)]["lm"] - int(minus or 0)
+    return datetime.datetime.fromtimestamp(secs, tz=datetime.timezone.utc)
+
+
 def conditions(op, results):
-    """The SDK's way to send If-Match / If-None-Match."""
+    """The SDK's way to send If-Match / If-None-Match / If-(Un)Modified-Since."""
+    kw = {}
+    if "if_modified_since" in op:
+        kw["if_modified_since"] = time_of(results, op["if_modified_since"])
+    if "if_unmodified_since" in op:
+        kw["if_unmodified_since"] = time_of(results, op["if_unmodified_since"])
+    return {**kw, **etag_conditions(op, results)}
+
+
+def etag_conditions(op, results):
     if "if_match" in op:
         tag = etag_of(results, op["if_match"])
         if tag == "*":
@@ -49,9 +66,37 @@ def data_of(op):
     return bytes((i * 31 + d["seed"]) % 251 for i in range(d["len"]))
 
 
-def properties(p):
-    ct = p.content_settings.content_type if p.content_settings else None
-    return {"len": p.size, "content_type": ct or "", "metadata": dict(p.metadata or {})}
+HEADERS = ["content_encoding", "content_language", "content_disposition", "cache_control"]
+
+
+def settings_of(op):
+    """The op's Content-Type and other HTTP headers, or None if it gives none."""
+    if "content_type" not in op and "headers" not in op:
+        return None
+    h = op.get("headers", {})
+    return ContentSettings(content_type=op.get("content_type"), **{k: h.get(k) for k in HEADERS})
+
+
+def seconds(t):
+    return int(t.timestamp())
+
+
+def properties(p, op, results):
+    s = p.content_settings
+    out = {
+        "len": p.size,
+        "content_type": (s.content_type if s else None) or "",
+        "metadata": dict(p.metadata or {}),
+        "headers": {k: (getattr(s, k, None) if s else None) or "" for k in HEADERS},
+        "lm": seconds(p.last_modified),
+    }
+    if "created_of" in op:
+        out["created_is_op"] = seconds(p.creation_time) == results[op["created_of"]]["lm"]
+    return out
+
+
+def written(r):
+    return {"etag": r["etag"], "lm": seconds(r["last_modified"])}
 
 
 def run(svc, op, results):
@@ -64,23 +109,22 @@ def run(svc, op, results):
         c.delete_container()
         return {}
     if kind == "put":
-        settings = ContentSettings(content_type=op["content_type"]) if "content_type" in op else None
         overwrite = "if_none_match" not in op or op["if_none_match"] != "*"
         r = b.upload_blob(
             data_of(op),
             overwrite=overwrite,
-            content_settings=settings,
+            content_settings=settings_of(op),
             metadata=op.get("metadata"),
             **(conditions(op, results) if overwrite else {}),
         )
-        return {"etag": r["etag"]}
+        return written(r)
     if kind == "get":
         kw = conditions(op, results)
         if "range" in op:
             kw["offset"], kw["length"] = op["range"]
         d = b.download_blob(**kw)
         body = d.readall()
-        out = properties(d.properties)
+        out = properties(d.properties, op, results)
         # For a ranged read the SDK's size is the range's; the blob's is in Content-Range.
         if d.properties.content_range:
             out["len"] = int(d.properties.content_range.rsplit("/", 1)[1])
@@ -88,7 +132,7 @@ def run(svc, op, results):
         return out
     if kind == "head":
         p = b.get_blob_properties(**conditions(op, results))
-        out = properties(p)
+        out = properties(p, op, results)
         out["etag"] = p.etag
         return out
     if kind == "delete":
@@ -96,11 +140,10 @@ def run(svc, op, results):
         return {}
     if kind == "set_metadata":
         r = b.set_blob_metadata(metadata=op.get("metadata") or {}, **conditions(op, results))
-        return {"etag": r["etag"]}
-    if kind == "set_content_type":
-        settings = ContentSettings(content_type=op["content_type"])
-        r = b.set_http_headers(content_settings=settings, **conditions(op, results))
-        return {"etag": r["etag"]}
+        return written(r)
+    if kind in ("set_content_type", "set_properties"):
+        r = b.set_http_headers(content_settings=settings_of(op), **conditions(op, results))
+        return written(r)
     if kind == "copy":
         src = svc.get_container_client(op["from_c"]).get_blob_client(op["from_b"])
         kw = conditions(op, results)
@@ -110,19 +153,18 @@ def run(svc, op, results):
         r = b.start_copy_from_url(src.url, metadata=op.get("metadata"), **kw)
         if r.get("copy_status") != "success":
             raise ValueError(f"copy did not complete at once: {r}")
-        return {"etag": r["etag"]}
+        return written(r)
     if kind == "stage":
         b.stage_block(op["id"], data_of(op))
         return {}
     if kind == "commit":
-        settings = ContentSettings(content_type=op["content_type"]) if "content_type" in op else None
         r = b.commit_block_list(
             [BlobBlock(block_id=i) for i in op["ids"]],
-            content_settings=settings,
+            content_settings=settings_of(op),
             metadata=op.get("metadata"),
             **conditions(op, results),
         )
-        return {"etag": r["etag"]}
+        return written(r)
     if kind == "block_list":
         committed, uncommitted = b.get_block_list(op.get("type", "all"))
         return {

@@ -24,6 +24,7 @@ pub fn put_blob_crc(c: &str, b: &str, crc: Option<u64>) -> OpRequest {
     OpRequest::PutBlob(PutBlob {
         target: blob_ref(c, b),
         content_type: String::new(),
+        headers: Default::default(),
         metadata: Metadata::default(),
         conditions: Conditions::none(),
         content_md5: None,
@@ -63,6 +64,7 @@ pub fn put_block_list(c: &str, b: &str, ids: &[&[u8]]) -> OpRequest {
         target: blob_ref(c, b),
         blocks: ids.iter().map(|i| BlockId::new(i).expect("valid block id").into()).collect(),
         content_type: String::new(),
+        headers: Default::default(),
         metadata: Metadata::default(),
         conditions: Conditions::none(),
     })

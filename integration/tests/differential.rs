@@ -14,14 +14,21 @@
 //! `commit {ids, content_type?, metadata?}`, `block_list`,
 //! `list {prefix?, delimiter?, max?}` (every page), `list_containers {prefix?}`,
 //! `set_metadata {metadata?}` (all of it), `set_content_type {content_type}`,
+//! `set_properties {content_type?, headers?}` (all HTTP headers),
 //! `copy {from_c, from_b, metadata?, source_if_match?}` (into `c`/`b`).
-//! `data` is a string or `{len, seed}`. Conditions: `if_match` / `if_none_match`
-//! = `"*"`, `"$k"` (the ETag op k answered) or `"$k~"` (the same, unquoted).
+//! `data` is a string or `{len, seed}`; `headers` is an object of
+//! `content_encoding`, `content_language`, `content_disposition`,
+//! `cache_control`. Conditions: `if_match` / `if_none_match` = `"*"`, `"$k"`
+//! (the ETag op k answered) or `"$k~"` (the same, unquoted);
+//! `if_modified_since` / `if_unmodified_since` = `"$k"` (the last-modified
+//! time op k answered, in whole seconds) or `"$k-1"` (a second before). A
+//! `get`/`head` with `created_of: k` observes whether the blob's creation
+//! time is op k's last-modified time.
 
 use serde_json::{Value, json};
 use vmblob_integration::differential::{Azurite, python_with_sdk, run_reference};
 use vmblob_integration::{Guest, GuestOptions, Sandbox, StoreKind, Vsp, VspOptions, azurite};
-use vmblob_protocol::ops::{BlobListItem, BlockListType, Conditions, ETag, ListedBlock, Metadata};
+use vmblob_protocol::ops::{BlobListItem, BlockListType, Conditions, ContentHeaders, ETag, ListedBlock, Metadata};
 use vmblob_vsc::{
     BlockId, ClientError, CopyOptions, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions, crc64,
 };
@@ -122,24 +129,56 @@ fn etag_ref(results: &[Value], r: &str) -> ETag {
     ETag::new(if r.ends_with('~') { tag.trim_matches('"') } else { tag }).unwrap()
 }
 
+/// `$k` or `$k-1` to ms since the epoch: op k's last-modified second, or the one before.
+fn time_ref(results: &[Value], r: &str) -> u64 {
+    let (k, minus) = r.trim_start_matches('$').split_once('-').unwrap_or((r.trim_start_matches('$'), "0"));
+    let secs = results[k.parse::<usize>().unwrap()]["lm"].as_u64().unwrap_or_else(|| panic!("op {k} has no time"));
+    (secs - minus.parse::<u64>().unwrap()) * 1000
+}
+
 fn conditions(op: &Value, results: &[Value]) -> Conditions {
+    let time = |k: &str| op[k].as_str().map(|r| time_ref(results, r));
     Conditions {
         if_match: op["if_match"].as_str().map(|r| etag_ref(results, r)),
         if_none_match: op["if_none_match"].as_str().map(|r| etag_ref(results, r)),
+        if_modified_since_ms: time("if_modified_since"),
+        if_unmodified_since_ms: time("if_unmodified_since"),
+    }
+}
+
+fn headers_of(op: &Value) -> ContentHeaders {
+    let h = |k: &str| op["headers"][k].as_str().unwrap_or("").to_owned();
+    ContentHeaders {
+        content_encoding: h("content_encoding"),
+        content_language: h("content_language"),
+        content_disposition: h("content_disposition"),
+        cache_control: h("cache_control"),
     }
 }
 
 fn put_options(op: &Value, results: &[Value]) -> PutOptions {
     PutOptions {
         content_type: op["content_type"].as_str().unwrap_or("").to_owned(),
+        headers: headers_of(op),
         metadata: metadata_of(op),
         conditions: conditions(op, results),
     }
 }
 
-fn properties_json(p: &vmblob_vsc::BlobProperties) -> Value {
-    json!({ "len": p.content_length, "content_type": p.content_type, "metadata": metadata_json(&p.metadata),
-            "etag": p.etag })
+fn written(w: vmblob_vsc::BlobWritten) -> Value {
+    json!({ "etag": w.etag, "lm": w.last_modified_ms / 1000 })
+}
+
+fn properties_json(p: &vmblob_vsc::BlobProperties, op: &Value, results: &[Value]) -> Value {
+    let h = &p.headers;
+    let mut out = json!({ "len": p.content_length, "content_type": p.content_type,
+            "metadata": metadata_json(&p.metadata), "etag": p.etag, "lm": p.last_modified_ms / 1000,
+            "headers": { "content_encoding": h.content_encoding, "content_language": h.content_language,
+                         "content_disposition": h.content_disposition, "cache_control": h.cache_control } });
+    if let Some(k) = op["created_of"].as_u64() {
+        out["created_is_op"] = json!(json!(p.created_ms / 1000) == results[k as usize]["lm"]);
+    }
+    out
 }
 
 /// One op through vmblob's guest client.
@@ -153,36 +192,36 @@ fn run_vmblob(g: &Guest, op: &Value, results: &[Value]) -> Result<Value, ClientE
             c.delete()?;
             json!({})
         }
-        "put" => json!({ "etag": b.put_opts(&data_of(op), put_options(op, results))?.etag }),
+        "put" => written(b.put_opts(&data_of(op), put_options(op, results))?),
         "get" => {
             let range = op["range"].as_array().map(|r| {
                 let (o, l) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
                 o..o + l
             });
             let got = b.get_opts(GetOptions { range, conditions: conditions(op, results) })?;
-            let mut out = properties_json(&got.properties);
+            let mut out = properties_json(&got.properties, op, results);
             out["sha256"] = json!(sha256_hex(&got.data));
             out["body_len"] = json!(got.data.len());
             out
         }
-        "head" => properties_json(&b.properties_opts(conditions(op, results))?),
+        "head" => properties_json(&b.properties_opts(conditions(op, results))?, op, results),
         "delete" => {
             b.delete_opts(conditions(op, results))?;
             json!({})
         }
-        "set_metadata" => json!({ "etag": b.set_metadata(metadata_of(op), conditions(op, results))?.etag }),
-        "set_content_type" => json!({ "etag": b.set_content_type(&s("content_type"), conditions(op, results))?.etag }),
+        "set_metadata" => written(b.set_metadata(metadata_of(op), conditions(op, results))?),
+        "set_content_type" => written(b.set_content_type(&s("content_type"), conditions(op, results))?),
+        "set_properties" => written(b.set_http_headers(&s("content_type"), headers_of(op), conditions(op, results))?),
         "copy" => {
             let from = g.container(&s("from_c")).blob(&s("from_b"));
             let options = CopyOptions {
-                source_conditions: Conditions {
-                    if_match: op["source_if_match"].as_str().map(|r| etag_ref(results, r)),
-                    if_none_match: None,
-                },
+                source_conditions: op["source_if_match"]
+                    .as_str()
+                    .map_or_else(Conditions::none, |r| Conditions::if_match(etag_ref(results, r))),
                 conditions: conditions(op, results),
                 metadata: op["metadata"].is_object().then(|| metadata_of(op)),
             };
-            json!({ "etag": b.copy_from(&from, options)?.etag })
+            written(b.copy_from(&from, options)?)
         }
         "stage" => {
             let data = data_of(op);
@@ -193,7 +232,7 @@ fn run_vmblob(g: &Guest, op: &Value, results: &[Value]) -> Result<Value, ClientE
         "commit" => {
             let ids = op["ids"].as_array().unwrap().iter();
             let blocks = ids.map(|i| ListedBlock::unproven(BlockId::new(i.as_str().unwrap().as_bytes()).unwrap()));
-            json!({ "etag": b.commit_blocks(blocks, put_options(op, results))?.etag })
+            written(b.commit_blocks(blocks, put_options(op, results))?)
         }
         "block_list" => {
             let blocks = b.block_list(BlockListType::All)?;
@@ -240,11 +279,11 @@ fn run_vmblob(g: &Guest, op: &Value, results: &[Value]) -> Result<Value, ClientE
 }
 
 /// What is compared of one answer: its class, and for a success every
-/// observation but the ETag (each side's own).
+/// observation but the ETag and the time (each side's own).
 fn comparable(class: String, r: &Value) -> Value {
     let mut r = r.clone();
     if let Some(m) = r.as_object_mut() {
-        for k in ["etag", "http", "code"] {
+        for k in ["etag", "lm", "http", "code"] {
             m.remove(k);
         }
     }
@@ -416,6 +455,67 @@ fn scenarios() -> Vec<Scenario> {
                 json!({"op": "get", "c": "cpb", "b": "blk"}),
                 json!({"op": "delete_container", "c": "cpa"}),
                 json!({"op": "delete_container", "c": "cpb"}),
+            ],
+        },
+        Scenario {
+            name: "times",
+            ops: vec![
+                json!({"op": "create_container", "c": "tms"}),
+                json!({"op": "put", "c": "tms", "b": "t", "data": "one"}),
+                // Reads: modified since the second before (200), not since its own (304);
+                // unmodified since its own (200), not since the second before (412).
+                json!({"op": "get", "c": "tms", "b": "t", "if_modified_since": "$1-1"}),
+                json!({"op": "get", "c": "tms", "b": "t", "if_modified_since": "$1"}),
+                json!({"op": "head", "c": "tms", "b": "t", "if_modified_since": "$1"}),
+                json!({"op": "head", "c": "tms", "b": "t", "if_unmodified_since": "$1"}),
+                json!({"op": "get", "c": "tms", "b": "t", "if_unmodified_since": "$1-1"}),
+                // With an ETag condition: If-None-Match decides with If-Modified-Since on a read.
+                json!({"op": "get", "c": "tms", "b": "t", "if_none_match": "$1", "if_modified_since": "$1-1"}),
+                json!({"op": "get", "c": "tms", "b": "t", "if_match": "$1", "if_unmodified_since": "$1"}),
+                // Writes: 412 when a time condition fails, through when it holds.
+                json!({"op": "put", "c": "tms", "b": "t", "data": "two", "if_modified_since": "$1"}),
+                json!({"op": "put", "c": "tms", "b": "t", "data": "two", "if_unmodified_since": "$1-1"}),
+                json!({"op": "set_metadata", "c": "tms", "b": "t", "metadata": {"k": "v"},
+                       "if_modified_since": "$1"}),
+                json!({"op": "delete", "c": "tms", "b": "t", "if_unmodified_since": "$1-1"}),
+                json!({"op": "put", "c": "tms", "b": "t", "data": "two", "if_unmodified_since": "$1"}),
+                json!({"op": "head", "c": "tms", "b": "t", "created_of": 13}),
+                json!({"op": "set_metadata", "c": "tms", "b": "t", "metadata": {"k": "v"},
+                       "if_modified_since": "$13-1"}),
+                // A metadata change keeps the creation time.
+                json!({"op": "head", "c": "tms", "b": "t", "created_of": 13}),
+                // Time conditions on a blob that is not there: writes go through.
+                json!({"op": "put", "c": "tms", "b": "new", "data": "n", "if_unmodified_since": "$1-1"}),
+                json!({"op": "put", "c": "tms", "b": "new2", "data": "n", "if_modified_since": "$1"}),
+                json!({"op": "get", "c": "tms", "b": "none", "if_modified_since": "$1"}),
+                json!({"op": "delete", "c": "tms", "b": "t", "if_unmodified_since": "$15"}),
+                json!({"op": "delete_container", "c": "tms"}),
+            ],
+        },
+        Scenario {
+            name: "http_headers",
+            ops: vec![
+                json!({"op": "create_container", "c": "hdr"}),
+                json!({"op": "put", "c": "hdr", "b": "h", "data": "x", "content_type": "text/csv",
+                       "headers": {"content_encoding": "gzip", "content_language": "de-CH",
+                                   "content_disposition": "attachment; filename=\"r.csv\"",
+                                   "cache_control": "max-age=60"}}),
+                json!({"op": "head", "c": "hdr", "b": "h", "created_of": 1}),
+                json!({"op": "get", "c": "hdr", "b": "h"}),
+                // Set Blob Properties replaces them all: one not given is cleared.
+                json!({"op": "set_properties", "c": "hdr", "b": "h", "content_type": "text/plain",
+                       "headers": {"cache_control": "no-cache"}}),
+                json!({"op": "head", "c": "hdr", "b": "h", "created_of": 1}),
+                json!({"op": "set_metadata", "c": "hdr", "b": "h", "metadata": {"a": "b"}}),
+                json!({"op": "head", "c": "hdr", "b": "h"}),
+                json!({"op": "stage", "c": "hdr", "b": "blk", "id": "id-1", "data": "block"}),
+                json!({"op": "commit", "c": "hdr", "b": "blk", "ids": ["id-1"],
+                       "headers": {"content_language": "fr", "content_encoding": "br"}}),
+                json!({"op": "head", "c": "hdr", "b": "blk", "created_of": 9}),
+                json!({"op": "copy", "c": "hdr", "b": "cp", "from_c": "hdr", "from_b": "h"}),
+                json!({"op": "head", "c": "hdr", "b": "cp", "created_of": 11}),
+                json!({"op": "list", "c": "hdr"}),
+                json!({"op": "delete_container", "c": "hdr"}),
             ],
         },
         Scenario {

@@ -184,6 +184,7 @@ fn put(container: &str, name: &str, data: &[u8]) -> RawRequest {
     let op = OpRequest::PutBlob(PutBlob {
         target: BlobRef { container: ContainerName::new(container).unwrap(), blob: BlobName::new(name).unwrap() },
         content_type: String::new(),
+        headers: Default::default(),
         metadata: Metadata::default(),
         conditions: Conditions::none(),
         content_md5: None,

@@ -137,8 +137,8 @@ fn conditional_writes(store: StoreKind) {
     let (_sb, vsp) = start(store, 1);
     let g = Guest::connect(vsp.socket(), GuestOptions::default());
     g.container("cond").create().unwrap();
-    let none_match = || Conditions { if_match: None, if_none_match: Some(ETag::any()) };
-    let if_match = |e: &str| Conditions { if_match: Some(ETag::new(e).unwrap()), if_none_match: None };
+    let none_match = || Conditions::if_none_match(ETag::any());
+    let if_match = |e: &str| Conditions::if_match(ETag::new(e).unwrap());
 
     // Create-only: the first wins, the second is refused (Azure's 409) and changes nothing.
     let w1 = g
@@ -410,8 +410,8 @@ fn handles_carry_options_conditions_and_pages(store: StoreKind) {
     assert_eq!((p.content_type.as_str(), &p.metadata), ("text/plain", &metadata));
 
     let etag = ETag::new(&w.etag).unwrap();
-    let if_match = |e: &ETag| Conditions { if_match: Some(e.clone()), if_none_match: None };
-    let if_none_match = |e: &ETag| Conditions { if_match: None, if_none_match: Some(e.clone()) };
+    let if_match = |e: &ETag| Conditions::if_match(e.clone());
+    let if_none_match = |e: &ETag| Conditions::if_none_match(e.clone());
     let stale = ETag::new("\"0xdeadbeef\"").unwrap();
     assert_eq!(b.properties_opts(if_match(&etag)).unwrap().etag, w.etag);
     expect_status(b.properties_opts(if_match(&stale)), BlobError::PreconditionFailed);

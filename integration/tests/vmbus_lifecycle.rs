@@ -35,6 +35,7 @@ fn submit_put(c: &BlobClient, container: &str, name: &str, data: &[u8]) -> Resul
             blob: vmblob_protocol::BlobName::new(name).unwrap(),
         },
         content_type: String::new(),
+        headers: Default::default(),
         metadata: Default::default(),
         conditions: Conditions::none(),
         content_md5: None,

@@ -5,7 +5,7 @@
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::ops::{DecodeError, OP_VERSION};
+use crate::ops::{DecodeError, MIN_OP_VERSION, OP_VERSION};
 
 /// Default virtio device ID of the blob device. Virtio 1.3 assigns IDs
 /// below 64; 2832 (0xB10) is far from that range and from any reserved
@@ -125,10 +125,17 @@ impl DeviceConfig {
             max_blob_size: raw.max_blob_size.get(),
             block_size_hint: raw.block_size_hint.get(),
         };
-        if c.min_op_version > c.max_op_version || c.max_op_version < OP_VERSION || c.min_op_version > OP_VERSION {
+        // The device's range must overlap ours.
+        if c.min_op_version > c.max_op_version || c.max_op_version < MIN_OP_VERSION || c.min_op_version > OP_VERSION {
             return Err(DecodeError::UnsupportedVersion(c.min_op_version));
         }
         Ok(c)
+    }
+
+    /// The op version to speak with this device: the newest in both ranges
+    /// (`from_bytes` refused configs whose range misses ours).
+    pub fn op_version(&self) -> u16 {
+        self.max_op_version.min(OP_VERSION)
     }
 
     /// Bytes `[offset, offset + len)` of the config space, for GET_CONFIG; out
@@ -183,9 +190,18 @@ mod tests {
         assert!(c.read(1000, 4).is_empty());
         assert!(DeviceConfig::from_bytes(&[0; 63]).is_err());
         assert!(DeviceConfig::from_bytes(&[0; 64]).is_err());
+        // A range that misses ours is refused; one that overlaps it agrees
+        // on the newest version in both.
         let mut bad = c;
-        bad.min_op_version = 2;
-        bad.max_op_version = 3;
+        bad.min_op_version = OP_VERSION + 1;
+        bad.max_op_version = OP_VERSION + 2;
         assert!(DeviceConfig::from_bytes(&bad.to_bytes()).is_err());
+        bad.min_op_version = 0;
+        bad.max_op_version = 0;
+        assert!(DeviceConfig::from_bytes(&bad.to_bytes()).is_err());
+        let versions = |min, max| DeviceConfig { min_op_version: min, max_op_version: max, ..c };
+        assert_eq!(DeviceConfig::from_bytes(&versions(1, 1).to_bytes()).unwrap().op_version(), 1);
+        assert_eq!(DeviceConfig::from_bytes(&versions(1, 9).to_bytes()).unwrap().op_version(), OP_VERSION);
+        assert_eq!(DeviceConfig::from_bytes(&versions(2, 2).to_bytes()).unwrap().op_version(), 2);
     }
 }

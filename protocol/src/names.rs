@@ -13,6 +13,8 @@ pub const BLOCK_ID_MAX: usize = 64;
 pub const METADATA_MAX_BYTES: usize = 8 * 1024;
 pub const METADATA_KEY_MAX: usize = 256;
 pub const CONTENT_TYPE_MAX: usize = 256;
+/// Longest Content-Encoding, -Language, -Disposition or Cache-Control.
+pub const CONTENT_HEADER_MAX: usize = 1024;
 pub const ETAG_MAX: usize = 256;
 
 /// A container name: 3–63 of `[a-z0-9-]`, starting and ending with a letter or

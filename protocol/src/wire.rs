@@ -1,17 +1,22 @@
 //! Bounds-checked little-endian cursor used by every blob-operation codec.
 //! Reading never panics and never allocates more than the input holds.
 
-use crate::ops::DecodeError;
+use crate::ops::{DecodeError, OP_VERSION};
 
 /// Reads fields from a borrowed byte slice.
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// The op version the bytes are in (fields added in later versions are
+    /// read only from buffers of those versions).
+    pub version: u16,
 }
 
 impl<'a> Reader<'a> {
+    /// A reader of bytes in the newest op version; the op header decoders
+    /// set `version` from the header they read.
     pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
+        Self { buf, pos: 0, version: OP_VERSION }
     }
 
     pub fn remaining(&self) -> usize {
@@ -99,13 +104,22 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Appends fields to a byte vector.
-#[derive(Default)]
+/// Appends fields to a byte vector, in one op version's encoding.
 pub struct Writer {
     pub buf: Vec<u8>,
+    pub version: u16,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Self::at(OP_VERSION)
+    }
 }
 
 impl Writer {
+    pub fn at(version: u16) -> Self {
+        Self { buf: Vec::new(), version }
+    }
     pub fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }

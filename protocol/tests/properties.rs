@@ -12,16 +12,17 @@ use zerocopy::little_endian::U32;
 use vmblob_protocol::config::DeviceConfig;
 use vmblob_protocol::names::{BlobName, ContainerName, validate_metadata_key};
 use vmblob_protocol::ops::{
-    DecodeError, ErrorReply, MAX_MESSAGE, OP_HEADER_SIZE, OP_VERSION, OpCode, OpRequest, OpResponse, REQUEST_MAGIC,
-    RESPONSE_MAGIC, ResponseMessage, encode_error, encode_success,
+    DecodeError, Entity, ErrorReply, MAX_MESSAGE, NeedsVersion, OP_HEADER_SIZE, OP_VERSION, OpCode, OpRequest,
+    OpResponse, REQUEST_MAGIC, RESPONSE_MAGIC, ResponseMessage, encode_error, encode_success, encode_success_at,
 };
 use vmblob_protocol::status::BlobError;
 use vmblob_protocol::transport::{MAX_BUFFER_LEN, OperationType, TransportError, VspRequest, VspResponse};
 
 /// A decoded request must re-encode to the bytes it came from (up to the one
 /// documented alias, `max_results` 0 for 5000).
-fn check_canonical_request(bytes: &[u8], req: &OpRequest) -> Result<(), TestCaseError> {
-    prop_assert!(encodings_of(req).iter().any(|e| e == bytes), "{req:?} does not re-encode to its input");
+fn check_canonical_request(bytes: &[u8], version: u16, req: &OpRequest) -> Result<(), TestCaseError> {
+    let again = encodings_of(version, req);
+    prop_assert!(again.iter().any(|e| e == bytes), "{req:?} does not re-encode to its input");
     Ok(())
 }
 
@@ -46,8 +47,8 @@ fn check_canonical_response(bytes: &[u8], msg: &ResponseMessage) -> Result<(), T
 }
 
 fn decode_request_checked(bytes: &[u8]) -> Result<(), TestCaseError> {
-    if let Ok(req) = OpRequest::decode(bytes) {
-        check_canonical_request(bytes, &req)?;
+    if let Ok((version, req)) = OpRequest::decode_versioned(bytes) {
+        check_canonical_request(bytes, version, &req)?;
     }
     Ok(())
 }
@@ -93,10 +94,39 @@ proptest! {
         prop_assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]), req.op() as u16);
         prop_assert_eq!(&bytes[8..12], &[0; 4]);
         prop_assert_eq!(u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize, bytes.len() - OP_HEADER_SIZE);
-        prop_assert_eq!(OpRequest::decode(&bytes), Ok(req.clone()));
+        prop_assert_eq!(OpRequest::decode_versioned(&bytes), Ok((OP_VERSION, req.clone())));
         // Every proper prefix is refused.
         let cut = bytes.len() / 2;
         prop_assert!(OpRequest::decode(&bytes[..cut]).is_err());
+    }
+
+    /// Op version 1 carries what it can and refuses, rather than drops, a
+    /// field it lacks (a time condition, an HTTP header).
+    #[test]
+    fn requests_round_trip_in_version_1_or_are_refused(req in op_request()) {
+        match req.encode_at(1) {
+            Ok(bytes) => {
+                prop_assert_eq!(req.min_version(), 1);
+                prop_assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 1);
+                prop_assert_eq!(OpRequest::decode_versioned(&bytes), Ok((1, req.clone())));
+            }
+            Err(e) => {
+                prop_assert_eq!(e, NeedsVersion { op: req.op(), needed: 2, version: 1 });
+                prop_assert_eq!(req.min_version(), 2);
+            }
+        }
+        prop_assert!(req.encode_at(0).is_err());
+        prop_assert!(req.encode_at(OP_VERSION + 1).is_err());
+        prop_assert_eq!(req.encode_at(OP_VERSION), Ok(req.encode()));
+    }
+
+    /// A version-1 answer leaves out what version 1 has no field for.
+    #[test]
+    fn responses_in_version_1_leave_out_the_version_2_fields((op, resp) in op_response()) {
+        let bytes = encode_success_at(1, op, &resp);
+        prop_assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 1);
+        let got = ResponseMessage::decode(&bytes, op);
+        prop_assert_eq!(got, Ok(ResponseMessage { version: 1, op, result: Ok(without_v2_fields(resp)) }));
     }
 
     #[test]
@@ -107,7 +137,8 @@ proptest! {
         prop_assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]), op as u16);
         prop_assert_eq!(&bytes[8..12], &[0; 4], "status is success");
         prop_assert_eq!(u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize, bytes.len() - OP_HEADER_SIZE);
-        prop_assert_eq!(ResponseMessage::decode(&bytes, op), Ok(ResponseMessage { op, result: Ok(resp.clone()) }));
+        let got = ResponseMessage::decode(&bytes, op);
+        prop_assert_eq!(got, Ok(ResponseMessage { version: OP_VERSION, op, result: Ok(resp.clone()) }));
         // Decoding for another op is refused by the header check.
         for other in OpCode::ALL.into_iter().filter(|o| *o != op) {
             prop_assert_eq!(
@@ -130,7 +161,8 @@ proptest! {
         prop_assert!(bytes.len() <= limit.max(OP_HEADER_SIZE + 2));
         prop_assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), error.code());
         let got = ResponseMessage::decode(&bytes, op);
-        let expected = ResponseMessage { op, result: Err(ErrorReply { error, message: want.to_owned() }) };
+        let expected =
+            ResponseMessage { version: OP_VERSION, op, result: Err(ErrorReply { error, message: want.to_owned() }) };
         prop_assert_eq!(got, Ok(expected));
     }
 
@@ -411,6 +443,7 @@ fn limits_are_enforced_at_the_boundary() {
             target: target.clone(),
             blocks: vec![BlockId::new(&[7]).unwrap().into(); n],
             content_type: String::new(),
+            headers: Default::default(),
             metadata: Metadata::default(),
             conditions: Conditions::none(),
         })
@@ -484,6 +517,7 @@ fn block_list_crcs_are_an_optional_trailing_section() {
             target: target.clone(),
             blocks,
             content_type: String::new(),
+            headers: Default::default(),
             metadata: Metadata::default(),
             conditions: Conditions::none(),
         })
@@ -491,8 +525,9 @@ fn block_list_crcs_are_an_optional_trailing_section() {
     // Without CRCs the body ends after the conditions, as before the section existed.
     let old = list(vec![id(1).into(), id(2).into()]);
     let old_bytes = old.encode();
-    // blob_ref 2+3 + 2+1, count 4, 2 ids of 1+1, content type 2, metadata 2, conditions 2.
-    assert_eq!(old_bytes.len(), OP_HEADER_SIZE + 8 + 4 + 4 + 2 + 2 + 2, "{old_bytes:02x?}");
+    // blob_ref 2+3 + 2+1, count 4, 2 ids of 1+1, content type 2, headers 4×2,
+    // metadata 2, conditions 4 (op version 2).
+    assert_eq!(old_bytes.len(), OP_HEADER_SIZE + 8 + 4 + 4 + 2 + 8 + 2 + 4, "{old_bytes:02x?}");
     // With one CRC, every entry gets an option<u64>, in list order.
     let mixed = list(vec![ListedBlock::proven(id(1), 0x0102_0304_0506_0708), id(2).into()]);
     let bytes = mixed.encode();
@@ -522,8 +557,9 @@ fn field_rules_are_enforced_on_decode() {
         OpRequest::PutBlob(PutBlob {
             target: target.clone(),
             content_type: content_type.to_owned(),
+            headers: Default::default(),
             metadata: Metadata::default(),
-            conditions: Conditions { if_match, if_none_match: None },
+            conditions: Conditions { if_match, ..Conditions::none() },
             content_md5: None,
             content_crc64: None,
         })
@@ -558,25 +594,70 @@ fn field_rules_are_enforced_on_decode() {
 fn conditions_follow_the_table() {
     use vmblob_protocol::ops::{Conditions, ETag};
     let (a, b, any) = (ETag::new("a").unwrap(), ETag::new("b").unwrap(), ETag::any());
-    let c = |m: Option<&ETag>, n: Option<&ETag>| Conditions { if_match: m.cloned(), if_none_match: n.cloned() };
+    let c = |m: Option<&ETag>, n: Option<&ETag>| Conditions {
+        if_match: m.cloned(),
+        if_none_match: n.cloned(),
+        ..Conditions::none()
+    };
+    let at = |etag| Some(Entity { etag, last_modified_ms: 0 });
     // (conditions, current etag or absent, holds)
     let cases = [
         (c(None, None), None, true),
-        (c(None, None), Some(&a), true),
-        (c(Some(&a), None), Some(&a), true),
-        (c(Some(&a), None), Some(&b), false),
+        (c(None, None), at(&a), true),
+        (c(Some(&a), None), at(&a), true),
+        (c(Some(&a), None), at(&b), false),
         (c(Some(&a), None), None, false),
-        (c(Some(&any), None), Some(&b), true),
+        (c(Some(&any), None), at(&b), true),
         (c(Some(&any), None), None, false),
-        (c(None, Some(&a)), Some(&a), false),
-        (c(None, Some(&a)), Some(&b), true),
+        (c(None, Some(&a)), at(&a), false),
+        (c(None, Some(&a)), at(&b), true),
         (c(None, Some(&a)), None, true),
-        (c(None, Some(&any)), Some(&b), false),
+        (c(None, Some(&any)), at(&b), false),
         (c(None, Some(&any)), None, true),
-        (c(Some(&a), Some(&b)), Some(&a), true),
-        (c(Some(&a), Some(&a)), Some(&a), false),
+        (c(Some(&a), Some(&b)), at(&a), true),
+        (c(Some(&a), Some(&a)), at(&a), false),
     ];
     for (cond, current, holds) in cases {
         assert_eq!(cond.check(current), holds, "{cond:?} on {current:?}");
     }
+}
+
+/// Time conditions compare whole seconds, as the HTTP dates they stand for;
+/// writes let an ETag condition decide over its time counterpart and skip
+/// times on an absent blob; reads answer 412 or 304 as Azure does.
+#[test]
+fn time_conditions_follow_azure() {
+    use vmblob_protocol::ops::{Conditions, ETag, ReadVerdict::*};
+    let (a, b) = (ETag::new("a").unwrap(), ETag::new("b").unwrap());
+    // Last modified at 10.500 s.
+    let blob = Entity { etag: &a, last_modified_ms: 10_500 };
+    let since = |ms| Conditions { if_modified_since_ms: Some(ms), ..Conditions::none() };
+    let until = |ms| Conditions { if_unmodified_since_ms: Some(ms), ..Conditions::none() };
+    // (conditions, write holds, read verdict)
+    let cases = [
+        (since(9_999), true, Holds),
+        // The same second is not "since": the reader has this version.
+        (since(10_000), false, NotModified),
+        (since(10_900), false, NotModified),
+        (since(11_000), false, NotModified),
+        (until(10_000), true, Holds),
+        (until(10_999), true, Holds),
+        (until(9_999), false, PreconditionFailed),
+        // An ETag condition decides a write over its time counterpart...
+        (Conditions { if_match: Some(a.clone()), ..until(0) }, true, PreconditionFailed),
+        (Conditions { if_none_match: Some(b.clone()), ..since(20_000) }, true, Holds),
+        (Conditions { if_none_match: Some(a.clone()), ..since(0) }, false, Holds),
+        // ...and a read serves when either of If-None-Match / If-Modified-Since says so.
+        (Conditions { if_none_match: Some(a.clone()), ..since(20_000) }, false, NotModified),
+        (Conditions { if_match: Some(b.clone()), ..since(0) }, false, PreconditionFailed),
+        (Conditions { if_unmodified_since_ms: Some(0), ..since(20_000) }, false, PreconditionFailed),
+    ];
+    for (cond, write, read) in cases {
+        assert_eq!(cond.check(Some(blob)), write, "write under {cond:?}");
+        assert_eq!(cond.check_read(blob), read, "read under {cond:?}");
+    }
+    // An absent blob fails only If-Match.
+    assert!(since(u64::MAX).check(None));
+    assert!(until(0).check(None));
+    assert!(!Conditions { if_match: Some(a), ..until(u64::MAX) }.check(None));
 }

@@ -10,7 +10,7 @@ use vmblob_protocol::framing::vmbus::{
 use vmblob_protocol::names::{BlobName, ContainerName};
 use vmblob_protocol::ops::{
     BlobProperties, BlobRef, ByteRange, Conditions, DataDirection, GetBlob, Metadata, OpCode, OpRequest, OpResponse,
-    ResponseMessage, encode_error, encode_success,
+    ResponseMessage, encode_error_at, encode_success_at,
 };
 use vmblob_protocol::sg::Segment;
 use vmblob_protocol::transport::{VspRequest, VspResponse};
@@ -89,7 +89,8 @@ const ERROR_BUFFER: &str = "\
 
 #[test]
 fn get_blob_request_buffer() {
-    let b = get_blob().encode();
+    // The worked example is in op version 1 (§12).
+    let b = get_blob().encode_at(1).unwrap();
     assert_eq!(b.len(), 57);
     assert_eq!(hex(&b), REQUEST_BUFFER);
 }
@@ -148,19 +149,21 @@ fn get_blob_responses() {
     let properties = BlobProperties {
         etag: "\"0x1\"".into(),
         last_modified_ms: 1_700_000_000_000,
+        created_ms: 0,
         content_length: 20_000,
         content_type: "image/jpeg".into(),
+        headers: Default::default(),
         content_md5: None,
         content_crc64: 0x0123_4567_89ab_cdef,
         committed_blocks: 0,
         metadata: Metadata::default(),
     };
     let ok = OpResponse::BlobData { properties, offset: 0, length: 8192 };
-    let b = encode_success(OpCode::GetBlob, &ok);
+    let b = encode_success_at(1, OpCode::GetBlob, &ok);
     assert_eq!(b.len(), 82);
     assert_eq!(hex(&b), RESPONSE_BUFFER);
     assert_eq!(ResponseMessage::decode(&b, OpCode::GetBlob).unwrap().result, Ok(ok));
 
-    let e = encode_error(OpCode::GetBlob, BlobError::BlobNotFound, "no such blob", 512);
+    let e = encode_error_at(1, OpCode::GetBlob, BlobError::BlobNotFound, "no such blob", 512);
     assert_eq!(hex(&e), ERROR_BUFFER);
 }

@@ -66,6 +66,11 @@ pub enum ClientError {
     /// A response body that does not decode.
     #[error("undecodable response: {0}")]
     Decode(#[from] DecodeError),
+    /// The request needs a newer op version than the device speaks (a time
+    /// condition or an HTTP header on a VSP of an older build): refused
+    /// here rather than sent without it.
+    #[error(transparent)]
+    NeedsVersion(#[from] vmblob_protocol::ops::NeedsVersion),
     /// A 12-byte transport response that does not parse.
     #[error("bad transport response: {0}")]
     Response(#[from] TransportError),
@@ -122,6 +127,8 @@ pub enum ProtocolError {
     BadCompletion { len: usize, source: FramingError },
     #[error("device config: {0}")]
     DeviceConfig(DecodeError),
+    #[error("answer in op version {got} to a request in version {sent}")]
+    WrongVersion { got: u16, sent: u16 },
 }
 
 impl ClientError {

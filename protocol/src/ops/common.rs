@@ -94,39 +94,173 @@ impl ETag {
     }
 }
 
-/// If-Match / If-None-Match.
+/// The entity a condition set is judged against: its ETag and last-modified
+/// time (ms since the Unix epoch).
+#[derive(Debug, Clone, Copy)]
+pub struct Entity<'a> {
+    pub etag: &'a ETag,
+    pub last_modified_ms: u64,
+}
+
+/// What a read's conditions decide (Azure's rules for reads, version
+/// 2013-08-15 and later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadVerdict {
+    Holds,
+    /// 412: If-Match or If-Unmodified-Since failed.
+    PreconditionFailed,
+    /// 304: If-None-Match or If-Modified-Since says the reader has this one.
+    NotModified,
+}
+
+/// If-Match / If-None-Match, and (op version 2) If-Modified-Since /
+/// If-Unmodified-Since.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Conditions {
     pub if_match: Option<ETag>,
     pub if_none_match: Option<ETag>,
+    /// ms since the Unix epoch. Times compare in whole seconds, as the HTTP
+    /// dates these stand for carry them.
+    pub if_modified_since_ms: Option<u64>,
+    pub if_unmodified_since_ms: Option<u64>,
+}
+
+/// Whole seconds: the precision of an HTTP date, at which Azure compares.
+fn secs(ms: u64) -> u64 {
+    ms / 1000
 }
 
 impl Conditions {
     pub fn none() -> Self {
         Self::default()
     }
-
-    /// Whether an entity with `current` ETag (None = absent) satisfies these.
-    pub fn check(&self, current: Option<&ETag>) -> bool {
-        let m = match (&self.if_match, current) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(want), Some(cur)) => want.is_any() || want.matches(cur),
-        };
-        let n = match (&self.if_none_match, current) {
-            (None, _) | (Some(_), None) => true,
-            (Some(not), Some(cur)) => !(not.is_any() || not.matches(cur)),
-        };
-        m && n
+    pub fn if_match(etag: ETag) -> Self {
+        Self { if_match: Some(etag), ..Self::default() }
+    }
+    pub fn if_none_match(etag: ETag) -> Self {
+        Self { if_none_match: Some(etag), ..Self::default() }
+    }
+    /// Whether a time condition is set (op version 2 only).
+    pub fn has_times(&self) -> bool {
+        self.if_modified_since_ms.is_some() || self.if_unmodified_since_ms.is_some()
     }
 
+    fn match_holds(&self, e: Entity<'_>) -> Option<bool> {
+        self.if_match.as_ref().map(|want| want.is_any() || want.matches(e.etag))
+    }
+    fn none_match_holds(&self, e: Entity<'_>) -> Option<bool> {
+        self.if_none_match.as_ref().map(|not| !(not.is_any() || not.matches(e.etag)))
+    }
+    fn modified_since_holds(&self, e: Entity<'_>) -> Option<bool> {
+        self.if_modified_since_ms.map(|t| secs(e.last_modified_ms) > secs(t))
+    }
+    fn unmodified_since_holds(&self, e: Entity<'_>) -> Option<bool> {
+        self.if_unmodified_since_ms.map(|t| secs(e.last_modified_ms) <= secs(t))
+    }
+
+    /// Whether a write (or delete) may go ahead over `current` (None: the
+    /// name has no committed blob). Azure's rules for writes: an absent
+    /// entity fails only If-Match; an ETag condition decides over its time
+    /// counterpart (If-Match over If-Unmodified-Since, If-None-Match over
+    /// If-Modified-Since); every condition left must hold.
+    pub fn check(&self, current: Option<Entity<'_>>) -> bool {
+        let Some(e) = current else { return self.if_match.is_none() };
+        let unmodified = self.match_holds(e).or(self.unmodified_since_holds(e));
+        let modified = self.none_match_holds(e).or(self.modified_since_holds(e));
+        unmodified.unwrap_or(true) && modified.unwrap_or(true)
+    }
+
+    /// A read (GET, HEAD) of an existing entity, as Azure answers it: a
+    /// failed If-Match or If-Unmodified-Since is 412; otherwise the reader
+    /// already has it (304) when If-None-Match or If-Modified-Since fails
+    /// and the other of the two does not hold.
+    pub fn check_read(&self, e: Entity<'_>) -> ReadVerdict {
+        if self.match_holds(e) == Some(false) || self.unmodified_since_holds(e) == Some(false) {
+            return ReadVerdict::PreconditionFailed;
+        }
+        let (none_match, since) = (self.none_match_holds(e), self.modified_since_holds(e));
+        if (none_match == Some(false) && since != Some(true)) || (since == Some(false) && none_match != Some(true)) {
+            return ReadVerdict::NotModified;
+        }
+        ReadVerdict::Holds
+    }
+
+    /// Op version 1 carries the ETag conditions only; the encoder of a
+    /// request refuses times at version 1 before it gets here.
     pub(crate) fn encode(&self, w: &mut Writer) {
         w.option(self.if_match.as_ref(), |w, e| w.str16(e.as_str()));
         w.option(self.if_none_match.as_ref(), |w, e| w.str16(e.as_str()));
+        if w.version >= 2 {
+            w.option(self.if_modified_since_ms, Writer::u64);
+            w.option(self.if_unmodified_since_ms, Writer::u64);
+        }
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Self { if_match: r.option(ETag::decode)?, if_none_match: r.option(ETag::decode)? })
+        let mut c = Self { if_match: r.option(ETag::decode)?, if_none_match: r.option(ETag::decode)?, ..Self::none() };
+        if r.version >= 2 {
+            c.if_modified_since_ms = r.option(Reader::u64)?;
+            c.if_unmodified_since_ms = r.option(Reader::u64)?;
+        }
+        Ok(c)
+    }
+}
+
+/// Azure's HTTP headers of a blob besides Content-Type and Content-MD5 (op
+/// version 2): stored as given and returned as stored. Empty is "none".
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
+pub struct ContentHeaders {
+    pub content_encoding: String,
+    pub content_language: String,
+    pub content_disposition: String,
+    pub cache_control: String,
+}
+
+impl ContentHeaders {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+    /// Each field, named as the HTTP header is.
+    pub fn fields(&self) -> [(&'static str, &str); 4] {
+        [
+            ("Content-Encoding", &self.content_encoding),
+            ("Content-Language", &self.content_language),
+            ("Content-Disposition", &self.content_disposition),
+            ("Cache-Control", &self.cache_control),
+        ]
+    }
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        for (_, v) in self.fields() {
+            if v.len() > names::CONTENT_HEADER_MAX {
+                return Err(DecodeError::FieldTooLong { len: v.len(), max: names::CONTENT_HEADER_MAX });
+            }
+            names::validate_text(v)?;
+        }
+        Ok(())
+    }
+    /// Nothing at op version 1, which has no such fields.
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        if w.version >= 2 {
+            for (_, v) in self.fields() {
+                w.str16(v);
+            }
+        }
+    }
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        if r.version < 2 {
+            return Ok(Self::default());
+        }
+        let mut field = || -> Result<String, DecodeError> {
+            let s = r.str16(names::CONTENT_HEADER_MAX)?;
+            names::validate_text(s)?;
+            Ok(s.to_owned())
+        };
+        Ok(Self {
+            content_encoding: field()?,
+            content_language: field()?,
+            content_disposition: field()?,
+            cache_control: field()?,
+        })
     }
 }
 
@@ -143,8 +277,13 @@ pub struct BlobProperties {
     pub etag: String,
     /// Milliseconds since the Unix epoch.
     pub last_modified_ms: u64,
+    /// When the blob was created (its last PutBlob, PutBlockList or CopyBlob
+    /// onto the name; metadata and property changes keep it), as Azure's
+    /// `x-ms-creation-time`. Op version 2; 0 where a store never recorded it.
+    pub created_ms: u64,
     pub content_length: u64,
     pub content_type: String,
+    pub headers: ContentHeaders,
     pub content_md5: Option<[u8; 16]>,
     /// CRC-64/NVME of the whole content (Azure's `x-ms-content-crc64` polynomial).
     pub content_crc64: u64,
@@ -157,8 +296,12 @@ impl BlobProperties {
     pub(crate) fn encode(&self, w: &mut Writer) {
         w.str16(&self.etag);
         w.u64(self.last_modified_ms);
+        if w.version >= 2 {
+            w.u64(self.created_ms);
+        }
         w.u64(self.content_length);
         w.str16(&self.content_type);
+        self.headers.encode(w);
         w.option(self.content_md5, |w, m| w.raw(&m));
         w.u64(self.content_crc64);
         w.u32(self.committed_blocks);
@@ -169,8 +312,10 @@ impl BlobProperties {
         Ok(Self {
             etag: r.str16(ETAG_MAX)?.to_owned(),
             last_modified_ms: r.u64()?,
+            created_ms: if r.version >= 2 { r.u64()? } else { 0 },
             content_length: r.u64()?,
             content_type: r.str16(names::CONTENT_TYPE_MAX)?.to_owned(),
+            headers: ContentHeaders::decode(r)?,
             content_md5: r.option(|r| r.md5())?,
             content_crc64: r.u64()?,
             committed_blocks: r.u32()?,

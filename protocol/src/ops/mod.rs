@@ -19,8 +19,12 @@ use crate::status::BlobError;
 pub const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"VBRQ");
 /// `"VBRS"` read as a little-endian u32.
 pub const RESPONSE_MAGIC: u32 = u32::from_le_bytes(*b"VBRS");
-/// The blob-operation encoding version this build speaks.
-pub const OP_VERSION: u16 = 1;
+/// The newest blob-operation encoding version this build speaks (§11.1):
+/// 2 adds time conditions, a creation time and the HTTP headers besides
+/// Content-Type.
+pub const OP_VERSION: u16 = 2;
+/// The oldest one it still speaks, to peers of an older build.
+pub const MIN_OP_VERSION: u16 = 1;
 pub const OP_HEADER_SIZE: usize = 16;
 /// Most entries a list response may carry (Azure's page limit).
 pub const MAX_LIST_RESULTS: u32 = 5000;

@@ -1,8 +1,8 @@
 //! Operation requests: what the guest puts in the request buffer.
 
 use super::{
-    BlockListType, ByteRange, Conditions, DecodeError, MAX_BLOCKS, MAX_LIST_RESULTS, MAX_MARKER, Metadata,
-    OP_HEADER_SIZE, OP_VERSION, OpCode, REQUEST_MAGIC,
+    BlockListType, ByteRange, Conditions, ContentHeaders, DecodeError, MAX_BLOCKS, MAX_LIST_RESULTS, MAX_MARKER,
+    MIN_OP_VERSION, Metadata, OP_HEADER_SIZE, OP_VERSION, OpCode, REQUEST_MAGIC,
 };
 use crate::names::{self, BLOB_NAME_MAX, BLOCK_ID_MAX, BlobName, BlockId, ContainerName};
 use crate::wire::{Reader, Writer};
@@ -31,6 +31,7 @@ pub struct ListContainers {
 pub struct PutBlob {
     pub target: BlobRef,
     pub content_type: String,
+    pub headers: ContentHeaders,
     pub metadata: Metadata,
     pub conditions: Conditions,
     /// If given, the VSP checks the data against it and stores it.
@@ -99,6 +100,7 @@ pub struct PutBlockList {
     /// The blob's content, in order. An id may repeat.
     pub blocks: Vec<ListedBlock>,
     pub content_type: String,
+    pub headers: ContentHeaders,
     pub metadata: Metadata,
     pub conditions: Conditions,
 }
@@ -109,8 +111,17 @@ pub struct PutBlockList {
 pub enum BlobUpdate {
     /// All user metadata (SetBlobMetadata; an empty set removes it all).
     Metadata(Metadata),
-    /// The Content-Type (SetBlobProperties; empty: cleared, as Azure clears it).
-    ContentType(String),
+    /// The HTTP headers (SetBlobProperties): all of them, as Azure's Set
+    /// Blob Properties sets them; one left empty is cleared, not kept. Op
+    /// version 1 carries the content type alone.
+    Properties { content_type: String, headers: ContentHeaders },
+}
+
+impl BlobUpdate {
+    /// A SetBlobProperties of the content type alone (the other headers cleared).
+    pub fn content_type(content_type: impl Into<String>) -> Self {
+        Self::Properties { content_type: content_type.into(), headers: ContentHeaders::default() }
+    }
 }
 
 /// SetBlobMetadata / SetBlobProperties: a committed blob gets a new ETag and
@@ -176,19 +187,53 @@ impl OpRequest {
             OpRequest::GetBlockList { .. } => OpCode::GetBlockList,
             OpRequest::SetBlobProperties(s) => match s.update {
                 BlobUpdate::Metadata(_) => OpCode::SetBlobMetadata,
-                BlobUpdate::ContentType(_) => OpCode::SetBlobProperties,
+                BlobUpdate::Properties { .. } => OpCode::SetBlobProperties,
             },
             OpRequest::CopyBlob(_) => OpCode::CopyBlob,
         }
     }
 
-    /// The whole request buffer: header then body.
+    /// The lowest op version that can carry this request: 2 for time
+    /// conditions and the HTTP headers besides Content-Type, else 1.
+    pub fn min_version(&self) -> u16 {
+        let conditions: &[&Conditions] = match self {
+            OpRequest::PutBlob(p) if !p.headers.is_empty() => return 2,
+            OpRequest::PutBlockList(p) if !p.headers.is_empty() => return 2,
+            OpRequest::SetBlobProperties(SetBlobProperties {
+                update: BlobUpdate::Properties { headers, .. }, ..
+            }) if !headers.is_empty() => return 2,
+            OpRequest::PutBlob(p) => &[&p.conditions],
+            OpRequest::PutBlockList(p) => &[&p.conditions],
+            OpRequest::GetBlob(g) => &[&g.conditions],
+            OpRequest::GetBlobProperties { conditions, .. } | OpRequest::DeleteBlob { conditions, .. } => &[conditions],
+            OpRequest::SetBlobProperties(s) => &[&s.conditions],
+            OpRequest::CopyBlob(c) => &[&c.source_conditions, &c.conditions],
+            _ => &[],
+        };
+        if conditions.iter().any(|c| c.has_times()) { 2 } else { MIN_OP_VERSION }
+    }
+
+    /// The whole request buffer in the newest op version: header then body.
     pub fn encode(&self) -> Vec<u8> {
-        let mut body = Writer::default();
+        self.encode_body_at(OP_VERSION)
+    }
+
+    /// The request buffer in op `version` (the one the VSC agreed with the
+    /// device), or `NeedsVersion` if that version cannot carry the request.
+    pub fn encode_at(&self, version: u16) -> Result<Vec<u8>, NeedsVersion> {
+        let needed = self.min_version();
+        if !(MIN_OP_VERSION..=OP_VERSION).contains(&version) || version < needed {
+            return Err(NeedsVersion { op: self.op(), needed, version });
+        }
+        Ok(self.encode_body_at(version))
+    }
+
+    fn encode_body_at(&self, version: u16) -> Vec<u8> {
+        let mut body = Writer::at(version);
         self.encode_body(&mut body);
-        let mut w = Writer::default();
+        let mut w = Writer::at(version);
         w.u32(REQUEST_MAGIC);
-        w.u16(OP_VERSION);
+        w.u16(version);
         w.u16(self.op() as u16);
         w.u32(0);
         w.u32(body.buf.len() as u32);
@@ -215,6 +260,7 @@ impl OpRequest {
             OpRequest::PutBlob(p) => {
                 encode_ref(w, &p.target);
                 w.str16(&p.content_type);
+                p.headers.encode(w);
                 p.metadata.encode(w);
                 p.conditions.encode(w);
                 w.option(p.content_md5, |w, m| w.raw(&m));
@@ -252,6 +298,7 @@ impl OpRequest {
                     w.bytes8(b.id.as_bytes());
                 }
                 w.str16(&p.content_type);
+                p.headers.encode(w);
                 p.metadata.encode(w);
                 p.conditions.encode(w);
                 // The CRC section is left out when empty, so a list without
@@ -270,7 +317,10 @@ impl OpRequest {
                 encode_ref(w, &s.target);
                 match &s.update {
                     BlobUpdate::Metadata(m) => m.encode(w),
-                    BlobUpdate::ContentType(t) => w.str16(t),
+                    BlobUpdate::Properties { content_type, headers } => {
+                        w.str16(content_type);
+                        headers.encode(w);
+                    }
                 }
                 s.conditions.encode(w);
             }
@@ -286,15 +336,22 @@ impl OpRequest {
 
     /// Decode a whole request buffer. Total: any input gives a value or an error.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_versioned(buf).map(|(_, req)| req)
+    }
+
+    /// Decode a whole request buffer, with the op version it is in (the
+    /// answer must be in the same one).
+    pub fn decode_versioned(buf: &[u8]) -> Result<(u16, Self), DecodeError> {
         let mut r = Reader::new(buf);
         let magic = r.u32()?;
         if magic != REQUEST_MAGIC {
             return Err(DecodeError::BadMagic(magic));
         }
         let version = r.u16()?;
-        if version != OP_VERSION {
+        if !(MIN_OP_VERSION..=OP_VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));
         }
+        r.version = version;
         let code = r.u16()?;
         let op = OpCode::from_u16(code).ok_or(DecodeError::UnknownOp(code))?;
         let flags = r.u32()?;
@@ -307,7 +364,7 @@ impl OpRequest {
         }
         let req = Self::decode_body(op, &mut r)?;
         r.finish()?;
-        Ok(req)
+        Ok((version, req))
     }
 
     fn decode_body(op: OpCode, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -327,6 +384,7 @@ impl OpRequest {
             OpCode::PutBlob => OpRequest::PutBlob(PutBlob {
                 target: blob_ref(r)?,
                 content_type: text(r, names::CONTENT_TYPE_MAX)?,
+                headers: ContentHeaders::decode(r)?,
                 metadata: Metadata::decode(r)?,
                 conditions: Conditions::decode(r)?,
                 content_md5: r.option(|r| r.md5())?,
@@ -366,10 +424,11 @@ impl OpRequest {
                     blocks.push(ListedBlock::unproven(BlockId::new(r.bytes8(BLOCK_ID_MAX)?)?));
                 }
                 let content_type = text(r, names::CONTENT_TYPE_MAX)?;
+                let headers = ContentHeaders::decode(r)?;
                 let metadata = Metadata::decode(r)?;
                 let conditions = Conditions::decode(r)?;
                 block_crcs(r, &mut blocks)?;
-                OpRequest::PutBlockList(PutBlockList { target, blocks, content_type, metadata, conditions })
+                OpRequest::PutBlockList(PutBlockList { target, blocks, content_type, headers, metadata, conditions })
             }
             OpCode::GetBlockList => {
                 OpRequest::GetBlockList { target: blob_ref(r)?, list_type: BlockListType::from_u8(r.u8()?)? }
@@ -381,7 +440,10 @@ impl OpRequest {
             }),
             OpCode::SetBlobProperties => OpRequest::SetBlobProperties(SetBlobProperties {
                 target: blob_ref(r)?,
-                update: BlobUpdate::ContentType(text(r, names::CONTENT_TYPE_MAX)?),
+                update: BlobUpdate::Properties {
+                    content_type: text(r, names::CONTENT_TYPE_MAX)?,
+                    headers: ContentHeaders::decode(r)?,
+                },
                 conditions: Conditions::decode(r)?,
             }),
             OpCode::CopyBlob => OpRequest::CopyBlob(CopyBlob {
@@ -393,6 +455,16 @@ impl OpRequest {
             }),
         })
     }
+}
+
+/// A request the agreed op version cannot carry (a VSC must not drop a
+/// condition or header its caller asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{op:?} with these fields needs op version {needed}; the device speaks {version}")]
+pub struct NeedsVersion {
+    pub op: OpCode,
+    pub needed: u16,
+    pub version: u16,
 }
 
 /// The optional CRC section that ends a PutBlockList body: absent (the body

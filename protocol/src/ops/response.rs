@@ -2,7 +2,7 @@
 
 use super::{
     BlobProperties, ContainerProperties, DecodeError, MAX_BLOCKS, MAX_LIST_RESULTS, MAX_MARKER, MAX_MESSAGE,
-    OP_HEADER_SIZE, OP_VERSION, OpCode, RESPONSE_MAGIC,
+    MIN_OP_VERSION, OP_HEADER_SIZE, OP_VERSION, OpCode, RESPONSE_MAGIC,
 };
 use crate::config::DeviceConfig;
 use crate::names::{self, BLOB_NAME_MAX, BLOCK_ID_MAX, BlockId, ETAG_MAX};
@@ -82,6 +82,8 @@ pub struct ErrorReply {
 /// A decoded response buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseMessage {
+    /// The op version it is in: the request's (§11.1).
+    pub version: u16,
     pub op: OpCode,
     pub result: Result<OpResponse, ErrorReply>,
 }
@@ -250,7 +252,8 @@ impl BlobListItem {
             t => Err(DecodeError::BadTag(t)),
         }
     }
-    /// Bytes this item adds to a BlobList body.
+    /// Bytes this item adds to a BlobList body in the newest op version, the
+    /// widest: a page filled by it fits in every version.
     pub fn encoded_len(&self) -> usize {
         let mut w = Writer::default();
         self.encode(&mut w);
@@ -266,31 +269,44 @@ pub fn list_overhead(marker_len: usize) -> usize {
 
 fn header(w: &mut Writer, op: OpCode, status: u32, body_len: usize) {
     w.u32(RESPONSE_MAGIC);
-    w.u16(OP_VERSION);
+    w.u16(w.version);
     w.u16(op as u16);
     w.u32(status);
     w.u32(body_len as u32);
 }
 
-/// Encode a success response buffer.
+/// Encode a success response buffer in the newest op version.
 pub fn encode_success(op: OpCode, resp: &OpResponse) -> Vec<u8> {
-    let mut body = Writer::default();
+    encode_success_at(OP_VERSION, op, resp)
+}
+
+/// Encode a success response buffer in op `version`, the request's. Fields
+/// that version lacks (a v1 answer's creation time and HTTP headers) are
+/// left out: the peer asking in it cannot know them.
+pub fn encode_success_at(version: u16, op: OpCode, resp: &OpResponse) -> Vec<u8> {
+    let mut body = Writer::at(version);
     resp.encode_body(&mut body);
-    let mut w = Writer { buf: Vec::with_capacity(OP_HEADER_SIZE + body.buf.len()) };
+    let mut w = Writer::at(version);
+    w.buf.reserve(OP_HEADER_SIZE + body.buf.len());
     header(&mut w, op, SUCCESS, body.buf.len());
     w.raw(&body.buf);
     w.buf
 }
 
-/// Encode an error response buffer; the message is cut to fit `limit` bytes
-/// (the response buffer's size) and to [`MAX_MESSAGE`].
+/// Encode an error response buffer in the newest op version.
 pub fn encode_error(op: OpCode, error: BlobError, message: &str, limit: usize) -> Vec<u8> {
+    encode_error_at(OP_VERSION, op, error, message, limit)
+}
+
+/// Encode an error response buffer in op `version`; the message is cut to
+/// fit `limit` bytes (the response buffer's size) and to [`MAX_MESSAGE`].
+pub fn encode_error_at(version: u16, op: OpCode, error: BlobError, message: &str, limit: usize) -> Vec<u8> {
     let room = limit.saturating_sub(OP_HEADER_SIZE + 2).min(MAX_MESSAGE);
     let mut cut = message.len().min(room);
     while !message.is_char_boundary(cut) {
         cut -= 1;
     }
-    let mut w = Writer::default();
+    let mut w = Writer::at(version);
     header(&mut w, op, error.code(), 2 + cut);
     w.str16(&message[..cut]);
     w.buf
@@ -305,9 +321,10 @@ impl ResponseMessage {
             return Err(DecodeError::BadMagic(magic));
         }
         let version = r.u16()?;
-        if version != OP_VERSION {
+        if !(MIN_OP_VERSION..=OP_VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));
         }
+        r.version = version;
         let code = r.u16()?;
         if code != expected as u16 {
             return Err(DecodeError::WrongOp { got: code, expected: expected as u16 });
@@ -322,6 +339,6 @@ impl ResponseMessage {
             Err(error) => Err(ErrorReply { error, message: r.str16(MAX_MESSAGE)?.to_owned() }),
         };
         r.finish()?;
-        Ok(Self { op: expected, result })
+        Ok(Self { version, op: expected, result })
     }
 }

@@ -9,9 +9,9 @@ use vmblob_protocol::config::DeviceConfig;
 use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobUpdate, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
-    ContainerEntry, ContainerProperties, CopyBlob, ETag, GetBlob, ListBlobs, ListContainers, ListedBlock,
-    MAX_LIST_RESULTS, Metadata, OpCode, OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList, ResponseMessage,
-    SetBlobProperties, encode_error, encode_success,
+    ContainerEntry, ContainerProperties, ContentHeaders, CopyBlob, ETag, GetBlob, ListBlobs, ListContainers,
+    ListedBlock, MAX_LIST_RESULTS, Metadata, OpCode, OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList,
+    ResponseMessage, SetBlobProperties, encode_error_at, encode_success_at,
 };
 use vmblob_protocol::status::BlobError;
 
@@ -102,8 +102,36 @@ pub fn etag() -> impl Strategy<Value = ETag> {
 }
 
 pub fn conditions() -> impl Strategy<Value = Conditions> {
-    (proptest::option::of(etag()), proptest::option::of(etag()))
-        .prop_map(|(if_match, if_none_match)| Conditions { if_match, if_none_match })
+    let time = || proptest::option::of(prop_oneof![any::<u64>(), 0..4_000_000_000_000u64]);
+    (proptest::option::of(etag()), proptest::option::of(etag()), time(), time()).prop_map(
+        |(if_match, if_none_match, if_modified_since_ms, if_unmodified_since_ms)| Conditions {
+            if_match,
+            if_none_match,
+            if_modified_since_ms,
+            if_unmodified_since_ms,
+        },
+    )
+}
+
+/// Conditions op version 1 can carry.
+pub fn v1_conditions() -> impl Strategy<Value = Conditions> {
+    (proptest::option::of(etag()), proptest::option::of(etag())).prop_map(|(if_match, if_none_match)| Conditions {
+        if_match,
+        if_none_match,
+        ..Conditions::none()
+    })
+}
+
+pub fn content_headers() -> impl Strategy<Value = ContentHeaders> {
+    let field = || prop_oneof![3 => Just(String::new()), 2 => text(24), 1 => "a{1024}"];
+    (field(), field(), field(), field()).prop_map(
+        |(content_encoding, content_language, content_disposition, cache_control)| ContentHeaders {
+            content_encoding,
+            content_language,
+            content_disposition,
+            cache_control,
+        },
+    )
 }
 
 pub fn byte_range() -> impl Strategy<Value = ByteRange> {
@@ -135,14 +163,22 @@ pub fn op_request() -> impl Strategy<Value = OpRequest> {
         container_name().prop_map(|container| OpRequest::GetContainerProperties { container }).boxed(),
         (
             blob_ref(),
-            text(64),
+            (text(64), content_headers()),
             metadata(),
             conditions(),
             proptest::option::of(any::<[u8; 16]>()),
             proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(target, content_type, metadata, conditions, content_md5, content_crc64)| {
-                OpRequest::PutBlob(PutBlob { target, content_type, metadata, conditions, content_md5, content_crc64 })
+            .prop_map(|(target, (content_type, headers), metadata, conditions, content_md5, content_crc64)| {
+                OpRequest::PutBlob(PutBlob {
+                    target,
+                    content_type,
+                    headers,
+                    metadata,
+                    conditions,
+                    content_md5,
+                    content_crc64,
+                })
             })
             .boxed(),
         (blob_ref(), proptest::option::of(byte_range()), conditions())
@@ -164,9 +200,9 @@ pub fn op_request() -> impl Strategy<Value = OpRequest> {
                 OpRequest::PutBlock(PutBlock { target, block_id, content_crc64 })
             })
             .boxed(),
-        (blob_ref(), vec(listed_block(), 0..24), text(32), metadata(), conditions())
-            .prop_map(|(target, blocks, content_type, metadata, conditions)| {
-                OpRequest::PutBlockList(PutBlockList { target, blocks, content_type, metadata, conditions })
+        (blob_ref(), vec(listed_block(), 0..24), (text(32), content_headers()), metadata(), conditions())
+            .prop_map(|(target, blocks, (content_type, headers), metadata, conditions)| {
+                OpRequest::PutBlockList(PutBlockList { target, blocks, content_type, headers, metadata, conditions })
             })
             .boxed(),
         (
@@ -180,11 +216,11 @@ pub fn op_request() -> impl Strategy<Value = OpRequest> {
                 OpRequest::SetBlobProperties(SetBlobProperties { target, update: BlobUpdate::Metadata(m), conditions })
             })
             .boxed(),
-        (blob_ref(), text(64), conditions())
-            .prop_map(|(target, t, conditions)| {
+        (blob_ref(), text(64), content_headers(), conditions())
+            .prop_map(|(target, content_type, headers, conditions)| {
                 OpRequest::SetBlobProperties(SetBlobProperties {
                     target,
-                    update: BlobUpdate::ContentType(t),
+                    update: BlobUpdate::Properties { content_type, headers },
                     conditions,
                 })
             })
@@ -201,14 +237,16 @@ pub fn op_request() -> impl Strategy<Value = OpRequest> {
 
 /// Every byte string that decodes to `req`: its encoding, and for listings
 /// whose `max_results` is 5000 also the one carrying 0 ("0 means 5000").
-pub fn encodings_of(req: &OpRequest) -> Vec<Vec<u8>> {
-    let mut out = vec![req.encode()];
+/// The encodings of `req` in op `version` (the one it was decoded from).
+pub fn encodings_of(version: u16, req: &OpRequest) -> Vec<Vec<u8>> {
+    let at = |r: &OpRequest| r.encode_at(version).expect("a decoded request re-encodes in its version");
+    let mut out = vec![at(req)];
     match req {
         OpRequest::ListContainers(l) if l.max_results == MAX_LIST_RESULTS => {
-            out.push(OpRequest::ListContainers(ListContainers { max_results: 0, ..l.clone() }).encode())
+            out.push(at(&OpRequest::ListContainers(ListContainers { max_results: 0, ..l.clone() })))
         }
         OpRequest::ListBlobs(l) if l.max_results == MAX_LIST_RESULTS => {
-            out.push(OpRequest::ListBlobs(ListBlobs { max_results: 0, ..l.clone() }).encode())
+            out.push(at(&OpRequest::ListBlobs(ListBlobs { max_results: 0, ..l.clone() })))
         }
         _ => {}
     }
@@ -250,9 +288,9 @@ fn any_text(max: usize) -> impl Strategy<Value = String> {
 pub fn blob_properties() -> impl Strategy<Value = BlobProperties> {
     (
         any_text(24),
+        (any::<u64>(), any::<u64>()),
         any::<u64>(),
-        any::<u64>(),
-        any_text(24),
+        (any_text(24), content_headers()),
         proptest::option::of(any::<[u8; 16]>()),
         any::<u64>(),
         any::<u32>(),
@@ -261,9 +299,9 @@ pub fn blob_properties() -> impl Strategy<Value = BlobProperties> {
         .prop_map(
             |(
                 etag,
-                last_modified_ms,
+                (last_modified_ms, created_ms),
                 content_length,
-                content_type,
+                (content_type, headers),
                 content_md5,
                 content_crc64,
                 committed_blocks,
@@ -271,8 +309,10 @@ pub fn blob_properties() -> impl Strategy<Value = BlobProperties> {
             )| BlobProperties {
                 etag,
                 last_modified_ms,
+                created_ms,
                 content_length,
                 content_type,
+                headers,
                 content_md5,
                 content_crc64,
                 committed_blocks,
@@ -368,8 +408,36 @@ pub fn blob_error() -> impl Strategy<Value = BlobError> {
 /// The bytes `ResponseMessage::decode` accepted, re-encoded.
 pub fn reencode_response(msg: &ResponseMessage) -> Vec<u8> {
     match &msg.result {
-        Ok(r) => encode_success(msg.op, r),
-        Err(e) => encode_error(msg.op, e.error, &e.message, usize::MAX),
+        Ok(r) => encode_success_at(msg.version, msg.op, r),
+        Err(e) => encode_error_at(msg.version, msg.op, e.error, &e.message, usize::MAX),
+    }
+}
+
+/// `resp` as an op-version-1 peer sees it: no creation time, no HTTP headers
+/// besides Content-Type.
+pub fn without_v2_fields(resp: OpResponse) -> OpResponse {
+    let strip = |p: &mut BlobProperties| {
+        p.created_ms = 0;
+        p.headers = ContentHeaders::default();
+    };
+    match resp {
+        OpResponse::BlobProperties(mut p) => {
+            strip(&mut p);
+            OpResponse::BlobProperties(p)
+        }
+        OpResponse::BlobData { mut properties, offset, length } => {
+            strip(&mut properties);
+            OpResponse::BlobData { properties, offset, length }
+        }
+        OpResponse::BlobList { mut items, next_marker } => {
+            for i in &mut items {
+                if let BlobListItem::Blob { properties, .. } = i {
+                    strip(properties);
+                }
+            }
+            OpResponse::BlobList { items, next_marker }
+        }
+        other => other,
     }
 }
 

@@ -25,7 +25,7 @@ pub(crate) fn put_options(args: &PutArgs, path: &Path, conditions: Conditions) -
         // Nothing guessed: the device's default (application/octet-stream).
         None => mime_guess::from_path(path).first_raw().unwrap_or_default().to_owned(),
     };
-    Ok(PutOptions { content_type, metadata: metadata_arg(&args.metadata)?, conditions })
+    Ok(PutOptions { content_type, headers: Default::default(), metadata: metadata_arg(&args.metadata)?, conditions })
 }
 
 /// `--metadata KEY=VALUE` arguments as metadata (the value may hold '=').

@@ -58,14 +58,22 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
         }
         Cmd::Put { file, dest, props, no_overwrite, if_match } => {
             let (container, name) = blob(dest)?;
-            let conditions = Conditions { if_match: etag_arg(if_match)?, if_none_match: no_overwrite.then(ETag::any) };
+            let conditions = Conditions {
+                if_match: etag_arg(if_match)?,
+                if_none_match: no_overwrite.then(ETag::any),
+                ..Conditions::none()
+            };
             let options = put_options(props, name_for_type(file, name), conditions)?;
             put_file(cli, &c.container(container).blob(name), file, options)
         }
         Cmd::Get { src, file, offset, length, range, if_match, if_none_match } => {
             let (container, name) = blob(src)?;
             let b = c.container(container).blob(name);
-            let conditions = Conditions { if_match: etag_arg(if_match)?, if_none_match: etag_arg(if_none_match)? };
+            let conditions = Conditions {
+                if_match: etag_arg(if_match)?,
+                if_none_match: etag_arg(if_none_match)?,
+                ..Conditions::none()
+            };
             let (offset, length) = match range {
                 Some(r) => parse_range(r)?,
                 None => (*offset, *length),
@@ -108,11 +116,12 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             if content_type.is_none() && metadata.is_empty() && !clear_metadata {
                 return Err(CliError::Usage("set needs --content-type, --metadata or --clear-metadata".into()));
             }
-            let mut conditions = Conditions { if_match: etag_arg(if_match)?, if_none_match: None };
+            let mut conditions =
+                Conditions { if_match: etag_arg(if_match)?, if_none_match: None, ..Conditions::none() };
             if let Some(t) = content_type {
                 let w = b.set_content_type(t, conditions)?;
                 // The metadata change below applies to this version only.
-                conditions = Conditions { if_match: Some(device_etag(&w.etag)?), if_none_match: None };
+                conditions = Conditions::if_match(device_etag(&w.etag)?);
             }
             if !metadata.is_empty() || *clear_metadata {
                 b.set_metadata(metadata_arg(metadata)?, conditions)?;
@@ -203,7 +212,7 @@ fn get_span(
     let mut at = span.offset;
     while at < end {
         let want = (end - at).min(piece);
-        let conditions = Conditions { if_match: Some(etag.clone()), if_none_match: None };
+        let conditions = Conditions::if_match(etag.clone());
         let got = b.get_opts(GetOptions { range: Some(at..at + want), conditions })?;
         if got.data.len() as u64 != want {
             return Err(CliError::Usage(format!("short read at {at}: {} of {want} bytes", got.data.len())));

@@ -97,8 +97,10 @@ mod tests {
         BlobProperties {
             etag: "\"0x1\"".into(),
             last_modified_ms: 1_764_744_600_123,
+            created_ms: 0,
             content_length: 42,
             content_type: "text/plain".into(),
+            headers: Default::default(),
             content_md5: Some([0xab; 16]),
             content_crc64: 0x1234,
             committed_blocks: 2,

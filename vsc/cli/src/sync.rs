@@ -143,7 +143,7 @@ fn upload(
         for (_, r) in only_here {
             // Only the version listed: a blob rewritten meanwhile is someone else's now (412).
             let if_match = ETag::new(&r.etag).map_err(|_| ClientError::from(ProtocolError::BadETag(r.etag.clone())))?;
-            match to.blob(&r.name).delete_opts(Conditions { if_match: Some(if_match), if_none_match: None }) {
+            match to.blob(&r.name).delete_opts(Conditions::if_match(if_match)) {
                 Err(e) if e.blob_error() != Some(BlobError::BlobNotFound) => return Err(e.into()),
                 _ => {}
             }

@@ -156,7 +156,7 @@ fn copy_in_device(c: &BlobClient, src: &str, dest: &str, recursive: bool, filter
     let ((sc, prefix), (dc, dest_prefix)) = (split(src), split(dest));
     let (from, to) = (c.container(sc), c.container(dc));
     for (name, rel, props) in blobs_under(c, sc, prefix, filter)? {
-        let pin = Conditions { if_match: Some(device_etag(&props.etag)?), if_none_match: None };
+        let pin = Conditions::if_match(device_etag(&props.etag)?);
         let options = CopyOptions { source_conditions: pin, ..CopyOptions::default() };
         to.blob(&join(dest_prefix, &rel)).copy_from(&from.blob(&name), options)?;
     }

@@ -8,8 +8,8 @@ use vmblob_protocol::config::caps;
 use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobUpdate, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
-    ContainerProperties, CopyBlob, GetBlob, ListBlobs, ListedBlock, Metadata, OpRequest, OpResponse, PutBlob, PutBlock,
-    PutBlockList, SetBlobProperties,
+    ContainerProperties, ContentHeaders, CopyBlob, GetBlob, ListBlobs, ListedBlock, Metadata, OpRequest, OpResponse,
+    PutBlob, PutBlock, PutBlockList, SetBlobProperties,
 };
 
 use super::{
@@ -247,6 +247,7 @@ impl BlobHandle {
         let op = OpRequest::PutBlob(PutBlob {
             target: self.target()?.clone(),
             content_type: options.content_type,
+            headers: options.headers,
             metadata: options.metadata,
             conditions: options.conditions,
             content_md5: None,
@@ -347,10 +348,23 @@ impl BlobHandle {
         self.set(BlobUpdate::Metadata(metadata), conditions)
     }
 
-    /// Replace the blob's Content-Type (Azure's Set Blob Properties; "" clears
-    /// it, as on Azure: the blob then has none).
+    /// Replace the blob's Content-Type and clear its other HTTP headers
+    /// (Azure's Set Blob Properties with only a type; "" clears it too, as
+    /// on Azure: the blob then has none).
     pub fn set_content_type(&self, content_type: &str, conditions: Conditions) -> Result<BlobWritten, ClientError> {
-        self.set(BlobUpdate::ContentType(content_type.to_owned()), conditions)
+        self.set_http_headers(content_type, ContentHeaders::default(), conditions)
+    }
+
+    /// Replace all of the blob's HTTP headers (Azure's Set Blob Properties):
+    /// one left empty is cleared. Other headers than the type need a device
+    /// of op version 2.
+    pub fn set_http_headers(
+        &self,
+        content_type: &str,
+        headers: ContentHeaders,
+        conditions: Conditions,
+    ) -> Result<BlobWritten, ClientError> {
+        self.set(BlobUpdate::Properties { content_type: content_type.to_owned(), headers }, conditions)
     }
 
     /// Make this blob a copy of `source` inside the device (Azure's
@@ -413,6 +427,7 @@ impl BlobHandle {
             target: self.target()?.clone(),
             blocks,
             content_type: options.content_type,
+            headers: options.headers,
             metadata: options.metadata,
             conditions: options.conditions,
         });

@@ -71,6 +71,8 @@ pub enum Data<'a> {
 pub struct PendingOp {
     ticket: Ticket,
     op: OpCode,
+    /// The op version the request is in; its answer must be in it too.
+    version: u16,
     /// The VSP completes a request by its `timeout_ms`; past this backstop
     /// the caller stops waiting (the buffers stay owned by the table).
     backstop: Option<Duration>,
@@ -137,7 +139,7 @@ impl PendingOp {
         loop {
             match self.wait_once() {
                 Err(ClientError::Rescinded) => {}
-                r => return r.and_then(|c| decode(c, self.op)),
+                r => return r.and_then(|c| decode(c, self.op, self.version)),
             }
             // The answer was lost: the request may or may not have run.
             self.ticket = self.ask_again(parts)?;
@@ -189,7 +191,7 @@ impl PendingOp {
     }
 }
 
-fn decode(c: Completion, op: OpCode) -> Result<OpResult, ClientError> {
+fn decode(c: Completion, op: OpCode, version: u16) -> Result<OpResult, ClientError> {
     let len = c.response.response_len.get() as usize;
     let status = c.response.error.get();
     if len == 0 {
@@ -200,6 +202,9 @@ fn decode(c: Completion, op: OpCode) -> Result<OpResult, ClientError> {
     let mut raw = vec![0u8; len];
     c.buffers.response.read_at(0, &mut raw)?;
     let msg = ResponseMessage::decode(&raw, op)?;
+    if msg.version != version {
+        return Err(ProtocolError::WrongVersion { got: msg.version, sent: version }.into());
+    }
     let response = msg.result.map_err(|r| ClientError::Status { error: r.error, message: r.message })?;
     if status != 0 {
         return Err(ProtocolError::StatusWithSuccessBody(status).into());
@@ -277,8 +282,9 @@ impl BlobClient {
     /// common ones; this is for pipelining and for fields they do not expose).
     pub fn submit(&self, op: &OpRequest, data: Data<'_>) -> Result<PendingOp, ClientError> {
         let code = op.op();
-        let body = op.encode();
         let config = &self.inner.config;
+        let version = config.op_version();
+        let body = op.encode_at(version)?;
         if body.len() > config.max_request_len as usize {
             let (len, max) = (body.len() as u64, u64::from(config.max_request_len));
             return Err(ClientError::TooLarge { what: "request body bytes", len, max });
@@ -290,7 +296,7 @@ impl BlobClient {
         let (ticket, data) = self.send(code, &body, txn, data)?;
         let backstop = (timeout_ms != 0).then(|| Duration::from_millis(u64::from(timeout_ms)) + BACKSTOP_GRACE);
         let resend = Resend { client: Arc::downgrade(&self.inner), body, txn, data, until };
-        Ok(PendingOp { ticket, op: code, backstop, resend })
+        Ok(PendingOp { ticket, op: code, version, backstop, resend })
     }
 
     /// Hand one request to the transport under transaction id `txn`.

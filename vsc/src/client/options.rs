@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use vmblob_protocol::ops::{BlobProperties, Conditions, Metadata};
+use vmblob_protocol::ops::{BlobProperties, Conditions, ContentHeaders, Metadata};
 
 use crate::transport::dma::DmaBytes;
 
@@ -13,6 +13,9 @@ use crate::transport::dma::DmaBytes;
 pub struct PutOptions {
     /// Stored and returned as the blob's Content-Type ("" for none).
     pub content_type: String,
+    /// Content-Encoding, -Language, -Disposition and Cache-Control, stored and
+    /// returned as given (needs a device of op version 2 unless all empty).
+    pub headers: ContentHeaders,
     /// User metadata stored with the blob.
     pub metadata: Metadata,
     /// Checked by the device in the step that commits the write.

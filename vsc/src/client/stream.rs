@@ -126,7 +126,7 @@ impl BlobHandle {
         let size = props.content_length;
         let chunk = self.client().block_size() as u64;
         let etag = ETag::new(&props.etag).map_err(|_| ProtocolError::BadETag(props.etag.clone()))?;
-        let cond = || Conditions { if_match: Some(etag.clone()), if_none_match: None };
+        let cond = || Conditions::if_match(etag.clone());
         let mut digest = crate::Crc64::new();
         let mut window = VecDeque::new();
         let mut next = 0u64;

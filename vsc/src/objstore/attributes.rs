@@ -1,14 +1,15 @@
-//! `object_store` attributes ↔ the protocol's content type and metadata.
+//! `object_store` attributes ↔ the protocol's HTTP headers and metadata.
 //!
-//! `Content-Type` and user metadata (`Attribute::Metadata`) have fields in the
-//! protocol and round-trip. Cache-Control, Content-Disposition,
-//! Content-Encoding, Content-Language and storage class do not: writing them
-//! is `NotImplemented` rather than silently dropped. Tags are ignored, as the
-//! `object_store` documentation asks of stores without tagging.
+//! `Content-Type`, Cache-Control, Content-Disposition, Content-Encoding,
+//! Content-Language (op version 2) and user metadata (`Attribute::Metadata`)
+//! have fields in the protocol and round-trip. Storage class does not:
+//! writing it is `NotImplemented` rather than silently dropped. Tags are
+//! ignored, as the `object_store` documentation asks of stores without
+//! tagging.
 
 use object_store::{Attribute, AttributeValue, Attributes};
-use vmblob_protocol::names::{self, CONTENT_TYPE_MAX};
-use vmblob_protocol::ops::{BlobProperties, Conditions, Metadata};
+use vmblob_protocol::names::{self, CONTENT_HEADER_MAX, CONTENT_TYPE_MAX};
+use vmblob_protocol::ops::{BlobProperties, Conditions, ContentHeaders, Metadata};
 
 use super::error::ObjStoreError;
 
@@ -16,7 +17,18 @@ use super::error::ObjStoreError;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct BlobAttributes {
     pub content_type: String,
+    pub headers: ContentHeaders,
     pub metadata: Metadata,
+}
+
+fn header_slot<'a>(h: &'a mut ContentHeaders, key: &Attribute) -> Option<&'a mut String> {
+    Some(match key {
+        Attribute::ContentEncoding => &mut h.content_encoding,
+        Attribute::ContentLanguage => &mut h.content_language,
+        Attribute::ContentDisposition => &mut h.content_disposition,
+        Attribute::CacheControl => &mut h.cache_control,
+        _ => return None,
+    })
 }
 
 impl BlobAttributes {
@@ -36,7 +48,19 @@ impl BlobAttributes {
                     out.content_type = v.to_owned();
                 }
                 Attribute::Metadata(k) => pairs.push((k.to_string(), value.to_string())),
-                other => return Err(ObjStoreError::UnsupportedAttribute(format!("{other:?}"))),
+                other => {
+                    let Some(slot) = header_slot(&mut out.headers, other) else {
+                        return Err(ObjStoreError::UnsupportedAttribute(format!("{other:?}")));
+                    };
+                    let v: &str = value.as_ref();
+                    if v.len() > CONTENT_HEADER_MAX || names::validate_text(v).is_err() {
+                        return Err(ObjStoreError::InvalidAttribute {
+                            attribute: format!("{other:?}"),
+                            reason: format!("at most {CONTENT_HEADER_MAX} bytes without control characters"),
+                        });
+                    }
+                    *slot = v.to_owned();
+                }
             }
         }
         // Attributes iterate in hash order; stored metadata should not.
@@ -49,18 +73,37 @@ impl BlobAttributes {
     }
 
     pub(crate) fn from_properties(props: &BlobProperties) -> Self {
-        Self { content_type: props.content_type.clone(), metadata: props.metadata.clone() }
+        Self {
+            content_type: props.content_type.clone(),
+            headers: props.headers.clone(),
+            metadata: props.metadata.clone(),
+        }
     }
 
     /// The client's options for a write of these attributes.
     pub(crate) fn put_options(&self, conditions: Conditions) -> crate::PutOptions {
-        crate::PutOptions { content_type: self.content_type.clone(), metadata: self.metadata.clone(), conditions }
+        crate::PutOptions {
+            content_type: self.content_type.clone(),
+            headers: self.headers.clone(),
+            metadata: self.metadata.clone(),
+            conditions,
+        }
     }
 
     pub(crate) fn to_object_store(&self) -> Attributes {
-        let mut a = Attributes::with_capacity(self.metadata.0.len() + 1);
+        let mut a = Attributes::with_capacity(self.metadata.0.len() + 5);
         if !self.content_type.is_empty() {
             a.insert(Attribute::ContentType, AttributeValue::from(self.content_type.clone()));
+        }
+        let h = &self.headers;
+        let headers = [
+            (Attribute::ContentEncoding, &h.content_encoding),
+            (Attribute::ContentLanguage, &h.content_language),
+            (Attribute::ContentDisposition, &h.content_disposition),
+            (Attribute::CacheControl, &h.cache_control),
+        ];
+        for (key, v) in headers.into_iter().filter(|(_, v)| !v.is_empty()) {
+            a.insert(key, AttributeValue::from(v.clone()));
         }
         for (k, v) in &self.metadata.0 {
             a.insert(Attribute::Metadata(k.clone().into()), AttributeValue::from(v.clone()));
@@ -89,12 +132,26 @@ mod tests {
     }
 
     #[test]
+    fn http_headers_round_trip() {
+        let attrs = Attributes::from_iter([
+            (Attribute::ContentEncoding, "gzip"),
+            (Attribute::ContentLanguage, "de-CH"),
+            (Attribute::ContentDisposition, "attachment; filename=\"r.csv\""),
+            (Attribute::CacheControl, "no-cache"),
+        ]);
+        let b = BlobAttributes::from_object_store(&attrs).unwrap();
+        assert_eq!(b.headers.content_encoding, "gzip");
+        assert_eq!(b.headers.content_language, "de-CH");
+        assert_eq!(b.headers.cache_control, "no-cache");
+        assert_eq!(b.to_object_store(), attrs);
+        assert_eq!(b.put_options(Conditions::none()).headers, b.headers);
+    }
+
+    #[test]
     fn attributes_without_a_field_are_refused() {
-        for a in [Attribute::CacheControl, Attribute::ContentDisposition, Attribute::ContentEncoding] {
-            let attrs = Attributes::from_iter([(a.clone(), "x")]);
-            let r = BlobAttributes::from_object_store(&attrs);
-            assert!(matches!(r, Err(ObjStoreError::UnsupportedAttribute(_))), "{a:?}: {r:?}");
-        }
+        let attrs = Attributes::from_iter([(Attribute::StorageClass, "HOT")]);
+        let r = BlobAttributes::from_object_store(&attrs);
+        assert!(matches!(r, Err(ObjStoreError::UnsupportedAttribute(_))), "{r:?}");
     }
 
     #[test]
@@ -105,6 +162,8 @@ mod tests {
             (Attribute::Metadata("k".into()), "x".repeat(9000)),
             (Attribute::ContentType, "t".repeat(257)),
             (Attribute::ContentType, "a\u{7f}".to_owned()),
+            (Attribute::CacheControl, "c".repeat(1025)),
+            (Attribute::ContentEncoding, "a\nb".to_owned()),
         ];
         for (key, value) in bad {
             let attrs = Attributes::from_iter([(key.clone(), value)]);

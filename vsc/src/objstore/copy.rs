@@ -37,7 +37,7 @@ pub(crate) fn copy(from: &BlobHandle, to: &BlobHandle, to_conditions: &Condition
 fn copy_once(from: &BlobHandle, to: &BlobHandle, to_conditions: Conditions) -> Result<ETag, ObjStoreError> {
     let props = from.properties()?;
     let etag = ETag::new(&props.etag).map_err(|_| ClientError::from(ProtocolError::BadETag(props.etag.clone())))?;
-    let pin = Conditions { if_match: Some(etag.clone()), if_none_match: None };
+    let pin = Conditions::if_match(etag.clone());
     if from.client().device_config().capabilities & caps::COPY != 0 {
         let ambiguous = to_conditions.if_match.is_some();
         let options = CopyOptions { source_conditions: pin, conditions: to_conditions, metadata: None };
@@ -75,7 +75,7 @@ fn copy_once(from: &BlobHandle, to: &BlobHandle, to_conditions: Conditions) -> R
 /// Delete `blob` if it is still the version `etag` (rename's second half). A
 /// source already gone counts as deleted.
 pub(crate) fn delete_version(blob: &BlobHandle, etag: ETag) -> Result<(), ObjStoreError> {
-    match blob.delete_opts(Conditions { if_match: Some(etag), if_none_match: None }) {
+    match blob.delete_opts(Conditions::if_match(etag)) {
         Ok(()) => Ok(()),
         Err(e) if e.blob_error() == Some(BlobError::BlobNotFound) => Ok(()),
         Err(e) => Err(e.into()),

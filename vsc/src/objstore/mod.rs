@@ -143,9 +143,7 @@ impl VmblobStore {
         let (f, t) = (self.target(from)?, self.target(to)?);
         let (conditions, on) = match mode {
             CopyMode::Overwrite => (Conditions::none(), OnPrecondition::Precondition),
-            CopyMode::Create => {
-                (Conditions { if_match: None, if_none_match: Some(ETag::any()) }, OnPrecondition::AlreadyExists)
-            }
+            CopyMode::Create => (Conditions::if_none_match(ETag::any()), OnPrecondition::AlreadyExists),
         };
         blocking::run(move || copy::copy(&f, &t, &conditions)).await.map_err(|e| {
             // Only the write to the destination carries conditions.
@@ -183,16 +181,14 @@ impl ObjectStore for VmblobStore {
         let attrs = BlobAttributes::from_object_store(&opts.attributes).map_err(on_error)?;
         let (conditions, on) = match opts.mode {
             PutMode::Overwrite => (Conditions::none(), OnPrecondition::Precondition),
-            PutMode::Create => {
-                (Conditions { if_match: None, if_none_match: Some(ETag::any()) }, OnPrecondition::AlreadyExists)
-            }
+            PutMode::Create => (Conditions::if_none_match(ETag::any()), OnPrecondition::AlreadyExists),
             PutMode::Update(v) => {
                 let tag = v
                     .e_tag
                     .ok_or(ObjStoreError::MissingETag)
                     .and_then(|e| ETag::new(&e).map_err(|_| ObjStoreError::InvalidETag(e)));
                 let tag = tag.map_err(fail(location, OnPrecondition::Precondition))?;
-                (Conditions { if_match: Some(tag), if_none_match: None }, OnPrecondition::Precondition)
+                (Conditions::if_match(tag), OnPrecondition::Precondition)
             }
         };
         let w = blocking::run(move || write::put_whole(&t, &payload, &attrs, conditions))

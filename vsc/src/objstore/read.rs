@@ -35,12 +35,12 @@ fn device_conditions(options: &GetOptions) -> (Conditions, OnPrecondition) {
     let if_match = sendable(&options.if_match);
     let if_none_match = if if_match.is_some() { None } else { sendable(&options.if_none_match) };
     let on = if if_match.is_some() { OnPrecondition::Precondition } else { OnPrecondition::NotModified };
-    (Conditions { if_match, if_none_match }, on)
+    (Conditions { if_match, if_none_match, ..Conditions::none() }, on)
 }
 
 fn pinned(props: &BlobProperties) -> Result<Conditions, ObjStoreError> {
     let etag = ETag::new(&props.etag).map_err(|_| ClientError::from(ProtocolError::BadETag(props.etag.clone())))?;
-    Ok(Conditions { if_match: Some(etag), if_none_match: None })
+    Ok(Conditions::if_match(etag))
 }
 
 /// Up to `len` bytes at `offset`, if `conditions` hold: `Bytes` that own

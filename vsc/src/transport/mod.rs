@@ -123,10 +123,11 @@ pub(crate) fn fetch_device_config(
     timeout: std::time::Duration,
 ) -> Result<vmblob_protocol::config::DeviceConfig, ClientError> {
     use vmblob_protocol::OpCode;
-    use vmblob_protocol::ops::{OpRequest, OpResponse, ResponseMessage};
+    use vmblob_protocol::ops::{MIN_OP_VERSION, OpRequest, OpResponse, ResponseMessage};
     use vmblob_protocol::transport::OperationType;
 
-    let body = OpRequest::GetDeviceConfig.encode();
+    // In the oldest op version, which every VSP answers it in (§11.1).
+    let body = OpRequest::GetDeviceConfig.encode_at(MIN_OP_VERSION)?;
     let no_buffer = |len| ClientError::ResourceExhausted { len, waited: std::time::Duration::ZERO };
     let mut request = pool.alloc(REQUEST_PREFIX + body.len()).ok_or_else(|| no_buffer(REQUEST_PREFIX + body.len()))?;
     request.write_at(REQUEST_PREFIX, &body)?;

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 use vmblob_protocol::config::{DeviceConfig, caps};
-use vmblob_protocol::ops::{self, OP_VERSION, OpCode, OpRequest};
+use vmblob_protocol::ops::{self, MIN_OP_VERSION, OP_VERSION, OpCode, OpRequest};
 use vmblob_protocol::transport::{MAX_BUFFER_LEN, OperationType, PAGE_SIZE, TransportError};
 use vmblob_protocol::{BlobError, Segment, VspResponse};
 
@@ -142,7 +142,7 @@ impl Engine {
     /// What this VSP advertises (virtio config space, GetDeviceConfig).
     pub fn device_config(&self) -> DeviceConfig {
         DeviceConfig {
-            min_op_version: OP_VERSION,
+            min_op_version: MIN_OP_VERSION,
             max_op_version: OP_VERSION,
             max_buffer_len: MAX_BUFFER_LEN,
             // Room for one request page and one response page beside the data.
@@ -207,15 +207,19 @@ impl Engine {
         let Ok(req_bytes) = guest_io::read_all(mem, &req_segs) else {
             return status_only(BlobError::InvalidRequest);
         };
-        let op = match OpRequest::decode(&req_bytes) {
-            Ok(op) => op,
+        let (version, op) = match OpRequest::decode_versioned(&req_bytes) {
+            Ok(v) => v,
             Err(e) => {
                 log::debug!("undecodable op: {e}");
-                // Answer in the response buffer when the op code is known.
-                let code = req_bytes.get(6..8).map(|b| u16::from_le_bytes([b[0], b[1]]));
+                // Answer in the response buffer when the op code is known, in
+                // the request's op version if it is one we speak.
+                let field = |at: usize| req_bytes.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+                let version = field(4).filter(|v| (MIN_OP_VERSION..=OP_VERSION).contains(v)).unwrap_or(MIN_OP_VERSION);
                 let layout = frame.layout(vmblob_protocol::DataDirection::None).ok();
-                return match (code.and_then(OpCode::from_u16), layout) {
-                    (Some(op), Some(l)) => self.reply(mem, &l.response, op, Err((e.status(), e.to_string()))),
+                return match (field(6).and_then(OpCode::from_u16), layout) {
+                    (Some(op), Some(l)) => {
+                        self.reply_bytes(mem, &l.response, (version, op), Err((e.status(), e.to_string()))).0
+                    }
                     _ => status_only(e.status()),
                 };
             }
@@ -242,7 +246,7 @@ impl Engine {
         }
         let resp_cap = hdr.response_buffer_length.get() as usize;
         let result = self.execute(mem, &op, &layout, &txn, cancel, resp_cap);
-        let (resp, written) = self.reply_bytes(mem, &layout.response, op.op(), result);
+        let (resp, written) = self.reply_bytes(mem, &layout.response, (version, op.op()), result);
         // Recorded after the store committed, before the answer leaves (it
         // leaves when this returns). A crash in between falls back to the
         // store's current-txn check.
@@ -262,38 +266,28 @@ impl Engine {
         resp
     }
 
-    /// Encode and write the op response; its status becomes the transport
-    /// status. A success too big for the buffer becomes BufferTooSmall.
-    fn reply(
-        &self,
-        mem: &GuestMemoryMmap,
-        response: &[Segment],
-        op: OpCode,
-        result: Result<ops::OpResponse, execute::OpFailure>,
-    ) -> VspResponse {
-        self.reply_bytes(mem, response, op, result).0
-    }
-
-    /// [`Engine::reply`], also returning the bytes written.
+    /// Encode the op response in the request's op version and write it; its
+    /// status becomes the transport status. A success too big for the
+    /// buffer becomes BufferTooSmall. Also returns the bytes written.
     fn reply_bytes(
         &self,
         mem: &GuestMemoryMmap,
         response: &[Segment],
-        op: OpCode,
+        (version, op): (u16, OpCode),
         result: Result<ops::OpResponse, execute::OpFailure>,
     ) -> (VspResponse, Vec<u8>) {
         let cap = vmblob_protocol::sg::total_len(response) as usize;
         let (status, bytes) = match result {
             Ok(r) => {
-                let bytes = ops::encode_success(op, &r);
+                let bytes = ops::encode_success_at(version, op, &r);
                 if bytes.len() <= cap {
                     (0, bytes)
                 } else {
                     let e = BlobError::BufferTooSmall;
-                    (e.code(), ops::encode_error(op, e, "response buffer too small", cap))
+                    (e.code(), ops::encode_error_at(version, op, e, "response buffer too small", cap))
                 }
             }
-            Err((e, msg)) => (e.code(), ops::encode_error(op, e, &msg, cap)),
+            Err((e, msg)) => (e.code(), ops::encode_error_at(version, op, e, &msg, cap)),
         };
         if bytes.len() > cap || guest_io::write_all(mem, response, &bytes).is_err() {
             // Not even the header fits, or the buffer is not in guest memory.

@@ -46,6 +46,7 @@ fn put_op(c: &str, b: &str, conditions: Conditions) -> OpRequest {
     OpRequest::PutBlob(PutBlob {
         target: blob_ref(c, b),
         content_type: "application/octet-stream".into(),
+        headers: Default::default(),
         metadata: Metadata::new(vec![("owner".into(), "test".into())]).unwrap(),
         conditions,
         content_md5: None,
@@ -227,6 +228,7 @@ fn every_operation_round_trips() {
         target: blob_ref("photos", "big"),
         blocks: vec![BlockId::new(b"b2").unwrap().into(), BlockId::new(b"b1").unwrap().into()],
         content_type: String::new(),
+        headers: Default::default(),
         metadata: Metadata::default(),
         conditions: Conditions::none(),
     });
@@ -261,9 +263,9 @@ fn conditions_and_errors_map_to_statuses() {
     let create = OpRequest::CreateContainer { container: name("box"), metadata: Metadata::default() };
     assert_eq!(h.run(&create, &[], 0).0, Err(BlobError::AlreadyExists));
     h.ok(&put_op("box", "x", Conditions::none()), b"one");
-    let if_none = Conditions { if_match: None, if_none_match: Some(ETag::any()) };
+    let if_none = Conditions::if_none_match(ETag::any());
     assert_eq!(h.run(&put_op("box", "x", if_none), b"two", 0).0, Err(BlobError::AlreadyExists));
-    let wrong = Conditions { if_match: Some(ETag::new("\"nope\"").unwrap()), if_none_match: None };
+    let wrong = Conditions::if_match(ETag::new("\"nope\"").unwrap());
     assert_eq!(h.run(&put_op("box", "x", wrong), b"two", 0).0, Err(BlobError::PreconditionFailed));
     assert_eq!(h.get("box", "x", None, 10).unwrap(), b"one");
     let past = ByteRange { offset: 4, length: 1 };
@@ -489,7 +491,7 @@ fn rescind_with_requests_in_flight_completes_each_once() {
 fn replayed_write_is_answered_from_its_first_run() {
     let mut h = Harness::new();
     h.mkcontainer("box");
-    let if_none = Conditions { if_match: None, if_none_match: Some(ETag::any()) };
+    let if_none = Conditions::if_none_match(ETag::any());
     let s = h.prepare(&put_op("box", "once", if_none), b"payload", 0, 4096);
     let first = h.engine.serve(&h.mem, &s.request, &CancelToken::new(None));
     assert_eq!(first.error.get(), 0);

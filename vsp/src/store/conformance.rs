@@ -120,11 +120,11 @@ pub fn etag(s: &str) -> ETag {
 }
 
 pub fn if_match(e: &str) -> Conditions {
-    Conditions { if_match: Some(etag(e)), if_none_match: None }
+    Conditions::if_match(etag(e))
 }
 
 pub fn if_none_match(e: &str) -> Conditions {
-    Conditions { if_match: None, if_none_match: Some(etag(e)) }
+    Conditions::if_none_match(etag(e))
 }
 
 /// Deterministic, position-dependent bytes (so misplaced ranges show).
@@ -136,6 +136,7 @@ pub fn put_req(c: &str, b: &str) -> PutBlob {
     PutBlob {
         target: bref(c, b),
         content_type: "application/octet-stream".into(),
+        headers: Default::default(),
         metadata: Metadata::default(),
         conditions: Conditions::none(),
         content_md5: None,
@@ -171,6 +172,7 @@ pub fn block_list_req(c: &str, b: &str, ids: &[&[u8]]) -> PutBlockList {
         target: bref(c, b),
         blocks: ids.iter().map(|i| bid(i).into()).collect(),
         content_type: "text/plain".into(),
+        headers: Default::default(),
         metadata: Metadata::default(),
         conditions: Conditions::none(),
     }
@@ -244,6 +246,7 @@ mod blocks;
 mod containers;
 mod copy;
 mod fidelity;
+mod headers_and_times;
 mod listing;
 mod properties;
 
@@ -252,6 +255,7 @@ pub use blocks::*;
 pub use containers::*;
 pub use copy::*;
 pub use fidelity::*;
+pub use headers_and_times::*;
 pub use listing::*;
 pub use properties::*;
 
@@ -284,7 +288,8 @@ macro_rules! conformance_tests {
             absent_content_type_reads_as_octet_stream, listing_is_in_utf16_order,
             set_metadata_and_content_type_keep_the_bytes, set_properties_conditions_missing_blobs_and_replays,
             set_properties_keeps_committed_and_staged_blocks, copy_blob_copies_content_and_properties,
-            copy_blob_conditions_missing_blobs_and_replays,
+            copy_blob_conditions_missing_blobs_and_replays, http_headers_and_creation_time_are_kept,
+            time_conditions_on_reads_and_writes,
         );
         #[test]
         fn max_blob_size() {

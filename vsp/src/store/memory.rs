@@ -175,7 +175,7 @@ impl BlobStore for MemoryStore {
         }
         let (bytes, digests) = self.read_all(data, req.content_md5.is_some())?;
         verify(&digests, req.content_crc64, req.content_md5)?;
-        let props = new_props(&req.content_type, &req.metadata, len, &digests, 0);
+        let props = new_props(req.into(), len, &digests, 0);
 
         let _g = c.locks.lock(name);
         if let Some(w) = check_write(current(&c.blob(name)), &req.conditions, txn)? {
@@ -301,7 +301,7 @@ impl BlobStore for MemoryStore {
         let blocks: Vec<CommittedBlock> =
             parts.into_iter().map(|p| CommittedBlock { id: p.id, size: p.size }).collect();
         let count = u32::try_from(blocks.len()).map_err(|_| StoreError::TooLarge("block count".into()))?;
-        let props = new_props(&req.content_type, &req.metadata, total, &sums.finish(), count);
+        let props = new_props(req.into(), total, &sums.finish(), count);
         let out = written(&props);
         c.commit(name, MemBlob { props, txn: *txn, data: Arc::new(data), blocks })?;
         Ok(out)

@@ -13,7 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use md5::Digest as _;
 use vmblob_protocol::ops::{
-    BlobProperties, BlobUpdate, BlobWritten, Conditions, ETag, ListedBlock, MAX_BLOCKS, Metadata,
+    BlobProperties, BlobUpdate, BlobWritten, Conditions, ContentHeaders, ETag, Entity, ListedBlock, MAX_BLOCKS,
+    Metadata, PutBlob, PutBlockList, ReadVerdict,
 };
 
 use crate::store::{DataSource, StoreError, TxnId};
@@ -259,18 +260,28 @@ pub(crate) fn etag(s: &str) -> Option<ETag> {
     ETag::new(s).ok()
 }
 
+/// `props` as `Conditions` judge it: its ETag and last-modified time.
+pub(crate) fn entity<'a>(props: &BlobProperties, etag: &'a Option<ETag>) -> Option<Entity<'a>> {
+    etag.as_ref().map(|etag| Entity { etag, last_modified_ms: props.last_modified_ms })
+}
+
 /// Deletes of an existing blob (and writes over one): its conditions must hold.
 pub(crate) fn check_conditions(props: &BlobProperties, conditions: &Conditions) -> Result<(), StoreError> {
-    if conditions.check(etag(&props.etag).as_ref()) { Ok(()) } else { Err(StoreError::PreconditionFailed) }
+    let tag = etag(&props.etag);
+    if conditions.check(entity(props, &tag)) { Ok(()) } else { Err(StoreError::PreconditionFailed) }
 }
 
 /// Reads (GET, HEAD) of an existing blob, as Azure answers them: a failed
-/// If-Match is `PreconditionFailed` (412), a matching If-None-Match is
-/// `NotModified` (304).
+/// If-Match or If-Unmodified-Since is `PreconditionFailed` (412), a failed
+/// If-None-Match or If-Modified-Since is `NotModified` (304).
 pub(crate) fn check_read_conditions(props: &BlobProperties, conditions: &Conditions) -> Result<(), StoreError> {
-    let if_match = Conditions { if_match: conditions.if_match.clone(), if_none_match: None };
-    check_conditions(props, &if_match)?;
-    if conditions.check(etag(&props.etag).as_ref()) { Ok(()) } else { Err(StoreError::NotModified) }
+    let tag = etag(&props.etag);
+    let Some(e) = entity(props, &tag) else { return Err(StoreError::PreconditionFailed) };
+    match conditions.check_read(e) {
+        ReadVerdict::Holds => Ok(()),
+        ReadVerdict::PreconditionFailed => Err(StoreError::PreconditionFailed),
+        ReadVerdict::NotModified => Err(StoreError::NotModified),
+    }
 }
 
 /// DeleteBlob of a name that has only uncommitted blocks deletes them, as in
@@ -311,11 +322,12 @@ pub(crate) fn check_write_conditions(
     current: Option<&BlobProperties>,
     conditions: &Conditions,
 ) -> Result<(), StoreError> {
-    let cur = current.and_then(|p| etag(&p.etag));
-    if cur.is_some() && conditions.if_none_match.as_ref().is_some_and(|e| e.is_any()) {
+    let tag = current.and_then(|p| etag(&p.etag));
+    if tag.is_some() && conditions.if_none_match.as_ref().is_some_and(|e| e.is_any()) {
         return Err(StoreError::AlreadyExists);
     }
-    if conditions.check(cur.as_ref()) { Ok(()) } else { Err(StoreError::PreconditionFailed) }
+    let holds = conditions.check(current.and_then(|p| entity(p, &tag)));
+    if holds { Ok(()) } else { Err(StoreError::PreconditionFailed) }
 }
 
 /// A failed condition of a SetBlobMetadata / SetBlobProperties: Azure's 412
@@ -335,46 +347,71 @@ pub(crate) fn content_type_or_default(given: &str) -> &str {
     if given.is_empty() { DEFAULT_CONTENT_TYPE } else { given }
 }
 
-/// Properties of a freshly written blob.
-pub(crate) fn new_props(
-    content_type: &str,
-    metadata: &Metadata,
-    len: u64,
-    digests: &Digests,
-    committed_blocks: u32,
-) -> BlobProperties {
+/// What a whole write (PutBlob, PutBlockList) says of the blob besides its bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct Described<'a> {
+    pub content_type: &'a str,
+    pub headers: &'a ContentHeaders,
+    pub metadata: &'a Metadata,
+}
+
+impl<'a> From<&'a PutBlob> for Described<'a> {
+    fn from(r: &'a PutBlob) -> Self {
+        Self { content_type: &r.content_type, headers: &r.headers, metadata: &r.metadata }
+    }
+}
+
+impl<'a> From<&'a PutBlockList> for Described<'a> {
+    fn from(r: &'a PutBlockList) -> Self {
+        Self { content_type: &r.content_type, headers: &r.headers, metadata: &r.metadata }
+    }
+}
+
+/// Properties of a freshly written blob: created now, as Azure creates the
+/// blob anew on every whole write.
+pub(crate) fn new_props(d: Described<'_>, len: u64, digests: &Digests, committed_blocks: u32) -> BlobProperties {
+    let now = now_ms();
     BlobProperties {
         etag: next_etag(),
-        last_modified_ms: now_ms(),
+        last_modified_ms: now,
+        created_ms: now,
         content_length: len,
-        content_type: content_type_or_default(content_type).to_owned(),
+        content_type: content_type_or_default(d.content_type).to_owned(),
+        headers: d.headers.clone(),
         content_md5: digests.md5,
         content_crc64: digests.crc64,
         committed_blocks,
-        metadata: metadata.clone(),
+        metadata: d.metadata.clone(),
     }
 }
 
 /// A committed blob's properties after a SetBlobMetadata / SetBlobProperties:
-/// a new ETag and last-modified time, the update applied, the rest as it was.
+/// a new ETag and last-modified time, the update applied, the rest (the
+/// creation time too) as it was.
 pub(crate) fn updated_props(props: &BlobProperties, update: &BlobUpdate) -> BlobProperties {
     let mut p = props.clone();
     p.etag = next_etag();
     p.last_modified_ms = now_ms();
     match update {
         BlobUpdate::Metadata(m) => p.metadata = m.clone(),
-        // Cleared, not defaulted: Azure's Set Blob Properties without a type leaves none.
-        BlobUpdate::ContentType(t) => p.content_type = t.clone(),
+        // All replaced; an empty one is cleared, not defaulted: Azure's Set
+        // Blob Properties without a type leaves none.
+        BlobUpdate::Properties { content_type, headers } => {
+            p.content_type = content_type.clone();
+            p.headers = headers.clone();
+        }
     }
     p
 }
 
-/// A CopyBlob target's properties: the source's content, type, digests and
-/// blocks, its metadata unless new metadata is given, a new ETag and time.
+/// A CopyBlob target's properties: the source's content, HTTP headers,
+/// digests and blocks, its metadata unless new metadata is given, a new ETag,
+/// and created now (the target is a new blob).
 pub(crate) fn copied_props(source: &BlobProperties, metadata: Option<&Metadata>) -> BlobProperties {
     let mut p = source.clone();
     p.etag = next_etag();
     p.last_modified_ms = now_ms();
+    p.created_ms = p.last_modified_ms;
     if let Some(m) = metadata {
         p.metadata = m.clone();
     }

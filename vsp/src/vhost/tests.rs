@@ -145,6 +145,7 @@ impl Rig {
         let op = OpRequest::PutBlob(PutBlob {
             target: Self::target(i),
             content_type: String::new(),
+            headers: Default::default(),
             metadata: Metadata::default(),
             conditions: Conditions::none(),
             content_md5: None,

@@ -92,6 +92,7 @@ impl DirectPath {
         let req = PutBlob {
             target: blob_ref(blob)?,
             content_type: String::new(),
+            headers: Default::default(),
             metadata: Metadata::default(),
             conditions: Conditions::none(),
             content_md5: None,
@@ -173,6 +174,7 @@ impl BenchPath for DirectPath {
                 // The bench is the only writer of its names: no CRCs to prove.
                 blocks: ids.into_iter().map(Into::into).collect(),
                 content_type: String::new(),
+                headers: Default::default(),
                 metadata: Metadata::default(),
                 conditions: Conditions::none(),
             };

@@ -22,8 +22,10 @@ pub fn put_get_round_trip(s: &dyn BlobStore) {
         BlobProperties {
             etag: w.etag.clone(),
             last_modified_ms: w.last_modified_ms,
+            created_ms: w.last_modified_ms,
             content_length: data.len() as u64,
             content_type: "image/png".into(),
+            headers: Default::default(),
             content_md5: None,
             content_crc64: crc64(&data),
             committed_blocks: 0,
@@ -207,8 +209,11 @@ pub fn conditional_reads_and_deletes(s: &dyn BlobStore) {
     assert_err!(get_if(if_none_match("*")), StoreError::NotModified);
     assert_err!(s.blob_properties(&r, &if_none_match(&w.etag)), StoreError::NotModified);
     // If-Match is checked first: 412 even when If-None-Match also matches.
-    let both =
-        Conditions { if_match: if_match("\"0x1\"").if_match, if_none_match: if_none_match(&w.etag).if_none_match };
+    let both = Conditions {
+        if_match: if_match("\"0x1\"").if_match,
+        if_none_match: if_none_match(&w.etag).if_none_match,
+        ..Conditions::none()
+    };
     assert_err!(get_if(both), StoreError::PreconditionFailed);
     assert_err!(s.blob_properties(&r, &if_match("\"0x1\"")), StoreError::PreconditionFailed);
     assert_eq!(s.blob_properties(&r, &if_match(&w.etag)).unwrap().etag, w.etag);

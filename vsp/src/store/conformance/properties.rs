@@ -43,7 +43,7 @@ pub fn set_metadata_and_content_type_keep_the_bytes(s: &dyn BlobStore) {
     assert_eq!((after.content_length, after.content_crc64), (before.content_length, before.content_crc64));
     assert_eq!(get(s, "box", "b").unwrap().1, data);
 
-    let w2 = set(s, "box", "b", BlobUpdate::ContentType("application/json".into()), Conditions::none()).unwrap();
+    let w2 = set(s, "box", "b", BlobUpdate::content_type("application/json"), Conditions::none()).unwrap();
     assert_ne!(w2.etag, w.etag);
     let p = props(s, "box", "b");
     assert_eq!((p.content_type.as_str(), &p.metadata), ("application/json", &meta(&[("stage", "clean")])));
@@ -58,7 +58,7 @@ pub fn set_metadata_and_content_type_keep_the_bytes(s: &dyn BlobStore) {
     }
 
     // Cleared, as Azure clears it (no default, unlike a write without one). No metadata at all: none.
-    set(s, "box", "b", BlobUpdate::ContentType(String::new()), Conditions::none()).unwrap();
+    set(s, "box", "b", BlobUpdate::content_type(""), Conditions::none()).unwrap();
     set(s, "box", "b", BlobUpdate::Metadata(Metadata::default()), Conditions::none()).unwrap();
     let p = props(s, "box", "b");
     assert_eq!((p.content_type.as_str(), p.metadata.0.len()), ("", 0));
@@ -69,7 +69,7 @@ pub fn set_metadata_and_content_type_keep_the_bytes(s: &dyn BlobStore) {
     set(s, "box", "small", BlobUpdate::Metadata(meta(&[("k", "v")])), Conditions::none()).unwrap();
     assert_eq!(get(s, "box", "small").unwrap().1, b"tiny");
     put(s, "box", "empty", b"");
-    set(s, "box", "empty", BlobUpdate::ContentType("text/plain".into()), Conditions::none()).unwrap();
+    set(s, "box", "empty", BlobUpdate::content_type("text/plain"), Conditions::none()).unwrap();
     let (p, bytes) = get(s, "box", "empty").unwrap();
     assert_eq!((p.content_type.as_str(), bytes.len()), ("text/plain", 0));
 }

@@ -104,8 +104,8 @@ pub(super) fn put_block_list(store: &FsStore, req: &PutBlockList, txn: &TxnId) -
         }
         store.checkpoint(FaultPoint::ExtentsLinked, None)?;
         let crc64 = list.iter().fold(0, |crc, e| crc::combine(crc, e.crc64, e.size));
-        let props = new_props(&req.content_type, &req.metadata, total, &Digests { crc64, md5: None }, block_count);
-        let room = BlobHeader::room(name, &req.content_type, &req.metadata, total, false)?;
+        let props = new_props(req.into(), total, &Digests { crc64, md5: None }, block_count);
+        let room = BlobHeader::room(name, req.into(), total, false)?;
         let res = layout::reserve_list(room, list.len(), extents::encode(&list)?)?;
         let mut tmp = store.layout.temp_file("blocklist")?;
         let json = layout::to_json(&BlobHeader::new(name, &props, txn))?;

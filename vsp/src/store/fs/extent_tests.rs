@@ -222,13 +222,17 @@ fn write_v1_block_list(root: &Path, name: &str, blocks: &[(&[u8], &[u8])]) {
         blocks.iter().map(|(id, d)| CommittedBlock { id: id.to_vec(), size: d.len() as u64 }).collect();
     let data: Vec<u8> = blocks.iter().flat_map(|(_, d)| d.iter().copied()).collect();
     let md = vmblob_protocol::ops::Metadata::default();
-    let room = BlobHeader::room(name, "text/plain", &md, data.len() as u64, false).unwrap();
+    let headers = vmblob_protocol::ops::ContentHeaders::default();
+    let d = crate::store::semantics::Described { content_type: "text/plain", headers: &headers, metadata: &md };
+    let room = BlobHeader::room(name, d, data.len() as u64, false).unwrap();
     let res = layout::reserve(room, &list).unwrap();
     let props = vmblob_protocol::ops::BlobProperties {
         etag: "\"0x7\"".into(),
         last_modified_ms: 1,
+        created_ms: 0,
         content_length: data.len() as u64,
         content_type: "text/plain".into(),
+        headers: Default::default(),
         content_md5: None,
         content_crc64: crc64(&data),
         committed_blocks: list.len() as u32,

@@ -50,11 +50,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use vmblob_protocol::ops::{BlobProperties, ContainerProperties, Metadata};
+use vmblob_protocol::ops::{BlobProperties, ContainerProperties, ContentHeaders, Metadata};
 
 use super::access::Modes;
 use crate::store::TxnId;
-use crate::store::semantics::{CommittedBlock, hex, unhex};
+use crate::store::semantics::{CommittedBlock, Described, hex, unhex};
 
 pub const BLOB_MAGIC: [u8; 8] = *b"VMBLOB\0\x01";
 pub const BLOCK_MAGIC: [u8; 8] = *b"VMBLCK\0\x01";
@@ -409,8 +409,20 @@ pub struct BlobHeader {
     pub txn: String,
     pub etag: String,
     pub last_modified_ms: u64,
+    /// Absent in files written before creation times were kept: 0, unknown.
+    #[serde(default)]
+    pub created_ms: u64,
     pub content_length: u64,
     pub content_type: String,
+    // The other HTTP headers, left out when empty (and in older files).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content_encoding: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content_language: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content_disposition: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cache_control: String,
     pub content_md5: Option<String>,
     pub content_crc64: u64,
     pub metadata: Vec<(String, String)>,
@@ -426,8 +438,13 @@ impl BlobHeader {
             txn: txn_hex(txn),
             etag: props.etag.clone(),
             last_modified_ms: props.last_modified_ms,
+            created_ms: props.created_ms,
             content_length: props.content_length,
             content_type: props.content_type.clone(),
+            content_encoding: props.headers.content_encoding.clone(),
+            content_language: props.headers.content_language.clone(),
+            content_disposition: props.headers.content_disposition.clone(),
+            cache_control: props.headers.cache_control.clone(),
             content_md5: props.content_md5.map(|m| hex(&m)),
             content_crc64: props.content_crc64,
             metadata: props.metadata.0.clone(),
@@ -436,17 +453,19 @@ impl BlobHeader {
 
     /// The header's JSON length can't exceed this for a blob with these
     /// known fields: the write-time fields get their widest values.
-    pub fn room(name: &str, content_type: &str, metadata: &Metadata, len: u64, md5: bool) -> io::Result<usize> {
+    pub fn room(name: &str, d: Described<'_>, len: u64, md5: bool) -> io::Result<usize> {
         let widest = BlobProperties {
             etag: WIDEST_ETAG.to_owned(),
             last_modified_ms: u64::MAX,
+            created_ms: u64::MAX,
             content_length: len,
             // What `new_props` will store for it.
-            content_type: crate::store::semantics::content_type_or_default(content_type).to_owned(),
+            content_type: crate::store::semantics::content_type_or_default(d.content_type).to_owned(),
+            headers: d.headers.clone(),
             content_md5: md5.then_some([0xff; 16]),
             content_crc64: u64::MAX,
             committed_blocks: 0,
-            metadata: metadata.clone(),
+            metadata: d.metadata.clone(),
         };
         Ok(to_json(&Self::new(name, &widest, &[0xff; 16]))?.len())
     }
@@ -468,8 +487,15 @@ impl BlobHeader {
         let props = BlobProperties {
             etag: h.etag.clone(),
             last_modified_ms: h.last_modified_ms,
+            created_ms: h.created_ms,
             content_length: h.content_length,
             content_type: h.content_type.clone(),
+            headers: ContentHeaders {
+                content_encoding: h.content_encoding.clone(),
+                content_language: h.content_language.clone(),
+                content_disposition: h.content_disposition.clone(),
+                cache_control: h.cache_control.clone(),
+            },
             content_md5,
             content_crc64: h.content_crc64,
             committed_blocks: raw.block_count,
@@ -543,7 +569,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = TempFile::create(dir.path(), "t", Modes::new(false)).unwrap();
         let md = Metadata(vec![("k".into(), "v\"é".into())]);
-        let room = BlobHeader::room("a/b", "text/plain", &md, 5, true).unwrap();
+        let headers = ContentHeaders::default();
+        let d = Described { content_type: "text/plain", headers: &headers, metadata: &md };
+        let room = BlobHeader::room("a/b", d, 5, true).unwrap();
         let blocks = vec![CommittedBlock { id: vec![1, 2], size: 2 }, CommittedBlock { id: vec![3; 64], size: 3 }];
         let res = reserve(room, &blocks).unwrap();
         assert_eq!(res.data_start % DATA_ALIGN, 0);
@@ -551,8 +579,10 @@ mod tests {
         let props = BlobProperties {
             etag: "\"0x1\"".into(),
             last_modified_ms: 7,
+            created_ms: 0,
             content_length: 5,
             content_type: "text/plain".into(),
+            headers: Default::default(),
             content_md5: Some([9; 16]),
             content_crc64: 42,
             committed_blocks: 2,

@@ -403,10 +403,10 @@ impl BlobStore for FsStore {
             return Ok(w);
         }
         let with_md5 = req.content_md5.is_some();
-        let res = layout::reserve(BlobHeader::room(name, &req.content_type, &req.metadata, len, with_md5)?, &[])?;
+        let res = layout::reserve(BlobHeader::room(name, req.into(), len, with_md5)?, &[])?;
         let (mut tmp, digests) = self.write_temp("blob", &res, data, with_md5)?;
         verify(&digests, req.content_crc64, req.content_md5)?;
-        let props = new_props(&req.content_type, &req.metadata, len, &digests, 0);
+        let props = new_props(req.into(), len, &digests, 0);
         let json = layout::to_json(&BlobHeader::new(name, &props, txn))?;
         self.finish_temp(&mut tmp, BLOB_MAGIC, &res, &json)?;
 

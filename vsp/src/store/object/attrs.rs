@@ -1,6 +1,7 @@
 //! Blob and container properties as object attributes (HTTP headers).
 //!
-//! Content type travels as `Content-Type`; everything else as metadata
+//! Content type and the other HTTP headers (Content-Encoding, -Language,
+//! -Disposition, Cache-Control) travel as those headers; everything else as metadata
 //! (`x-ms-meta-*` on Azure, `x-amz-meta-*` on S3):
 //!
 //! - user metadata under its own key, so other tools see it; services fold the
@@ -9,14 +10,15 @@
 //!   trailing spaces, or starting with `=?`) are stored as an RFC 2047
 //!   encoded word, `=?UTF-8?B?<base64 of the UTF-8 bytes>?=`;
 //! - our own fields under `vmblob_*` (a prefix user keys may not use):
-//!   `vmblob_txn`, `vmblob_crc64`, `vmblob_md5`, `vmblob_mtime` (ms), `vmblob_blocks`, `vmblob_typecleared`.
+//!   `vmblob_txn`, `vmblob_crc64`, `vmblob_md5`, `vmblob_mtime` and `vmblob_ctime`
+//!   (ms), `vmblob_blocks`, `vmblob_typecleared`.
 
 use std::collections::HashMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use object_store::{Attribute, AttributeValue, Attributes, ObjectMeta};
-use vmblob_protocol::ops::{BlobProperties, ContainerProperties, Metadata};
+use vmblob_protocol::ops::{BlobProperties, ContainerProperties, ContentHeaders, Metadata};
 
 use crate::store::semantics::{content_type_or_default, hex, unhex};
 use crate::store::{StoreError, TxnId};
@@ -27,6 +29,8 @@ const TXN: &str = "vmblob_txn";
 const CRC64: &str = "vmblob_crc64";
 const MD5: &str = "vmblob_md5";
 const MTIME: &str = "vmblob_mtime";
+/// The creation time (ms); objects written before it was kept have none (0).
+const CTIME: &str = "vmblob_ctime";
 const BLOCKS: &str = "vmblob_blocks";
 /// Set when the content type is empty (services fill in a default otherwise).
 const NO_TYPE: &str = "vmblob_notype";
@@ -57,9 +61,11 @@ pub(crate) fn decode_value(v: &str) -> Option<String> {
 /// What a write stores besides the bytes.
 pub(crate) struct Stored<'a> {
     pub content_type: &'a str,
+    pub headers: &'a ContentHeaders,
     pub metadata: &'a Metadata,
     pub txn: &'a TxnId,
     pub mtime_ms: u64,
+    pub created_ms: u64,
     pub crc64: Option<u64>,
     pub md5: Option<[u8; 16]>,
     pub committed_blocks: u32,
@@ -89,6 +95,7 @@ pub(crate) fn encode(s: &Stored<'_>) -> Result<Attributes, StoreError> {
     }
     put(TXN, hex(s.txn));
     put(MTIME, s.mtime_ms.to_string());
+    put(CTIME, s.created_ms.to_string());
     if let Some(crc) = s.crc64 {
         put(CRC64, format!("{crc:016x}"));
     }
@@ -99,7 +106,21 @@ pub(crate) fn encode(s: &Stored<'_>) -> Result<Attributes, StoreError> {
         put(BLOCKS, s.committed_blocks.to_string());
     }
     a.insert(Attribute::ContentType, AttributeValue::from(content_type_or_default(s.content_type).to_owned()));
+    for (attr, v) in header_attributes(s.headers) {
+        if !v.is_empty() {
+            a.insert(attr, AttributeValue::from(v.to_owned()));
+        }
+    }
     Ok(a)
+}
+
+fn header_attributes(h: &ContentHeaders) -> [(Attribute, &str); 4] {
+    [
+        (Attribute::ContentEncoding, &h.content_encoding),
+        (Attribute::ContentLanguage, &h.content_language),
+        (Attribute::ContentDisposition, &h.content_disposition),
+        (Attribute::CacheControl, &h.cache_control),
+    ]
 }
 
 /// Mark `a` (from [`encode`]) as having had its content type cleared.
@@ -120,14 +141,25 @@ fn bad(what: &str) -> StoreError {
 pub(crate) fn decode(meta: &ObjectMeta, attrs: &Attributes) -> Result<Decoded, StoreError> {
     let mut md: HashMap<String, &str> = HashMap::new();
     let mut content_type = String::new();
+    let mut headers = ContentHeaders::default();
     for (k, v) in attrs {
-        match k {
+        let field = match k {
             Attribute::Metadata(k) => {
                 md.insert(k.to_ascii_lowercase(), v.as_ref());
+                continue;
             }
-            Attribute::ContentType => content_type = v.to_string(),
-            _ => {}
-        }
+            Attribute::ContentType => &mut content_type,
+            Attribute::ContentEncoding => &mut headers.content_encoding,
+            Attribute::ContentLanguage => &mut headers.content_language,
+            Attribute::ContentDisposition => &mut headers.content_disposition,
+            Attribute::CacheControl => &mut headers.cache_control,
+            _ => continue,
+        };
+        *field = v.to_string();
+    }
+    // A service's header may hold what a guest must not be handed.
+    if headers.validate().is_err() {
+        return Err(bad("HTTP header"));
     }
     // Written without a type (`NO_TYPE`, by older VSPs), or by a tool that set none.
     if md.contains_key(CLEARED_TYPE) {
@@ -161,8 +193,10 @@ pub(crate) fn decode(meta: &ObjectMeta, attrs: &Attributes) -> Result<Decoded, S
         blob: BlobProperties {
             etag,
             last_modified_ms: num(MTIME, 10)?.unwrap_or(service_ms),
+            created_ms: num(CTIME, 10)?.unwrap_or(0),
             content_length: meta.size,
             content_type,
+            headers,
             content_md5: md5,
             // Objects written by other tools carry no CRC-64; 0 says "unknown".
             content_crc64: num(CRC64, 16)?.unwrap_or(0),
@@ -197,11 +231,19 @@ mod tests {
     fn properties_round_trip_with_case_and_order_folded_by_the_service() {
         let md = meta(&[("Zeta", "ünï"), ("alpha", "1"), ("B_2", "")]);
         let txn = [7u8; 16];
+        let headers = ContentHeaders {
+            content_encoding: "gzip".into(),
+            content_language: String::new(),
+            content_disposition: "attachment; filename=\"a b.txt\"".into(),
+            cache_control: "max-age=60".into(),
+        };
         let stored = Stored {
             content_type: "",
+            headers: &headers,
             metadata: &md,
             txn: &txn,
             mtime_ms: 1234,
+            created_ms: 1000,
             crc64: Some(0xdead_beef),
             md5: Some([9; 16]),
             committed_blocks: 3,
@@ -232,8 +274,10 @@ mod tests {
             BlobProperties {
                 etag: "\"0x1\"".into(),
                 last_modified_ms: 1234,
+                created_ms: 1000,
                 content_length: 10,
                 content_type: "application/octet-stream".into(),
+                headers,
                 content_md5: Some([9; 16]),
                 content_crc64: 0xdead_beef,
                 committed_blocks: 3,

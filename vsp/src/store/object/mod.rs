@@ -51,7 +51,8 @@ use vmblob_protocol::BlockId;
 use vmblob_protocol::names::ContainerName;
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobWritten, BlockInfo, BlockListType, Conditions, ContainerEntry,
-    ContainerProperties, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList, SetBlobProperties,
+    ContainerProperties, ContentHeaders, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlockList,
+    SetBlobProperties,
 };
 
 use self::attrs::{Decoded, Stored};
@@ -271,7 +272,18 @@ impl BlobStore for ObjectBlobStore {
             self.clear_container_objects(name)?;
         }
         let mtime_ms = now_ms();
-        let stored = Stored { content_type: "", metadata, txn, mtime_ms, crc64: None, md5: None, committed_blocks: 0 };
+        let none = ContentHeaders::default();
+        let stored = Stored {
+            content_type: "",
+            headers: &none,
+            metadata,
+            txn,
+            mtime_ms,
+            created_ms: mtime_ms,
+            crc64: None,
+            md5: None,
+            committed_blocks: 0,
+        };
         let opts = PutOptions { mode: PutMode::Create, attributes: attrs::encode(&stored)?, ..Default::default() };
         let store = &*self.store;
         let put = self.bridge.commit(async { store.put_opts(&key, Vec::new().into(), opts).await.map_err(store_err) });

@@ -75,6 +75,8 @@ macro_rules! cases_but_etag_format {
             copy_blob_copies_content_and_properties,
             copy_blob_conditions_missing_blobs_and_replays,
         );
+        // Op version 2.
+        $run!(http_headers_and_creation_time_are_kept, time_conditions_on_reads_and_writes);
     };
 }
 

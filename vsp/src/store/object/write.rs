@@ -218,9 +218,11 @@ impl ObjectBlobStore {
         let with_md5 = req.content_md5.is_some();
         let stored = |crc64, md5| Stored {
             content_type: &req.content_type,
+            headers: &req.headers,
             metadata: &req.metadata,
             txn,
             mtime_ms,
+            created_ms: mtime_ms,
             crc64: Some(crc64),
             md5,
             committed_blocks: 0,
@@ -566,9 +568,11 @@ impl ObjectBlobStore {
         self.put_once(&list_key, list_bytes.into(), object_store::PutMode::Overwrite, Attributes::new())?;
         let stored = Stored {
             content_type: &req.content_type,
+            headers: &req.headers,
             metadata: &req.metadata,
             txn,
             mtime_ms,
+            created_ms: mtime_ms,
             crc64: Some(crc),
             md5: None,
             committed_blocks: count,
@@ -686,9 +690,11 @@ impl ObjectBlobStore {
         }
         let stored = Stored {
             content_type: &props.content_type,
+            headers: &props.headers,
             metadata: &props.metadata,
             txn,
             mtime_ms: props.last_modified_ms,
+            created_ms: props.created_ms,
             // An object another tool wrote has no CRC of ours to carry over.
             crc64: d.txn.is_some().then_some(d.blob.content_crc64),
             md5: d.blob.content_md5,

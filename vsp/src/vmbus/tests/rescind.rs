@@ -161,6 +161,7 @@ fn random_rescinds_under_load_complete_every_taken_request_once() {
             let op = OpRequest::PutBlob(PutBlob {
                 target: blob_ref("load", &format!("r{round}/b{i}")),
                 content_type: String::new(),
+                headers: Default::default(),
                 metadata: Metadata::default(),
                 conditions: Conditions::none(),
                 content_md5: None,

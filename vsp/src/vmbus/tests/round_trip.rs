@@ -19,6 +19,7 @@ fn put(c: &str, b: &str) -> OpRequest {
     OpRequest::PutBlob(PutBlob {
         target: blob_ref(c, b),
         content_type: "application/octet-stream".into(),
+        headers: Default::default(),
         metadata: Metadata::new(vec![("owner".into(), "vmbus".into())]).unwrap(),
         conditions: Conditions::none(),
         content_md5: None,
@@ -80,6 +81,7 @@ fn every_operation_round_trips() {
         target: blob_ref("photos", "big"),
         blocks: blocks.iter().cloned().map(Into::into).collect(),
         content_type: String::new(),
+        headers: Default::default(),
         metadata: Metadata::default(),
         conditions: Conditions::none(),
     });

@@ -524,8 +524,10 @@ fn props(data: &[u8]) -> BlobProperties {
     BlobProperties {
         etag: format!("\"{}\"", data.len()),
         last_modified_ms: 0,
+        created_ms: 0,
         content_length: data.len() as u64,
         content_type: String::new(),
+        headers: Default::default(),
         content_md5: None,
         content_crc64: crate::crc64(data),
         committed_blocks: 0,
