@@ -496,8 +496,9 @@ fn scenarios() -> Vec<Scenario> {
             name: "http_headers",
             ops: vec![
                 json!({"op": "create_container", "c": "hdr"}),
+                // An encoding HTTP clients do not undo, so the GET compares the stored bytes.
                 json!({"op": "put", "c": "hdr", "b": "h", "data": "x", "content_type": "text/csv",
-                       "headers": {"content_encoding": "gzip", "content_language": "de-CH",
+                       "headers": {"content_encoding": "x-vmblob", "content_language": "de-CH",
                                    "content_disposition": "attachment; filename=\"r.csv\"",
                                    "cache_control": "max-age=60"}}),
                 json!({"op": "head", "c": "hdr", "b": "h", "created_of": 1}),

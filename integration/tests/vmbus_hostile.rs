@@ -16,7 +16,7 @@ use vmblob_protocol::config::{DeviceConfig, caps};
 use vmblob_protocol::framing::vmbus::{
     GpaDirectFrame, MAX_PACKET_PAGES, encode_blob_completion, encode_completion, encode_inband, parse_packet,
 };
-use vmblob_protocol::ops::{ContainerProperties, OpRequest, OpResponse, encode_success};
+use vmblob_protocol::ops::{ContainerProperties, OpRequest, OpResponse, encode_success_at};
 use vmblob_protocol::transport::MAX_BUFFER_LEN;
 use vmblob_protocol::{Segment, VspResponse};
 use vmblob_vmbus::{AttachedChannel, ControlWord, ReadError, RingMem};
@@ -110,7 +110,7 @@ impl Liar {
                 host.memory.read_slice(&mut b, GuestAddress(s.addr)).unwrap();
                 req.extend(b);
             }
-            let op = OpRequest::decode(&req).unwrap();
+            let (version, op) = OpRequest::decode_versioned(&req).unwrap();
             let answer = match &op {
                 OpRequest::GetDeviceConfig => OpResponse::DeviceConfig(config()),
                 _ if lies.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() => {
@@ -124,7 +124,7 @@ impl Liar {
                 }),
                 other => panic!("unexpected {other:?}"),
             };
-            let body = encode_success(op.op(), &answer);
+            let body = encode_success_at(version, op.op(), &answer);
             write_segments(&host.memory, &layout.response, &body);
             post(&mut host, &encode_blob_completion(frame.transaction_id, &VspResponse::new(0, body.len() as u32)));
         }

@@ -48,7 +48,11 @@ fn submit_put(c: &BlobClient, container: &str, name: &str, data: &[u8]) -> Resul
 fn vmbus_blob_round_trip_through_the_vsp_service() {
     let rig = VmbusRig::start(VmbusRigOptions::default());
     let c = &rig.client;
-    assert_eq!(c.device_config().max_op_version, 1, "config fetched with GetDeviceConfig");
+    assert_eq!(
+        c.device_config().max_op_version,
+        vmblob_protocol::ops::OP_VERSION,
+        "config fetched with GetDeviceConfig"
+    );
     c.container("photos").create().unwrap();
     let small = pattern(7, 0, 123_457);
     c.container("photos").blob("small.bin").put(&small).unwrap();

@@ -12,8 +12,9 @@ use zerocopy::little_endian::U32;
 use vmblob_protocol::config::DeviceConfig;
 use vmblob_protocol::names::{BlobName, ContainerName, validate_metadata_key};
 use vmblob_protocol::ops::{
-    DecodeError, Entity, ErrorReply, MAX_MESSAGE, NeedsVersion, OP_HEADER_SIZE, OP_VERSION, OpCode, OpRequest,
-    OpResponse, REQUEST_MAGIC, RESPONSE_MAGIC, ResponseMessage, encode_error, encode_success, encode_success_at,
+    DecodeError, Entity, ErrorReply, MAX_MESSAGE, MIN_OP_VERSION, NeedsVersion, OP_HEADER_SIZE, OP_VERSION, OpCode,
+    OpRequest, OpResponse, REQUEST_MAGIC, RESPONSE_MAGIC, ResponseMessage, encode_error, encode_success,
+    encode_success_at,
 };
 use vmblob_protocol::status::BlobError;
 use vmblob_protocol::transport::{MAX_BUFFER_LEN, OperationType, TransportError, VspRequest, VspResponse};
@@ -381,7 +382,7 @@ proptest! {
     ) {
         if let Ok(c) = DeviceConfig::from_bytes(&bytes) {
             prop_assert_eq!(bytes.len(), DeviceConfig::SIZE);
-            prop_assert!(c.min_op_version <= OP_VERSION && OP_VERSION <= c.max_op_version);
+            prop_assert!(c.min_op_version <= OP_VERSION && MIN_OP_VERSION <= c.max_op_version);
             let mut input = bytes.clone();
             mask_config(&mut input, 0);
             prop_assert_eq!(c.to_bytes().to_vec(), input);

@@ -25,6 +25,8 @@ struct Harness {
     engine: Arc<Engine>,
     next: u64,
     txn: u64,
+    /// The op version requests are sent in (and answers must come back in).
+    version: u16,
 }
 
 struct Sent {
@@ -65,7 +67,7 @@ impl Harness {
 
     fn with_engine(engine: Engine) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
-        Self { mem, engine: Arc::new(engine), next: 0x1000, txn: 1 }
+        Self { mem, engine: Arc::new(engine), next: 0x1000, txn: 1, version: OP_VERSION }
     }
 
     fn alloc(&mut self, len: u64) -> u64 {
@@ -77,8 +79,13 @@ impl Harness {
 
     /// Lay out a canonical chain: R = header|request|data-out, W = response|data-in|status.
     fn prepare(&mut self, op: &OpRequest, data_out: &[u8], data_in: u32, resp_cap: u32) -> Sent {
-        let body = op.encode();
-        let dir = op.op().data_direction();
+        let body = op.encode_at(self.version).unwrap();
+        self.prepare_body(&body, op.op(), data_out, data_in, resp_cap)
+    }
+
+    /// [`Harness::prepare`] of request bytes as given.
+    fn prepare_body(&mut self, body: &[u8], op: OpCode, data_out: &[u8], data_in: u32, resp_cap: u32) -> Sent {
+        let dir = op.data_direction();
         let data_len = match dir {
             DataDirection::ToHost => data_out.len() as u32,
             DataDirection::ToGuest => data_in,
@@ -99,7 +106,7 @@ impl Harness {
         canonical_offsets(&mut hdr, dir);
         let req_gpa = self.alloc(56 + body.len() as u64);
         self.mem.write_slice(hdr.as_bytes(), GuestAddress(req_gpa)).unwrap();
-        self.mem.write_slice(&body, GuestAddress(req_gpa + 56)).unwrap();
+        self.mem.write_slice(body, GuestAddress(req_gpa + 56)).unwrap();
         let mut descs = vec![ChainDescriptor { addr: req_gpa, len: 56 + body.len() as u32, writable: false }];
         let data_gpa = self.alloc(u64::from(data_len));
         if dir == DataDirection::ToHost && data_len > 0 {
@@ -113,7 +120,16 @@ impl Harness {
         }
         descs.push(ChainDescriptor { addr: resp_gpa + u64::from(resp_cap), len: 12, writable: true });
         let frame = VirtioFrame::new(descs, 64).unwrap();
-        Sent { request: VirtioRequest { frame, header: hdr }, resp_gpa, data_gpa, op: op.op() }
+        Sent { request: VirtioRequest { frame, header: hdr }, resp_gpa, data_gpa, op }
+    }
+
+    /// Serve request bytes as given; the answer, whatever its version.
+    fn raw(&mut self, body: &[u8], op: OpCode) -> ResponseMessage {
+        let s = self.prepare_body(body, op, &[], 0, 4096);
+        let resp = self.engine.serve(&self.mem, &s.request, &CancelToken::new(None));
+        let mut buf = vec![0u8; resp.response_len.get() as usize];
+        self.mem.read_slice(&mut buf, GuestAddress(s.resp_gpa)).unwrap();
+        ResponseMessage::decode(&buf, op).unwrap()
     }
 
     fn decode(&self, s: &Sent, resp: &VspResponse) -> Result<OpResponse, BlobError> {
@@ -124,6 +140,7 @@ impl Harness {
         let mut buf = vec![0u8; n];
         self.mem.read_slice(&mut buf, GuestAddress(s.resp_gpa)).unwrap();
         let msg = ResponseMessage::decode(&buf, s.op).unwrap();
+        assert_eq!(msg.version, self.version, "answered in the request's op version");
         match msg.result {
             Ok(r) => {
                 assert_eq!(resp.error.get(), 0);
@@ -167,6 +184,44 @@ impl Harness {
 }
 
 mod replay;
+
+/// A VSC of an older build speaks op version 1 and gets version-1 answers,
+/// without the fields it has no place for; a version-2 peer sees them.
+#[test]
+fn each_op_version_is_answered_in_its_own() {
+    let mut h = Harness::new();
+    h.mkcontainer("box");
+    let mut put = put_op("box", "b", Conditions::none());
+    if let OpRequest::PutBlob(p) = &mut put {
+        p.headers.cache_control = "no-cache".into();
+    }
+    let w = match h.ok(&put, b"data") {
+        OpResponse::BlobWritten(w) => w,
+        r => panic!("{r:?}"),
+    };
+    let head = OpRequest::GetBlobProperties { target: blob_ref("box", "b"), conditions: Conditions::none() };
+    match h.ok(&head, &[]) {
+        OpResponse::BlobProperties(p) => {
+            assert_eq!((p.headers.cache_control.as_str(), p.created_ms), ("no-cache", w.last_modified_ms))
+        }
+        r => panic!("{r:?}"),
+    }
+    h.version = 1;
+    match h.ok(&head, &[]) {
+        OpResponse::BlobProperties(p) => {
+            assert_eq!((p.headers, p.created_ms, p.etag), (Default::default(), 0, w.etag.clone()));
+        }
+        r => panic!("{r:?}"),
+    }
+    // An error to a version-1 request is in version 1 too.
+    let missing = OpRequest::GetBlobProperties { target: blob_ref("box", "nope"), conditions: Conditions::none() };
+    assert_eq!(h.run(&missing, &[], 0).0, Err(BlobError::BlobNotFound));
+    // A version the VSP does not speak is refused, answered in the oldest one.
+    let mut body = head.encode_at(1).unwrap();
+    body[4..6].copy_from_slice(&(OP_VERSION + 1).to_le_bytes());
+    let msg = h.raw(&body, OpCode::GetBlobProperties);
+    assert_eq!((msg.version, msg.result.map_err(|e| e.error)), (1, Err(BlobError::Unsupported)));
+}
 
 #[test]
 fn every_operation_round_trips() {

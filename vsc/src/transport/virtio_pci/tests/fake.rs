@@ -20,7 +20,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 use vmblob_protocol::config::{CONFIG_MAGIC, DeviceConfig, caps as devcaps};
 use vmblob_protocol::framing::virtio::{ChainDescriptor, VirtioFrame};
-use vmblob_protocol::ops::{BlobProperties, ContainerProperties, OpRequest, OpResponse, encode_error, encode_success};
+use vmblob_protocol::ops::{
+    BlobProperties, ContainerProperties, OpRequest, OpResponse, encode_error_at, encode_success_at,
+};
 use vmblob_protocol::transport::{MAX_BUFFER_LEN, REQUEST_SIZE};
 use vmblob_protocol::{BlobError, Segment, VspRequest, VspResponse};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -541,18 +543,20 @@ impl Store {
         let frame = VirtioFrame::new(descs.iter().copied(), 1024).expect("driver builds valid chains");
         let header = VspRequest::parse(&read_segments(mem, &frame.header())).unwrap();
         let request = read_segments(mem, &frame.request(&header).unwrap());
-        let op = OpRequest::decode(&request).unwrap();
+        let (version, op) = OpRequest::decode_versioned(&request).unwrap();
         let layout = frame.layout(&header, op.op().data_direction()).unwrap();
         let cap = header.response_buffer_length.get() as usize;
         let (status, body) = match &op {
-            OpRequest::GetDeviceConfig => (0, encode_success(op.op(), &OpResponse::DeviceConfig(device_config()))),
+            OpRequest::GetDeviceConfig => {
+                (0, encode_success_at(version, op.op(), &OpResponse::DeviceConfig(device_config())))
+            }
             OpRequest::CreateContainer { container, .. } => {
                 let p = ContainerProperties {
                     etag: container.as_str().into(),
                     last_modified_ms: 0,
                     metadata: Default::default(),
                 };
-                (0, encode_success(op.op(), &OpResponse::ContainerCreated(p)))
+                (0, encode_success_at(version, op.op(), &OpResponse::ContainerCreated(p)))
             }
             OpRequest::PutBlob(p) => {
                 let mut data = read_segments(mem, layout.data.readable().unwrap_or(&[]));
@@ -563,12 +567,12 @@ impl Store {
                     content_crc64: crate::crc64(&data),
                 };
                 self.blobs.insert((p.target.container.as_str().into(), p.target.blob.as_str().into()), data);
-                (0, encode_success(op.op(), &OpResponse::BlobWritten(written)))
+                (0, encode_success_at(version, op.op(), &OpResponse::BlobWritten(written)))
             }
             OpRequest::GetBlobProperties { target, .. } => {
                 match self.blobs.get(&(target.container.as_str().into(), target.blob.as_str().into())) {
-                    Some(d) => (0, encode_success(op.op(), &OpResponse::BlobProperties(props(d)))),
-                    None => not_found(&op, cap),
+                    Some(d) => (0, encode_success_at(version, op.op(), &OpResponse::BlobProperties(props(d)))),
+                    None => not_found(version, &op, cap),
                 }
             }
             OpRequest::GetBlob(g) => {
@@ -581,12 +585,12 @@ impl Store {
                         let chunk = &d[offset as usize..end as usize];
                         write_segments(mem, layout.data.writable().unwrap_or(&[]), chunk);
                         let r = OpResponse::BlobData { properties: props(d), offset, length: chunk.len() as u64 };
-                        (0, encode_success(op.op(), &r))
+                        (0, encode_success_at(version, op.op(), &r))
                     }
-                    None => not_found(&op, cap),
+                    None => not_found(version, &op, cap),
                 }
             }
-            _ => not_found(&op, cap),
+            _ => not_found(version, &op, cap),
         };
         write_segments(mem, &layout.response, &body);
         let resp = VspResponse::new(status, body.len() as u32);
@@ -596,6 +600,6 @@ impl Store {
     }
 }
 
-fn not_found(op: &OpRequest, cap: usize) -> (u32, Vec<u8>) {
-    (BlobError::BlobNotFound.code(), encode_error(op.op(), BlobError::BlobNotFound, "", cap))
+fn not_found(version: u16, op: &OpRequest, cap: usize) -> (u32, Vec<u8>) {
+    (BlobError::BlobNotFound.code(), encode_error_at(version, op.op(), BlobError::BlobNotFound, "", cap))
 }

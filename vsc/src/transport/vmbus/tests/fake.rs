@@ -12,7 +12,7 @@ use vmblob_protocol::framing::BufferLayout;
 use vmblob_protocol::framing::vmbus::{
     GpaDirectFrame, MAX_PACKET_PAGES, PageBuffer, encode_blob_completion, parse_packet,
 };
-use vmblob_protocol::ops::{ContainerProperties, OpRequest, OpResponse, encode_error, encode_success};
+use vmblob_protocol::ops::{ContainerProperties, OpRequest, OpResponse, encode_error_at, encode_success_at};
 use vmblob_protocol::transport::MAX_BUFFER_LEN;
 use vmblob_protocol::{BlobError, OpCode, Segment, VspRequest, VspResponse};
 use vmblob_vhost_frontend::GuestRam;
@@ -257,6 +257,8 @@ impl ChannelSignal for TellsRescind {
 pub struct Request {
     pub id: u64,
     pub header: VspRequest,
+    /// The op version the request came in (its answer goes in it too).
+    pub version: u16,
     pub op: OpRequest,
     pub layout: BufferLayout,
     pub pfn_count: usize,
@@ -336,8 +338,8 @@ impl HostEnd {
             _ => unreachable!(),
         };
         let layout = frame.layout().unwrap();
-        let op = OpRequest::decode(&read_segments(&self.mem, &layout.request)).unwrap();
-        Some(Request { id: frame.transaction_id, header: frame.header, op, layout, pfn_count })
+        let (version, op) = OpRequest::decode_versioned(&read_segments(&self.mem, &layout.request)).unwrap();
+        Some(Request { id: frame.transaction_id, header: frame.header, version, op, layout, pfn_count })
     }
 
     pub fn read_data(&self, req: &Request) -> Vec<u8> {
@@ -389,16 +391,21 @@ impl HostEnd {
         let op = req.op.op();
         let cap = req.header.response_buffer_length.get() as usize;
         match &req.op {
-            OpRequest::GetDeviceConfig => self.reply(req, 0, &encode_success(op, &OpResponse::DeviceConfig(*config))),
+            OpRequest::GetDeviceConfig => {
+                self.reply(req, 0, &encode_success_at(req.version, op, &OpResponse::DeviceConfig(*config)))
+            }
             OpRequest::CreateContainer { container, .. } => {
                 let props = ContainerProperties {
                     etag: container.as_str().into(),
                     last_modified_ms: 0,
                     metadata: Default::default(),
                 };
-                self.reply(req, 0, &encode_success(op, &OpResponse::ContainerCreated(props)))
+                self.reply(req, 0, &encode_success_at(req.version, op, &OpResponse::ContainerCreated(props)))
             }
-            _ => self.reply(req, BlobError::BlobNotFound.code(), &encode_error(op, BlobError::BlobNotFound, "", cap)),
+            _ => {
+                let body = encode_error_at(req.version, op, BlobError::BlobNotFound, "", cap);
+                self.reply(req, BlobError::BlobNotFound.code(), &body)
+            }
         }
     }
 
