@@ -136,6 +136,72 @@ fn conditional_downloads() {
     );
 }
 
+/// The HTTP header flags (azcopy's), the creation time, and the time conditions
+/// (`--if-modified-since`, `--if-unmodified-since`) on every single-blob verb.
+#[test]
+fn http_headers_and_time_conditions() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket();
+    ok(s, &["mb", "web"]);
+    let src = sb.dir.join("report.csv");
+    std::fs::write(&src, b"a,b\n1,2\n").unwrap();
+    let put = [
+        "put",
+        "--content-encoding",
+        "x-none",
+        "--content-language",
+        "de-CH",
+        "--cache-control",
+        "max-age=60",
+        "--content-disposition",
+        "attachment; filename=\"r.csv\"",
+        src.to_str().unwrap(),
+        "web/r.csv",
+    ];
+    ok(s, &put);
+    let stat = |extra: &[&str]| -> serde_json::Value {
+        let args = [&["stat", "--json"], extra, &["web/r.csv"]].concat();
+        serde_json::from_str(&ok(s, &args)).unwrap()
+    };
+    let j = stat(&[]);
+    assert_eq!((&j["content_type"], &j["content_encoding"]), (&"text/csv".into(), &"x-none".into()));
+    assert_eq!((&j["content_language"], &j["cache_control"]), (&"de-CH".into(), &"max-age=60".into()));
+    assert_eq!(j["content_disposition"], "attachment; filename=\"r.csv\"");
+    assert_eq!(j["created"], j["last_modified"], "created by its first write");
+    let text = ok(s, &["stat", "web/r.csv"]);
+    assert!(text.contains("cache-control:  max-age=60") && text.contains("created:"), "{text}");
+
+    // `set` changes the headers it names and keeps the others and the creation time.
+    ok(s, &["set", "--cache-control", "no-cache", "web/r.csv"]);
+    let k = stat(&[]);
+    assert_eq!((&k["cache_control"], &k["content_language"]), (&"no-cache".into(), &"de-CH".into()));
+    assert_eq!((&k["content_type"], &k["created"]), (&"text/csv".into(), &j["created"]));
+    ok(s, &["set", "--content-language", "", "--content-type", "text/plain", "web/r.csv"]);
+    let k = stat(&[]);
+    assert_eq!((&k["content_language"], &k["content_type"]), (&"".into(), &"text/plain".into()));
+    assert_eq!(k["content_encoding"], "x-none");
+
+    // Times: the blob's own second is not "since", the one before is.
+    let lm = chrono::DateTime::parse_from_rfc3339(k["last_modified"].as_str().unwrap()).unwrap();
+    let at = |d: chrono::TimeDelta| (lm + d).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (own, before, after) =
+        (at(chrono::TimeDelta::zero()), at(-chrono::TimeDelta::seconds(1)), at(chrono::TimeDelta::seconds(1)));
+    let run = |args: &[&str]| code(&vmblob(Some(s), args));
+    assert_eq!(run(&["get", "--if-modified-since", &own, "web/r.csv", "-"]), 7, "not modified since its own second");
+    assert_eq!(run(&["stat", "--if-modified-since", &after, "web/r.csv"]), 7);
+    assert_eq!(run(&["get", "--if-modified-since", &before, "web/r.csv", "-"]), 0);
+    assert_eq!(run(&["get", "--if-unmodified-since", &before, "web/r.csv", "-"]), 9);
+    assert_eq!(run(&["put", "--if-unmodified-since", &before, src.to_str().unwrap(), "web/r.csv"]), 9);
+    assert_eq!(run(&["set", "--if-modified-since", &own, "--metadata", "k=v", "web/r.csv"]), 9);
+    assert_eq!(run(&["rm", "--if-unmodified-since", &before, "web/r.csv"]), 9);
+    assert_eq!(stat(&[])["etag"], k["etag"], "nothing changed by a failed condition");
+    assert_eq!(run(&["stat", "--if-unmodified-since", "yesterday", "web/r.csv"]), 2, "a time it cannot read");
+    assert_eq!(run(&["rm", "-r", "--yes", "--if-unmodified-since", &own, "web"]), 2);
+    ok(s, &["rm", "--if-unmodified-since", &own, "web/r.csv"]);
+    assert_eq!(run(&["stat", "web/r.csv"]), 3);
+}
+
 /// The azcopy-like flags: content type (given, or guessed from the extension), metadata,
 /// create-only and If-Match uploads, inclusive ranges, RFC 3339 dates, long and JSON
 /// listings, `rm -r` behind `--yes`, and exit codes that tell 409 from 412.

@@ -9,7 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vmblob_protocol::ops::{Conditions, ETag};
 use vmblob_vsc::{BlobClient, BlobHandle, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions};
 
-use super::args::{device_etag, etag_arg, metadata_arg, name_for_type, parse_range, put_options};
+use super::args::{
+    apply_headers, conditions_arg, device_etag, etag_arg, metadata_arg, name_for_type, names_headers, parse_range,
+    put_options,
+};
 use super::filter::Filter;
 use super::listing::{Listing, hex, props_json, rfc3339};
 use super::paths::{blob, split};
@@ -56,24 +59,16 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Cmd::Put { file, dest, props, no_overwrite, if_match } => {
+        Cmd::Put { file, dest, props, no_overwrite, if_match, times } => {
             let (container, name) = blob(dest)?;
-            let conditions = Conditions {
-                if_match: etag_arg(if_match)?,
-                if_none_match: no_overwrite.then(ETag::any),
-                ..Conditions::none()
-            };
+            let conditions = conditions_arg(etag_arg(if_match)?, no_overwrite.then(ETag::any), times)?;
             let options = put_options(props, name_for_type(file, name), conditions)?;
             put_file(cli, &c.container(container).blob(name), file, options)
         }
-        Cmd::Get { src, file, offset, length, range, if_match, if_none_match } => {
+        Cmd::Get { src, file, offset, length, range, if_match, if_none_match, times } => {
             let (container, name) = blob(src)?;
             let b = c.container(container).blob(name);
-            let conditions = Conditions {
-                if_match: etag_arg(if_match)?,
-                if_none_match: etag_arg(if_none_match)?,
-                ..Conditions::none()
-            };
+            let conditions = conditions_arg(etag_arg(if_match)?, etag_arg(if_none_match)?, times)?;
             let (offset, length) = match range {
                 Some(r) => parse_range(r)?,
                 None => (*offset, *length),
@@ -88,9 +83,9 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
                 Some(p) => get_file(cli, &b, p, range, &conditions),
             }
         }
-        Cmd::Stat { path, json } => {
+        Cmd::Stat { path, json, times } => {
             let (container, name) = blob(path)?;
-            let p = c.container(container).blob(name).properties()?;
+            let p = c.container(container).blob(name).properties_opts(conditions_arg(None, None, times)?)?;
             if *json {
                 println!("{}", props_json(&format!("{container}/{name}"), &p));
                 return Ok(());
@@ -98,8 +93,15 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             println!("name:           {container}/{name}");
             println!("content-length: {}", p.content_length);
             println!("content-type:   {}", p.content_type);
+            for (header, value) in p.headers.fields().into_iter().filter(|(_, v)| !v.is_empty()) {
+                println!("{:<16}{value}", format!("{}:", header.to_lowercase()));
+            }
             println!("etag:           {}", p.etag);
             println!("last-modified:  {}", rfc3339(p.last_modified_ms));
+            // 0: a blob the device stored before it kept creation times.
+            if p.created_ms != 0 {
+                println!("created:        {}", rfc3339(p.created_ms));
+            }
             if let Some(md5) = p.content_md5 {
                 println!("content-md5:    {}", hex(&md5));
             }
@@ -110,16 +112,24 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Cmd::Set { path, content_type, metadata, clear_metadata, if_match } => {
+        Cmd::Set { path, content_type, headers, metadata, clear_metadata, if_match, times } => {
             let (container, name) = blob(path)?;
             let b = c.container(container).blob(name);
-            if content_type.is_none() && metadata.is_empty() && !clear_metadata {
-                return Err(CliError::Usage("set needs --content-type, --metadata or --clear-metadata".into()));
+            let sets_headers = content_type.is_some() || names_headers(headers);
+            if !sets_headers && metadata.is_empty() && !clear_metadata {
+                return Err(CliError::Usage(
+                    "set needs --content-type, a header flag, --metadata or --clear-metadata".into(),
+                ));
             }
-            let mut conditions =
-                Conditions { if_match: etag_arg(if_match)?, if_none_match: None, ..Conditions::none() };
-            if let Some(t) = content_type {
-                let w = b.set_content_type(t, conditions)?;
+            let mut conditions = conditions_arg(etag_arg(if_match)?, None, times)?;
+            if sets_headers {
+                // Set Blob Properties replaces every header: start from the blob's own,
+                // and pin the change to the version they were read from.
+                let now = b.properties_opts(conditions)?;
+                let mut new = now.headers.clone();
+                apply_headers(headers, &mut new)?;
+                let t = content_type.as_deref().unwrap_or(&now.content_type);
+                let w = b.set_http_headers(t, new, Conditions::if_match(device_etag(&now.etag)?))?;
                 // The metadata change below applies to this version only.
                 conditions = Conditions::if_match(device_etag(&w.etag)?);
             }
@@ -128,11 +138,14 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Cmd::Rm { path, recursive: false, .. } => {
+        Cmd::Rm { path, recursive: false, if_match, times, .. } => {
             let (container, name) = blob(path)?;
-            Ok(c.container(container).blob(name).delete()?)
+            Ok(c.container(container).blob(name).delete_opts(conditions_arg(etag_arg(if_match)?, None, times)?)?)
         }
-        Cmd::Rm { path, recursive: true, yes } => remove_under(c, path, *yes),
+        Cmd::Rm { times, recursive: true, .. } if *times != super::TimeArgs::default() => {
+            Err(CliError::Usage("rm -r takes no conditions; rm one blob at a time for that".into()))
+        }
+        Cmd::Rm { path, recursive: true, yes, .. } => remove_under(c, path, *yes),
         Cmd::Cp { src, dest, recursive, filter } => {
             let filtered = !filter.include.is_empty() || !filter.exclude.is_empty();
             if filtered && !recursive {

@@ -62,8 +62,14 @@ pub fn props_json(name: &str, p: &BlobProperties) -> Value {
         "name": name,
         "content_length": p.content_length,
         "content_type": p.content_type,
+        "content_encoding": p.headers.content_encoding,
+        "content_language": p.headers.content_language,
+        "content_disposition": p.headers.content_disposition,
+        "cache_control": p.headers.cache_control,
         "etag": p.etag,
         "last_modified": rfc3339(p.last_modified_ms),
+        // null: stored before the device kept creation times.
+        "created": (p.created_ms != 0).then(|| rfc3339(p.created_ms)),
         "content_md5": p.content_md5.map(|m| hex(&m)),
         "content_crc64": format!("{:016x}", p.content_crc64),
         "committed_blocks": p.committed_blocks,
@@ -97,10 +103,10 @@ mod tests {
         BlobProperties {
             etag: "\"0x1\"".into(),
             last_modified_ms: 1_764_744_600_123,
-            created_ms: 0,
+            created_ms: 1_764_744_000_000,
             content_length: 42,
             content_type: "text/plain".into(),
-            headers: Default::default(),
+            headers: vmblob_protocol::ops::ContentHeaders { cache_control: "no-cache".into(), ..Default::default() },
             content_md5: Some([0xab; 16]),
             content_crc64: 0x1234,
             committed_blocks: 2,
@@ -128,6 +134,10 @@ mod tests {
         assert_eq!(v["content_length"], 42);
         assert_eq!(v["content_md5"], "ab".repeat(16));
         assert_eq!(v["metadata"]["k"], "v");
+        assert_eq!((&v["cache_control"], &v["content_encoding"]), (&json!("no-cache"), &json!("")));
+        assert_eq!(v["created"], "2025-12-03T06:40:00.000Z");
+        let unknown = BlobProperties { created_ms: 0, ..props() };
+        assert_eq!(props_json("x", &unknown)["created"], Value::Null, "stored before creation times were kept");
         let dir: Value = serde_json::from_str(&Listing::Json.line(&BlobListItem::Prefix("a/".into()))).unwrap();
         assert_eq!(dir, json!({ "prefix": "a/" }));
     }

@@ -131,6 +131,38 @@ pub struct PutArgs {
     /// User metadata, repeatable: --metadata project=x --metadata owner=y.
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     pub metadata: Vec<String>,
+    #[command(flatten)]
+    pub headers: HeaderArgs,
+}
+
+/// The HTTP headers besides Content-Type that a blob keeps and hands back
+/// (azcopy's flags of the same names).
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderArgs {
+    /// Content-Encoding, e.g. gzip (stored as given; nothing is compressed).
+    #[arg(long, value_name = "ENCODING")]
+    pub content_encoding: Option<String>,
+    /// Content-Language, e.g. de-CH.
+    #[arg(long, value_name = "LANGUAGE")]
+    pub content_language: Option<String>,
+    /// Content-Disposition, e.g. 'attachment; filename="report.csv"'.
+    #[arg(long, value_name = "DISPOSITION")]
+    pub content_disposition: Option<String>,
+    /// Cache-Control, e.g. max-age=3600.
+    #[arg(long, value_name = "DIRECTIVES")]
+    pub cache_control: Option<String>,
+}
+
+/// Conditions on the blob's last-modified time (RFC 3339, e.g.
+/// 2026-12-03T10:00:00Z), compared in whole seconds as Azure compares them.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimeArgs {
+    /// Only if the blob changed after this time: else a read exits 7 (not modified), a write 9.
+    #[arg(long, value_name = "TIME")]
+    pub if_modified_since: Option<String>,
+    /// Only if the blob did not change after this time; else exit 9.
+    #[arg(long, value_name = "TIME")]
+    pub if_unmodified_since: Option<String>,
 }
 
 /// Which files or blobs a tree verb takes (glob patterns; a pattern without '/'
@@ -176,6 +208,8 @@ pub enum Cmd {
         /// Only if the blob's ETag is this one; else exit 9.
         #[arg(long, value_name = "ETAG")]
         if_match: Option<String>,
+        #[command(flatten)]
+        times: TimeArgs,
     },
     /// Download a blob to a file, or to stdout with '-' or no file.
     Get {
@@ -197,6 +231,8 @@ pub enum Cmd {
         /// so nothing is written and the exit code is 7.
         #[arg(long, value_name = "ETAG")]
         if_none_match: Option<String>,
+        #[command(flatten)]
+        times: TimeArgs,
     },
     /// Show a blob's properties.
     Stat {
@@ -204,14 +240,20 @@ pub enum Cmd {
         /// As one JSON object, for scripts.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        times: TimeArgs,
     },
-    /// Change a blob's content type or metadata without uploading it again
+    /// Change a blob's HTTP headers or metadata without uploading it again
     /// (Azure's Set Blob Properties / Set Blob Metadata); its ETag changes.
+    /// Headers not named keep their values.
     Set {
         path: String,
         /// The new Content-Type ("" clears it).
         #[arg(long, value_name = "TYPE")]
         content_type: Option<String>,
+        /// New values of these headers ("" clears one).
+        #[command(flatten)]
+        headers: HeaderArgs,
         /// The new metadata, all of it (repeatable KEY=VALUE): what is not named goes.
         /// With --content-type too these are two writes, the second pinned to the first's ETag.
         #[arg(long = "metadata", value_name = "KEY=VALUE")]
@@ -222,10 +264,17 @@ pub enum Cmd {
         /// Only if the blob's ETag is this one; else exit 9.
         #[arg(long, value_name = "ETAG")]
         if_match: Option<String>,
+        #[command(flatten)]
+        times: TimeArgs,
     },
     /// Delete a blob, or with -r every blob under container/prefix.
     Rm {
         path: String,
+        /// A single blob: only if its ETag is this one; else exit 9.
+        #[arg(long, value_name = "ETAG", conflicts_with = "recursive")]
+        if_match: Option<String>,
+        #[command(flatten)]
+        times: TimeArgs,
         /// Every blob under the prefix as a directory (`logs` means `logs/...`; none: the whole container).
         #[arg(short, long)]
         recursive: bool,

@@ -112,6 +112,14 @@ fn round_trips(t: &Arc<VirtioPciTransport>) {
         data[4093..13093]
     );
     assert!(c.container("box").blob("missing").get().unwrap_err().is_not_found());
+    // The fake speaks op version 1: a time condition cannot travel, and is
+    // refused before anything is sent rather than dropped.
+    assert_eq!(c.device_config().op_version(), 1);
+    let since = vmblob_protocol::ops::Conditions { if_modified_since_ms: Some(0), ..Default::default() };
+    match c.container("box").blob("blob").properties_opts(since) {
+        Err(ClientError::NeedsVersion(e)) => assert_eq!((e.needed, e.version), (2, 1)),
+        other => panic!("{other:?}"),
+    }
     // Several callers at once spread over both queues.
     std::thread::scope(|s| {
         for k in 0..4u8 {
