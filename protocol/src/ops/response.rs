@@ -23,6 +23,10 @@ pub struct ContainerEntry {
     pub properties: ContainerProperties,
 }
 
+/// One entry of a blob listing.
+// Blobs are the common item: boxing them would cost an allocation per listed
+// blob to save space on the rare prefixes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobListItem {
     Blob {
