@@ -207,12 +207,16 @@ fn many_concurrent_operations_on_two_queues_each_complete_once_and_correctly() {
 }
 
 #[test]
-fn content_type_and_metadata_round_trip() {
+fn content_type_http_headers_and_metadata_round_trip() {
     let r = rig(GuestOptions::default());
     let store = r.store.clone();
     run("attributes", async move {
         let attributes = Attributes::from_iter([
             (Attribute::ContentType, "application/vnd.apache.parquet"),
+            (Attribute::ContentEncoding, "zstd"),
+            (Attribute::ContentLanguage, "en"),
+            (Attribute::ContentDisposition, "inline"),
+            (Attribute::CacheControl, "max-age=600"),
             (Attribute::Metadata("writer".into()), "guest 1"),
         ]);
         let path = Path::from("with/attributes");
@@ -228,7 +232,11 @@ fn content_type_and_metadata_round_trip() {
         upload.complete().await.unwrap();
         assert_eq!(store.get(&Path::from("mp")).await.unwrap().attributes, attributes);
 
-        let refused = Attributes::from_iter([(Attribute::CacheControl, "no-cache")]);
+        // A server-side copy takes them along.
+        store.copy(&path, &Path::from("copied")).await.unwrap();
+        assert_eq!(store.get(&Path::from("copied")).await.unwrap().attributes, attributes);
+
+        let refused = Attributes::from_iter([(Attribute::StorageClass, "Cool")]);
         let err = store.put_opts(&Path::from("nope"), "x".into(), refused.into()).await.unwrap_err();
         assert!(matches!(err, object_store::Error::NotImplemented { .. }), "{err}");
         let err = store.head(&Path::from("nope")).await.unwrap_err();

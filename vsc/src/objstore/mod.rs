@@ -19,7 +19,7 @@
 //! | store | one container; [`VmblobStore::create_container_if_missing`] creates it, nothing else does |
 //! | `Path` | blob name = the path's encoded form; paths the naming rules refuse are `NotSupported` |
 //! | `put_opts` | PutBlob, or blocks + PutBlockList above one block; `Create` = If-None-Match `*`, `Update` = If-Match ETag |
-//! | attributes | Content-Type and metadata stored and returned; others `NotImplemented`; tags ignored |
+//! | attributes | Content-Type, Content-Encoding, -Language, -Disposition, Cache-Control (op version 2) and metadata stored and returned; storage class `NotImplemented`; tags ignored |
 //! | `put_multipart_opts` | PutBlock per part (unique ids), `complete` = PutBlockList, `abort` commits nothing |
 //! | `get_opts` | ranged GetBlobs (bounded, offset, suffix); If-Match / If-None-Match on the device, dates checked on the properties read; `head` = GetBlobProperties; versions `NotSupported` |
 //! | `delete` | DeleteBlob; a missing object is `NotFound` (as Azure) |
