@@ -28,14 +28,27 @@ use crate::error::{ClientError, ProtocolError};
 const FIRST_READ: u64 = 1 << 20;
 
 /// The conditions the device checks, and what its PreconditionFailed means.
-/// It takes one ETag per condition; lists, dates and the If-None-Match of a
-/// request that also has If-Match are checked here on the properties read.
-fn device_conditions(options: &GetOptions) -> (Conditions, OnPrecondition) {
+/// It takes one ETag per condition, and times from op version 2 on; lists,
+/// the If-None-Match of a request that also has If-Match, and times for an
+/// older device are checked here on the properties read.
+fn device_conditions(options: &GetOptions, op_version: u16) -> (Conditions, OnPrecondition) {
     let sendable = |v: &Option<String>| v.as_deref().filter(|s| !s.contains(',')).and_then(|s| ETag::new(s).ok());
     let if_match = sendable(&options.if_match);
     let if_none_match = if if_match.is_some() { None } else { sendable(&options.if_none_match) };
-    let on = if if_match.is_some() { OnPrecondition::Precondition } else { OnPrecondition::NotModified };
-    (Conditions { if_match, if_none_match, ..Conditions::none() }, on)
+    // Before the epoch is the epoch: no blob was modified earlier.
+    let ms = |t: &Option<chrono::DateTime<chrono::Utc>>| {
+        t.filter(|_| op_version >= 2).map(|t| u64::try_from(t.timestamp_millis()).unwrap_or(0))
+    };
+    let (if_modified_since_ms, if_unmodified_since_ms) =
+        (ms(&options.if_modified_since), ms(&options.if_unmodified_since));
+    // A device of this build answers a read's 304 as NotModified itself; its
+    // PreconditionFailed is a 412 then, and an older one's If-None-Match a 304.
+    let on = if if_match.is_some() || if_unmodified_since_ms.is_some() {
+        OnPrecondition::Precondition
+    } else {
+        OnPrecondition::NotModified
+    };
+    (Conditions { if_match, if_none_match, if_modified_since_ms, if_unmodified_since_ms }, on)
 }
 
 fn pinned(props: &BlobProperties) -> Result<Conditions, ObjStoreError> {
@@ -132,7 +145,7 @@ pub(crate) async fn get(blob: BlobHandle, location: Path, options: GetOptions) -
     if let Some(r) = &options.range {
         r.is_valid().map_err(|e| fail(OnPrecondition::Precondition)(ObjStoreError::InvalidRange(e.to_string())))?;
     }
-    let (conditions, on) = device_conditions(&options);
+    let (conditions, on) = device_conditions(&options, blob.client().device_config().op_version());
     if options.head {
         let b = blob.clone();
         let props = blocking::run(move || Ok(b.properties_opts(conditions)?)).await.map_err(fail(on))?;
