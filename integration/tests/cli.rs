@@ -194,6 +194,8 @@ fn http_headers_and_time_conditions() {
     assert_eq!(run(&["get", "--if-unmodified-since", &before, "web/r.csv", "-"]), 9);
     assert_eq!(run(&["put", "--if-unmodified-since", &before, src.to_str().unwrap(), "web/r.csv"]), 9);
     assert_eq!(run(&["set", "--if-modified-since", &own, "--metadata", "k=v", "web/r.csv"]), 9);
+    // A header change is a write too: 9, not a read's 7.
+    assert_eq!(run(&["set", "--if-modified-since", &own, "--cache-control", "x", "web/r.csv"]), 9);
     assert_eq!(run(&["rm", "--if-unmodified-since", &before, "web/r.csv"]), 9);
     assert_eq!(stat(&[])["etag"], k["etag"], "nothing changed by a failed condition");
     assert_eq!(run(&["stat", "--if-unmodified-since", "yesterday", "web/r.csv"]), 2, "a time it cannot read");

@@ -111,16 +111,17 @@ pub struct PutBlockList {
 pub enum BlobUpdate {
     /// All user metadata (SetBlobMetadata; an empty set removes it all).
     Metadata(Metadata),
-    /// The HTTP headers (SetBlobProperties): all of them, as Azure's Set
-    /// Blob Properties sets them; one left empty is cleared, not kept. Op
-    /// version 1 carries the content type alone.
-    Properties { content_type: String, headers: ContentHeaders },
+    /// The HTTP headers (SetBlobProperties). `Some`: all of them, as Azure's
+    /// Set Blob Properties sets them (one left empty is cleared, not kept;
+    /// op version 2). `None`: the content type alone, the other headers stay
+    /// (what an op-version-1 request says, which has no place for them).
+    Properties { content_type: String, headers: Option<ContentHeaders> },
 }
 
 impl BlobUpdate {
-    /// A SetBlobProperties of the content type alone (the other headers cleared).
+    /// A SetBlobProperties of the content type alone: the other headers stay.
     pub fn content_type(content_type: impl Into<String>) -> Self {
-        Self::Properties { content_type: content_type.into(), headers: ContentHeaders::default() }
+        Self::Properties { content_type: content_type.into(), headers: None }
     }
 }
 
@@ -200,8 +201,9 @@ impl OpRequest {
             OpRequest::PutBlob(p) if !p.headers.is_empty() => return 2,
             OpRequest::PutBlockList(p) if !p.headers.is_empty() => return 2,
             OpRequest::SetBlobProperties(SetBlobProperties {
-                update: BlobUpdate::Properties { headers, .. }, ..
-            }) if !headers.is_empty() => return 2,
+                update: BlobUpdate::Properties { headers: Some(_), .. },
+                ..
+            }) => return 2,
             OpRequest::PutBlob(p) => &[&p.conditions],
             OpRequest::PutBlockList(p) => &[&p.conditions],
             OpRequest::GetBlob(g) => &[&g.conditions],
@@ -319,7 +321,10 @@ impl OpRequest {
                     BlobUpdate::Metadata(m) => m.encode(w),
                     BlobUpdate::Properties { content_type, headers } => {
                         w.str16(content_type);
-                        headers.encode(w);
+                        // Version 1 has no such field (`min_version` keeps `Some` out of it).
+                        if w.version >= 2 {
+                            w.option(headers.as_ref(), |w, h| h.encode(w));
+                        }
                     }
                 }
                 s.conditions.encode(w);
@@ -442,7 +447,7 @@ impl OpRequest {
                 target: blob_ref(r)?,
                 update: BlobUpdate::Properties {
                     content_type: text(r, names::CONTENT_TYPE_MAX)?,
-                    headers: ContentHeaders::decode(r)?,
+                    headers: if r.version >= 2 { r.option(ContentHeaders::decode)? } else { None },
                 },
                 conditions: Conditions::decode(r)?,
             }),

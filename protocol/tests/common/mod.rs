@@ -216,7 +216,7 @@ pub fn op_request() -> impl Strategy<Value = OpRequest> {
                 OpRequest::SetBlobProperties(SetBlobProperties { target, update: BlobUpdate::Metadata(m), conditions })
             })
             .boxed(),
-        (blob_ref(), text(64), content_headers(), conditions())
+        (blob_ref(), text(64), proptest::option::of(content_headers()), conditions())
             .prop_map(|(target, content_type, headers, conditions)| {
                 OpRequest::SetBlobProperties(SetBlobProperties {
                     target,

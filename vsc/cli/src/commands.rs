@@ -6,8 +6,11 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use vmblob_protocol::ops::{Conditions, ETag};
-use vmblob_vsc::{BlobClient, BlobHandle, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions};
+use vmblob_protocol::BlobError;
+use vmblob_protocol::ops::{Conditions, ETag, Entity};
+use vmblob_vsc::{
+    BlobClient, BlobHandle, ClientError, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions,
+};
 
 use super::args::{
     apply_headers, conditions_arg, device_etag, etag_arg, metadata_arg, name_for_type, names_headers, parse_range,
@@ -124,12 +127,18 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             let mut conditions = conditions_arg(etag_arg(if_match)?, None, times)?;
             if sets_headers {
                 // Set Blob Properties replaces every header: start from the blob's own,
-                // and pin the change to the version they were read from.
-                let now = b.properties_opts(conditions)?;
+                // and pin the change to the version they were read from. The caller's
+                // conditions are judged on that version as the device judges a write's.
+                let now = b.properties()?;
+                let tag = device_etag(&now.etag)?;
+                if !conditions.check(Some(Entity { etag: &tag, last_modified_ms: now.last_modified_ms })) {
+                    let message = "the blob does not meet the conditions".to_owned();
+                    return Err(ClientError::Status { error: BlobError::PreconditionFailed, message }.into());
+                }
                 let mut new = now.headers.clone();
                 apply_headers(headers, &mut new)?;
                 let t = content_type.as_deref().unwrap_or(&now.content_type);
-                let w = b.set_http_headers(t, new, Conditions::if_match(device_etag(&now.etag)?))?;
+                let w = b.set_http_headers(t, new, Conditions::if_match(tag))?;
                 // The metadata change below applies to this version only.
                 conditions = Conditions::if_match(device_etag(&w.etag)?);
             }

@@ -348,11 +348,10 @@ impl BlobHandle {
         self.set(BlobUpdate::Metadata(metadata), conditions)
     }
 
-    /// Replace the blob's Content-Type and clear its other HTTP headers
-    /// (Azure's Set Blob Properties with only a type; "" clears it too, as
-    /// on Azure: the blob then has none).
+    /// Replace the blob's Content-Type ("" clears it, as on Azure: the blob
+    /// then has none); its other HTTP headers stay.
     pub fn set_content_type(&self, content_type: &str, conditions: Conditions) -> Result<BlobWritten, ClientError> {
-        self.set_http_headers(content_type, ContentHeaders::default(), conditions)
+        self.set(BlobUpdate::content_type(content_type), conditions)
     }
 
     /// Replace all of the blob's HTTP headers (Azure's Set Blob Properties):
@@ -364,7 +363,7 @@ impl BlobHandle {
         headers: ContentHeaders,
         conditions: Conditions,
     ) -> Result<BlobWritten, ClientError> {
-        self.set(BlobUpdate::Properties { content_type: content_type.to_owned(), headers }, conditions)
+        self.set(BlobUpdate::Properties { content_type: content_type.to_owned(), headers: Some(headers) }, conditions)
     }
 
     /// Make this blob a copy of `source` inside the device (Azure's

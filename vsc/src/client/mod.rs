@@ -203,7 +203,12 @@ fn decode(c: Completion, op: OpCode, version: u16) -> Result<OpResult, ClientErr
     c.buffers.response.read_at(0, &mut raw)?;
     let msg = ResponseMessage::decode(&raw, op)?;
     if msg.version != version {
-        return Err(ProtocolError::WrongVersion { got: msg.version, sent: version }.into());
+        // A device that cannot read our version says so in its own (say a VSP
+        // of an older build came back under a resend): that status is the answer.
+        return Err(match msg.result {
+            Err(r) => ClientError::Status { error: r.error, message: r.message },
+            Ok(_) => ProtocolError::WrongVersion { got: msg.version, sent: version }.into(),
+        });
     }
     let response = msg.result.map_err(|r| ClientError::Status { error: r.error, message: r.message })?;
     if status != 0 {

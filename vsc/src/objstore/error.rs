@@ -81,6 +81,10 @@ impl ObjStoreError {
             (_, ObjStoreError::UnsupportedAttribute(a)) => {
                 E::NotImplemented { operation: format!("writing attribute {a}"), implementer: "VmblobStore".into() }
             }
+            // A header or condition the device's op version has no field for.
+            (_, ObjStoreError::Client(ClientError::NeedsVersion(n))) => {
+                E::NotImplemented { operation: n.to_string(), implementer: "this vmblob device".into() }
+            }
             (_, e @ (ObjStoreError::InvalidBlobName { .. } | ObjStoreError::VersionsUnsupported)) => {
                 E::NotSupported { source: Box::new(e) }
             }

@@ -21,7 +21,7 @@
 //! | `put_opts` | PutBlob, or blocks + PutBlockList above one block; `Create` = If-None-Match `*`, `Update` = If-Match ETag |
 //! | attributes | Content-Type, Content-Encoding, -Language, -Disposition, Cache-Control (op version 2) and metadata stored and returned; storage class `NotImplemented`; tags ignored |
 //! | `put_multipart_opts` | PutBlock per part (unique ids), `complete` = PutBlockList, `abort` commits nothing |
-//! | `get_opts` | ranged GetBlobs (bounded, offset, suffix); If-Match / If-None-Match on the device, dates checked on the properties read; `head` = GetBlobProperties; versions `NotSupported` |
+//! | `get_opts` | ranged GetBlobs (bounded, offset, suffix); If-Match / If-None-Match and (op version 2) the dates on the device, whatever it cannot take checked on the properties read; `head` = GetBlobProperties; versions `NotSupported` |
 //! | `delete` | DeleteBlob; a missing object is `NotFound` (as Azure) |
 //! | `list*` | ListBlobs by pages; `list_with_offset` passes the offset as the marker; [`PaginatedListStore`]: one ListBlobs, page token = marker, any delimiter up to 16 bytes |
 //! | `copy*` / `rename*` | CopyBlob inside the device where it has the `COPY` capability, else read through the guest and rewritten with one commit; either way pinned to the source's ETag, `copy_if_not_exists` atomic (If-None-Match `*` at commit), and rename deletes the source only if it is still the version copied |

@@ -35,12 +35,15 @@ fn device_conditions(options: &GetOptions, op_version: u16) -> (Conditions, OnPr
     let sendable = |v: &Option<String>| v.as_deref().filter(|s| !s.contains(',')).and_then(|s| ETag::new(s).ok());
     let if_match = sendable(&options.if_match);
     let if_none_match = if if_match.is_some() { None } else { sendable(&options.if_none_match) };
-    // Before the epoch is the epoch: no blob was modified earlier.
-    let ms = |t: &Option<chrono::DateTime<chrono::Utc>>| {
-        t.filter(|_| op_version >= 2).map(|t| u64::try_from(t.timestamp_millis()).unwrap_or(0))
+    // Before the epoch is the epoch: no blob was modified earlier. A date goes
+    // only where the ETag condition that decides with it went too (else the
+    // device could refuse what that condition, checked here, lets through).
+    let ms = |t: &Option<chrono::DateTime<chrono::Utc>>, partner_sent: bool| {
+        t.filter(|_| op_version >= 2 && partner_sent).map(|t| u64::try_from(t.timestamp_millis()).unwrap_or(0))
     };
-    let (if_modified_since_ms, if_unmodified_since_ms) =
-        (ms(&options.if_modified_since), ms(&options.if_unmodified_since));
+    let if_modified_since_ms =
+        ms(&options.if_modified_since, options.if_none_match.is_none() || if_none_match.is_some());
+    let if_unmodified_since_ms = ms(&options.if_unmodified_since, options.if_match.is_none() || if_match.is_some());
     // A device of this build answers a read's 304 as NotModified itself; its
     // PreconditionFailed is a 412 then, and an older one's If-None-Match a 304.
     let on = if if_match.is_some() || if_unmodified_since_ms.is_some() {
@@ -249,14 +252,33 @@ mod tests {
     #[test]
     fn one_etag_per_condition_goes_to_the_device() {
         let o = GetOptions::new().with_if_match(Some("\"a\"")).with_if_none_match(Some("\"b\""));
-        let (c, on) = device_conditions(&o);
+        let (c, on) = device_conditions(&o, 2);
         assert_eq!((c.if_match.unwrap().as_str(), c.if_none_match, on), ("\"a\"", None, OnPrecondition::Precondition));
-        let (c, on) = device_conditions(&GetOptions::new().with_if_none_match(Some("*")));
+        let (c, on) = device_conditions(&GetOptions::new().with_if_none_match(Some("*")), 2);
         assert_eq!((c.if_match, c.if_none_match.unwrap().is_any(), on), (None, true, OnPrecondition::NotModified));
-        let (c, _) = device_conditions(&GetOptions::new().with_if_match(Some("\"a\", \"b\"")));
+        let (c, _) = device_conditions(&GetOptions::new().with_if_match(Some("\"a\", \"b\"")), 2);
         assert_eq!(c, Conditions::none(), "lists are checked by the guest");
-        let (c, _) = device_conditions(&GetOptions::new().with_if_match(Some("bad\n")));
+        let (c, _) = device_conditions(&GetOptions::new().with_if_match(Some("bad\n")), 2);
         assert_eq!(c, Conditions::none());
+    }
+
+    #[test]
+    fn dates_go_to_a_version_2_device_beside_the_etag_condition_they_defer_to() {
+        let t = chrono::DateTime::from_timestamp(1_000, 0).unwrap();
+        let o = GetOptions { if_modified_since: Some(t), if_unmodified_since: Some(t), ..GetOptions::new() };
+        let (c, on) = device_conditions(&o, 2);
+        assert_eq!((c.if_modified_since_ms, c.if_unmodified_since_ms), (Some(1_000_000), Some(1_000_000)));
+        assert_eq!(on, OnPrecondition::Precondition, "a 412 of If-Unmodified-Since is a precondition");
+        let (c, _) = device_conditions(&o, 1);
+        assert!(!c.has_times(), "a version-1 device has no place for them: checked here");
+        // If-None-Match is withheld beside If-Match, so If-Modified-Since is too
+        // (the device would answer 304 where the If-None-Match, checked here, serves).
+        let both = GetOptions { if_match: Some("\"a\"".into()), if_none_match: Some("\"b\"".into()), ..o.clone() };
+        let (c, _) = device_conditions(&both, 2);
+        assert_eq!((c.if_modified_since_ms, c.if_unmodified_since_ms), (None, Some(1_000_000)));
+        let list = GetOptions { if_match: Some("\"a\", \"b\"".into()), ..o };
+        let (c, _) = device_conditions(&list, 2);
+        assert_eq!((c.if_match, c.if_unmodified_since_ms), (None, None), "beside an If-Match list, checked here");
     }
 
     #[test]

@@ -48,11 +48,15 @@ pub fn http_headers_and_creation_time_are_kept(s: &dyn BlobStore) {
 
     // Set Blob Properties sets them all: one not given is cleared.
     let only_cache = ContentHeaders { cache_control: "no-cache".into(), ..ContentHeaders::default() };
-    let update = BlobUpdate::Properties { content_type: "text/plain".into(), headers: only_cache.clone() };
+    let update = BlobUpdate::Properties { content_type: "text/plain".into(), headers: Some(only_cache.clone()) };
     set(s, "h", update, Conditions::none()).unwrap();
     let after = props(s, "box", "h");
     assert_eq!((&after.headers, after.content_type.as_str()), (&only_cache, "text/plain"));
     assert_eq!((after.created_ms, &after.metadata), (p.created_ms, &meta(&[("k", "v")])));
+    // The content type alone (all an op-version-1 peer can send): the other headers stay.
+    set(s, "h", BlobUpdate::content_type("text/x-csv"), Conditions::none()).unwrap();
+    let after = props(s, "box", "h");
+    assert_eq!((&after.headers, after.content_type.as_str()), (&only_cache, "text/x-csv"));
 
     // A copy takes the source's headers and is a new blob.
     let cw = s

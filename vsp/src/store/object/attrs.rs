@@ -157,9 +157,18 @@ pub(crate) fn decode(meta: &ObjectMeta, attrs: &Attributes) -> Result<Decoded, S
         };
         *field = v.to_string();
     }
-    // A service's header may hold what a guest must not be handed.
-    if headers.validate().is_err() {
-        return Err(bad("HTTP header"));
+    // Another tool may have stored a header the protocol cannot carry (too
+    // long, control characters): left out, so the object still reads and lists.
+    for (name, v) in [
+        ("Content-Encoding", &mut headers.content_encoding),
+        ("Content-Language", &mut headers.content_language),
+        ("Content-Disposition", &mut headers.content_disposition),
+        ("Cache-Control", &mut headers.cache_control),
+    ] {
+        if v.len() > vmblob_protocol::names::CONTENT_HEADER_MAX || vmblob_protocol::names::validate_text(v).is_err() {
+            log::warn!("{}: leaving out a {name} header the protocol cannot carry", meta.location);
+            v.clear();
+        }
     }
     // Written without a type (`NO_TYPE`, by older VSPs), or by a tool that set none.
     if md.contains_key(CLEARED_TYPE) {
@@ -286,6 +295,24 @@ mod tests {
         );
         let reserved = meta_reserved();
         assert!(matches!(check_user_keys(&reserved), Err(StoreError::InvalidName(_))));
+    }
+
+    #[test]
+    fn a_foreign_header_the_protocol_cannot_carry_is_left_out() {
+        let attrs = Attributes::from_iter([
+            (Attribute::CacheControl, "no-store".to_owned()),
+            (Attribute::ContentDisposition, "x".repeat(2000)),
+            (Attribute::ContentLanguage, "a\u{7}b".to_owned()),
+        ]);
+        let meta = ObjectMeta {
+            location: "x".into(),
+            last_modified: Default::default(),
+            size: 1,
+            e_tag: Some("\"e\"".into()),
+            version: None,
+        };
+        let h = decode(&meta, &attrs).unwrap().blob.headers;
+        assert_eq!(h, ContentHeaders { cache_control: "no-store".into(), ..Default::default() });
     }
 
     fn meta_reserved() -> Metadata {

@@ -140,9 +140,10 @@ fn decide_write(cur: &Current, conditions: &Conditions, txn: &TxnId) -> Result<O
 }
 
 /// The service-side condition that makes a checked write atomic: the object
-/// must still be what was just read. Unconditional writes simply overwrite.
+/// must still be what was just read (whatever the condition was, an ETag or a
+/// time, it was judged on that version). Unconditional writes simply overwrite.
 fn put_mode(conditions: &Conditions, cur: &Current) -> PutMode {
-    if conditions.if_match.is_none() && conditions.if_none_match.is_none() {
+    if *conditions == Conditions::none() {
         return PutMode::Overwrite;
     }
     match cur {
