@@ -174,6 +174,8 @@ def run(svc, op, results):
     if kind == "list":
         pages = []
         kw = {"name_starts_with": op.get("prefix") or None, "results_per_page": op.get("max", 5000)}
+        if op.get("uncommitted"):
+            kw["include"] = ["uncommittedblobs"]
         if op.get("delimiter"):
             it = c.walk_blobs(delimiter=op["delimiter"], **kw)
         else:

@@ -48,6 +48,7 @@ pub fn list_blobs(c: &str, prefix: &str, delimiter: &str, marker: &str, max_resu
         marker: marker.into(),
         max_results,
         include_metadata: false,
+        include_uncommitted: false,
     })
 }
 

@@ -204,6 +204,33 @@ fn http_headers_and_time_conditions() {
     assert_eq!(run(&["stat", "web/r.csv"]), 3);
 }
 
+/// `ls --include-uncommitted`: an upload staged but never committed shows.
+#[test]
+fn listing_shows_uncommitted_uploads() {
+    let sb = Sandbox::new();
+    let vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket();
+    ok(s, &["mb", "ups"]);
+    let src = sb.dir.join("done.txt");
+    std::fs::write(&src, b"done").unwrap();
+    ok(s, &["put", src.to_str().unwrap(), "ups/done.txt"]);
+    {
+        // A guest that staged a block and went away before committing.
+        let g = vmblob_integration::Guest::connect(s, vmblob_integration::GuestOptions::default());
+        let id = vmblob_vsc::BlockId::new(&[7; 48]).unwrap();
+        let b = g.container("ups").blob("half/upload.bin");
+        b.submit_block(&id, &[b"part"], vmblob_vsc::crc64(b"part")).unwrap().wait().unwrap();
+    }
+    assert_eq!(ok(s, &["ls", "-r", "ups"]).lines().count(), 1, "committed blobs only");
+    let all = ok(s, &["ls", "-r", "--include-uncommitted", "ups"]);
+    let lines: Vec<&str> = all.lines().map(str::trim).collect();
+    assert_eq!(lines, ["4  done.txt", "UNCOMMITTED  half/upload.bin"], "{all}");
+    let json = ok(s, &["ls", "-r", "--json", "--include-uncommitted", "ups"]);
+    assert!(json.contains(r#"{"name":"half/upload.bin","uncommitted":true}"#), "{json}");
+    let rolled = ok(s, &["ls", "--include-uncommitted", "ups"]);
+    assert!(rolled.contains("DIR  half/"), "rolled up like any name: {rolled}");
+}
+
 /// The azcopy-like flags: content type (given, or guessed from the extension), metadata,
 /// create-only and If-Match uploads, inclusive ranges, RFC 3339 dates, long and JSON
 /// listings, `rm -r` behind `--yes`, and exit codes that tell 409 from 412.

@@ -12,7 +12,7 @@
 //! `create_container`, `delete_container`, `put {data, content_type?, metadata?}`,
 //! `get {range?: [offset, length]}`, `head`, `delete`, `stage {id, data}`,
 //! `commit {ids, content_type?, metadata?}`, `block_list`,
-//! `list {prefix?, delimiter?, max?}` (every page), `list_containers {prefix?}`,
+//! `list {prefix?, delimiter?, max?, uncommitted?}` (every page), `list_containers {prefix?}`,
 //! `set_metadata {metadata?}` (all of it), `set_content_type {content_type}`,
 //! `set_properties {content_type?, headers?}` (all HTTP headers),
 //! `copy {from_c, from_b, metadata?, source_if_match?}` (into `c`/`b`).
@@ -250,6 +250,7 @@ fn run_vmblob(g: &Guest, op: &Value, results: &[Value]) -> Result<Value, ClientE
                 prefix: s("prefix"),
                 delimiter: s("delimiter"),
                 max_results: op["max"].as_u64().unwrap_or(0) as u32,
+                include_uncommitted: op["uncommitted"].as_bool().unwrap_or(false),
                 ..ListBlobsOptions::default()
             };
             let mut pages = Vec::new();
@@ -258,7 +259,8 @@ fn run_vmblob(g: &Guest, op: &Value, results: &[Value]) -> Result<Value, ClientE
                     .items
                     .into_iter()
                     .map(|i| match i {
-                        BlobListItem::Blob { name, .. } => name,
+                        // Azure lists an uncommitted blob as a blob (of length 0).
+                        BlobListItem::Blob { name, .. } | BlobListItem::Uncommitted(name) => name,
                         BlobListItem::Prefix(p) => format!("prefix:{p}"),
                     })
                     .collect();
@@ -379,6 +381,16 @@ fn scenarios() -> Vec<Scenario> {
                 json!({"op": "block_list", "c": "blk", "b": "only-staged"}),
                 json!({"op": "commit", "c": "blk", "b": "empty", "ids": []}),
                 json!({"op": "head", "c": "blk", "b": "empty"}),
+                // Listing uncommitted blobs: staged-only names among the blobs, rolled
+                // up, paged; a committed blob with staged blocks once.
+                json!({"op": "stage", "c": "blk", "b": "up/part", "id": "u1", "data": "p"}),
+                json!({"op": "stage", "c": "blk", "b": "c-staged", "id": "u1", "data": "p"}),
+                json!({"op": "stage", "c": "blk", "b": "b", "id": "id-07", "data": "p"}),
+                json!({"op": "list", "c": "blk"}),
+                json!({"op": "list", "c": "blk", "uncommitted": true}),
+                json!({"op": "list", "c": "blk", "uncommitted": true, "max": 1}),
+                json!({"op": "list", "c": "blk", "uncommitted": true, "delimiter": "/"}),
+                json!({"op": "list", "c": "blk", "uncommitted": true, "prefix": "up/"}),
             ],
         },
         Scenario {

@@ -156,7 +156,7 @@ fn long_and_odd_legal_names_round_trip_inside_the_store() {
         .into_iter()
         .map(|i| match i {
             BlobListItem::Blob { name, .. } => name,
-            BlobListItem::Prefix(p) => panic!("prefix {p} in a flat listing"),
+            other => panic!("{other:?} in a flat listing of committed blobs"),
         })
         .collect();
     assert_eq!(listed, names, "names come back exactly, in byte order");

@@ -21,6 +21,7 @@ fn names(items: &[BlobListItem]) -> Vec<String> {
         .map(|i| match i {
             BlobListItem::Blob { name, .. } => name.clone(),
             BlobListItem::Prefix(p) => format!("P:{p}"),
+            BlobListItem::Uncommitted(n) => format!("U:{n}"),
         })
         .collect()
 }

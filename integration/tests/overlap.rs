@@ -111,6 +111,13 @@ impl BlobStore for GatedStore {
     fn list_blobs(&self, r: &ListBlobs) -> Result<Page<BlobListItem>, StoreError> {
         self.inner.list_blobs(r)
     }
+    fn uncommitted_names(
+        &self,
+        container: &vmblob_protocol::ContainerName,
+        prefix: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.uncommitted_names(container, prefix)
+    }
     fn put_block(
         &self,
         t: &BlobRef,

@@ -58,7 +58,14 @@ pub struct ListBlobs {
     pub marker: String,
     pub max_results: u32,
     pub include_metadata: bool,
+    /// Also names with staged blocks and no committed blob (Azure's
+    /// `include=uncommittedblobs`; op version 2), as `BlobListItem::Uncommitted`.
+    pub include_uncommitted: bool,
 }
+
+/// ListBlobs' include flags (op version 2; version 1 has the metadata bool).
+const INCLUDE_METADATA: u8 = 1;
+const INCLUDE_UNCOMMITTED: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutBlock {
@@ -210,6 +217,7 @@ impl OpRequest {
             OpRequest::GetBlobProperties { conditions, .. } | OpRequest::DeleteBlob { conditions, .. } => &[conditions],
             OpRequest::SetBlobProperties(s) => &[&s.conditions],
             OpRequest::CopyBlob(c) => &[&c.source_conditions, &c.conditions],
+            OpRequest::ListBlobs(l) if l.include_uncommitted => return 2,
             _ => &[],
         };
         if conditions.iter().any(|c| c.has_times()) { 2 } else { MIN_OP_VERSION }
@@ -286,7 +294,12 @@ impl OpRequest {
                 w.str16(&l.delimiter);
                 w.str16(&l.marker);
                 w.u32(l.max_results);
-                w.bool(l.include_metadata);
+                if w.version >= 2 {
+                    let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+                    w.u8(flag(l.include_metadata, INCLUDE_METADATA) | flag(l.include_uncommitted, INCLUDE_UNCOMMITTED));
+                } else {
+                    w.bool(l.include_metadata);
+                }
             }
             OpRequest::PutBlock(p) => {
                 encode_ref(w, &p.target);
@@ -408,14 +421,27 @@ impl OpRequest {
                 OpRequest::GetBlobProperties { target: blob_ref(r)?, conditions: Conditions::decode(r)? }
             }
             OpCode::DeleteBlob => OpRequest::DeleteBlob { target: blob_ref(r)?, conditions: Conditions::decode(r)? },
-            OpCode::ListBlobs => OpRequest::ListBlobs(ListBlobs {
-                container: container(r)?,
-                prefix: text(r, BLOB_NAME_MAX)?,
-                delimiter: text(r, MAX_DELIMITER)?,
-                marker: text(r, MAX_MARKER)?,
-                max_results: max_results(r)?,
-                include_metadata: r.bool()?,
-            }),
+            OpCode::ListBlobs => {
+                let (container, prefix) = (container(r)?, text(r, BLOB_NAME_MAX)?);
+                let (delimiter, marker, max_results) = (text(r, MAX_DELIMITER)?, text(r, MAX_MARKER)?, max_results(r)?);
+                let (include_metadata, include_uncommitted) = if r.version >= 2 {
+                    match r.u8()? {
+                        f if f & !(INCLUDE_METADATA | INCLUDE_UNCOMMITTED) != 0 => return Err(DecodeError::BadTag(f)),
+                        f => (f & INCLUDE_METADATA != 0, f & INCLUDE_UNCOMMITTED != 0),
+                    }
+                } else {
+                    (r.bool()?, false)
+                };
+                OpRequest::ListBlobs(ListBlobs {
+                    container,
+                    prefix,
+                    delimiter,
+                    marker,
+                    max_results,
+                    include_metadata,
+                    include_uncommitted,
+                })
+            }
             OpCode::PutBlock => OpRequest::PutBlock(PutBlock {
                 target: blob_ref(r)?,
                 block_id: BlockId::new(r.bytes8(BLOCK_ID_MAX)?)?,

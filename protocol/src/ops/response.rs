@@ -35,6 +35,9 @@ pub enum BlobListItem {
     },
     /// A rolled-up name prefix (ends with the delimiter).
     Prefix(String),
+    /// A name with staged blocks and no committed blob (asked for with
+    /// `include_uncommitted`; op version 2): there is nothing to read yet.
+    Uncommitted(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,8 +145,11 @@ impl OpResponse {
             }
             OpResponse::BlobProperties(p) => p.encode(w),
             OpResponse::BlobList { items, next_marker } => {
-                w.u32(items.len() as u32);
-                for i in items {
+                // Version 1 has no uncommitted items (nor a way to ask for them).
+                let shown = |i: &&BlobListItem| w.version >= 2 || !matches!(i, BlobListItem::Uncommitted(_));
+                let shown: Vec<&BlobListItem> = items.iter().filter(shown).collect();
+                w.u32(shown.len() as u32);
+                for i in shown {
                     i.encode(w);
                 }
                 w.str16(next_marker);
@@ -244,6 +250,10 @@ impl BlobListItem {
                 w.u8(1);
                 w.str16(p);
             }
+            BlobListItem::Uncommitted(n) => {
+                w.u8(2);
+                w.str16(n);
+            }
         }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -253,7 +263,16 @@ impl BlobListItem {
                 properties: BlobProperties::decode(r)?,
             }),
             1 => Ok(BlobListItem::Prefix(r.str16(BLOB_NAME_MAX)?.to_owned())),
+            2 if r.version >= 2 => Ok(BlobListItem::Uncommitted(r.str16(BLOB_NAME_MAX)?.to_owned())),
             t => Err(DecodeError::BadTag(t)),
+        }
+    }
+
+    /// What the item is listed as: the name, or the rolled-up prefix (the
+    /// order a listing keeps and a marker resumes from).
+    pub fn key(&self) -> &str {
+        match self {
+            BlobListItem::Blob { name, .. } | BlobListItem::Prefix(name) | BlobListItem::Uncommitted(name) => name,
         }
     }
     /// Bytes this item adds to a BlobList body in the newest op version, the

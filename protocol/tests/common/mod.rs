@@ -190,9 +190,17 @@ pub fn op_request() -> impl Strategy<Value = OpRequest> {
         (blob_ref(), conditions())
             .prop_map(|(target, conditions)| OpRequest::DeleteBlob { target, conditions })
             .boxed(),
-        (container_name(), text(64), text(16), text(64), max_results(), any::<bool>())
-            .prop_map(|(container, prefix, delimiter, marker, max_results, include_metadata)| {
-                OpRequest::ListBlobs(ListBlobs { container, prefix, delimiter, marker, max_results, include_metadata })
+        (container_name(), text(64), text(16), text(64), max_results(), any::<(bool, bool)>())
+            .prop_map(|(container, prefix, delimiter, marker, max_results, (include_metadata, include_uncommitted))| {
+                OpRequest::ListBlobs(ListBlobs {
+                    container,
+                    prefix,
+                    delimiter,
+                    marker,
+                    max_results,
+                    include_metadata,
+                    include_uncommitted,
+                })
             })
             .boxed(),
         (blob_ref(), block_id(), proptest::option::of(any::<u64>()))
@@ -333,6 +341,7 @@ fn blob_list_item() -> impl Strategy<Value = BlobListItem> {
     prop_oneof![
         (any_text(40), blob_properties()).prop_map(|(name, properties)| BlobListItem::Blob { name, properties }),
         any_text(40).prop_map(BlobListItem::Prefix),
+        any_text(40).prop_map(BlobListItem::Uncommitted),
     ]
 }
 
@@ -430,6 +439,7 @@ pub fn without_v2_fields(resp: OpResponse) -> OpResponse {
             OpResponse::BlobData { properties, offset, length }
         }
         OpResponse::BlobList { mut items, next_marker } => {
+            items.retain(|i| !matches!(i, BlobListItem::Uncommitted(_)));
             for i in &mut items {
                 if let BlobListItem::Blob { properties, .. } = i {
                     strip(properties);

@@ -50,10 +50,14 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Cmd::Ls { path: Some(p), recursive, long, json } => {
+        Cmd::Ls { path: Some(p), recursive, long, json, include_uncommitted } => {
             let (container, prefix) = split(p);
             let delim = if *recursive { "" } else { "/" };
-            let options = ListBlobsOptions { include_metadata: *json, ..ListBlobsOptions::prefix(prefix) };
+            let options = ListBlobsOptions {
+                include_metadata: *json,
+                include_uncommitted: *include_uncommitted,
+                ..ListBlobsOptions::prefix(prefix)
+            };
             let options = options.with_delimiter(delim);
             let format = Listing::of(*long, *json);
             // Printed as the pages come: a large container is never held whole.

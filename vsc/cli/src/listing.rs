@@ -37,6 +37,8 @@ impl Listing {
             (Listing::Json, BlobListItem::Blob { name, properties }) => props_json(name, properties).to_string(),
             (Listing::Short | Listing::Long, BlobListItem::Prefix(p)) => format!("{:>14}  {p}", "DIR"),
             (Listing::Json, BlobListItem::Prefix(p)) => json!({ "prefix": p }).to_string(),
+            (Listing::Short | Listing::Long, BlobListItem::Uncommitted(n)) => format!("{:>14}  {n}", "UNCOMMITTED"),
+            (Listing::Json, BlobListItem::Uncommitted(n)) => json!({ "name": n, "uncommitted": true }).to_string(),
         }
     }
 
@@ -140,5 +142,9 @@ mod tests {
         assert_eq!(props_json("x", &unknown)["created"], Value::Null, "stored before creation times were kept");
         let dir: Value = serde_json::from_str(&Listing::Json.line(&BlobListItem::Prefix("a/".into()))).unwrap();
         assert_eq!(dir, json!({ "prefix": "a/" }));
+        let staged = BlobListItem::Uncommitted("up/load".into());
+        assert_eq!(Listing::Short.line(&staged).trim(), "UNCOMMITTED  up/load");
+        let v: Value = serde_json::from_str(&Listing::Json.line(&staged)).unwrap();
+        assert_eq!(v, json!({ "name": "up/load", "uncommitted": true }));
     }
 }

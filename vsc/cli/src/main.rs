@@ -195,6 +195,10 @@ pub enum Cmd {
         /// One JSON object per line (JSON Lines) with every property, for scripts.
         #[arg(long, conflicts_with = "long")]
         json: bool,
+        /// Also names with staged blocks and no committed blob (an upload not yet
+        /// committed, or abandoned), as UNCOMMITTED lines.
+        #[arg(long)]
+        include_uncommitted: bool,
     },
     /// Upload a file ('-' reads stdin to its end).
     Put {

@@ -103,7 +103,8 @@ impl ContainerClient {
     /// select, page by page; [`Pages::items`] flattens them.
     pub fn list_blobs(&self, options: ListBlobsOptions) -> Pages<BlobListItem> {
         let (client, container) = (self.client.clone(), self.checked.clone());
-        let ListBlobsOptions { prefix, delimiter, marker, max_results, include_metadata } = options;
+        let ListBlobsOptions { prefix, delimiter, marker, max_results, include_metadata, include_uncommitted } =
+            options;
         Pages::new(marker, move |marker| {
             let op = OpRequest::ListBlobs(ListBlobs {
                 container: container.get()?.clone(),
@@ -112,6 +113,7 @@ impl ContainerClient {
                 marker: marker.to_owned(),
                 max_results,
                 include_metadata,
+                include_uncommitted,
             });
             match client.call(&op, Data::None)?.response {
                 OpResponse::BlobList { items, next_marker } => Ok(Page::new(items, next_marker)),

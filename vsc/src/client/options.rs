@@ -84,6 +84,9 @@ pub struct ListBlobsOptions {
     /// Entries per page (0: the device's default).
     pub max_results: u32,
     pub include_metadata: bool,
+    /// Also names with staged blocks and no committed blob, as
+    /// `BlobListItem::Uncommitted` (needs a device of op version 2).
+    pub include_uncommitted: bool,
 }
 
 /// Which containers a listing returns.

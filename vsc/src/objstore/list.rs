@@ -58,7 +58,8 @@ pub(crate) fn list(
                 .into_iter()
                 .filter_map(|item| match item {
                     BlobListItem::Blob { name, properties } => Some(meta_of(name, &properties)),
-                    BlobListItem::Prefix(_) => None,
+                    // Not asked for: object_store has no uncommitted objects.
+                    BlobListItem::Prefix(_) | BlobListItem::Uncommitted(_) => None,
                 })
                 .collect();
             Ok(Some((stream::iter(metas), Some(pages))))
@@ -89,6 +90,7 @@ pub(crate) async fn list_with_delimiter(
             BlobListItem::Prefix(p) => {
                 result.common_prefixes.push(prefix_path(&p).map_err(|e| e.into_os(&p, OnPrecondition::Precondition))?)
             }
+            BlobListItem::Uncommitted(_) => {}
         }
     }
     Ok(result)
@@ -135,6 +137,7 @@ pub(crate) async fn list_paginated(
                 let trimmed = p.strip_suffix(delimiter.as_str()).unwrap_or(&p);
                 result.common_prefixes.push(path_of(trimmed).map_err(|e| e.into_os(&p, OnPrecondition::Precondition))?)
             }
+            BlobListItem::Uncommitted(_) => {}
         }
     }
     Ok(PaginatedListResult { result, page_token: next_marker })

@@ -73,7 +73,7 @@ impl Engine {
             OpRequest::ListContainers(l) => {
                 let page = store.list_containers(l).map_err(se)?;
                 let (containers, next_marker) =
-                    fit_list(page.items, page.next_marker, resp_cap, ContainerEntry::encoded_len, |c| &c.name)?;
+                    fit_list(page.items, page.next_marker, resp_cap, ContainerEntry::encoded_len, |c| c.name.as_str())?;
                 OpResponse::ContainerList { containers, next_marker }
             }
             OpRequest::PutBlob(p) => {
@@ -95,11 +95,9 @@ impl Engine {
                 OpResponse::Deleted
             }
             OpRequest::ListBlobs(l) => {
-                let page = store.list_blobs(l).map_err(se)?;
+                let page = crate::store::list_blobs(store, l).map_err(se)?;
                 let (items, next_marker) =
-                    fit_list(page.items, page.next_marker, resp_cap, BlobListItem::encoded_len, |i| match i {
-                        BlobListItem::Blob { name, .. } | BlobListItem::Prefix(name) => name,
-                    })?;
+                    fit_list(page.items, page.next_marker, resp_cap, BlobListItem::encoded_len, BlobListItem::key)?;
                 OpResponse::BlobList { items, next_marker }
             }
             OpRequest::PutBlock(p) => {
@@ -137,7 +135,7 @@ fn fit_list<T>(
     next_marker: String,
     cap: usize,
     len: impl Fn(&T) -> usize,
-    name: impl Fn(&T) -> &String,
+    name: impl Fn(&T) -> &str,
 ) -> Result<(Vec<T>, String), OpFailure> {
     let fixed = OP_HEADER_SIZE + 4 + 2;
     let mut used = 0usize;
@@ -161,7 +159,7 @@ fn fit_list<T>(
         return Err(fail(BlobError::BufferTooSmall, "response buffer too small for one entry"));
     }
     items.truncate(kept);
-    let marker = items.last().map(|i| name(i).clone()).unwrap_or_default();
+    let marker = items.last().map(|i| name(i).to_owned()).unwrap_or_default();
     Ok((items, marker))
 }
 
@@ -175,11 +173,11 @@ mod tests {
         let len = |s: &String| s.len() + 3;
         // Room for exactly three 10-byte entries plus the marker.
         let cap = OP_HEADER_SIZE + 6 + 30 + 7;
-        let (kept, marker) = fit_list(items.clone(), String::new(), cap, len, |s| s).unwrap();
+        let (kept, marker) = fit_list(items.clone(), String::new(), cap, len, |s| s.as_str()).unwrap();
         assert_eq!(kept.len(), 3);
         assert_eq!(marker, "name-02");
-        let (kept, marker) = fit_list(items.clone(), "m".into(), 10_000, len, |s| s).unwrap();
+        let (kept, marker) = fit_list(items.clone(), "m".into(), 10_000, len, |s| s.as_str()).unwrap();
         assert_eq!((kept.len(), marker.as_str()), (10, "m"));
-        assert_eq!(fit_list(items, String::new(), 20, len, |s| s).unwrap_err().0, BlobError::BufferTooSmall);
+        assert_eq!(fit_list(items, String::new(), 20, len, |s| s.as_str()).unwrap_err().0, BlobError::BufferTooSmall);
     }
 }

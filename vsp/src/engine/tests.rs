@@ -261,6 +261,7 @@ fn every_operation_round_trips() {
         marker: String::new(),
         max_results: 0,
         include_metadata: false,
+        include_uncommitted: false,
     });
     match h.ok(&list, &[]) {
         OpResponse::BlobList { items, next_marker } => {
@@ -440,6 +441,7 @@ fn listing_fits_the_response_buffer() {
             marker,
             max_results: 0,
             include_metadata: false,
+            include_uncommitted: false,
         })
     };
     let mut seen = Vec::new();

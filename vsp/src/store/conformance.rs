@@ -186,13 +186,14 @@ pub fn list_req(c: &str, prefix: &str, delimiter: &str, marker: &str, max: u32) 
         marker: marker.into(),
         max_results: max,
         include_metadata: false,
+        include_uncommitted: false,
     }
 }
 
 pub fn item_key(i: &BlobListItem) -> &str {
     match i {
         BlobListItem::Blob { name, .. } => name,
-        BlobListItem::Prefix(p) => p,
+        BlobListItem::Prefix(p) | BlobListItem::Uncommitted(p) => p,
     }
 }
 
@@ -224,6 +225,7 @@ pub fn keys(items: &[BlobListItem]) -> Vec<String> {
         .map(|i| match i {
             BlobListItem::Blob { name, .. } => name.clone(),
             BlobListItem::Prefix(p) => format!("P:{p}"),
+            BlobListItem::Uncommitted(n) => format!("U:{n}"),
         })
         .collect()
 }
@@ -289,7 +291,7 @@ macro_rules! conformance_tests {
             set_metadata_and_content_type_keep_the_bytes, set_properties_conditions_missing_blobs_and_replays,
             set_properties_keeps_committed_and_staged_blocks, copy_blob_copies_content_and_properties,
             copy_blob_conditions_missing_blobs_and_replays, http_headers_and_creation_time_are_kept,
-            time_conditions_on_reads_and_writes,
+            time_conditions_on_reads_and_writes, listing_includes_uncommitted_blobs,
         );
         #[test]
         fn max_blob_size() {

@@ -128,6 +128,49 @@ pub(crate) fn list_blobs_page<E>(
     Page { items, next_marker }
 }
 
+/// `page` (the committed blobs after the marker, as the store listed them)
+/// with the uncommitted `names` merged in: rolled up by the delimiter as any
+/// name, after the marker, in the store's order `cmp`, at most the page
+/// limit. A full committed page ends the merged one where it ended (names
+/// past it belong to the next page, which lists the blobs between).
+pub(crate) fn with_uncommitted(
+    page: Page<BlobListItem>,
+    names: Vec<String>,
+    req: &ListBlobs,
+    cmp: fn(&str, &str) -> Ordering,
+) -> Page<BlobListItem> {
+    let limit = page_limit(req.max_results);
+    let (prefix, delim, marker) = (req.prefix.as_str(), req.delimiter.as_str(), req.marker.as_str());
+    let full = !page.next_marker.is_empty();
+    let end = page.items.last().map(|i| i.key().to_owned());
+    let mut items = page.items;
+    for name in names.into_iter().filter(|n| n.starts_with(prefix)) {
+        let rolled = if delim.is_empty() { None } else { name[prefix.len()..].find(delim) };
+        let item = match rolled {
+            Some(at) => BlobListItem::Prefix(name[..prefix.len() + at + delim.len()].to_owned()),
+            None => BlobListItem::Uncommitted(name),
+        };
+        let after_marker = marker.is_empty() || cmp(item.key(), marker).is_gt();
+        let within = !full || end.as_deref().is_some_and(|e| cmp(item.key(), e).is_le());
+        if after_marker && within {
+            items.push(item);
+        }
+    }
+    // A committed blob wins over an uncommitted entry of its name (a commit
+    // between the two lookups); a prefix is listed once.
+    let rank = |i: &BlobListItem| match i {
+        BlobListItem::Blob { .. } => 0,
+        BlobListItem::Prefix(_) => 1,
+        BlobListItem::Uncommitted(_) => 2,
+    };
+    items.sort_by(|a, b| cmp(a.key(), b.key()).then(rank(a).cmp(&rank(b))));
+    items.dedup_by(|later, first| later.key() == first.key());
+    let more = full || items.len() > limit;
+    items.truncate(limit);
+    let next_marker = if more { items.last().map(|i| i.key().to_owned()).unwrap_or_default() } else { String::new() };
+    Page { items, next_marker }
+}
+
 /// One page of a container listing.
 pub(crate) fn list_containers_page<E>(
     map: &BTreeMap<String, E>,
@@ -198,6 +241,7 @@ mod tests {
             marker: String::new(),
             max_results: page,
             include_metadata: false,
+            include_uncommitted: false,
         };
         let mut out = Vec::new();
         loop {
@@ -210,6 +254,7 @@ mod tests {
             out.extend(p.items.into_iter().map(|i| match i {
                 BlobListItem::Blob { name, .. } => name,
                 BlobListItem::Prefix(p) => format!("P:{p}"),
+                BlobListItem::Uncommitted(n) => format!("U:{n}"),
             }));
             if !more {
                 return out;

@@ -233,6 +233,18 @@ impl BlobStore for MemoryStore {
         Ok(listing::list_blobs_page(&blobs, req, |b| b.props.clone()))
     }
 
+    fn uncommitted_names(&self, container: &ContainerName, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let c = self.container(container)?;
+        // One lock at a time: writers take these two in their own order.
+        let staged: Vec<String> = lock(&c.staged)
+            .iter()
+            .filter(|(n, s)| n.starts_with(prefix) && !s.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let blobs = read(&c.blobs);
+        Ok(staged.into_iter().filter(|n| !blobs.contains_key(&NameKey::of(n))).collect())
+    }
+
     fn put_block(
         &self,
         target: &BlobRef,

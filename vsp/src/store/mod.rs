@@ -180,6 +180,26 @@ pub trait BlobStore: Send + Sync {
     fn reads_are_quick(&self) -> bool {
         false
     }
+    /// Names in `container` starting with `prefix` that have staged blocks
+    /// and no committed blob, in any order: what a listing with
+    /// `include_uncommitted` adds ([`list_blobs`]).
+    fn uncommitted_names(&self, container: &ContainerName, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// The order of names in this store's listings: Azure's (UTF-16 code
+    /// units) unless its backend pages in its own.
+    fn name_order(&self) -> fn(&str, &str) -> std::cmp::Ordering {
+        listing::azure_cmp
+    }
+}
+
+/// A ListBlobs page as the engine answers it: the store's committed page,
+/// with the uncommitted names merged in when the request asks for them.
+pub fn list_blobs(store: &dyn BlobStore, req: &ListBlobs) -> Result<Page<BlobListItem>, StoreError> {
+    let page = store.list_blobs(req)?;
+    if !req.include_uncommitted {
+        return Ok(page);
+    }
+    let names = store.uncommitted_names(&req.container, &req.prefix)?;
+    Ok(listing::with_uncommitted(page, names, req, store.name_order()))
 }
 
 /// CRC-64/NVME, the polynomial of Azure's `x-ms-content-crc64`.

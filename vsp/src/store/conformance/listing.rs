@@ -94,3 +94,49 @@ pub fn delimiter_listing_pages(s: &dyn BlobStore) {
     }
     assert_eq!(keys(&list_all(s, "box", "d042/", "/", 1)), ["d042/x", "P:d042/y/"]);
 }
+
+/// Azure's `include=uncommittedblobs`: names with staged blocks and no
+/// committed blob are listed (as `Uncommitted`) in order among the blobs,
+/// rolled up by a delimiter, across pages; a committed blob is listed once.
+pub fn listing_includes_uncommitted_blobs(s: &dyn BlobStore) {
+    new_container(s, "box");
+    put(s, "box", "a", b"committed");
+    stage(s, "box", "a", b"id-1", b"staged over a committed blob");
+    stage(s, "box", "b/x", b"id-1", b"only staged");
+    stage(s, "box", "c", b"id-1", b"only staged");
+    put(s, "box", "d", b"d");
+    let list = |prefix: &str, delim: &str, marker: &str, max: u32, uncommitted: bool| {
+        let req = ListBlobs { include_uncommitted: uncommitted, ..list_req("box", prefix, delim, marker, max) };
+        crate::store::list_blobs(s, &req).unwrap()
+    };
+    assert_eq!(keys(&list("", "", "", 10, false).items), ["a", "d"]);
+    let all = list("", "", "", 10, true);
+    assert_eq!(
+        (keys(&all.items), all.next_marker.as_str()),
+        (vec!["a".to_owned(), "U:b/x".into(), "U:c".into(), "d".into()], "")
+    );
+    assert_eq!(keys(&list("", "/", "", 10, true).items), ["a", "P:b/", "U:c", "d"]);
+    assert_eq!(keys(&list("b", "", "", 10, true).items), ["U:b/x"]);
+    // Pages of one resume from their markers, committed or not.
+    for delim in ["", "/"] {
+        let (mut marker, mut got) = (String::new(), Vec::new());
+        loop {
+            let page = list("", delim, &marker, 1, true);
+            assert!(page.items.len() <= 1);
+            got.extend(keys(&page.items));
+            if page.next_marker.is_empty() {
+                break;
+            }
+            marker = page.next_marker;
+        }
+        assert_eq!(got, keys(&list("", delim, "", 10, true).items), "delimiter {delim:?}");
+    }
+    // Committed, it is a blob; deleted with only staged blocks, it is gone.
+    s.put_block_list(&block_list_req("box", "c", &[b"id-1"]), &txn()).unwrap();
+    s.delete_blob(&bref("box", "b/x"), &Conditions::none()).unwrap();
+    assert_eq!(keys(&list("", "", "", 10, true).items), ["a", "c", "d"]);
+    assert!(matches!(
+        crate::store::list_blobs(s, &ListBlobs { include_uncommitted: true, ..list_req("nobox", "", "", "", 1) }),
+        Err(StoreError::ContainerNotFound)
+    ));
+}

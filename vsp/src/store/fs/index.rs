@@ -164,6 +164,53 @@ impl Container {
     }
 }
 
+impl Container {
+    /// Names starting with `prefix` that have staged blocks on disk and no
+    /// committed blob. A blob's blocks sit in `staging/<sha256(name)>/`, each
+    /// block file's header naming the blob: the first readable one whose name
+    /// hashes to its directory names it.
+    pub fn uncommitted_names(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let entries = match fs::read_dir(layout::staging_root(&self.dir)) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(_) if !*read(&self.alive) => return Err(StoreError::ContainerNotFound),
+            Err(e) => return Err(e.into()),
+        };
+        let mut names = Vec::new();
+        for dir in entries {
+            let dir = dir?.path();
+            if let Some(name) = staged_name(&dir)?.filter(|n| n.starts_with(prefix))
+                && self.entry(&name)?.is_none()
+            {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+}
+
+/// The blob a staging directory holds blocks of (None: empty, or none readable).
+fn staged_name(dir: &Path) -> io::Result<Option<String>> {
+    let files = match fs::read_dir(dir) {
+        Ok(f) => f,
+        // Discarded meanwhile (a commit or delete), or not a directory.
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for f in files {
+        let path = f?.path();
+        let header = File::open(&path).and_then(|file| BlockHeader::parse(&layout::read_header(&file, BLOCK_MAGIC)?));
+        match header {
+            Ok(h) if dir.file_name().is_some_and(|d| *d == *layout::name_hash(&h.blob)) => return Ok(Some(h.blob)),
+            // Unreadable or misplaced (skipped as `scan_staged` skips them), or gone meanwhile.
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// Builds a container's blob index from the headers of its files. Files that
 /// don't parse are skipped (and logged): one bad file must not hide the rest.
 fn scan_blobs(dir: &Path) -> io::Result<BTreeMap<NameKey, IndexEntry>> {

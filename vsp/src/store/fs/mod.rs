@@ -497,6 +497,10 @@ impl BlobStore for FsStore {
         c.with_index(|map| listing::list_blobs_page(map, req, |e| e.props.clone()))
     }
 
+    fn uncommitted_names(&self, container: &ContainerName, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.container(container)?.uncommitted_names(prefix)
+    }
+
     fn put_block(
         &self,
         target: &BlobRef,

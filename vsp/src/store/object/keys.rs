@@ -83,6 +83,11 @@ impl Keys {
         ])
     }
 
+    /// Where the staged blocks of every blob of a container sit.
+    pub fn staged_container_dir(&self, c: &ContainerName) -> Result<Path, StoreError> {
+        self.path(&format!("{HIDDEN}/staged/{}", c.as_str()))
+    }
+
     pub fn staged_dir(&self, r: &BlobRef) -> Result<Path, StoreError> {
         self.path(&format!("{HIDDEN}/staged/{}/{}", r.container.as_str(), name_hash(r)))
     }

@@ -389,6 +389,14 @@ impl BlobStore for ObjectBlobStore {
         self.discard_blocks(target, None)
     }
 
+    fn uncommitted_names(&self, container: &ContainerName, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.uncommitted(container, prefix)
+    }
+
+    fn name_order(&self) -> fn(&str, &str) -> std::cmp::Ordering {
+        if self.opts.utf16_order { crate::store::listing::azure_cmp } else { str::cmp }
+    }
+
     fn list_blobs(&self, req: &ListBlobs) -> Result<Page<BlobListItem>, StoreError> {
         self.list_blobs_page(req)
     }

@@ -76,7 +76,11 @@ macro_rules! cases_but_etag_format {
             copy_blob_conditions_missing_blobs_and_replays,
         );
         // Op version 2.
-        $run!(http_headers_and_creation_time_are_kept, time_conditions_on_reads_and_writes);
+        $run!(
+            http_headers_and_creation_time_are_kept,
+            time_conditions_on_reads_and_writes,
+            listing_includes_uncommitted_blobs,
+        );
     };
 }
 

@@ -7,16 +7,19 @@ use std::ops::Range;
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
-use object_store::{Attributes, GetOptions, GetRange, MultipartUpload, PutMultipartOptions, PutOptions, PutPayload};
+use object_store::{
+    Attributes, GetOptions, GetRange, MultipartUpload, ObjectMeta, PutMultipartOptions, PutOptions, PutPayload,
+};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use vmblob_protocol::BlockId;
+use vmblob_protocol::names::ContainerName;
 use vmblob_protocol::ops::{
     BlobProperties, BlobRef, BlobUpdate, BlobWritten, BlockInfo, BlockListType, CopyBlob, PutBlob, PutBlockList,
     SetBlobProperties,
 };
 
-use super::attrs::{self, Decoded, Stored};
+use super::attrs::{self, Decoded, Stored, decode_value, encode_value};
 use super::bridge::{is_not_found, store_err};
 use super::crc::combine;
 use super::gate::Pass;
@@ -30,6 +33,8 @@ use crate::store::{DataSource, StoreError, TxnId, crc64};
 
 /// Reads of a CopyBlob source that another writer keeps replacing.
 const COPY_ATTEMPTS: usize = 3;
+/// The metadata key of a staged block that names its blob.
+const STAGED_NAME: &str = "vmblob_blob";
 
 /// One committed block as the block-list object records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,6 +306,51 @@ impl ObjectBlobStore {
         self.delete_under(&self.keys.block_lists_dir(target)?, keep.as_ref())
     }
 
+    /// Names under `prefix` with staged blocks and no committed blob: one
+    /// listing of the container's staged blocks, then per blob the name one
+    /// of its blocks records and a HEAD of the blob. Blocks staged by a VSP
+    /// from before names were recorded do not say theirs and are not listed.
+    pub(super) fn uncommitted(&self, c: &ContainerName, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.ensure_container(c)?;
+        let dir = self.keys.staged_container_dir(c)?;
+        let store = &*self.store;
+        let metas: Vec<ObjectMeta> =
+            self.bridge.run(async { store.list(Some(&dir)).try_collect().await.map_err(store_err) })?;
+        // One block per blob (its key's parent is the name's hash).
+        let mut seen = std::collections::HashSet::new();
+        let mut names = Vec::new();
+        for m in metas {
+            let parent = m.location.as_ref().rsplit_once('/').map(|(p, _)| p.to_owned());
+            if !parent.is_some_and(|p| seen.insert(p)) {
+                continue;
+            }
+            let head = self.bridge.run(async {
+                match store.get_opts(&m.location, GetOptions { head: true, ..Default::default() }).await {
+                    Ok(r) => Ok(Some(r.attributes)),
+                    Err(e) if is_not_found(&e) => Ok(None),
+                    Err(e) => Err(store_err(e)),
+                }
+            })?;
+            let recorded = head.and_then(|a| {
+                a.iter().find_map(|(k, v)| match k {
+                    object_store::Attribute::Metadata(n) if n.eq_ignore_ascii_case(STAGED_NAME) => decode_value(v),
+                    _ => None,
+                })
+            });
+            let Some(name) = recorded.filter(|n| n.starts_with(prefix)) else { continue };
+            let Ok(blob) = vmblob_protocol::BlobName::new(&name) else { continue };
+            let target = BlobRef { container: c.clone(), blob };
+            // The hash must be this name's (a block copied from elsewhere is not).
+            if self.keys.staged_dir(&target)?.as_ref() != m.location.as_ref().rsplit_once('/').map_or("", |(p, _)| p) {
+                continue;
+            }
+            if self.head(&self.keys.blob(&target)?)?.is_none() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
     /// Staged blocks of a blob: id to (size, key).
     pub(super) fn staged(&self, target: &BlobRef) -> Result<BTreeMap<Vec<u8>, (u64, Path)>, StoreError> {
         let dir = self.keys.staged_dir(target)?;
@@ -331,8 +381,15 @@ impl ObjectBlobStore {
         let staged = self.staged(target)?;
         let other = staged.keys().next().map(Vec::as_slice);
         check_stage_room(staged.len(), staged.contains_key(id.as_bytes()), other, id.as_bytes())?;
-        let crc_attr = |crc| {
+        // The block's key names the blob by hash: the name goes along, for
+        // listings of uncommitted blobs (`uncommitted_names`).
+        let name_attr = || {
             let mut a = Attributes::new();
+            a.insert(object_store::Attribute::Metadata(STAGED_NAME.into()), encode_value(target.blob.as_str()).into());
+            a
+        };
+        let crc_attr = |crc| {
+            let mut a = name_attr();
             a.insert(object_store::Attribute::Metadata("vmblob_crc64".into()), format!("{crc:016x}").into());
             a
         };
@@ -343,7 +400,7 @@ impl ObjectBlobStore {
             self.put_once(&key, bytes.into(), object_store::PutMode::Overwrite, crc_attr(d.crc64))?;
             return Ok(d.crc64);
         }
-        let attributes = expected_crc64.map(crc_attr).unwrap_or_default();
+        let attributes = expected_crc64.map_or_else(name_attr, crc_attr);
         let (up, d) = self.upload_source(self.start_upload(&key, attributes)?, data, false)?;
         if let Err(e) = verify(&d, expected_crc64, None) {
             self.abort(up);

@@ -358,6 +358,9 @@ impl BlobStore for GateStore {
     fn delete_blob(&self, target: &BlobRef, conditions: &vmblob_protocol::ops::Conditions) -> Result<(), StoreError> {
         self.inner.delete_blob(target, conditions)
     }
+    fn uncommitted_names(&self, container: &ContainerName, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.uncommitted_names(container, prefix)
+    }
     fn list_blobs(&self, req: &vmblob_protocol::ops::ListBlobs) -> Result<Page<BlobListItem>, StoreError> {
         self.inner.list_blobs(req)
     }

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use vmblob_glue::vmbus::emulator::Wakeup;
 use vmblob_protocol::ops::{
-    BlobListItem, BlockListType, ByteRange, Conditions, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob,
-    PutBlock, PutBlockList,
+    BlockListType, ByteRange, Conditions, GetBlob, ListBlobs, ListContainers, Metadata, PutBlob, PutBlock, PutBlockList,
 };
 use vmblob_protocol::{BlobError, BlockId, OpRequest, OpResponse};
 
@@ -99,16 +98,11 @@ fn every_operation_round_trips() {
         marker: String::new(),
         max_results: 0,
         include_metadata: false,
+        include_uncommitted: false,
     });
     match ok(&mut g, &listing, &[]) {
         OpResponse::BlobList { items, .. } => {
-            let names: Vec<_> = items
-                .iter()
-                .map(|i| match i {
-                    BlobListItem::Blob { name, .. } => name.as_str().to_string(),
-                    BlobListItem::Prefix(p) => p.clone(),
-                })
-                .collect();
+            let names: Vec<_> = items.iter().map(|i| i.key().to_owned()).collect();
             assert_eq!(names, ["2024/", "big"]);
         }
         r => panic!("{r:?}"),
