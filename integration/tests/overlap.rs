@@ -118,6 +118,9 @@ impl BlobStore for GatedStore {
     ) -> Result<Vec<String>, StoreError> {
         self.inner.uncommitted_names(container, prefix)
     }
+    fn name_order(&self) -> fn(&str, &str) -> std::cmp::Ordering {
+        self.inner.name_order()
+    }
     fn put_block(
         &self,
         t: &BlobRef,

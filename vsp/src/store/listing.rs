@@ -156,8 +156,8 @@ pub(crate) fn with_uncommitted(
             items.push(item);
         }
     }
-    // A committed blob wins over an uncommitted entry of its name (a commit
-    // between the two lookups); a prefix is listed once.
+    // A committed blob wins over an uncommitted entry of its name (committed
+    // after the uncommitted names were looked up); a prefix is listed once.
     let rank = |i: &BlobListItem| match i {
         BlobListItem::Blob { .. } => 0,
         BlobListItem::Prefix(_) => 1,

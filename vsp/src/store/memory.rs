@@ -233,9 +233,16 @@ impl BlobStore for MemoryStore {
         Ok(listing::list_blobs_page(&blobs, req, |b| b.props.clone()))
     }
 
+    fn name_order(&self) -> fn(&str, &str) -> std::cmp::Ordering {
+        listing::azure_cmp
+    }
+
     fn uncommitted_names(&self, container: &ContainerName, prefix: &str) -> Result<Vec<String>, StoreError> {
         let c = self.container(container)?;
         // One lock at a time: writers take these two in their own order.
+        if lock(&c.staged).len() > super::MAX_STAGED_BLOBS {
+            return Err(super::too_many_staged());
+        }
         let staged: Vec<String> = lock(&c.staged)
             .iter()
             .filter(|(n, s)| n.starts_with(prefix) && !s.is_empty())
@@ -387,9 +394,10 @@ impl BlobStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::MemoryStore;
-    use crate::store::conformance::{VecSource, bid, bref, new_container, stage};
+    use crate::store::conformance::{VecSource, bid, bref, list_req, new_container, stage};
     use crate::store::semantics::MAX_STAGED_BLOCKS;
     use crate::store::{BlobStore, StoreError};
+    use vmblob_protocol::ops::{Conditions, ListBlobs};
 
     /// The staged-block limit (too slow to reach with fsyncs in the fs store,
     /// which shares the same check).
@@ -405,6 +413,24 @@ mod tests {
         // Replacing a staged block is still fine, and other blobs are unaffected.
         stage(&s, "box", "b", &7u32.to_le_bytes(), b"new");
         stage(&s, "box", "c", b"1", b"x");
+    }
+
+    /// A listing of uncommitted blobs looks at every blob with staged blocks:
+    /// past the bound it is refused, not slowed without end (too slow to
+    /// reach with fsyncs in the fs store, which has the same bound).
+    #[test]
+    fn uncommitted_listing_is_bounded() {
+        let s = MemoryStore::new();
+        new_container(&s, "box");
+        for i in 0..=crate::store::MAX_STAGED_BLOBS {
+            stage(&s, "box", &format!("u{i}"), b"id", b"");
+        }
+        let req = ListBlobs { include_uncommitted: true, ..list_req("box", "", "", "", 10) };
+        let r = crate::store::list_blobs(&s, &req);
+        assert!(matches!(r, Err(StoreError::TooLarge(_))), "{:?}", r.map(|p| p.items.len()));
+        assert!(crate::store::list_blobs(&s, &list_req("box", "", "", "", 10)).is_ok(), "committed listings are not");
+        s.delete_blob(&bref("box", "u0"), &Conditions::none()).unwrap();
+        assert_eq!(crate::store::list_blobs(&s, &req).unwrap().items.len(), 10);
     }
 
     crate::store::conformance::conformance_tests!(|| (MemoryStore::new(), ()), |max| (

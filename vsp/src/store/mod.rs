@@ -182,23 +182,38 @@ pub trait BlobStore: Send + Sync {
     }
     /// Names in `container` starting with `prefix` that have staged blocks
     /// and no committed blob, in any order: what a listing with
-    /// `include_uncommitted` adds ([`list_blobs`]).
+    /// `include_uncommitted` adds ([`list_blobs`]). Staged blocks are kept
+    /// by a hash of the blob's name, so this looks at every blob with staged
+    /// blocks: more than [`MAX_STAGED_BLOBS`] of them is `TooLarge`.
     fn uncommitted_names(&self, container: &ContainerName, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// The order of names in this store's listings: Azure's (UTF-16 code
-    /// units) unless its backend pages in its own.
-    fn name_order(&self) -> fn(&str, &str) -> std::cmp::Ordering {
-        listing::azure_cmp
-    }
+    /// units, `listing::azure_cmp`) unless its backend pages in its own.
+    fn name_order(&self) -> fn(&str, &str) -> std::cmp::Ordering;
+}
+
+/// Most blobs with staged blocks a container may have for a listing of
+/// uncommitted blobs, which looks at each of them on every page (a bound on
+/// that work, and on what one request holds in memory). Uncommitted blocks
+/// expire (`--staged-block-ttl-secs`), so only a container with this many
+/// uploads in progress at once meets it.
+pub const MAX_STAGED_BLOBS: usize = 10_000;
+
+pub(crate) fn too_many_staged() -> StoreError {
+    StoreError::TooLarge(format!(
+        "more than {MAX_STAGED_BLOBS} blobs with staged blocks: too many to list as uncommitted blobs"
+    ))
 }
 
 /// A ListBlobs page as the engine answers it: the store's committed page,
 /// with the uncommitted names merged in when the request asks for them.
 pub fn list_blobs(store: &dyn BlobStore, req: &ListBlobs) -> Result<Page<BlobListItem>, StoreError> {
-    let page = store.list_blobs(req)?;
     if !req.include_uncommitted {
-        return Ok(page);
+        return store.list_blobs(req);
     }
+    // Uncommitted names first: a blob committed between the two lookups is
+    // then in the committed page (and listed once), never in neither.
     let names = store.uncommitted_names(&req.container, &req.prefix)?;
+    let page = store.list_blobs(req)?;
     Ok(listing::with_uncommitted(page, names, req, store.name_order()))
 }
 

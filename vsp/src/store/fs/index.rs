@@ -177,9 +177,12 @@ impl Container {
             Err(e) => return Err(e.into()),
         };
         let mut names = Vec::new();
-        for dir in entries {
+        for (seen, dir) in entries.enumerate() {
+            if seen == crate::store::MAX_STAGED_BLOBS {
+                return Err(crate::store::too_many_staged());
+            }
             let dir = dir?.path();
-            if let Some(name) = staged_name(&dir)?.filter(|n| n.starts_with(prefix))
+            if let Some(name) = staged_name(&dir).filter(|n| n.starts_with(prefix))
                 && self.entry(&name)?.is_none()
             {
                 names.push(name);
@@ -189,26 +192,38 @@ impl Container {
     }
 }
 
-/// The blob a staging directory holds blocks of (None: empty, or none readable).
-fn staged_name(dir: &Path) -> io::Result<Option<String>> {
+/// The blob a staging directory holds blocks of: the first block file that
+/// `scan_staged` would take (its name the block id in hex, its header naming
+/// a blob whose hash is the directory's). None: empty, discarded meanwhile,
+/// or nothing readable; what cannot be read is logged and skipped, so one bad
+/// entry does not fail every listing of the container.
+fn staged_name(dir: &Path) -> Option<String> {
     let files = match fs::read_dir(dir) {
         Ok(f) => f,
-        // Discarded meanwhile (a commit or delete), or not a directory.
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(None),
-        Err(e) => return Err(e),
+        // Discarded meanwhile (a commit or delete).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            log::warn!("skipping staging entry {}: {e}", dir.display());
+            return None;
+        }
     };
     for f in files {
-        let path = f?.path();
+        let Ok(path) = f.map(|f| f.path()) else { continue };
         let header = File::open(&path).and_then(|file| BlockHeader::parse(&layout::read_header(&file, BLOCK_MAGIC)?));
         match header {
-            Ok(h) if dir.file_name().is_some_and(|d| *d == *layout::name_hash(&h.blob)) => return Ok(Some(h.blob)),
-            // Unreadable or misplaced (skipped as `scan_staged` skips them), or gone meanwhile.
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::NotFound) => {}
-            Err(e) => return Err(e),
+            Ok(h)
+                if dir.file_name().is_some_and(|d| *d == *layout::name_hash(&h.blob))
+                    && path.file_name().is_some_and(|f| *f == *h.id)
+                    && unhex(&h.id).is_some_and(|id| hex(&id) == h.id) =>
+            {
+                return Some(h.blob);
+            }
+            Ok(_) => log::warn!("skipping misplaced block file {}", path.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("skipping unreadable block file {}: {e}", path.display()),
         }
     }
-    Ok(None)
+    None
 }
 
 /// Builds a container's blob index from the headers of its files. Files that

@@ -501,6 +501,10 @@ impl BlobStore for FsStore {
         self.container(container)?.uncommitted_names(prefix)
     }
 
+    fn name_order(&self) -> fn(&str, &str) -> std::cmp::Ordering {
+        listing::azure_cmp
+    }
+
     fn put_block(
         &self,
         target: &BlobRef,

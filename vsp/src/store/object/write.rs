@@ -5,11 +5,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 
 use bytes::Bytes;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::stream::{self, StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
-use object_store::{
-    Attributes, GetOptions, GetRange, MultipartUpload, ObjectMeta, PutMultipartOptions, PutOptions, PutPayload,
-};
+use object_store::{Attributes, GetOptions, GetRange, MultipartUpload, PutMultipartOptions, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use vmblob_protocol::BlockId;
@@ -35,6 +33,10 @@ use crate::store::{DataSource, StoreError, TxnId, crc64};
 const COPY_ATTEMPTS: usize = 3;
 /// The metadata key of a staged block that names its blob.
 const STAGED_NAME: &str = "vmblob_blob";
+/// Blocks of one blob asked for its name before it counts as unnamed.
+const NAME_PROBES: usize = 4;
+/// Blobs looked up at once when listing uncommitted ones.
+const LOOKUPS_IN_FLIGHT: usize = 16;
 
 /// One committed block as the block-list object records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,49 +308,55 @@ impl ObjectBlobStore {
         self.delete_under(&self.keys.block_lists_dir(target)?, keep.as_ref())
     }
 
-    /// Names under `prefix` with staged blocks and no committed blob: one
-    /// listing of the container's staged blocks, then per blob the name one
-    /// of its blocks records and a HEAD of the blob. Blocks staged by a VSP
-    /// from before names were recorded do not say theirs and are not listed.
+    /// Names under `prefix` with staged blocks and no committed blob. The
+    /// blobs' directories come from one delimited listing of the container's
+    /// staged blocks (at most `MAX_STAGED_BLOBS` of them); then, a few at a
+    /// time, the name the first blocks of each record and a HEAD of that
+    /// blob. Blocks staged by a VSP from before names were recorded say none.
     pub(super) fn uncommitted(&self, c: &ContainerName, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.ensure_container(c)?;
         let dir = self.keys.staged_container_dir(c)?;
         let store = &*self.store;
-        let metas: Vec<ObjectMeta> =
-            self.bridge.run(async { store.list(Some(&dir)).try_collect().await.map_err(store_err) })?;
-        // One block per blob (its key's parent is the name's hash).
-        let mut seen = std::collections::HashSet::new();
-        let mut names = Vec::new();
-        for m in metas {
-            let parent = m.location.as_ref().rsplit_once('/').map(|(p, _)| p.to_owned());
-            if !parent.is_some_and(|p| seen.insert(p)) {
-                continue;
-            }
-            let head = self.bridge.run(async {
-                match store.get_opts(&m.location, GetOptions { head: true, ..Default::default() }).await {
-                    Ok(r) => Ok(Some(r.attributes)),
-                    Err(e) if is_not_found(&e) => Ok(None),
-                    Err(e) => Err(store_err(e)),
-                }
-            })?;
-            let recorded = head.and_then(|a| {
-                a.iter().find_map(|(k, v)| match k {
-                    object_store::Attribute::Metadata(n) if n.eq_ignore_ascii_case(STAGED_NAME) => decode_value(v),
-                    _ => None,
-                })
-            });
-            let Some(name) = recorded.filter(|n| n.starts_with(prefix)) else { continue };
-            let Ok(blob) = vmblob_protocol::BlobName::new(&name) else { continue };
+        let listed = self.bridge.run(async { store.list_with_delimiter(Some(&dir)).await.map_err(store_err) })?;
+        if listed.common_prefixes.len() > crate::store::MAX_STAGED_BLOBS {
+            return Err(crate::store::too_many_staged());
+        }
+        let found = stream::iter(listed.common_prefixes.into_iter().map(|blob_dir| async move {
+            let Some(name) = self.recorded_name(&blob_dir).await? else { return Ok(None) };
+            let Ok(blob) = vmblob_protocol::BlobName::new(&name) else { return Ok(None) };
             let target = BlobRef { container: c.clone(), blob };
-            // The hash must be this name's (a block copied from elsewhere is not).
-            if self.keys.staged_dir(&target)?.as_ref() != m.location.as_ref().rsplit_once('/').map_or("", |(p, _)| p) {
-                continue;
-            }
-            if self.head(&self.keys.blob(&target)?)?.is_none() {
-                names.push(name);
+            // The directory must be this name's hash (a block copied in from elsewhere is not).
+            let committed = Self::head_async(store, &self.keys.blob(&target)?).await?.is_some();
+            let ours = self.keys.staged_dir(&target)? == blob_dir;
+            Ok((ours && !committed && name.starts_with(prefix)).then_some(name))
+        }))
+        .buffered(LOOKUPS_IN_FLIGHT)
+        .try_filter_map(|n| futures::future::ready(Ok(n)))
+        .try_collect();
+        self.bridge.run(found)
+    }
+
+    /// The blob name the first few blocks under `blob_dir` record (a block
+    /// gone meanwhile, or staged before names were recorded, is passed over).
+    async fn recorded_name(&self, blob_dir: &Path) -> Result<Option<String>, StoreError> {
+        let store = &*self.store;
+        let mut blocks = store.list(Some(blob_dir)).take(NAME_PROBES);
+        while let Some(meta) = blocks.next().await.transpose().map_err(store_err)? {
+            let attributes = match store.get_opts(&meta.location, GetOptions { head: true, ..Default::default() }).await
+            {
+                Ok(r) => r.attributes,
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(store_err(e)),
+            };
+            let name = attributes.iter().find_map(|(k, v)| match k {
+                object_store::Attribute::Metadata(n) if n.eq_ignore_ascii_case(STAGED_NAME) => decode_value(v),
+                _ => None,
+            });
+            if name.is_some() {
+                return Ok(name);
             }
         }
-        Ok(names)
+        Ok(None)
     }
 
     /// Staged blocks of a blob: id to (size, key).

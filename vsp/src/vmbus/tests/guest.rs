@@ -361,6 +361,9 @@ impl BlobStore for GateStore {
     fn uncommitted_names(&self, container: &ContainerName, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.inner.uncommitted_names(container, prefix)
     }
+    fn name_order(&self) -> fn(&str, &str) -> std::cmp::Ordering {
+        self.inner.name_order()
+    }
     fn list_blobs(&self, req: &vmblob_protocol::ops::ListBlobs) -> Result<Page<BlobListItem>, StoreError> {
         self.inner.list_blobs(req)
     }
