@@ -95,6 +95,16 @@ pub fn validate_text(s: &str) -> Result<(), DecodeError> {
     if s.chars().any(char::is_control) { Err(DecodeError::InvalidName) } else { Ok(()) }
 }
 
+/// A value of Content-Encoding, -Language, -Disposition or Cache-Control: at
+/// most [`CONTENT_HEADER_MAX`] bytes of printable ASCII, what an HTTP header
+/// carries as it is (a service behind the VSP gets it as one).
+pub fn validate_header_value(s: &str) -> Result<(), DecodeError> {
+    if s.len() > CONTENT_HEADER_MAX {
+        return Err(DecodeError::FieldTooLong { len: s.len(), max: CONTENT_HEADER_MAX });
+    }
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) { Ok(()) } else { Err(DecodeError::InvalidValue) }
+}
+
 impl fmt::Display for ContainerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -662,3 +662,27 @@ fn time_conditions_follow_azure() {
     assert!(until(0).check(None));
     assert!(!Conditions { if_match: Some(a), ..until(u64::MAX) }.check(None));
 }
+
+/// Content-Encoding and the other three are HTTP header values: printable
+/// ASCII, at most 1024 bytes; a request with another is refused on decode.
+#[test]
+fn http_header_values_are_printable_ascii() {
+    use vmblob_protocol::ops::{BlobRef, Conditions, ContentHeaders, Metadata, PutBlob};
+    let target = BlobRef { container: ContainerName::new("box").unwrap(), blob: BlobName::new("b").unwrap() };
+    let put = |cache_control: &str| {
+        OpRequest::PutBlob(PutBlob {
+            target: target.clone(),
+            content_type: String::new(),
+            headers: ContentHeaders { cache_control: cache_control.into(), ..Default::default() },
+            metadata: Metadata::default(),
+            conditions: Conditions::none(),
+            content_md5: None,
+            content_crc64: None,
+        })
+    };
+    let ok = put(&"a".repeat(1024));
+    assert_eq!(OpRequest::decode(&ok.encode()), Ok(ok));
+    assert_eq!(OpRequest::decode(&put("max-age=ü").encode()), Err(DecodeError::InvalidValue));
+    assert_eq!(OpRequest::decode(&put("a\tb").encode()), Err(DecodeError::InvalidValue));
+    assert!(matches!(OpRequest::decode(&put(&"a".repeat(1025)).encode()), Err(DecodeError::FieldTooLong { .. })));
+}

@@ -230,13 +230,7 @@ impl ContentHeaders {
         ]
     }
     pub fn validate(&self) -> Result<(), DecodeError> {
-        for (_, v) in self.fields() {
-            if v.len() > names::CONTENT_HEADER_MAX {
-                return Err(DecodeError::FieldTooLong { len: v.len(), max: names::CONTENT_HEADER_MAX });
-            }
-            names::validate_text(v)?;
-        }
-        Ok(())
+        self.fields().into_iter().try_for_each(|(_, v)| names::validate_header_value(v))
     }
     /// Nothing at op version 1, which has no such fields.
     pub(crate) fn encode(&self, w: &mut Writer) {
@@ -252,7 +246,7 @@ impl ContentHeaders {
         }
         let mut field = || -> Result<String, DecodeError> {
             let s = r.str16(names::CONTENT_HEADER_MAX)?;
-            names::validate_text(s)?;
+            names::validate_header_value(s)?;
             Ok(s.to_owned())
         };
         Ok(Self {

@@ -146,10 +146,10 @@ impl OpResponse {
             OpResponse::BlobProperties(p) => p.encode(w),
             OpResponse::BlobList { items, next_marker } => {
                 // Version 1 has no uncommitted items (nor a way to ask for them).
-                let shown = |i: &&BlobListItem| w.version >= 2 || !matches!(i, BlobListItem::Uncommitted(_));
-                let shown: Vec<&BlobListItem> = items.iter().filter(shown).collect();
-                w.u32(shown.len() as u32);
-                for i in shown {
+                let v2 = w.version >= 2;
+                let shown = move |i: &&BlobListItem| v2 || !matches!(i, BlobListItem::Uncommitted(_));
+                w.u32(items.iter().filter(shown).count() as u32);
+                for i in items.iter().filter(shown) {
                     i.encode(w);
                 }
                 w.str16(next_marker);

@@ -123,7 +123,8 @@ pub fn v1_conditions() -> impl Strategy<Value = Conditions> {
 }
 
 pub fn content_headers() -> impl Strategy<Value = ContentHeaders> {
-    let field = || prop_oneof![3 => Just(String::new()), 2 => text(24), 1 => "a{1024}"];
+    // HTTP header values: printable ASCII.
+    let field = || prop_oneof![3 => Just(String::new()), 2 => "[ -~]{1,24}", 1 => "a{1024}"];
     (field(), field(), field(), field()).prop_map(
         |(content_encoding, content_language, content_disposition, cache_control)| ContentHeaders {
             content_encoding,

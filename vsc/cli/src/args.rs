@@ -144,8 +144,10 @@ mod tests {
         let clear = HeaderArgs { cache_control: Some(String::new()), ..Default::default() };
         apply_headers(&clear, &mut h).unwrap();
         assert_eq!(h.cache_control, "");
-        let bad = HeaderArgs { content_language: Some("a\nb".into()), ..Default::default() };
-        assert!(matches!(apply_headers(&bad, &mut h), Err(CliError::Usage(_))));
+        for bad in ["a\nb", "dé"] {
+            let bad = HeaderArgs { content_language: Some(bad.into()), ..Default::default() };
+            assert!(matches!(apply_headers(&bad, &mut h), Err(CliError::Usage(_))));
+        }
     }
 
     #[test]

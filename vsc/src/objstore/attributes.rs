@@ -53,10 +53,10 @@ impl BlobAttributes {
                         return Err(ObjStoreError::UnsupportedAttribute(format!("{other:?}")));
                     };
                     let v: &str = value.as_ref();
-                    if v.len() > CONTENT_HEADER_MAX || names::validate_text(v).is_err() {
+                    if names::validate_header_value(v).is_err() {
                         return Err(ObjStoreError::InvalidAttribute {
                             attribute: format!("{other:?}"),
-                            reason: format!("at most {CONTENT_HEADER_MAX} bytes without control characters"),
+                            reason: format!("at most {CONTENT_HEADER_MAX} bytes of printable ASCII"),
                         });
                     }
                     *slot = v.to_owned();
@@ -164,6 +164,7 @@ mod tests {
             (Attribute::ContentType, "a\u{7f}".to_owned()),
             (Attribute::CacheControl, "c".repeat(1025)),
             (Attribute::ContentEncoding, "a\nb".to_owned()),
+            (Attribute::ContentDisposition, "attachment; filename=\"ä.txt\"".to_owned()),
         ];
         for (key, value) in bad {
             let attrs = Attributes::from_iter([(key.clone(), value)]);

@@ -165,7 +165,7 @@ pub(crate) fn decode(meta: &ObjectMeta, attrs: &Attributes) -> Result<Decoded, S
         ("Content-Disposition", &mut headers.content_disposition),
         ("Cache-Control", &mut headers.cache_control),
     ] {
-        if v.len() > vmblob_protocol::names::CONTENT_HEADER_MAX || vmblob_protocol::names::validate_text(v).is_err() {
+        if vmblob_protocol::names::validate_header_value(v).is_err() {
             log::warn!("{}: leaving out a {name} header the protocol cannot carry", meta.location);
             v.clear();
         }
@@ -303,6 +303,7 @@ mod tests {
             (Attribute::CacheControl, "no-store".to_owned()),
             (Attribute::ContentDisposition, "x".repeat(2000)),
             (Attribute::ContentLanguage, "a\u{7}b".to_owned()),
+            (Attribute::ContentEncoding, "ünï".to_owned()),
         ]);
         let meta = ObjectMeta {
             location: "x".into(),
