@@ -524,7 +524,10 @@ fn scenarios() -> Vec<Scenario> {
                 json!({"op": "stage", "c": "hdr", "b": "blk", "id": "id-1", "data": "block"}),
                 json!({"op": "commit", "c": "hdr", "b": "blk", "ids": ["id-1"],
                        "headers": {"content_language": "fr", "content_encoding": "br"}}),
-                json!({"op": "head", "c": "hdr", "b": "blk", "created_of": 9}),
+                // Not `created_of`: Azurite keeps a committed block blob's creation time from its
+                // first PutBlock (PROTOCOL.md §6.4), so whether it equals the commit's second
+                // depends on timing.
+                json!({"op": "head", "c": "hdr", "b": "blk"}),
                 json!({"op": "copy", "c": "hdr", "b": "cp", "from_c": "hdr", "from_b": "h"}),
                 json!({"op": "head", "c": "hdr", "b": "cp", "created_of": 11}),
                 json!({"op": "list", "c": "hdr"}),
