@@ -54,6 +54,7 @@ pub fn list_blobs(c: &str, prefix: &str, delimiter: &str, marker: &str, max_resu
 
 pub fn put_block(c: &str, b: &str, id: &[u8], crc: Option<u64>) -> OpRequest {
     OpRequest::PutBlock(PutBlock {
+        lease_id: None,
         target: blob_ref(c, b),
         block_id: BlockId::new(id).expect("valid block id"),
         content_crc64: crc,

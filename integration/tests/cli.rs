@@ -206,6 +206,89 @@ fn http_headers_and_time_conditions() {
 
 /// `ls --include-uncommitted`: an upload staged but never committed shows.
 #[test]
+fn leases_lock_a_blob_to_its_holder() {
+    let sb = Sandbox::new();
+    let mut vsp = Vsp::start(&sb.dir, VspOptions::default());
+    let s = vsp.socket().to_owned();
+    let s = s.as_path();
+    ok(s, &["mb", "jobs"]);
+    let small = sb.dir.join("small.txt");
+    std::fs::write(&small, b"v1").unwrap();
+    // Over one block (8 MiB): staged with PutBlock, which the lease guards too.
+    let large = sb.dir.join("large.bin");
+    std::fs::write(&large, bytes((8 << 20) + 4096, 7)).unwrap();
+    let (small, large) = (small.to_str().unwrap(), large.to_str().unwrap());
+    ok(s, &["put", small, "jobs/state"]);
+    let run = |args: &[&str]| code(&vmblob(Some(s), args));
+    let stat = || -> serde_json::Value { serde_json::from_str(&ok(s, &["stat", "--json", "jobs/state"])).unwrap() };
+    let lease =
+        |j: &serde_json::Value| (j["lease_state"].clone(), j["lease_status"].clone(), j["lease_duration"].clone());
+    assert_eq!(lease(&stat()), ("available".into(), "unlocked".into(), serde_json::Value::Null));
+
+    let id = ok(s, &["lease", "acquire", "jobs/state"]).trim().to_owned();
+    assert_eq!((id.len(), id.matches('-').count()), (36, 4), "a GUID: {id}");
+    assert_eq!(lease(&stat()), ("leased".into(), "locked".into(), "infinite".into()));
+    assert!(ok(s, &["stat", "jobs/state"]).contains("lease:          leased (infinite)"));
+    let other = "00000000-0000-4000-8000-000000000001";
+    // Writes and deletes need the lease: 9 (Azure's 412) without it or with another.
+    assert_eq!(run(&["put", small, "jobs/state"]), 9);
+    assert_eq!(run(&["put", "--lease-id", other, small, "jobs/state"]), 9);
+    assert_eq!(run(&["put", large, "jobs/state"]), 9, "no block is staged without the lease");
+    assert_eq!(run(&["set", "--metadata", "k=v", "jobs/state"]), 9);
+    assert_eq!(run(&["set", "--cache-control", "no-cache", "jobs/state"]), 9);
+    assert_eq!(run(&["rm", "jobs/state"]), 9);
+    assert_eq!(stat()["content_length"], 2, "nothing was written");
+    ok(s, &["put", "--lease-id", &id, large, "jobs/state"]);
+    ok(s, &["set", "--lease-id", &id, "--cache-control", "no-cache", "--metadata", "k=v", "jobs/state"]);
+    let j = stat();
+    assert_eq!((&j["content_length"], &j["cache_control"]), (&((8u64 << 20) + 4096).into(), &"no-cache".into()));
+    // Reads need nothing, but a lease id they name must be the lease.
+    assert_eq!(run(&["get", "jobs/state", "-"]), 0);
+    assert_eq!(run(&["get", "--lease-id", other, "jobs/state", "-"]), 9);
+    assert_eq!(run(&["get", "--lease-id", &id, "jobs/state", "-"]), 0);
+    // Someone else's acquire is a lease conflict: 4 (Azure's 409).
+    assert_eq!(run(&["lease", "acquire", "jobs/state"]), 4);
+    assert_eq!(run(&["lease", "renew", "--lease-id", other, "jobs/state"]), 4);
+    assert_eq!(run(&["lease", "acquire", "--duration", "10", "jobs/state"]), 2, "15 to 60 seconds");
+    assert_eq!(run(&["lease", "release", "--lease-id", "not-a-guid", "jobs/state"]), 2);
+
+    // Change hands it to a new id; the old one no longer writes.
+    let new_id = ok(s, &["lease", "change", "--lease-id", &id, "--proposed-id", other, "jobs/state"]);
+    assert_eq!(new_id.trim(), other);
+    assert_eq!(run(&["put", "--lease-id", &id, small, "jobs/state"]), 9);
+
+    // The lease outlives a restart of the VSP (it is persisted with the store).
+    vsp.stop();
+    vsp.restart();
+    assert_eq!(run(&["put", small, "jobs/state"]), 9, "still leased after a restart");
+    assert_eq!(lease(&stat()).0, "leased");
+
+    // Break: anyone may; broken, the blob is free, and a write forgets the lease.
+    assert_eq!(ok(s, &["lease", "break", "--break-period", "0", "jobs/state"]).trim(), "0");
+    assert_eq!(lease(&stat()), ("broken".into(), "unlocked".into(), serde_json::Value::Null));
+    assert_eq!(run(&["lease", "renew", "--lease-id", other, "jobs/state"]), 4, "a broken lease is not renewed");
+    ok(s, &["put", small, "jobs/state"]);
+    assert_eq!(lease(&stat()).0, "available");
+
+    // A fixed lease under a proposed id, renewed and released.
+    let fixed = "0123abcd-4567-489a-8bcd-ef0123456789";
+    assert_eq!(ok(s, &["lease", "acquire", "--duration", "15", "--proposed-id", fixed, "jobs/state"]).trim(), fixed);
+    assert_eq!(lease(&stat()), ("leased".into(), "locked".into(), "fixed".into()));
+    let listed = ok(s, &["ls", "--json", "jobs"]);
+    assert!(listed.contains("\"lease_state\":\"leased\""), "listings show the lease: {listed}");
+    ok(s, &["lease", "renew", "--lease-id", fixed, "jobs/state"]);
+    assert_eq!(
+        ok(s, &["lease", "break", "jobs/state"]).trim().parse::<u32>().map(|t| t > 0 && t <= 15),
+        Ok(true),
+        "a fixed lease runs out its time"
+    );
+    assert_eq!(run(&["rm", "jobs/state"]), 9, "breaking still locks");
+    ok(s, &["lease", "release", "--lease-id", fixed, "jobs/state"]);
+    ok(s, &["rm", "jobs/state"]);
+    assert_eq!(run(&["lease", "acquire", "jobs/state"]), 3, "no blob, no lease");
+}
+
+#[test]
 fn listing_shows_uncommitted_uploads() {
     let sb = Sandbox::new();
     let vsp = Vsp::start(&sb.dir, VspOptions::default());
@@ -219,7 +302,7 @@ fn listing_shows_uncommitted_uploads() {
         let g = vmblob_integration::Guest::connect(s, vmblob_integration::GuestOptions::default());
         let id = vmblob_vsc::BlockId::new(&[7; 48]).unwrap();
         let b = g.container("ups").blob("half/upload.bin");
-        b.submit_block(&id, &[b"part"], vmblob_vsc::crc64(b"part")).unwrap().wait().unwrap();
+        b.submit_block(&id, &[b"part"], vmblob_vsc::crc64(b"part"), None).unwrap().wait().unwrap();
     }
     assert_eq!(ok(s, &["ls", "-r", "ups"]).lines().count(), 1, "committed blobs only");
     let all = ok(s, &["ls", "-r", "--include-uncommitted", "ups"]);

@@ -139,6 +139,7 @@ fn time_ref(results: &[Value], r: &str) -> u64 {
 fn conditions(op: &Value, results: &[Value]) -> Conditions {
     let time = |k: &str| op[k].as_str().map(|r| time_ref(results, r));
     Conditions {
+        lease_id: None,
         if_match: op["if_match"].as_str().map(|r| etag_ref(results, r)),
         if_none_match: op["if_none_match"].as_str().map(|r| etag_ref(results, r)),
         if_modified_since_ms: time("if_modified_since"),
@@ -226,7 +227,7 @@ fn run_vmblob(g: &Guest, op: &Value, results: &[Value]) -> Result<Value, ClientE
         "stage" => {
             let data = data_of(op);
             let id = BlockId::new(s("id").as_bytes()).unwrap();
-            b.submit_block(&id, &[&data], crc64(&data))?.wait()?;
+            b.submit_block(&id, &[&data], crc64(&data), None)?.wait()?;
             json!({})
         }
         "commit" => {

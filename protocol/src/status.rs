@@ -49,6 +49,12 @@ pub enum BlobError {
     /// the reader's copy is current; no data or properties come back.
     #[error("not modified")]
     NotModified,
+    /// A lease operation the blob's lease does not allow (Azure's 409
+    /// LeaseAlreadyPresent, LeaseIdMismatchWithLeaseOperation and the like;
+    /// op version 3). A blob operation refused by a lease is
+    /// `PreconditionFailed`, as Azure's 412 LeaseIdMissing is.
+    #[error("lease conflict")]
+    LeaseConflict,
     /// The channel went away (rescind, reset, disconnect) before the request committed.
     #[error("request aborted: channel rescinded")]
     Rescinded,
@@ -82,6 +88,7 @@ const CODES: &[(u32, BlobError)] = &[
     (0x8007_000D, BlobError::InvalidBlockList),
     // Win32 has no "not modified": a customer HRESULT (bit 29) with HTTP's 304.
     (0xA000_0130, BlobError::NotModified),
+    (0x8007_0021, BlobError::LeaseConflict),
     (0x8007_04D3, BlobError::Rescinded),
     (0x8007_00AA, BlobError::Busy),
     (0x8007_045D, BlobError::Io),

@@ -101,19 +101,21 @@ proptest! {
         prop_assert!(OpRequest::decode(&bytes[..cut]).is_err());
     }
 
-    /// Op version 1 carries what it can and refuses, rather than drops, a
-    /// field it lacks (a time condition, an HTTP header).
+    /// Each older op version carries what it can and refuses, rather than
+    /// drops, a field it lacks (a time condition, an HTTP header, a lease).
     #[test]
-    fn requests_round_trip_in_version_1_or_are_refused(req in op_request()) {
-        match req.encode_at(1) {
-            Ok(bytes) => {
-                prop_assert_eq!(req.min_version(), 1);
-                prop_assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 1);
-                prop_assert_eq!(OpRequest::decode_versioned(&bytes), Ok((1, req.clone())));
-            }
-            Err(e) => {
-                prop_assert_eq!(e, NeedsVersion { op: req.op(), needed: 2, version: 1 });
-                prop_assert_eq!(req.min_version(), 2);
+    fn requests_round_trip_in_older_versions_or_are_refused(req in op_request()) {
+        for version in 1..OP_VERSION {
+            match req.encode_at(version) {
+                Ok(bytes) => {
+                    prop_assert!(req.min_version() <= version);
+                    prop_assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), version);
+                    prop_assert_eq!(OpRequest::decode_versioned(&bytes), Ok((version, req.clone())));
+                }
+                Err(e) => {
+                    prop_assert_eq!(e, NeedsVersion { op: req.op(), needed: req.min_version(), version });
+                    prop_assert!(req.min_version() > version);
+                }
             }
         }
         prop_assert!(req.encode_at(0).is_err());
@@ -121,13 +123,16 @@ proptest! {
         prop_assert_eq!(req.encode_at(OP_VERSION), Ok(req.encode()));
     }
 
-    /// A version-1 answer leaves out what version 1 has no field for.
+    /// An answer in an older version leaves out what that version has no field for.
     #[test]
-    fn responses_in_version_1_leave_out_the_version_2_fields((op, resp) in op_response()) {
-        let bytes = encode_success_at(1, op, &resp);
-        prop_assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 1);
-        let got = ResponseMessage::decode(&bytes, op);
-        prop_assert_eq!(got, Ok(ResponseMessage { version: 1, op, result: Ok(without_v2_fields(resp)) }));
+    fn responses_in_older_versions_leave_out_the_newer_fields((op, resp) in op_response()) {
+        for version in 1..OP_VERSION {
+            let bytes = encode_success_at(version, op, &resp);
+            prop_assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), version);
+            let got = ResponseMessage::decode(&bytes, op);
+            let want = without_fields_after(version, resp.clone());
+            prop_assert_eq!(got, Ok(ResponseMessage { version, op, result: Ok(want) }));
+        }
     }
 
     #[test]
@@ -527,8 +532,8 @@ fn block_list_crcs_are_an_optional_trailing_section() {
     let old = list(vec![id(1).into(), id(2).into()]);
     let old_bytes = old.encode();
     // blob_ref 2+3 + 2+1, count 4, 2 ids of 1+1, content type 2, headers 4×2,
-    // metadata 2, conditions 4 (op version 2).
-    assert_eq!(old_bytes.len(), OP_HEADER_SIZE + 8 + 4 + 4 + 2 + 8 + 2 + 4, "{old_bytes:02x?}");
+    // metadata 2, conditions 5 (op version 3: two ETags, two times, a lease id).
+    assert_eq!(old_bytes.len(), OP_HEADER_SIZE + 8 + 4 + 4 + 2 + 8 + 2 + 5, "{old_bytes:02x?}");
     // With one CRC, every entry gets an option<u64>, in list order.
     let mixed = list(vec![ListedBlock::proven(id(1), 0x0102_0304_0506_0708), id(2).into()]);
     let bytes = mixed.encode();

@@ -157,6 +157,7 @@ fn get_blob_responses() {
         content_crc64: 0x0123_4567_89ab_cdef,
         committed_blocks: 0,
         metadata: Metadata::default(),
+        lease: Default::default(),
     };
     let ok = OpResponse::BlobData { properties, offset: 0, length: 8192 };
     let b = encode_success_at(1, OpCode::GetBlob, &ok);

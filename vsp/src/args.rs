@@ -59,6 +59,11 @@ pub struct Args {
     /// the embedded store; none (memory only, lost on restart) for az:// and s3://.
     #[arg(long)]
     pub txn_record_dir: Option<PathBuf>,
+    /// Directory the blob lease table persists in. Default: `<store>/leases`
+    /// for the embedded store; the store itself (`.vmblob/leases.json`) for
+    /// az:// and s3://.
+    #[arg(long)]
+    pub lease_dir: Option<PathBuf>,
     /// Largest blob, in bytes.
     #[arg(long, default_value_t = 1 << 40)]
     pub max_blob_size: u64,
@@ -169,6 +174,8 @@ pub struct VspConfig {
     pub store_group_access: bool,
     /// Where the transaction record persists (`None`: in memory).
     pub txn_record_dir: Option<PathBuf>,
+    /// Where the lease table persists (`None`: in the object store).
+    pub lease_dir: Option<PathBuf>,
 }
 
 impl TryFrom<Args> for VspConfig {
@@ -232,6 +239,10 @@ impl TryFrom<Args> for VspConfig {
             store_group_access: a.store_group_access,
             txn_record_dir: a.txn_record_dir.or_else(|| match &store {
                 StoreSpec::Dir(root) => Some(root.join("txn")),
+                _ => None,
+            }),
+            lease_dir: a.lease_dir.or_else(|| match &store {
+                StoreSpec::Dir(root) => Some(root.join("leases")),
                 _ => None,
             }),
             store,

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod engine;
+pub mod lease;
 pub mod runner;
 pub mod store;
 pub mod vhost;
@@ -23,11 +24,16 @@ pub enum VspError {
     ObjectStore(store::StoreError),
     #[error("cannot open the transaction record in {0}: {1}")]
     TxnRecord(std::path::PathBuf, std::io::Error),
+    #[error("cannot open the lease table {0}: {1}")]
+    Leases(String, std::io::Error),
     #[error(transparent)]
     Fault(#[from] engine::fault::BadFault),
     #[error(transparent)]
     Daemon(#[from] vhost::DaemonError),
 }
+
+/// A store, and where an object store keeps the VSP's leases (in itself).
+type Opened = (Arc<dyn store::BlobStore>, Option<Box<dyn lease::LeaseStorage>>);
 
 /// Open the configured store.
 pub fn open_store(
@@ -35,6 +41,10 @@ pub fn open_store(
     limits: &engine::Limits,
     group_access: bool,
 ) -> Result<Arc<dyn store::BlobStore>, VspError> {
+    open_store_and_leases(spec, limits, group_access).map(|(s, _)| s)
+}
+
+fn open_store_and_leases(spec: &StoreSpec, limits: &engine::Limits, group_access: bool) -> Result<Opened, VspError> {
     match spec {
         StoreSpec::Dir(dir) => {
             let options = store::fs::FsOptions {
@@ -43,7 +53,7 @@ pub fn open_store(
                 group_access,
                 ..Default::default()
             };
-            Ok(Arc::new(store::fs::FsStore::open_with(dir, options).map_err(VspError::Store)?))
+            Ok((Arc::new(store::fs::FsStore::open_with(dir, options).map_err(VspError::Store)?), None))
         }
         StoreSpec::Azure(az) => {
             az.ensure_container().map_err(VspError::ObjectStore)?;
@@ -67,7 +77,7 @@ fn object_store(
     root: &str,
     order: ListingOrder,
     limits: &engine::Limits,
-) -> Result<Arc<dyn store::BlobStore>, VspError> {
+) -> Result<Opened, VspError> {
     let options = store::object::ObjectOptions {
         max_blob_size: limits.max_blob_size,
         offset_listing: order == ListingOrder::S3,
@@ -81,7 +91,8 @@ fn object_store(
     let backend = backend.map_err(VspError::ObjectStore)?;
     let store = Arc::new(store::object::ObjectBlobStore::new(backend, root, options).map_err(VspError::ObjectStore)?);
     store.start_janitor().map_err(|e| VspError::ObjectStore(e.into()))?;
-    Ok(store)
+    let leases = store::object::leases::ObjectLeaseStorage(store.clone());
+    Ok((store, Some(Box::new(leases))))
 }
 
 /// The transaction record, persisted where the config says (opened after the
@@ -100,13 +111,32 @@ fn open_txn_record(config: &VspConfig) -> Result<engine::TxnRecord, VspError> {
     }
 }
 
+/// The lease table: in `--lease-dir` (the embedded store's default is
+/// `<root>/leases`), else in the object store itself.
+fn open_leases(
+    config: &VspConfig,
+    in_store: Option<Box<dyn lease::LeaseStorage>>,
+) -> Result<lease::LeaseTable, VspError> {
+    let storage: Box<dyn lease::LeaseStorage> = match (&config.lease_dir, in_store) {
+        (Some(dir), _) => {
+            let mode = if config.store_group_access { 0o770 } else { 0o700 };
+            Box::new(lease::FileStorage::open(dir, mode).map_err(|e| VspError::Leases(dir.display().to_string(), e))?)
+        }
+        (None, Some(s)) => s,
+        (None, None) => return Ok(lease::LeaseTable::in_memory()),
+    };
+    let name = storage.describe();
+    lease::LeaseTable::open(storage).map_err(|e| VspError::Leases(name, e))
+}
+
 /// Run the daemon until `shutdown` is requested (or `max_connections` served).
 pub fn run(config: &VspConfig, shutdown: &Shutdown) -> Result<(), VspError> {
-    let store = open_store(&config.store, &config.limits, config.store_group_access)?;
+    let (store, lease_storage) = open_store_and_leases(&config.store, &config.limits, config.store_group_access)?;
     let record = open_txn_record(config)?;
+    let leases = open_leases(config, lease_storage)?;
     let crash = engine::fault::CrashHook::from_env()?;
     let engine = engine::Engine::with_record(store, config.limits.clone(), config.queues as u16, record);
-    let engine = Arc::new(engine.with_crash_hook(crash));
+    let engine = Arc::new(engine.with_leases(leases).with_crash_hook(crash));
     let queues = vhost::QueueOptions {
         queues: config.queues,
         queue_size: config.queue_size,

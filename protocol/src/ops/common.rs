@@ -1,7 +1,7 @@
 //! Field groups shared by several operations.
 
 use crate::names::{self, ETAG_MAX, METADATA_KEY_MAX, METADATA_MAX_BYTES};
-use crate::ops::DecodeError;
+use crate::ops::{DecodeError, LeaseId, LeaseProperties};
 use crate::wire::{Reader, Writer};
 
 /// User metadata: ordered `(key, value)` pairs, keys unique ignoring ASCII case.
@@ -113,8 +113,8 @@ pub enum ReadVerdict {
     NotModified,
 }
 
-/// If-Match / If-None-Match, and (op version 2) If-Modified-Since /
-/// If-Unmodified-Since.
+/// If-Match / If-None-Match, (op version 2) If-Modified-Since /
+/// If-Unmodified-Since, and (op version 3) the lease id the caller holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Conditions {
     pub if_match: Option<ETag>,
@@ -123,6 +123,10 @@ pub struct Conditions {
     /// dates these stand for carry them.
     pub if_modified_since_ms: Option<u64>,
     pub if_unmodified_since_ms: Option<u64>,
+    /// Azure's `x-ms-lease-id`: required by a write while the blob is
+    /// leased, and if given must be the blob's lease. The VSP judges it
+    /// (its lease table), not [`Conditions::check`].
+    pub lease_id: Option<LeaseId>,
 }
 
 /// Whole seconds: the precision of an HTTP date, at which Azure compares.
@@ -139,6 +143,10 @@ impl Conditions {
     }
     pub fn if_none_match(etag: ETag) -> Self {
         Self { if_none_match: Some(etag), ..Self::default() }
+    }
+    /// The same conditions held under `lease_id`.
+    pub fn with_lease(self, lease_id: Option<LeaseId>) -> Self {
+        Self { lease_id, ..self }
     }
     /// Whether a time condition is set (op version 2 only).
     pub fn has_times(&self) -> bool {
@@ -185,14 +193,27 @@ impl Conditions {
         ReadVerdict::Holds
     }
 
-    /// Op version 1 carries the ETag conditions only; the encoder of a
-    /// request refuses times at version 1 before it gets here.
+    /// The lowest op version that carries these conditions.
+    pub fn min_version(&self) -> u16 {
+        match () {
+            _ if self.lease_id.is_some() => 3,
+            _ if self.has_times() => 2,
+            _ => 1,
+        }
+    }
+
+    /// Op version 1 carries the ETag conditions only, 2 adds the times, 3
+    /// the lease id; the encoder of a request refuses what its version
+    /// lacks before it gets here.
     pub(crate) fn encode(&self, w: &mut Writer) {
         w.option(self.if_match.as_ref(), |w, e| w.str16(e.as_str()));
         w.option(self.if_none_match.as_ref(), |w, e| w.str16(e.as_str()));
         if w.version >= 2 {
             w.option(self.if_modified_since_ms, Writer::u64);
             w.option(self.if_unmodified_since_ms, Writer::u64);
+        }
+        if w.version >= 3 {
+            w.option(self.lease_id.as_ref(), |w, id| id.encode(w));
         }
     }
 
@@ -201,6 +222,9 @@ impl Conditions {
         if r.version >= 2 {
             c.if_modified_since_ms = r.option(Reader::u64)?;
             c.if_unmodified_since_ms = r.option(Reader::u64)?;
+        }
+        if r.version >= 3 {
+            c.lease_id = r.option(LeaseId::decode)?;
         }
         Ok(c)
     }
@@ -284,6 +308,8 @@ pub struct BlobProperties {
     /// Committed blocks; 0 for a blob written whole with PutBlob.
     pub committed_blocks: u32,
     pub metadata: Metadata,
+    /// The blob's lease (op version 3; the VSP's lease table fills it in).
+    pub lease: LeaseProperties,
 }
 
 impl BlobProperties {
@@ -300,6 +326,9 @@ impl BlobProperties {
         w.u64(self.content_crc64);
         w.u32(self.committed_blocks);
         self.metadata.encode(w);
+        if w.version >= 3 {
+            self.lease.encode(w);
+        }
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -314,6 +343,7 @@ impl BlobProperties {
             content_crc64: r.u64()?,
             committed_blocks: r.u32()?,
             metadata: Metadata::decode(r)?,
+            lease: if r.version >= 3 { LeaseProperties::decode(r)? } else { LeaseProperties::default() },
         })
     }
 }

@@ -6,10 +6,12 @@
 //! `docs/PROTOCOL.md` gives every field's offset and size.
 
 mod common;
+mod lease;
 mod request;
 mod response;
 
 pub use common::*;
+pub use lease::*;
 pub use request::*;
 pub use response::*;
 
@@ -21,8 +23,8 @@ pub const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"VBRQ");
 pub const RESPONSE_MAGIC: u32 = u32::from_le_bytes(*b"VBRS");
 /// The newest blob-operation encoding version this build speaks (§11.1):
 /// 2 adds time conditions, a creation time and the HTTP headers besides
-/// Content-Type.
-pub const OP_VERSION: u16 = 2;
+/// Content-Type; 3 adds leases.
+pub const OP_VERSION: u16 = 3;
 /// The oldest one it still speaks, to peers of an older build.
 pub const MIN_OP_VERSION: u16 = 1;
 pub const OP_HEADER_SIZE: usize = 16;
@@ -55,10 +57,11 @@ pub enum OpCode {
     SetBlobMetadata = 24,
     SetBlobProperties = 25,
     CopyBlob = 26,
+    LeaseBlob = 27,
 }
 
 impl OpCode {
-    pub const ALL: [OpCode; 16] = [
+    pub const ALL: [OpCode; 17] = [
         OpCode::GetDeviceConfig,
         OpCode::CreateContainer,
         OpCode::DeleteContainer,
@@ -75,6 +78,7 @@ impl OpCode {
         OpCode::SetBlobMetadata,
         OpCode::SetBlobProperties,
         OpCode::CopyBlob,
+        OpCode::LeaseBlob,
     ];
 
     pub fn from_u16(v: u16) -> Option<OpCode> {
@@ -97,6 +101,7 @@ impl OpCode {
                 | OpCode::SetBlobMetadata
                 | OpCode::SetBlobProperties
                 | OpCode::CopyBlob
+                | OpCode::LeaseBlob
         )
     }
 

@@ -1,8 +1,8 @@
 //! Operation requests: what the guest puts in the request buffer.
 
 use super::{
-    BlockListType, ByteRange, Conditions, ContentHeaders, DecodeError, MAX_BLOCKS, MAX_LIST_RESULTS, MAX_MARKER,
-    MIN_OP_VERSION, Metadata, OP_HEADER_SIZE, OP_VERSION, OpCode, REQUEST_MAGIC,
+    BlockListType, ByteRange, Conditions, ContentHeaders, DecodeError, LeaseBlob, LeaseId, MAX_BLOCKS,
+    MAX_LIST_RESULTS, MAX_MARKER, MIN_OP_VERSION, Metadata, OP_HEADER_SIZE, OP_VERSION, OpCode, REQUEST_MAGIC,
 };
 use crate::names::{self, BLOB_NAME_MAX, BLOCK_ID_MAX, BlobName, BlockId, ContainerName};
 use crate::wire::{Reader, Writer};
@@ -72,6 +72,8 @@ pub struct PutBlock {
     pub target: BlobRef,
     pub block_id: BlockId,
     pub content_crc64: Option<u64>,
+    /// The blob's lease, required while it is leased (op version 3).
+    pub lease_id: Option<LeaseId>,
 }
 
 /// One entry of a PutBlockList.
@@ -175,6 +177,7 @@ pub enum OpRequest {
     GetBlockList { target: BlobRef, list_type: BlockListType },
     SetBlobProperties(SetBlobProperties),
     CopyBlob(CopyBlob),
+    LeaseBlob(LeaseBlob),
 }
 
 impl OpRequest {
@@ -198,29 +201,36 @@ impl OpRequest {
                 BlobUpdate::Properties { .. } => OpCode::SetBlobProperties,
             },
             OpRequest::CopyBlob(_) => OpCode::CopyBlob,
+            OpRequest::LeaseBlob(_) => OpCode::LeaseBlob,
         }
     }
 
-    /// The lowest op version that can carry this request: 2 for time
-    /// conditions and the HTTP headers besides Content-Type, else 1.
+    /// The lowest op version that can carry this request: 3 for leases, 2
+    /// for time conditions, the HTTP headers besides Content-Type and
+    /// uncommitted listings, else 1.
     pub fn min_version(&self) -> u16 {
-        let conditions: &[&Conditions] = match self {
-            OpRequest::PutBlob(p) if !p.headers.is_empty() => return 2,
-            OpRequest::PutBlockList(p) if !p.headers.is_empty() => return 2,
+        let fields = match self {
+            OpRequest::LeaseBlob(_) => 3,
+            OpRequest::PutBlock(p) if p.lease_id.is_some() => 3,
+            OpRequest::PutBlob(p) if !p.headers.is_empty() => 2,
+            OpRequest::PutBlockList(p) if !p.headers.is_empty() => 2,
             OpRequest::SetBlobProperties(SetBlobProperties {
                 update: BlobUpdate::Properties { headers: Some(_), .. },
                 ..
-            }) => return 2,
+            }) => 2,
+            OpRequest::ListBlobs(l) if l.include_uncommitted => 2,
+            _ => MIN_OP_VERSION,
+        };
+        let conditions: &[&Conditions] = match self {
             OpRequest::PutBlob(p) => &[&p.conditions],
             OpRequest::PutBlockList(p) => &[&p.conditions],
             OpRequest::GetBlob(g) => &[&g.conditions],
             OpRequest::GetBlobProperties { conditions, .. } | OpRequest::DeleteBlob { conditions, .. } => &[conditions],
             OpRequest::SetBlobProperties(s) => &[&s.conditions],
             OpRequest::CopyBlob(c) => &[&c.source_conditions, &c.conditions],
-            OpRequest::ListBlobs(l) if l.include_uncommitted => return 2,
             _ => &[],
         };
-        if conditions.iter().any(|c| c.has_times()) { 2 } else { MIN_OP_VERSION }
+        conditions.iter().map(|c| c.min_version()).fold(fields, u16::max)
     }
 
     /// The whole request buffer in the newest op version: header then body.
@@ -305,6 +315,9 @@ impl OpRequest {
                 encode_ref(w, &p.target);
                 w.bytes8(p.block_id.as_bytes());
                 w.option(p.content_crc64, Writer::u64);
+                if w.version >= 3 {
+                    w.option(p.lease_id.as_ref(), |w, id| id.encode(w));
+                }
             }
             OpRequest::PutBlockList(p) => {
                 encode_ref(w, &p.target);
@@ -348,6 +361,10 @@ impl OpRequest {
                 c.source_conditions.encode(w);
                 c.conditions.encode(w);
                 w.option(c.metadata.as_ref(), |w, m| m.encode(w));
+            }
+            OpRequest::LeaseBlob(l) => {
+                encode_ref(w, &l.target);
+                l.encode_body(w);
             }
         }
     }
@@ -446,6 +463,7 @@ impl OpRequest {
                 target: blob_ref(r)?,
                 block_id: BlockId::new(r.bytes8(BLOCK_ID_MAX)?)?,
                 content_crc64: r.option(Reader::u64)?,
+                lease_id: if r.version >= 3 { r.option(LeaseId::decode)? } else { None },
             }),
             OpCode::PutBlockList => {
                 let target = blob_ref(r)?;
@@ -484,6 +502,8 @@ impl OpRequest {
                 conditions: Conditions::decode(r)?,
                 metadata: r.option(Metadata::decode)?,
             }),
+            OpCode::LeaseBlob if r.version >= 3 => OpRequest::LeaseBlob(LeaseBlob::decode_body(blob_ref(r)?, r)?),
+            OpCode::LeaseBlob => return Err(DecodeError::UnknownOp(op as u16)),
         })
     }
 }

@@ -1,8 +1,8 @@
 //! Operation responses: what the VSP writes into the response buffer.
 
 use super::{
-    BlobProperties, ContainerProperties, DecodeError, MAX_BLOCKS, MAX_LIST_RESULTS, MAX_MARKER, MAX_MESSAGE,
-    MIN_OP_VERSION, OP_HEADER_SIZE, OP_VERSION, OpCode, RESPONSE_MAGIC,
+    BlobProperties, ContainerProperties, DecodeError, LeaseResult, MAX_BLOCKS, MAX_LIST_RESULTS, MAX_MARKER,
+    MAX_MESSAGE, MIN_OP_VERSION, OP_HEADER_SIZE, OP_VERSION, OpCode, RESPONSE_MAGIC,
 };
 use crate::config::DeviceConfig;
 use crate::names::{self, BLOB_NAME_MAX, BLOCK_ID_MAX, BlockId, ETAG_MAX};
@@ -77,6 +77,8 @@ pub enum OpResponse {
     BlockList {
         blocks: Vec<BlockInfo>,
     },
+    /// LeaseBlob (op version 3).
+    Lease(LeaseResult),
 }
 
 /// A failed operation's answer.
@@ -118,6 +120,7 @@ impl OpResponse {
                 | (OpResponse::BlobList { .. }, OpCode::ListBlobs)
                 | (OpResponse::BlockStaged { .. }, OpCode::PutBlock)
                 | (OpResponse::BlockList { .. }, OpCode::GetBlockList)
+                | (OpResponse::Lease(_), OpCode::LeaseBlob)
         )
     }
 
@@ -163,6 +166,7 @@ impl OpResponse {
                     w.bool(b.committed);
                 }
             }
+            OpResponse::Lease(l) => l.encode(w),
         }
     }
 
@@ -218,6 +222,7 @@ impl OpResponse {
                 }
                 OpResponse::BlockList { blocks }
             }
+            OpCode::LeaseBlob => OpResponse::Lease(LeaseResult::decode(r)?),
         })
     }
 }

@@ -13,6 +13,9 @@ use vmblob_protocol::ops::{
     ListedBlock, MAX_LIST_RESULTS, Metadata, OpCode, OpRequest, OpResponse, PutBlob, PutBlock, PutBlockList,
     ResponseMessage, SetBlobProperties, encode_error_at, encode_success_at,
 };
+use vmblob_protocol::ops::{
+    LeaseAction, LeaseBlob, LeaseDuration, LeaseId, LeaseKind, LeaseProperties, LeaseResult, LeaseState,
+};
 use vmblob_protocol::status::BlobError;
 
 /// `cases` per property, or `PROPTEST_CASES` when set (for long soak runs).
@@ -103,13 +106,45 @@ pub fn etag() -> impl Strategy<Value = ETag> {
 
 pub fn conditions() -> impl Strategy<Value = Conditions> {
     let time = || proptest::option::of(prop_oneof![any::<u64>(), 0..4_000_000_000_000u64]);
-    (proptest::option::of(etag()), proptest::option::of(etag()), time(), time()).prop_map(
-        |(if_match, if_none_match, if_modified_since_ms, if_unmodified_since_ms)| Conditions {
+    (proptest::option::of(etag()), proptest::option::of(etag()), time(), time(), proptest::option::of(lease_id()))
+        .prop_map(|(if_match, if_none_match, if_modified_since_ms, if_unmodified_since_ms, lease_id)| Conditions {
             if_match,
             if_none_match,
             if_modified_since_ms,
             if_unmodified_since_ms,
-        },
+            lease_id,
+        })
+}
+
+pub fn lease_id() -> impl Strategy<Value = LeaseId> {
+    any::<[u8; 16]>().prop_map(LeaseId)
+}
+
+fn lease_action() -> impl Strategy<Value = LeaseAction> {
+    let duration = prop_oneof![Just(LeaseDuration::Infinite), (15u32..=60).prop_map(LeaseDuration::Fixed)];
+    prop_oneof![
+        (duration, proptest::option::of(lease_id()))
+            .prop_map(|(duration, proposed_id)| LeaseAction::Acquire { duration, proposed_id }),
+        lease_id().prop_map(|lease_id| LeaseAction::Renew { lease_id }),
+        (lease_id(), lease_id()).prop_map(|(lease_id, proposed_id)| LeaseAction::Change { lease_id, proposed_id }),
+        lease_id().prop_map(|lease_id| LeaseAction::Release { lease_id }),
+        proptest::option::of(0u32..=60).prop_map(|break_period_secs| LeaseAction::Break { break_period_secs }),
+    ]
+}
+
+fn lease_properties() -> impl Strategy<Value = LeaseProperties> {
+    prop_oneof![
+        Just(LeaseState::Available),
+        Just(LeaseState::Expired),
+        Just(LeaseState::Breaking),
+        Just(LeaseState::Broken)
+    ]
+    .prop_map(|state| LeaseProperties { state, duration: None })
+    .boxed()
+    .prop_union(
+        prop_oneof![Just(LeaseKind::Infinite), Just(LeaseKind::Fixed)]
+            .prop_map(|k| LeaseProperties { state: LeaseState::Leased, duration: Some(k) })
+            .boxed(),
     )
 }
 
@@ -204,9 +239,14 @@ pub fn op_request() -> impl Strategy<Value = OpRequest> {
                 })
             })
             .boxed(),
-        (blob_ref(), block_id(), proptest::option::of(any::<u64>()))
-            .prop_map(|(target, block_id, content_crc64)| {
-                OpRequest::PutBlock(PutBlock { target, block_id, content_crc64 })
+        (blob_ref(), block_id(), proptest::option::of(any::<u64>()), proptest::option::of(lease_id()))
+            .prop_map(|(target, block_id, content_crc64, lease_id)| {
+                OpRequest::PutBlock(PutBlock { target, block_id, content_crc64, lease_id })
+            })
+            .boxed(),
+        (blob_ref(), lease_action(), conditions())
+            .prop_map(|(target, action, conditions)| {
+                OpRequest::LeaseBlob(LeaseBlob { target, action, conditions: conditions.with_lease(None) })
             })
             .boxed(),
         (blob_ref(), vec(listed_block(), 0..24), (text(32), content_headers()), metadata(), conditions())
@@ -303,7 +343,7 @@ pub fn blob_properties() -> impl Strategy<Value = BlobProperties> {
         proptest::option::of(any::<[u8; 16]>()),
         any::<u64>(),
         any::<u32>(),
-        metadata(),
+        (metadata(), lease_properties()),
     )
         .prop_map(
             |(
@@ -314,7 +354,7 @@ pub fn blob_properties() -> impl Strategy<Value = BlobProperties> {
                 content_md5,
                 content_crc64,
                 committed_blocks,
-                metadata,
+                (metadata, lease),
             )| BlobProperties {
                 etag,
                 last_modified_ms,
@@ -326,6 +366,7 @@ pub fn blob_properties() -> impl Strategy<Value = BlobProperties> {
                 content_crc64,
                 committed_blocks,
                 metadata,
+                lease,
             },
         )
 }
@@ -389,6 +430,14 @@ pub fn op_response() -> impl Strategy<Value = (OpCode, OpResponse)> {
             .prop_map(|(items, next_marker)| (OpCode::ListBlobs, OpResponse::BlobList { items, next_marker }))
             .boxed(),
         any::<u64>().prop_map(|content_crc64| (OpCode::PutBlock, OpResponse::BlockStaged { content_crc64 })).boxed(),
+        (any_text(24), any::<u64>(), proptest::option::of(lease_id()), any::<u32>())
+            .prop_map(|(etag, last_modified_ms, lease_id, lease_time_secs)| {
+                (
+                    OpCode::LeaseBlob,
+                    OpResponse::Lease(LeaseResult { etag, last_modified_ms, lease_id, lease_time_secs }),
+                )
+            })
+            .boxed(),
         vec((vec(any::<u8>(), 1..=64), any::<u64>(), any::<bool>()), 0..12)
             .prop_map(|b| {
                 let blocks = b.into_iter().map(|(id, size, committed)| BlockInfo { id, size, committed }).collect();
@@ -425,10 +474,17 @@ pub fn reencode_response(msg: &ResponseMessage) -> Vec<u8> {
 
 /// `resp` as an op-version-1 peer sees it: no creation time, no HTTP headers
 /// besides Content-Type.
-pub fn without_v2_fields(resp: OpResponse) -> OpResponse {
+/// An answer as op `version` carries it: without the fields later versions
+/// added (2: creation time, HTTP headers, uncommitted items; 3: leases).
+pub fn without_fields_after(version: u16, resp: OpResponse) -> OpResponse {
     let strip = |p: &mut BlobProperties| {
-        p.created_ms = 0;
-        p.headers = ContentHeaders::default();
+        if version < 2 {
+            p.created_ms = 0;
+            p.headers = ContentHeaders::default();
+        }
+        if version < 3 {
+            p.lease = LeaseProperties::default();
+        }
     };
     match resp {
         OpResponse::BlobProperties(mut p) => {
@@ -440,7 +496,7 @@ pub fn without_v2_fields(resp: OpResponse) -> OpResponse {
             OpResponse::BlobData { properties, offset, length }
         }
         OpResponse::BlobList { mut items, next_marker } => {
-            items.retain(|i| !matches!(i, BlobListItem::Uncommitted(_)));
+            items.retain(|i| version >= 2 || !matches!(i, BlobListItem::Uncommitted(_)));
             for i in &mut items {
                 if let BlobListItem::Blob { properties, .. } = i {
                     strip(properties);

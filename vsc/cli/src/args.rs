@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use vmblob_protocol::ops::{Conditions, ContentHeaders, ETag, Metadata};
+use vmblob_protocol::ops::{Conditions, ContentHeaders, ETag, LeaseId, Metadata};
 use vmblob_vsc::PutOptions;
 
-use super::{CliError, HeaderArgs, PutArgs, TimeArgs};
+use super::{CliError, ConditionArgs, HeaderArgs, PutArgs};
 
 pub(crate) fn etag_arg(arg: &Option<String>) -> Result<Option<ETag>, CliError> {
     arg.as_deref().map(|e| ETag::new(e).map_err(|_| CliError::Usage(format!("{e:?} is not an ETag")))).transpose()
@@ -60,18 +60,24 @@ pub(crate) fn time_arg(flag: &str, arg: &Option<String>) -> Result<Option<u64>, 
     ms.map(Some).ok_or_else(|| CliError::Usage(format!("{flag} {t:?}: expected a time like 2026-12-03T10:00:00Z")))
 }
 
-/// The conditions of a verb: ETags and times.
+/// The conditions of a verb: ETags, times and the lease.
 pub(crate) fn conditions_arg(
     if_match: Option<ETag>,
     if_none_match: Option<ETag>,
-    times: &TimeArgs,
+    times: &ConditionArgs,
 ) -> Result<Conditions, CliError> {
     Ok(Conditions {
+        lease_id: times.lease_id.as_deref().map(|id| lease_id_arg("--lease-id", id)).transpose()?,
         if_match,
         if_none_match,
         if_modified_since_ms: time_arg("--if-modified-since", &times.if_modified_since)?,
         if_unmodified_since_ms: time_arg("--if-unmodified-since", &times.if_unmodified_since)?,
     })
+}
+
+/// A lease id argument (a GUID).
+pub(crate) fn lease_id_arg(flag: &str, id: &str) -> Result<LeaseId, CliError> {
+    id.parse().map_err(|e| CliError::Usage(format!("{flag} {id:?}: {e}")))
 }
 
 /// `--metadata KEY=VALUE` arguments as metadata (the value may hold '=').

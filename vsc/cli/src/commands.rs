@@ -7,21 +7,23 @@ use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use vmblob_protocol::BlobError;
-use vmblob_protocol::ops::{Conditions, ETag, Entity};
+use vmblob_protocol::ops::{
+    Conditions, ETag, Entity, LeaseAction, LeaseDuration, LeaseKind, LeaseProperties, MAX_BREAK_SECS,
+};
 use vmblob_vsc::{
     BlobClient, BlobHandle, ClientError, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions,
 };
 
 use super::args::{
-    apply_headers, conditions_arg, device_etag, etag_arg, metadata_arg, name_for_type, names_headers, parse_range,
-    put_options,
+    apply_headers, conditions_arg, device_etag, etag_arg, lease_id_arg, metadata_arg, name_for_type, names_headers,
+    parse_range, put_options,
 };
 use super::filter::Filter;
 use super::listing::{Listing, hex, props_json, rfc3339};
 use super::paths::{blob, split};
 use super::sync::{Extra, sync};
 use super::tree::{copy, remove_under};
-use super::{Cli, CliError, Cmd};
+use super::{Cli, CliError, Cmd, LeaseCmd};
 
 /// Transfers above this get a progress bar.
 const PROGRESS_MIN: u64 = 4 << 20;
@@ -114,6 +116,7 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             }
             println!("crc64:          {:016x}", p.content_crc64);
             println!("blocks:         {}", p.committed_blocks);
+            println!("lease:          {}", lease_text(&p.lease));
             for (k, v) in &p.metadata.0 {
                 println!("meta {k}: {v}");
             }
@@ -142,9 +145,10 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
                 let mut new = now.headers.clone();
                 apply_headers(headers, &mut new)?;
                 let t = content_type.as_deref().unwrap_or(&now.content_type);
-                let w = b.set_http_headers(t, new, Conditions::if_match(tag))?;
+                let lease = conditions.lease_id;
+                let w = b.set_http_headers(t, new, Conditions::if_match(tag).with_lease(lease))?;
                 // The metadata change below applies to this version only.
-                conditions = Conditions::if_match(device_etag(&w.etag)?);
+                conditions = Conditions::if_match(device_etag(&w.etag)?).with_lease(lease);
             }
             if !metadata.is_empty() || *clear_metadata {
                 b.set_metadata(metadata_arg(metadata)?, conditions)?;
@@ -155,7 +159,7 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             let (container, name) = blob(path)?;
             Ok(c.container(container).blob(name).delete_opts(conditions_arg(etag_arg(if_match)?, None, times)?)?)
         }
-        Cmd::Rm { times, recursive: true, .. } if *times != super::TimeArgs::default() => {
+        Cmd::Rm { times, recursive: true, .. } if *times != super::ConditionArgs::default() => {
             Err(CliError::Usage("rm -r takes no conditions; rm one blob at a time for that".into()))
         }
         Cmd::Rm { path, recursive: true, yes, .. } => remove_under(c, path, *yes),
@@ -174,8 +178,60 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             };
             sync(cli, c, src, dest, &Filter::new(&filter.include, &filter.exclude)?, delete).map(|_| ())
         }
+        Cmd::Lease { action } => lease(c, action),
         Cmd::Demo { .. } => Err(CliError::Usage("demo needs no socket".into())),
     }
+}
+
+/// `leased (infinite)`, `breaking`, `available`, ...
+fn lease_text(l: &LeaseProperties) -> String {
+    match l.duration {
+        Some(LeaseKind::Infinite) => format!("{} (infinite)", l.state.name()),
+        Some(LeaseKind::Fixed) => format!("{} (fixed)", l.state.name()),
+        None => l.state.name().to_owned(),
+    }
+}
+
+fn lease(c: &BlobClient, cmd: &LeaseCmd) -> Result<(), CliError> {
+    let path = match cmd {
+        LeaseCmd::Acquire { path, .. }
+        | LeaseCmd::Renew { path, .. }
+        | LeaseCmd::Change { path, .. }
+        | LeaseCmd::Release { path, .. }
+        | LeaseCmd::Break { path, .. } => path,
+    };
+    let (container, name) = blob(path)?;
+    let b = c.container(container).blob(name);
+    let id = |flag, v: &str| lease_id_arg(flag, v);
+    let action = match cmd {
+        LeaseCmd::Acquire { duration, proposed_id, .. } => LeaseAction::Acquire {
+            duration: match duration {
+                None => LeaseDuration::Infinite,
+                Some(s) => LeaseDuration::fixed(*s)
+                    .ok_or_else(|| CliError::Usage(format!("--duration {s}: a lease lasts 15 to 60 seconds")))?,
+            },
+            proposed_id: proposed_id.as_deref().map(|p| id("--proposed-id", p)).transpose()?,
+        },
+        LeaseCmd::Renew { lease_id, .. } => LeaseAction::Renew { lease_id: id("--lease-id", lease_id)? },
+        LeaseCmd::Change { lease_id, proposed_id, .. } => LeaseAction::Change {
+            lease_id: id("--lease-id", lease_id)?,
+            proposed_id: id("--proposed-id", proposed_id)?,
+        },
+        LeaseCmd::Release { lease_id, .. } => LeaseAction::Release { lease_id: id("--lease-id", lease_id)? },
+        LeaseCmd::Break { break_period, .. } => match break_period {
+            Some(s) if *s > MAX_BREAK_SECS => {
+                return Err(CliError::Usage(format!("--break-period {s}: at most {MAX_BREAK_SECS} seconds")));
+            }
+            p => LeaseAction::Break { break_period_secs: *p },
+        },
+    };
+    let answer = b.lease(action, Conditions::none())?;
+    match (cmd, answer.lease_id) {
+        (LeaseCmd::Break { .. }, _) => println!("{}", answer.lease_time_secs),
+        (LeaseCmd::Acquire { .. } | LeaseCmd::Change { .. }, Some(id)) => println!("{id}"),
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Upload `file`: a regular file by its length, `-` (stdin) or anything else (a pipe, a
@@ -238,7 +294,7 @@ fn get_span(
     let mut at = span.offset;
     while at < end {
         let want = (end - at).min(piece);
-        let conditions = Conditions::if_match(etag.clone());
+        let conditions = Conditions::if_match(etag.clone()).with_lease(conditions.lease_id);
         let got = b.get_opts(GetOptions { range: Some(at..at + want), conditions })?;
         if got.data.len() as u64 != want {
             return Err(CliError::Usage(format!("short read at {at}: {} of {want} bytes", got.data.len())));

@@ -57,7 +57,7 @@ fn status_exit_code(error: BlobError) -> u8 {
         BlobError::BlobNotFound => exit::NOT_FOUND,
         BlobError::ContainerNotFound => exit::CONTAINER_NOT_FOUND,
         BlobError::NotModified => exit::NOT_MODIFIED,
-        BlobError::AlreadyExists => exit::CONFLICT,
+        BlobError::AlreadyExists | BlobError::LeaseConflict => exit::CONFLICT,
         BlobError::PreconditionFailed => exit::CONDITION_FAILED,
         BlobError::Rescinded | BlobError::Busy | BlobError::Timeout => exit::UNAVAILABLE,
         BlobError::InvalidName | BlobError::InvalidRequest => exit::USAGE,
@@ -111,6 +111,7 @@ mod tests {
         assert_eq!(code(status(BlobError::AlreadyExists)), exit::CONFLICT);
         assert_eq!(code(status(BlobError::PreconditionFailed)), exit::CONDITION_FAILED);
         assert_eq!(code(status(BlobError::NotModified)), exit::NOT_MODIFIED);
+        assert_eq!(code(status(BlobError::LeaseConflict)), exit::CONFLICT);
         assert_eq!(code(status(BlobError::Busy)), exit::UNAVAILABLE);
         assert_eq!(code(status(BlobError::InvalidName)), exit::USAGE);
         assert_eq!(code(status(BlobError::Io)), exit::FAILED);

@@ -3,7 +3,7 @@
 //! for listings, so scripts can stream them).
 
 use serde_json::{Value, json};
-use vmblob_protocol::ops::{BlobProperties, ContainerEntry};
+use vmblob_protocol::ops::{BlobProperties, ContainerEntry, LeaseKind};
 use vmblob_vsc::BlobListItem;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,12 @@ pub fn props_json(name: &str, p: &BlobProperties) -> Value {
         "content_crc64": format!("{:016x}", p.content_crc64),
         "committed_blocks": p.committed_blocks,
         "metadata": metadata_json(&p.metadata.0),
+        "lease_state": p.lease.state.name(),
+        "lease_status": if p.lease.state.is_locked() { "locked" } else { "unlocked" },
+        "lease_duration": p.lease.duration.map(|k| match k {
+            LeaseKind::Infinite => "infinite",
+            LeaseKind::Fixed => "fixed",
+        }),
     })
 }
 
@@ -103,6 +109,7 @@ mod tests {
 
     fn props() -> BlobProperties {
         BlobProperties {
+            lease: Default::default(),
             etag: "\"0x1\"".into(),
             last_modified_ms: 1_764_744_600_123,
             created_ms: 1_764_744_000_000,

@@ -70,7 +70,9 @@ pub fn resolve_transport(kind: TransportKind, sysfs_root: &Path, socket_given: b
 or upload superseded (Azure's 409), 5 device unavailable (nothing was done), 6 outcome unknown \
 (a write was sent and the device went away before answering: it may or may not have been applied), \
 7 not modified (get --if-none-match named the blob's current ETag; nothing was written), \
-8 container not found, 9 condition failed (--if-match named another ETag: Azure's 412)."
+8 container not found, 9 condition failed (--if-match named another ETag, or the blob is leased \
+and --lease-id is missing or another: Azure's 412). A lease action the lease does not allow \
+(acquiring a blob someone else holds, renewing with another id) exits 4."
 )]
 pub struct Cli {
     /// vmbus, pci, virtio or auto (vmbus when a vmblob VMBus device exists, then pci, then virtio).
@@ -153,10 +155,15 @@ pub struct HeaderArgs {
     pub cache_control: Option<String>,
 }
 
-/// Conditions on the blob's last-modified time (RFC 3339, e.g.
-/// 2026-12-03T10:00:00Z), compared in whole seconds as Azure compares them.
+/// Conditions besides the ETag: the blob's last-modified time (RFC 3339, e.g.
+/// 2026-12-03T10:00:00Z, compared in whole seconds as Azure compares them)
+/// and the lease it is under.
 #[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
-pub struct TimeArgs {
+pub struct ConditionArgs {
+    /// The blob's lease (a GUID from `vmblob lease acquire`): needed by a write or delete
+    /// while the blob is leased; on a read it must be the blob's lease. Else exit 9.
+    #[arg(long, value_name = "ID")]
+    pub lease_id: Option<String>,
     /// Only if the blob changed after this time: else a read exits 7 (not modified), a write 9.
     #[arg(long, value_name = "TIME")]
     pub if_modified_since: Option<String>,
@@ -213,7 +220,7 @@ pub enum Cmd {
         #[arg(long, value_name = "ETAG")]
         if_match: Option<String>,
         #[command(flatten)]
-        times: TimeArgs,
+        times: ConditionArgs,
     },
     /// Download a blob to a file, or to stdout with '-' or no file.
     Get {
@@ -236,7 +243,7 @@ pub enum Cmd {
         #[arg(long, value_name = "ETAG")]
         if_none_match: Option<String>,
         #[command(flatten)]
-        times: TimeArgs,
+        times: ConditionArgs,
     },
     /// Show a blob's properties.
     Stat {
@@ -245,7 +252,7 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        times: TimeArgs,
+        times: ConditionArgs,
     },
     /// Change a blob's HTTP headers or metadata without uploading it again
     /// (Azure's Set Blob Properties / Set Blob Metadata); its ETag changes.
@@ -269,7 +276,7 @@ pub enum Cmd {
         #[arg(long, value_name = "ETAG")]
         if_match: Option<String>,
         #[command(flatten)]
-        times: TimeArgs,
+        times: ConditionArgs,
     },
     /// Delete a blob, or with -r every blob under container/prefix.
     Rm {
@@ -278,7 +285,7 @@ pub enum Cmd {
         #[arg(long, value_name = "ETAG", conflicts_with = "recursive")]
         if_match: Option<String>,
         #[command(flatten)]
-        times: TimeArgs,
+        times: ConditionArgs,
         /// Every blob under the prefix as a directory (`logs` means `logs/...`; none: the whole container).
         #[arg(short, long)]
         recursive: bool,
@@ -314,12 +321,61 @@ pub enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Take, renew, change, release or break a blob's lease (Azure's Lease Blob): while
+    /// it is held, writes and deletes of the blob need its --lease-id. Leases are the
+    /// VSP's: kept across its restarts, not seen by other clients of an az:// or s3:// store.
+    Lease {
+        #[command(subcommand)]
+        action: LeaseCmd,
+    },
     /// Start a vmblob-vsp with a temporary store, round-trip a blob through
     /// it and say what happened.
     Demo {
         /// Bytes in the demo blob.
         #[arg(long, default_value_t = 48 << 20)]
         size: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaseCmd {
+    /// Take the lease and print its id.
+    Acquire {
+        path: String,
+        /// Seconds, 15 to 60; without it the lease lasts until released or broken.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u32>,
+        /// The id to take it under (a GUID); default one the device makes up.
+        #[arg(long, value_name = "ID")]
+        proposed_id: Option<String>,
+    },
+    /// Restart a fixed lease's clock (also once it expired, if no one wrote the blob since).
+    Renew {
+        path: String,
+        #[arg(long, value_name = "ID")]
+        lease_id: String,
+    },
+    /// Give the lease a new id and print it.
+    Change {
+        path: String,
+        #[arg(long, value_name = "ID")]
+        lease_id: String,
+        #[arg(long, value_name = "ID")]
+        proposed_id: String,
+    },
+    /// Give the lease up: the blob is free at once.
+    Release {
+        path: String,
+        #[arg(long, value_name = "ID")]
+        lease_id: String,
+    },
+    /// End the lease without its id (anyone may), after --break-period seconds (0 to 60;
+    /// default: a fixed lease runs out its time, an infinite one breaks at once). Prints
+    /// the seconds until it is broken.
+    Break {
+        path: String,
+        #[arg(long, value_name = "SECS")]
+        break_period: Option<u32>,
     },
 }
 

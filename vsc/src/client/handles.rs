@@ -8,8 +8,8 @@ use vmblob_protocol::config::caps;
 use vmblob_protocol::names::{BlobName, BlockId, ContainerName};
 use vmblob_protocol::ops::{
     BlobListItem, BlobProperties, BlobRef, BlobUpdate, BlobWritten, BlockInfo, BlockListType, ByteRange, Conditions,
-    ContainerProperties, ContentHeaders, CopyBlob, GetBlob, ListBlobs, ListedBlock, Metadata, OpRequest, OpResponse,
-    PutBlob, PutBlock, PutBlockList, SetBlobProperties,
+    ContainerProperties, ContentHeaders, CopyBlob, GetBlob, LeaseId, ListBlobs, ListedBlock, Metadata, OpRequest,
+    OpResponse, PutBlob, PutBlock, PutBlockList, SetBlobProperties,
 };
 
 use super::{
@@ -398,13 +398,21 @@ impl BlobHandle {
 
     /// Submit a PutBlock of the bytes of `parts` under `id`; the answer is
     /// the CRC-64/NVME the device computed (it also checks it against `crc`).
-    pub fn submit_block(&self, id: &BlockId, parts: &[&[u8]], crc: u64) -> Result<Pending<u64>, ClientError> {
+    /// A leased blob takes it only under its `lease_id`.
+    pub fn submit_block(
+        &self,
+        id: &BlockId,
+        parts: &[&[u8]],
+        crc: u64,
+        lease_id: Option<LeaseId>,
+    ) -> Result<Pending<u64>, ClientError> {
         let len = parts.iter().map(|p| p.len()).sum();
         let buf = fill(self.client.alloc_data(len)?, parts)?;
         let op = OpRequest::PutBlock(PutBlock {
             target: self.target()?.clone(),
             block_id: id.clone(),
             content_crc64: Some(crc),
+            lease_id,
         });
         Ok(Pending::new(self.client.submit(&op, Data::OutBuf(buf, len))?, staged))
     }

@@ -7,6 +7,7 @@
 //! [`BlobClient::submit`] stays for pipelining raw operations.
 
 mod handles;
+mod lease;
 mod list;
 mod options;
 mod stream;

@@ -60,7 +60,7 @@ impl BlobHandle {
             return Ok(w);
         }
         let nblocks = len.div_ceil(block as u64);
-        let mut uploader = self.block_uploader();
+        let mut uploader = self.block_uploader().under_lease(options.conditions.lease_id);
         for i in 0..nblocks {
             let n = (len - i * block as u64).min(block as u64) as usize;
             read_full(reader, &mut staging[..n], i * block as u64, len)?;
@@ -89,7 +89,7 @@ impl BlobHandle {
             progress(n as u64);
             return Ok(w);
         }
-        let mut uploader = self.block_uploader();
+        let mut uploader = self.block_uploader().under_lease(options.conditions.lease_id);
         while n > 0 {
             uploader.stage_next(&[&staging[..n]])?;
             progress(uploader.acknowledged());

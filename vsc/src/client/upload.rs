@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vmblob_protocol::BlobError;
 use vmblob_protocol::names::BlockId;
-use vmblob_protocol::ops::{BlobWritten, ListedBlock};
+use vmblob_protocol::ops::{BlobWritten, LeaseId, ListedBlock};
 
 use super::handles::parts_crc;
 use super::{BlobHandle, Pending, PutOptions};
@@ -92,6 +92,9 @@ pub struct BlockUploader {
     staged: u64,
     acknowledged: u64,
     parallel: usize,
+    /// The blob's lease, sent with every PutBlock (a leased blob takes
+    /// blocks only from its holder).
+    lease_id: Option<LeaseId>,
 }
 
 impl BlockUploader {
@@ -106,7 +109,14 @@ impl BlockUploader {
             staged: 0,
             acknowledged: 0,
             parallel,
+            lease_id: None,
         }
+    }
+
+    /// Stage every block under `lease_id` (the commit's conditions carry it too).
+    pub fn under_lease(mut self, lease_id: Option<LeaseId>) -> Self {
+        self.lease_id = lease_id;
+        self
     }
 
     /// Stage the bytes of `parts` as the next block, under an id of this
@@ -126,7 +136,7 @@ impl BlockUploader {
     pub fn stage(&mut self, id: BlockId, parts: &[&[u8]]) -> Result<(), ClientError> {
         let crc = parts_crc(parts);
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        let op = self.blob.submit_block(&id, parts, crc)?;
+        let op = self.blob.submit_block(&id, parts, crc, self.lease_id)?;
         parts.iter().for_each(|p| self.digest.write(p));
         self.blocks.push(ListedBlock::proven(id, crc));
         self.staged += len;

@@ -51,7 +51,7 @@ fn device_conditions(options: &GetOptions, op_version: u16) -> (Conditions, OnPr
     } else {
         OnPrecondition::NotModified
     };
-    (Conditions { if_match, if_none_match, if_modified_since_ms, if_unmodified_since_ms }, on)
+    (Conditions { if_match, if_none_match, if_modified_since_ms, if_unmodified_since_ms, lease_id: None }, on)
 }
 
 fn pinned(props: &BlobProperties) -> Result<Conditions, ObjStoreError> {

@@ -140,7 +140,7 @@ pub(crate) fn put_whole(
     let block = blob.client().block_size();
     let options = attrs.put_options(conditions);
     if payload.content_length() > block {
-        let mut uploader = blob.block_uploader();
+        let mut uploader = blob.block_uploader().under_lease(options.conditions.lease_id);
         stage_payload(&mut uploader, block, UploadTag::random(), 0, payload)?;
         return Ok(uploader.commit(options)?);
     }

@@ -2,13 +2,17 @@
 
 use vm_memory::GuestMemoryMmap;
 use vmblob_protocol::framing::BufferLayout;
-use vmblob_protocol::ops::{BlobListItem, ContainerEntry, OP_HEADER_SIZE, OpRequest, OpResponse};
+use vmblob_protocol::ops::{
+    BlobListItem, BlobRef, Conditions, ContainerEntry, ETag, Entity, LeaseBlob, LeaseId, LeaseResult, OP_HEADER_SIZE,
+    OpRequest, OpResponse,
+};
 use vmblob_protocol::sg::sub_range;
 use vmblob_protocol::{BlobError, Segment};
 
 use super::Engine;
 use super::cancel::{CancelReason, CancelToken};
 use super::guest_io::{GuestSink, GuestSource};
+use crate::lease::{LeaseError, Refused, WriteGuard};
 use crate::store::context::with_cancel;
 use crate::store::{StoreError, TxnId};
 
@@ -30,6 +34,60 @@ impl Engine {
             log::warn!("store I/O error: {io}");
         }
         (status, e.to_string())
+    }
+
+    fn lease_failure(&self, e: Refused, cancel: &CancelToken) -> OpFailure {
+        match e {
+            Refused::Lease(LeaseError::Conflict(m)) => fail(BlobError::LeaseConflict, m),
+            Refused::Lease(LeaseError::Precondition(m)) => fail(BlobError::PreconditionFailed, m),
+            Refused::Cancelled => self.store_failure(StoreError::Cancelled, cancel),
+            Refused::Full => fail(BlobError::TooLarge, e.to_string()),
+            Refused::Io(_) => {
+                log::warn!("{e}");
+                fail(BlobError::Io, e.to_string())
+            }
+        }
+    }
+
+    /// Admit a write of `target` under its lease (held until the guard goes).
+    fn lease_write(
+        &self,
+        target: &BlobRef,
+        lease_id: Option<LeaseId>,
+        cancel: &CancelToken,
+    ) -> Result<WriteGuard<'_>, OpFailure> {
+        self.leases.admit_write(target, lease_id.as_ref()).map_err(|e| self.lease_failure(e, cancel))
+    }
+
+    fn lease_read(&self, target: &BlobRef, conditions: &Conditions, cancel: &CancelToken) -> Result<(), OpFailure> {
+        let given = conditions.lease_id.as_ref();
+        self.leases.check_read(target, given).map_err(|e| self.lease_failure(Refused::Lease(e), cancel))
+    }
+
+    /// LeaseBlob: the blob must exist and its write conditions hold (judged
+    /// alone on the name, with the lease change).
+    fn lease_blob(&self, l: &LeaseBlob, cancel: &CancelToken) -> Result<LeaseResult, OpFailure> {
+        let current = || -> Result<_, LeaseOpError> {
+            let p = self
+                .store
+                .blob_properties(&l.target, &Conditions::none())
+                .map_err(|e| self.store_failure(e, cancel))?;
+            let etag = ETag::new(&p.etag).map_err(|_| fail(BlobError::Internal, "the store's ETag is not valid"))?;
+            if !l.conditions.check(Some(Entity { etag: &etag, last_modified_ms: p.last_modified_ms })) {
+                return Err(fail(BlobError::PreconditionFailed, "the blob's conditions do not hold").into());
+            }
+            Ok(p)
+        };
+        let (p, answer) = self.leases.act(&l.target, &l.action, current).map_err(|e| match e {
+            LeaseOpError::Refused(r) => self.lease_failure(r, cancel),
+            LeaseOpError::Op(f) => f,
+        })?;
+        Ok(LeaseResult {
+            etag: p.etag,
+            last_modified_ms: p.last_modified_ms,
+            lease_id: answer.lease_id,
+            lease_time_secs: answer.lease_time_secs,
+        })
     }
 
     /// Run `op`; `resp_cap` is the response buffer's size (listings are cut
@@ -65,6 +123,7 @@ impl Engine {
             }
             OpRequest::DeleteContainer { container } => {
                 store.delete_container(container).map_err(se)?;
+                self.leases.forget_container(container);
                 OpResponse::Deleted
             }
             OpRequest::GetContainerProperties { container } => {
@@ -77,41 +136,71 @@ impl Engine {
                 OpResponse::ContainerList { containers, next_marker }
             }
             OpRequest::PutBlob(p) => {
+                let lease = self.lease_write(&p.target, p.conditions.lease_id, cancel)?;
                 let segs = self.data_out(layout)?;
                 let mut src = GuestSource::new(mem, &segs, cancel);
-                OpResponse::BlobWritten(store.put_blob(p, &mut src, txn).map_err(se)?)
+                let written = store.put_blob(p, &mut src, txn).map_err(se)?;
+                lease.committed();
+                OpResponse::BlobWritten(written)
             }
             OpRequest::GetBlob(g) => {
+                self.lease_read(&g.target, &g.conditions, cancel)?;
                 let segs = layout.data.writable().unwrap_or(&[]);
                 let mut sink = GuestSink::new(mem, segs, cancel);
-                let (properties, offset, length) = store.get_blob(g, &mut sink).map_err(se)?;
+                let (mut properties, offset, length) = store.get_blob(g, &mut sink).map_err(se)?;
+                properties.lease = self.leases.properties(&g.target);
                 OpResponse::BlobData { properties, offset, length }
             }
             OpRequest::GetBlobProperties { target, conditions } => {
-                OpResponse::BlobProperties(store.blob_properties(target, conditions).map_err(se)?)
+                self.lease_read(target, conditions, cancel)?;
+                let mut properties = store.blob_properties(target, conditions).map_err(se)?;
+                properties.lease = self.leases.properties(target);
+                OpResponse::BlobProperties(properties)
             }
             OpRequest::DeleteBlob { target, conditions } => {
+                let lease = self.lease_write(target, conditions.lease_id, cancel)?;
                 store.delete_blob(target, conditions).map_err(se)?;
+                lease.deleted();
                 OpResponse::Deleted
             }
             OpRequest::ListBlobs(l) => {
-                let page = crate::store::list_blobs(store, l).map_err(se)?;
+                let mut page = crate::store::list_blobs(store, l).map_err(se)?;
+                self.leases.fill_listing(&l.container, &mut page.items);
                 let (items, next_marker) =
                     fit_list(page.items, page.next_marker, resp_cap, BlobListItem::encoded_len, BlobListItem::key)?;
                 OpResponse::BlobList { items, next_marker }
             }
             OpRequest::PutBlock(p) => {
+                let lease = self.lease_write(&p.target, p.lease_id, cancel)?;
                 let segs = self.data_out(layout)?;
                 let mut src = GuestSource::new(mem, &segs, cancel);
                 let content_crc64 = store.put_block(&p.target, &p.block_id, &mut src, p.content_crc64).map_err(se)?;
+                lease.committed();
                 OpResponse::BlockStaged { content_crc64 }
             }
-            OpRequest::PutBlockList(p) => OpResponse::BlobWritten(store.put_block_list(p, txn).map_err(se)?),
+            OpRequest::PutBlockList(p) => {
+                let lease = self.lease_write(&p.target, p.conditions.lease_id, cancel)?;
+                let written = store.put_block_list(p, txn).map_err(se)?;
+                lease.committed();
+                OpResponse::BlobWritten(written)
+            }
             OpRequest::GetBlockList { target, list_type } => {
                 OpResponse::BlockList { blocks: store.get_block_list(target, *list_type).map_err(se)? }
             }
-            OpRequest::SetBlobProperties(s) => OpResponse::BlobWritten(store.set_blob_properties(s, txn).map_err(se)?),
-            OpRequest::CopyBlob(c) => OpResponse::BlobWritten(store.copy_blob(c, txn).map_err(se)?),
+            OpRequest::SetBlobProperties(s) => {
+                let lease = self.lease_write(&s.target, s.conditions.lease_id, cancel)?;
+                let written = store.set_blob_properties(s, txn).map_err(se)?;
+                lease.committed();
+                OpResponse::BlobWritten(written)
+            }
+            OpRequest::CopyBlob(c) => {
+                self.lease_read(&c.source, &c.source_conditions, cancel)?;
+                let lease = self.lease_write(&c.target, c.conditions.lease_id, cancel)?;
+                let written = store.copy_blob(c, txn).map_err(se)?;
+                lease.committed();
+                OpResponse::BlobWritten(written)
+            }
+            OpRequest::LeaseBlob(l) => OpResponse::Lease(self.lease_blob(l, cancel)?),
         })
     }
 
@@ -125,6 +214,24 @@ impl Engine {
             None if valid == 0 => Ok(Vec::new()),
             None => Err(fail(BlobError::InvalidRequest, "data buffer is not device-readable")),
         }
+    }
+}
+
+/// A lease action's failure: the table's, or the blob check's.
+enum LeaseOpError {
+    Refused(Refused),
+    Op(OpFailure),
+}
+
+impl From<Refused> for LeaseOpError {
+    fn from(e: Refused) -> Self {
+        Self::Refused(e)
+    }
+}
+
+impl From<OpFailure> for LeaseOpError {
+    fn from(e: OpFailure) -> Self {
+        Self::Op(e)
     }
 }
 

@@ -29,6 +29,7 @@ use vmblob_protocol::ops::{self, MIN_OP_VERSION, OP_VERSION, OpCode, OpRequest};
 use vmblob_protocol::transport::{MAX_BUFFER_LEN, OperationType, PAGE_SIZE, TransportError};
 use vmblob_protocol::{BlobError, Segment, VspResponse};
 
+use crate::lease::LeaseTable;
 use crate::store::BlobStore;
 
 /// Limits against a hostile or runaway guest; each has a daemon flag.
@@ -73,6 +74,7 @@ pub const QUICK_READ_MAX: u32 = 64 << 10;
 
 pub struct Engine {
     store: Arc<dyn BlobStore>,
+    leases: LeaseTable,
     limits: Limits,
     record: TxnRecord,
     crash: Option<fault::CrashHook>,
@@ -118,7 +120,17 @@ impl Engine {
 
     /// An engine answering replays from `record` (persistent: [`TxnRecord::open`]).
     pub fn with_record(store: Arc<dyn BlobStore>, limits: Limits, num_queues: u16, record: TxnRecord) -> Self {
-        Self { store, limits, record, crash: None, num_queues }
+        Self { store, leases: LeaseTable::in_memory(), limits, record, crash: None, num_queues }
+    }
+
+    /// Keep blob leases in `leases` (persistent: [`LeaseTable::open`]).
+    pub fn with_leases(mut self, leases: LeaseTable) -> Self {
+        self.leases = leases;
+        self
+    }
+
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
     }
 
     /// Abort the process at `hook`'s point (end-to-end crash tests).

@@ -274,6 +274,7 @@ fn every_operation_round_trips() {
     // Blocks: stage two, commit them in reverse, read back.
     for (id, bytes) in [(b"b1", &b"first-"[..]), (b"b2", &b"second"[..])] {
         let op = OpRequest::PutBlock(PutBlock {
+            lease_id: None,
             target: blob_ref("photos", "big"),
             block_id: BlockId::new(id).unwrap(),
             content_crc64: None,

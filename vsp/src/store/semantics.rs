@@ -386,6 +386,7 @@ pub(crate) fn new_props(d: Described<'_>, len: u64, digests: &Digests, committed
         content_crc64: digests.crc64,
         committed_blocks,
         metadata: d.metadata.clone(),
+        lease: Default::default(),
     }
 }
 

@@ -20,6 +20,7 @@ pub fn put_get_round_trip(s: &dyn BlobStore) {
     assert_eq!(
         p,
         BlobProperties {
+            lease: Default::default(),
             etag: w.etag.clone(),
             last_modified_ms: w.last_modified_ms,
             created_ms: w.last_modified_ms,

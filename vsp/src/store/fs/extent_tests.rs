@@ -227,6 +227,7 @@ fn write_v1_block_list(root: &Path, name: &str, blocks: &[(&[u8], &[u8])]) {
     let room = BlobHeader::room(name, d, data.len() as u64, false).unwrap();
     let res = layout::reserve(room, &list).unwrap();
     let props = vmblob_protocol::ops::BlobProperties {
+        lease: Default::default(),
         etag: "\"0x7\"".into(),
         last_modified_ms: 1,
         created_ms: 0,

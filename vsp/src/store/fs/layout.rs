@@ -466,6 +466,7 @@ impl BlobHeader {
             content_crc64: u64::MAX,
             committed_blocks: 0,
             metadata: d.metadata.clone(),
+            lease: Default::default(),
         };
         Ok(to_json(&Self::new(name, &widest, &[0xff; 16]))?.len())
     }
@@ -500,6 +501,7 @@ impl BlobHeader {
             content_crc64: h.content_crc64,
             committed_blocks: raw.block_count,
             metadata: Metadata(h.metadata.clone()),
+            lease: Default::default(),
         };
         Ok((h, props, txn))
     }
@@ -577,6 +579,7 @@ mod tests {
         assert_eq!(res.data_start % DATA_ALIGN, 0);
         t.file.write_all_at(b"hello", res.data_start).unwrap();
         let props = BlobProperties {
+            lease: Default::default(),
             etag: "\"0x1\"".into(),
             last_modified_ms: 7,
             created_ms: 0,

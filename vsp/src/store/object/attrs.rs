@@ -211,6 +211,8 @@ pub(crate) fn decode(meta: &ObjectMeta, attrs: &Attributes) -> Result<Decoded, S
             content_crc64: num(CRC64, 16)?.unwrap_or(0),
             committed_blocks: u32::try_from(num(BLOCKS, 10)?.unwrap_or(0)).map_err(|_| bad(BLOCKS))?,
             metadata,
+            // Leases live in the VSP's lease table, not with the object.
+            lease: Default::default(),
         },
     })
 }
@@ -281,6 +283,7 @@ mod tests {
         assert_eq!(
             d.blob,
             BlobProperties {
+                lease: Default::default(),
                 etag: "\"0x1\"".into(),
                 last_modified_ms: 1234,
                 created_ms: 1000,

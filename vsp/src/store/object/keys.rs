@@ -117,6 +117,11 @@ impl Keys {
         self.path(&format!("{HIDDEN}/blocks"))
     }
 
+    /// Where the VSP keeps its blob leases.
+    pub fn lease_table(&self) -> Result<Path, StoreError> {
+        self.path(&format!("{HIDDEN}/leases.json"))
+    }
+
     pub fn temp_dir(&self) -> Result<Path, StoreError> {
         self.path(&format!("{HIDDEN}/tmp"))
     }

@@ -33,6 +33,7 @@ mod crc;
 mod gate;
 pub mod janitor;
 mod keys;
+pub mod leases;
 mod list;
 pub mod s3s;
 #[cfg(test)]

@@ -70,6 +70,7 @@ fn every_operation_round_trips() {
     let blocks: Vec<BlockId> = (0..3).map(|i| BlockId::new(&[i as u8; 8]).unwrap()).collect();
     for (i, id) in blocks.iter().enumerate() {
         let stage = OpRequest::PutBlock(PutBlock {
+            lease_id: None,
             target: blob_ref("photos", "big"),
             block_id: id.clone(),
             content_crc64: None,

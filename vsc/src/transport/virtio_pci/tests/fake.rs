@@ -524,6 +524,7 @@ struct Store {
 
 fn props(data: &[u8]) -> BlobProperties {
     BlobProperties {
+        lease: Default::default(),
         etag: format!("\"{}\"", data.len()),
         last_modified_ms: 0,
         created_ms: 0,

@@ -43,6 +43,7 @@ fn open(source: &Arc<FakeSource>, config: DeviceConfig) -> (Arc<VmbusTransport>,
 /// A PutBlock (its data goes in the data buffer) for `cont/blob`.
 fn put_block() -> OpRequest {
     OpRequest::PutBlock(vmblob_protocol::ops::PutBlock {
+        lease_id: None,
         target: vmblob_protocol::ops::BlobRef {
             container: vmblob_protocol::ContainerName::new("cont").unwrap(),
             blob: vmblob_protocol::BlobName::new("blob").unwrap(),

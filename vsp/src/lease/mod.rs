@@ -1,0 +1,357 @@
+//! Blob leases, kept by the VSP for every store (Azure's Lease Blob; op
+//! version 3). The store knows nothing of them: the engine asks the table
+//! before each blob operation and fills the lease into the properties it
+//! answers.
+//!
+//! A lease must not slip in between a write's check and its commit, so the
+//! table also locks names: a write holds its blob's name shared from the
+//! check until the store has committed ([`WriteGuard`]), a lease action
+//! holds it alone. A lease action therefore waits for the writes in flight
+//! on that blob (and new ones wait for it), as if it came after them.
+
+mod persist;
+mod state;
+
+pub use persist::{FileStorage, LeaseStorage};
+pub use state::{Answer, Lease, LeaseError, Phase};
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use vmblob_protocol::names::ContainerName;
+use vmblob_protocol::ops::{BlobListItem, BlobRef, LeaseAction, LeaseId, LeaseProperties};
+
+use crate::engine::CancelToken;
+use crate::store::context::current_cancel;
+
+/// Most leases (held, expired or broken) the table keeps: a bound on its
+/// memory and on the bytes rewritten per change. Past it an acquire first
+/// forgets spent leases, then is refused.
+pub const MAX_LEASES: usize = 10_000;
+
+/// How often a waiter looks at its request's cancel token.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// Why the table refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// The request was cancelled (rescind or timeout) while it waited.
+    #[error("cancelled while waiting for the blob's lease lock")]
+    Cancelled,
+    #[error("more than {MAX_LEASES} leases")]
+    Full,
+    /// The table could not be saved: the change was not made.
+    #[error("cannot save the lease table: {0}")]
+    Io(io::Error),
+}
+
+/// The blob a lease is on: `container/blob` (a container name has no `/`).
+fn key(t: &BlobRef) -> String {
+    format!("{}/{}", t.container.as_str(), t.blob.as_str())
+}
+
+#[derive(Default)]
+struct Busy {
+    writers: usize,
+    exclusive: bool,
+    /// Lease actions waiting: new writes wait behind them, so a stream of
+    /// writes cannot starve an acquire.
+    exclusive_waiting: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    leases: HashMap<String, Lease>,
+    busy: HashMap<String, Busy>,
+}
+
+pub type Clock = fn() -> u64;
+
+pub struct LeaseTable {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    storage: Option<Box<dyn LeaseStorage>>,
+    /// Held from taking a snapshot until it is saved, so the last save is of
+    /// the newest table.
+    saving: Mutex<()>,
+    clock: Clock,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Milliseconds since the Unix epoch: lease times survive a restart.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn random_id() -> LeaseId {
+    let mut id = [0u8; 16];
+    if getrandom::fill(&mut id).is_err() {
+        // No entropy: time and a counter still make ids that do not repeat here.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        id[..8].copy_from_slice(&now_ms().to_le_bytes());
+        id[8..].copy_from_slice(&N.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes());
+    }
+    // A version-4 GUID, as Azure makes them.
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    LeaseId(id)
+}
+
+impl LeaseTable {
+    /// A table kept in memory only (tests, and a VSP told not to persist).
+    pub fn in_memory() -> Self {
+        Self::build(None, now_ms)
+    }
+
+    /// The table `storage` last saved; changes are saved there.
+    pub fn open(storage: Box<dyn LeaseStorage>) -> io::Result<Self> {
+        let saved = match storage.load()? {
+            Some(bytes) => persist::decode(&bytes)
+                .map_err(|e| io::Error::new(e.kind(), format!("lease table {}: {e}", storage.describe())))?,
+            None => persist::Saved::default(),
+        };
+        let table = Self::build(Some(storage), now_ms);
+        let mut g = lock(&table.inner);
+        for s in saved.leases {
+            g.leases.insert(format!("{}/{}", s.container, s.blob), s.lease);
+        }
+        drop(g);
+        Ok(table)
+    }
+
+    fn build(storage: Option<Box<dyn LeaseStorage>>, clock: Clock) -> Self {
+        Self { inner: Mutex::default(), changed: Condvar::new(), storage, saving: Mutex::new(()), clock }
+    }
+
+    /// The same table reading time from `clock` (ms since the Unix epoch).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Wait on the condvar until `blocked` is false; a cancelled request stops.
+    fn wait_while<'a>(
+        &self,
+        mut g: MutexGuard<'a, Inner>,
+        cancel: Option<&CancelToken>,
+        blocked: impl Fn(&Inner) -> bool,
+    ) -> Result<MutexGuard<'a, Inner>, (MutexGuard<'a, Inner>, Refused)> {
+        while blocked(&g) {
+            if cancel.is_some_and(CancelToken::is_cancelled) {
+                return Err((g, Refused::Cancelled));
+            }
+            g = self.changed.wait_timeout(g, CANCEL_POLL).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        Ok(g)
+    }
+
+    /// Admit a write (or delete) of `target` naming `given`: refused if the
+    /// lease does not allow it; otherwise the name is held shared until the
+    /// guard goes.
+    pub fn admit_write(&self, target: &BlobRef, given: Option<&LeaseId>) -> Result<WriteGuard<'_>, Refused> {
+        let k = key(target);
+        let cancel = current_cancel();
+        let g = lock(&self.inner);
+        let blocked = |i: &Inner| i.busy.get(&k).is_some_and(|b| b.exclusive || b.exclusive_waiting > 0);
+        let mut g = self.wait_while(g, cancel.as_ref(), blocked).map_err(|(_, e)| e)?;
+        state::check_write(g.leases.get(&k), given, self.now())?;
+        g.busy.entry(k.clone()).or_default().writers += 1;
+        Ok(WriteGuard { table: self, key: k })
+    }
+
+    /// Whether a read of `target` naming `given` may go ahead.
+    pub fn check_read(&self, target: &BlobRef, given: Option<&LeaseId>) -> Result<(), LeaseError> {
+        if given.is_none() {
+            return Ok(());
+        }
+        state::check_read(lock(&self.inner).leases.get(&key(target)), given, self.now())
+    }
+
+    /// The blob's lease as its properties show it.
+    pub fn properties(&self, target: &BlobRef) -> LeaseProperties {
+        let g = lock(&self.inner);
+        g.leases.get(&key(target)).map(|l| l.properties(self.now())).unwrap_or_default()
+    }
+
+    /// Fill in the lease of every blob in a listing page of `container`.
+    pub fn fill_listing(&self, container: &ContainerName, items: &mut [BlobListItem]) {
+        let g = lock(&self.inner);
+        if g.leases.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let mut k = String::new();
+        for item in items {
+            if let BlobListItem::Blob { name, properties } = item {
+                k.clear();
+                k.push_str(container.as_str());
+                k.push('/');
+                k.push_str(name);
+                properties.lease = g.leases.get(&k).map(|l| l.properties(now)).unwrap_or_default();
+            }
+        }
+    }
+
+    /// Run `action` on `target`'s lease, alone on the name. `current` is
+    /// asked first (under the same exclusion) whether the blob exists and
+    /// its conditions hold; its error is returned as it is.
+    pub fn act<T, E: From<Refused>>(
+        &self,
+        target: &BlobRef,
+        action: &LeaseAction,
+        current: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(T, Answer), E> {
+        let k = key(target);
+        let cancel = current_cancel();
+        let mut g = lock(&self.inner);
+        g.busy.entry(k.clone()).or_default().exclusive_waiting += 1;
+        let waited =
+            self.wait_while(g, cancel.as_ref(), |i| i.busy.get(&k).is_some_and(|b| b.exclusive || b.writers > 0));
+        let mut g = match waited {
+            Ok(g) => g,
+            Err((mut g, e)) => {
+                self.release(&mut g, &k, |b| b.exclusive_waiting -= 1);
+                return Err(e.into());
+            }
+        };
+        let b = g.busy.entry(k.clone()).or_default();
+        b.exclusive_waiting -= 1;
+        b.exclusive = true;
+        drop(g);
+        let result = current().and_then(|blob| {
+            let answer = self.apply(&k, action).map_err(E::from)?;
+            Ok((blob, answer))
+        });
+        let mut g = lock(&self.inner);
+        self.release(&mut g, &k, |b| b.exclusive = false);
+        result
+    }
+
+    fn apply(&self, k: &str, action: &LeaseAction) -> Result<Answer, Refused> {
+        let _saving = lock(&self.saving);
+        let mut g = lock(&self.inner);
+        let now = self.now();
+        let before = g.leases.get(k).copied();
+        let (after, answer) = state::apply(before.as_ref(), action, now, random_id())?;
+        if after == before {
+            return Ok(answer);
+        }
+        match after {
+            Some(l) => {
+                if before.is_none() && g.leases.len() >= MAX_LEASES {
+                    g.leases.retain(|_, l| !l.is_spent(now));
+                    if g.leases.len() >= MAX_LEASES {
+                        return Err(Refused::Full);
+                    }
+                }
+                g.leases.insert(k.to_owned(), l)
+            }
+            None => g.leases.remove(k),
+        };
+        if let Err(e) = self.save(&g) {
+            // Not saved, so not made: a lease a restart would lose is no lock.
+            match before {
+                Some(l) => g.leases.insert(k.to_owned(), l),
+                None => g.leases.remove(k),
+            };
+            return Err(Refused::Io(e));
+        }
+        Ok(answer)
+    }
+
+    /// Save the table (the caller holds `saving` and the table lock).
+    fn save(&self, g: &Inner) -> io::Result<()> {
+        let Some(storage) = &self.storage else { return Ok(()) };
+        let leases = g
+            .leases
+            .iter()
+            .filter_map(|(k, l)| {
+                let (c, b) = k.split_once('/')?;
+                Some(persist::SavedLease { container: c.to_owned(), blob: b.to_owned(), lease: *l })
+            })
+            .collect();
+        storage.save(&persist::encode(&persist::Saved { leases })?)
+    }
+
+    /// Forget leases `keep` rejects, saving the table if any went. A write
+    /// has already committed: a failed save is logged, and leaves only
+    /// spent or deleted blobs' leases on disk.
+    fn forget(&self, keep: impl Fn(&str, &Lease) -> bool) {
+        let _saving = lock(&self.saving);
+        let mut g = lock(&self.inner);
+        let before = g.leases.len();
+        g.leases.retain(|k, l| keep(k, l));
+        if g.leases.len() != before
+            && let Err(e) = self.save(&g)
+        {
+            log::warn!("cannot save the lease table: {e}");
+        }
+    }
+
+    /// The container is gone, and its blobs' leases with it.
+    pub fn forget_container(&self, container: &ContainerName) {
+        let prefix = format!("{}/", container.as_str());
+        if lock(&self.inner).leases.keys().any(|k| k.starts_with(&prefix)) {
+            self.forget(|k, _| !k.starts_with(&prefix));
+        }
+    }
+
+    fn release(&self, g: &mut Inner, k: &str, f: impl FnOnce(&mut Busy)) {
+        if let Some(b) = g.busy.get_mut(k) {
+            f(b);
+            if b.writers == 0 && !b.exclusive && b.exclusive_waiting == 0 {
+                g.busy.remove(k);
+            }
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// A write admitted under its blob's lease; the name stays held until it goes.
+pub struct WriteGuard<'a> {
+    table: &'a LeaseTable,
+    key: String,
+}
+
+impl WriteGuard<'_> {
+    /// The write committed: an expired or broken lease is forgotten, as a
+    /// write on Azure forgets it (its holder can no longer renew it).
+    pub fn committed(self) {
+        let now = self.table.now();
+        let spent = lock(&self.table.inner).leases.get(&self.key).is_some_and(|l| l.is_spent(now));
+        if spent {
+            self.table.forget(|k, l| k != self.key || !l.is_spent(now));
+        }
+    }
+
+    /// The blob was deleted, and its lease with it.
+    pub fn deleted(self) {
+        if lock(&self.table.inner).leases.contains_key(&self.key) {
+            self.table.forget(|k, _| k != self.key);
+        }
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        let mut g = lock(&self.table.inner);
+        self.table.release(&mut g, &self.key, |b| b.writers -= 1);
+    }
+}
+
+#[cfg(test)]
+mod tests;

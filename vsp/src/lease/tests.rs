@@ -1,0 +1,168 @@
+//! The table: admission, persistence, the bound.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vmblob_protocol::names::{BlobName, ContainerName};
+use vmblob_protocol::ops::{LeaseDuration, LeaseState};
+
+use super::*;
+
+fn blob(name: &str) -> BlobRef {
+    BlobRef { container: ContainerName::new("box").unwrap(), blob: BlobName::new(name).unwrap() }
+}
+
+fn acquire(secs: Option<u32>) -> LeaseAction {
+    LeaseAction::Acquire { duration: secs.map_or(LeaseDuration::Infinite, LeaseDuration::Fixed), proposed_id: None }
+}
+
+fn take(t: &LeaseTable, b: &BlobRef, a: &LeaseAction) -> Result<Answer, Refused> {
+    t.act(b, a, || Ok::<_, Refused>(())).map(|(_, a)| a)
+}
+
+/// Storage in memory that can be told to fail.
+#[derive(Default, Clone)]
+struct Mem {
+    bytes: Arc<Mutex<Option<Vec<u8>>>>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LeaseStorage for Mem {
+    fn load(&self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.bytes.lock().unwrap().clone())
+    }
+    fn save(&self, bytes: &[u8]) -> io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(io::Error::other("disk full"));
+        }
+        *self.bytes.lock().unwrap() = Some(bytes.to_vec());
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+#[test]
+fn a_lease_survives_a_restart_and_a_failed_save_makes_no_lease() {
+    let mem = Mem::default();
+    let t = LeaseTable::open(Box::new(mem.clone())).unwrap();
+    let b = blob("held");
+    let id = take(&t, &b, &acquire(None)).unwrap().lease_id.unwrap();
+    let again = LeaseTable::open(Box::new(mem.clone())).unwrap();
+    assert_eq!(again.properties(&b).state, LeaseState::Leased);
+    assert!(again.admit_write(&b, None).is_err(), "the restarted table still locks the blob");
+    assert!(again.admit_write(&b, Some(&id)).is_ok());
+
+    mem.fail.store(true, Ordering::SeqCst);
+    let other = blob("other");
+    assert!(matches!(take(&again, &other, &acquire(None)), Err(Refused::Io(_))));
+    assert_eq!(again.properties(&other).state, LeaseState::Available, "not saved, not made");
+    assert!(matches!(take(&again, &b, &LeaseAction::Release { lease_id: id }), Err(Refused::Io(_))));
+    assert_eq!(again.properties(&b).state, LeaseState::Leased, "a release that was not saved did not happen");
+}
+
+#[test]
+fn a_write_forgets_a_spent_lease_and_a_delete_any() {
+    static NOW: AtomicU64 = AtomicU64::new(1_000_000);
+    let t = LeaseTable::in_memory().with_clock(|| NOW.load(Ordering::SeqCst));
+    let b = blob("b");
+    let id = take(&t, &b, &acquire(Some(15))).unwrap().lease_id.unwrap();
+    NOW.fetch_add(16_000, Ordering::SeqCst);
+    assert_eq!(t.properties(&b).state, LeaseState::Expired);
+    t.admit_write(&b, None).unwrap().committed();
+    assert_eq!(t.properties(&b).state, LeaseState::Available, "written after expiry: the lease is gone");
+    assert!(matches!(take(&t, &b, &LeaseAction::Renew { lease_id: id }), Err(Refused::Lease(_))));
+
+    let id = take(&t, &b, &acquire(None)).unwrap().lease_id.unwrap();
+    t.admit_write(&b, Some(&id)).unwrap().deleted();
+    assert_eq!(t.properties(&b).state, LeaseState::Available);
+    take(&t, &b, &acquire(None)).unwrap();
+    t.forget_container(&b.container);
+    assert_eq!(t.properties(&b).state, LeaseState::Available);
+}
+
+#[test]
+fn an_acquire_waits_for_the_write_in_flight_and_then_locks_the_next() {
+    let t = Arc::new(LeaseTable::in_memory());
+    let b = blob("race");
+    let write = t.admit_write(&b, None).unwrap();
+    let (t2, b2) = (t.clone(), b.clone());
+    let acquirer = std::thread::spawn(move || take(&t2, &b2, &acquire(None)).unwrap().lease_id.unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(t.properties(&b).state, LeaseState::Available, "the acquire waits for the admitted write");
+    drop(write);
+    let id = acquirer.join().unwrap();
+    assert!(matches!(t.admit_write(&b, None), Err(Refused::Lease(LeaseError::Precondition(_)))));
+    assert!(t.admit_write(&b, Some(&id)).is_ok());
+}
+
+#[test]
+fn a_cancelled_write_stops_waiting_behind_a_lease_action() {
+    use crate::engine::{CancelReason, CancelToken};
+    let t = Arc::new(LeaseTable::in_memory());
+    let b = blob("slow");
+    let (t2, b2) = (t.clone(), b.clone());
+    let (entered, wait) = std::sync::mpsc::channel();
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let actor = std::thread::spawn(move || {
+        t2.act(&b2, &acquire(None), || {
+            entered.send(()).unwrap();
+            hold.recv().unwrap();
+            Ok::<_, Refused>(())
+        })
+        .is_ok()
+    });
+    wait.recv().unwrap();
+    let token = CancelToken::new(None);
+    token.cancel(CancelReason::TimedOut);
+    let r = crate::store::context::with_cancel(&token, || t.admit_write(&b, None).map(|_| ()));
+    assert!(matches!(r, Err(Refused::Cancelled)), "{r:?}");
+    release.send(()).unwrap();
+    assert!(actor.join().unwrap());
+}
+
+#[test]
+fn the_table_is_bounded_and_spent_leases_go_first() {
+    static NOW: AtomicU64 = AtomicU64::new(1_000_000);
+    let t = LeaseTable::in_memory().with_clock(|| NOW.load(Ordering::SeqCst));
+    for i in 0..MAX_LEASES {
+        take(&t, &blob(&format!("b{i}")), &acquire(if i == 0 { Some(15) } else { None })).unwrap();
+    }
+    assert!(matches!(take(&t, &blob("one-more"), &acquire(None)), Err(Refused::Full)));
+    NOW.fetch_add(15_000, Ordering::SeqCst);
+    take(&t, &blob("one-more"), &acquire(None)).expect("the expired lease made room");
+    assert_eq!(t.properties(&blob("b0")).state, LeaseState::Available);
+}
+
+#[test]
+fn listings_show_each_blobs_lease() {
+    let t = LeaseTable::in_memory();
+    take(&t, &blob("a"), &acquire(None)).unwrap();
+    let item = |n: &str| BlobListItem::Blob { name: n.into(), properties: Default::default() };
+    let mut items = vec![item("a"), BlobListItem::Prefix("a/".into()), item("b")];
+    t.fill_listing(&blob("a").container, &mut items);
+    let states: Vec<_> = items
+        .iter()
+        .filter_map(|i| match i {
+            BlobListItem::Blob { properties, .. } => Some(properties.lease.state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, [LeaseState::Leased, LeaseState::Available]);
+}
+
+#[test]
+fn the_file_storage_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = LeaseTable::open(Box::new(FileStorage::open(&dir.path().join("leases"), 0o700).unwrap())).unwrap();
+    let b = blob("f");
+    take(&t, &b, &acquire(None)).unwrap();
+    let again = LeaseTable::open(Box::new(FileStorage::open(&dir.path().join("leases"), 0o700).unwrap())).unwrap();
+    assert_eq!(again.properties(&b).state, LeaseState::Leased);
+    std::fs::write(dir.path().join("leases/leases.json"), b"not json").unwrap();
+    assert!(
+        LeaseTable::open(Box::new(FileStorage::open(&dir.path().join("leases"), 0o700).unwrap())).is_err(),
+        "a corrupt table is not silently emptied"
+    );
+}
