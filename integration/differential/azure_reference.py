@@ -16,7 +16,15 @@ import sys
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotModifiedError
-from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
+from azure.storage.blob import BlobBlock, BlobLeaseClient, BlobServiceClient, ContentSettings
+
+# The lease ids scenarios name (`"lease": "L1"`, `"proposed": "L2"`).
+LEASES = {"L1": "11111111-1111-4111-8111-111111111111", "L2": "22222222-2222-4222-8222-222222222222"}
+
+
+def lease_name(lease_id):
+    """A lease id as the scenario names it; one neither side was told is `fresh`."""
+    return next((k for k, v in LEASES.items() if v == (lease_id or "").lower()), "fresh")
 
 
 def etag_of(results, ref):
@@ -42,6 +50,8 @@ def conditions(op, results):
         kw["if_modified_since"] = time_of(results, op["if_modified_since"])
     if "if_unmodified_since" in op:
         kw["if_unmodified_since"] = time_of(results, op["if_unmodified_since"])
+    if "lease" in op:
+        kw["lease"] = LEASES[op["lease"]]
     return {**kw, **etag_conditions(op, results)}
 
 
@@ -89,6 +99,7 @@ def properties(p, op, results):
         "metadata": dict(p.metadata or {}),
         "headers": {k: (getattr(s, k, None) if s else None) or "" for k in HEADERS},
         "lm": seconds(p.last_modified),
+        "lease": [p.lease.state, p.lease.status, p.lease.duration],
     }
     if "created_of" in op:
         out["created_is_op"] = seconds(p.creation_time) == results[op["created_of"]]["lm"]
@@ -147,6 +158,8 @@ def run(svc, op, results):
     if kind == "copy":
         src = svc.get_container_client(op["from_c"]).get_blob_client(op["from_b"])
         kw = conditions(op, results)
+        if "lease" in kw:
+            kw["destination_lease"] = kw.pop("lease")
         if "source_if_match" in op:
             kw["source_etag"] = etag_of(results, op["source_if_match"])
             kw["source_match_condition"] = MatchConditions.IfNotModified
@@ -155,8 +168,10 @@ def run(svc, op, results):
             raise ValueError(f"copy did not complete at once: {r}")
         return written(r)
     if kind == "stage":
-        b.stage_block(op["id"], data_of(op))
+        b.stage_block(op["id"], data_of(op), **({"lease": LEASES[op["lease"]]} if "lease" in op else {}))
         return {}
+    if kind == "lease":
+        return lease(b, op, results)
     if kind == "commit":
         r = b.commit_block_list(
             [BlobBlock(block_id=i) for i in op["ids"]],
@@ -192,6 +207,30 @@ def run(svc, op, results):
         names = [x.name for x in svc.list_containers(name_starts_with=op.get("prefix") or None)]
         return {"names": names}
     raise ValueError(f"unknown op {kind}")
+
+
+def lease(b, op, results):
+    """One Lease Blob action; the lease id it answers, by name, or the break's time."""
+    action = op["action"]
+    kw = {k: v for k, v in conditions(op, results).items() if k != "lease"}
+    held = LEASES.get(op.get("lease"))
+    if action == "acquire":
+        lc = BlobLeaseClient(b, lease_id=LEASES.get(op.get("proposed")))
+        lc.acquire(lease_duration=op.get("duration", -1), **kw)
+        return {"lease_id": lease_name(lc.id)}
+    lc = BlobLeaseClient(b, lease_id=held)
+    if action == "renew":
+        lc.renew(**kw)
+        return {"lease_id": lease_name(lc.id)}
+    if action == "change":
+        lc.change(proposed_lease_id=LEASES[op["proposed"]], **kw)
+        return {"lease_id": lease_name(lc.id)}
+    if action == "release":
+        lc.release(**kw)
+        return {}
+    if action == "break":
+        return {"lease_time": lc.break_lease(lease_break_period=op.get("period"), **kw)}
+    raise ValueError(f"unknown lease action {action}")
 
 
 def main():

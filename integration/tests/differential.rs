@@ -15,7 +15,10 @@
 //! `list {prefix?, delimiter?, max?, uncommitted?}` (every page), `list_containers {prefix?}`,
 //! `set_metadata {metadata?}` (all of it), `set_content_type {content_type}`,
 //! `set_properties {content_type?, headers?}` (all HTTP headers),
-//! `copy {from_c, from_b, metadata?, source_if_match?}` (into `c`/`b`).
+//! `copy {from_c, from_b, metadata?, source_if_match?}` (into `c`/`b`),
+//! `lease {action: acquire|renew|change|release|break, proposed?, duration?, period?}`
+//! (the lease held is `lease`). Any op may name `lease: "L1"|"L2"`, the
+//! lease id it is sent under (a copy's is the target's).
 //! `data` is a string or `{len, seed}`; `headers` is an object of
 //! `content_encoding`, `content_language`, `content_disposition`,
 //! `cache_control`. Conditions: `if_match` / `if_none_match` = `"*"`, `"$k"`
@@ -28,7 +31,10 @@
 use serde_json::{Value, json};
 use vmblob_integration::differential::{Azurite, python_with_sdk, run_reference};
 use vmblob_integration::{Guest, GuestOptions, Sandbox, StoreKind, Vsp, VspOptions, azurite};
-use vmblob_protocol::ops::{BlobListItem, BlockListType, Conditions, ContentHeaders, ETag, ListedBlock, Metadata};
+use vmblob_protocol::ops::{
+    BlobListItem, BlockListType, Conditions, ContentHeaders, ETag, LeaseAction, LeaseDuration, LeaseId, LeaseKind,
+    ListedBlock, Metadata,
+};
 use vmblob_vsc::{
     BlockId, ClientError, CopyOptions, GetOptions, ListBlobsOptions, ListContainersOptions, PutOptions, crc64,
 };
@@ -80,6 +86,17 @@ fn azure_class(r: &Value) -> String {
         Some("InvalidBlockList") => "InvalidBlockList",
         Some("InvalidBlobOrBlock") => "InvalidBlockList",
         Some("InvalidResourceName" | "OutOfRangeInput") => "InvalidName",
+        Some(
+            "LeaseIdMissing" | "LeaseIdMismatchWithBlobOperation" | "LeaseNotPresentWithBlobOperation" | "LeaseLost",
+        ) => "PreconditionFailed",
+        Some(
+            "LeaseAlreadyPresent"
+            | "LeaseIdMismatchWithLeaseOperation"
+            | "LeaseNotPresentWithLeaseOperation"
+            | "LeaseIsBreakingAndCannotBeAcquired"
+            | "LeaseIsBreakingAndCannotBeChanged"
+            | "LeaseIsBrokenAndCannotBeRenewed",
+        ) => "LeaseConflict",
         Some(other) => return format!("Azure:{other}"),
     };
     class.to_owned()
@@ -136,10 +153,25 @@ fn time_ref(results: &[Value], r: &str) -> u64 {
     (secs - minus.parse::<u64>().unwrap()) * 1000
 }
 
+/// The lease ids scenarios name (as `azure_reference.py` has them).
+const LEASES: [(&str, &str); 2] =
+    [("L1", "11111111-1111-4111-8111-111111111111"), ("L2", "22222222-2222-4222-8222-222222222222")];
+
+fn lease_ref(name: &Value) -> Option<LeaseId> {
+    let name = name.as_str()?;
+    let (_, id) = LEASES.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no lease {name}"));
+    Some(id.parse().unwrap())
+}
+
+fn lease_name(id: Option<LeaseId>) -> Value {
+    let text = id.map(|i| i.to_string()).unwrap_or_default();
+    json!(LEASES.iter().find(|(_, v)| *v == text).map_or("fresh", |(n, _)| n))
+}
+
 fn conditions(op: &Value, results: &[Value]) -> Conditions {
     let time = |k: &str| op[k].as_str().map(|r| time_ref(results, r));
     Conditions {
-        lease_id: None,
+        lease_id: lease_ref(&op["lease"]),
         if_match: op["if_match"].as_str().map(|r| etag_ref(results, r)),
         if_none_match: op["if_none_match"].as_str().map(|r| etag_ref(results, r)),
         if_modified_since_ms: time("if_modified_since"),
@@ -174,6 +206,8 @@ fn properties_json(p: &vmblob_vsc::BlobProperties, op: &Value, results: &[Value]
     let h = &p.headers;
     let mut out = json!({ "len": p.content_length, "content_type": p.content_type,
             "metadata": metadata_json(&p.metadata), "etag": p.etag, "lm": p.last_modified_ms / 1000,
+            "lease": [p.lease.state.name(), if p.lease.state.is_locked() { "locked" } else { "unlocked" },
+                      p.lease.duration.map(|k| if k == LeaseKind::Fixed { "fixed" } else { "infinite" })],
             "headers": { "content_encoding": h.content_encoding, "content_language": h.content_language,
                          "content_disposition": h.content_disposition, "cache_control": h.cache_control } });
     if let Some(k) = op["created_of"].as_u64() {
@@ -227,7 +261,7 @@ fn run_vmblob(g: &Guest, op: &Value, results: &[Value]) -> Result<Value, ClientE
         "stage" => {
             let data = data_of(op);
             let id = BlockId::new(s("id").as_bytes()).unwrap();
-            b.submit_block(&id, &[&data], crc64(&data), None)?.wait()?;
+            b.submit_block(&id, &[&data], crc64(&data), lease_ref(&op["lease"]))?.wait()?;
             json!({})
         }
         "commit" => {
@@ -268,6 +302,33 @@ fn run_vmblob(g: &Guest, op: &Value, results: &[Value]) -> Result<Value, ClientE
                 pages.push(names);
             }
             json!({ "pages": pages })
+        }
+        "lease" => {
+            let mut cond = conditions(op, results);
+            cond.lease_id = None;
+            let held = || lease_ref(&op["lease"]).expect("the lease held");
+            let action = match op["action"].as_str().unwrap() {
+                "acquire" => LeaseAction::Acquire {
+                    duration: op["duration"]
+                        .as_u64()
+                        .map_or(LeaseDuration::Infinite, |s| LeaseDuration::Fixed(s as u32)),
+                    proposed_id: lease_ref(&op["proposed"]),
+                },
+                "renew" => LeaseAction::Renew { lease_id: held() },
+                "change" => LeaseAction::Change { lease_id: held(), proposed_id: lease_ref(&op["proposed"]).unwrap() },
+                "release" => LeaseAction::Release { lease_id: held() },
+                "break" => LeaseAction::Break { break_period_secs: op["period"].as_u64().map(|p| p as u32) },
+                other => panic!("unknown lease action {other}"),
+            };
+            let is = |a: &str| op["action"] == a;
+            let r = b.lease(action, cond)?;
+            if is("break") {
+                json!({ "lease_time": r.lease_time_secs })
+            } else if is("release") {
+                json!({})
+            } else {
+                json!({ "lease_id": lease_name(r.lease_id) })
+            }
         }
         "list_containers" => {
             let options = ListContainersOptions { prefix: s("prefix"), ..ListContainersOptions::default() };
@@ -533,6 +594,62 @@ fn scenarios() -> Vec<Scenario> {
                 json!({"op": "head", "c": "hdr", "b": "cp", "created_of": 11}),
                 json!({"op": "list", "c": "hdr"}),
                 json!({"op": "delete_container", "c": "hdr"}),
+            ],
+        },
+        Scenario {
+            name: "leases",
+            ops: vec![
+                json!({"op": "create_container", "c": "lse"}),
+                json!({"op": "put", "c": "lse", "b": "x", "data": "one"}),
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "acquire", "proposed": "L1"}),
+                json!({"op": "head", "c": "lse", "b": "x"}),
+                // Writes need the lease: without it, or with another, 412.
+                json!({"op": "put", "c": "lse", "b": "x", "data": "two"}),
+                json!({"op": "put", "c": "lse", "b": "x", "data": "two", "lease": "L2"}),
+                json!({"op": "put", "c": "lse", "b": "x", "data": "two", "lease": "L1"}),
+                json!({"op": "get", "c": "lse", "b": "x", "lease": "L2"}),
+                json!({"op": "get", "c": "lse", "b": "x"}),
+                json!({"op": "set_metadata", "c": "lse", "b": "x", "metadata": {"a": "b"}}),
+                json!({"op": "set_metadata", "c": "lse", "b": "x", "metadata": {"a": "b"}, "lease": "L1"}),
+                json!({"op": "stage", "c": "lse", "b": "x", "id": "s1", "data": "staged"}),
+                json!({"op": "stage", "c": "lse", "b": "x", "id": "s1", "data": "staged", "lease": "L1"}),
+                json!({"op": "commit", "c": "lse", "b": "x", "ids": ["s1"]}),
+                json!({"op": "commit", "c": "lse", "b": "x", "ids": ["s1"], "lease": "L1"}),
+                json!({"op": "delete", "c": "lse", "b": "x"}),
+                // Lease actions: someone else's acquire, the holder's re-acquire, renew, change.
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "acquire", "proposed": "L2"}),
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "acquire", "proposed": "L1", "duration": 15}),
+                json!({"op": "head", "c": "lse", "b": "x", "lease": "L1"}),
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "renew", "lease": "L2"}),
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "renew", "lease": "L1"}),
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "change", "lease": "L1", "proposed": "L2"}),
+                json!({"op": "put", "c": "lse", "b": "x", "data": "three", "lease": "L1"}),
+                // Broken at once: unlocked, not renewable, forgotten by the next write.
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "break", "period": 0}),
+                json!({"op": "head", "c": "lse", "b": "x"}),
+                json!({"op": "put", "c": "lse", "b": "x", "data": "three", "lease": "L2"}),
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "renew", "lease": "L2"}),
+                json!({"op": "put", "c": "lse", "b": "x", "data": "three"}),
+                json!({"op": "head", "c": "lse", "b": "x"}),
+                // An infinite lease breaks at once without a period; release frees it.
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "acquire", "proposed": "L1"}),
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "break"}),
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "release", "lease": "L1"}),
+                json!({"op": "head", "c": "lse", "b": "x"}),
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "release", "lease": "L1"}),
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "break"}),
+                json!({"op": "lease", "c": "lse", "b": "absent", "action": "acquire", "proposed": "L1"}),
+                // A lease action under a condition that fails; a copy onto a leased blob.
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "acquire", "proposed": "L2", "if_match": "$1"}),
+                json!({"op": "put", "c": "lse", "b": "src", "data": "source"}),
+                json!({"op": "lease", "c": "lse", "b": "x", "action": "acquire", "proposed": "L2"}),
+                json!({"op": "copy", "c": "lse", "b": "x", "from_c": "lse", "from_b": "src"}),
+                json!({"op": "copy", "c": "lse", "b": "x", "from_c": "lse", "from_b": "src", "lease": "L2"}),
+                json!({"op": "get", "c": "lse", "b": "x"}),
+                json!({"op": "delete", "c": "lse", "b": "x", "lease": "L1"}),
+                json!({"op": "delete", "c": "lse", "b": "x", "lease": "L2"}),
+                json!({"op": "head", "c": "lse", "b": "x"}),
+                json!({"op": "delete_container", "c": "lse"}),
             ],
         },
         Scenario {
