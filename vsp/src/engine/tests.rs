@@ -564,3 +564,51 @@ fn replayed_write_is_answered_from_its_first_run() {
     let after_restart = fresh.serve(&h.mem, &s.request, &CancelToken::new(None));
     assert_eq!(after_restart.error.get(), 0, "store-level replay detection");
 }
+
+#[test]
+fn a_replayed_acquire_is_its_first_answer_and_leases_guard_every_write() {
+    use vmblob_protocol::ops::{LeaseAction, LeaseBlob, LeaseDuration, LeaseId, LeaseState};
+    let mut h = Harness::new();
+    h.mkcontainer("box");
+    assert!(h.run(&put_op("box", "held", Conditions::none()), b"v1", 0).0.is_ok());
+    let proposed = LeaseId([7; 16]);
+    let acquire = OpRequest::LeaseBlob(LeaseBlob {
+        target: blob_ref("box", "held"),
+        action: LeaseAction::Acquire { duration: LeaseDuration::Infinite, proposed_id: Some(proposed) },
+        conditions: Conditions::none(),
+    });
+    let s = h.prepare(&acquire, &[], 0, 4096);
+    let first = h.engine.serve(&h.mem, &s.request, &CancelToken::new(None));
+    let Ok(OpResponse::Lease(l)) = h.decode(&s, &first) else { panic!("acquire failed: {first:?}") };
+    assert_eq!(l.lease_id, Some(proposed));
+    // A lost answer's replay must not meet its own lease as someone else's.
+    assert_eq!(h.engine.serve(&h.mem, &s.request, &CancelToken::new(None)), first);
+    let other = OpRequest::LeaseBlob(LeaseBlob {
+        target: blob_ref("box", "held"),
+        action: LeaseAction::Acquire { duration: LeaseDuration::Infinite, proposed_id: None },
+        conditions: Conditions::none(),
+    });
+    assert_eq!(h.run(&other, &[], 0).0.unwrap_err(), BlobError::LeaseConflict);
+
+    let held = |c: Conditions| c.with_lease(Some(proposed));
+    let target = blob_ref("box", "held");
+    assert_eq!(
+        h.run(&put_op("box", "held", Conditions::none()), b"v2", 0).0.unwrap_err(),
+        BlobError::PreconditionFailed
+    );
+    let delete = |c| OpRequest::DeleteBlob { target: target.clone(), conditions: c };
+    assert_eq!(h.run(&delete(Conditions::none()), &[], 0).0.unwrap_err(), BlobError::PreconditionFailed);
+    assert!(h.run(&put_op("box", "held", held(Conditions::none())), b"v2", 0).0.is_ok());
+    let props = OpRequest::GetBlobProperties { target: target.clone(), conditions: Conditions::none() };
+    let Ok(OpResponse::BlobProperties(p)) = h.run(&props, &[], 0).0 else { panic!("no properties") };
+    assert_eq!(p.lease.state, LeaseState::Leased);
+    // An op-version-2 answer has no lease fields; a version-2 request cannot name a lease.
+    h.version = 2;
+    let Ok(OpResponse::BlobProperties(p)) = h.run(&props, &[], 0).0 else { panic!("no properties") };
+    assert_eq!(p.lease.state, LeaseState::Available, "version 2 cannot say");
+    assert!(acquire.encode_at(2).is_err());
+    h.version = OP_VERSION;
+    assert!(h.run(&delete(held(Conditions::none())), &[], 0).0.is_ok());
+    let Err(e) = h.run(&props, &[], 0).0 else { panic!("deleted") };
+    assert_eq!(e, BlobError::BlobNotFound);
+}

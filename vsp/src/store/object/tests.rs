@@ -507,3 +507,30 @@ fn objects_written_by_other_tools_are_blobs() {
     s.put_blob(&req, &mut VecSource::new(b"mine"), &[0; 16]).unwrap();
     assert_eq!(get(&s, "box", "foreign").unwrap().1, b"mine");
 }
+
+#[test]
+fn the_lease_table_lives_in_the_store_and_out_of_every_listing() {
+    use crate::lease::{LeaseStorage, LeaseTable};
+    use vmblob_protocol::ops::{LeaseAction, LeaseDuration, LeaseState};
+
+    let s = Arc::new(ObjectBlobStore::new(Arc::new(InMemory::new()), "root/pre", ObjectOptions::default()).unwrap());
+    new_container(&*s, "box");
+    let storage = super::leases::ObjectLeaseStorage(s.clone());
+    assert_eq!(storage.load().unwrap(), None, "nothing saved yet");
+    let target = bref("box", "held");
+    let table = LeaseTable::open(Box::new(super::leases::ObjectLeaseStorage(s.clone()))).unwrap();
+    let acquire = LeaseAction::Acquire { duration: LeaseDuration::Infinite, proposed_id: None };
+    table.act(&target, &acquire, || Ok::<_, crate::lease::Refused>(())).unwrap();
+    assert!(storage.describe().ends_with(".vmblob/leases.json"), "{}", storage.describe());
+    // A VSP started again on the same store (elsewhere, even) finds the lease.
+    let again = LeaseTable::open(Box::new(storage)).unwrap();
+    assert_eq!(again.properties(&target).state, LeaseState::Leased);
+    assert!(conformance::names(&*s, "box").is_empty(), "the table is no blob");
+    let containers = s.list_containers(&vmblob_protocol::ops::ListContainers {
+        prefix: String::new(),
+        marker: String::new(),
+        max_results: 100,
+        include_metadata: false,
+    });
+    assert_eq!(containers.unwrap().items.len(), 1, "nor a container");
+}
