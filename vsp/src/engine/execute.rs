@@ -3,8 +3,8 @@
 use vm_memory::GuestMemoryMmap;
 use vmblob_protocol::framing::BufferLayout;
 use vmblob_protocol::ops::{
-    BlobListItem, BlobRef, Conditions, ContainerEntry, ETag, Entity, LeaseBlob, LeaseId, LeaseResult, OP_HEADER_SIZE,
-    OpRequest, OpResponse,
+    BlobListItem, BlobRef, BlockListType, Conditions, ContainerEntry, ETag, Entity, LeaseBlob, LeaseId, LeaseResult,
+    OP_HEADER_SIZE, OpRequest, OpResponse,
 };
 use vmblob_protocol::sg::sub_range;
 use vmblob_protocol::{BlobError, Segment};
@@ -42,6 +42,7 @@ impl Engine {
             Refused::Lease(LeaseError::Precondition(m)) => fail(BlobError::PreconditionFailed, m),
             Refused::Cancelled => self.store_failure(StoreError::Cancelled, cancel),
             Refused::Full => fail(BlobError::TooLarge, e.to_string()),
+            Refused::Raced => fail(BlobError::Busy, e.to_string()),
             Refused::Io(_) => {
                 log::warn!("{e}");
                 fail(BlobError::Io, e.to_string())
@@ -64,16 +65,45 @@ impl Engine {
         self.leases.check_read(target, given).map_err(|e| self.lease_failure(Refused::Lease(e), cancel))
     }
 
+    /// A lease refusal of an op on a blob that must exist is, as on Azure,
+    /// the blob's (or container's) absence when it is absent.
+    fn absent_first(&self, target: &BlobRef, refusal: OpFailure, cancel: &CancelToken) -> OpFailure {
+        match self.store.blob_properties(target, &Conditions::none()) {
+            Err(e @ (StoreError::BlobNotFound | StoreError::ContainerNotFound)) => self.store_failure(e, cancel),
+            _ => refusal,
+        }
+    }
+
+    /// [`Engine::lease_write`] of an op on a blob that must exist.
+    fn lease_write_existing(
+        &self,
+        target: &BlobRef,
+        lease_id: Option<LeaseId>,
+        cancel: &CancelToken,
+    ) -> Result<WriteGuard<'_>, OpFailure> {
+        self.lease_write(target, lease_id, cancel).map_err(|f| self.absent_first(target, f, cancel))
+    }
+
     /// LeaseBlob: the blob must exist and its write conditions hold (judged
     /// alone on the name, with the lease change).
     fn lease_blob(&self, l: &LeaseBlob, cancel: &CancelToken) -> Result<LeaseResult, OpFailure> {
         let current = || -> Result<_, LeaseOpError> {
-            let p = self
-                .store
-                .blob_properties(&l.target, &Conditions::none())
-                .map_err(|e| self.store_failure(e, cancel))?;
-            let etag = ETag::new(&p.etag).map_err(|_| fail(BlobError::Internal, "the store's ETag is not valid"))?;
-            if !l.conditions.check(Some(Entity { etag: &etag, last_modified_ms: p.last_modified_ms })) {
+            let p = match self.store.blob_properties(&l.target, &Conditions::none()) {
+                Ok(p) => Some(p),
+                // A name with only staged blocks can be leased, as on Azure: a
+                // pipeline locks a new blob before it commits it.
+                Err(StoreError::BlobNotFound) if self.has_staged_blocks(&l.target) => None,
+                Err(e) => return Err(self.store_failure(e, cancel).into()),
+            };
+            let holds = match &p {
+                Some(p) => {
+                    let etag =
+                        ETag::new(&p.etag).map_err(|_| fail(BlobError::Internal, "the store's ETag is not valid"))?;
+                    l.conditions.check(Some(Entity { etag: &etag, last_modified_ms: p.last_modified_ms }))
+                }
+                None => l.conditions.check(None),
+            };
+            if !holds {
                 return Err(fail(BlobError::PreconditionFailed, "the blob's conditions do not hold").into());
             }
             Ok(p)
@@ -82,12 +112,12 @@ impl Engine {
             LeaseOpError::Refused(r) => self.lease_failure(r, cancel),
             LeaseOpError::Op(f) => f,
         })?;
-        Ok(LeaseResult {
-            etag: p.etag,
-            last_modified_ms: p.last_modified_ms,
-            lease_id: answer.lease_id,
-            lease_time_secs: answer.lease_time_secs,
-        })
+        let (etag, last_modified_ms) = p.map_or((String::new(), 0), |p| (p.etag, p.last_modified_ms));
+        Ok(LeaseResult { etag, last_modified_ms, lease_id: answer.lease_id, lease_time_secs: answer.lease_time_secs })
+    }
+
+    fn has_staged_blocks(&self, target: &BlobRef) -> bool {
+        self.store.get_block_list(target, BlockListType::Uncommitted).is_ok_and(|b| !b.is_empty())
     }
 
     /// Run `op`; `resp_cap` is the response buffer's size (listings are cut
@@ -144,21 +174,22 @@ impl Engine {
                 OpResponse::BlobWritten(written)
             }
             OpRequest::GetBlob(g) => {
-                self.lease_read(&g.target, &g.conditions, cancel)?;
+                // The store first: a missing blob (404) or a 304 decide before the lease, as on Azure.
                 let segs = layout.data.writable().unwrap_or(&[]);
                 let mut sink = GuestSink::new(mem, segs, cancel);
                 let (mut properties, offset, length) = store.get_blob(g, &mut sink).map_err(se)?;
+                self.lease_read(&g.target, &g.conditions, cancel)?;
                 properties.lease = self.leases.properties(&g.target);
                 OpResponse::BlobData { properties, offset, length }
             }
             OpRequest::GetBlobProperties { target, conditions } => {
-                self.lease_read(target, conditions, cancel)?;
                 let mut properties = store.blob_properties(target, conditions).map_err(se)?;
+                self.lease_read(target, conditions, cancel)?;
                 properties.lease = self.leases.properties(target);
                 OpResponse::BlobProperties(properties)
             }
             OpRequest::DeleteBlob { target, conditions } => {
-                let lease = self.lease_write(target, conditions.lease_id, cancel)?;
+                let lease = self.lease_write_existing(target, conditions.lease_id, cancel)?;
                 store.delete_blob(target, conditions).map_err(se)?;
                 lease.deleted();
                 OpResponse::Deleted
@@ -188,13 +219,14 @@ impl Engine {
                 OpResponse::BlockList { blocks: store.get_block_list(target, *list_type).map_err(se)? }
             }
             OpRequest::SetBlobProperties(s) => {
-                let lease = self.lease_write(&s.target, s.conditions.lease_id, cancel)?;
+                let lease = self.lease_write_existing(&s.target, s.conditions.lease_id, cancel)?;
                 let written = store.set_blob_properties(s, txn).map_err(se)?;
                 lease.committed();
                 OpResponse::BlobWritten(written)
             }
             OpRequest::CopyBlob(c) => {
-                self.lease_read(&c.source, &c.source_conditions, cancel)?;
+                self.lease_read(&c.source, &c.source_conditions, cancel)
+                    .map_err(|f| self.absent_first(&c.source, f, cancel))?;
                 let lease = self.lease_write(&c.target, c.conditions.lease_id, cancel)?;
                 let written = store.copy_blob(c, txn).map_err(se)?;
                 lease.committed();

@@ -5,9 +5,11 @@
 //!
 //! A lease must not slip in between a write's check and its commit, so the
 //! table also locks names: a write holds its blob's name shared from the
-//! check until the store has committed ([`WriteGuard`]), a lease action
-//! holds it alone. A lease action therefore waits for the writes in flight
-//! on that blob (and new ones wait for it), as if it came after them.
+//! check until the store has committed ([`WriteGuard`]), an acquire holds it
+//! alone. An acquire therefore waits for the writes in flight on that blob
+//! (and new ones wait for it), as if it came after them. The other actions
+//! do not wait: the holder must be able to renew its lease while its own
+//! long upload is in flight.
 
 mod persist;
 mod state;
@@ -15,7 +17,7 @@ mod state;
 pub use persist::{FileStorage, LeaseStorage};
 pub use state::{Answer, Lease, LeaseError, Phase};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -47,6 +49,9 @@ pub enum Refused {
     /// The table could not be saved: the change was not made.
     #[error("cannot save the lease table: {0}")]
     Io(io::Error),
+    /// Containers kept being deleted while the acquire looked at the blob.
+    #[error("the container changed while the lease was taken; try again")]
+    Raced,
 }
 
 /// The blob a lease is on: `container/blob` (a container name has no `/`).
@@ -67,6 +72,11 @@ struct Busy {
 struct Inner {
     leases: HashMap<String, Lease>,
     busy: HashMap<String, Busy>,
+    /// Bumped by each DeleteContainer: an acquire whose blob check ran
+    /// across one looks again, so no lease outlives its container.
+    container_deletes: u64,
+    /// The last save failed: what is on disk may be stale until the next one.
+    dirty: bool,
 }
 
 pub type Clock = fn() -> u64;
@@ -123,6 +133,9 @@ impl LeaseTable {
         let table = Self::build(Some(storage), now_ms);
         let mut g = lock(&table.inner);
         for s in saved.leases {
+            if !s.lease.is_valid() {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("lease table: bad lease {s:?}")));
+            }
             g.leases.insert(format!("{}/{}", s.container, s.blob), s.lease);
         }
         drop(g);
@@ -168,9 +181,11 @@ impl LeaseTable {
         let g = lock(&self.inner);
         let blocked = |i: &Inner| i.busy.get(&k).is_some_and(|b| b.exclusive || b.exclusive_waiting > 0);
         let mut g = self.wait_while(g, cancel.as_ref(), blocked).map_err(|(_, e)| e)?;
-        state::check_write(g.leases.get(&k), given, self.now())?;
+        let now = self.now();
+        let lease = g.leases.get(&k).copied();
+        state::check_write(lease.as_ref(), given, now)?;
         g.busy.entry(k.clone()).or_default().writers += 1;
-        Ok(WriteGuard { table: self, key: k })
+        Ok(WriteGuard { table: self, key: k, spent: lease.filter(|l| l.is_spent(now)) })
     }
 
     /// Whether a read of `target` naming `given` may go ahead.
@@ -206,107 +221,143 @@ impl LeaseTable {
         }
     }
 
-    /// Run `action` on `target`'s lease, alone on the name. `current` is
-    /// asked first (under the same exclusion) whether the blob exists and
-    /// its conditions hold; its error is returned as it is.
+    /// Run `action` on `target`'s lease (an acquire alone on the name).
+    /// `current` is asked first whether the blob exists and its conditions
+    /// hold; its error is returned as it is.
     pub fn act<T, E: From<Refused>>(
         &self,
         target: &BlobRef,
         action: &LeaseAction,
-        current: impl FnOnce() -> Result<T, E>,
+        mut current: impl FnMut() -> Result<T, E>,
     ) -> Result<(T, Answer), E> {
         let k = key(target);
+        let _alone = match action {
+            LeaseAction::Acquire { .. } => Some(self.alone(&k)?),
+            _ => None,
+        };
+        for _ in 0..3 {
+            let deletes = lock(&self.inner).container_deletes;
+            let blob = current()?;
+            match self.apply(&k, action, deletes) {
+                Err(Refused::Raced) => continue,
+                r => return Ok((blob, r?)),
+            }
+        }
+        Err(Refused::Raced.into())
+    }
+
+    /// Hold `k` alone: wait for the writes in flight, keep new ones out.
+    fn alone(&self, k: &str) -> Result<Alone<'_>, Refused> {
         let cancel = current_cancel();
         let mut g = lock(&self.inner);
-        g.busy.entry(k.clone()).or_default().exclusive_waiting += 1;
+        g.busy.entry(k.to_owned()).or_default().exclusive_waiting += 1;
         let waited =
-            self.wait_while(g, cancel.as_ref(), |i| i.busy.get(&k).is_some_and(|b| b.exclusive || b.writers > 0));
+            self.wait_while(g, cancel.as_ref(), |i| i.busy.get(k).is_some_and(|b| b.exclusive || b.writers > 0));
         let mut g = match waited {
             Ok(g) => g,
             Err((mut g, e)) => {
-                self.release(&mut g, &k, |b| b.exclusive_waiting -= 1);
-                return Err(e.into());
+                self.release(&mut g, k, |b| b.exclusive_waiting -= 1);
+                return Err(e);
             }
         };
-        let b = g.busy.entry(k.clone()).or_default();
+        let b = g.busy.entry(k.to_owned()).or_default();
         b.exclusive_waiting -= 1;
         b.exclusive = true;
-        drop(g);
-        let result = current().and_then(|blob| {
-            let answer = self.apply(&k, action).map_err(E::from)?;
-            Ok((blob, answer))
-        });
-        let mut g = lock(&self.inner);
-        self.release(&mut g, &k, |b| b.exclusive = false);
-        result
+        Ok(Alone { table: self, key: k.to_owned() })
     }
 
-    fn apply(&self, k: &str, action: &LeaseAction) -> Result<Answer, Refused> {
+    /// Apply `action` to `k`'s lease: saved first, then made in memory, so
+    /// a change that cannot be saved is not made (a lease a restart would
+    /// lose is no lock). The table lock is not held while saving.
+    fn apply(&self, k: &str, action: &LeaseAction, deletes_seen: u64) -> Result<Answer, Refused> {
         let _saving = lock(&self.saving);
-        let mut g = lock(&self.inner);
-        let now = self.now();
-        let before = g.leases.get(k).copied();
-        let (after, answer) = state::apply(before.as_ref(), action, now, random_id())?;
-        if after == before {
-            return Ok(answer);
-        }
-        match after {
-            Some(l) => {
-                if before.is_none() && g.leases.len() >= MAX_LEASES {
-                    g.leases.retain(|_, l| !l.is_spent(now));
-                    if g.leases.len() >= MAX_LEASES {
-                        return Err(Refused::Full);
-                    }
-                }
-                g.leases.insert(k.to_owned(), l)
+        let (after, evict, bytes, answer) = {
+            let g = lock(&self.inner);
+            if g.container_deletes != deletes_seen {
+                return Err(Refused::Raced);
             }
+            let now = self.now();
+            let before = g.leases.get(k).copied();
+            let (after, answer) = state::apply(before.as_ref(), action, now, random_id())?;
+            if after == before {
+                return Ok(answer);
+            }
+            let mut evict = HashSet::new();
+            if before.is_none() && g.leases.len() >= MAX_LEASES {
+                evict = g.leases.iter().filter(|(_, l)| l.is_spent(now)).map(|(k, _)| k.clone()).collect();
+                if g.leases.len() - evict.len() >= MAX_LEASES {
+                    return Err(Refused::Full);
+                }
+            }
+            let own = k.to_owned();
+            let kept = g.leases.iter().filter(|(key, _)| key.as_str() != k && !evict.contains(*key));
+            let bytes = self.encode(kept.chain(after.as_ref().map(|l| (&own, l))))?;
+            (after, evict, bytes, answer)
+        };
+        self.save(bytes)?;
+        let mut g = lock(&self.inner);
+        g.leases.retain(|key, _| !evict.contains(key));
+        match after {
+            Some(l) => g.leases.insert(k.to_owned(), l),
             None => g.leases.remove(k),
         };
-        if let Err(e) = self.save(&g) {
-            // Not saved, so not made: a lease a restart would lose is no lock.
-            match before {
-                Some(l) => g.leases.insert(k.to_owned(), l),
-                None => g.leases.remove(k),
-            };
-            return Err(Refused::Io(e));
-        }
         Ok(answer)
     }
 
-    /// Save the table (the caller holds `saving` and the table lock).
-    fn save(&self, g: &Inner) -> io::Result<()> {
-        let Some(storage) = &self.storage else { return Ok(()) };
-        let leases = g
-            .leases
-            .iter()
+    /// The table's bytes (None: it is kept in memory only).
+    fn encode<'a>(&self, leases: impl Iterator<Item = (&'a String, &'a Lease)>) -> Result<Option<Vec<u8>>, Refused> {
+        if self.storage.is_none() {
+            return Ok(None);
+        }
+        let leases = leases
             .filter_map(|(k, l)| {
                 let (c, b) = k.split_once('/')?;
                 Some(persist::SavedLease { container: c.to_owned(), blob: b.to_owned(), lease: *l })
             })
             .collect();
-        storage.save(&persist::encode(&persist::Saved { leases })?)
+        persist::encode(&persist::Saved { leases }).map(Some).map_err(Refused::Io)
     }
 
-    /// Forget leases `keep` rejects, saving the table if any went. A write
-    /// has already committed: a failed save is logged, and leaves only
-    /// spent or deleted blobs' leases on disk.
-    fn forget(&self, keep: impl Fn(&str, &Lease) -> bool) {
+    /// Save `bytes` (the caller holds `saving`). Not cut short by the
+    /// request's cancel token: a save the store may still complete must not
+    /// be reported as not made.
+    fn save(&self, bytes: Option<Vec<u8>>) -> Result<(), Refused> {
+        let (Some(storage), Some(bytes)) = (&self.storage, bytes) else { return Ok(()) };
+        let uncancelled = CancelToken::new(None);
+        let r = crate::store::context::with_cancel(&uncancelled, || storage.save(&bytes));
+        lock(&self.inner).dirty = r.is_err();
+        r.map_err(Refused::Io)
+    }
+
+    /// Forget the leases `gone` names. The write that ended them has
+    /// committed, so they go from memory even if the save fails (logged; the
+    /// next save of the table rewrites it).
+    fn forget(&self, gone: impl Fn(&str, &Lease) -> bool) {
         let _saving = lock(&self.saving);
-        let mut g = lock(&self.inner);
-        let before = g.leases.len();
-        g.leases.retain(|k, l| keep(k, l));
-        if g.leases.len() != before
-            && let Err(e) = self.save(&g)
-        {
-            log::warn!("cannot save the lease table: {e}");
+        let bytes = {
+            let mut g = lock(&self.inner);
+            let before = g.leases.len();
+            g.leases.retain(|k, l| !gone(k, l));
+            if g.leases.len() == before && !g.dirty {
+                return;
+            }
+            self.encode(g.leases.iter())
+        };
+        if let Err(e) = bytes.and_then(|b| self.save(b)) {
+            log::warn!("{e} (a deleted or rewritten blob's old lease is on disk until the next save)");
         }
     }
 
     /// The container is gone, and its blobs' leases with it.
     pub fn forget_container(&self, container: &ContainerName) {
         let prefix = format!("{}/", container.as_str());
-        if lock(&self.inner).leases.keys().any(|k| k.starts_with(&prefix)) {
-            self.forget(|k, _| !k.starts_with(&prefix));
+        let any = {
+            let mut g = lock(&self.inner);
+            g.container_deletes += 1;
+            g.leases.keys().any(|k| k.starts_with(&prefix))
+        };
+        if any {
+            self.forget(|k, _| k.starts_with(&prefix));
         }
     }
 
@@ -325,24 +376,40 @@ impl LeaseTable {
 pub struct WriteGuard<'a> {
     table: &'a LeaseTable,
     key: String,
+    /// The expired or broken lease the write was admitted over.
+    spent: Option<Lease>,
 }
 
 impl WriteGuard<'_> {
-    /// The write committed: an expired or broken lease is forgotten, as a
-    /// write on Azure forgets it (its holder can no longer renew it).
+    /// The write committed: the expired or broken lease it was admitted
+    /// over is forgotten, as a write on Azure forgets it (its holder can no
+    /// longer renew it). One that ran out while the write was in flight
+    /// stays renewable.
     pub fn committed(self) {
-        let now = self.table.now();
-        let spent = lock(&self.table.inner).leases.get(&self.key).is_some_and(|l| l.is_spent(now));
-        if spent {
-            self.table.forget(|k, l| k != self.key || !l.is_spent(now));
+        if let Some(spent) = self.spent {
+            self.table.forget(|k, l| k == self.key && *l == spent);
         }
     }
 
     /// The blob was deleted, and its lease with it.
     pub fn deleted(self) {
         if lock(&self.table.inner).leases.contains_key(&self.key) {
-            self.table.forget(|k, _| k != self.key);
+            self.table.forget(|k, _| k == self.key);
         }
+    }
+}
+
+/// An acquire's hold of its name.
+struct Alone<'a> {
+    table: &'a LeaseTable,
+    key: String,
+}
+
+impl Drop for Alone<'_> {
+    // In Drop, so that a panic in the blob check cannot leave the name locked.
+    fn drop(&mut self) {
+        let mut g = lock(&self.table.inner);
+        self.table.release(&mut g, &self.key, |b| b.exclusive = false);
     }
 }
 

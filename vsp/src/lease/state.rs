@@ -85,6 +85,14 @@ impl Lease {
         LeaseProperties { state, duration }
     }
 
+    /// Whether a lease read back from the table is one the rules can make.
+    pub fn is_valid(&self) -> bool {
+        match self.phase {
+            Phase::Held { secs: Some(s), .. } => LeaseDuration::fixed(s).is_some(),
+            _ => true,
+        }
+    }
+
     /// Whether the lease is nothing but history (expired or broken): a
     /// write of the blob forgets it, as Azure's does.
     pub fn is_spent(&self, now: u64) -> bool {
@@ -119,7 +127,10 @@ pub fn apply(
     let id_matches = |id: &LeaseId| current.is_some_and(|l| l.id == *id);
     let answer = |lease: Option<Lease>, with_id: bool| {
         let lease_time_secs = match lease.map(|l| l.phase) {
-            Some(Phase::Breaking { until_ms }) => (until_ms.saturating_sub(now)).div_ceil(1000) as u32,
+            // Rounded, as Azure answers x-ms-lease-time.
+            Some(Phase::Breaking { until_ms }) => {
+                u32::try_from((until_ms.saturating_sub(now) + 500) / 1000).unwrap_or(u32::MAX)
+            }
             _ => 0,
         };
         let lease_id = lease.filter(|_| with_id).map(|l| l.id);
@@ -161,7 +172,7 @@ pub fn apply(
         (A::Break { .. }, LeaseState::Available) => return Err(Conflict(NOT_PRESENT)),
         (A::Break { break_period_secs }, LeaseState::Leased) => {
             let Some(l) = current else { return Err(Conflict(NOT_PRESENT)) };
-            let period_end = break_period_secs.map(|s| now + u64::from(s) * 1000);
+            let period_end = break_period_secs.map(|s| now.saturating_add(u64::from(s) * 1000));
             let until = match (l.phase, period_end) {
                 // An infinite lease breaks at once unless given a period.
                 (Phase::Held { secs: None, .. }, end) => end.unwrap_or(now),
@@ -174,7 +185,7 @@ pub fn apply(
         (A::Break { break_period_secs }, LeaseState::Breaking) => {
             let Some(l) = current else { return Err(Conflict(NOT_PRESENT)) };
             let Phase::Breaking { until_ms } = l.phase else { return Err(Conflict(NOT_PRESENT)) };
-            let until = break_period_secs.map_or(until_ms, |s| until_ms.min(now + u64::from(s) * 1000));
+            let until = break_period_secs.map_or(until_ms, |s| until_ms.min(now.saturating_add(u64::from(s) * 1000)));
             Lease { id: l.id, ..breaking_until(until, now) }
         }
         // Broken stays broken; an expired lease breaks at once.

@@ -166,3 +166,63 @@ fn the_file_storage_round_trips() {
         "a corrupt table is not silently emptied"
     );
 }
+
+#[test]
+fn the_holder_renews_while_its_own_write_is_in_flight() {
+    static NOW: AtomicU64 = AtomicU64::new(1_000_000);
+    let t = LeaseTable::in_memory().with_clock(|| NOW.load(Ordering::SeqCst));
+    let b = blob("long-upload");
+    let id = take(&t, &b, &acquire(Some(15))).unwrap().lease_id.unwrap();
+    let write = t.admit_write(&b, Some(&id)).unwrap();
+    NOW.fetch_add(10_000, Ordering::SeqCst);
+    // Does not wait for the write (this thread holds it: waiting would hang).
+    take(&t, &b, &LeaseAction::Renew { lease_id: id }).unwrap();
+    NOW.fetch_add(10_000, Ordering::SeqCst);
+    write.committed();
+    assert_eq!(t.properties(&b).state, LeaseState::Leased, "renewed at 10 s, so held at 20 s");
+    // A lease that runs out while a write of its holder is in flight stays renewable.
+    let write = t.admit_write(&b, Some(&id)).unwrap();
+    NOW.fetch_add(30_000, Ordering::SeqCst);
+    write.committed();
+    assert_eq!(t.properties(&b).state, LeaseState::Expired);
+    take(&t, &b, &LeaseAction::Renew { lease_id: id }).unwrap();
+}
+
+#[test]
+fn an_acquire_across_a_container_delete_looks_again() {
+    let t = LeaseTable::in_memory();
+    let b = blob("gone");
+    let mut calls = 0;
+    let r = t.act(&b, &acquire(None), || {
+        calls += 1;
+        if calls == 1 {
+            // The container goes between the blob check and the lease change.
+            t.forget_container(&b.container);
+            Ok(())
+        } else {
+            Err(Refused::Lease(LeaseError::Conflict("the blob is gone")))
+        }
+    });
+    assert!(r.is_err() && calls == 2, "{r:?} after {calls} checks");
+    assert_eq!(t.properties(&b).state, LeaseState::Available, "no lease outlives its container");
+}
+
+#[test]
+fn a_panic_in_the_blob_check_leaves_the_name_free() {
+    let t = LeaseTable::in_memory();
+    let b = blob("p");
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = t.act(&b, &acquire(None), || -> Result<(), Refused> { panic!("store bug") });
+    }));
+    assert!(r.is_err());
+    assert!(t.admit_write(&b, None).is_ok(), "the acquire's hold went with the panic");
+}
+
+#[test]
+fn a_table_with_a_lease_the_rules_cannot_make_is_refused() {
+    let mem = Mem::default();
+    let bad = br#"{"leases":[{"container":"box","blob":"b","id":"0a0a0a0a-0a0a-0a0a-0a0a-0a0a0a0a0a0a","phase":{"held":{"secs":9999,"until_ms":5}}}]}"#;
+    *mem.bytes.lock().unwrap() = Some(bad.to_vec());
+    let e = LeaseTable::open(Box::new(mem)).err().expect("refused");
+    assert!(e.to_string().contains("bad lease"), "{e}");
+}

@@ -144,7 +144,8 @@ fn decide_write(cur: &Current, conditions: &Conditions, txn: &TxnId) -> Result<O
 /// must still be what was just read (whatever the condition was, an ETag or a
 /// time, it was judged on that version). Unconditional writes simply overwrite.
 fn put_mode(conditions: &Conditions, cur: &Current) -> PutMode {
-    if *conditions == Conditions::none() {
+    // The lease id is the VSP's to judge, not the service's condition.
+    if conditions.clone().with_lease(None) == Conditions::none() {
         return PutMode::Overwrite;
     }
     match cur {
