@@ -91,7 +91,7 @@ fn object_store(
     let backend = backend.map_err(VspError::ObjectStore)?;
     let store = Arc::new(store::object::ObjectBlobStore::new(backend, root, options).map_err(VspError::ObjectStore)?);
     store.start_janitor().map_err(|e| VspError::ObjectStore(e.into()))?;
-    let leases = store::object::leases::ObjectLeaseStorage(store.clone());
+    let leases = store::object::leases::ObjectLeaseStorage::new(store.clone());
     Ok((store, Some(Box::new(leases))))
 }
 

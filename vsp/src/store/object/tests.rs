@@ -508,23 +508,29 @@ fn objects_written_by_other_tools_are_blobs() {
     assert_eq!(get(&s, "box", "foreign").unwrap().1, b"mine");
 }
 
-#[test]
-fn the_lease_table_lives_in_the_store_and_out_of_every_listing() {
+/// The lease table kept in the store: found again by a second table (a
+/// restarted VSP), out of listings, and saved only over the version it saw.
+fn lease_table_in_the_store(s: Arc<ObjectBlobStore>) {
     use crate::lease::{LeaseStorage, LeaseTable};
     use vmblob_protocol::ops::{LeaseAction, LeaseDuration, LeaseState};
 
-    let s = Arc::new(ObjectBlobStore::new(Arc::new(InMemory::new()), "root/pre", ObjectOptions::default()).unwrap());
     new_container(&*s, "box");
-    let storage = super::leases::ObjectLeaseStorage(s.clone());
+    let storage = super::leases::ObjectLeaseStorage::new(s.clone());
     assert_eq!(storage.load().unwrap(), None, "nothing saved yet");
     let target = bref("box", "held");
-    let table = LeaseTable::open(Box::new(super::leases::ObjectLeaseStorage(s.clone()))).unwrap();
+    let table = LeaseTable::open(Box::new(super::leases::ObjectLeaseStorage::new(s.clone()))).unwrap();
     let acquire = LeaseAction::Acquire { duration: LeaseDuration::Infinite, proposed_id: None };
     table.act(&target, &acquire, || Ok::<_, crate::lease::Refused>(())).unwrap();
     assert!(storage.describe().ends_with(".vmblob/leases.json"), "{}", storage.describe());
     // A VSP started again on the same store (elsewhere, even) finds the lease.
     let again = LeaseTable::open(Box::new(storage)).unwrap();
     assert_eq!(again.properties(&target).state, LeaseState::Leased);
+    // The first table, which did not see the second one's load, may still save (the
+    // store has what it saved); a third party's write in between makes its next save fail.
+    let other = LeaseTable::open(Box::new(super::leases::ObjectLeaseStorage::new(s.clone()))).unwrap();
+    other.act(&bref("box", "b2"), &acquire, || Ok::<_, crate::lease::Refused>(())).unwrap();
+    let stale = table.act(&bref("box", "b3"), &acquire, || Ok::<_, crate::lease::Refused>(()));
+    assert!(matches!(stale, Err(crate::lease::Refused::Io(_))), "a second VSP's save is not overwritten: {stale:?}");
     assert!(conformance::names(&*s, "box").is_empty(), "the table is no blob");
     let containers = s.list_containers(&vmblob_protocol::ops::ListContainers {
         prefix: String::new(),
@@ -533,4 +539,26 @@ fn the_lease_table_lives_in_the_store_and_out_of_every_listing() {
         include_metadata: false,
     });
     assert_eq!(containers.unwrap().items.len(), 1, "nor a container");
+}
+
+#[test]
+fn the_lease_table_lives_in_the_store_and_out_of_every_listing() {
+    lease_table_in_the_store(Arc::new(
+        ObjectBlobStore::new(Arc::new(InMemory::new()), "root/pre", ObjectOptions::default()).unwrap(),
+    ));
+}
+
+#[test]
+fn the_lease_table_lives_in_azurite() {
+    match on_azurite(ObjectOptions::default()) {
+        Some((s, ())) => lease_table_in_the_store(Arc::new(s)),
+        None => eprintln!("SKIPPED: no Node.js for Azurite"),
+    }
+}
+
+#[test]
+fn the_lease_table_lives_in_s3s_fs() {
+    let Some(s3) = s3s_fs() else { return eprintln!("SKIPPED: no s3s-fs") };
+    let opts = ObjectOptions { offset_listing: true, ..Default::default() };
+    lease_table_in_the_store(Arc::new(ObjectBlobStore::new(s3.bucket("leases"), "pre", opts).unwrap()));
 }
