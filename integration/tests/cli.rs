@@ -239,6 +239,13 @@ fn leases_lock_a_blob_to_its_holder() {
     assert_eq!(run(&["rm", "jobs/state"]), 9);
     assert_eq!(stat()["content_length"], 2, "nothing was written");
     ok(s, &["put", "--lease-id", &id, large, "jobs/state"]);
+    // A copy onto the leased blob (inside the device) needs the lease too.
+    ok(s, &["put", small, "jobs/src"]);
+    assert_eq!(run(&["cp", "vmblob://jobs/src", "vmblob://jobs/state"]), 9);
+    assert_eq!(run(&["cp", "-r", "--lease-id", &id, "vmblob://jobs/", "vmblob://other/"]), 2, "one blob's lease");
+    ok(s, &["cp", "--lease-id", &id, "vmblob://jobs/src", "vmblob://jobs/state"]);
+    assert_eq!(ok(s, &["get", "jobs/state", "-"]), "v1");
+    ok(s, &["put", "--lease-id", &id, large, "jobs/state"]);
     ok(s, &["set", "--lease-id", &id, "--cache-control", "no-cache", "--metadata", "k=v", "jobs/state"]);
     let j = stat();
     assert_eq!((&j["content_length"], &j["cache_control"]), (&((8u64 << 20) + 4096).into(), &"no-cache".into()));

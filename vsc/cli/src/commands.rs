@@ -163,12 +163,16 @@ pub fn run(cli: &Cli, c: &BlobClient) -> Result<(), CliError> {
             Err(CliError::Usage("rm -r takes no conditions; rm one blob at a time for that".into()))
         }
         Cmd::Rm { path, recursive: true, yes, .. } => remove_under(c, path, *yes),
-        Cmd::Cp { src, dest, recursive, filter } => {
+        Cmd::Cp { src, dest, recursive, filter, lease_id } => {
             let filtered = !filter.include.is_empty() || !filter.exclude.is_empty();
             if filtered && !recursive {
                 return Err(CliError::Usage("--include and --exclude need -r".into()));
             }
-            copy(cli, c, src, dest, *recursive, &Filter::new(&filter.include, &filter.exclude)?)
+            if lease_id.is_some() && *recursive {
+                return Err(CliError::Usage("--lease-id is one blob's: cp -r takes none".into()));
+            }
+            let lease = lease_id.as_deref().map(|id| lease_id_arg("--lease-id", id)).transpose()?;
+            copy(cli, c, src, dest, *recursive, &Filter::new(&filter.include, &filter.exclude)?, lease)
         }
         Cmd::Sync { src, dest, filter, delete_destination, yes } => {
             let delete = match (delete_destination, yes) {

@@ -305,6 +305,10 @@ pub enum Cmd {
         recursive: bool,
         #[command(flatten)]
         filter: FilterArgs,
+        /// A single blob's lease: the target's, when it is on the device and leased
+        /// (else exit 9); a download's source is checked against it.
+        #[arg(long, value_name = "ID")]
+        lease_id: Option<String>,
     },
     /// Make DEST hold SRC's files (a local directory and container/prefix, either way),
     /// copying only those missing there or differing by size or CRC-64.

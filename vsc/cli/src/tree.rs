@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vmblob_protocol::ops::Conditions;
+use vmblob_protocol::ops::{Conditions, LeaseId};
 use vmblob_vsc::{BlobClient, BlobListItem, BlobProperties, CopyOptions, ListBlobsOptions};
 
 use super::args::{device_etag, put_options};
@@ -45,14 +45,15 @@ pub(crate) fn copy(
     dest: &str,
     recursive: bool,
     filter: &Filter,
+    lease: Option<LeaseId>,
 ) -> Result<(), CliError> {
     if let Some(dest) = device_path(dest) {
         // Into the device: from it too (a device path, or no local file of that name) ...
         let src_remote = device_path(src).or_else(|| (!Path::new(src).exists()).then_some(src));
         if let Some(src) = src_remote {
-            return copy_in_device(c, src, dest, recursive, filter);
+            return copy_in_device(c, src, dest, recursive, filter, lease);
         }
-        return copy(cli, c, src, dest, recursive, filter);
+        return copy(cli, c, src, dest, recursive, filter, lease);
     }
     let (src, src_on_device) = match device_path(src) {
         Some(s) => (s, true),
@@ -77,14 +78,15 @@ pub(crate) fn copy(
             return Ok(());
         }
         let (container, name) = blob(dest)?;
-        let options = put_options(&PutArgs::default(), src_path, Conditions::none())?;
+        let options = put_options(&PutArgs::default(), src_path, Conditions::none().with_lease(lease))?;
         return put_file(cli, &c.container(container).blob(name), src_path, options);
     }
     // Download: src is container/prefix.
     let (container, prefix) = split(src);
     if !recursive {
         let (container, name) = blob(src)?;
-        return get_file(cli, &c.container(container).blob(name), Path::new(dest), None, &Conditions::none());
+        let conditions = Conditions::none().with_lease(lease);
+        return get_file(cli, &c.container(container).blob(name), Path::new(dest), None, &conditions);
     }
     let container = c.container(container);
     for (name, rel, _) in blobs_under(c, container.name(), prefix, filter)? {
@@ -147,10 +149,18 @@ pub(crate) fn remove_under(c: &BlobClient, path: &str, yes: bool) -> Result<(), 
 
 /// `cp vmblob://c/a vmblob://c/b` (`-r`: every blob under the prefix) inside
 /// the device: CopyBlob, the source pinned to the ETag it was listed with.
-fn copy_in_device(c: &BlobClient, src: &str, dest: &str, recursive: bool, filter: &Filter) -> Result<(), CliError> {
+fn copy_in_device(
+    c: &BlobClient,
+    src: &str,
+    dest: &str,
+    recursive: bool,
+    filter: &Filter,
+    lease: Option<LeaseId>,
+) -> Result<(), CliError> {
     if !recursive {
         let ((sc, sb), (dc, db)) = (blob(src)?, blob(dest)?);
-        c.container(dc).blob(db).copy_from(&c.container(sc).blob(sb), CopyOptions::default())?;
+        let options = CopyOptions { conditions: Conditions::none().with_lease(lease), ..CopyOptions::default() };
+        c.container(dc).blob(db).copy_from(&c.container(sc).blob(sb), options)?;
         return Ok(());
     }
     let ((sc, prefix), (dc, dest_prefix)) = (split(src), split(dest));
