@@ -363,3 +363,24 @@ fn the_example_program_runs_against_a_daemon() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_leased_blob_refuses_object_store_writes_and_copies_at_once() {
+    use vmblob_protocol::ops::LeaseDuration;
+    let r = rig(GuestOptions::default());
+    let store = r.store.clone();
+    let guest_blob = r.guest.container("objects").blob("leased");
+    guest_blob.put(b"held").unwrap();
+    let id = guest_blob.acquire_lease(LeaseDuration::Infinite, None).unwrap();
+    run("leased", async move {
+        store.put(&Path::from("source"), "new".into()).await.unwrap();
+        // object_store has no leases: a write the lease refuses is a failed precondition,
+        // as a 412 from Azure is, and a copy onto it says so instead of retrying.
+        let err = store.put(&Path::from("leased"), "x".into()).await.unwrap_err();
+        assert!(matches!(err, object_store::Error::Precondition { .. }), "{err}");
+        let err = store.copy(&Path::from("source"), &Path::from("leased")).await.unwrap_err();
+        assert!(matches!(err, object_store::Error::Precondition { .. }), "{err}");
+        assert_eq!(store.get(&Path::from("leased")).await.unwrap().bytes().await.unwrap(), "held");
+    });
+    guest_blob.release_lease(id).unwrap();
+}

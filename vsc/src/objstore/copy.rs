@@ -43,10 +43,12 @@ fn copy_once(from: &BlobHandle, to: &BlobHandle, to_conditions: Conditions) -> R
         let options = CopyOptions { source_conditions: pin, conditions: to_conditions, metadata: None };
         return match to.copy_from(from, options) {
             Ok(_) => Ok(etag),
-            // The source changed since its ETag was read (unless the target's own If-Match failed).
-            Err(e) if !ambiguous && e.blob_error() == Some(BlobError::PreconditionFailed) => {
-                Err(ObjStoreError::Changed)
-            }
+            // The source changed since its ETag was read (unless the target's own If-Match
+            // failed), or, if it still has that ETag, the target refused: its lease.
+            Err(e) if !ambiguous && e.blob_error() == Some(BlobError::PreconditionFailed) => match from.properties() {
+                Ok(now) if now.etag == props.etag => Err(e.into()),
+                _ => Err(ObjStoreError::Changed),
+            },
             Err(e) => Err(e.into()),
         };
     }
