@@ -226,3 +226,44 @@ fn a_table_with_a_lease_the_rules_cannot_make_is_refused() {
     let e = LeaseTable::open(Box::new(mem)).err().expect("refused");
     assert!(e.to_string().contains("bad lease"), "{e}");
 }
+
+#[test]
+fn no_lease_is_granted_while_an_unleased_write_is_in_flight() {
+    use std::sync::atomic::AtomicBool;
+    let t = Arc::new(LeaseTable::in_memory());
+    let b = blob("contended");
+    let held = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let admitted = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let (t, b, held, stop, admitted) = (t.clone(), b.clone(), held.clone(), stop.clone(), admitted.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(g) = t.admit_write(&b, None) {
+                        admitted.fetch_add(1, Ordering::SeqCst);
+                        for _ in 0..50 {
+                            assert!(!held.load(Ordering::SeqCst), "a lease was granted over an unleased write");
+                            std::hint::spin_loop();
+                        }
+                        g.committed();
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut leases = 0;
+    let until = std::time::Instant::now() + Duration::from_millis(700);
+    while std::time::Instant::now() < until {
+        let id = take(&t, &b, &acquire(None)).unwrap().lease_id.unwrap();
+        held.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_micros(200));
+        held.store(false, Ordering::SeqCst);
+        take(&t, &b, &LeaseAction::Release { lease_id: id }).unwrap();
+        leases += 1;
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::SeqCst);
+    writers.into_iter().for_each(|w| w.join().unwrap());
+    assert!(leases > 10 && admitted.load(Ordering::SeqCst) > 10, "both sides ran: {leases} leases");
+}
