@@ -660,6 +660,7 @@ fn scenarios() -> Vec<Scenario> {
                 json!({"op": "stage", "c": "lse", "b": "fresh", "id": "f1", "data": "f"}),
                 json!({"op": "lease", "c": "lse", "b": "fresh", "action": "acquire", "proposed": "L2"}),
                 json!({"op": "stage", "c": "lse", "b": "fresh", "id": "f2", "data": "g"}),
+                json!({"op": "delete", "c": "lse", "b": "fresh"}),
                 json!({"op": "commit", "c": "lse", "b": "fresh", "ids": ["f1"], "lease": "L2"}),
                 json!({"op": "head", "c": "lse", "b": "fresh"}),
                 json!({"op": "put", "c": "lse", "b": "fresh", "data": "x"}),

@@ -69,6 +69,8 @@ impl Engine {
     /// the blob's (or container's) absence when it is absent.
     fn absent_first(&self, target: &BlobRef, refusal: OpFailure, cancel: &CancelToken) -> OpFailure {
         match self.store.blob_properties(target, &Conditions::none()) {
+            // A name with only staged blocks is there to be leased (and deleted).
+            Err(StoreError::BlobNotFound) if self.has_staged_blocks(target) => refusal,
             Err(e @ (StoreError::BlobNotFound | StoreError::ContainerNotFound)) => self.store_failure(e, cancel),
             _ => refusal,
         }
