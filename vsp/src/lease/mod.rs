@@ -133,7 +133,9 @@ impl LeaseTable {
         let table = Self::build(Some(storage), now_ms);
         let mut g = lock(&table.inner);
         for s in saved.leases {
-            if !s.lease.is_valid() {
+            let names_ok =
+                ContainerName::new(&s.container).is_ok() && vmblob_protocol::names::BlobName::new(&s.blob).is_ok();
+            if !s.lease.is_valid() || !names_ok {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, format!("lease table: bad lease {s:?}")));
             }
             g.leases.insert(format!("{}/{}", s.container, s.blob), s.lease);

@@ -225,6 +225,12 @@ fn a_table_with_a_lease_the_rules_cannot_make_is_refused() {
     *mem.bytes.lock().unwrap() = Some(bad.to_vec());
     let e = LeaseTable::open(Box::new(mem)).err().expect("refused");
     assert!(e.to_string().contains("bad lease"), "{e}");
+    let bad_name =
+        br#"{"leases":[{"container":"a/b","blob":"c","id":"0a0a0a0a-0a0a-0a0a-0a0a-0a0a0a0a0a0a","phase":"broken"}]}"#;
+    let mem = Mem::default();
+    *mem.bytes.lock().unwrap() = Some(bad_name.to_vec());
+    let e = LeaseTable::open(Box::new(mem)).err().expect("refused");
+    assert!(e.to_string().contains("bad lease"), "{e}");
 }
 
 #[test]
