@@ -59,6 +59,15 @@ fn key(t: &BlobRef) -> String {
     format!("{}/{}", t.container.as_str(), t.blob.as_str())
 }
 
+/// A key's container and blob.
+fn split(k: &str) -> Option<(String, String)> {
+    k.split_once('/').map(|(c, b)| (c.to_owned(), b.to_owned()))
+}
+
+fn saved(k: &str, lease: Lease) -> Option<persist::SavedLease> {
+    split(k).map(|(container, blob)| persist::SavedLease { container, blob, lease })
+}
+
 #[derive(Default)]
 struct Busy {
     writers: usize,
@@ -272,8 +281,8 @@ impl LeaseTable {
     /// a change that cannot be saved is not made (a lease a restart would
     /// lose is no lock). The table lock is not held while saving.
     fn apply(&self, k: &str, action: &LeaseAction, deletes_seen: u64) -> Result<Answer, Refused> {
-        let _saving = lock(&self.saving);
-        let (after, evict, bytes, answer) = {
+        let saving = lock(&self.saving);
+        let (after, evict, answer, dirty, live) = {
             let g = lock(&self.inner);
             if g.container_deletes != deletes_seen {
                 return Err(Refused::Raced);
@@ -291,19 +300,67 @@ impl LeaseTable {
                     return Err(Refused::Full);
                 }
             }
+            let live = g.leases.len() - evict.len() + usize::from(before.is_none()) - usize::from(after.is_none());
+            (after, evict, answer, g.dirty, live)
+        };
+        let mut gone: Vec<String> = evict.iter().cloned().collect();
+        if after.is_none() {
+            gone.push(k.to_owned());
+        }
+        let change = persist::Change {
+            set: after.and_then(|l| saved(k, l)),
+            gone: gone.iter().filter_map(|k| split(k)).collect(),
+        };
+        let compact = self.persist(&change, live, dirty, || {
+            let g = lock(&self.inner);
             let own = k.to_owned();
             let kept = g.leases.iter().filter(|(key, _)| key.as_str() != k && !evict.contains(*key));
-            let bytes = self.encode(kept.chain(after.as_ref().map(|l| (&own, l))))?;
-            (after, evict, bytes, answer)
-        };
-        self.save(bytes)?;
+            self.encode(kept.chain(after.as_ref().map(|l| (&own, l))))
+        })?;
         let mut g = lock(&self.inner);
         g.leases.retain(|key, _| !evict.contains(key));
         match after {
             Some(l) => g.leases.insert(k.to_owned(), l),
             None => g.leases.remove(k),
         };
+        drop(g);
+        drop(saving);
+        if compact {
+            self.compact();
+        }
         Ok(answer)
+    }
+
+    /// Make `change` durable (the caller holds `saving`): appended to the
+    /// storage's log, or, where it keeps none or the last save failed, the
+    /// whole table `whole` gives. Whether the log asks to be compacted.
+    fn persist(
+        &self,
+        change: &persist::Change,
+        live: usize,
+        dirty: bool,
+        whole: impl FnOnce() -> Result<Option<Vec<u8>>, Refused>,
+    ) -> Result<bool, Refused> {
+        let Some(storage) = &self.storage else { return Ok(false) };
+        match (!dirty).then(|| storage.record(change, live)).flatten() {
+            Some(Ok(r)) => Ok(r == persist::Recorded::Compact),
+            Some(Err(e)) => {
+                // Perhaps half a line: the next change saves the whole table.
+                lock(&self.inner).dirty = true;
+                Err(Refused::Io(e))
+            }
+            None => self.save(whole()?).map(|()| false),
+        }
+    }
+
+    /// Save the whole table, emptying the log; a failure is logged (the log
+    /// still holds every change).
+    fn compact(&self) {
+        let _saving = lock(&self.saving);
+        let bytes = self.encode(lock(&self.inner).leases.iter());
+        if let Err(e) = bytes.and_then(|b| self.save(b)) {
+            log::warn!("cannot compact the lease log: {e}");
+        }
     }
 
     /// The table's bytes (None: it is kept in memory only).
@@ -311,16 +368,11 @@ impl LeaseTable {
         if self.storage.is_none() {
             return Ok(None);
         }
-        let leases = leases
-            .filter_map(|(k, l)| {
-                let (c, b) = k.split_once('/')?;
-                Some(persist::SavedLease { container: c.to_owned(), blob: b.to_owned(), lease: *l })
-            })
-            .collect();
+        let leases = leases.filter_map(|(k, l)| saved(k, *l)).collect();
         persist::encode(&persist::Saved { leases }).map(Some).map_err(Refused::Io)
     }
 
-    /// Save `bytes` (the caller holds `saving`). Not cut short by the
+    /// Save `bytes` whole (the caller holds `saving`). Not cut short by the
     /// request's cancel token: a save the store may still complete must not
     /// be reported as not made.
     fn save(&self, bytes: Option<Vec<u8>>) -> Result<(), Refused> {
@@ -335,18 +387,26 @@ impl LeaseTable {
     /// committed, so they go from memory even if the save fails (logged; the
     /// next save of the table rewrites it).
     fn forget(&self, gone: impl Fn(&str, &Lease) -> bool) {
-        let _saving = lock(&self.saving);
-        let bytes = {
+        let saving = lock(&self.saving);
+        let (keys, dirty, live) = {
             let mut g = lock(&self.inner);
-            let before = g.leases.len();
-            g.leases.retain(|k, l| !gone(k, l));
-            if g.leases.len() == before && !g.dirty {
+            let keys: Vec<String> = g.leases.iter().filter(|(k, l)| gone(k, l)).map(|(k, _)| k.clone()).collect();
+            if keys.is_empty() && !g.dirty {
                 return;
             }
-            self.encode(g.leases.iter())
+            for k in &keys {
+                g.leases.remove(k);
+            }
+            (keys, g.dirty, g.leases.len())
         };
-        if let Err(e) = bytes.and_then(|b| self.save(b)) {
-            log::warn!("{e} (a deleted or rewritten blob's old lease is on disk until the next save)");
+        let change = persist::Change { set: None, gone: keys.iter().filter_map(|k| split(k)).collect() };
+        match self.persist(&change, live, dirty, || self.encode(lock(&self.inner).leases.iter())) {
+            Ok(true) => {
+                drop(saving);
+                self.compact();
+            }
+            Ok(false) => {}
+            Err(e) => log::warn!("{e} (a deleted or rewritten blob's old lease is on disk until the next save)"),
         }
     }
 

@@ -273,3 +273,60 @@ fn no_lease_is_granted_while_an_unleased_write_is_in_flight() {
     writers.into_iter().for_each(|w| w.join().unwrap());
     assert!(leases > 10 && admitted.load(Ordering::SeqCst) > 10, "both sides ran: {leases} leases");
 }
+
+#[test]
+fn the_file_storage_appends_each_change_and_compacts_now_and_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().join("leases");
+    // Every reading of the clock a millisecond later: each renew is a change.
+    static NOW: AtomicU64 = AtomicU64::new(1_000_000);
+    let clock = || NOW.fetch_add(1, Ordering::SeqCst);
+    let open = || LeaseTable::open(Box::new(FileStorage::open(&at, 0o700).unwrap())).unwrap().with_clock(clock);
+    let t = open();
+    let log_len = || std::fs::metadata(at.join("leases.log")).map_or(0, |m| m.len());
+    let b = blob("renewed");
+    let id = take(&t, &b, &acquire(Some(60))).unwrap().lease_id.unwrap();
+    let one = log_len();
+    take(&t, &b, &LeaseAction::Renew { lease_id: id }).unwrap();
+    assert_eq!(log_len(), 2 * one, "a change appends one line, the table is not rewritten");
+    assert!(!at.join("leases.json").exists(), "no whole save yet");
+    take(&t, &blob("other"), &acquire(None)).unwrap();
+    take(&t, &blob("gone"), &acquire(None))
+        .map(|a| a.lease_id.unwrap())
+        .and_then(|id| take(&t, &blob("gone"), &LeaseAction::Release { lease_id: id }))
+        .unwrap();
+    let again = open();
+    assert_eq!(again.properties(&b).state, LeaseState::Leased);
+    assert_eq!(again.properties(&blob("other")).state, LeaseState::Leased);
+    assert_eq!(again.properties(&blob("gone")).state, LeaseState::Available, "a release in the log is replayed");
+    // Past the bound the log is folded into the whole table and emptied.
+    for _ in 0..1100 {
+        take(&again, &b, &LeaseAction::Renew { lease_id: id }).unwrap();
+    }
+    assert!(at.join("leases.json").exists() && log_len() < 200 * one, "compacted: log {} bytes", log_len());
+    let last = open();
+    assert_eq!(last.properties(&blob("other")).state, LeaseState::Leased);
+    assert!(last.admit_write(&b, None).is_err(), "still leased after compaction and restart");
+}
+
+#[test]
+fn a_torn_last_change_is_cut_off_and_a_corrupt_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().join("leases");
+    let open = || LeaseTable::open(Box::new(FileStorage::open(&at, 0o700).unwrap()));
+    take(&open().unwrap(), &blob("kept"), &acquire(None)).unwrap();
+    let log = at.join("leases.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let good = bytes.len();
+    bytes.extend_from_slice(b"{\"set\":{\"contai");
+    std::fs::write(&log, &bytes).unwrap();
+    let t = open().expect("a torn last line is a change that was never made");
+    assert_eq!(t.properties(&blob("kept")).state, LeaseState::Leased);
+    assert_eq!(std::fs::metadata(&log).unwrap().len() as usize, good, "cut off");
+    take(&t, &blob("next"), &acquire(None)).unwrap();
+    assert_eq!(open().unwrap().properties(&blob("next")).state, LeaseState::Leased);
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.splice(0..0, b"garbage\n".iter().copied());
+    std::fs::write(&log, &bytes).unwrap();
+    assert!(open().is_err(), "a corrupt change before the last is refused, not skipped");
+}
