@@ -86,6 +86,8 @@ struct Inner {
     container_deletes: u64,
     /// The last save failed: what is on disk may be stale until the next one.
     dirty: bool,
+    /// The storage's log asked to be folded into a whole save.
+    compact_pending: bool,
 }
 
 pub type Clock = fn() -> u64;
@@ -343,10 +345,16 @@ impl LeaseTable {
     ) -> Result<bool, Refused> {
         let Some(storage) = &self.storage else { return Ok(false) };
         match (!dirty).then(|| storage.record(change, live)).flatten() {
-            Some(Ok(r)) => Ok(r == persist::Recorded::Compact),
+            Some(Ok(r)) => {
+                let compact = r == persist::Recorded::Compact;
+                lock(&self.inner).compact_pending |= compact;
+                Ok(compact)
+            }
             Some(Err(e)) => {
-                // Perhaps half a line: the next change saves the whole table.
-                lock(&self.inner).dirty = true;
+                // Not made, so it must not come back: the whole table as it
+                // stands is saved over it (if that fails too, `dirty` makes
+                // the next change a whole save).
+                let _ = self.encode(lock(&self.inner).leases.iter()).and_then(|b| self.save(b));
                 Err(Refused::Io(e))
             }
             None => self.save(whole()?).map(|()| false),
@@ -357,7 +365,14 @@ impl LeaseTable {
     /// still holds every change).
     fn compact(&self) {
         let _saving = lock(&self.saving);
-        let bytes = self.encode(lock(&self.inner).leases.iter());
+        // Several changes may have asked; one save does for all of them.
+        let bytes = {
+            let mut g = lock(&self.inner);
+            if !std::mem::take(&mut g.compact_pending) {
+                return;
+            }
+            self.encode(g.leases.iter())
+        };
         if let Err(e) = bytes.and_then(|b| self.save(b)) {
             log::warn!("cannot compact the lease log: {e}");
         }
@@ -369,7 +384,7 @@ impl LeaseTable {
             return Ok(None);
         }
         let leases = leases.filter_map(|(k, l)| saved(k, *l)).collect();
-        persist::encode(&persist::Saved { leases }).map(Some).map_err(Refused::Io)
+        persist::encode(&persist::Saved { leases, through: 0 }).map(Some).map_err(Refused::Io)
     }
 
     /// Save `bytes` whole (the caller holds `saving`). Not cut short by the
@@ -414,6 +429,10 @@ impl LeaseTable {
     pub fn forget_container(&self, container: &ContainerName) {
         let prefix = format!("{}/", container.as_str());
         let any = {
+            // Under `saving`: an acquire's check and its lease change (made
+            // under it too) fall wholly before this, and its lease is seen
+            // here, or wholly after, and it sees the count moved.
+            let _saving = lock(&self.saving);
             let mut g = lock(&self.inner);
             g.container_deletes += 1;
             g.leases.keys().any(|k| k.starts_with(&prefix))

@@ -20,6 +20,10 @@ use super::state::Lease;
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Saved {
     pub leases: Vec<SavedLease>,
+    /// The file storage's last logged change this table holds: replay skips
+    /// those up to it (a log a failed or interrupted truncation left behind).
+    #[serde(default)]
+    pub through: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,6 +42,14 @@ pub struct Change {
     pub set: Option<SavedLease>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gone: Vec<(String, String)>,
+}
+
+/// A line of the log: a change and its place in the sequence.
+#[derive(Debug, Serialize, Deserialize)]
+struct Logged {
+    seq: u64,
+    #[serde(flatten)]
+    change: Change,
 }
 
 /// What a recorded change asks of the table next.
@@ -64,12 +76,23 @@ pub trait LeaseStorage: Send + Sync {
 }
 
 /// `<dir>/leases.json`, replaced by write, fsync, rename, fsync of the dir,
-/// and `<dir>/leases.log`, one JSON [`Change`] per line, each fsync'd.
+/// and `<dir>/leases.log`, one JSON change per line with its sequence
+/// number, each fsync'd.
 pub struct FileStorage {
     dir: PathBuf,
     mode: u32,
-    /// The log, and how many changes it holds.
-    log: Mutex<(Option<File>, usize)>,
+    log: Mutex<Log>,
+}
+
+struct Log {
+    file: File,
+    /// Its length: where a failed append is cut back to.
+    len: u64,
+    /// Changes in it since the last whole save.
+    changes: usize,
+    /// The next change's sequence number (one is never reused, even for a
+    /// change whose append failed).
+    next_seq: u64,
 }
 
 const FILE: &str = "leases.json";
@@ -78,115 +101,126 @@ const LOG: &str = "leases.log";
 /// Changes the log may hold before a whole save, at the least.
 const COMPACT_AFTER: usize = 1024;
 
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
 impl FileStorage {
-    /// Creates `dir` (permission bits `mode`) if need be.
+    /// Creates `dir` (permission bits `mode`) and the log if need be.
     pub fn open(dir: &Path, mode: u32) -> io::Result<Self> {
         fs::DirBuilder::new().recursive(true).mode(mode).create(dir)?;
         // A save that did not reach its rename is discarded.
         let _ = fs::remove_file(dir.join(TEMP));
-        Ok(Self { dir: dir.to_owned(), mode: mode & 0o666, log: Mutex::new((None, 0)) })
+        let mode = mode & 0o666;
+        let file = OpenOptions::new().append(true).create(true).mode(mode).open(dir.join(LOG))?;
+        // The log's name must outlive a power loss as its lines do.
+        File::open(dir)?.sync_all()?;
+        let len = file.metadata()?.len();
+        Ok(Self { dir: dir.to_owned(), mode, log: Mutex::new(Log { file, len, changes: 0, next_seq: 1 }) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The log's changes, cutting off a torn last line (a crash mid-append:
-    /// that change was never reported as made).
-    fn read_log(&self) -> io::Result<Vec<Change>> {
+    /// that change was never reported as made). Any other line that does not
+    /// read is corruption, refused.
+    fn read_log(&self, log: &mut Log) -> io::Result<Vec<Logged>> {
         let path = self.dir.join(LOG);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut changes = Vec::new();
+        let bytes = fs::read(&path)?;
+        let mut lines = Vec::new();
         let mut good = 0;
         for line in bytes.split_inclusive(|&b| b == b'\n') {
-            let complete = line.ends_with(b"\n");
-            match serde_json::from_slice::<Change>(line) {
-                Ok(c) if complete => changes.push(c),
-                // Only the last line can be torn; anything else is a corrupt log.
-                _ if good + line.len() == bytes.len() => break,
-                r => {
-                    let why = r.err().map_or_else(|| "no newline".to_owned(), |e| e.to_string());
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display())));
-                }
+            if !line.ends_with(b"\n") {
+                break;
             }
+            let l: Logged = serde_json::from_slice(line).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            lines.push(l);
             good += line.len();
         }
         if good < bytes.len() {
             log::warn!("lease log {}: torn last change cut off", path.display());
-            OpenOptions::new().write(true).open(&path)?.set_len(good as u64)?;
+            log.file.set_len(good as u64)?;
+            log.file.sync_all()?;
         }
-        Ok(changes)
-    }
-
-    fn log_file(&self) -> io::Result<File> {
-        OpenOptions::new().append(true).create(true).mode(self.mode).open(self.dir.join(LOG))
+        log.len = good as u64;
+        Ok(lines)
     }
 }
 
 impl LeaseStorage for FileStorage {
     fn load(&self) -> io::Result<Option<Vec<u8>>> {
+        let mut log = self.lock();
         let base = match fs::read(self.dir.join(FILE)) {
             Ok(b) => Some(decode(&b)?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let changes = self.read_log()?;
-        *self.log.lock().unwrap_or_else(PoisonError::into_inner) = (None, changes.len());
-        if base.is_none() && changes.is_empty() {
+        let lines = self.read_log(&mut log)?;
+        let through = base.as_ref().map_or(0, |b| b.through);
+        log.next_seq = lines.iter().map(|l| l.seq).max().unwrap_or(0).max(through) + 1;
+        log.changes = lines.len();
+        if base.is_none() && lines.is_empty() {
             return Ok(None);
         }
-        // Replayed in order over the table last saved whole. Replaying
-        // changes the table already holds (a crash between a whole save and
-        // emptying the log) ends where that table is.
+        // Replayed in order over the table last saved whole, skipping what it holds.
         let mut table: HashMap<(String, String), SavedLease> = HashMap::new();
         for l in base.unwrap_or_default().leases {
             table.insert((l.container.clone(), l.blob.clone()), l);
         }
-        for c in changes {
-            for k in c.gone {
+        for Logged { change, .. } in lines.into_iter().filter(|l| l.seq > through) {
+            for k in change.gone {
                 table.remove(&k);
             }
-            if let Some(l) = c.set {
+            if let Some(l) = change.set {
                 table.insert((l.container.clone(), l.blob.clone()), l);
             }
         }
-        encode(&Saved { leases: table.into_values().collect() }).map(Some)
+        encode(&Saved { leases: table.into_values().collect(), through }).map(Some)
     }
 
     fn save(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut log = self.lock();
+        // The table holds every change numbered so far (they are all made
+        // under the caller's lock, before it asked for this snapshot).
+        let mut saved = decode(bytes)?;
+        saved.through = log.next_seq - 1;
         let tmp = self.dir.join(TEMP);
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(self.mode).open(&tmp)?;
-        f.write_all(bytes)?;
+        f.write_all(&encode(&saved)?)?;
         f.sync_all()?;
         fs::rename(&tmp, self.dir.join(FILE))?;
         File::open(&self.dir)?.sync_all()?;
-        // The whole table holds every change: the log can go.
-        let file = self.log_file()?;
-        file.set_len(0)?;
-        file.sync_all()?;
-        *log = (Some(file), 0);
+        // Saved. The log's lines are all at or below `through` now: emptying
+        // it only saves space, so a failure here is no failure of the save.
+        match log.file.set_len(0).and_then(|()| log.file.sync_all()) {
+            Ok(()) => (log.len, log.changes) = (0, 0),
+            Err(e) => log::warn!("lease log {}: not emptied after a whole save: {e}", self.dir.display()),
+        }
         Ok(())
     }
 
     fn record(&self, change: &Change, live: usize) -> Option<io::Result<Recorded>> {
-        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut log = self.lock();
+        let seq = log.next_seq;
+        log.next_seq += 1;
+        let at = log.len;
         let r = (|| {
-            let mut line = serde_json::to_vec(change).map_err(io::Error::other)?;
+            let mut line = serde_json::to_vec(&LoggedRef { seq, change }).map_err(io::Error::other)?;
             line.push(b'\n');
-            if log.0.is_none() {
-                log.0 = Some(self.log_file()?);
-            }
-            let file = log.0.as_mut().ok_or_else(|| io::Error::other("no lease log"))?;
-            file.write_all(&line)?;
-            file.sync_data()?;
-            log.1 += 1;
-            Ok(if log.1 > COMPACT_AFTER.max(2 * live) { Recorded::Compact } else { Recorded::Done })
+            log.file.write_all(&line)?;
+            log.file.sync_data()?;
+            log.len += line.len() as u64;
+            log.changes += 1;
+            Ok(if log.changes > COMPACT_AFTER.max(2 * live) { Recorded::Compact } else { Recorded::Done })
         })();
         if r.is_err() {
-            // A half-written line would be followed by the next: reopen, and
-            // let the next whole save (the table asks for one) settle it.
-            log.0 = None;
+            // Not reported as made, so it must not come back on a restart:
+            // cut the log back (the caller also saves the table whole, whose
+            // `through` covers this number, in case this fails too).
+            let _ = log.file.set_len(at).and_then(|()| log.file.sync_all());
+            log.len = at;
         }
         Some(r)
     }
@@ -194,6 +228,14 @@ impl LeaseStorage for FileStorage {
     fn describe(&self) -> String {
         self.dir.join(FILE).display().to_string()
     }
+}
+
+/// [`Logged`] over a borrowed change, for writing.
+#[derive(Serialize)]
+struct LoggedRef<'a> {
+    seq: u64,
+    #[serde(flatten)]
+    change: &'a Change,
 }
 
 pub fn encode(saved: &Saved) -> io::Result<Vec<u8>> {

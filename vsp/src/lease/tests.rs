@@ -330,3 +330,32 @@ fn a_torn_last_change_is_cut_off_and_a_corrupt_one_refused() {
     std::fs::write(&log, &bytes).unwrap();
     assert!(open().is_err(), "a corrupt change before the last is refused, not skipped");
 }
+
+#[test]
+fn a_log_left_behind_by_a_whole_save_is_not_replayed() {
+    static NOW: AtomicU64 = AtomicU64::new(1_000_000);
+    let clock = || NOW.fetch_add(1, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().join("leases");
+    let open = || LeaseTable::open(Box::new(FileStorage::open(&at, 0o700).unwrap())).unwrap().with_clock(clock);
+    let t = open();
+    let b = blob("released");
+    let id = take(&t, &b, &acquire(None)).unwrap().lease_id.unwrap();
+    let stale_log = std::fs::read(at.join("leases.log")).unwrap();
+    take(&t, &b, &LeaseAction::Release { lease_id: id }).unwrap();
+    // Fold the log into a whole save (as compaction does), then put the old
+    // log back, as a crash before emptying it (or a failed truncation) would.
+    for i in 0..1100 {
+        let other = blob(&format!("o{}", i % 3));
+        let id = take(&t, &other, &acquire(None)).unwrap().lease_id.unwrap();
+        take(&t, &other, &LeaseAction::Release { lease_id: id }).unwrap();
+    }
+    assert!(at.join("leases.json").exists(), "a whole save happened");
+    std::fs::write(at.join("leases.log"), &stale_log).unwrap();
+    assert_eq!(open().properties(&b).state, LeaseState::Available, "a released lease does not come back");
+    // A complete line that does not read is corruption, not a torn append.
+    let mut bytes = std::fs::read(at.join("leases.log")).unwrap();
+    bytes.extend_from_slice(b"{not json}\n");
+    std::fs::write(at.join("leases.log"), &bytes).unwrap();
+    assert!(LeaseTable::open(Box::new(FileStorage::open(&at, 0o700).unwrap())).is_err());
+}
