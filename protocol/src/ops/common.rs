@@ -144,6 +144,11 @@ impl Conditions {
     pub fn if_none_match(etag: ETag) -> Self {
         Self { if_none_match: Some(etag), ..Self::default() }
     }
+    /// Whether nothing is asked of the entity itself (ETag or time): a
+    /// lease id alone is the VSP's to judge, not the store's.
+    pub fn is_unconditional(&self) -> bool {
+        self.if_match.is_none() && self.if_none_match.is_none() && !self.has_times()
+    }
     /// The same conditions held under `lease_id`.
     pub fn with_lease(self, lease_id: Option<LeaseId>) -> Self {
         Self { lease_id, ..self }

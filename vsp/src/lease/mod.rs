@@ -19,6 +19,7 @@ pub use state::{Answer, Lease, LeaseError, Phase};
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -100,6 +101,9 @@ pub struct LeaseTable {
     /// the newest table.
     saving: Mutex<()>,
     clock: Clock,
+    /// Whether any lease is kept: a read of a blob while none is (the usual
+    /// case) shows "available" without taking the lock.
+    any: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,12 +155,14 @@ impl LeaseTable {
             }
             g.leases.insert(format!("{}/{}", s.container, s.blob), s.lease);
         }
+        table.any.store(!g.leases.is_empty(), Ordering::Release);
         drop(g);
         Ok(table)
     }
 
     fn build(storage: Option<Box<dyn LeaseStorage>>, clock: Clock) -> Self {
-        Self { inner: Mutex::default(), changed: Condvar::new(), storage, saving: Mutex::new(()), clock }
+        let any = AtomicBool::new(false);
+        Self { inner: Mutex::default(), changed: Condvar::new(), storage, saving: Mutex::new(()), clock, any }
     }
 
     /// The same table reading time from `clock` (ms since the Unix epoch).
@@ -211,16 +217,19 @@ impl LeaseTable {
 
     /// The blob's lease as its properties show it.
     pub fn properties(&self, target: &BlobRef) -> LeaseProperties {
+        if !self.any.load(Ordering::Acquire) {
+            return LeaseProperties::default();
+        }
         let g = lock(&self.inner);
         g.leases.get(&key(target)).map(|l| l.properties(self.now())).unwrap_or_default()
     }
 
     /// Fill in the lease of every blob in a listing page of `container`.
     pub fn fill_listing(&self, container: &ContainerName, items: &mut [BlobListItem]) {
-        let g = lock(&self.inner);
-        if g.leases.is_empty() {
+        if !self.any.load(Ordering::Acquire) {
             return;
         }
+        let g = lock(&self.inner);
         let now = self.now();
         let mut k = String::new();
         for item in items {
@@ -325,6 +334,7 @@ impl LeaseTable {
             Some(l) => g.leases.insert(k.to_owned(), l),
             None => g.leases.remove(k),
         };
+        self.any.store(!g.leases.is_empty(), Ordering::Release);
         drop(g);
         drop(saving);
         if compact {
@@ -412,6 +422,7 @@ impl LeaseTable {
             for k in &keys {
                 g.leases.remove(k);
             }
+            self.any.store(!g.leases.is_empty(), Ordering::Release);
             (keys, g.dirty, g.leases.len())
         };
         let change = persist::Change { set: None, gone: keys.iter().filter_map(|k| split(k)).collect() };

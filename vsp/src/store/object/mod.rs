@@ -145,7 +145,7 @@ fn decide_write(cur: &Current, conditions: &Conditions, txn: &TxnId) -> Result<O
 /// time, it was judged on that version). Unconditional writes simply overwrite.
 fn put_mode(conditions: &Conditions, cur: &Current) -> PutMode {
     // The lease id is the VSP's to judge, not the service's condition.
-    if conditions.clone().with_lease(None) == Conditions::none() {
+    if conditions.is_unconditional() {
         return PutMode::Overwrite;
     }
     match cur {
