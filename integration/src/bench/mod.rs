@@ -4,6 +4,7 @@
 
 pub mod limits;
 pub mod paths;
+pub mod perf_ctl;
 pub mod report;
 pub mod rss;
 pub mod servers;
@@ -16,6 +17,7 @@ use self::paths::direct::DirectPath;
 use self::paths::rest::RestPath;
 use self::paths::vmblob::{VmblobOptions, VmblobPath};
 use self::paths::{BenchPath, CHUNK, OpKind, OpsSample, OpsSpec, blob_name};
+use self::perf_ctl::PerfControl;
 use self::report::{Limits, Measured, Outcome, Report, Row};
 use self::stats::{Spread, percentile_us};
 
@@ -43,6 +45,8 @@ pub struct Config {
     pub only: Option<String>,
     /// Where stores live (default: a temporary directory).
     pub workdir: Option<PathBuf>,
+    /// perf's control fifo and, optionally, its ack fifo (see [`perf_ctl`]).
+    pub perf_ctl: Option<(PathBuf, Option<PathBuf>)>,
 }
 
 impl Config {
@@ -63,6 +67,7 @@ impl Config {
             },
             only: None,
             workdir: None,
+            perf_ctl: None,
         }
     }
 
@@ -157,6 +162,10 @@ pub fn run(cfg: &Config) -> Report {
         Ok(t) => t,
         Err(e) => panic!("cannot create the bench directory: {e}"),
     };
+    let mut perf = cfg.perf_ctl.as_ref().map(|(ctl, ack)| match PerfControl::open(ctl, ack.as_deref()) {
+        Ok(p) => p,
+        Err(e) => panic!("cannot open perf's control fifo {}: {e}", ctl.display()),
+    });
     eprintln!("measuring this machine's limits ...");
     let limits = measure_limits(cfg);
     let workloads: Vec<Workload> = workloads()
@@ -190,7 +199,7 @@ pub fn run(cfg: &Config) -> Report {
                 Err(e) => Outcome::Failed { error: format!("set-up: {e}") },
                 Ok(()) => {
                     eprintln!("[{:5.1}s] {name}: {}", started.elapsed().as_secs_f64(), row.workload);
-                    match measure(path.as_ref(), w, cfg) {
+                    match measure(path.as_ref(), w, cfg, &mut perf) {
                         Ok(m) => Outcome::Measured(m),
                         Err(e) => Outcome::Failed { error: e.to_string() },
                     }
@@ -253,8 +262,13 @@ fn setup_fixtures(path: &dyn BenchPath, cfg: &Config) -> paths::Result<()> {
 }
 
 /// Warm up, then run `cfg.reps` repetitions; the server's peak RSS and CPU
-/// time cover the repetitions only.
-fn measure(path: &dyn BenchPath, w: &Workload, cfg: &Config) -> paths::Result<Measured> {
+/// time (and perf's samples, with `--perf-ctl`) cover the repetitions only.
+fn measure(
+    path: &dyn BenchPath,
+    w: &Workload,
+    cfg: &Config,
+    perf: &mut Option<PerfControl>,
+) -> paths::Result<Measured> {
     let warm = (cfg.rep_time / 4).max(Duration::from_millis(20));
     let reps = if matches!(w, Workload::Readers) { cfg.reps.min(3) } else { cfg.reps };
     let data = match *w {
@@ -274,8 +288,15 @@ fn measure(path: &dyn BenchPath, w: &Workload, cfg: &Config) -> paths::Result<Me
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
     let mut total_wall = 0.0;
-    for _ in 0..reps {
-        let (rate, wall, mut lat) = run_once(path, w, cfg, &data, cfg.rep_time)?;
+    if let Some(p) = perf {
+        p.enable()?;
+    }
+    let timed = (0..reps).map(|_| run_once(path, w, cfg, &data, cfg.rep_time)).collect::<Vec<_>>();
+    if let Some(p) = perf {
+        p.disable()?;
+    }
+    for result in timed {
+        let (rate, wall, mut lat) = result?;
         rates.push(rate);
         walls.push(wall);
         total_wall += wall;

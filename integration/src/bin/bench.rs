@@ -50,6 +50,14 @@ struct Args {
     /// Directory for the stores (default: the system temporary directory).
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// perf's control fifo: `enable` is written to it before each workload's
+    /// timed repetitions and `disable` after them, for
+    /// `perf record -D -1 --control fifo:CTL[,ACK]` (see docs/PERFORMANCE.md).
+    #[arg(long, value_name = "CTL")]
+    perf_ctl: Option<PathBuf>,
+    /// perf's ack fifo (with --perf-ctl): wait for perf to act on each command.
+    #[arg(long, value_name = "ACK", requires = "perf_ctl")]
+    perf_ack: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +79,7 @@ fn main() -> ExitCode {
     cfg.workdir = args.workdir;
     cfg.only = args.only;
     cfg.vmblob.copy_out = args.copy_out;
+    cfg.perf_ctl = args.perf_ctl.map(|ctl| (ctl, args.perf_ack));
     let report = bench::run(&cfg);
     println!("{}", report.to_markdown());
     if let Some(path) = args.json {
