@@ -26,24 +26,42 @@ pub trait WaitAssist: Send + Sync {
 
 /// A caller's handle on one submitted request.
 pub struct Waiter<T> {
-    done: Mutex<Option<Result<T, ClientError>>>,
+    done: Mutex<Done<T>>,
     cv: Condvar,
     /// Set with `done`: lets an assisting caller check without the lock.
     ready: AtomicBool,
     assist: Option<Weak<dyn WaitAssist>>,
 }
 
+/// A waiter's result and how many callers sleep on it.
+struct Done<T> {
+    result: Option<Result<T, ClientError>>,
+    /// Callers blocked in `cv.wait`: the completer skips the notify (a
+    /// futex syscall every time with std's condvar) when there are none,
+    /// which is the common case for a pipelining or assisting caller.
+    sleepers: u32,
+}
+
 impl<T> Waiter<T> {
     fn new(assist: Option<Weak<dyn WaitAssist>>) -> Arc<Self> {
-        Arc::new(Self { done: Mutex::new(None), cv: Condvar::new(), ready: AtomicBool::new(false), assist })
+        let done = Mutex::new(Done { result: None, sleepers: 0 });
+        Arc::new(Self { done, cv: Condvar::new(), ready: AtomicBool::new(false), assist })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Done<T>> {
+        self.done.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn set(&self, r: Result<T, ClientError>) {
-        let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        if g.is_none() {
-            *g = Some(r);
+        let mut g = self.lock();
+        // `ready` stays set once the result is taken: a second completion
+        // (a rescind racing the device) must not deliver again.
+        if g.result.is_none() && !self.ready.load(Ordering::Relaxed) {
+            g.result = Some(r);
             self.ready.store(true, Ordering::Release);
-            self.cv.notify_all();
+            if g.sleepers > 0 {
+                self.cv.notify_all();
+            }
         }
     }
 
@@ -57,34 +75,38 @@ impl<T> Waiter<T> {
     /// Block until the request completes or fails.
     pub fn wait(&self) -> Result<T, ClientError> {
         self.assist();
-        let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.lock();
         loop {
-            if let Some(r) = g.take() {
+            if let Some(r) = g.result.take() {
                 return r;
             }
+            g.sleepers += 1;
             g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            g.sleepers -= 1;
         }
     }
 
     /// The result if there is one already (for polling callers).
     pub fn try_take(&self) -> Option<Result<T, ClientError>> {
-        self.done.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.lock().result.take()
     }
 
     /// Wait at most `timeout`; `None` if still pending.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<T, ClientError>> {
         let deadline = Instant::now() + timeout;
         self.assist();
-        let mut g = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.lock();
         loop {
-            if let Some(r) = g.take() {
+            if let Some(r) = g.result.take() {
                 return Some(r);
             }
             let now = Instant::now();
             if now >= deadline {
                 return None;
             }
+            g.sleepers += 1;
             g = self.cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            g.sleepers -= 1;
         }
     }
 }
