@@ -11,7 +11,7 @@
 //!   a holder when the device comes back.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -133,6 +133,13 @@ pub type Registered<T> = (u64, Arc<Waiter<T>>);
 pub struct RequestTable<B, T> {
     inner: Mutex<Inner<B, T>>,
     assist: OnceLock<Weak<dyn WaitAssist>>,
+    /// The first id not yet handed out when the last rescind began (0: none
+    /// yet). Ids below it were drained; a submitter checks its own id
+    /// against it without taking the lock while it posts.
+    rescind_mark: AtomicU64,
+    /// `inner.pending.len()`, kept under the lock, read without it (every
+    /// wait asks whether a request is alone in flight).
+    pending_count: AtomicUsize,
 }
 
 impl<B, T> Default for RequestTable<B, T> {
@@ -151,6 +158,8 @@ impl<B, T> RequestTable<B, T> {
                 removing: false,
             }),
             assist: OnceLock::new(),
+            rescind_mark: AtomicU64::new(0),
+            pending_count: AtomicUsize::new(0),
         }
     }
 
@@ -177,30 +186,60 @@ impl<B, T> RequestTable<B, T> {
         g.next_id += 1;
         let waiter = Waiter::new(self.assist.get().cloned());
         g.pending.insert(id, Slot { buffers, waiter: waiter.clone() });
+        self.pending_count.store(g.pending.len(), Ordering::Release);
         Ok((id, waiter))
     }
 
     /// Withdraw a request that was never handed to the device.
     pub fn withdraw(&self, id: u64) -> Option<B> {
-        self.lock().pending.remove(&id).map(|s| s.buffers)
+        let mut g = self.lock();
+        let slot = g.pending.remove(&id);
+        self.pending_count.store(g.pending.len(), Ordering::Release);
+        slot.map(|s| s.buffers)
+    }
+
+    /// Whether a rescind began after `id` was registered, which drained it.
+    /// Lock-free, for a submitter posting its own not yet posted request
+    /// (such a request leaves the table only through a rescind or its own
+    /// withdraw). A submitter that then takes the queue lock a ring reset
+    /// held sees every rescind before that reset.
+    pub fn rescinded_since(&self, id: u64) -> bool {
+        id < self.rescind_mark.load(Ordering::Acquire)
     }
 
     /// The device completed `id`: `finish` turns its buffers into the
     /// caller's result. `false` for an unknown id (a late completion of a
     /// quarantined request releases its buffers and reports nothing).
     pub fn complete(&self, id: u64, finish: impl FnOnce(B) -> Result<T, ClientError>) -> bool {
-        let slot = {
-            let mut g = self.lock();
-            match g.pending.remove(&id) {
-                Some(s) => s,
-                None => {
-                    g.quarantine.remove(&id);
-                    return false;
-                }
-            }
-        };
+        let Some(slot) = self.remove_completed(&mut self.lock(), id) else { return false };
         slot.waiter.set(finish(slot.buffers));
         true
+    }
+
+    /// [`complete`](Self::complete) for a batch of `(id, what the device
+    /// said)`, taking the lock once (a reaper pops several completions per
+    /// wake-up at depth, while submitters want the same lock); callers are
+    /// woken outside it. Returns how many were pending.
+    pub fn complete_all<L>(&self, done: Vec<(u64, L)>, finish: impl Fn(B, L) -> Result<T, ClientError>) -> usize {
+        let slots: Vec<(Slot<B, T>, L)> = {
+            let mut g = self.lock();
+            done.into_iter().filter_map(|(id, l)| self.remove_completed(&mut g, id).map(|s| (s, l))).collect()
+        };
+        let n = slots.len();
+        for (slot, l) in slots {
+            slot.waiter.set(finish(slot.buffers, l));
+        }
+        n
+    }
+
+    /// Takes `id` out as completed; a quarantined id's buffers are released.
+    fn remove_completed(&self, g: &mut Inner<B, T>, id: u64) -> Option<Slot<B, T>> {
+        let slot = g.pending.remove(&id);
+        if slot.is_none() {
+            g.quarantine.remove(&id);
+        }
+        self.pending_count.store(g.pending.len(), Ordering::Release);
+        slot
     }
 
     /// Rescind: from now on submissions fail, and every pending caller gets
@@ -212,6 +251,8 @@ impl<B, T> RequestTable<B, T> {
         let waiters: Vec<(u64, Arc<Waiter<T>>)> = {
             let mut g = self.lock();
             g.removing = true;
+            self.rescind_mark.store(g.next_id, Ordering::Release);
+            self.pending_count.store(0, Ordering::Release);
             let slots: Vec<(u64, Slot<B, T>)> = g.pending.drain().collect();
             let mut waiters = Vec::with_capacity(slots.len());
             for (id, slot) in slots {
@@ -251,7 +292,7 @@ impl<B, T> RequestTable<B, T> {
     }
 
     pub fn pending(&self) -> usize {
-        self.lock().pending.len()
+        self.pending_count.load(Ordering::Acquire)
     }
 
     pub fn quarantined(&self) -> usize {
@@ -300,6 +341,39 @@ mod tests {
         assert_eq!(t.quarantined(), 7);
         assert_eq!(t.reopen(), 7);
         assert!(t.register(vec![]).is_ok());
+    }
+
+    #[test]
+    fn a_batch_completes_each_pending_id_once_and_releases_quarantined_ones() {
+        let t: RequestTable<u32, u32> = RequestTable::new();
+        let regs: Vec<_> = (0..4).map(|i| t.register(i).ok().unwrap()).collect();
+        assert_eq!(t.pending(), 4);
+        let ids: Vec<u64> = regs.iter().map(|r| r.0).collect();
+        // An unknown id and a repeated one are reported by nobody.
+        let batch = vec![(ids[0], 10), (ids[2], 30), (ids[0], 11), (999, 0)];
+        assert_eq!(t.complete_all(batch, |b, l| Ok(b * 100 + l)), 2);
+        assert_eq!(regs[0].1.try_take().unwrap().unwrap(), 10);
+        assert_eq!(regs[2].1.try_take().unwrap().unwrap(), 230);
+        assert!(regs[1].1.try_take().is_none() && regs[3].1.try_take().is_none());
+        assert_eq!(t.pending(), 2);
+        t.rescind();
+        assert_eq!((t.pending(), t.quarantined()), (0, 2));
+        assert_eq!(t.complete_all(vec![(ids[1], 0)], |b, _| Ok(b)), 0, "a rescinded request is not delivered again");
+        assert_eq!(t.quarantined(), 1, "its late completion released its buffers");
+    }
+
+    #[test]
+    fn rescinded_since_covers_exactly_the_requests_a_rescind_drained() {
+        let t: RequestTable<(), u32> = RequestTable::new();
+        let (before, _w) = t.register(()).ok().unwrap();
+        assert!(!t.rescinded_since(before));
+        t.rescind();
+        assert!(t.rescinded_since(before));
+        t.reopen();
+        let (after, _w2) = t.register(()).ok().unwrap();
+        assert!(!t.rescinded_since(after), "registered after the rescind");
+        assert!(t.rescinded_since(before));
+        assert_eq!(t.pending(), 1);
     }
 
     /// Completes the one request it is given, on the assisting caller's

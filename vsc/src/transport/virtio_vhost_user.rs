@@ -277,6 +277,7 @@ impl Inner {
     /// signal completions the poller picks up anyway.
     fn reap(&self, q: &Queue, rearm: bool) -> usize {
         let mut done = Vec::new();
+        let wake_submitters;
         {
             let mut st = lock(&q.state);
             loop {
@@ -302,14 +303,13 @@ impl Inner {
                     }
                 }
             }
+            wake_submitters = !done.is_empty() && st.space_waiters > 0;
         }
-        if !done.is_empty() {
+        if wake_submitters {
             q.space.notify_all();
         }
         let n = done.len();
-        for (id, len) in done {
-            self.table.complete(id, |b| finish(b, len));
-        }
+        self.table.complete_all(done, finish);
         n
     }
 

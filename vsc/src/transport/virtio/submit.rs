@@ -23,11 +23,14 @@ pub(crate) struct QueueState {
     pub ring: SplitQueue,
     /// Chain head -> request id.
     pub heads: HashMap<u16, u64>,
+    /// Submitters waiting for ring space: a reaper notifies the queue's
+    /// condvar (a futex call each time with std's) only when there are any.
+    pub space_waiters: u32,
 }
 
 impl QueueState {
     pub fn new(ring: SplitQueue) -> Self {
-        QueueState { ring, heads: HashMap::new() }
+        QueueState { ring, heads: HashMap::new(), space_waiters: 0 }
     }
 }
 
@@ -90,14 +93,18 @@ pub(crate) fn post_chain(
     let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
     let failed = loop {
         // This request, not a global flag: a rescind and a reconnect may both have happened
-        // since `register`, freeing its buffers.
-        if !table.is_pending(id) {
+        // since `register`, freeing its buffers (the reconnect resets the ring under this lock,
+        // after the rescind, so holding it we see that rescind).
+        if table.rescinded_since(id) {
             break ClientError::Rescinded;
         }
         match st.ring.add_chain(chain) {
             Ok(head) => {
                 st.heads.insert(head, id);
-                if st.ring.needs_kick() {
+                let needs_kick = st.ring.needs_kick();
+                // The kick is a syscall: not under the lock the reaper pops with.
+                drop(st);
+                if needs_kick {
                     kick();
                 }
                 return Ok(());
@@ -106,7 +113,11 @@ pub(crate) fn post_chain(
                 if let Some(d) = deadline.filter(|d| d.passed()) {
                     break d.error();
                 }
+                // Counted under the lock the reaper frees descriptors under: either it freed
+                // them before `add_chain` above or it sees this waiter.
+                st.space_waiters += 1;
                 st = space.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(PoisonError::into_inner).0;
+                st.space_waiters -= 1;
             }
             Err(e) => break e.into(),
         }

@@ -337,6 +337,7 @@ impl Inner {
     /// completed.
     fn reap(&self, q: &Queue, rearm: bool) -> usize {
         let mut done = Vec::new();
+        let wake_submitters;
         let mut fault = None;
         {
             let mut st = lock(&q.state);
@@ -360,8 +361,9 @@ impl Inner {
                     }
                 }
             }
+            wake_submitters = !done.is_empty() && st.space_waiters > 0;
         }
-        if !done.is_empty() {
+        if wake_submitters {
             q.space.notify_all();
         }
         let n = done.len();
@@ -371,9 +373,7 @@ impl Inner {
                 answer_by.remove(id);
             }
         }
-        for (id, len) in done {
-            self.table.complete(id, |b| finish(b, len));
-        }
+        self.table.complete_all(done, finish);
         if let Some(e) = fault {
             self.go_down(Down::Broken, &format!("queue {}: {e}", q.index));
         }
