@@ -124,6 +124,9 @@ struct Inner<B, T> {
     removing: bool,
 }
 
+/// Completions [`RequestTable::complete_all`] takes out per lock.
+const BATCH: usize = 16;
+
 /// A registered request: its id and what its caller waits on.
 pub type Registered<T> = (u64, Arc<Waiter<T>>);
 
@@ -217,21 +220,27 @@ impl<B, T> RequestTable<B, T> {
     }
 
     /// [`complete`](Self::complete) for a batch of `(id, what the device
-    /// said)`, taking the lock once (a reaper pops several completions per
-    /// wake-up at depth, while submitters want the same lock); callers are
-    /// woken outside it. Returns how many were pending.
+    /// said)`, taking the lock once per [`BATCH`] (a reaper pops several
+    /// completions per wake-up at depth, while submitters want the same
+    /// lock); callers are woken outside it, and nothing is allocated.
+    /// Returns how many were pending.
     pub fn complete_all<L>(&self, done: Vec<(u64, L)>, finish: impl Fn(B, L) -> Result<T, ClientError>) -> usize {
-        if done.is_empty() {
-            // A busy-polling caller reaps nothing most of the time: no lock for that.
-            return 0;
-        }
-        let slots: Vec<(Slot<B, T>, L)> = {
-            let mut g = self.lock();
-            done.into_iter().filter_map(|(id, l)| self.remove_completed(&mut g, id).map(|s| (s, l))).collect()
-        };
-        let n = slots.len();
-        for (slot, l) in slots {
-            slot.waiter.set(finish(slot.buffers, l));
+        let mut done = done.into_iter().peekable();
+        let mut n = 0;
+        // A busy-polling caller reaps nothing most of the time: no lock for that.
+        while done.peek().is_some() {
+            let mut taken: [Option<(Slot<B, T>, L)>; BATCH] = [const { None }; BATCH];
+            {
+                let mut g = self.lock();
+                // `taken` first: zip stops without pulling an id it has no room for.
+                for (room, (id, l)) in taken.iter_mut().zip(done.by_ref()) {
+                    *room = self.remove_completed(&mut g, id).map(|s| (s, l));
+                }
+            }
+            for (slot, l) in taken.into_iter().flatten() {
+                slot.waiter.set(finish(slot.buffers, l));
+                n += 1;
+            }
         }
         n
     }
@@ -364,6 +373,19 @@ mod tests {
         assert_eq!((t.pending(), t.quarantined()), (0, 2));
         assert_eq!(t.complete_all(vec![(ids[1], 0)], |b, _| Ok(b)), 0, "a rescinded request is not delivered again");
         assert_eq!(t.quarantined(), 1, "its late completion released its buffers");
+    }
+
+    #[test]
+    fn a_batch_longer_than_one_lock_round_completes_every_request() {
+        let t: RequestTable<u64, u64> = RequestTable::new();
+        let n = 3 * BATCH as u64 + 5;
+        let regs: Vec<_> = (0..n).map(|i| t.register(i).ok().unwrap()).collect();
+        let batch: Vec<(u64, u64)> = regs.iter().map(|(id, _)| (*id, 1000)).collect();
+        assert_eq!(t.complete_all(batch, |b, l| Ok(b + l)), n as usize);
+        for (i, (_, w)) in regs.iter().enumerate() {
+            assert_eq!(w.try_take().unwrap().unwrap(), i as u64 + 1000);
+        }
+        assert_eq!(t.pending(), 0);
     }
 
     #[test]
