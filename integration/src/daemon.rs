@@ -22,7 +22,7 @@ pub fn vsp_binary() -> &'static Path {
         if let Some(p) = std::env::var_os("VMBLOB_VSP_BIN") {
             return PathBuf::from(p);
         }
-        build_vsp()
+        workspace_binary("vmblob-vsp")
     })
 }
 
@@ -32,12 +32,16 @@ pub fn vmblob_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let _ = vsp_binary();
-        build_binary("vmblob-cli", "vmblob")
+        workspace_binary("vmblob")
     })
 }
 
-fn build_vsp() -> PathBuf {
-    build_binary("vmblob-vsp", "vmblob-vsp")
+/// A binary (`vmblob-vsp`) or example (`examples/object_store`) of the
+/// workspace, by its path under the profile directory, built on first use.
+pub fn workspace_binary(relative: &str) -> PathBuf {
+    let bin = build_workspace_binaries().join(relative);
+    assert!(bin.exists(), "built {relative} not found at {}", bin.display());
+    bin
 }
 
 /// The running executable's profile directory (`target/<profile>`).
@@ -55,36 +59,48 @@ pub fn target_dir() -> PathBuf {
     profile_dir().parent().expect("target directory").to_owned()
 }
 
-fn build_binary(package: &str, name: &str) -> PathBuf {
-    let profile_dir = profile_dir();
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile directory name").to_owned();
-    let target_dir = target_dir();
-    let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO")));
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build").arg("--manifest-path").arg(&manifest).args(["-p", package, "--bin", name]);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
+/// Builds every binary and example of the workspace, once per process, in the
+/// running executable's profile; returns the profile directory.
+///
+/// Why all of them: `cargo test --workspace` resolves one feature set for the
+/// whole workspace with the dev-dependencies' features on, and selecting the
+/// examples makes `cargo build` resolve exactly that set too, so after the test
+/// build this only links the two binaries. `cargo build -p vmblob-vsp` alone
+/// resolves vmblob-vsp's own, smaller set and compiled tokio, object_store,
+/// reqwest and the workspace's crates a second time (a third for `-p
+/// vmblob-cli`), minutes of CI on two cores. The binaries behave the same
+/// either way: the features only tests turn on (`test-util`, virtio-queue's
+/// `test-utils`) add API that nothing in them calls.
+fn build_workspace_binaries() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let profile_dir = profile_dir();
+        let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile directory name").to_owned();
+        let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO")));
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
+        let mut cmd = Command::new(cargo);
+        cmd.arg("build").arg("--manifest-path").arg(&manifest).args(["--workspace", "--bins", "--examples"]);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
         }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    // An explicit --target-dir keeps the binary where we look for it, with or
-    // without CARGO_TARGET_DIR.
-    cmd.arg("--target-dir").arg(&target_dir);
-    let out = cmd.stdin(Stdio::null()).output().expect("run cargo build");
-    assert!(
-        out.status.success(),
-        "cargo build -p {package} failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bin = profile_dir.join(name);
-    assert!(bin.exists(), "built {name} not found at {}", bin.display());
-    bin
+        // An explicit --target-dir keeps the binaries where we look for them,
+        // with or without CARGO_TARGET_DIR.
+        cmd.arg("--target-dir").arg(target_dir());
+        let out = cmd.stdin(Stdio::null()).output().expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build --workspace --bins --examples failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        profile_dir
+    })
 }
 
 /// util-linux `setpriv`, if present.

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub use daemon::{StoreKind, Vsp, VspOptions, cpu_time_of, vmblob_binary, vsp_binary};
+pub use daemon::{StoreKind, Vsp, VspOptions, cpu_time_of, vmblob_binary, vsp_binary, workspace_binary};
 pub use guest::{Guest, GuestOptions, expect_status, is_rescinded, is_transport_failure, status_of};
 
 /// Run `f` on its own thread and wait at most `limit` for it; panics with

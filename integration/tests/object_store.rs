@@ -18,7 +18,7 @@ use object_store::{
     PutPayload,
 };
 use vmblob_integration::data::pattern;
-use vmblob_integration::{Guest, GuestOptions, Sandbox, Vsp, VspOptions, bounded};
+use vmblob_integration::{Guest, GuestOptions, Sandbox, Vsp, VspOptions, bounded, workspace_binary};
 use vmblob_vsc::ListBlobsOptions;
 use vmblob_vsc::objstore::{VmblobStore, VmblobStoreBuilder};
 
@@ -306,31 +306,7 @@ fn works_without_a_tokio_runtime() {
 /// The example program, built like the daemon (same profile and target directory).
 fn example_binary() -> &'static FsPath {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let deps = exe.parent().expect("test executable has a directory");
-        let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") { deps.parent().unwrap() } else { deps };
-        let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile directory").to_owned();
-        let manifest = FsPath::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
-        let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO")));
-        let mut cmd = Command::new(cargo);
-        cmd.arg("build").arg("--manifest-path").arg(&manifest).args(["-p", "vmblob-vsc", "--example", "object_store"]);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        cmd.arg("--target-dir").arg(profile_dir.parent().expect("target directory"));
-        let out = cmd.stdin(Stdio::null()).output().expect("run cargo build");
-        assert!(out.status.success(), "building the example failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        let bin = profile_dir.join("examples").join("object_store");
-        assert!(bin.exists(), "example not found at {}", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| workspace_binary("examples/object_store"))
 }
 
 #[test]
