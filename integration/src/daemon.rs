@@ -26,14 +26,11 @@ pub fn vsp_binary() -> &'static Path {
     })
 }
 
-/// Path of the `vmblob` CLI, built on first use like [`vsp_binary`]; it sits
-/// beside `vmblob-vsp`, which its `demo` verb starts.
+/// Path of the `vmblob` CLI, built on first use like [`vsp_binary`]; the same
+/// build puts `vmblob-vsp` beside it, which its `demo` verb starts.
 pub fn vmblob_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let _ = vsp_binary();
-        workspace_binary("vmblob")
-    })
+    BIN.get_or_init(|| workspace_binary("vmblob"))
 }
 
 /// A binary (`vmblob-vsp`) or example (`examples/object_store`) of the

@@ -115,7 +115,8 @@ impl DirectPath {
         Ok(())
     }
 
-    /// Read `len` bytes at `offset` into `buf` (cleared first).
+    /// Read `len` bytes at `offset` into the front of `buf` (its contents are
+    /// overwritten, not cleared first: see [`BufSink`]).
     fn get(&self, blob: &str, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
         let req = GetBlob {
             target: blob_ref(blob)?,
