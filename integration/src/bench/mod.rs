@@ -10,7 +10,7 @@ pub mod rss;
 pub mod servers;
 pub mod stats;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use self::paths::direct::DirectPath;
@@ -47,6 +47,10 @@ pub struct Config {
     pub workdir: Option<PathBuf>,
     /// perf's control fifo and, optionally, its ack fifo (see [`perf_ctl`]).
     pub perf_ctl: Option<(PathBuf, Option<PathBuf>)>,
+    /// The direct path hands each ops-workload call to sleeping threads
+    /// ([`limits::handoff`]): the store behind nothing but the wake-ups; at
+    /// queue depth 1 its caller polls for the guest's poll window.
+    pub direct_handoff: bool,
 }
 
 impl Config {
@@ -68,6 +72,7 @@ impl Config {
             only: None,
             workdir: None,
             perf_ctl: None,
+            direct_handoff: false,
         }
     }
 
@@ -167,7 +172,7 @@ pub fn run(cfg: &Config) -> Report {
         Err(e) => panic!("cannot open perf's control fifo {}: {e}", ctl.display()),
     });
     eprintln!("measuring this machine's limits ...");
-    let limits = measure_limits(cfg);
+    let limits = measure_limits(cfg, &tmp.path().join("limits"));
     let workloads: Vec<Workload> = workloads()
         .into_iter()
         .filter(|w| cfg.only.as_ref().is_none_or(|o| w.label(cfg).contains(o.as_str())))
@@ -178,7 +183,9 @@ pub fn run(cfg: &Config) -> Report {
         eprintln!("[{:5.1}s] {name}: starting, storing fixtures ...", started.elapsed().as_secs_f64());
         let path: Result<Box<dyn BenchPath>, String> = match name.as_str() {
             "vmblob" => VmblobPath::start(&dir, &cfg.vmblob).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
-            "direct" => DirectPath::open(&dir).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
+            "direct" => DirectPath::open(&dir, cfg.direct_handoff.then_some(cfg.vmblob.guest_poll))
+                .map(|p| Box::new(p) as _)
+                .map_err(|e| e.to_string()),
             "azurite" => RestPath::azurite().map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
             "s3s-fs" => RestPath::s3s_fs(&dir).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
             other => Err(format!("unknown path {other:?}")),
@@ -221,7 +228,7 @@ pub fn run(cfg: &Config) -> Report {
     report
 }
 
-fn measure_limits(cfg: &Config) -> Limits {
+fn measure_limits(cfg: &Config, dir: &Path) -> Limits {
     let budget = if cfg.quick { Duration::from_millis(30) } else { Duration::from_millis(300) };
     let memcpy_gbps =
         [SMALL, MEDIUM, CHUNK, LARGE].iter().map(|&s| (size_label(s), limits::memcpy_gbps(s, budget))).collect();
@@ -233,7 +240,19 @@ fn measure_limits(cfg: &Config) -> Limits {
             (f64::NAN, f64::NAN)
         }
     };
-    Limits { memcpy_gbps, eventfd_rtt_p50_us, eventfd_rtt_p99_us }
+    let (idle_wake_p50_us, idle_wake_p99_us) = match limits::handoff::idle_wake_times(rounds) {
+        Ok(mut t) => (percentile_us(&mut t, 50.0), percentile_us(&mut t, 99.0)),
+        Err(e) => {
+            eprintln!("idle wake measurement failed: {e}");
+            (f64::NAN, f64::NAN)
+        }
+    };
+    // One server thread per core: the fewest that can use the whole machine.
+    let servers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let handoff = limits::handoff::handoff_reads(dir, MEDIUM, MEDIUM_QD, servers, budget * 4)
+        .inspect_err(|e| eprintln!("hand-off measurement failed: {e}"))
+        .ok();
+    Limits { memcpy_gbps, eventfd_rtt_p50_us, eventfd_rtt_p99_us, idle_wake_p50_us, idle_wake_p99_us, handoff }
 }
 
 /// Bytes of each reader's blob.

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::limits::handoff::Handoff;
+use super::paths::OpKind;
 use super::stats::Spread;
 use super::{Config, PATHS, Workload};
 
@@ -15,6 +17,11 @@ pub struct Limits {
     pub memcpy_gbps: Vec<(String, f64)>,
     pub eventfd_rtt_p50_us: f64,
     pub eventfd_rtt_p99_us: f64,
+    /// Kick of a thread sleeping on an eventfd, the kicker spinning for the answer.
+    pub idle_wake_p50_us: f64,
+    pub idle_wake_p99_us: f64,
+    /// The 1 MiB GET QD8 shape as bare `pread`s, on the callers' threads and handed off.
+    pub handoff: Option<Handoff>,
 }
 
 impl Limits {
@@ -85,6 +92,7 @@ pub struct Report {
     pub guest_poll_us: u128,
     pub vsp_args: Vec<String>,
     pub vmblob_copy_out: bool,
+    pub direct_handoff: bool,
     pub cores: usize,
     pub kernel: String,
     /// /proc/loadavg when the run started and ended: other work on the
@@ -106,6 +114,7 @@ impl Report {
             guest_poll_us: cfg.vmblob.guest_poll.as_micros(),
             vsp_args: cfg.vmblob.vsp_args.clone(),
             vmblob_copy_out: cfg.vmblob.copy_out,
+            direct_handoff: cfg.direct_handoff,
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
             loadavg_start: String::new(),
@@ -146,6 +155,11 @@ impl Report {
                         if let Some(p50) = p50.filter(|_| self.limits.eventfd_rtt_p50_us > 0.0) {
                             ratios.insert("p50 vs eventfd RTT".to_owned(), p50 / self.limits.eventfd_rtt_p50_us);
                         }
+                        if let Some(p50) =
+                            p50.filter(|_| matches!(kind, OpKind::Get) && self.limits.idle_wake_p50_us > 0.0)
+                        {
+                            ratios.insert("p50 vs idle wake".to_owned(), p50 / self.limits.idle_wake_p50_us);
+                        }
                     } else if let Some(base) = qd1.get(&format!("{kind:?}{size}")).filter(|b| **b > 0.0) {
                         ratios.insert("vs QD1".to_owned(), v / base);
                     }
@@ -153,6 +167,11 @@ impl Report {
                 Workload::Ops { size, .. } | Workload::Transfer { size, .. } => {
                     if let Some(m) = self.limits.memcpy(&super::size_label(size)) {
                         ratios.insert("vs memcpy".to_owned(), v / m);
+                    }
+                    let handoff = self.limits.handoff.filter(|h| h.handed_off_gbps > 0.0);
+                    let medium_get = matches!(row.shape, Workload::Ops { kind: OpKind::Get, size: super::MEDIUM, .. });
+                    if let Some(h) = handoff.filter(|_| medium_get) {
+                        ratios.insert("vs hand-off".to_owned(), v / h.handed_off_gbps);
                     }
                 }
                 Workload::Readers => {
@@ -178,7 +197,7 @@ impl Report {
         let _ = writeln!(
             s,
             "vmblob-bench ({mode}): {} cores, kernel {}, {} reps x {:.2} s, vmblob queues {}, guest poll {} us, \
-             vsp args [{}], GET bytes {}, {:.0} s in all; load average at start {}, at end {}\n",
+             vsp args [{}], GET bytes {}{}, {:.0} s in all; load average at start {}, at end {}\n",
             self.cores,
             self.kernel,
             self.reps,
@@ -187,6 +206,7 @@ impl Report {
             self.guest_poll_us,
             self.vsp_args.join(" "),
             if self.vmblob_copy_out { "copied out" } else { "read in place" },
+            if self.direct_handoff { ", direct ops handed to sleeping threads" } else { "" },
             self.elapsed_s,
             self.loadavg_start,
             self.loadavg_end
@@ -197,9 +217,26 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "| eventfd ping-pong RTT | p50 {:.1} us, p99 {:.1} us |\n",
+            "| eventfd ping-pong RTT | p50 {:.1} us, p99 {:.1} us |",
             self.limits.eventfd_rtt_p50_us, self.limits.eventfd_rtt_p99_us
         );
+        let _ = writeln!(
+            s,
+            "| idle wake (eventfd kick of a sleeping thread, kicker spinning) | p50 {:.1} us, p99 {:.1} us |",
+            self.limits.idle_wake_p50_us, self.limits.idle_wake_p99_us
+        );
+        if let Some(h) = self.limits.handoff {
+            let _ = writeln!(
+                s,
+                "| 1 MiB pread x{}: own threads / handed to {} sleeping threads | {:.2} / {:.2} GB/s ({:.2}x) |",
+                super::MEDIUM_QD,
+                h.servers,
+                h.own_threads_gbps,
+                h.handed_off_gbps,
+                h.handed_off_gbps / h.own_threads_gbps
+            );
+        }
+        s.push('\n');
         let _ = writeln!(
             s,
             "| workload | unit | {} | vmblob vs direct | vs best REST | vs limit | VSP peak RSS |",
@@ -210,10 +247,11 @@ impl Report {
         for row in &self.rows {
             let cells: Vec<String> = PATHS.iter().map(|p| rate_cell(row, p, &mut notes)).collect();
             let ratio = |k: &str| row.ratios.get(k).map_or("–".to_owned(), |r| format!("{r:.2}x"));
-            let limit = ["vs memcpy", "p50 vs eventfd RTT", "vs QD1"]
+            let limits: Vec<String> = ["vs hand-off", "vs memcpy", "p50 vs idle wake", "p50 vs eventfd RTT", "vs QD1"]
                 .iter()
-                .find_map(|k| row.ratios.get(*k).map(|r| format!("{r:.2}x {}", k.trim_start_matches("vs "))))
-                .unwrap_or_else(|| "–".to_owned());
+                .filter_map(|k| row.ratios.get(*k).map(|r| format!("{r:.2}x {}", k.trim_start_matches("vs "))))
+                .collect();
+            let limit = if limits.is_empty() { "–".to_owned() } else { limits.join(", ") };
             let rss = row
                 .results
                 .get("vmblob")
@@ -284,7 +322,6 @@ fn rate_cell(row: &Row, path: &str, notes: &mut BTreeMap<String, String>) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::paths::OpKind;
 
     fn measured(rate: f64, p50: f64) -> Outcome {
         Outcome::Measured(Measured {
@@ -305,8 +342,14 @@ mod tests {
 
     #[test]
     fn ratios_come_from_the_same_run() {
-        let limits =
-            Limits { memcpy_gbps: vec![("1 MiB".into(), 10.0)], eventfd_rtt_p50_us: 5.0, eventfd_rtt_p99_us: 9.0 };
+        let limits = Limits {
+            memcpy_gbps: vec![("1 MiB".into(), 10.0)],
+            eventfd_rtt_p50_us: 5.0,
+            eventfd_rtt_p99_us: 9.0,
+            idle_wake_p50_us: 10.0,
+            idle_wake_p99_us: 30.0,
+            handoff: Some(Handoff { servers: 2, own_threads_gbps: 20.0, handed_off_gbps: 8.0 }),
+        };
         let get = |qd| Workload::Ops { kind: OpKind::Get, size: 4096, qd };
         let rows = vec![
             row(get(1), "ops/s", vec![("vmblob", measured(1000.0, 20.0)), ("direct", measured(4000.0, 1.0))]),
@@ -330,9 +373,12 @@ mod tests {
         let ratio = |i: usize, k: &str| r.rows[i].ratios.get(k).copied();
         assert_eq!(ratio(0, "vs direct"), Some(0.25));
         assert_eq!(ratio(0, "p50 vs eventfd RTT"), Some(4.0));
+        assert_eq!(ratio(0, "p50 vs idle wake"), Some(2.0));
         assert_eq!(ratio(1, "vs QD1"), Some(6.0));
         assert_eq!(ratio(1, "vs best REST"), Some(20.0));
         assert_eq!(ratio(2, "vs memcpy"), Some(0.4));
+        assert_eq!(ratio(2, "vs hand-off"), Some(0.5));
+        assert_eq!(ratio(1, "vs hand-off"), None, "only the 1 MiB GET has the hand-off floor");
         assert_eq!(ratio(2, "vs best REST"), None);
         assert_eq!(r.failures(), 0);
         let md = r.to_markdown();

@@ -1,6 +1,9 @@
 //! What this machine allows: memcpy bandwidth (the ceiling for large
-//! transfers, which cost at least one copy) and an eventfd ping-pong between
-//! two threads (the floor for one kick plus one interrupt).
+//! transfers, which cost at least one copy), an eventfd ping-pong between
+//! two threads (the floor for one kick plus one interrupt), and what handing
+//! a request to a sleeping thread costs ([`handoff`]).
+
+pub mod handoff;
 
 use std::hint::black_box;
 use std::sync::Arc;
