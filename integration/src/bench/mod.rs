@@ -22,7 +22,7 @@ use self::report::{Limits, Measured, Outcome, Report, Row};
 use self::stats::{Spread, percentile_us};
 
 /// Paths in the order they are run and shown.
-pub const PATHS: [&str; 4] = ["vmblob", "direct", "azurite", "s3s-fs"];
+pub const PATHS: [&str; 5] = ["vmblob", "direct", "handoff", "azurite", "s3s-fs"];
 
 /// What to run and how long.
 #[derive(Debug, Clone)]
@@ -47,10 +47,6 @@ pub struct Config {
     pub workdir: Option<PathBuf>,
     /// perf's control fifo and, optionally, its ack fifo (see [`perf_ctl`]).
     pub perf_ctl: Option<(PathBuf, Option<PathBuf>)>,
-    /// The direct path hands each ops-workload call to sleeping threads
-    /// ([`limits::handoff`]): the store behind nothing but the wake-ups; at
-    /// queue depth 1 its caller polls for the guest's poll window.
-    pub direct_handoff: bool,
 }
 
 impl Config {
@@ -72,7 +68,6 @@ impl Config {
             only: None,
             workdir: None,
             perf_ctl: None,
-            direct_handoff: false,
         }
     }
 
@@ -183,9 +178,12 @@ pub fn run(cfg: &Config) -> Report {
         eprintln!("[{:5.1}s] {name}: starting, storing fixtures ...", started.elapsed().as_secs_f64());
         let path: Result<Box<dyn BenchPath>, String> = match name.as_str() {
             "vmblob" => VmblobPath::start(&dir, &cfg.vmblob).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
-            "direct" => DirectPath::open(&dir, cfg.direct_handoff.then_some(cfg.vmblob.guest_poll))
-                .map(|p| Box::new(p) as _)
-                .map_err(|e| e.to_string()),
+            "direct" => DirectPath::open(&dir, None).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
+            // The same store behind sleeping threads (limits::handoff), its
+            // callers polling at QD1 for as long as the guest does.
+            "handoff" => {
+                DirectPath::open(&dir, Some(cfg.vmblob.guest_poll)).map(|p| Box::new(p) as _).map_err(|e| e.to_string())
+            }
             "azurite" => RestPath::azurite().map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
             "s3s-fs" => RestPath::s3s_fs(&dir).map(|p| Box::new(p) as _).map_err(|e| e.to_string()),
             other => Err(format!("unknown path {other:?}")),

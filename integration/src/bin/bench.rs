@@ -44,13 +44,6 @@ struct Args {
     /// (`submit_get_bytes`/`get_bytes`, the default).
     #[arg(long)]
     copy_out: bool,
-    /// The direct path hands every call of the GET/PUT ops workloads to
-    /// sleeping threads, one per core, and sleeps until one answers (at QD1
-    /// after polling for --guest-poll-us, as the guest does): the
-    /// store behind one wake-up each way and no protocol (the floor of a
-    /// device on its own threads; docs/PERFORMANCE.md).
-    #[arg(long)]
-    direct_handoff: bool,
     /// Run only the workloads whose label contains this text (e.g. "1 MiB Get").
     #[arg(long)]
     only: Option<String>,
@@ -86,7 +79,6 @@ fn main() -> ExitCode {
     cfg.workdir = args.workdir;
     cfg.only = args.only;
     cfg.vmblob.copy_out = args.copy_out;
-    cfg.direct_handoff = args.direct_handoff;
     cfg.perf_ctl = args.perf_ctl.map(|ctl| (ctl, args.perf_ack));
     let report = bench::run(&cfg);
     println!("{}", report.to_markdown());

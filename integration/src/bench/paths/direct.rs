@@ -12,7 +12,7 @@ use vmblob_protocol::ops::{BlobRef, ByteRange, Conditions, GetBlob, Metadata, Pu
 use vmblob_vsp::store::fs::FsStore;
 use vmblob_vsp::store::{BlobStore, DataSink, DataSource, StoreError, TxnId};
 
-use crate::bench::limits::handoff::on_sleeping_threads;
+use crate::bench::limits::handoff::{Pool, on_sleeping_threads};
 
 use super::{BenchError, BenchPath, CHUNK, CONTAINER, OpKind, OpsSample, OpsSpec, Result, TRANSFER_PARALLEL};
 
@@ -136,9 +136,54 @@ impl DirectPath {
     }
 }
 
+/// Run `job` on `pool` (for `caller`, polling `poll` first) or, without a
+/// pool, right here.
+fn call<'env, T: Send + 'env>(
+    pool: Option<&Pool<'env>>,
+    caller: usize,
+    poll: Duration,
+    job: impl FnOnce() -> T + Send + 'env,
+) -> T {
+    match pool {
+        Some(p) => p.run_polling(caller, poll, job),
+        None => job(),
+    }
+}
+
+impl DirectPath {
+    /// `body` with the sleeping threads of the hand-off path, or none.
+    fn with_pool<'env, R>(&self, body: impl FnOnce(Option<&Pool<'env>>) -> Result<R>) -> Result<R> {
+        if self.handoff.is_none() {
+            return body(None);
+        }
+        // One per core: the fewest threads that can use the whole machine.
+        let servers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        on_sleeping_threads(servers, |pool| body(Some(pool)))?
+    }
+
+    /// [`DirectPath::get`] through `pool`; the buffer travels to the server
+    /// and back (a move, not a copy).
+    #[allow(clippy::too_many_arguments)]
+    fn get_via<'env>(
+        &'env self,
+        pool: Option<&Pool<'env>>,
+        caller: usize,
+        poll: Duration,
+        blob: impl AsRef<str> + Send + 'env,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let mut moved = std::mem::take(buf);
+        let (r, moved) = call(pool, caller, poll, move || (self.get(blob.as_ref(), offset, len, &mut moved), moved));
+        *buf = moved;
+        r
+    }
+}
+
 impl BenchPath for DirectPath {
     fn name(&self) -> &'static str {
-        "direct"
+        if self.handoff.is_some() { "handoff" } else { "direct" }
     }
 
     fn store_blob(&self, blob: &str, data: &[u8]) -> Result<()> {
@@ -146,24 +191,17 @@ impl BenchPath for DirectPath {
     }
 
     fn ops(&self, spec: &OpsSpec, data: &[u8]) -> Result<OpsSample> {
-        let op = |i: u64, buf: &mut Vec<u8>| match spec.kind {
-            OpKind::Get => self.get(&spec.blob(i), 0, spec.size, buf),
-            OpKind::Put => self.put(&spec.blob(i), data),
-        };
-        let Some(poll) = self.handoff else { return super::ops_on_threads(spec, op) };
         // Polling pays only for a lone request (the guest's rule too).
-        let poll = if spec.qd <= 1 { poll } else { Duration::ZERO };
-        let servers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        on_sleeping_threads(servers, |pool| {
+        let poll = if spec.qd <= 1 { self.handoff.unwrap_or_default() } else { Duration::ZERO };
+        self.with_pool(|pool| {
             super::ops_on_threads(spec, |i, buf| {
-                // The buffer travels to the server and back (a move, not a copy).
-                let mut moved = std::mem::take(buf);
-                let (r, moved) =
-                    pool.run_polling(i as usize % spec.qd.max(1), poll, move || (op(i, &mut moved), moved));
-                *buf = moved;
-                r
+                let caller = i as usize % spec.qd.max(1);
+                match spec.kind {
+                    OpKind::Get => self.get_via(pool, caller, poll, spec.blob(i), 0, spec.size, buf),
+                    OpKind::Put => call(pool, caller, poll, move || self.put(&spec.blob(i), data)),
+                }
             })
-        })?
+        })
     }
 
     fn transfer(&self, kind: OpKind, blob: &str, data: &[u8]) -> Result<Duration> {
@@ -174,30 +212,38 @@ impl BenchPath for DirectPath {
             .map(|i| BlockId::new(format!("{i:06}").as_bytes()).map_err(|_| BenchError::Other("block id".into())))
             .collect::<Result<_>>()?;
         // Chunks dealt round-robin to TRANSFER_PARALLEL threads.
-        std::thread::scope(|s| -> Result<()> {
-            let workers: Vec<_> = (0..TRANSFER_PARALLEL.min(chunks.len()))
-                .map(|w| {
-                    let (chunks, ids, target) = (&chunks, &ids, &target);
-                    s.spawn(move || -> Result<()> {
-                        let mut buf = Vec::new();
-                        for (i, &(off, len)) in chunks.iter().enumerate().skip(w).step_by(TRANSFER_PARALLEL) {
-                            match kind {
-                                OpKind::Get => self.get(blob, off, len, &mut buf)?,
-                                OpKind::Put => {
-                                    let part = &data[off as usize..off as usize + len];
-                                    let mut src = SliceSource { data: part, pos: 0 };
-                                    self.store.put_block(target, &ids[i], &mut src, Some(vmblob_vsc::crc64(part)))?;
+        self.with_pool(|pool| {
+            std::thread::scope(|s| -> Result<()> {
+                let workers: Vec<_> = (0..TRANSFER_PARALLEL.min(chunks.len()))
+                    .map(|w| {
+                        let (chunks, ids, target) = (&chunks, &ids, &target);
+                        s.spawn(move || -> Result<()> {
+                            let mut buf = Vec::new();
+                            for (i, &(off, len)) in chunks.iter().enumerate().skip(w).step_by(TRANSFER_PARALLEL) {
+                                match kind {
+                                    OpKind::Get => self.get_via(pool, w, Duration::ZERO, blob, off, len, &mut buf)?,
+                                    OpKind::Put => call(pool, w, Duration::ZERO, move || -> Result<()> {
+                                        let part = &data[off as usize..off as usize + len];
+                                        let mut src = SliceSource { data: part, pos: 0 };
+                                        self.store.put_block(
+                                            target,
+                                            &ids[i],
+                                            &mut src,
+                                            Some(vmblob_vsc::crc64(part)),
+                                        )?;
+                                        Ok(())
+                                    })?,
                                 }
                             }
-                        }
-                        Ok(())
+                            Ok(())
+                        })
                     })
-                })
-                .collect();
-            for w in workers {
-                w.join().map_err(|_| BenchError::Other("transfer thread panicked".into()))??;
-            }
-            Ok(())
+                    .collect();
+                for w in workers {
+                    w.join().map_err(|_| BenchError::Other("transfer thread panicked".into()))??;
+                }
+                Ok(())
+            })
         })?;
         if kind == OpKind::Put {
             let req = PutBlockList {
@@ -215,12 +261,14 @@ impl BenchPath for DirectPath {
     }
 
     fn readers(&self, blobs: &[String], blob_size: u64, range: usize) -> Result<Duration> {
-        let sample = super::on_threads(blobs.len(), Duration::ZERO, |t, _| {
-            let mut buf = Vec::with_capacity(range);
-            for (off, len) in super::ranges(blob_size, range) {
-                self.get(&blobs[t], off, len, &mut buf)?;
-            }
-            Ok(OpsSample::default())
+        let sample = self.with_pool(|pool| {
+            super::on_threads(blobs.len(), Duration::ZERO, |t, _| {
+                let mut buf = Vec::with_capacity(range);
+                for (off, len) in super::ranges(blob_size, range) {
+                    self.get_via(pool, t, Duration::ZERO, blobs[t].as_str(), off, len, &mut buf)?;
+                }
+                Ok(OpsSample::default())
+            })
         })?;
         Ok(sample.wall)
     }
