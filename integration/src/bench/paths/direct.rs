@@ -1,6 +1,8 @@
 //! The fs store called in-process: the same store `vmblob-vsp` serves, with
 //! no transport at all (the upper bound of the transport). `qd` operations
-//! in flight are `qd` threads calling the store.
+//! in flight are `qd` threads calling the store. As the `handoff` path each
+//! call goes to a sleeping thread instead: the store behind nothing but one
+//! wake-up each way (the floor of a device on its own threads).
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -19,8 +21,9 @@ use super::{BenchError, BenchPath, CHUNK, CONTAINER, OpKind, OpsSample, OpsSpec,
 pub struct DirectPath {
     store: FsStore,
     txn: AtomicU64,
-    /// Ops-workload calls run on sleeping threads (`--direct-handoff`), the
-    /// caller polling this long for the answer at queue depth 1.
+    /// The `handoff` path: every store call runs on sleeping threads
+    /// ([`on_sleeping_threads`]), the caller polling this long for the
+    /// answer at queue depth 1.
     handoff: Option<Duration>,
 }
 
